@@ -1,0 +1,299 @@
+"""RunConfig: one run's settings, loaded from TOML and validated with one-line errors.
+
+Every section is a dataclass; unknown keys and wrong types raise :class:`ConfigError` naming the
+file, the section and the key (with a suggestion when the key is a near miss). The resolved
+config travels to every worker process as JSON (``to_dict`` / ``from_dict``).
+"""
+from __future__ import annotations
+
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, ModelError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO_ROOT / "models"
+REGISTRY_PATH = MODELS_DIR / "models.toml"
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.toml"
+ADAPTERS = ("anchor_ssd", "ssd_detection_output", "tf_od_api", "classification")
+MODEL_SUFFIXES = (".xml", ".onnx", ".tflite", ".pb", ".pdmodel")
+
+
+@dataclass
+class SourceConfig:
+    """Where frames come from: a folder, a video file, a camera index or an RTSP/HTTP URL."""
+
+    uri: str = "data/coco100"
+    recursive: bool = False
+    loop: int = 1                 # play a video/folder this many times (synthetic long streams)
+    live: str = "auto"            # auto | yes | no: live sources drop oldest frames when behind
+    reconnect_attempts: int = 10  # live sources: retries (with backoff) before giving up
+    max_fps: float = 0.0          # 0: as fast as the pipeline goes
+
+
+@dataclass
+class PreprocessConfig:
+    """Input conventions folded into the model with PrePostProcessor."""
+
+    resize: str = "letterbox"     # letterbox | stretch
+    color: str = "RGB"            # RGB | BGR | GRAY: what the model expects
+    mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    scale: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+
+@dataclass
+class ModelConfig:
+    """The model: a registry name, or a file with its adapter."""
+
+    name: str = "face"
+    path: str = ""                # model file; overrides the registry's file
+    adapter: str = ""             # overrides the registry's adapter
+    labels: list[str] | str = field(default_factory=list)
+    description: str = ""
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    params: dict[str, Any] = field(default_factory=dict)
+    score_threshold: float = -1.0  # overrides the adapter's default when >= 0
+    top_k: int = 5                 # classification: how many classes per frame
+
+
+@dataclass
+class InferenceConfig:
+    """Devices and how each compiles the model."""
+
+    devices: list[str] = field(default_factory=lambda: ["CPU"])
+    nireq: int = 0                # 0: the device's OPTIMAL_NUMBER_OF_INFER_REQUESTS
+    batch: int = 1
+    hint: str = "THROUGHPUT"      # THROUGHPUT | LATENCY | CUMULATIVE_THROUGHPUT | NONE
+    streams: int = 0              # 0: chosen by the hint
+    threads: int = 0              # 0: the device decides
+    cache_dir: str = ""
+    properties: dict[str, dict[str, Any]] = field(default_factory=dict)  # device → properties
+
+
+@dataclass
+class PipelineConfig:
+    """Pool sizes and timing: memory is fixed at start by these numbers."""
+
+    raw_slots: int = 8
+    max_frame_width: int = 1920   # larger frames are downscaled to fit a raw slot
+    max_frame_height: int = 1080
+    input_slots: int = 0          # 0: total infer requests + 2 per worker
+    batch_timeout_ms: float = 5.0
+    heartbeat_s: float = 0.25
+    max_restarts: int = 5         # per process, before the run gives up
+
+
+@dataclass
+class OutputConfig:
+    """Sinks: JSON lines, annotated images, annotated video, the run report."""
+
+    dir: str = "runs/latest"
+    jsonl: bool = True
+    images: bool = False
+    video: bool = False
+    video_fps: float = 25.0
+    report: bool = True
+
+
+@dataclass
+class DashboardConfig:
+    """The live view."""
+
+    enabled: bool = True
+    refresh_hz: float = 4.0
+
+
+@dataclass
+class RunConfig:
+    """Everything one ``ovstream run`` needs."""
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, origin: str = "config") -> "RunConfig":
+        return _build(cls, data, origin, "")
+
+
+# ---- building dataclasses from plain data, with clear errors ------------------------------------
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {type(value).__name__} {value!r}")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hasattr(tp, "__dataclass_fields__"):
+        return _build(tp, value, where.split(":")[0], where.split(": ")[-1])
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, origin: str, section: str) -> Any:
+    label = f"[{section}]" if section else "top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: {label} must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(known)})"
+            raise ConfigError(f"{origin}: {label} unknown key '{key}'{hint}")
+    kwargs = {}
+    for name, f in known.items():
+        if name in data:
+            sub = f"{section}.{name}" if section else name
+            kwargs[name] = _coerce(data[name], hints[name], f"{origin}: {sub}")
+        elif f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
+            raise ConfigError(f"{origin}: {label} is missing '{name}'")
+    return cls(**kwargs)
+
+
+# ---- loading --------------------------------------------------------------------------------------
+
+def read_toml(path: Path) -> dict:
+    """Parse a TOML file; a missing or malformed file is a :class:`ConfigError`."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_registry(path: Path = REGISTRY_PATH) -> dict[str, dict]:
+    """The model registry (models/models.toml) as ``{name: entry}``."""
+    return read_toml(path) if path.exists() else {}
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """Load a config file (default: configs/default.toml), apply overrides, resolve the model."""
+    cfg_path = Path(path) if path else DEFAULT_CONFIG
+    data = read_toml(cfg_path) if (path or cfg_path.exists()) else {}
+    if overrides:
+        data = _merge(data, overrides)
+    cfg = RunConfig.from_dict(data, origin=str(cfg_path))
+    return resolve_model(cfg)
+
+
+def _resolve_path(value: str, *bases: Path) -> Path:
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    for base in bases:
+        if (base / candidate).exists():
+            return (base / candidate).resolve()
+    return (Path.cwd() / candidate).resolve()
+
+
+def resolve_model(cfg: RunConfig) -> RunConfig:
+    """Fill the model section from the registry and check the model file and adapter exist."""
+    model = cfg.model
+    registry = load_registry()
+    if not model.path:
+        if model.name not in registry:
+            raise ModelError(f"model '{model.name}' is not in {REGISTRY_PATH} "
+                             f"(known: {', '.join(registry) or 'none'}); set [model] path to a file")
+    entry = dict(registry.get(model.name, {})) if not model.path or model.name in registry else {}
+    if entry:
+        file = entry.pop("file", "")
+        merged = RunConfig.from_dict({"model": {**entry, "name": model.name}},
+                                     origin=str(REGISTRY_PATH)).model
+        if not model.path:
+            model.path = str(_resolve_path(file, MODELS_DIR, REPO_ROOT))
+        model.adapter = model.adapter or merged.adapter
+        model.labels = model.labels or merged.labels
+        model.description = model.description or merged.description
+        if model.preprocess == PreprocessConfig():
+            model.preprocess = merged.preprocess
+        model.params = {**merged.params, **model.params}
+    else:
+        model.path = str(_resolve_path(model.path, REPO_ROOT))
+    path = Path(model.path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if path.is_file() and path.suffix not in MODEL_SUFFIXES:
+        raise ModelError(f"{path}: unsupported model format '{path.suffix}' "
+                         f"(use {', '.join(MODEL_SUFFIXES)}, or `ovstream convert` first)")
+    if model.adapter not in ADAPTERS:
+        raise ModelError(f"model '{model.name}': unknown adapter '{model.adapter}' "
+                         f"(known: {', '.join(ADAPTERS)})")
+    if isinstance(model.labels, str):
+        label_path = _resolve_path(model.labels, REPO_ROOT)
+        try:
+            model.labels = label_path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ModelError(f"labels file {label_path}: {exc.strerror}") from None
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: RunConfig) -> None:
+    pre = cfg.model.preprocess
+    if pre.resize not in ("letterbox", "stretch"):
+        raise ConfigError(f"[model.preprocess] resize must be letterbox or stretch, not '{pre.resize}'")
+    if pre.color not in ("RGB", "BGR", "GRAY"):
+        raise ConfigError(f"[model.preprocess] color must be RGB, BGR or GRAY, not '{pre.color}'")
+    if cfg.source.live not in ("auto", "yes", "no"):
+        raise ConfigError(f"[source] live must be auto, yes or no, not '{cfg.source.live}'")
+    if not cfg.inference.devices:
+        raise ConfigError("[inference] devices is empty: name at least one device, e.g. [\"CPU\"]")
+    if cfg.inference.hint not in ("THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT", "NONE"):
+        raise ConfigError(f"[inference] hint must be THROUGHPUT, LATENCY, CUMULATIVE_THROUGHPUT or NONE, "
+                          f"not '{cfg.inference.hint}'")
+    for name, value, low in (("inference.batch", cfg.inference.batch, 1),
+                             ("inference.nireq", cfg.inference.nireq, 0),
+                             ("source.loop", cfg.source.loop, 1),
+                             ("pipeline.raw_slots", cfg.pipeline.raw_slots, 2)):
+        if value < low:
+            raise ConfigError(f"[{name.split('.')[0]}] {name.split('.')[1]} must be >= {low}, not {value}")

@@ -1,0 +1,25 @@
+"""User-facing errors and the exit codes they map to."""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1        # the run finished, but some frames failed or a stage gave up
+EXIT_USAGE = 2         # bad config, missing model, unknown device: fix the input and retry
+EXIT_INTERRUPTED = 130
+
+
+class OvstreamError(Exception):
+    """An error the user can fix; printed as one line, never as a traceback."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(OvstreamError):
+    """A configuration file or command-line option is wrong."""
+
+
+class ModelError(OvstreamError):
+    """A model is missing, unreadable, or does not fit its adapter."""
+
+
+class DeviceError(OvstreamError):
+    """A device OpenVINO does not list, or one that fails to compile the model."""

@@ -1,0 +1,329 @@
+"""Every message that crosses an engine socket, defined once for both ends.
+
+Headers are msgpack maps with a ``t`` (type) key. Pixels never travel here: frames live in
+shared-memory slots and a message only names the slot. Output tensors of inference travel as
+separate zero-copy ZeroMQ frames beside the header (see :class:`ResultMsg`), never inside it.
+Decoding is bounded: oversized or malformed input raises :class:`MessageError`, never crashes.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+MAX_HEADER_BYTES = 1 << 20          # a header larger than 1 MiB is refused
+MAX_TENSOR_BYTES = 256 << 20        # one output tensor frame
+_UNPACK_LIMITS = dict(
+    max_str_len=64 << 10,
+    max_bin_len=64 << 10,
+    max_array_len=1 << 16,
+    max_map_len=1 << 12,
+    max_ext_len=0,
+)
+
+
+class MessageError(ValueError):
+    """A frame on an engine socket that is not a valid message."""
+
+
+@dataclass(slots=True)
+class FrameRef:
+    """One frame travelling through the pipeline (no pixels, only where they are).
+
+    ``frame_id`` is deterministic for file sources (its position in the source, counting loops),
+    so a replay after a crash yields the same ids and the sinks can deduplicate.
+    """
+
+    frame_id: int
+    source: str                      # file path or stream URI
+    index: int                       # frame index inside ``source`` (0 for a still image)
+    raw_slot: int = -1               # slot in the decoder's raw pool; -1 once released
+    height: int = 0                  # frame as stored in the raw slot
+    width: int = 0
+    orig_height: int = 0             # frame as it came from the source (before any fit-to-slot)
+    orig_width: int = 0
+    geometry: list[float] = field(default_factory=list)  # [sx, sy, pad_x, pad_y] model→slot
+    stamps: dict[str, int] = field(default_factory=dict)  # stage name → time.monotonic_ns()
+
+    def to_wire(self) -> list:
+        return [self.frame_id, self.source, self.index, self.raw_slot, self.height, self.width,
+                self.orig_height, self.orig_width, self.geometry, self.stamps]
+
+    @classmethod
+    def from_wire(cls, item: Any) -> "FrameRef":
+        if not isinstance(item, list) or len(item) != 10:
+            raise MessageError("frame reference must be a 10-item list")
+        ref = cls(*item)
+        if not isinstance(ref.frame_id, int) or not isinstance(ref.source, str):
+            raise MessageError("frame reference has wrong field types")
+        if not isinstance(ref.stamps, dict) or not isinstance(ref.geometry, list):
+            raise MessageError("frame reference has wrong field types")
+        return ref
+
+
+class Message:
+    """Base of all header messages: msgpack map with the type tag ``t``."""
+
+    TYPE: ClassVar[str] = ""
+    _registry: ClassVar[dict[str, type["Message"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.TYPE:
+            Message._registry[cls.TYPE] = cls
+
+    def _fields(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, FrameRef):
+                value = value.to_wire()
+            elif isinstance(value, list) and value and isinstance(value[0], FrameRef):
+                value = [v.to_wire() for v in value]
+            out[f.name] = value
+        return out
+
+    def encode(self) -> bytes:
+        """Serialise to one msgpack frame."""
+        body = self._fields()
+        body["t"] = self.TYPE
+        data = msgpack.packb(body, use_bin_type=True)
+        if len(data) > MAX_HEADER_BYTES:
+            raise MessageError(f"{self.TYPE} message of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
+        return data
+
+
+def decode(data: bytes | memoryview) -> Message:
+    """Decode one header frame into its message class, with size and shape checks."""
+    if len(data) > MAX_HEADER_BYTES:
+        raise MessageError(f"message of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise MessageError(f"undecodable message: {exc.__class__.__name__}: {exc}") from None
+    if not isinstance(body, dict):
+        raise MessageError("message is not a map")
+    cls = Message._registry.get(body.pop("t", None))
+    if cls is None:
+        raise MessageError("message has an unknown type tag")
+    names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    if set(body) - set(names):
+        raise MessageError(f"{cls.TYPE} message has unknown fields {sorted(set(body) - set(names))}")
+    try:
+        if "frame" in body:
+            body["frame"] = FrameRef.from_wire(body["frame"])
+        if "frames" in body:
+            if not isinstance(body["frames"], list):
+                raise MessageError("frames must be a list")
+            body["frames"] = [FrameRef.from_wire(f) for f in body["frames"]]
+        return cls(**body)
+    except TypeError as exc:
+        raise MessageError(f"{cls.TYPE} message is incomplete: {exc}") from None
+
+
+# ---- data plane -------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class FrameMsg(Message):
+    """decoder → preprocessor: a decoded BGR uint8 frame sits in ``frame.raw_slot``."""
+
+    TYPE: ClassVar[str] = "frame"
+    frame: FrameRef
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class EndOfSource(Message):
+    """decoder → preprocessor and postprocessor: the source is exhausted.
+
+    ``total`` is the number of frame ids emitted (0..total-1, errors included); ``drops`` the
+    frames read but dropped under backpressure (live sources only).
+    """
+
+    TYPE: ClassVar[str] = "eos"
+    total: int
+    drops: int = 0
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class BatchMsg(Message):
+    """preprocessor → one inference worker: ``frames`` are packed in input slot ``slot``."""
+
+    TYPE: ClassVar[str] = "batch"
+    slot: int
+    frames: list[FrameRef]
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class CreditMsg(Message):
+    """inference → preprocessor: ``credits`` more free infer requests; ``released`` input slots.
+
+    The first message of a worker (``hello`` true) announces its capacity after compile.
+    """
+
+    TYPE: ClassVar[str] = "credit"
+    worker: str
+    credits: int
+    released: list[int] = field(default_factory=list)
+    hello: bool = False
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class TensorSpec:
+    """Describes one output tensor frame that follows a :class:`ResultMsg` header."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+
+
+@dataclass(slots=True)
+class ResultMsg(Message):
+    """inference → postprocessor: header; each output tensor follows as its own frame.
+
+    ``outputs`` lists ``[name, dtype, shape]`` for each following frame; the first dimension is
+    the batch, of which the first ``len(frames)`` rows are real.
+    """
+
+    TYPE: ClassVar[str] = "result"
+    frames: list[FrameRef]
+    worker: str
+    device: str
+    outputs: list[list] = field(default_factory=list)
+    generation: int = 0
+
+    def tensor_specs(self) -> list[TensorSpec]:
+        specs = []
+        for item in self.outputs:
+            if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], str)
+                    or not isinstance(item[1], str) or not isinstance(item[2], list)):
+                raise MessageError("result output spec must be [name, dtype, shape]")
+            specs.append(TensorSpec(item[0], item[1], [int(d) for d in item[2]]))
+        return specs
+
+
+@dataclass(slots=True)
+class ErrorMsg(Message):
+    """any stage → postprocessor: this frame failed; it becomes an error record."""
+
+    TYPE: ClassVar[str] = "error"
+    frame: FrameRef
+    stage: str
+    error: str
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class ReleaseMsg(Message):
+    """preprocessor or postprocessor → decoder: these raw slots are free again."""
+
+    TYPE: ClassVar[str] = "release"
+    slots: list[int]
+    generation: int = 0
+
+
+# ---- control plane ----------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ReadyMsg(Message):
+    """child → supervisor: start-up finished (the handshake); ``info`` is what it learned."""
+
+    TYPE: ClassVar[str] = "ready"
+    process: str
+    pid: int
+    info: dict = field(default_factory=dict)
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class FatalMsg(Message):
+    """child → supervisor: start-up or run failed in a way a restart cannot fix."""
+
+    TYPE: ClassVar[str] = "fatal"
+    process: str
+    error: str
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class StatsMsg(Message):
+    """child → supervisor, periodically: counters, gauges and latency samples since last time.
+
+    ``latency_ms`` maps a stage name (``decode``, ``preprocess``, ``queue``, ``inference``,
+    ``postprocess``, ``end_to_end``) to the samples (milliseconds) gathered since the last
+    message; ``counters`` are cumulative totals for this process instance; ``gauges`` are
+    instantaneous values (queue depths, free slots, in-flight requests).
+    """
+
+    TYPE: ClassVar[str] = "stats"
+    process: str
+    role: str
+    pid: int
+    device: str = ""
+    counters: dict = field(default_factory=dict)
+    gauges: dict = field(default_factory=dict)
+    latency_ms: dict = field(default_factory=dict)
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class AckMsg(Message):
+    """postprocessor → supervisor: these frame ids are written to every sink."""
+
+    TYPE: ClassVar[str] = "ack"
+    frame_ids: list[int]
+    errors: int = 0
+    finished: bool = False
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class ControlMsg(Message):
+    """supervisor → children (PUB): ``start``, ``stop`` or ``worker_down`` (``arg`` = worker)."""
+
+    TYPE: ClassVar[str] = "control"
+    command: str
+    arg: str = ""
+    generation: int = 0
+
+
+def encode_result(msg: ResultMsg, tensors: list) -> list:
+    """Multipart frames for a result: the header, then each tensor's buffer (not copied)."""
+    msg.outputs = [[name, str(t.dtype), list(t.shape)] for name, t in tensors]
+    return [msg.encode(), *[memoryview(t).cast("B") if t.flags.c_contiguous else t.tobytes()
+                            for _, t in tensors]]
+
+
+def decode_result(parts: list) -> tuple[ResultMsg, dict]:
+    """Inverse of :func:`encode_result`: the header and ``{name: ndarray}`` views of the frames."""
+    import numpy as np
+
+    msg = decode(parts[0])
+    if not isinstance(msg, ResultMsg):
+        raise MessageError(f"expected a result, got {msg.TYPE}")
+    specs = msg.tensor_specs()
+    if len(specs) != len(parts) - 1:
+        raise MessageError(f"result announces {len(specs)} tensors, carries {len(parts) - 1}")
+    tensors = {}
+    for spec, buf in zip(specs, parts[1:]):
+        try:
+            dtype = np.dtype(spec.dtype)
+        except TypeError:
+            raise MessageError(f"unknown tensor dtype {spec.dtype!r}") from None
+        if dtype.hasobject:
+            raise MessageError("object tensors are not allowed")
+        expected = dtype.itemsize * int(np.prod(spec.shape, dtype=np.int64))
+        size = len(buf)
+        if size != expected or size > MAX_TENSOR_BYTES:
+            raise MessageError(f"tensor {spec.name!r}: {size} bytes, expected {expected}")
+        tensors[spec.name] = np.frombuffer(buf, dtype=dtype).reshape(spec.shape)
+    return msg, tensors
+
+
+def as_dict(msg: Message) -> dict:
+    """Plain-dict view of a message (for logs and tests)."""
+    return asdict(msg)  # type: ignore[call-overload]

@@ -1,0 +1,1 @@
+"""Offline model tooling: convert, quantize, evaluate, train MNIST."""

@@ -1,0 +1,1 @@
+"""One module per process role; each has a single entry point ``run(cfg, ctx)``."""
