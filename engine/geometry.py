@@ -31,9 +31,10 @@ class Geometry:
         if mode == "stretch":
             return cls(input_w / frame_w, input_h / frame_h, 0.0, 0.0, frame_w, frame_h, input_w, input_h)
         scale = min(input_w / frame_w, input_h / frame_h)
-        new_w, new_h = round(frame_w * scale), round(frame_h * scale)
-        return cls(scale, scale, (input_w - new_w) / 2, (input_h - new_h) / 2,
-                   frame_w, frame_h, input_w, input_h)
+        new_w, new_h = max(1, round(frame_w * scale)), max(1, round(frame_h * scale))
+        # the scales and whole-pixel pads resize_into really applies, so the inverse matches it
+        return cls(new_w / frame_w, new_h / frame_h, float((input_w - new_w) // 2),
+                   float((input_h - new_h) // 2), frame_w, frame_h, input_w, input_h)
 
     @classmethod
     def from_list(cls, values: list[float], frame_w: int, frame_h: int, input_w: int, input_h: int) -> "Geometry":

@@ -246,6 +246,7 @@ class FatalMsg(Message):
     TYPE: ClassVar[str] = "fatal"
     process: str
     error: str
+    usage: bool = False              # a user mistake (model, device, config): restarting won't help
     generation: int = 0
 
 

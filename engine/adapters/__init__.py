@@ -10,7 +10,9 @@ wrong), and decodes one frame's outputs into plain dicts in the original frame's
 """
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +33,10 @@ class Adapter(ABC):
     def label(self, class_id: int) -> str:
         return self.labels[class_id] if 0 <= class_id < len(self.labels) else str(class_id)
 
+    def min_score(self, default: float) -> float:
+        """The score cut: ``model.score_threshold`` when set (>= 0), else ``default``."""
+        return self.model.score_threshold if self.model.score_threshold >= 0 else default
+
     @abstractmethod
     def check_outputs(self, outputs: dict[str, list[int]]) -> None:
         """Raise :class:`ModelError` unless ``{output name: shape}`` fits this adapter."""
@@ -38,6 +44,37 @@ class Adapter(ABC):
     @abstractmethod
     def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[dict]:
         """One frame: ``outputs`` hold that frame's row of each tensor (batch axis kept, size 1)."""
+
+
+def read_params(model: ModelConfig, defaults: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``model.params`` over ``defaults``. Unknown keys, missing ``required`` ones and values of
+    another kind than their default raise :class:`ModelError` (an int passes for a float; list items
+    are checked against the default list's first item)."""
+    where = f"model '{model.name}' params"
+    for key, value in model.params.items():
+        if key not in defaults:
+            near = difflib.get_close_matches(key, defaults, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(defaults)})"
+            raise ModelError(f"{where}: unknown key '{key}'{hint}")
+        default = defaults[key]
+        if isinstance(default, list):
+            ok = isinstance(value, list) and all(_same_kind(item, default[0]) for item in value)
+        else:
+            ok = _same_kind(value, default)
+        if not ok:
+            raise ModelError(f"{where}: '{key}' must be like {default!r}, not {value!r}")
+    missing = [key for key in required if key not in model.params]
+    if missing:
+        raise ModelError(f"{where}: missing {', '.join(missing)}")
+    return {**defaults, **model.params}
+
+
+def _same_kind(value: Any, sample: Any) -> bool:
+    if isinstance(sample, bool) or isinstance(value, bool):
+        return isinstance(sample, bool) and isinstance(value, bool)
+    if isinstance(sample, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(sample))
 
 
 def create_adapter(model: ModelConfig) -> Adapter:

@@ -1,0 +1,65 @@
+"""ZeroMQ plumbing: the private run directory, endpoint names, and sockets made one way.
+
+Every endpoint is an ``ipc://`` path inside a 0700 directory that only this user can enter.
+Every socket gets explicit high-water marks and LINGER 0, so shutdown never blocks.
+
+Edges (binder first):
+  frames    preprocessor PULL  ◀ decoder PUSH             FrameMsg, EndOfSource
+  release   decoder PULL       ◀ preprocessor/post PUSH   ReleaseMsg (raw slots)
+  dispatch  preprocessor ROUTER ◀▶ inference DEALER       BatchMsg ▶, CreditMsg ◀
+  results   postprocessor PULL ◀ every stage PUSH         ResultMsg, ErrorMsg, EndOfSource
+  control   supervisor ROUTER  ◀▶ every stage DEALER      Ready/Stats/Ack/Fatal ◀, ControlMsg ▶
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import zmq
+
+EDGES = ("frames", "release", "dispatch", "results", "control")
+
+
+class RunDir:
+    """A private (0700) directory holding one run's ipc socket files and process contexts."""
+
+    def __init__(self, path: str | None = None) -> None:
+        if path is None:
+            base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+            path = tempfile.mkdtemp(prefix="ovstream-", dir=base if os.access(base, os.W_OK) else None)
+        self.path = Path(path)
+        os.chmod(self.path, 0o700)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name.removeprefix("ovstream-")
+
+    def endpoint(self, edge: str) -> str:
+        return f"ipc://{self.path / (edge + '.sock')}"
+
+    def endpoints(self) -> dict[str, str]:
+        return {edge: self.endpoint(edge) for edge in EDGES}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def make_socket(ctx: zmq.Context, kind: int, *, hwm: int = 1000, identity: str | None = None,
+                bind: str | None = None, connect: str | None = None) -> zmq.Socket:
+    """A socket with HWM and LINGER set on purpose, bound or connected."""
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, 512 << 20)  # a peer cannot make us allocate without limit
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
+    if kind == zmq.ROUTER:
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer takes over its identity
+    if bind:
+        sock.bind(bind)
+    if connect:
+        sock.connect(connect)
+    return sock

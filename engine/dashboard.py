@@ -1,0 +1,250 @@
+"""The live view: draws a metrics :class:`~engine.metrics.Snapshot`, never computes one.
+
+On a terminal a rich ``Live`` redraws the latest snapshot ``refresh_hz`` times a second from its
+own thread; :meth:`Dashboard.update` only swaps the reference. Anywhere else (pipes, CI, tests)
+one plain line is printed every ``plain_interval_s``. :func:`render_summary` is the table printed
+once at exit.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.live import Live
+from rich.measure import Measurement
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from engine.metrics import ALL, Snapshot, StageRow, Totals
+
+PREFIX = "[ovstream]"
+
+
+class Dashboard:
+    """Shows snapshots live on a terminal, as periodic plain lines elsewhere."""
+
+    def __init__(self, refresh_hz: float = 4.0, console: Console | None = None,
+                 plain_interval_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.console = console or Console(stderr=True)
+        self.refresh_hz = max(refresh_hz, 2.0)
+        self.plain_interval_s = plain_interval_s
+        self.live_mode = self.console.is_terminal
+        self._clock = clock
+        self._snapshot: Snapshot | None = None
+        self._live: Live | None = None
+        self._last_plain: float | None = None
+        self._printed: Snapshot | None = None
+
+    def __enter__(self) -> "Dashboard":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Begin showing (a no-op in plain mode until the first update)."""
+        if self.live_mode and self._live is None:
+            self._live = Live(console=self.console, auto_refresh=True,
+                              refresh_per_second=self.refresh_hz, transient=False,
+                              get_renderable=self._renderable)
+            self._live.start()
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Hand over the newest snapshot (live: swapped in; plain: printed when due)."""
+        self._snapshot = snapshot
+        if self.live_mode:
+            return
+        now = self._clock()
+        if self._last_plain is None or now - self._last_plain >= self.plain_interval_s:
+            self._last_plain = now
+            self._print_plain(snapshot)
+
+    def stop(self) -> None:
+        """Stop the live view (drawing the last snapshot), or print the last plain line."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        elif not self.live_mode and self._snapshot is not None:
+            if self._printed is not self._snapshot:
+                self._print_plain(self._snapshot)
+
+    def _print_plain(self, snapshot: Snapshot) -> None:
+        self._printed = snapshot
+        self.console.print(format_plain(snapshot), markup=False, highlight=False,
+                           soft_wrap=True)
+
+    def _renderable(self) -> RenderableType:
+        snap = self._snapshot
+        return render(snap) if snap is not None else Text(f"{PREFIX} starting…", style="dim")
+
+
+# ---- plain text ---------------------------------------------------------------------------------
+
+def format_plain(snap: Snapshot) -> str:
+    """One line: elapsed, accounting, overall and per-worker FPS, end-to-end latency."""
+    t = snap.totals
+    state = "" if snap.state == "running" else f" {snap.state}"
+    parts = [f"{PREFIX} {snap.elapsed_s:.1f}s{state}",
+             f"frames {t.frames_in}/{t.frames_out + t.errors} ok {t.frames_out} "
+             f"err {t.errors} drop {t.drops}"]
+    fps = f"fps {t.fps:.1f}"
+    if snap.devices:
+        fps += " (" + ", ".join(f"{d.label} {d.fps:.1f}" for d in snap.devices) + ")"
+    parts.append(fps)
+    e2e = snap.stage("end_to_end")
+    parts.append(f"e2e p50 {_ms(e2e.p50_ms)}ms p95 {_ms(e2e.p95_ms)}ms" if e2e else "e2e -")
+    return "  ".join(parts)
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 1 else f"{value:.1f}"
+
+
+# ---- rich views ---------------------------------------------------------------------------------
+
+def render(snap: Snapshot) -> RenderableType:
+    """The live dashboard: header, stages | devices, processes | queues, accounting."""
+    return Panel(Group(_header(snap), _SideBySide(stages_table(snap), devices_table(snap)),
+                       _SideBySide(processes_table(snap), edges_table(snap)),
+                       accounting_text(snap.totals)),
+                 title="ovstream", title_align="left", box=box.ROUNDED)
+
+
+def render_summary(snap: Snapshot) -> RenderableType:
+    """Printed once at exit: totals, throughput per device, latency per stage, processes."""
+    t = snap.totals
+    head = Table(box=box.SIMPLE_HEAD, show_header=False, title="run summary", title_justify="left")
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("state", snap.state)
+    head.add_row("duration", f"{snap.elapsed_s:.2f} s")
+    head.add_row("throughput", f"{t.avg_fps:.2f} FPS")
+    head.add_row("frames", f"in {t.frames_in}  out {t.frames_out}  errors {t.errors}  "
+                           f"drops {t.drops}  duplicates {t.duplicates}")
+    head.add_row("accounting", accounting_text(t))
+    return Group(head, stages_table(snap, all_scopes=True), devices_table(snap, summary=True),
+                 processes_table(snap))
+
+
+class _SideBySide:
+    """Two tables in a row when the console is wide enough for both, else one above the other."""
+
+    def __init__(self, left: Table, right: Table, gap: int = 3) -> None:
+        self.left, self.right, self.gap = left, right, gap
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        need = sum(Measurement.get(console, options, t).maximum for t in (self.left, self.right))
+        if need + self.gap <= options.max_width:
+            grid = Table.grid(padding=(0, self.gap))
+            grid.add_row(self.left, self.right)
+            yield grid
+        else:
+            yield self.left
+            yield self.right
+
+
+def _header(snap: Snapshot) -> Text:
+    t = snap.totals
+    text = Text.assemble((f"{snap.state}", "bold cyan"), f"  {snap.elapsed_s:.1f}s  ",
+                         ("throughput ", "dim"), (f"{t.fps:.1f} FPS", "bold"),
+                         (f"  (avg {t.avg_fps:.1f})", "dim"))
+    return text
+
+
+def _visible_stages(snap: Snapshot) -> list[StageRow]:
+    """Overall rows, plus per-device/per-worker rows only where they add information."""
+    workers = {d.label for d in snap.devices}
+    devices = {d.device for d in snap.devices}
+    per_device = {dev: sum(1 for d in snap.devices if d.device == dev) for dev in devices}
+    rows = []
+    for r in snap.stages:
+        if r.scope == ALL:
+            rows.append(r)
+        elif r.scope in workers and len(workers) > 1:
+            rows.append(r)
+        elif r.scope in devices and per_device[r.scope] > 1 and len(devices) > 1:
+            rows.append(r)
+    return rows
+
+
+def stages_table(snap: Snapshot, all_scopes: bool = False) -> Table:
+    """Latency per stage (and per device / worker): count, p50, p95, max in ms."""
+    table = Table(title="stages (ms)", box=box.SIMPLE_HEAD, title_justify="left")
+    for name, kw in (("stage", {}), ("scope", {}), ("count", {"justify": "right"}),
+                     ("p50", {"justify": "right"}), ("p95", {"justify": "right"}),
+                     ("max", {"justify": "right"})):
+        table.add_column(name, **kw)
+    rows = snap.stages if all_scopes else _visible_stages(snap)
+    for r in rows:
+        table.add_row(r.stage, r.scope or "all", str(r.count), _ms(r.p50_ms), _ms(r.p95_ms),
+                      _ms(r.max_ms), style=None if r.scope == ALL else "dim")
+    return table
+
+
+def devices_table(snap: Snapshot, summary: bool = False) -> Table:
+    """Throughput per inference worker, frames, in-flight requests against nireq."""
+    table = Table(title="devices", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("device")
+    table.add_column("worker")
+    table.add_column("avg FPS" if summary else "FPS", justify="right")
+    table.add_column("frames", justify="right")
+    table.add_column("in-flight/nireq", justify="right")
+    table.add_column("errors", justify="right")
+    for d in snap.devices:
+        table.add_row(d.label, d.worker, f"{d.avg_fps if summary else d.fps:.1f}", str(d.frames),
+                      f"{d.in_flight}/{d.nireq}", str(d.errors),
+                      style=None if d.alive else "red")
+    return table
+
+
+def processes_table(snap: Snapshot) -> Table:
+    """pid, CPU %, RSS, restarts, errors and drops of every process."""
+    table = Table(title="processes", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("process")
+    table.add_column("pid", justify="right")
+    for name in ("CPU%", "RSS MiB", "FPS", "restarts", "errors", "drops"):
+        table.add_column(name, justify="right")
+    for p in snap.processes:
+        table.add_row(p.name, str(p.pid) if p.pid else "-",
+                      "-" if p.cpu_percent is None else f"{p.cpu_percent:.0f}",
+                      "-" if p.rss_mib is None else f"{p.rss_mib:.0f}", f"{p.fps:.1f}",
+                      str(p.restarts), str(p.errors), str(p.drops),
+                      style=None if p.alive else "red")
+    return table
+
+
+def edges_table(snap: Snapshot) -> Table:
+    """Depth of every queue between stages, against its capacity where bounded."""
+    table = Table(title="queues", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("queue")
+    table.add_column("depth", justify="right")
+    table.add_column("unit")
+    for e in snap.edges:
+        full = e.capacity is not None and e.capacity > 0 and e.depth >= e.capacity
+        depth = f"{e.depth}/{e.capacity}" if e.capacity is not None else str(e.depth)
+        table.add_row(e.name, depth, e.unit, style="yellow" if full else None)
+    return table
+
+
+def accounting_text(t: Totals) -> Text:
+    """``in N = out + errors + drops + in-flight``, green when balanced."""
+    text = Text.assemble(
+        ("in ", "dim"), (str(t.frames_in), "bold"), " = ",
+        ("out ", "dim"), str(t.frames_out), " + ", ("errors ", "dim"), str(t.errors), " + ",
+        ("drops ", "dim"), str(t.drops), " + ", ("in-flight ", "dim"), str(t.in_flight))
+    if t.balanced:
+        text.append("  balanced", style="green")
+    elif t.in_flight == 0:
+        text.append("  unbalanced", style="bold red")
+    return text
+
+
+__all__ = ["Dashboard", "accounting_text", "devices_table", "edges_table", "format_plain",
+           "processes_table", "render", "render_summary", "stages_table"]

@@ -1,0 +1,158 @@
+"""Model loading shared by the supervisor (checks) and the inference workers (compile).
+
+:func:`prepare_model` folds the input conventions into the graph with PrePostProcessor, so
+the engine only ever feeds ``uint8`` NHWC BGR pixels of the model's input size: layout, colour
+order, mean/scale and the element type conversion run inside OpenVINO.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from engine.config import InferenceConfig, ModelConfig
+from engine.errors import DeviceError, ModelError
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """What the engine must feed: a uint8 BGR image of ``width × height``."""
+
+    name: str
+    layout: str          # NHWC or NCHW (the model's own)
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.height * self.width * 3
+
+
+def read_model(core: ov.Core, path: str) -> ov.Model:
+    """Read a model file with one clear error for anything OpenVINO cannot read."""
+    if not Path(path).exists():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        return core.read_model(path)
+    except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot read model {path}: {first[:300]}") from None
+
+
+def input_info(model: ov.Model, params: dict | None = None) -> InputInfo:
+    """The single image input: its name, layout and spatial size."""
+    params = params or {}
+    images = [i for i in model.inputs if i.get_partial_shape().rank.get_length() == 4]
+    if len(images) != 1:
+        raise ModelError(f"model needs exactly one 4-D image input, has "
+                         f"{[str(i.get_partial_shape()) for i in model.inputs]}")
+    port = images[0]
+    shape = port.get_partial_shape()
+    dims = [d.get_length() if d.is_static else -1 for d in shape]
+    layout = params.get("layout") or ("NCHW" if dims[1] in (1, 3) and dims[3] not in (1, 3) else "NHWC")
+    h, w, c = (dims[2], dims[3], dims[1]) if layout == "NCHW" else (dims[1], dims[2], dims[3])
+    size = params.get("input_size")
+    if (h <= 0 or w <= 0) and size:
+        h, w = int(size[0]), int(size[1])
+    if h <= 0 or w <= 0:
+        raise ModelError(f"model input {shape} has a dynamic size: set params.input_size = [H, W]")
+    return InputInfo(port.get_any_name(), layout, h, w, c if c > 0 else 3)
+
+
+def output_shapes(model: ov.Model | ov.CompiledModel) -> dict[str, list[int]]:
+    """``{output name: shape}`` (dynamic dims as -1) for the adapter's start-up check."""
+    out = {}
+    for i, port in enumerate(model.outputs):
+        names = port.get_names()
+        name = port.get_any_name() if names else f"output{i}"
+        out[name] = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
+    return out
+
+
+def prepare_model(model: ov.Model, cfg: ModelConfig, batch: int) -> tuple[ov.Model, InputInfo]:
+    """Fold uint8 NHWC BGR → model layout/colour/scale into ``model`` and set the batch."""
+    info = input_info(model, cfg.params)
+    shape = [batch, info.channels, info.height, info.width] if info.layout == "NCHW" \
+        else [batch, info.height, info.width, info.channels]
+    try:
+        model.reshape({info.name: shape})
+    except Exception as exc:
+        raise ModelError(f"cannot set batch {batch} on {cfg.path}: {str(exc).splitlines()[0][:300]}") from None
+    pre = cfg.preprocess
+    ppp = ov.preprocess.PrePostProcessor(model)
+    inp = ppp.input(info.name)
+    inp.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")) \
+        .set_color_format(ov.preprocess.ColorFormat.BGR) \
+        .set_shape([batch, info.height, info.width, 3])
+    inp.model().set_layout(ov.Layout(info.layout))
+    steps = inp.preprocess()
+    if pre.color == "RGB":
+        steps.convert_color(ov.preprocess.ColorFormat.RGB)
+    elif pre.color == "GRAY":
+        steps.convert_color(ov.preprocess.ColorFormat.GRAY)
+    steps.convert_element_type(ov.Type.f32)
+    channels = 1 if pre.color == "GRAY" else 3
+    mean, scale = list(pre.mean)[:channels], list(pre.scale)[:channels]
+    if any(m != 0 for m in mean):
+        steps.mean(mean if len(set(mean)) > 1 else mean[0])
+    if any(s != 1 for s in scale):
+        steps.scale(scale if len(set(scale)) > 1 else scale[0])
+    for port in model.outputs:
+        ppp.output(port.get_any_name() if port.get_names() else model.outputs.index(port)) \
+            .tensor().set_element_type(ov.Type.f32)
+    try:
+        return ppp.build(), info
+    except Exception as exc:
+        raise ModelError(f"cannot fold preprocessing into {cfg.path}: {str(exc).splitlines()[0][:300]}") from None
+
+
+def compile_properties(cfg: InferenceConfig, device: str) -> dict:
+    """OpenVINO properties for ``device`` from the config (hint, streams, threads, raw extras)."""
+    props: dict = {}
+    base = device.split(".")[0].split(":")[0]
+    if cfg.hint != "NONE":
+        props["PERFORMANCE_HINT"] = cfg.hint
+    if cfg.streams > 0 and base not in ("AUTO", "MULTI", "HETERO"):
+        props["NUM_STREAMS"] = str(cfg.streams)
+    if cfg.threads > 0 and base == "CPU":
+        props["INFERENCE_NUM_THREADS"] = cfg.threads
+    if cfg.nireq > 0 and cfg.hint in ("THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
+        props["PERFORMANCE_HINT_NUM_REQUESTS"] = cfg.nireq
+    props.update(cfg.properties.get(device, cfg.properties.get(base, {})))
+    return props
+
+
+def base_devices(device: str) -> list[str]:
+    """Physical devices named by a device string: 'GPU.1' → ['GPU.1'], 'MULTI:CPU,GPU' → both."""
+    if ":" in device:
+        return [d for d in device.split(":", 1)[1].split(",") if d]
+    return [] if device in ("AUTO", "MULTI", "HETERO", "BATCH") else [device]
+
+
+def check_devices(core: ov.Core, devices: list[str]) -> None:
+    """Raise :class:`DeviceError` naming the available devices for any device not listed."""
+    available = core.available_devices
+    families = {d.split(".")[0] for d in available}
+    for device in devices:
+        for name in base_devices(device):
+            if name not in available and name not in families:
+                raise DeviceError(f"device '{name}' is not available (OpenVINO lists: "
+                                  f"{', '.join(available) or 'none'})")
+
+
+def compile_model(core: ov.Core, model: ov.Model, device: str, cfg: InferenceConfig) -> ov.CompiledModel:
+    """Compile with the configured properties; failures become one :class:`DeviceError` line."""
+    if cfg.cache_dir:
+        core.set_property({"CACHE_DIR": cfg.cache_dir})
+    try:
+        return core.compile_model(model, device, compile_properties(cfg, device))
+    except Exception as exc:
+        raise DeviceError(f"compiling on {device} failed: {str(exc).strip().splitlines()[0][:300]}") from None
+
+
+def zeros_input(info: InputInfo, batch: int) -> np.ndarray:
+    """A blank batch of the shape the prepared model takes (for warm-up and benchmarks)."""
+    return np.zeros((batch, info.height, info.width, 3), dtype=np.uint8)

@@ -1,0 +1,231 @@
+"""Accuracy metrics over engine result records (the objects of ``results.jsonl``).
+
+Pure functions, shared by ``ovstream eval`` and the quantizer:
+
+- :func:`coco_map`: COCO box mAP against ground-truth annotations, computed by pycocotools' COCOeval.
+- :func:`agreement_map`: the same mAP with a reference model's detections standing in for ground truth.
+- :func:`topk_accuracy`, :func:`classification_agreement`: classifier top-k and top-1 agreement.
+
+A record is one frame: ``{"source", "frame_index", "status", "detections": [...], "classes": [...]}``.
+A failed frame (``status`` other than ``ok``) counts as a frame without answer: no detections, no class.
+COCO statistics that are undefined (no ground truth in the area range) are ``None``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+# COCOeval.stats, in its order.
+COCO_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
+              "mar1", "mar10", "mar100", "mar_small", "mar_medium", "mar_large")
+# How a detection's class becomes a COCO category id (see coco_map).
+CATEGORY_MODES = ("id", "index", "label")
+
+Record = dict[str, Any]
+FrameKey = tuple[str, int]
+
+
+def frame_key(record: Record) -> FrameKey:
+    """Identity of a frame across runs: its resolved source path and index in that source."""
+    return os.path.realpath(str(record.get("source", ""))), int(record.get("frame_index", 0))
+
+
+def _ok(record: Record) -> bool:
+    return record.get("status", "ok") == "ok"
+
+
+def _xywh(box: list[float]) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+# ---- COCO mAP ------------------------------------------------------------------------------------
+
+def load_coco(annotations: str | Path | Mapping) -> COCO:
+    """A pycocotools COCO index from an annotation file or a COCO-format dict (the dict is copied).
+
+    Annotation ids must be >= 1: COCOeval treats a match with id 0 as no match.
+    """
+    if isinstance(annotations, Mapping):
+        dataset = copy.deepcopy(dict(annotations))
+    else:
+        with open(annotations, encoding="utf-8") as fh:
+            dataset = json.load(fh)
+    dataset.setdefault("annotations", [])
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def evaluate_boxes(gt: COCO, results: list[dict], image_ids: Iterable[int]) -> dict[str, float | None]:
+    """COCOeval ``bbox`` over ``image_ids``; ``results`` are COCO results (image_id, category_id, bbox, score)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        if results:
+            dt = gt.loadRes(results)
+        else:  # loadRes cannot take an empty list
+            dt = COCO()
+            dt.dataset = {"images": gt.dataset.get("images", []),
+                          "categories": copy.deepcopy(gt.dataset.get("categories", [])),
+                          "annotations": []}
+            dt.createIndex()
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = sorted(set(image_ids))
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {name: (float(v) if v >= 0 else None) for name, v in zip(COCO_STATS, ev.stats)}
+
+
+def _image_id_of(gt: COCO) -> Callable[[str], int | None]:
+    by_name = {os.path.basename(img["file_name"]): img["id"] for img in gt.dataset.get("images", [])
+               if "file_name" in img}
+    known = set(gt.getImgIds())
+
+    def image_id(source: str) -> int | None:
+        name = os.path.basename(source)
+        if name in by_name:
+            return by_name[name]
+        stem = Path(name).stem
+        return int(stem) if stem.isdigit() and int(stem) in known else None
+    return image_id
+
+
+def _category_of(gt: COCO, categories: str | Mapping[int, int]) -> Callable[[dict], int | None]:
+    if isinstance(categories, Mapping):
+        table = {int(k): int(v) for k, v in categories.items()}
+        return lambda det: table.get(int(det["class_id"]))
+    if categories == "id":
+        known = set(gt.getCatIds())
+        return lambda det: int(det["class_id"]) if int(det["class_id"]) in known else None
+    if categories == "index":
+        ordered = sorted(gt.getCatIds())
+        return lambda det: ordered[int(det["class_id"])] if 0 <= int(det["class_id"]) < len(ordered) else None
+    if categories == "label":
+        by_name = {c["name"]: c["id"] for c in gt.dataset.get("categories", [])}
+        return lambda det: by_name.get(str(det.get("label", "")))
+    raise ValueError(f"categories must be one of {', '.join(CATEGORY_MODES)} or a mapping, not {categories!r}")
+
+
+def coco_map(annotations: str | Path | Mapping, records: list[Record], *,
+             categories: str | Mapping[int, int] = "id") -> dict[str, Any]:
+    """COCO box mAP@[.5:.95] (``map``), mAP@.5 (``map50``) and the other COCOeval stats of ``records``.
+
+    Images: a record's file name is looked up in the annotations' ``file_name`` entries, else its
+    stem is taken as the integer image id (COCO's ``000000000139.jpg`` → 139). Only the images of
+    ``records`` are evaluated; a failed frame counts as one without detections.
+
+    ``categories`` maps a detection's ``class_id`` to a COCO category id:
+    ``"id"``: class_id is the category id (TF OD API / SSD models in COCO's 91-id label space,
+    background 0); ``"index"``: class_id indexes the annotations' categories sorted by id (models
+    with 80 contiguous classes); ``"label"``: the detection's label equals the category name; or an
+    explicit ``{class_id: category_id}`` mapping. Detections whose class maps to nothing are dropped.
+
+    Raises ``ValueError`` naming a record whose image is not in the annotations.
+    """
+    gt = load_coco(annotations)
+    image_id, category_of = _image_id_of(gt), _category_of(gt, categories)
+    image_ids, results = [], []
+    for record in records:
+        img = image_id(str(record.get("source", "")))
+        if img is None:
+            raise ValueError(f"{record.get('source')}: image not in the annotations")
+        image_ids.append(img)
+        detections = (record.get("detections") or []) if _ok(record) else []
+        for det in detections:
+            cat = category_of(det)
+            if cat is not None:
+                results.append({"image_id": img, "category_id": cat, "bbox": _xywh(det["box"]),
+                                "score": float(det["score"])})
+    stats = evaluate_boxes(gt, results, image_ids)
+    return {**stats, "images": len(set(image_ids)), "detections": len(results)}
+
+
+def agreement_map(reference_records: list[Record], candidate_records: list[Record], *,
+                  min_score: float = 0.0) -> dict[str, Any]:
+    """mAP of the candidate's detections with the reference's (score >= ``min_score``) as ground truth.
+
+    For detectors without ground truth, e.g. an INT8 model against its FP32 original. Frames match
+    by :func:`frame_key`; frames the reference failed are skipped, frames the candidate failed or
+    lacks count as frames without detections. Identical records give 1.0.
+    """
+    images, annotations, categories = [], [], {}
+    image_of: dict[FrameKey, int] = {}
+    for record in reference_records:
+        if not _ok(record) or frame_key(record) in image_of:
+            continue
+        img = image_of[frame_key(record)] = len(images) + 1
+        images.append({"id": img, "file_name": str(record.get("source", ""))})
+        for det in record.get("detections") or []:
+            if float(det["score"]) < min_score:
+                continue
+            x, y, w, h = _xywh(det["box"])
+            categories.setdefault(int(det["class_id"]), str(det.get("label", det["class_id"])))
+            annotations.append({"id": len(annotations) + 1, "image_id": img,
+                                "category_id": int(det["class_id"]), "bbox": [x, y, w, h],
+                                "area": w * h, "iscrowd": 0})
+    results = []
+    for record in candidate_records:
+        img = image_of.get(frame_key(record))
+        if img is None or not _ok(record):
+            continue
+        for det in record.get("detections") or []:
+            categories.setdefault(int(det["class_id"]), str(det.get("label", det["class_id"])))
+            results.append({"image_id": img, "category_id": int(det["class_id"]),
+                            "bbox": _xywh(det["box"]), "score": float(det["score"])})
+    gt = load_coco({"images": images, "annotations": annotations,
+                    "categories": [{"id": k, "name": v} for k, v in sorted(categories.items())]})
+    stats = evaluate_boxes(gt, results, [img["id"] for img in images])
+    return {**stats, "images": len(images), "reference_boxes": len(annotations),
+            "candidate_boxes": len(results)}
+
+
+# ---- classification ------------------------------------------------------------------------------
+
+def topk_accuracy(records: list[Record], truth: Mapping[str, int],
+                  k: Iterable[int] = (1, 5)) -> dict[str, Any]:
+    """Top-k accuracy of ``records`` against ``truth`` (image path → class index).
+
+    Paths match after resolving (:func:`os.path.realpath`); records of unlisted images are ignored.
+    Every truth entry counts: one without an ``ok`` record is a miss (``unanswered``). ``topK`` looks
+    at the record's ``classes`` list (best first), so the run must keep at least K classes.
+    """
+    ks = tuple(k)
+    answers = {frame_key(r)[0]: [int(c["class_id"]) for c in r.get("classes") or []]
+               for r in records if _ok(r)}
+    hits = dict.fromkeys(ks, 0)
+    unanswered = 0
+    for path, label in truth.items():
+        ranked = answers.get(os.path.realpath(path))
+        if ranked is None:
+            unanswered += 1
+            continue
+        for n in ks:
+            hits[n] += int(label) in ranked[:n]
+    total = len(truth)
+    return {**{f"top{n}": (hits[n] / total if total else None) for n in ks},
+            "images": total, "unanswered": unanswered}
+
+
+def classification_agreement(reference_records: list[Record],
+                             candidate_records: list[Record]) -> dict[str, Any]:
+    """Rate of frames whose top-1 class is the same for both models (``top1_agreement``).
+
+    Frames the reference failed are skipped; a failed or missing candidate frame disagrees.
+    """
+    reference = {frame_key(r): r["classes"][0]["class_id"] for r in reference_records
+                 if _ok(r) and r.get("classes")}
+    candidate = {frame_key(r): r["classes"][0]["class_id"] for r in candidate_records
+                 if _ok(r) and r.get("classes")}
+    same = sum(candidate.get(key) == cls for key, cls in reference.items())
+    return {"top1_agreement": same / len(reference) if reference else None, "frames": len(reference)}

@@ -1,0 +1,82 @@
+"""`ovstream run`: load a config, apply command-line overrides, supervise the run, report.
+
+Exit codes: 0 every frame processed; 1 the run finished but some frames are error records (or a
+stage kept dying); 2 a user mistake found before start (config, model, device); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from engine.config import load_config
+from engine.dashboard import render_summary
+from engine.supervisor import Supervisor
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="TOML config (default: configs/default.toml)")
+    parser.add_argument("--source", help="image folder, video file, camera index or rtsp/http URL")
+    parser.add_argument("--model", help="registry name (models/models.toml) or model file")
+    parser.add_argument("--adapter", help="output adapter when --model is a file")
+    parser.add_argument("--device", action="append", help="OpenVINO device; repeat for several workers")
+    parser.add_argument("--nireq", type=int, help="async infer requests per worker (0: device optimum)")
+    parser.add_argument("--batch", type=int, help="frames per inference request")
+    parser.add_argument("--streams", type=int, help="OpenVINO streams per device (0: from the hint)")
+    parser.add_argument("--hint", choices=["THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT", "NONE"])
+    parser.add_argument("--loop", type=int, help="play the source this many times")
+    parser.add_argument("--output", help="output folder (results.jsonl, report.json, logs/)")
+    parser.add_argument("--annotate", action="store_true", help="also write annotated images")
+    parser.add_argument("--video", action="store_true", help="also write an annotated video")
+    parser.add_argument("--no-dashboard", action="store_true", help="plain progress lines instead of the live view")
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    """The config overrides named on the command line."""
+    out: dict = {}
+
+    def put(section: str, key: str, value: object) -> None:
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+
+    put("source", "uri", args.source)
+    put("source", "loop", args.loop)
+    if args.model:
+        is_file = Path(args.model).suffix in (".xml", ".onnx", ".tflite", ".pb", ".pdmodel")
+        put("model", "path" if is_file else "name", args.model)
+    put("model", "adapter", args.adapter)
+    put("inference", "devices", args.device)
+    put("inference", "nireq", args.nireq)
+    put("inference", "batch", args.batch)
+    put("inference", "streams", args.streams)
+    put("inference", "hint", args.hint)
+    put("output", "dir", args.output)
+    if args.annotate:
+        put("output", "images", True)
+    if args.video:
+        put("output", "video", True)
+    if args.no_dashboard:
+        put("dashboard", "enabled", False)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, overrides_from(args))
+    console = Console(stderr=False)
+    outcome = Supervisor(cfg).run()
+    if outcome.report:
+        console.print(render_summary_from_report(outcome.report))
+        if cfg.output.report:
+            path = Path(cfg.output.dir) / "report.json"
+            path.write_text(json.dumps(outcome.report, indent=2), encoding="utf-8")
+            console.print(f"report: {path}   results: {Path(cfg.output.dir) / 'results.jsonl'}")
+    if outcome.message:
+        print(f"ovstream run: {outcome.message}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def render_summary_from_report(report: dict) -> object:
+    return render_summary(report)

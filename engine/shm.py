@@ -1,0 +1,117 @@
+"""SlotPool: fixed-size slots in one shared-memory file, and the owner's free list.
+
+The supervisor creates every pool before the stage processes start and unlinks them at exit, so
+a crashed stage can never leak a segment. Stages attach by path and take numpy views of slots;
+pixels are written once into a slot and never copied through a socket.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(os.environ.get("TMPDIR", "/tmp"))
+SHM_PREFIX = "ovstream-"
+_ALIGN = 4096
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Where a pool lives and how it is cut: passed to every stage in its context."""
+
+    path: str
+    slot_bytes: int
+    slots: int
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "slot_bytes": self.slot_bytes, "slots": self.slots}
+
+
+class SlotPool:
+    """A shared-memory file cut into ``slots`` slots of ``slot_bytes`` (page aligned)."""
+
+    def __init__(self, spec: PoolSpec) -> None:
+        self.spec = spec
+        fd = os.open(spec.path, os.O_RDWR)
+        try:
+            self._map = mmap.mmap(fd, spec.slot_bytes * spec.slots)
+        finally:
+            os.close(fd)
+        self._buffer = np.frombuffer(self._map, dtype=np.uint8)
+
+    @staticmethod
+    def create(run_id: str, name: str, slot_bytes: int, slots: int) -> PoolSpec:
+        """Create the backing file (owner: the supervisor) and return its spec."""
+        slot_bytes = (slot_bytes + _ALIGN - 1) // _ALIGN * _ALIGN
+        path = SHM_DIR / f"{SHM_PREFIX}{run_id}-{name}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, slot_bytes * slots)
+        finally:
+            os.close(fd)
+        return PoolSpec(str(path), slot_bytes, slots)
+
+    @staticmethod
+    def unlink(spec: PoolSpec) -> None:
+        """Remove the backing file; mappings still open stay valid until closed."""
+        try:
+            os.unlink(spec.path)
+        except FileNotFoundError:
+            pass
+
+    def view(self, slot: int, shape: tuple[int, ...], dtype: np.dtype | type = np.uint8) -> np.ndarray:
+        """A writable numpy view of ``slot`` with ``shape`` (must fit in the slot)."""
+        if not 0 <= slot < self.spec.slots:
+            raise IndexError(f"slot {slot} outside pool of {self.spec.slots}")
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes > self.spec.slot_bytes:
+            raise ValueError(f"{shape} {dtype} needs {nbytes} bytes, slot holds {self.spec.slot_bytes}")
+        start = slot * self.spec.slot_bytes
+        return self._buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+    def close(self) -> None:
+        """Drop this process's mapping (views must not be used afterwards)."""
+        self._buffer = None  # type: ignore[assignment]
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # a view is still alive somewhere; the mapping goes with the process
+
+
+class FreeList:
+    """The owner's bookkeeping of which slots are free; consumers release by message."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = deque(range(slots))
+        self._busy: set[int] = set()
+        self.size = slots
+
+    def acquire(self) -> int | None:
+        """A free slot, or None when all are in use (the caller applies backpressure)."""
+        if not self._free:
+            return None
+        slot = self._free.popleft()
+        self._busy.add(slot)
+        return slot
+
+    def release(self, slot: int) -> bool:
+        """Return a slot; False for a slot that was not in use (a duplicate release)."""
+        if slot not in self._busy:
+            return False
+        self._busy.remove(slot)
+        self._free.append(slot)
+        return True
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+
+def leftover_segments() -> list[Path]:
+    """Segments of ovstream runs still present (for tests and the before-stop check)."""
+    return sorted(SHM_DIR.glob(f"{SHM_PREFIX}*"))

@@ -1,0 +1,73 @@
+"""Geometry: resize plans, the resize itself, and the inverse that puts boxes back on the frame."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.geometry import Geometry
+
+
+def to_model(g: Geometry, xy: np.ndarray) -> np.ndarray:
+    """The forward mapping of the Geometry docstring, normalised to the model input."""
+    return np.stack([(xy[:, 0] * g.sx + g.pad_x) / g.input_w, (xy[:, 1] * g.sy + g.pad_y) / g.input_h], axis=1)
+
+
+def placed_region(g: Geometry) -> tuple[int, int, int, int]:
+    """(x0, y0, w, h) of the non-padding area resize_into really fills."""
+    dst = np.full((g.input_h, g.input_w, 3), 99, np.uint8)
+    g.resize_into(np.full((g.frame_h, g.frame_w, 3), 255, np.uint8), dst)
+    ys, xs = np.nonzero(dst[..., 0] == 255)
+    assert np.all(dst[..., 0][(dst[..., 0] != 255)] == 0), "padding must be zeroed"
+    return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
+def test_letterbox_plan_landscape_and_portrait():
+    g = Geometry.plan(640, 480, 192, 192, "letterbox")
+    assert (g.sx, g.sy, g.pad_x, g.pad_y) == pytest.approx((0.3, 0.3, 0.0, 24.0))
+    g = Geometry.plan(480, 640, 192, 192, "letterbox")
+    assert (g.sx, g.sy, g.pad_x, g.pad_y) == pytest.approx((0.3, 0.3, 24.0, 0.0))
+    assert placed_region(g) == (24, 0, 144, 192)
+
+
+@pytest.mark.parametrize("size", [(100, 51, 64, 64), (427, 640, 192, 192), (641, 481, 300, 300), (1920, 1080, 128, 128)])
+def test_plan_matches_what_resize_into_does(size):
+    """Odd sizes: the plan's pads and scales are the ones the resize applies (whole pixels)."""
+    g = Geometry.plan(*size, "letterbox")
+    assert placed_region(g) == (g.pad_x, g.pad_y, round(g.frame_w * g.sx), round(g.frame_h * g.sy))
+
+
+def test_inverse_round_trip():
+    g = Geometry.plan(1280, 720, 192, 192, "letterbox")
+    points = np.array([[0, 0], [1280, 720], [640.5, 100.25], [17, 719]], dtype=np.float32)
+    assert g.normalized_to_frame(to_model(g, points)) == pytest.approx(points, abs=1e-3)
+    box = np.concatenate([to_model(g, points[2:3]), to_model(g, points[1:2])], axis=1)
+    assert g.boxes_to_frame(box)[0] == pytest.approx([640.5, 100.25, 1280, 720], abs=1e-3)
+
+
+def test_boxes_in_the_padding_are_clipped_to_the_frame():
+    g = Geometry.plan(640, 480, 192, 192, "letterbox")   # rows 0..23 and 168..191 are padding
+    box = g.boxes_to_frame(np.array([[-0.1, 0.0, 0.5, 1.0]]))[0]
+    assert box == pytest.approx([0, 0, 320, 480])
+
+
+def test_stretch_fills_the_input():
+    g = Geometry.plan(640, 480, 300, 300, "stretch")
+    assert (g.sx, g.sy, g.pad_x, g.pad_y) == pytest.approx((300 / 640, 300 / 480, 0, 0))
+    assert placed_region(g) == (0, 0, 300, 300)
+    assert g.boxes_to_frame(np.array([[0.25, 0.5, 1.0, 1.0]]))[0] == pytest.approx([160, 240, 640, 480])
+
+
+def test_scaled_to_maps_to_the_original_frame():
+    """The decoder shrank a 1920x1080 frame to 960x540; boxes must come back in 1920x1080 pixels."""
+    small = Geometry.plan(960, 540, 192, 192, "letterbox")
+    g = small.scaled_to(1920, 1080)
+    assert (g.frame_w, g.frame_h) == (1920, 1080)
+    norm = np.array([[0.5, 0.5], [0.1, 0.3]])
+    assert g.normalized_to_frame(norm) == pytest.approx(small.normalized_to_frame(norm) * 2, abs=1e-3)
+    assert g.boxes_to_frame(np.array([[0.0, 0.0, 1.0, 1.0]]))[0] == pytest.approx([0, 0, 1920, 1080])
+    assert g.normalized_to_frame(to_model(g, np.array([[1500.0, 800.0]]))) == pytest.approx(np.array([[1500, 800]]), abs=1e-2)
+
+
+def test_to_list_round_trip():
+    g = Geometry.plan(640, 480, 192, 192, "letterbox")
+    assert Geometry.from_list(g.to_list(), 640, 480, 192, 192) == g

@@ -1,0 +1,149 @@
+"""Inference stage: one device, N async infer requests, input tensors that are views of shm.
+
+Every input slot gets one ``ov.Tensor`` wrapping its shared memory (no copy). The worker
+announces one credit per infer request; each completed batch returns its credit and frees its
+input slot. The completion callback only copies the outputs and wakes the main loop; results
+are sent from the main loop, outputs as zero-copy frames beside the msgpack header.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import openvino as ov
+import zmq
+
+from engine.channels import make_socket
+from engine.config import InferenceConfig
+from engine.errors import DeviceError
+from engine.messages import BatchMsg, CreditMsg, ErrorMsg, ResultMsg, encode_result
+from engine.model import compile_model, output_shapes, prepare_model, read_model
+from engine.shm import SlotPool
+from workers.runtime import Stage, StageContext, stage_main
+
+
+def split_batch_axis(array: np.ndarray, batch: int) -> np.ndarray:
+    """Outputs of graphs that hard-code batch 1 in a Reshape come back as [1, B*N, ...]."""
+    if array.shape[0] == batch or batch == 1:
+        return array
+    if array.shape[0] == 1 and array.ndim >= 2 and array.shape[1] % batch == 0:
+        return array.reshape(batch, array.shape[1] // batch, *array.shape[2:])
+    raise ValueError(f"output of shape {array.shape} cannot be split into batch {batch}")
+
+
+def device_info(compiled: ov.CompiledModel) -> dict:
+    """Figures a user compares with benchmark_app: streams, optimal requests, hint."""
+    info = {}
+    for key in ("OPTIMAL_NUMBER_OF_INFER_REQUESTS", "NUM_STREAMS", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS",
+                "EXECUTION_DEVICES"):
+        try:
+            info[key] = str(compiled.get_property(key))
+        except Exception:  # not every device reports every property
+            continue
+    return info
+
+
+def load(ctx: StageContext) -> tuple[ov.CompiledModel, int, float]:
+    """Read, prepare and compile the model on this worker's device; returns (compiled, nireq, ms)."""
+    cfg = ctx.config
+    inference: InferenceConfig = cfg.inference
+    t0 = time.monotonic()
+    core = ov.Core()
+    model, _ = prepare_model(read_model(core, cfg.model.path), cfg.model, ctx.input["batch"])
+    compiled = compile_model(core, model, ctx.device, inference)
+    nireq = inference.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    if nireq < 1:
+        raise DeviceError(f"{ctx.device} reports {nireq} optimal infer requests")
+    return compiled, nireq, (time.monotonic() - t0) * 1000
+
+
+def run(ctx: StageContext, stage: Stage) -> None:
+    batch_size, in_h, in_w = ctx.input["batch"], ctx.input["height"], ctx.input["width"]
+    compiled, nireq, compile_ms = load(ctx)
+    pool = SlotPool(ctx.pools["input"])
+    tensors = [ov.Tensor(pool.view(slot, (batch_size, in_h, in_w, 3)), shared_memory=True)
+               for slot in range(pool.spec.slots)]
+    names = list(output_shapes(compiled))
+    dispatch = make_socket(stage.zmq, zmq.DEALER, identity=ctx.name, connect=ctx.endpoints["dispatch"], hwm=10_000)
+    results = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"], hwm=10_000)
+    wake_addr = f"inproc://done-{ctx.name}"
+    wake_rx = make_socket(stage.zmq, zmq.PULL, bind=wake_addr)
+    wake_tx = make_socket(stage.zmq, zmq.PUSH, connect=wake_addr)
+    wake_lock = threading.Lock()
+    finished: deque[tuple[BatchMsg, list[np.ndarray] | None, str, int, int]] = deque()
+
+    def on_done(request: ov.InferRequest, userdata: tuple[BatchMsg, int]) -> None:
+        batch, started = userdata
+        ended = time.monotonic_ns()
+        try:
+            outputs = [np.array(request.get_output_tensor(i).data) for i in range(len(names))]
+            finished.append((batch, outputs, "", started, ended))
+        except Exception as exc:  # reported per frame by the main loop
+            finished.append((batch, None, f"{type(exc).__name__}: {exc}", started, ended))
+        with wake_lock:
+            wake_tx.send(b"")
+
+    queue = ov.AsyncInferQueue(compiled, nireq)
+    queue.set_callback(on_done)
+    for name in ("frames", "batches", "errors"):
+        stage.count(name, 0)
+    stage.gauges.update(nireq=nireq, in_flight=0)
+    stage.ready(device=ctx.device, nireq=nireq, compile_ms=round(compile_ms, 1), **device_info(compiled))
+    dispatch.send(CreditMsg(ctx.name, nireq, hello=True, generation=ctx.generation).encode())
+    in_flight = 0
+    poller = zmq.Poller()
+    poller.register(dispatch, zmq.POLLIN)
+    poller.register(wake_rx, zmq.POLLIN)
+    try:
+        while not stage.stopping:
+            stage.tick()
+            events = dict(poller.poll(int(ctx.config.pipeline.heartbeat_s * 1000)))
+            if wake_rx in events:
+                while wake_rx.poll(0):
+                    wake_rx.recv()
+            while finished:
+                batch, outputs, error, started, ended = finished.popleft()
+                in_flight -= 1
+                _send_results(ctx, stage, results, batch, names, outputs, error, started, ended, batch_size)
+                dispatch.send(CreditMsg(ctx.name, 1, [batch.slot], generation=ctx.generation).encode())
+            if dispatch in events:
+                while dispatch.poll(0):
+                    msg = stage.decode(dispatch.recv())
+                    if isinstance(msg, BatchMsg) and 0 <= msg.slot < len(tensors):
+                        queue.start_async({0: tensors[msg.slot]}, (msg, time.monotonic_ns()))
+                        in_flight += 1
+            stage.gauges["in_flight"] = in_flight
+    finally:
+        queue.wait_all()
+        for sock in (dispatch, results, wake_rx, wake_tx):
+            sock.close(0)
+        del tensors
+        pool.close()
+
+
+def _send_results(ctx: StageContext, stage: Stage, results: zmq.Socket, batch: BatchMsg, names: list[str],
+                  outputs: list[np.ndarray] | None, error: str, started: int, ended: int, batch_size: int) -> None:
+    for ref in batch.frames:
+        ref.stamps["inf0"], ref.stamps["inf1"] = started, ended
+        stage.latency.record("queue", (started - ref.stamps.get("pre", started)) / 1e6)
+    stage.latency.record("inference", (ended - started) / 1e6)
+    if outputs is not None:
+        try:
+            outputs = [split_batch_axis(o, batch_size) for o in outputs]
+        except ValueError as exc:
+            outputs, error = None, str(exc)
+    if outputs is None:
+        stage.count("errors", len(batch.frames))
+        for ref in batch.frames:
+            results.send(ErrorMsg(ref, "inference", error, ctx.generation).encode())
+        return
+    msg = ResultMsg(batch.frames, ctx.name, ctx.device, generation=ctx.generation)
+    results.send_multipart(encode_result(msg, list(zip(names, outputs))), copy=False)
+    stage.count("frames", len(batch.frames))
+    stage.count("batches")
+
+
+if __name__ == "__main__":
+    stage_main(run)

@@ -1,0 +1,208 @@
+"""Postprocessor stage: decodes outputs with the model's adapter and writes sinks in frame order.
+
+Results arrive from any worker in any order; a reorder buffer releases them by frame id, so a
+video's results come out in frame order. Frame ids already written (after a restart, or a
+batch that a dead worker had finished) are counted as duplicates and not written twice. Each
+written id is acknowledged to the supervisor, which keeps the ledger used to resume.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import zmq
+
+from engine.adapters import Adapter, create_adapter
+from engine.channels import make_socket
+from engine.geometry import Geometry
+from engine.messages import AckMsg, EndOfSource, ErrorMsg, FrameRef, MessageError, ReleaseMsg, ResultMsg, \
+    decode_result
+from engine.shm import SlotPool
+from engine.sinks import open_sinks
+from workers.runtime import Stage, StageContext, stage_main
+
+LIVE_GAP_S = 2.0   # a live source's missing frame is given up after this long
+
+
+def stage_latencies(stamps: dict[str, int]) -> dict[str, float]:
+    """Per-stage milliseconds from the timestamps each stage added."""
+    pairs = {"decode": ("src", "dec"), "preprocess": ("dec", "pre"), "queue": ("pre", "inf0"),
+             "inference": ("inf0", "inf1"), "postprocess": ("inf1", "post"), "end_to_end": ("src", "post")}
+    return {name: round((stamps[b] - stamps[a]) / 1e6, 3) for name, (a, b) in pairs.items()
+            if a in stamps and b in stamps}
+
+
+def frame_geometry(ref: FrameRef, input_w: int, input_h: int) -> Geometry:
+    """Model input → original frame pixels for this frame."""
+    geometry = Geometry.from_list(ref.geometry, ref.width, ref.height, input_w, input_h)
+    if (ref.orig_width, ref.orig_height) != (ref.width, ref.height) and ref.orig_width > 0:
+        geometry = geometry.scaled_to(ref.orig_width, ref.orig_height)
+    return geometry
+
+
+def base_record(ref: FrameRef) -> dict:
+    return {"frame_id": ref.frame_id, "source": ref.source, "frame_index": ref.index}
+
+
+def drawable(record: dict, ref: FrameRef) -> dict:
+    """The record with boxes scaled to the stored frame (smaller than the original if shrunk)."""
+    if not ref.orig_width or (ref.orig_width, ref.orig_height) == (ref.width, ref.height):
+        return record
+    kx, ky = ref.width / ref.orig_width, ref.height / ref.orig_height
+    scaled = []
+    for det in record.get("detections", []):
+        det = dict(det)
+        x1, y1, x2, y2 = det["box"]
+        det["box"] = [x1 * kx, y1 * ky, x2 * kx, y2 * ky]
+        det["keypoints"] = [[x * kx, y * ky] for x, y in det.get("keypoints", [])]
+        scaled.append(det)
+    return {**record, "detections": scaled}
+
+
+class Reorder:
+    """Holds finished frames until every lower frame id has been written."""
+
+    def __init__(self, done: set[int]) -> None:
+        self.done = set(done)
+        self.pending: dict[int, tuple[dict, FrameRef, float]] = {}
+        self.next_id = 0
+        self.total: int | None = None
+        self._skip_done()
+
+    def _skip_done(self) -> None:
+        while self.next_id in self.done:
+            self.done.discard(self.next_id)
+            self.next_id += 1
+
+    def add(self, record: dict, ref: FrameRef) -> bool:
+        """Queue a record; False if its id was already written (a duplicate)."""
+        fid = ref.frame_id
+        if fid < self.next_id or fid in self.done or fid in self.pending:
+            return False
+        self.pending[fid] = (record, ref, time.monotonic())
+        return True
+
+    def pop_ready(self, live: bool) -> list[tuple[dict, FrameRef]]:
+        """Records that can be written now, in frame order."""
+        out = []
+        while True:
+            self._skip_done()
+            item = self.pending.pop(self.next_id, None)
+            if item is None:
+                if live and self.pending and time.monotonic() - min(t for *_, t in self.pending.values()) > LIVE_GAP_S:
+                    self.next_id += 1      # a live frame lost with a crashed stage: give up on it
+                    continue
+                return out
+            out.append(item[:2])
+            self.next_id += 1
+
+    @property
+    def finished(self) -> bool:
+        return self.total is not None and self.next_id >= self.total and not self.pending
+
+
+def run(ctx: StageContext, stage: Stage) -> None:
+    cfg = ctx.config
+    in_w, in_h = ctx.input["width"], ctx.input["height"]
+    keep_raw = cfg.output.images or cfg.output.video
+    adapter = create_adapter(cfg.model)
+    raw_pool = SlotPool(ctx.pools["raw"]) if keep_raw else None
+    results = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints["results"], hwm=10_000)
+    releases = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["release"])
+    sinks = open_sinks(cfg.output, resume=ctx.generation > 0)
+    reorder = Reorder(ctx.completed_ids())
+    live = ctx.input.get("live", False)
+    for name in ("results", "errors", "duplicates"):
+        stage.count(name, 0)
+    stage.ready()
+    acked: list[int] = []
+    try:
+        while not stage.stopping:
+            stage.tick()
+            if results.poll(int(cfg.pipeline.heartbeat_s * 1000)):
+                while results.poll(0):
+                    _handle(results.recv_multipart(copy=False), ctx, stage, adapter, reorder, in_w, in_h)
+            for record, ref in reorder.pop_ready(live):
+                frame = None
+                if raw_pool is not None and ref.raw_slot >= 0:
+                    frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
+                for sink in sinks:
+                    sink.write(drawable(record, ref) if frame is not None and sink.draws else record, frame)
+                if raw_pool is not None and ref.raw_slot >= 0:
+                    releases.send(ReleaseMsg([ref.raw_slot], ctx.generation).encode())
+                stage.count("errors" if record["status"] == "error" else "results")
+                acked.append(ref.frame_id)
+            if acked:
+                for sink in sinks:
+                    sink.flush()
+                stage.send(AckMsg(acked, generation=ctx.generation))
+                acked = []
+            stage.gauges["reorder"] = len(reorder.pending)
+            if reorder.finished:
+                for sink in sinks:
+                    sink.close()
+                sinks = []
+                stage.send(AckMsg([], finished=True, generation=ctx.generation))
+                stage.send_stats()
+                while not stage.stopping:
+                    stage.tick()
+                    time.sleep(cfg.pipeline.heartbeat_s / 2)
+    finally:
+        for sink in sinks:
+            sink.close()
+        results.close(0)
+        releases.close(0)
+        if raw_pool is not None:
+            raw_pool.close()
+
+
+def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, reorder: Reorder, in_w: int,
+            in_h: int) -> None:
+    """One message on the results socket: a result batch, an error record or the end of source."""
+    buffers = [p.buffer for p in parts]
+    try:
+        if len(buffers) > 1:
+            msg, tensors = decode_result(buffers)
+        else:
+            msg, tensors = stage.decode(buffers[0]), {}
+    except MessageError as exc:
+        stage.bad_messages += 1
+        print(f"[{ctx.name}] rejected message: {exc}", flush=True)
+        return
+    if isinstance(msg, EndOfSource):
+        reorder.total = msg.total
+        return
+    if isinstance(msg, ErrorMsg):
+        record = {**base_record(msg.frame), "status": "error", "stage": msg.stage, "error": msg.error}
+        _queue(record, msg.frame, stage, reorder)
+        return
+    if not isinstance(msg, ResultMsg):
+        return
+    for row, ref in enumerate(msg.frames):
+        t0 = time.monotonic_ns()
+        record = {**base_record(ref), "status": "ok", "device": msg.device, "worker": msg.worker}
+        try:
+            outputs = {name: np.ascontiguousarray(t[row:row + 1]) for name, t in tensors.items()}
+            decoded = adapter.decode(outputs, frame_geometry(ref, in_w, in_h))
+            record["classes" if adapter.kind == "classification" else "detections"] = decoded
+        except Exception as exc:  # a frame the adapter cannot decode becomes an error record
+            record = {**base_record(ref), "status": "error", "stage": "postprocess",
+                      "error": f"{type(exc).__name__}: {exc}"}
+        ref.stamps["post"] = time.monotonic_ns()
+        stage.latency.record("postprocess", (ref.stamps["post"] - t0) / 1e6)
+        latencies = stage_latencies(ref.stamps)
+        if "end_to_end" in latencies:
+            stage.latency.record("end_to_end", latencies["end_to_end"])
+        record["latency_ms"] = latencies
+        _queue(record, ref, stage, reorder)
+
+
+def _queue(record: dict, ref: FrameRef, stage: Stage, reorder: Reorder) -> None:
+    """Hold a record for in-order writing. A duplicate's raw slot is not released again: the
+    first copy of the frame owns (and releases) it, and it may already serve another frame."""
+    if not reorder.add(record, ref):
+        stage.count("duplicates")
+
+
+if __name__ == "__main__":
+    stage_main(run)

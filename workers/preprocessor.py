@@ -1,0 +1,174 @@
+"""Preprocessor stage: resizes raw frames into batch slots and dispatches batches by credit.
+
+Each inference worker announces one credit per free infer request; a batch goes only to a
+worker holding a credit (the one holding the most), so a faster device gets more frames and a
+slow one never builds a queue. The stage remembers which batches each worker holds: when the
+supervisor reports a worker down, those batches go back to the front of the queue.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import zmq
+
+from engine.channels import make_socket
+from engine.geometry import Geometry
+from engine.messages import (BatchMsg, ControlMsg, CreditMsg, EndOfSource, ErrorMsg, FrameMsg, FrameRef,
+                             ReleaseMsg)
+from engine.shm import FreeList, SlotPool
+from workers.runtime import Stage, StageContext, stage_main
+
+
+@dataclass
+class Batch:
+    slot: int
+    frames: list[FrameRef] = field(default_factory=list)
+    deadline: float = 0.0
+
+
+class Dispatcher:
+    """Credit bookkeeping: which worker may take a batch, and which batches each one holds."""
+
+    def __init__(self) -> None:
+        self.credits: dict[str, int] = {}
+        self.held: dict[str, dict[int, Batch]] = {}
+        self.ready: deque[Batch] = deque()
+
+    def on_credit(self, msg: CreditMsg) -> list[int]:
+        """Apply a worker's credit message; returns the input slots it released."""
+        if msg.hello:                      # a fresh instance: whatever the old one held is lost
+            self.worker_down(msg.worker)
+            self.credits[msg.worker] = 0
+            self.held[msg.worker] = {}
+        if msg.worker not in self.credits:
+            return []                      # a late message from a worker declared down
+        self.credits[msg.worker] += msg.credits
+        held = self.held[msg.worker]
+        return [slot for slot in msg.released if held.pop(slot, None) is not None]
+
+    def worker_down(self, worker: str) -> int:
+        """Requeue everything ``worker`` held; returns how many batches went back."""
+        self.credits.pop(worker, None)
+        batches = list(self.held.pop(worker, {}).values())
+        self.ready.extendleft(reversed(sorted(batches, key=lambda b: b.frames[0].frame_id)))
+        return len(batches)
+
+    def next_assignment(self) -> tuple[str, Batch] | None:
+        """The next (worker, batch) to send, or None without a ready batch or a credit."""
+        if not self.ready:
+            return None
+        worker = max(self.credits, key=self.credits.__getitem__, default=None)
+        if worker is None or self.credits[worker] <= 0:
+            return None
+        batch = self.ready.popleft()
+        self.credits[worker] -= 1
+        self.held[worker][batch.slot] = batch
+        return worker, batch
+
+
+def run(ctx: StageContext, stage: Stage) -> None:
+    cfg = ctx.config
+    batch_size, in_h, in_w = ctx.input["batch"], ctx.input["height"], ctx.input["width"]
+    resize_mode = cfg.model.preprocess.resize
+    keep_raw = cfg.output.images or cfg.output.video       # the postprocessor draws on the raw frame
+    raw_pool, in_pool = SlotPool(ctx.pools["raw"]), SlotPool(ctx.pools["input"])
+    free = FreeList(in_pool.spec.slots)
+    frames_in = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints["frames"], hwm=10_000)
+    dispatch = make_socket(stage.zmq, zmq.ROUTER, bind=ctx.endpoints["dispatch"], hwm=10_000)
+    releases = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["release"])
+    results = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"])
+    dispatcher = Dispatcher()
+    filling: Batch | None = None
+    timeout_s = cfg.pipeline.batch_timeout_ms / 1000.0
+
+    def on_control(msg: ControlMsg) -> None:
+        if msg.command == "worker_down":
+            requeued = dispatcher.worker_down(msg.arg)
+            stage.count("requeued_batches", requeued)
+
+    stage.handler = on_control
+    for name in ("frames", "batches", "errors", "requeued_batches"):
+        stage.count(name, 0)
+    stage.ready()
+    poller = zmq.Poller()
+    poller.register(dispatch, zmq.POLLIN)
+    poller.register(frames_in, zmq.POLLIN)
+    try:
+        while not stage.stopping:
+            stage.tick()
+            # Backpressure: read frames only while there is somewhere to put them.
+            can_take = filling is not None or free.free > 0
+            if can_take:
+                poller.modify(frames_in, zmq.POLLIN)
+            else:
+                poller.modify(frames_in, 0)
+            wait = cfg.pipeline.heartbeat_s
+            if filling is not None and filling.frames:
+                wait = max(0.0, min(wait, filling.deadline - time.monotonic()))
+            events = dict(poller.poll(int(wait * 1000)))
+            if dispatch in events:
+                while dispatch.poll(0):
+                    _, data = dispatch.recv_multipart()
+                    msg = stage.decode(data)
+                    if isinstance(msg, CreditMsg):
+                        for slot in dispatcher.on_credit(msg):
+                            free.release(slot)
+            if frames_in in events:
+                while frames_in.poll(0) and (filling is not None or free.free > 0):
+                    msg = stage.decode(frames_in.recv())
+                    if isinstance(msg, FrameMsg):
+                        if filling is None:
+                            filling = Batch(free.acquire(), deadline=time.monotonic() + timeout_s)
+                        _preprocess(msg.frame, filling, raw_pool, in_pool, (in_h, in_w), resize_mode,
+                                    batch_size, stage, results, ctx.generation)
+                        if not keep_raw:                # otherwise the postprocessor releases it
+                            releases.send(ReleaseMsg([msg.frame.raw_slot], ctx.generation).encode())
+                        if len(filling.frames) == batch_size:
+                            dispatcher.ready.append(filling)
+                            filling = None
+                    elif isinstance(msg, EndOfSource) and filling is not None:
+                        filling.deadline = 0.0          # flush the partial batch now
+            if filling is not None and time.monotonic() >= filling.deadline:
+                if filling.frames:
+                    dispatcher.ready.append(filling)
+                else:
+                    free.release(filling.slot)          # every frame of it failed
+                filling = None
+            while (assignment := dispatcher.next_assignment()) is not None:
+                worker, batch = assignment
+                dispatch.send_multipart([worker.encode(), BatchMsg(batch.slot, batch.frames, ctx.generation).encode()])
+                stage.count("batches")
+            stage.gauges.update(input_slots=free.size, input_free=free.free, ready_batches=len(dispatcher.ready),
+                                credits=sum(dispatcher.credits.values()), workers=len(dispatcher.credits))
+    finally:
+        for sock in (frames_in, dispatch, releases, results):
+            sock.close(0)
+        raw_pool.close()
+        in_pool.close()
+
+
+def _preprocess(ref: FrameRef, batch: Batch, raw_pool: SlotPool, in_pool: SlotPool, size: tuple[int, int],
+                mode: str, batch_size: int, stage: Stage, results: zmq.Socket, generation: int) -> None:
+    """Resize one raw frame into the next row of ``batch``; a failure becomes an error record."""
+    in_h, in_w = size
+    t0 = time.monotonic_ns()
+    try:
+        frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
+        geometry = Geometry.plan(ref.width, ref.height, in_w, in_h, mode)
+        rows = in_pool.view(batch.slot, (batch_size, in_h, in_w, 3))
+        geometry.resize_into(frame, rows[len(batch.frames)])
+    except Exception as exc:  # a frame that cannot be resized must not stop the stream
+        stage.count("errors")
+        results.send(ErrorMsg(ref, "preprocess", f"{type(exc).__name__}: {exc}", generation).encode())
+        return
+    ref.geometry = geometry.to_list()
+    ref.stamps["pre"] = time.monotonic_ns()
+    stage.latency.record("preprocess", (ref.stamps["pre"] - t0) / 1e6)
+    batch.frames.append(ref)
+    stage.count("frames")
+
+
+if __name__ == "__main__":
+    stage_main(run)

@@ -1,0 +1,189 @@
+"""What every stage process shares: its context, the control channel, stats and shutdown.
+
+A stage is started as ``python -m workers.<role> CONTEXT.json``. The context (JSON, no pickle)
+holds the run config, endpoints, pool specs and, after a crash, what to resume. The stage talks
+to the supervisor over one DEALER socket: READY once started, STATS every heartbeat, and it
+receives ControlMsg (start / stop / worker_down) on the same socket.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+import zmq
+
+from engine.channels import make_socket
+from engine.config import RunConfig
+from engine.errors import OvstreamError
+from engine.messages import ControlMsg, FatalMsg, Message, MessageError, ReadyMsg, StatsMsg, decode
+from engine.metrics import LatencyRecorder
+from engine.shm import PoolSpec
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class StageContext:
+    """Everything a stage process is told at start."""
+
+    role: str
+    name: str
+    generation: int
+    endpoints: dict[str, str]
+    pools: dict[str, PoolSpec]
+    config: RunConfig
+    input: dict = field(default_factory=dict)        # model input: height, width, batch
+    device: str = ""
+    completed: list[list[int]] = field(default_factory=list)  # frame id ranges [a, b) already done
+    supervisor_pid: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "role": self.role, "name": self.name, "generation": self.generation,
+            "endpoints": self.endpoints, "pools": {k: v.to_dict() for k, v in self.pools.items()},
+            "config": self.config.to_dict(), "input": self.input, "device": self.device,
+            "completed": self.completed, "supervisor_pid": self.supervisor_pid,
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> "StageContext":
+        data = json.loads(text)
+        data["pools"] = {k: PoolSpec(**v) for k, v in data["pools"].items()}
+        data["config"] = RunConfig.from_dict(data["config"], origin="stage context")
+        return cls(**data)
+
+    def completed_ids(self) -> set[int]:
+        return {i for a, b in self.completed for i in range(a, b)}
+
+
+def id_ranges(ids: set[int]) -> list[list[int]]:
+    """Compress a set of frame ids into sorted half-open ranges ``[[a, b), ...]``."""
+    ranges: list[list[int]] = []
+    for i in sorted(ids):
+        if ranges and ranges[-1][1] == i:
+            ranges[-1][1] = i + 1
+        else:
+            ranges.append([i, i + 1])
+    return ranges
+
+
+class Stage:
+    """The control side of a stage process: handshake, heartbeats, commands, stop flag."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.zmq = zmq.Context.instance()
+        self.control = make_socket(self.zmq, zmq.DEALER, identity=ctx.name, connect=ctx.endpoints["control"])
+        self.latency = LatencyRecorder()
+        self.counters: dict[str, int] = {}
+        self.gauges: dict[str, float] = {}
+        self.stopping = False
+        self.started = False
+        self.bad_messages = 0
+        self._next_stats = 0.0
+        self._heartbeat = ctx.config.pipeline.heartbeat_s
+        signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides; Ctrl-C reaches it
+
+    def _request_stop(self) -> None:
+        self.stopping = True
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def send(self, msg: Message) -> None:
+        self.control.send(msg.encode())
+
+    def ready(self, **info: object) -> None:
+        """The handshake: tell the supervisor this stage is up, with what it learned."""
+        self.send(ReadyMsg(self.ctx.name, os.getpid(), dict(info), self.ctx.generation))
+        self.send_stats()
+
+    def send_stats(self) -> None:
+        self.counters["bad_messages"] = self.bad_messages
+        self.send(StatsMsg(self.ctx.name, self.ctx.role, os.getpid(), self.ctx.device, dict(self.counters),
+                           dict(self.gauges), self.latency.drain(), self.ctx.generation))
+        self._next_stats = time.monotonic() + self._heartbeat
+
+    def tick(self) -> None:
+        """Call every loop turn: heartbeat when due, parent watch, control messages."""
+        now = time.monotonic()
+        if now >= self._next_stats:
+            self.send_stats()
+            if os.getppid() != self.ctx.supervisor_pid:   # orphaned: the supervisor is gone
+                self.stopping = True
+        while self.control.poll(0):
+            msg = self.decode(self.control.recv())
+            if isinstance(msg, ControlMsg):
+                self.on_control(msg)
+
+    def on_control(self, msg: ControlMsg) -> None:
+        if msg.command == "stop":
+            self.stopping = True
+        elif msg.command == "start":
+            self.started = True
+        elif self.handler is not None:
+            self.handler(msg)
+
+    handler: Callable[[ControlMsg], None] | None = None
+
+    def decode(self, data: bytes) -> Message | None:
+        """Decode a header; a malformed one is counted and dropped, never fatal."""
+        try:
+            return decode(data)
+        except MessageError as exc:
+            self.bad_messages += 1
+            print(f"[{self.ctx.name}] rejected message: {exc}", file=sys.stderr)
+            return None
+
+    def wait_for_start(self) -> None:
+        while not self.started and not self.stopping:
+            if self.control.poll(int(self._heartbeat * 1000)):
+                self.tick()
+            else:
+                self.tick()
+
+    def close(self) -> None:
+        try:
+            self.send_stats()
+        except zmq.ZMQError:
+            pass
+        self.control.close(0)
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not Linux: the stage still notices a changed parent pid at its next heartbeat
+
+
+def stage_main(run: Callable[[StageContext, Stage], None]) -> None:
+    """Entry of ``python -m workers.<role> CONTEXT.json``: run the stage, report a fatal error."""
+    _die_with_parent()
+    with open(sys.argv[1], encoding="utf-8") as fh:
+        ctx = StageContext.from_json(fh.read())
+    if os.getppid() != ctx.supervisor_pid:
+        sys.exit(1)
+    stage = Stage(ctx)
+    code = 0
+    try:
+        run(ctx, stage)
+    except OvstreamError as exc:
+        stage.send(FatalMsg(ctx.name, str(exc), usage=True, generation=ctx.generation))
+        code = 2
+    except Exception as exc:  # a bug: report it whole to the supervisor, which logs and restarts
+        stage.send(FatalMsg(ctx.name, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+                            generation=ctx.generation))
+        code = 1
+    finally:
+        stage.close()
+        zmq.Context.instance().term()
+    sys.exit(code)
