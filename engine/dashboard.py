@@ -117,8 +117,13 @@ def render(snap: Snapshot) -> RenderableType:
                  title="ovstream", title_align="left", box=box.ROUNDED)
 
 
-def render_summary(snap: Snapshot) -> RenderableType:
-    """Printed once at exit: totals, throughput per device, latency per stage, processes."""
+def render_summary(snap: Snapshot | dict) -> RenderableType:
+    """Printed once at exit: totals, throughput per device, latency per stage, processes.
+
+    Takes the final snapshot or its run report (``Snapshot.to_dict()``).
+    """
+    if isinstance(snap, dict):
+        snap = Snapshot.from_dict(snap)
     t = snap.totals
     head = Table(box=box.SIMPLE_HEAD, show_header=False, title="run summary", title_justify="left")
     head.add_column(style="bold")

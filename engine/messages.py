@@ -276,8 +276,8 @@ class AckMsg(Message):
     """postprocessor → supervisor: these frame ids are written to every sink."""
 
     TYPE: ClassVar[str] = "ack"
-    frame_ids: list[int]
-    errors: int = 0
+    frame_ids: list[int]                                       # written as results
+    error_ids: list[int] = field(default_factory=list)         # written as error records
     finished: bool = False
     generation: int = 0
 

@@ -293,6 +293,34 @@ class Snapshot:
         """The row of ``name`` in ``scope``, or None when it has no samples."""
         return next((r for r in self.stages if r.stage == name and r.scope == scope), None)
 
+    @classmethod
+    def from_dict(cls, report: dict[str, Any]) -> "Snapshot":
+        """Rebuild a snapshot from a run report (:meth:`to_dict`); unknown keys are ignored."""
+        acc = report.get("accounting", {})
+        totals = Totals(
+            frames_in=acc.get("in", 0), frames_out=acc.get("out", 0), errors=acc.get("errors", 0),
+            drops=acc.get("drops", 0), duplicates=acc.get("duplicates", 0),
+            in_flight=acc.get("in_flight", 0), balanced=acc.get("balanced", False),
+            fps=report.get("throughput_fps_recent", 0.0), avg_fps=report.get("throughput_fps", 0.0))
+        scoped = [(ALL, report.get("latency_ms", {})),
+                  *report.get("latency_ms_by_device", {}).items()]
+        stages = tuple(
+            StageRow(stage, scope, v["count"], v["min"], v["median"], v["p95"], v["p99"],
+                     v["max"], v["avg"])
+            for scope, by_stage in scoped for stage, v in by_stage.items())
+        devices = tuple(
+            DeviceRow(label=d["name"], worker=d["worker"], device=d["device"],
+                      fps=d.get("throughput_fps_recent", 0.0), avg_fps=d["throughput_fps"],
+                      frames=d["frames"], batches=d.get("batches", 0), errors=d.get("errors", 0),
+                      in_flight=d.get("in_flight", 0), nireq=d.get("nireq", 0),
+                      alive=d.get("alive", True))
+            for d in report.get("devices", []))
+        return cls(state=report.get("state", ""), elapsed_s=report.get("duration_s", 0.0),
+                   timestamp=report.get("timestamp", 0.0), totals=totals,
+                   stages=tuple(sorted(stages, key=_stage_order)), devices=devices,
+                   processes=tuple(ProcessRow(**p) for p in report.get("processes", [])),
+                   edges=tuple(EdgeRow(**e) for e in report.get("queues", [])))
+
     def to_dict(self) -> dict[str, Any]:
         """The run report (``report.json``): JSON-able, named like benchmark_app's figures."""
         t = self.totals
@@ -307,7 +335,7 @@ class Snapshot:
             "duration_s": round(self.elapsed_s, 3),
             "throughput_fps": t.avg_fps,
             "throughput_fps_recent": t.fps,
-            "frames": {"in": t.frames_in, "out": t.frames_out, "errors": t.errors,
+            "accounting": {"in": t.frames_in, "out": t.frames_out, "errors": t.errors,
                        "drops": t.drops, "duplicates": t.duplicates, "in_flight": t.in_flight,
                        "balanced": t.balanced},
             "latency_ms": {r.stage: r.latency() for r in self.stages if r.scope == ALL},
@@ -383,7 +411,7 @@ class MetricsAggregator:
         self._t_last_done: dict[str, float] = {}   # process → time its throughput last grew
         self._acked = 0
         self._ack_errors = 0
-        self._state = "starting"
+        self._state: str | None = None             # None: "starting", then "running"
         self._last_sample: float | None = None
 
     # -- inputs --
@@ -392,17 +420,27 @@ class MetricsAggregator:
         """The stream starts now (the supervisor sent ``start``): the origin of elapsed and FPS."""
         now = time.monotonic() if now is None else now
         self._t0 = self._t_first = now
-        if self._state == "starting":
-            self._state = "running"
 
     def set_state(self, state: str) -> None:
-        """Run state shown by the dashboard and the report (running, draining, finished, ...)."""
+        """Run state for the dashboard and report (finished, interrupted, failed, ...).
+
+        Until set, the state is ``starting``, then ``running`` once the stream has started.
+        """
         self._state = state
 
     def watch(self, name: str, pid: int, role: str = "") -> None:
         """Show a process that sends no stats (the supervisor itself) in the process rows."""
         proc = self._procs.setdefault(name, _Proc(name=name, role=role or name))
         if proc.pid != pid:
+            proc.pid, proc.ps = pid, self._ps(pid)
+
+    def note_ready(self, process: str, pid: int, info: dict | None = None) -> None:
+        """A child finished its handshake (ReadyMsg): watch its pid before its first stats."""
+        proc = self._procs.setdefault(process, _Proc(name=process))
+        device = (info or {}).get("device")
+        if isinstance(device, str) and device and not proc.device:
+            proc.device = device
+        if _int(pid) > 0 and proc.pid != pid:
             proc.pid, proc.ps = pid, self._ps(pid)
 
     def note_restart(self, process: str) -> None:
@@ -434,9 +472,7 @@ class MetricsAggregator:
 
         names = _THROUGHPUT.get(proc.role, ())
         done = sum(proc.total(n) for n in names)
-        if proc.series and done > proc.series[-1][1]:
-            self._t_last_done[proc.name] = now
-        elif not proc.series and done > 0:
+        if done > (proc.series[-1][1] if proc.series else 0):
             self._t_last_done[proc.name] = now
         proc.series.append((now, done))
         if self._t_first is None and done > 0:
@@ -451,7 +487,9 @@ class MetricsAggregator:
         now = time.monotonic() if now is None else now
         self._sample_processes(now)
         procs = list(self._procs.values())
-        by_role = lambda role: [p for p in procs if p.role == role]  # noqa: E731
+
+        def by_role(role: str) -> list[_Proc]:
+            return [p for p in procs if p.role == role]
 
         frames_in = sum(p.total("frames_read") for p in by_role("decoder"))
         drops = sum(p.total("drops") for p in by_role("decoder"))
@@ -467,7 +505,7 @@ class MetricsAggregator:
             avg_fps=self._avg_rate(post, out + errors))
 
         return Snapshot(
-            state=self._state,
+            state=self._state or ("starting" if self._t_first is None else "running"),
             elapsed_s=max(now - self._t0, 0.0) if self._t0 is not None else 0.0,
             timestamp=time.time(),
             totals=totals,
@@ -535,17 +573,11 @@ class MetricsAggregator:
         return done / (max(ends) - self._t_first)
 
     def _stage_rows(self) -> tuple[StageRow, ...]:
-        order = {s: i for i, s in enumerate(STAGE_ORDER)}
-        rows = []
-        for (stage, scope), h in sorted(self._hists.items(),
-                                        key=lambda kv: (order.get(kv[0][0], 99), kv[0][0],
-                                                        kv[0][1] != ALL, "#" in kv[0][1],
-                                                        kv[0][1])):
-            if h.count:
-                rows.append(StageRow(stage, scope, h.count, *(
+        rows = [StageRow(stage, scope, h.count, *(
                     round(v, 3) for v in (h.min, h.percentile(50), h.percentile(95),
-                                          h.percentile(99), h.max, h.mean))))
-        return tuple(rows)
+                                          h.percentile(99), h.max, h.mean)))
+                for (stage, scope), h in self._hists.items() if h.count]
+        return tuple(sorted(rows, key=_stage_order))
 
     def _device_row(self, p: _Proc, now: float) -> DeviceRow:
         frames = p.total("frames")
@@ -594,6 +626,12 @@ class MetricsAggregator:
                 p.alive = True
             except (psutil.Error, OSError):   # gone, zombie or not ours: shown as dead, quietly
                 p.alive, p.cpu, p.rss = False, None, None
+
+
+def _stage_order(row: StageRow) -> tuple:
+    """Pipeline order; within a stage: all, then devices, then workers."""
+    rank = STAGE_ORDER.index(row.stage) if row.stage in STAGE_ORDER else len(STAGE_ORDER)
+    return rank, row.stage, row.scope != ALL, "#" in row.scope, row.scope
 
 
 def _int(value: Any) -> int:

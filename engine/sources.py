@@ -60,15 +60,17 @@ class Source(ABC):
         self._latest: SourceItem | None = None
         self._pending: deque[SourceItem] = deque()   # live error items: never dropped
         self._done = False
-        self._failure: BaseException | None = None
+        self._failure: Exception | None = None
         self._thread: threading.Thread | None = None
+        self._items: Iterator[SourceItem] | None = None
 
     @abstractmethod
     def _read(self) -> Iterator[SourceItem]:
         """Items in order, read synchronously; stops early once ``self._closed`` is set."""
 
     def __iter__(self) -> Iterator[SourceItem]:
-        return self._live_items() if self.live else self._read()
+        self._items = self._live_items() if self.live else self._read()
+        return self._items
 
     def drain_events(self) -> list[str]:
         """Take the notices gathered since the last call (thread-safe)."""
@@ -77,12 +79,18 @@ class Source(ABC):
         return events
 
     def close(self) -> None:
-        """Stop reading; a reader thread blocked in a device read is left to exit on its own."""
+        """Stop reading and release the file or device; a reader thread blocked in a device read
+        is given a second, then left to exit (and release) on its own."""
         self._closed.set()
         with self._cond:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
+        if self._items is not None and not self.live:   # a live reader thread closes its own
+            try:
+                self._items.close()
+            except ValueError:   # being iterated in another thread: it stops at its next check of _closed
+                pass
 
     def _note(self, event: str) -> None:
         with self._cond:
@@ -127,7 +135,7 @@ class Source(ABC):
                     self._cond.notify()
                 if self._closed.is_set():
                     break
-        except BaseException as exc:  # a reader bug: re-raised in the consumer's thread
+        except Exception as exc:  # a reader bug: re-raised in the consumer's thread
             self._failure = exc
         finally:
             items.close()
@@ -143,8 +151,8 @@ _DIGITS = re.compile(r"([0-9]+)")
 
 def _natural_key(relative: str) -> tuple:
     """Sort key: per path component, digit runs compare as numbers (img2 < img10)."""
-    parts = tuple(tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok)
-                        for tok in _DIGITS.split(part) if tok)
+    parts = tuple(tuple((0, int(tok), "") if odd % 2 else (1, 0, tok)   # split() puts digit runs at odd places
+                        for odd, tok in enumerate(_DIGITS.split(part)) if tok)
                   for part in relative.split(os.sep))
     return parts, relative
 
@@ -300,9 +308,9 @@ class VideoSource(Source):
                     ok, frame = cap.read()
                 if not ok:
                     failed += 1
+                    i += 1
                     if failed > MAX_DECODE_FAILURES:
                         break
-                    i += 1
                     continue
                 for k in range(i - failed, i):      # failures followed by a good frame: corrupt frames
                     if self._skip is None or not self._skip(base + k):
@@ -356,9 +364,9 @@ class CaptureSource(Source):
     def _read(self) -> Iterator[SourceItem]:
         cap = self._open()
         if cap is None:
-            kind = "camera" if self.uri.isdigit() or self.uri.startswith("/dev/") else "stream"
-            yield SourceItem(0, self.uri, 0, None,
-                             f"cannot open {kind} (no answer within {OPEN_TIMEOUT_S:g} s or no such device): {self.uri}")
+            why = ("camera (no such device, or busy)" if self.uri.isdigit() or self.uri.startswith("/dev/")
+                   else f"stream (refused, no answer within {OPEN_TIMEOUT_S:g} s, or not a video)")
+            yield SourceItem(0, self.uri, 0, None, f"cannot open {why}: {self.uri}")
             return
         i = failures = 0
         try:
@@ -401,6 +409,13 @@ def _existing(uri: str) -> Path | None:
     return None
 
 
+def is_live_uri(uri: str) -> bool:
+    """A camera index, /dev/video* device or stream URL (as opposed to a file or folder)."""
+    uri = uri.strip()
+    return bool(re.fullmatch(r"[0-9]+", uri)) or uri.startswith("/dev/video") \
+        or uri.lower().startswith(STREAM_SCHEMES)
+
+
 def open_source(cfg: SourceConfig, skip: Skip | None = None) -> Source:
     """The source ``cfg.uri`` names: folder, image, video, camera or stream; else a ConfigError.
 
@@ -423,8 +438,9 @@ def open_source(cfg: SourceConfig, skip: Skip | None = None) -> Source:
         if suffix in IMAGE_EXTENSIONS:
             return FolderSource([path], cfg.loop, skip, bool(forced))
         raise ConfigError(f"source {uri}: '{suffix or 'no extension'}' is neither an image "
-                          f"({', '.join(sorted(IMAGE_EXTENSIONS))}) nor a video ({', '.join(sorted(VIDEO_EXTENSIONS))})")
-    if re.fullmatch(r"[0-9]+", uri) or uri.startswith("/dev/video") or uri.lower().startswith(STREAM_SCHEMES):
+                          f"({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                          f"nor a video ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+    if is_live_uri(uri):
         return CaptureSource(uri, cfg.reconnect_attempts, forced is not False)
     raise ConfigError(f"source '{uri}': no such file or folder, and not a camera index, /dev/video* device "
                       f"or rtsp:// http:// https:// URL")

@@ -29,7 +29,7 @@ from engine.metrics import MetricsAggregator
 from engine.model import InputInfo, check_devices, input_info, output_shapes, read_model
 from engine.shm import PoolSpec, SlotPool
 from engine.sinks import JsonlSink
-from engine.sources import is_live_uri
+from engine.sources import is_live_uri, open_source
 from workers.runtime import StageContext, id_ranges
 
 READY_TIMEOUT_S = 300.0       # compiling for a GPU can take minutes the first time
@@ -67,10 +67,9 @@ def preflight(cfg: RunConfig) -> tuple[InputInfo, bool]:
     info = input_info(model, cfg.model.params)
     create_adapter(cfg.model).check_outputs(output_shapes(model))
     uri = cfg.source.uri
+    if not is_live_uri(uri):
+        open_source(cfg.source).close()     # a missing or empty folder, a bad file type: one line now
     live = is_live_uri(uri) if cfg.source.live == "auto" else cfg.source.live == "yes"
-    if not is_live_uri(uri) and not Path(uri).exists():
-        raise OvstreamError(f"[source] uri: '{uri}' is neither an existing file or folder, "
-                            f"a camera index, nor an rtsp/http URL")
     return info, live
 
 
@@ -82,8 +81,11 @@ class Supervisor:
         self.info, self.live = preflight(cfg)
         self.show_dashboard = dashboard and cfg.dashboard.enabled
         self.metrics = MetricsAggregator()
+        self.metrics.watch("supervisor", os.getpid(), "supervisor")
         self.children: dict[str, Child] = {}
         self.completed: set[int] = set()
+        self.acked_ok = 0
+        self.acked_errors = 0
         self.generation = 0
         self.finished = False
         self.interrupted = 0
@@ -167,8 +169,11 @@ class Supervisor:
             self.metrics.note_ready(msg.process, msg.pid, msg.info)
             if self.started:
                 self._send(child.name, "start")
-        elif isinstance(msg, AckMsg):
-            self.completed.update(msg.frame_ids)        # written is written, whatever the generation
+        elif isinstance(msg, AckMsg):                   # written is written, whatever the generation
+            self.acked_ok += len(set(msg.frame_ids) - self.completed)
+            self.acked_errors += len(set(msg.error_ids) - self.completed)
+            self.completed.update(msg.frame_ids, msg.error_ids)
+            self.metrics.set_accounting(self.acked_ok, self.acked_errors)
             if msg.finished and msg.generation == self.generation:
                 self.finished = True
         elif isinstance(msg, FatalMsg) and child is not None:
@@ -196,6 +201,7 @@ class Supervisor:
                 raise OvstreamError("interrupted during start-up" if self.interrupted else
                                     f"stages not ready after {READY_TIMEOUT_S:.0f}s")
         self.started = True
+        self.metrics.start()
         for child in self.children.values():
             self._send(child.name, "start")
 
@@ -266,6 +272,7 @@ class Supervisor:
                 if dashboard and now >= next_draw:
                     dashboard.update(self.metrics.snapshot())
                     next_draw = now + 1.0 / max(self.cfg.dashboard.refresh_hz, 0.5)
+            self.metrics.set_state("finished" if self.finished else "interrupted" if self.interrupted else "failed")
             self._stop_all()
         except OvstreamError as exc:
             self._stop_all()

@@ -25,8 +25,22 @@ from workers.runtime import Stage, StageContext, stage_main
 
 
 def split_batch_axis(array: np.ndarray, batch: int) -> np.ndarray:
-    """Outputs of graphs that hard-code batch 1 in a Reshape come back as [1, B*N, ...]."""
-    if array.shape[0] == batch or batch == 1:
+    """One row per frame along axis 0, whatever the graph did with the batch.
+
+    Graphs that hard-code batch 1 in a Reshape return [1, B*N, ...]; SSD DetectionOutput returns
+    [1, 1, B*N, 7] rows tagged by image id (padded per frame with id -1, its terminator).
+    """
+    if batch == 1 or (array.shape[0] == batch and array.ndim != 4):
+        return array
+    if array.ndim == 4 and array.shape[:2] == (1, 1) and array.shape[3] == 7:
+        rows = array[0, 0]
+        out = np.full((batch, 1, rows.shape[0], 7), -1, dtype=array.dtype)
+        for b in range(batch):
+            mine = rows[rows[:, 0] == b]
+            out[b, 0, :len(mine)] = mine
+            out[b, 0, :len(mine), 0] = 0
+        return out
+    if array.shape[0] == batch:
         return array
     if array.shape[0] == 1 and array.ndim >= 2 and array.shape[1] % batch == 0:
         return array.reshape(batch, array.shape[1] // batch, *array.shape[2:])

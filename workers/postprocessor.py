@@ -116,6 +116,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
         stage.count(name, 0)
     stage.ready()
     acked: list[int] = []
+    acked_errors: list[int] = []
     try:
         while not stage.stopping:
             stage.tick()
@@ -130,13 +131,14 @@ def run(ctx: StageContext, stage: Stage) -> None:
                     sink.write(drawable(record, ref) if frame is not None and sink.draws else record, frame)
                 if raw_pool is not None and ref.raw_slot >= 0:
                     releases.send(ReleaseMsg([ref.raw_slot], ctx.generation).encode())
-                stage.count("errors" if record["status"] == "error" else "results")
-                acked.append(ref.frame_id)
-            if acked:
+                failed = record["status"] == "error"
+                stage.count("errors" if failed else "results")
+                (acked_errors if failed else acked).append(ref.frame_id)
+            if acked or acked_errors:
                 for sink in sinks:
                     sink.flush()
-                stage.send(AckMsg(acked, generation=ctx.generation))
-                acked = []
+                stage.send(AckMsg(acked, acked_errors, generation=ctx.generation))
+                acked, acked_errors = [], []
             stage.gauges["reorder"] = len(reorder.pending)
             if reorder.finished:
                 for sink in sinks:

@@ -20,6 +20,8 @@ from engine.config import ModelConfig
 from engine.errors import ModelError
 from engine.geometry import Geometry
 
+ENGINE_PARAMS = frozenset({"layout", "input_size"})   # model params read by engine/model.py, not adapters
+
 
 class Adapter(ABC):
     """Decodes one frame's output tensors. ``kind`` is ``detection`` or ``classification``."""
@@ -46,12 +48,14 @@ class Adapter(ABC):
         """One frame: ``outputs`` hold that frame's row of each tensor (batch axis kept, size 1)."""
 
 
-def read_params(model: ModelConfig, defaults: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``model.params`` over ``defaults``. Unknown keys, missing ``required`` ones and values of
-    another kind than their default raise :class:`ModelError` (an int passes for a float; list items
-    are checked against the default list's first item)."""
+def read_params(model: ModelConfig, defaults: dict[str, Any],
+                required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``model.params`` (less :data:`ENGINE_PARAMS`) over ``defaults``. Unknown keys, missing
+    ``required`` ones and values of another kind than their default raise :class:`ModelError` (an
+    int passes for a float; list items are checked against the default list's first item)."""
     where = f"model '{model.name}' params"
-    for key, value in model.params.items():
+    params = {key: value for key, value in model.params.items() if key not in ENGINE_PARAMS}
+    for key, value in params.items():
         if key not in defaults:
             near = difflib.get_close_matches(key, defaults, n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(defaults)})"
@@ -63,10 +67,10 @@ def read_params(model: ModelConfig, defaults: dict[str, Any], required: tuple[st
             ok = _same_kind(value, default)
         if not ok:
             raise ModelError(f"{where}: '{key}' must be like {default!r}, not {value!r}")
-    missing = [key for key in required if key not in model.params]
+    missing = [key for key in required if key not in params]
     if missing:
         raise ModelError(f"{where}: missing {', '.join(missing)}")
-    return {**defaults, **model.params}
+    return {**defaults, **params}
 
 
 def _same_kind(value: Any, sample: Any) -> bool:

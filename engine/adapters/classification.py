@@ -52,7 +52,9 @@ class ClassificationAdapter(Adapter):
     def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[dict]:
         scores = next(a for a in outputs.values() if self._fits(list(a.shape)))
         values = scores.reshape(-1).astype(np.float64)
-        if values.min() < 0 or values.max() > 1 or not math.isclose(values.sum(), 1.0, abs_tol=PROB_TOLERANCE):
+        probabilities = values.min() >= 0 and values.max() <= 1 \
+            and math.isclose(values.sum(), 1.0, abs_tol=PROB_TOLERANCE)
+        if not probabilities:
             values = softmax(values)
         values = values[self.offset:]
         best = np.argsort(-values, kind="stable")[:max(self.model.top_k, 0)]

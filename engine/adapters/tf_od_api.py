@@ -41,7 +41,7 @@ def _by_shape(outputs: dict[str, list[int]]) -> tuple[str, list[str], str | None
         return None
     count = outputs[boxes[0]][1]
     pair = [n for n, s in outputs.items() if len(s) == 2 and s[1] == count]
-    counts = [n for n, s in outputs.items() if len(s) <= 2 and all(d == 1 for d in s)]
+    counts = [n for n, s in outputs.items() if len(s) <= 2 and all(d == 1 for d in s[1:])]
     if len(pair) != 2 or len(counts) > 1 or len(outputs) != 3 + len(counts):
         return None
     return boxes[0], pair, counts[0] if counts else None

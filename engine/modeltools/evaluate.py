@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine.config import (ADAPTERS, MODEL_SUFFIXES, REPO_ROOT, ModelConfig, RunConfig, load_config,
@@ -56,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-score", type=float, default=0.0,
                         help="agreement: reference detections below this score are not ground truth")
     parser.add_argument("--like", metavar="NAME",
-                        help="a model file takes this registry entry's adapter, labels, preprocessing and "
-                             "params (e.g. an INT8 copy of 'face')")
+                        help="a model file (MODEL or REFERENCE) takes this registry entry's adapter, labels, "
+                             "preprocessing and params (e.g. an INT8 copy of 'face')")
     parser.add_argument("--adapter", choices=ADAPTERS, help="a model file's output adapter (without --like)")
     parser.add_argument("--device", action="append", metavar="D", help="device (repeatable; default CPU)")
     parser.add_argument("--nireq", type=int, default=0, help="infer requests per device (0: device optimum)")
@@ -112,6 +113,20 @@ def read_class_folders(data: Path, labels: list[str]) -> dict[str, int]:
         index = {name: i for i, name in enumerate(classes)}
     return {str(f): index[name] for name in classes for f in sorted((data / name).rglob("*"))
             if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()}
+
+
+def read_annotations(path: Path) -> dict:
+    """A COCO annotation file, read once up front so a bad file fails before anything runs."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"--annotations {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"--annotations {path}: not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ConfigError(f"--annotations {path}: not COCO annotations (no 'images' list)")
+    return data
 
 
 # ---- running the engine --------------------------------------------------------------------------
@@ -209,7 +224,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if not data.is_dir():
         raise ConfigError(f"--data {args.data}: not a folder")
     out = Path(args.output or Path("runs") / "eval" / Path(args.model).stem).expanduser().resolve()
-    run = dict(devices=args.device, nireq=args.nireq, batch=args.batch)
+    engine_opts = dict(devices=args.device, nireq=args.nireq, batch=args.batch)
 
     candidate = model_section(args.model, args.like, args.adapter)
     model = resolve_section(candidate)
@@ -224,9 +239,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                  else read_class_folders(data, labels))
     elif args.labels_list:
         raise ConfigError(f"--labels-list scores classifiers; {args.model} is a detector")
-    annotations = Path(args.annotations).expanduser().resolve() if args.annotations else None
-    if annotations and not annotations.is_file():
-        raise ConfigError(f"--annotations {args.annotations}: no such file")
+    annotations = read_annotations(Path(args.annotations).expanduser()) if args.annotations else None
     if not (truth or annotations or args.agreement):
         raise ConfigError("nothing to measure: give --labels-list or a folder-per-class --data (classifier), "
                           "--annotations (detector), or --agreement REFERENCE")
@@ -238,8 +251,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if kind == "classification":
             reference["top_k"] = max(TOP_K)
     recursive = bool(truth)  # class folders and listed paths can be nested
-    config = write_run_config(out / "model", candidate, data, recursive=recursive, **run)
-    ref_config = (write_run_config(out / "reference", reference, data, recursive=recursive, **run)
+    config = write_run_config(out / "model", candidate, data, recursive=recursive, **engine_opts)
+    ref_config = (write_run_config(out / "reference", reference, data, recursive=recursive, **engine_opts)
                   if reference else None)
 
     records = run_engine(config, out / "model")
@@ -257,8 +270,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         elif annotations:
             try:
                 summary["metrics"] = coco_map(annotations, recs, categories=args.categories)
-            except (ValueError, KeyError) as exc:
-                raise ConfigError(f"--annotations {annotations}: {exc}") from None
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"--annotations {args.annotations}: {exc}") from None
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     report["output"] = str(out)
     return report
@@ -286,11 +299,10 @@ AGREEMENT_ROWS = {
 def render(report: dict[str, Any]) -> Table:
     """The report as a rich table: one column per model, agreement rows last."""
     runs = [report["candidate"]] + ([report["reference"]] if "reference" in report else [])
-    table = Table(title=f"ovstream eval: {report['kind']} on {report['data']}")
+    table = Table(title=f"ovstream eval: {report['kind']}", caption=f"data: {report['data']}")
     table.add_column("metric")
-    table.add_column(f"model {report['candidate']['model']}", justify="right")
-    if "reference" in report:
-        table.add_column(f"reference {report['reference']['model']}", justify="right")
+    for role, run in zip(("model", "reference"), runs):
+        table.add_column(f"{role} {escape(Path(run['model']).name)}", justify="right")
     table.add_row("frames", *(_fmt(r["frames"]) for r in runs))
     table.add_row("failed frames", *(_fmt(r["errors"]) for r in runs))
     if "metrics" in runs[0]:
@@ -314,7 +326,7 @@ def main(args: argparse.Namespace) -> int:
         console.print(render(report))
         for run in runs:
             if run["errors"]:
-                console.print(f"[red]{run['model']}: {run['errors']} frames failed[/], "
-                              f"first: {run['first_error']}")
+                console.print(f"[red]{escape(run['model'])}: {run['errors']} frames failed[/], "
+                              f"first: {escape(run['first_error'])}")
         console.print(f"metrics: {report['output']}/metrics.json")
     return EXIT_FAILED if any(r["errors"] for r in runs) else EXIT_OK

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,7 +13,7 @@ from engine.adapters.anchor_ssd import AnchorSSDAdapter, generate_anchors
 from engine.adapters.classification import ClassificationAdapter
 from engine.adapters.detection_output import DetectionOutputAdapter
 from engine.adapters.tf_od_api import TFObjectDetectionAdapter
-from engine.config import REPO_ROOT, ModelConfig, load_registry
+from engine.config import MODELS_DIR, REPO_ROOT, ModelConfig, load_registry
 from engine.errors import ModelError
 from engine.geometry import Geometry
 
@@ -48,7 +47,8 @@ def test_anchor_centres():
     short = AnchorSSDAdapter(registry_model("face_short")).anchors   # 16x16 x2, then 8x8 x6 (3 layers merged)
     assert short[0] == pytest.approx(short[1]) and short[0][:2] == pytest.approx([0.5 / 16, 0.5 / 16])
     assert short[2][:2] == pytest.approx([1.5 / 16, 0.5 / 16])
-    assert short[512][:2] == pytest.approx([0.5 / 8, 0.5 / 8]) and short[517][:2] == pytest.approx(short[512][:2])
+    assert short[512][:2] == pytest.approx([0.5 / 8, 0.5 / 8])
+    assert short[517][:2] == pytest.approx(short[512][:2])
     assert short[512 + 6][:2] == pytest.approx([1.5 / 8, 0.5 / 8])
     person = AnchorSSDAdapter(registry_model("person")).anchors      # 28x28 x2, 14x14 x2, 7x7 x6
     assert person[1568][:2] == pytest.approx([0.5 / 14, 0.5 / 14])
@@ -64,14 +64,15 @@ def test_anchor_sizes_when_not_fixed():
                                 "box_scale": 64.0})
     assert len(anchors) == 8 * 8 * 3 + 4 * 4 * 3
     assert anchors[:3, 2:] == pytest.approx(np.array([[0.2, 0.2], [0.4, 0.1], [0.4, 0.4]]))  # sqrt(0.2*0.8)
-    assert anchors[192:195, 2:] == pytest.approx(np.array([[0.8, 0.8], [1.6, 0.4], [0.8944, 0.8944]]), abs=1e-4)
+    last_layer = np.array([[0.8, 0.8], [1.6, 0.4], [0.8944, 0.8944]])             # sqrt(0.8 * 1.0)
+    assert anchors[192:195, 2:] == pytest.approx(last_layer, abs=1e-4)
 
 
 # ---- anchor_ssd: outputs and decoding -----------------------------------------------------------
 
-def face_outputs(cells: dict[tuple[int, int], tuple[float, list[float]]], keypoints: int = 6) -> dict[str, np.ndarray]:
+def face_outputs(cells: dict[tuple[int, int], tuple[float, list[float]]]) -> dict[str, np.ndarray]:
     """Face-model outputs: ``{(row, col): (logit, regressor values)}`` on the 48x48 grid, -10 elsewhere."""
-    reg = np.zeros((1, 2304, 4 + 2 * keypoints), np.float32)
+    reg = np.zeros((1, 2304, 16), np.float32)
     cls = np.full((1, 2304, 1), -10.0, np.float32)
     for (row, col), (logit, values) in cells.items():
         cls[0, row * 48 + col, 0] = logit
@@ -99,6 +100,8 @@ def test_params_are_checked():
         AnchorSSDAdapter(ModelConfig(name="x", params={"strides": [8], "min_scale": 0.1, "max_scale": 0.7}))
     with pytest.raises(ModelError, match="num_layers is 2 but 1 strides"):
         AnchorSSDAdapter(registry_model("face", params={"num_layers": 2}))
+    engine_keys = {"layout": "NHWC", "input_size": [192, 192]}       # read by engine/model.py
+    assert "layout" not in AnchorSSDAdapter(registry_model("face", params=engine_keys)).params
 
 
 def test_decode_one_face_into_letterboxed_frame_pixels():
@@ -107,7 +110,7 @@ def test_decode_one_face_into_letterboxed_frame_pixels():
     The 640x480 frame sits in the 192x192 input at scale 0.3 below 24 rows of padding: frame x = mx / 0.3,
     y = (my - 24) / 0.3."""
     adapter = AnchorSSDAdapter(registry_model("face"))
-    values = [9.6, -4.8, 38.4, 48.0, 0.0, 0.0, 19.2, 9.6]            # box, keypoint 0 at the anchor, keypoint 1
+    values = [9.6, -4.8, 38.4, 48.0, 0.0, 0.0, 19.2, 9.6]   # box; keypoint 0 at the anchor; keypoint 1
     (face,) = adapter.decode(face_outputs({(20, 30): (5.0, values)}), LETTERBOX)
     assert face["label"] == "face" and face["class_id"] == 0
     assert face["score"] == pytest.approx(sigmoid(5.0), rel=1e-6)
@@ -126,7 +129,8 @@ def test_decode_threshold_and_score_clipping():
     assert scores == pytest.approx([1.0, sigmoid(4.0)])
     strict = AnchorSSDAdapter(registry_model("face", score_threshold=0.99))
     assert [d["score"] for d in strict.decode(outputs, LETTERBOX)] == pytest.approx([1.0])
-    assert AnchorSSDAdapter(registry_model("face", params={"min_score": 0.5})).decode(outputs, LETTERBOX)[2]
+    lenient = AnchorSSDAdapter(registry_model("face", params={"min_score": 0.5}))
+    assert len(lenient.decode(outputs, LETTERBOX)) == 3
 
 
 def test_weighted_nms_merges_overlaps_and_keeps_separate_boxes():
@@ -143,7 +147,7 @@ def test_weighted_nms_merges_overlaps_and_keeps_separate_boxes():
     cx = (122 * w1 + 126 * w2) / (w1 + w2)                          # model pixels
     assert merged["box"] == pytest.approx([(cx - 19.2) / 0.3, (82 - 19.2 - 24) / 0.3,
                                            (cx + 19.2) / 0.3, (82 + 19.2 - 24) / 0.3], abs=1e-2)
-    kx = (122 * w1 + 130 * w2) / (w1 + w2)                          # keypoint 0: anchor centre, +4 on the second
+    kx = (122 * w1 + 130 * w2) / (w1 + w2)        # keypoint 0: the anchor centre, +4 px on the second
     assert merged["keypoints"][0] == pytest.approx([kx / 0.3, (82 - 24) / 0.3], abs=1e-2)
     assert detections[1]["box"][0] == pytest.approx((146 - 19.2) / 0.3, abs=1e-2)
 
@@ -151,7 +155,8 @@ def test_weighted_nms_merges_overlaps_and_keeps_separate_boxes():
 def test_decode_is_fast():
     adapter = AnchorSSDAdapter(registry_model("face"))
     rng = np.random.default_rng(0)
-    cells = {(int(r), int(c)): (float(rng.uniform(0.5, 4)), [0, 0, 30, 30]) for r, c in rng.integers(0, 48, (20, 2))}
+    cells = {(int(r), int(c)): (float(rng.uniform(0.5, 4)), [0, 0, 30, 30])
+             for r, c in rng.integers(0, 48, (20, 2))}
     outputs = face_outputs(cells)
     adapter.decode(outputs, LETTERBOX)
     runs = []
@@ -167,7 +172,7 @@ def test_decode_is_fast():
 @pytest.fixture(scope="module")
 def face_model():
     ov = pytest.importorskip("openvino")
-    return ov.Core().compile_model(REPO_ROOT / REGISTRY["face"]["file"].join(["models/", ""]), "CPU")
+    return ov.Core().compile_model(MODELS_DIR / REGISTRY["face"]["file"], "CPU")
 
 
 def detect_faces(face_model, image: str) -> list[dict]:
@@ -184,8 +189,8 @@ def detect_faces(face_model, image: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("image, centre, side, eyes_y", [
-    ("000000009378.jpg", (391, 117), (55, 95), (85, 120)),    # 600x400 (padding above and below): frisbee player
-    ("000000001296.jpg", (237, 203), (140, 220), (160, 190)),  # 427x640 (padding left and right): woman with phone
+    ("000000009378.jpg", (391, 117), (55, 95), (85, 120)),    # 600x400, padded above and below: frisbee
+    ("000000001296.jpg", (237, 203), (140, 220), (160, 190)),  # 427x640, padded left and right: woman, phone
 ])
 def test_real_face_detector_finds_the_face(face_model, image, centre, side, eyes_y):
     """Boxes checked by eye on the drawn image; the eyes (keypoints 0 and 1) sit in the upper half."""
@@ -236,13 +241,16 @@ def tf_outputs(names: list[str]) -> dict[str, np.ndarray]:
     return dict(zip(names, [boxes, classes, scores, np.array([2.0], np.float32)]))
 
 
-@pytest.mark.parametrize("names", [
-    ["detection_boxes:0", "detection_classes:0", "detection_scores:0", "num_detections:0"],
-    ["StatefulPartitionedCall:1", "StatefulPartitionedCall:2", "StatefulPartitionedCall:4", "StatefulPartitionedCall:5"],
-    ["StatefulPartitionedCall:1", "StatefulPartitionedCall:4", "StatefulPartitionedCall:2", "StatefulPartitionedCall:5"],
+@pytest.mark.parametrize("names, reverse", [
+    (["detection_boxes:0", "detection_classes:0", "detection_scores:0", "num_detections:0"], False),
+    (["StatefulPartitionedCall:1", "StatefulPartitionedCall:2", "StatefulPartitionedCall:4", "Id"], False),
+    (["StatefulPartitionedCall:1", "StatefulPartitionedCall:2", "StatefulPartitionedCall:4", "Id"], True),
 ])
-def test_tf_od_api_by_name_or_shape(names):
+def test_tf_od_api_by_name_or_shape(names, reverse):
+    """Unhelpful names fall back to shapes; the scores [1, N] are told from the classes whatever the order."""
     outputs = tf_outputs(names)
+    if reverse:
+        outputs = dict(reversed(outputs.items()))
     adapter = TFObjectDetectionAdapter(ModelConfig(name="tf", adapter="tf_od_api", labels=COCO_LABELS))
     adapter.check_outputs({name: list(a.shape) for name, a in outputs.items()})
     person, dog = adapter.decode(outputs, STRETCH)
@@ -290,7 +298,8 @@ def test_classification_keeps_probabilities_and_takes_nchw_shapes():
 def test_classification_label_offset_skips_background():
     probs = np.array([[0.5, 0.1, 0.4]], np.float32)                 # index 0 is background
     top = classifier(["cat", "dog"], top_k=3, params={"label_offset": 1}).decode({"prob": probs}, STRETCH)
-    assert [(c["label"], c["class_id"], c["score"]) for c in top] == pytest.approx([("dog", 1, 0.4), ("cat", 0, 0.1)])
+    assert [(c["label"], c["class_id"]) for c in top] == [("dog", 1), ("cat", 0)]
+    assert [c["score"] for c in top] == pytest.approx([0.4, 0.1])
 
 
 def test_create_adapter_by_name():

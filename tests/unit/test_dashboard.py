@@ -49,12 +49,14 @@ def test_render_shows_key_figures() -> None:
         assert needle in text, needle
 
 
-def test_render_summary() -> None:
-    console = recording_console()
-    console.print(render_summary(make_snapshot()))
-    text = console.export_text()
-    assert "run summary" in text and "throughput" in text and "FPS" in text
-    assert "in 120 = out 98 + errors 2 + drops 0 + in-flight 20" in text
+def test_render_summary_from_snapshot_or_report() -> None:
+    snap = make_snapshot()
+    for source in (snap, snap.to_dict()):
+        console = recording_console()
+        console.print(render_summary(source))
+        text = console.export_text()
+        assert "run summary" in text and "31.25 FPS" in text and "CPU#1" in text
+        assert "in 120 = out 98 + errors 2 + drops 0 + in-flight 20" in text
 
 
 def test_format_plain() -> None:

@@ -9,7 +9,8 @@ from engine.geometry import Geometry
 
 def to_model(g: Geometry, xy: np.ndarray) -> np.ndarray:
     """The forward mapping of the Geometry docstring, normalised to the model input."""
-    return np.stack([(xy[:, 0] * g.sx + g.pad_x) / g.input_w, (xy[:, 1] * g.sy + g.pad_y) / g.input_h], axis=1)
+    return np.stack([(xy[:, 0] * g.sx + g.pad_x) / g.input_w,
+                     (xy[:, 1] * g.sy + g.pad_y) / g.input_h], axis=1)
 
 
 def placed_region(g: Geometry) -> tuple[int, int, int, int]:
@@ -29,7 +30,8 @@ def test_letterbox_plan_landscape_and_portrait():
     assert placed_region(g) == (24, 0, 144, 192)
 
 
-@pytest.mark.parametrize("size", [(100, 51, 64, 64), (427, 640, 192, 192), (641, 481, 300, 300), (1920, 1080, 128, 128)])
+@pytest.mark.parametrize("size", [(100, 51, 64, 64), (427, 640, 192, 192), (641, 481, 300, 300),
+                                  (1920, 1080, 128, 128)])
 def test_plan_matches_what_resize_into_does(size):
     """Odd sizes: the plan's pads and scales are the ones the resize applies (whole pixels)."""
     g = Geometry.plan(*size, "letterbox")
@@ -65,7 +67,8 @@ def test_scaled_to_maps_to_the_original_frame():
     norm = np.array([[0.5, 0.5], [0.1, 0.3]])
     assert g.normalized_to_frame(norm) == pytest.approx(small.normalized_to_frame(norm) * 2, abs=1e-3)
     assert g.boxes_to_frame(np.array([[0.0, 0.0, 1.0, 1.0]]))[0] == pytest.approx([0, 0, 1920, 1080])
-    assert g.normalized_to_frame(to_model(g, np.array([[1500.0, 800.0]]))) == pytest.approx(np.array([[1500, 800]]), abs=1e-2)
+    point = np.array([[1500.0, 800.0]])
+    assert g.normalized_to_frame(to_model(g, point)) == pytest.approx(point, abs=1e-2)
 
 
 def test_to_list_round_trip():

@@ -1,247 +1,251 @@
-"""Metrics against pycocotools run directly, and sanity cases for mAP, top-k and agreement."""
+"""engine.metrics: histogram accuracy, bounded recorder, aggregation of synthetic stats streams."""
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
+import json
+import os
 
+import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
-from engine.modeltools.evaluate import read_class_folders, read_labels_list
-from engine.errors import ConfigError
-from engine.modeltools.metrics import (COCO_STATS, agreement_map, classification_agreement, coco_map,
-                                       topk_accuracy)
-
-CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]
-IMAGES = {139: (640, 426), 285: (586, 640), 632: (640, 483), 724: (375, 500), 776: (428, 640)}
-# image id → [category id, [x, y, w, h], iscrowd]: large/medium/small boxes, crowd regions, an empty image.
-TRUTH = {
-    139: [(1, [10, 20, 100, 200], 0), (1, [300, 50, 40, 60], 0), (3, [200, 300, 20, 15], 0),
-          (1, [400, 100, 150, 150], 1)],
-    285: [(18, [50, 50, 200, 150], 0), (3, [10, 10, 30, 30], 0)],
-    632: [(1, [100, 100, 50, 120], 0), (1, [160, 100, 50, 120], 0), (18, [0, 200, 80, 60], 0)],
-    724: [(3, [100, 100, 300, 200], 0), (3, [420, 120, 150, 100], 0), (3, [0, 0, 60, 40], 1)],
-    776: [],
-}
-# image id → [category id, [x, y, w, h], score]: hits, a hit on a crowd region, a wrong class, a
-# duplicate, a badly placed box, false positives on a busy and on an empty image.
-DETECTIONS = {
-    139: [(1, [12, 22, 98, 196], 0.95), (1, [298, 52, 42, 58], 0.8), (1, [420, 110, 100, 100], 0.7),
-          (3, [202, 301, 18, 14], 0.6), (18, [10, 20, 100, 200], 0.3), (1, [10, 20, 100, 200], 0.4)],
-    285: [(18, [55, 52, 195, 148], 0.9), (3, [40, 40, 30, 30], 0.5), (1, [300, 300, 50, 50], 0.45)],
-    632: [(1, [100, 100, 50, 120], 0.85), (1, [165, 105, 45, 110], 0.75), (18, [0, 205, 85, 55], 0.65)],
-    724: [(3, [105, 95, 290, 210], 0.92), (3, [430, 130, 140, 90], 0.55), (3, [5, 5, 50, 30], 0.35)],
-    776: [(1, [10, 10, 50, 50], 0.5)],
-}
-NAMES = {c["id"]: c["name"] for c in CATEGORIES}
-INDEX = {c["id"]: i for i, c in enumerate(CATEGORIES)}
+from engine.messages import StatsMsg, decode
+from engine.metrics import Histogram, LatencyRecorder, MetricsAggregator, Snapshot, worker_label
 
 
-def file_name(image_id: int) -> str:
-    return f"{image_id:012d}.jpg"
+def decoder(read: int, *, drops: int = 0, errors: int = 0, pid: int = 101, gen: int = 0,
+            free: int = 6, lat: list[float] | None = None) -> StatsMsg:
+    return StatsMsg(process="decoder", role="decoder", pid=pid, generation=gen,
+                    counters={"frames_read": read, "frames_emitted": read - drops,
+                              "decode_errors": errors, "drops": drops, "reconnects": 0},
+                    gauges={"raw_slots": 8, "raw_free": free},
+                    latency_ms={"decode": lat or []})
 
 
-def ground_truth(with_file_names: bool = True) -> dict:
-    images = [{"id": i, "width": w, "height": h, **({"file_name": file_name(i)} if with_file_names else {})}
-              for i, (w, h) in IMAGES.items()]
-    annotations = [{"id": n, "image_id": img, "category_id": cat, "bbox": box, "area": box[2] * box[3],
-                    "iscrowd": crowd}
-                   for n, (img, cat, box, crowd) in enumerate(
-                       ((img, *a) for img, anns in TRUTH.items() for a in anns), 1)]
-    return {"images": images, "annotations": annotations, "categories": CATEGORIES}
+def worker(i: int, frames: int, *, device: str = "CPU", pid: int | None = None,
+           lat: list[float] | None = None, in_flight: int = 1) -> StatsMsg:
+    return StatsMsg(process=f"inference-{i}", role="inference", pid=pid or 200 + i, device=device,
+                    counters={"frames": frames, "batches": frames, "errors": 0},
+                    gauges={"nireq": 4, "in_flight": in_flight},
+                    latency_ms={"queue": [0.5], "inference": lat or []})
 
 
-def detection(cat: int, box: list[float], score: float, class_id: int | None = None) -> dict:
-    x, y, w, h = box
-    return {"label": NAMES[cat], "class_id": cat if class_id is None else class_id, "score": score,
-            "box": [x, y, x + w, y + h]}
+def post(results: int, errors: int = 0, *, pid: int = 301, gen: int = 0,
+         e2e: list[float] | None = None) -> StatsMsg:
+    return StatsMsg(process="postprocessor", role="postprocessor", pid=pid, generation=gen,
+                    counters={"results": results, "errors": errors, "duplicates": 0},
+                    gauges={"reorder": 2}, latency_ms={"end_to_end": e2e or []})
 
 
-def record(image_id: int, detections: list[dict], status: str = "ok") -> dict:
-    rec = {"frame_id": image_id, "source": f"/data/coco/{file_name(image_id)}", "frame_index": 0,
-           "status": status, "device": "CPU", "worker": 0, "detections": detections, "classes": []}
-    if status != "ok":
-        rec["error"] = "decode failed"
-    return rec
+# ---- histogram ----
+
+@pytest.mark.parametrize("p", [1, 10, 50, 90, 95, 99, 99.9])
+def test_histogram_percentiles_match_numpy_within_resolution(p: float) -> None:
+    rng = np.random.default_rng(7)
+    data = rng.lognormal(mean=2.0, sigma=1.0, size=20_000)   # ~7 ms median, long tail
+    h = Histogram()
+    h.add_many(data)
+    expected = float(np.percentile(data, p))
+    assert abs(h.percentile(p) - expected) / expected <= h.resolution
+    assert h.count == data.size
+    assert h.max == pytest.approx(data.max()) and h.mean == pytest.approx(data.mean())
 
 
-def records(dets: dict = DETECTIONS, **class_ids) -> list[dict]:
-    return [record(img, [detection(c, b, s) for c, b, s in found]) for img, found in dets.items()]
+def test_histogram_add_equals_add_many_and_merge() -> None:
+    data = np.random.default_rng(1).exponential(5.0, 2_000)
+    one, many, a, b = Histogram(), Histogram(), Histogram(), Histogram()
+    for v in data:
+        one.add(float(v))
+    many.add_many(data)
+    a.add_many(data[:700])
+    b.add_many(data[700:])
+    a.merge(b)
+    for p in (50, 95, 99):
+        assert one.percentile(p) == many.percentile(p) == a.percentile(p)
+    assert a.count == one.count == 2_000 and a.max == one.max and a.min == one.min
+    with pytest.raises(ValueError):
+        a.merge(Histogram(growth=1.05))
 
 
-def direct_cocoeval(gt: dict, dets: dict, image_ids: list[int]) -> dict:
-    results = [{"image_id": img, "category_id": c, "bbox": [float(v) for v in b], "score": s}
-               for img, found in dets.items() for c, b, s in found]
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = copy.deepcopy(gt)
-        coco.createIndex()
-        ev = COCOeval(coco, coco.loadRes(results), "bbox")
-        ev.params.imgIds = image_ids
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {name: (float(v) if v >= 0 else None) for name, v in zip(COCO_STATS, ev.stats)}
+def test_histogram_edges() -> None:
+    h = Histogram()
+    assert h.percentile(50) is None and h.mean is None
+    for v in (float("nan"), float("inf"), -3.0, 0.001, 1e9):
+        h.add(v)
+    assert h.count == 3 and h.min == 0.0 and h.max == 1e9
+    assert h.percentile(0) == 0.0 and h.percentile(100) == 1e9
+    assert h._counts.size < 1000                       # fixed memory
 
 
-# ---- coco_map -------------------------------------------------------------------------------------
+# ---- recorder ----
 
-def test_coco_map_equals_cocoeval_run_directly():
-    gt = ground_truth()
-    got = coco_map(gt, records())
-    expected = direct_cocoeval(gt, DETECTIONS, sorted(IMAGES))
-    assert {k: got[k] for k in COCO_STATS} == expected
-    assert 0.3 < got["map"] < got["map50"] < 1.0
-    assert got["images"] == 5 and got["detections"] == sum(map(len, DETECTIONS.values()))
-    assert gt == ground_truth(), "the caller's annotations must not be modified"
-
-
-def test_coco_map_only_scores_the_images_of_the_records():
-    subset = {img: DETECTIONS[img] for img in (139, 632)}
-    got = coco_map(ground_truth(), records(subset))
-    assert {k: got[k] for k in COCO_STATS} == direct_cocoeval(ground_truth(), subset, [139, 632])
+def test_recorder_reservoir_is_bounded_and_drains() -> None:
+    rec = LatencyRecorder(max_samples=256, seed=3)
+    for i in range(100_000):
+        rec.record("inference", float(i))
+    rec.record("decode", 1.5)
+    out = rec.drain()
+    assert len(out["inference"]) == 256 and out["decode"] == [1.5]
+    # an unbiased sample of 0..99999: its mean is near the middle
+    assert 35_000 < np.mean(out["inference"]) < 65_000
+    assert rec.drain() == {}
+    msg = StatsMsg(process="p", role="inference", pid=1, latency_ms=out)
+    assert decode(msg.encode()).latency_ms == out       # fits one message
 
 
-def test_coco_map_reads_an_annotation_file_and_image_ids_from_stems(tmp_path):
-    import json
-    path = tmp_path / "instances.json"
-    path.write_text(json.dumps(ground_truth(with_file_names=False)))
-    assert coco_map(path, records()) == coco_map(ground_truth(), records())
+def test_recorder_span() -> None:
+    rec = LatencyRecorder()
+    rec.record_span("queue", 1_000_000, 3_500_000)
+    assert rec.drain() == {"queue": [2.5]}
 
 
-def test_perfect_detections_score_one_and_none_score_zero():
-    perfect = {img: [(c, b, 1.0) for c, b, crowd in anns if not crowd] for img, anns in TRUTH.items()}
-    assert coco_map(ground_truth(), records(perfect))["map"] == pytest.approx(1.0)
-    empty = coco_map(ground_truth(), records({img: [] for img in IMAGES}))
-    assert empty["map"] == 0.0 and empty["map50"] == 0.0 and empty["detections"] == 0
+# ---- aggregator ----
+
+def test_restart_keeps_totals_monotone() -> None:
+    agg = MetricsAggregator(sample_processes=False)
+    seen = []
+    stream = [decoder(10), decoder(40), decoder(5, pid=102), decoder(30, pid=102),
+              decoder(31, pid=102, gen=1)]
+    for i, msg in enumerate(stream):
+        if i == 2:
+            agg.note_restart("decoder")
+        agg.ingest(msg, now=float(i))
+        seen.append(agg.snapshot(now=float(i)).totals.frames_in)
+    assert seen == [10, 40, 45, 70, 101]
+    row = next(p for p in agg.snapshot(now=5.0).processes if p.name == "decoder")
+    assert row.restarts == 2 and row.pid == 102 and row.counters["frames_read"] == 101
 
 
-def test_shifted_boxes_score_lower():
-    perfect = {img: [(c, b, 1.0) for c, b, crowd in anns if not crowd] for img, anns in TRUTH.items()}
-    shifted = {img: [(c, [b[0] + b[2] * 0.15, b[1] + b[3] * 0.1, b[2], b[3]], s) for c, b, s in found]
-               for img, found in perfect.items()}
-    got = coco_map(ground_truth(), records(shifted))
-    assert 0.0 < got["map"] < got["map50"] <= 1.0
-    assert got["map"] < 0.5
+def test_late_message_from_old_instance_and_reset_in_place() -> None:
+    agg = MetricsAggregator(sample_processes=False)
+    agg.ingest(post(10), now=0.0)
+    agg.ingest(post(3, pid=302), now=1.0)
+    agg.ingest(post(12), now=1.1)                     # late stats of the dead instance
+    assert agg.snapshot(now=1.2).totals.frames_out == 15
+    agg.ingest(post(1, pid=302), now=2.0)             # counters went back in place: a reset
+    assert agg.snapshot(now=2.1).totals.frames_out == 16
+    agg.ingest(StatsMsg(process="postprocessor", role="postprocessor", pid=302,
+                        counters={"errors": 0}), now=2.2)   # a missing counter is no reset
+    assert agg.snapshot(now=2.3).totals.frames_out == 16
 
 
-def test_category_modes_agree():
-    by_id = coco_map(ground_truth(), records())
-    by_index = [record(img, [detection(c, b, s, class_id=INDEX[c]) for c, b, s in found])
-                for img, found in DETECTIONS.items()]
-    by_label = [record(img, [detection(c, b, s, class_id=99) for c, b, s in found])
-                for img, found in DETECTIONS.items()]
-    assert coco_map(ground_truth(), by_index, categories="index") == by_id
-    assert coco_map(ground_truth(), by_label, categories="label") == by_id
-    assert coco_map(ground_truth(), by_index, categories={v: k for k, v in INDEX.items()}) == by_id
-    with pytest.raises(ValueError, match="categories"):
-        coco_map(ground_truth(), by_id and records(), categories="names")
+def test_two_workers_per_device_fps_and_latency() -> None:
+    agg = MetricsAggregator(window_s=2.0, sample_processes=False)
+    for k in range(9):                                 # 0.25 s apart
+        t = k * 0.25
+        agg.ingest(worker(0, 40 * k, lat=[10.0, 12.0]), now=t)
+        agg.ingest(worker(1, 20 * k, lat=[20.0]), now=t + 0.01)
+    snap = agg.snapshot(now=2.01)
+    fps = {d.label: d.fps for d in snap.devices}
+    assert fps["CPU#0"] == pytest.approx(160.0) and fps["CPU#1"] == pytest.approx(80.0)
+    assert {d.nireq for d in snap.devices} == {4}
+    assert snap.stage("inference", "CPU#1").p50_ms == pytest.approx(20.0, rel=0.01)
+    assert snap.stage("inference", "CPU").count == 27 == snap.stage("inference").count
+    assert snap.stage("inference", "CPU#0").max_ms == 12.0
+    assert worker_label("GPU", "inference-3") == "GPU#3"
 
 
-def test_failed_frames_count_as_frames_without_detections():
-    failed = records()
-    failed[3] = record(724, [], status="error")
-    assert coco_map(ground_truth(), failed) == coco_map(ground_truth(), records({**DETECTIONS, 724: []}))
+def test_sliding_window_fps_and_average() -> None:
+    agg = MetricsAggregator(window_s=2.0, sample_processes=False)
+    agg.start(now=0.0)
+    t, done = 0.0, 0
+    for _ in range(20):                    # 5 s at 100 FPS, stats every 0.25 s
+        t += 0.25
+        done += 25
+        agg.ingest(post(done), now=t)
+    for _ in range(8):                     # then 2 s at 20 FPS
+        t += 0.25
+        done += 5
+        agg.ingest(post(done), now=t)
+    snap = agg.snapshot(now=t)
+    assert snap.totals.fps == pytest.approx(20.0)
+    assert snap.totals.avg_fps == pytest.approx(done / t)
+    assert snap.elapsed_s == pytest.approx(t)
+    assert agg.snapshot(now=t + 10).totals.fps == 0.0   # silent: the window empties
+    assert agg.snapshot(now=t + 10).totals.avg_fps == pytest.approx(done / t)
 
 
-def test_unknown_image_is_an_error():
-    stray = records() + [{"source": "/data/elsewhere/cat.jpg", "frame_index": 0, "status": "ok",
-                          "detections": []}]
-    with pytest.raises(ValueError, match="cat.jpg"):
-        coco_map(ground_truth(), stray)
+def test_accounting_edges_and_balance() -> None:
+    agg = MetricsAggregator(sample_processes=False)
+    agg.ingest(decoder(100, drops=3, errors=2, free=5, lat=[1.0]), now=1.0)
+    agg.ingest(StatsMsg(process="preprocessor", role="preprocessor", pid=150,
+                        counters={"frames": 97, "batches": 50, "errors": 0},
+                        gauges={"input_slots": 8, "input_free": 6, "ready_batches": 1,
+                                "credits": 3}), now=1.0)
+    agg.ingest(worker(0, 90, in_flight=3), now=1.0)
+    agg.ingest(post(80, errors=2), now=1.0)
+    snap = agg.snapshot(now=1.0)
+    t = snap.totals
+    assert (t.frames_in, t.frames_out, t.errors, t.drops, t.in_flight) == (100, 80, 2, 3, 15)
+    assert not t.balanced
+    edges = {e.name: (e.depth, e.capacity) for e in snap.edges}
+    assert edges["decoder→preprocessor"] == (3, 8)
+    assert edges["preprocessor→inference"] == (2, 8)
+    assert edges["preprocessor ready"] == (1, None)
+    assert edges["CPU#0 in flight"] == (3, 4)
+    assert edges["postprocessor reorder"] == (2, None)
+    procs = {p.name: p for p in snap.processes}
+    assert procs["decoder"].errors == 2 and procs["decoder"].drops == 3
+
+    agg.set_accounting(acked=95, errors=2)            # the final acks arrive before the stats
+    agg.set_state("finished")
+    snap = agg.snapshot(now=2.0)
+    assert snap.totals.balanced and snap.totals.in_flight == 0 and snap.state == "finished"
 
 
-# ---- agreement_map --------------------------------------------------------------------------------
-
-def test_identical_records_agree_fully():
-    got = agreement_map(records(), records())
-    assert got["map"] == pytest.approx(1.0) and got["map50"] == pytest.approx(1.0)
-    assert got["images"] == 5 and got["reference_boxes"] == got["candidate_boxes"] == 17
-
-
-def test_perturbed_records_agree_less():
-    perturbed = {img: [(c, [b[0] + 6, b[1] - 4, b[2] * 0.9, b[3]], s) for c, b, s in found]
-                 for img, found in DETECTIONS.items()}
-    perturbed[285] = perturbed[285][1:]                       # one box lost
-    perturbed[776] = perturbed[776] + [(3, [200, 200, 40, 40], 0.99)]  # one box invented
-    got = agreement_map(records(), records(perturbed))
-    assert 0.0 < got["map"] < 1.0
-    assert got["map"] < got["map50"]
+def test_psutil_rows_for_current_pid_and_dead_pid() -> None:
+    agg = MetricsAggregator(sample_processes=True)
+    me = StatsMsg(process="postprocessor", role="postprocessor", pid=os.getpid())
+    ghost = StatsMsg(process="decoder", role="decoder", pid=2**22 + 12345)   # beyond pid_max
+    agg.ingest(me, now=0.0)
+    agg.ingest(ghost, now=0.0)
+    sum(i * i for i in range(200_000))                 # a little CPU time
+    snap = agg.snapshot(now=1.0)
+    rows = {p.name: p for p in snap.processes}
+    assert rows["postprocessor"].alive and rows["postprocessor"].rss_mib > 1
+    assert rows["postprocessor"].cpu_percent is not None and rows["postprocessor"].cpu_percent >= 0
+    assert not rows["decoder"].alive and rows["decoder"].cpu_percent is None
+    agg.watch("supervisor", os.getpid())
+    assert any(p.name == "supervisor" and p.alive for p in agg.snapshot(now=2.0).processes)
 
 
-def test_agreement_threshold_and_missing_frames():
-    # Reference boxes under min_score are not ground truth; the candidate's extra low boxes rank last.
-    assert agreement_map(records(), records(), min_score=0.5)["map"] == pytest.approx(1.0)
-    assert agreement_map(records(), records(), min_score=0.5)["reference_boxes"] == 12
-    # A frame the candidate failed loses its boxes; a frame the reference failed is not scored.
-    candidate = records()
-    candidate[0] = record(139, [], status="error")
-    assert agreement_map(records(), candidate)["map"] < 1.0
-    reference = records()
-    reference[0] = record(139, [], status="error")
-    assert agreement_map(reference, candidate)["map"] == pytest.approx(1.0)
-    assert agreement_map(reference, candidate)["images"] == 4
+def test_malformed_stats_are_ignored() -> None:
+    agg = MetricsAggregator(sample_processes=False)
+    agg.ingest(StatsMsg(process="x", role="inference", pid=1, device="CPU",
+                        counters={"frames": "many", "batches": float("nan"), "ok": 3},
+                        gauges=[1, 2], latency_ms={"inference": ["a", None, 2.0], "q": 5}),
+               now=0.0)
+    snap = agg.snapshot(now=0.0)
+    assert snap.processes[0].counters == {"ok": 3}
+    assert snap.stage("inference").count == 1
 
 
-# ---- classification -------------------------------------------------------------------------------
-
-def classified(path: str, ranked: list[int], status: str = "ok") -> dict:
-    return {"source": path, "frame_index": 0, "status": status,
-            "classes": [{"label": str(c), "class_id": c, "score": 1.0 / (i + 1)} for i, c in enumerate(ranked)]}
-
-
-@pytest.fixture
-def flowers(tmp_path):
-    """A flowers102-style data root with a val_list.txt of `relative/path label` lines."""
-    for name in ("image_0001.jpg", "image_0002.jpg", "image_0003.jpg", "image_0004.jpg"):
-        (tmp_path / "jpg").mkdir(exist_ok=True)
-        (tmp_path / "jpg" / name).write_bytes(b"")
-    (tmp_path / "val_list.txt").write_text(
-        "jpg/image_0001.jpg 3\njpg/image_0002.jpg 7\n\njpg/image_0003.jpg 0\njpg/image_0004.jpg rose\n")
-    return tmp_path
-
-
-def test_topk_accuracy_with_a_labels_list(flowers):
-    truth = read_labels_list(flowers / "val_list.txt", flowers, ["pink primrose", "rose"])
-    assert truth[str(flowers / "jpg" / "image_0004.jpg")] == 1
-    recs = [classified(str(flowers / "jpg/image_0001.jpg"), [3, 1, 2, 4, 5]),      # top-1 hit
-            classified(str(flowers / "jpg/image_0002.jpg"), [1, 2, 3, 4, 7]),      # top-5 hit
-            classified(str(flowers / "jpg/image_0003.jpg"), [1, 2, 3, 4, 5, 0]),   # miss: 6th
-            classified(str(flowers / "jpg/image_0004.jpg"), [1], status="error"),  # failed: miss
-            classified(str(flowers / "other.jpg"), [0])]                          # not listed
-    got = topk_accuracy(recs, truth)
-    assert got == {"top1": 0.25, "top5": 0.5, "images": 4, "unanswered": 1}
-    assert topk_accuracy(recs, truth, k=(1, 2, 6))["top6"] == 0.75
+def test_snapshot_to_dict_is_json() -> None:
+    agg = MetricsAggregator(sample_processes=True)
+    agg.start(now=0.0)
+    agg.ingest(decoder(50, lat=[1.0, 2.0]), now=0.5)
+    agg.ingest(worker(0, 50, lat=[9.0]), now=0.5)
+    agg.ingest(post(48, 2, pid=os.getpid(), e2e=[15.0, 25.0]), now=0.5)
+    agg.ingest(post(50, 2, pid=os.getpid(), e2e=[15.0, 25.0]), now=1.0)
+    report = json.loads(json.dumps(agg.snapshot(now=1.0).to_dict()))
+    assert report["format"] == "ovstream-report/1"
+    assert report["accounting"]["in"] == 50 and report["accounting"]["out"] == 50
+    assert report["latency_ms"]["end_to_end"]["count"] == 4
+    assert set(report["latency_ms"]["inference"]) >= {"median", "avg", "min", "max", "p95"}
+    assert report["latency_ms_by_device"]["CPU#0"]["inference"]["max"] == 9.0
+    assert report["devices"][0]["name"] == "CPU#0"
+    assert report["throughput_fps"] == pytest.approx(52.0)
+    assert {q["name"] for q in report["queues"]} >= {"decoder→preprocessor"}
 
 
-def test_labels_list_errors(flowers):
-    bad = flowers / "bad.txt"
-    bad.write_text("jpg/image_0001.jpg tulip\n")
-    with pytest.raises(ConfigError, match="bad.txt:1"):
-        read_labels_list(bad, flowers, ["rose"])
-    bad.write_text("jpg/image_0001.jpg 1\njpg/missing.jpg 2\n")
-    with pytest.raises(ConfigError, match="1 listed images"):
-        read_labels_list(bad, flowers, [])
-
-
-def test_class_folders(tmp_path):
-    for cls, name in (("tulip", "a.png"), ("rose", "b.jpg"), ("rose", "c.JPG"), ("tulip", "notes.txt")):
-        (tmp_path / cls).mkdir(exist_ok=True)
-        (tmp_path / cls / name).write_bytes(b"")
-    sorted_order = read_class_folders(tmp_path, [])
-    assert sorted_order == {str(tmp_path / "rose/b.jpg"): 0, str(tmp_path / "rose/c.JPG"): 0,
-                            str(tmp_path / "tulip/a.png"): 1}
-    by_labels = read_class_folders(tmp_path, ["daisy", "tulip", "rose"])
-    assert by_labels[str(tmp_path / "tulip/a.png")] == 1 and by_labels[str(tmp_path / "rose/b.jpg")] == 2
-
-
-def test_classification_agreement():
-    reference = [classified(f"/d/{i}.png", [i % 3, 9]) for i in range(4)]
-    assert classification_agreement(reference, reference) == {"top1_agreement": 1.0, "frames": 4}
-    candidate = [classified(f"/d/{i}.png", [i % 3, 9]) for i in range(4)]
-    candidate[1] = classified("/d/1.png", [9, 1])
-    candidate[2] = classified("/d/2.png", [2], status="error")
-    assert classification_agreement(reference, candidate) == {"top1_agreement": 0.5, "frames": 4}
-    assert classification_agreement([], candidate)["top1_agreement"] is None
+def test_report_round_trip_and_state() -> None:
+    agg = MetricsAggregator(sample_processes=False)
+    agg.note_ready("inference-0", 4242, {"device": "CPU"})
+    assert agg.snapshot(now=0.0).state == "starting"
+    agg.ingest(decoder(20), now=0.5)
+    agg.ingest(worker(0, 18, lat=[9.0]), now=0.5)
+    agg.ingest(post(18, e2e=[15.0]), now=0.5)
+    snap = agg.snapshot(now=1.0)
+    assert snap.state == "running" and snap.devices[0].label == "CPU#0"
+    report = json.loads(json.dumps(snap.to_dict()))
+    report["restarts"] = {}                            # extra keys the supervisor adds
+    again = Snapshot.from_dict(report)
+    assert again.to_dict() == snap.to_dict()

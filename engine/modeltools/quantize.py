@@ -1,0 +1,296 @@
+"""`ovstream quantize`: NNCF post-training INT8 quantization, with an FP32 / FP16 / INT8 comparison.
+
+What the codelab did with POT (DefaultQuantization, preset performance, stat_subset_size 300) and
+accuracy_checker, done with ``nncf.quantize`` — or ``nncf.quantize_with_accuracy_control`` when
+``--max-drop`` is given. Calibration data (an image folder, or the MNIST training split) is
+prepared exactly as the engine feeds the model (:class:`engine.modeltools.datasets.InputPreparer`),
+so the raw IR is quantized for the tensors it really receives; the INT8 IR stays raw too and is
+registered with the source model's adapter, labels, params and preprocess conventions.
+
+The metric is top-1 accuracy on labelled data (the held-out MNIST digits), or agreement with the
+FP32 model's answers, both decoded by the engine's adapter: top-1 agreement for classifiers,
+agreement mAP (:func:`engine.modeltools.metrics.agreement_map`) for detectors. Throughput is
+measured in the same run on CPU with an AsyncInferQueue (THROUGHPUT hint, f32 inference precision
+so that "FP32" means FP32 even on CPUs that default to bf16), on the same inputs for all three.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+from rich.console import Console
+from rich.table import Table
+
+from engine.adapters import create_adapter
+from engine.config import ADAPTERS, MODELS_DIR, REGISTRY_PATH, ModelConfig, load_registry
+from engine.errors import ConfigError, ModelError
+from engine.model import output_shapes, read_model
+from engine.modeltools.convert import new_progress, save_ir, step
+from engine.modeltools.datasets import InputPreparer, Sample, folder_samples, load_mnist, mnist_samples
+from engine.modeltools.registry import file_value, register_model
+
+METRICS = ("auto", "top1", "agreement")
+BENCH_PROPERTIES = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}
+CALIBRATION_SEED = 0
+
+
+@dataclass
+class Variant:
+    """One precision of the model, scored and timed."""
+
+    precision: str
+    model: ov.Model
+    metric: float | None = None
+    fps: float = 0.0
+
+
+@dataclass
+class QuantizeReport:
+    """What one quantization produced and measured."""
+
+    metric: str
+    variants: dict[str, Variant] = field(default_factory=dict)
+    xml: Path | None = None
+
+    @property
+    def speedup(self) -> float:
+        """INT8 throughput over FP32 throughput."""
+        return self.variants["INT8"].fps / self.variants["FP32"].fps
+
+
+# ---- data and scoring ----------------------------------------------------------------------------
+
+def load_data(data: str, prepare: InputPreparer, subset: int) -> tuple[list[Sample], list[Sample]]:
+    """(calibration, validation) samples. ``mnist``: a seeded draw of ``subset`` training digits, and
+    the 1000 held-out digits; a folder: its first ``subset`` images, both for calibration and scoring."""
+    if data == "mnist":
+        split = load_mnist()
+        pick = np.random.default_rng(CALIBRATION_SEED).permutation(len(split.train_labels))[:subset]
+        return (mnist_samples(split.train_images[pick], split.train_labels[pick], prepare),
+                mnist_samples(split.test_images, split.test_labels, prepare))
+    samples = folder_samples(Path(data).expanduser(), prepare, subset)
+    return samples, samples
+
+
+def infer_all(compiled: ov.CompiledModel, samples: Iterable[Sample]) -> list[dict[str, np.ndarray]]:
+    """Every sample's outputs, ``{output name: array}`` named as the engine names them."""
+    names = list(output_shapes(compiled))
+    items = list(samples)
+    results: list[dict[str, np.ndarray]] = [{} for _ in items]
+
+    def done(request: ov.InferRequest, index: int) -> None:
+        results[index] = {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(names)}
+
+    queue = ov.AsyncInferQueue(compiled)
+    queue.set_callback(done)
+    for index, sample in enumerate(items):
+        queue.start_async({0: sample.tensor}, index)
+    queue.wait_all()
+    return results
+
+
+class Scorer:
+    """Scores a compiled model on samples: top-1 accuracy against their labels, or agreement with
+    the reference records (the FP32 model's answers)."""
+
+    def __init__(self, cfg: ModelConfig, metric: str) -> None:
+        self.adapter = create_adapter(cfg)
+        self.metric = metric
+        self.reference: dict[str, dict] = {}
+
+    @property
+    def classifier(self) -> bool:
+        return self.adapter.kind == "classification"
+
+    def run(self, compiled: ov.CompiledModel, samples: list[Sample]) -> tuple[list[dict], list[dict]]:
+        """(engine-style result records, see :mod:`engine.modeltools.metrics`; raw outputs), per sample."""
+        key = "classes" if self.classifier else "detections"
+        outputs = infer_all(compiled, samples)
+        records = [{"source": s.source, "frame_index": 0, "status": "ok", key: self.adapter.decode(out, s.geometry)}
+                   for s, out in zip(samples, outputs)]
+        return records, outputs
+
+    def set_reference(self, compiled: ov.CompiledModel, samples: list[Sample]) -> None:
+        self.reference = {r["source"]: r for r in self.run(compiled, samples)[0]}
+
+    def score(self, compiled: ov.CompiledModel, samples: list[Sample]) -> tuple[float, list]:
+        """(metric, per-sample values): 0/1 hits for classifiers; for detectors the outputs, which
+        NNCF's accuracy control ranks layers by."""
+        from engine.modeltools.metrics import agreement_map, classification_agreement, topk_accuracy
+
+        records, outputs = self.run(compiled, samples)
+        if self.metric == "top1":
+            value = topk_accuracy(records, {s.source: s.label for s in samples}, k=(1,))["top1"]
+            return float(value or 0.0), [float(_top1(r) == s.label) for r, s in zip(records, samples)]
+        reference = [self.reference[s.source] for s in samples]
+        if self.classifier:
+            value = classification_agreement(reference, records)["top1_agreement"]
+            return float(value or 0.0), [float(_top1(r) == _top1(ref)) for r, ref in zip(records, reference)]
+        value = agreement_map(reference, records)["map"]
+        if value is None:   # no reference boxes on these frames: agreeing means finding none either
+            value = float(not any(r["detections"] for r in records))
+        return float(value), [list(out.values()) for out in outputs]
+
+
+def _top1(record: dict[str, Any]) -> int:
+    classes = record.get("classes") or []
+    return int(classes[0]["class_id"]) if classes else -1
+
+
+def throughput(compiled: ov.CompiledModel, samples: list[Sample], seconds: float) -> float:
+    """Frames per second of ``compiled`` over ``seconds``, its optimal number of requests in flight."""
+    queue = ov.AsyncInferQueue(compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    tensors = [s.tensor for s in samples[:64]]
+    for i in range(len(queue)):                       # warm-up: every request once
+        queue.start_async({0: tensors[i % len(tensors)]})
+    queue.wait_all()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        queue.start_async({0: tensors[count % len(tensors)]})
+        count += 1
+    queue.wait_all()
+    return count / (time.perf_counter() - start)
+
+
+# ---- the pipeline --------------------------------------------------------------------------------
+
+def resolve(spec: str, like: str | None = None, adapter: str | None = None) -> ModelConfig:
+    """A registry name or a model file (described by ``like``/``adapter``) → resolved ModelConfig."""
+    from engine.modeltools.evaluate import model_section, resolve_section
+
+    return resolve_section(model_section(spec, like, adapter))
+
+
+def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, preset: str = "performance",
+             fast_bias_correction: bool = True, max_drop: float | None = None, metric: str = "auto",
+             seconds: float = 3.0, console: Console | None = None) -> QuantizeReport:
+    """Quantize ``cfg``'s model to INT8 with calibration ``data``, save it to ``xml``, and score and
+    time the FP32, FP16 and INT8 versions on the same inputs."""
+    import nncf
+
+    console = console or Console()
+    core = ov.Core()
+    with new_progress(console) as progress:
+        with step(progress, f"read {cfg.path}"):
+            model = read_model(core, cfg.path)
+            scorer = Scorer(cfg, metric)
+            scorer.metric = _pick_metric(metric, data, scorer)
+        with step(progress, f"prepare data from {data} as the engine feeds '{cfg.name}' "
+                            f"({cfg.preprocess.resize}, {cfg.preprocess.color})"):
+            calibration, validation = load_data(data, InputPreparer(model, cfg, core), subset)
+        with step(progress, f"FP32 reference answers on {len(validation)} samples"):
+            fp32 = core.compile_model(model, "CPU", BENCH_PROPERTIES)
+            scorer.set_reference(fp32, validation)
+    options = dict(preset=nncf.QuantizationPreset(preset), subset_size=min(subset, len(calibration)),
+                   fast_bias_correction=fast_bias_correction, target_device=nncf.TargetDevice.CPU)
+    console.print(f"NNCF {'accuracy-controlled ' if max_drop is not None else ''}quantization: "
+                  f"{len(calibration)} calibration samples, preset {preset}")
+    started = time.perf_counter()
+    if max_drop is None:
+        int8 = nncf.quantize(model, nncf.Dataset(calibration, _tensor), **options)
+    else:
+        int8 = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(calibration, _tensor), nncf.Dataset(validation, _tensor),
+            validation_fn=scorer.score, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, **options)
+    console.print(f"[green]✓[/] quantized in {time.perf_counter() - started:.1f} s")
+    report = QuantizeReport(scorer.metric)
+    with new_progress(console) as progress, tempfile.TemporaryDirectory() as tmp:
+        with step(progress, "FP16 copy (compress_to_fp16)"):
+            fp16 = core.read_model(save_ir(model, Path(tmp) / "fp16.xml", "FP16"))
+        for precision, variant in (("FP32", model), ("FP16", fp16), ("INT8", int8)):
+            compiled = fp32 if precision == "FP32" else core.compile_model(variant, "CPU", BENCH_PROPERTIES)
+            with step(progress, f"{precision}: {scorer.metric} on {len(validation)} samples, "
+                                f"throughput for {seconds:g} s"):
+                report.variants[precision] = Variant(precision, variant, scorer.score(compiled, validation)[0],
+                                                     throughput(compiled, validation, seconds))
+        with step(progress, f"save INT8 IR → {xml}"):
+            report.xml = save_ir(int8, xml, "FP32")
+    return report
+
+
+def _tensor(sample: Sample) -> np.ndarray:
+    return sample.tensor
+
+
+def _pick_metric(metric: str, data: str, scorer: Scorer) -> str:
+    if metric == "auto":
+        return "top1" if data == "mnist" and scorer.classifier else "agreement"
+    if metric == "top1" and not (data == "mnist" and scorer.classifier):
+        raise ConfigError("--metric top1 needs labelled data and a classifier (--data mnist)")
+    return metric
+
+
+def report_table(name: str, report: QuantizeReport) -> Table:
+    """FP32 / FP16 / INT8 side by side: metric, throughput, and throughput relative to FP32."""
+    label = "top-1 accuracy" if report.metric == "top1" else "agreement with FP32"
+    table = Table(title=f"{name}: FP32 / FP16 / INT8 on CPU",
+                  caption=f"INT8/FP32 throughput ratio: {report.speedup:.2f}×")
+    for column, justify in (("precision", "left"), (label, "right"), ("throughput (FPS)", "right"),
+                            ("vs FP32", "right")):
+        table.add_column(column, justify=justify)
+    base = report.variants["FP32"].fps
+    for variant in report.variants.values():
+        metric = "n/a" if variant.metric is None else f"{variant.metric:.2%}"
+        table.add_row(variant.precision, metric, f"{variant.fps:,.1f}", f"{variant.fps / base:.2f}×")
+    return table
+
+
+def int8_entry(cfg: ModelConfig, xml: Path, registry: Path = REGISTRY_PATH) -> dict[str, Any]:
+    """The registry entry of the INT8 copy: the source entry's settings with the new file."""
+    source = load_registry(registry).get(cfg.name)
+    if source is None:
+        raise ConfigError(f"--register copies the settings of a registered model; '{cfg.name}' is not "
+                          f"registered (pass a registry name, or --like NAME for a file)")
+    described = source.get("description") or cfg.name
+    return {**source, "description": f"{described} — INT8 (NNCF)", "file": file_value(xml, registry)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="registry name (models/models.toml) or model file")
+    parser.add_argument("--data", default="data/coco100", help="calibration images: a folder, or 'mnist' "
+                                                               "(the MNIST training split); default data/coco100")
+    parser.add_argument("--subset", type=int, default=300, help="calibration samples (default 300, the codelab's "
+                                                                "stat_subset_size)")
+    parser.add_argument("--preset", choices=("performance", "mixed"), default="performance",
+                        help="performance: symmetric weights and activations; mixed: asymmetric activations")
+    parser.add_argument("--fast-bias-correction", action=argparse.BooleanOptionalAction, default=True,
+                        help="fast bias correction (default) or the slower, finer BiasCorrection")
+    parser.add_argument("--max-drop", type=float, help="accuracy control: keep the metric within this absolute "
+                                                       "drop of FP32 (e.g. 0.01), reverting layers as needed")
+    parser.add_argument("--metric", choices=METRICS, default="auto",
+                        help="top1 (labelled data: mnist) or agreement with FP32; auto picks top1 when it can")
+    parser.add_argument("--output", type=Path, help="folder for the INT8 IR (default models/NAME)")
+    parser.add_argument("--register", nargs="?", const="", metavar="NAME",
+                        help="register the INT8 model (default name: MODEL_int8)")
+    parser.add_argument("--like", metavar="NAME", help="a model file takes this registry entry's settings")
+    parser.add_argument("--adapter", choices=ADAPTERS, help="a model file's output adapter (without --like)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="throughput measurement per precision")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.subset < 1:
+        raise ConfigError(f"--subset must be >= 1, not {args.subset}")
+    if args.max_drop is not None and not 0 < args.max_drop < 1:
+        raise ConfigError(f"--max-drop is an absolute metric drop between 0 and 1, not {args.max_drop}")
+    cfg = resolve(args.model, args.like, args.adapter)
+    name = args.register or f"{cfg.name}_int8"
+    xml = (args.output or MODELS_DIR / name) / f"{name}.xml"
+    entry = int8_entry(cfg, xml) if args.register is not None else None
+    if xml.resolve() == Path(cfg.path).resolve():
+        raise ModelError(f"{xml} is the model being quantized: choose another --output or name")
+    console = Console()
+    report = quantize(cfg, args.data, xml, subset=args.subset, preset=args.preset,
+                      fast_bias_correction=args.fast_bias_correction, max_drop=args.max_drop,
+                      metric=args.metric, seconds=args.seconds, console=console)
+    if entry is not None:
+        register_model(name, entry)
+        console.print(f"registered '{name}' in {REGISTRY_PATH}")
+    console.print(report_table(cfg.name, report))
+    return 0

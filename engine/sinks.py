@@ -1,0 +1,265 @@
+"""Result sinks: JSON lines, annotated images, an annotated video, and the drawing they share.
+
+Records arrive in frame order (see the postprocessor); ``frame`` is the original BGR frame, or
+None when the record has no pixels (an error, or a frame not kept), in which case only the JSON
+lines sink writes. :meth:`JsonlSink.recover` makes a restart after a crash resume cleanly.
+"""
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engine.config import OutputConfig
+from engine.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+RED = (0, 0, 255)
+WHITE = (255, 255, 255)
+_PALETTE = ((56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
+            (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
+            (147, 69, 52), (255, 115, 100), (236, 24, 0), (255, 56, 132), (133, 0, 82), (255, 56, 203),
+            (200, 149, 255), (199, 55, 255))
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+class Sink(ABC):
+    """Where results go; ``write`` is called once per record, in frame order.
+
+    ``draws`` sinks want the frame (and boxes in the frame's stored size); ``flush`` is called
+    after each group of writes, before the frames are acknowledged as written.
+    """
+
+    draws: bool = False
+
+    @abstractmethod
+    def write(self, record: dict, frame: np.ndarray | None) -> None: ...
+
+    def flush(self) -> None:
+        """Make what was written durable enough to survive this process dying."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+# ---- JSON lines ----------------------------------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    """JSON for the numpy values a record may carry."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"record value of type {type(value).__name__} is not JSON serialisable")
+
+
+class JsonlSink(Sink):
+    """One JSON object per line, UTF-8, buffered; :meth:`flush` hands it to the OS.
+
+    Strings that are not valid Unicode (undecodable file names) are written as ``\\udcXX`` escapes,
+    which read back to the same Python string.
+    """
+
+    def __init__(self, path: str | Path, append: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a" if append else "w", encoding="utf-8", errors="backslashreplace",
+                        newline="\n")
+
+    def write(self, record: dict, frame: np.ndarray | None = None) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_plain) + "\n")
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    @staticmethod
+    def recover(path: str | Path) -> set[int]:
+        """After a crash: cut a partial last line off ``path``; return the frame ids it holds.
+
+        A complete line that does not parse (a torn write) is left in place but not counted,
+        so its frame is produced again.
+        """
+        path = Path(path)
+        if not path.exists():
+            return set()
+        done: set[int] = set()
+        kept = 0
+        with open(path, "rb+") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break
+                kept += len(line)
+                try:
+                    done.add(int(json.loads(line)["frame_id"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+            fh.truncate(kept)
+        return done
+
+
+# ---- drawing -------------------------------------------------------------------------------------
+
+def _color(class_id: int) -> tuple[int, int, int]:
+    return _PALETTE[class_id % len(_PALETTE)]
+
+
+def _ascii(text: str) -> str:
+    """OpenCV's Hershey fonts draw ASCII only."""
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def _label(image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int],
+           scale: float, thickness: int) -> None:
+    """Text on a filled box whose bottom-left corner is (x, y), moved inside the image."""
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, thickness)
+    h, w = image.shape[:2]
+    x = min(max(0, x), max(0, w - tw - 2))
+    y = min(max(th + base + 2, y), h)
+    cv2.rectangle(image, (x, y - th - base - 2), (x + tw + 2, y), color, cv2.FILLED)
+    text_color = (0, 0, 0) if sum(color) > 400 else WHITE
+    cv2.putText(image, text, (x + 1, y - base - 1), _FONT, scale, text_color, thickness, cv2.LINE_AA)
+
+
+def _name(item: dict, labels: Sequence[str]) -> str:
+    class_id = int(item.get("class_id", 0))
+    label = item.get("label") or (labels[class_id] if 0 <= class_id < len(labels) else str(class_id))
+    return _ascii(f"{label} {float(item.get('score', 0.0)):.2f}")
+
+
+def _wrap(text: str, width_px: int, scale: float, thickness: int) -> list[str]:
+    char_w = max(1, cv2.getTextSize("M", _FONT, scale, thickness)[0][0])
+    per_line = max(8, width_px // char_w)
+    return [text[i:i + per_line] for i in range(0, len(text), per_line)] or [""]
+
+
+def draw(frame: np.ndarray, record: dict, labels: Sequence[str] = ()) -> np.ndarray:
+    """An annotated copy of ``frame``: boxes, "label score" and keypoints for detections,
+    the top class for classification, the error in red for an error record."""
+    image = frame.copy()
+    h, w = image.shape[:2]
+    scale = max(0.4, min(h, w) / 900)
+    thickness = max(1, round(scale * 2))
+    line_h = cv2.getTextSize("Mg", _FONT, scale, thickness)[0][1] * 2
+    if record.get("status") == "error":
+        text = _ascii(f"{record.get('stage', 'error')}: {record.get('error', '')}")
+        for row, line in enumerate(_wrap(text, w - 4, scale, thickness)):
+            _label(image, line, 2, (row + 1) * line_h, RED, scale, thickness)
+        return image
+    for det in record.get("detections", ()):
+        color = _color(int(det.get("class_id", 0)))
+        x1, y1, x2, y2 = (int(round(min(max(float(v), -1.0), 1e6))) for v in det["box"])
+        cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
+        _label(image, _name(det, labels), x1, y1, color, scale, thickness)
+        for x, y in det.get("keypoints", ()):
+            cv2.circle(image, (int(round(x)), int(round(y))), thickness + 2, color, cv2.FILLED)
+    classes = record.get("classes")
+    if classes:
+        _label(image, _name(classes[0], labels), 2, line_h, _color(int(classes[0].get("class_id", 0))),
+               scale, thickness)
+    return image
+
+
+# ---- annotated images and video ------------------------------------------------------------------
+
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
+
+
+class ImageSink(Sink):
+    """An annotated JPEG per frame: ``<source stem>.jpg``, ``<stem>_<frame_index:06d>.jpg`` for
+    video and stream frames; two sources with one stem get ``_<frame_id>`` on the later one."""
+
+    draws = True
+
+    def __init__(self, directory: str | Path, labels: Sequence[str] = ()) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._labels = labels
+        self._owner: dict[str, str] = {}   # file name → source that took it
+
+    def file_name(self, record: dict) -> str:
+        source = str(record.get("source", ""))
+        stem = Path(source.split("?")[0].rstrip("/")).name
+        suffix = Path(stem).suffix.lower()
+        still = suffix in IMAGE_EXTENSIONS
+        if still or suffix in VIDEO_EXTENSIONS:
+            stem = stem[:-len(suffix)]
+        stem = _UNSAFE.sub("_", stem) or "frame"
+        if not still:
+            stem = f"{stem}_{int(record.get('frame_index', 0)):06d}"
+        if self._owner.setdefault(f"{stem}.jpg", source) != source:
+            stem = f"{stem}_{record['frame_id']}"
+        return f"{stem}.jpg"
+
+    def write(self, record: dict, frame: np.ndarray | None) -> None:
+        if frame is None:
+            return
+        ok, data = cv2.imencode(".jpg", draw(frame, record, self._labels))
+        if not ok:
+            raise OSError(f"cannot encode annotated frame {record.get('frame_id')} as JPEG")
+        data.tofile(self.directory / self.file_name(record))   # tofile: any Unicode name
+
+    def close(self) -> None:
+        self._owner.clear()
+
+
+class VideoSink(Sink):
+    """Annotated frames into one video (mp4v .mp4, else MJPG .avi); the first frame fixes the size
+    (rounded down to even) and later frames of another size are resized to it."""
+
+    draws = True
+
+    def __init__(self, path: str | Path, fps: float, labels: Sequence[str] = ()) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fps = fps if fps > 0 else 25.0
+        self._labels = labels
+        self._writer: cv2.VideoWriter | None = None
+        self._size = (0, 0)
+
+    def _open(self, width: int, height: int) -> cv2.VideoWriter:
+        self._size = (max(2, width - width % 2), max(2, height - height % 2))
+        for path, fourcc in ((self.path, "mp4v"), (self.path.with_suffix(".avi"), "MJPG")):
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), self._fps, self._size)
+            if writer.isOpened():
+                self.path = path
+                return writer
+            writer.release()
+        raise OSError(f"cannot write video {self.path}: neither mp4v nor MJPG encoder opened")
+
+    def write(self, record: dict, frame: np.ndarray | None) -> None:
+        if frame is None:
+            return
+        if self._writer is None:
+            self._writer = self._open(frame.shape[1], frame.shape[0])
+        image = draw(frame, record, self._labels)
+        if (image.shape[1], image.shape[0]) != self._size:
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(image)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = False) -> list[Sink]:
+    """The sinks ``output`` asks for, in ``output.dir`` (created): results.jsonl, images/,
+    annotated.mp4. ``resume`` appends to results.jsonl (after :meth:`JsonlSink.recover`)."""
+    directory = Path(output.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    sinks: list[Sink] = []
+    if output.jsonl:
+        sinks.append(JsonlSink(directory / "results.jsonl", append=resume))
+    if output.images:
+        sinks.append(ImageSink(directory / "images", labels))
+    if output.video:
+        sinks.append(VideoSink(directory / "annotated.mp4", output.video_fps, labels))
+    return sinks
