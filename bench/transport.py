@@ -34,7 +34,12 @@ from engine.shm import FreeList, PoolSpec, SlotPool
 
 METHODS = ("shm", "shm+copy", "zmq", "mp_queue")
 SIZES = {"300x300": (300, 300), "1920x1080": (1080, 1920)}      # name → (height, width)
-DEFAULT_FRAMES = {"300x300": 2000, "1920x1080": 300}
+DEFAULT_FRAMES = {                                               # timed frames: ~0.3-3 s per measurement
+    "shm": {"300x300": 3000, "1920x1080": 3000},
+    "shm+copy": {"300x300": 3000, "1920x1080": 1000},
+    "zmq": {"300x300": 2000, "1920x1080": 300},
+    "mp_queue": {"300x300": 1000, "1920x1080": 200},
+}
 WINDOW = 4                     # frames in flight, for every method
 PAGE = 4096
 TIMEOUT_S = 60.0
@@ -259,15 +264,35 @@ def _parse_size(size: str) -> tuple[int, int]:
     return h, w
 
 
-def run_transport(repeats: int = 3, frames: dict[str, int] | None = None, methods: tuple[str, ...] = METHODS,
-                  progress=None) -> list[TransportResult]:
-    """Every method at every size, ``repeats`` times, alternating methods within each repeat."""
-    frames = frames or DEFAULT_FRAMES
+def run_transport(repeats: int = 3, sizes: tuple[str, ...] = tuple(SIZES), methods: tuple[str, ...] = METHODS,
+                  scale: float = 1.0, progress=None) -> list[TransportResult]:
+    """Every method at every size, ``repeats`` times, alternating methods within each repeat.
+
+    ``scale`` multiplies the default frame counts (:data:`DEFAULT_FRAMES`; at least 20 frames)."""
     results = []
     for r in range(repeats):
-        for size, count in frames.items():
+        for size in sizes:
             for method in methods:
+                count = max(20, int(DEFAULT_FRAMES.get(method, {}).get(size, 300) * scale))
                 if progress:
-                    progress(f"transport {method} {size} (repeat {r + 1}/{repeats})")
+                    progress(f"transport {method} {size} ×{count} (repeat {r + 1}/{repeats})")
                 results.append(measure(method, size, count))
     return results
+
+
+def summarize(results: list[TransportResult]) -> list[dict]:
+    """Median (min–max) frames/s and µs/frame per (size, method), in measurement order."""
+    from bench.stats import Spread
+
+    groups: dict[tuple[str, str], list[TransportResult]] = {}
+    for r in results:
+        groups.setdefault((r.size, r.method), []).append(r)
+    rows = []
+    for (size, method), items in groups.items():
+        fps = Spread.of(r.fps for r in items)
+        us = Spread.of(r.us_per_frame for r in items)
+        rows.append({"size": size, "method": method, "frames": items[0].frames, "fps": fps.to_dict(),
+                     "us_per_frame": us.to_dict(),
+                     "latency_p50_us": Spread.of(r.latency_p50_us for r in items).to_dict(),
+                     "checksum_ok": all(r.checksum_ok for r in items)})
+    return rows

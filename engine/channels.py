@@ -28,7 +28,9 @@ class RunDir:
     def __init__(self, path: str | None = None) -> None:
         if path is None:
             base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-            path = tempfile.mkdtemp(prefix="ovstream-", dir=base if os.access(base, os.W_OK) else None)
+            tag = os.environ.get("OVSTREAM_TAG", "")      # names one pipeline's files, e.g. in tests
+            path = tempfile.mkdtemp(prefix=f"ovstream-{tag + '-' if tag else ''}",
+                                    dir=base if os.access(base, os.W_OK) else None)
         self.path = Path(path)
         os.chmod(self.path, 0o700)
 

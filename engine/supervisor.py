@@ -34,7 +34,7 @@ from workers.runtime import StageContext, id_ranges
 
 READY_TIMEOUT_S = 300.0       # compiling for a GPU can take minutes the first time
 STOP_GRACE_S = 1.0
-HANG_TIMEOUT_S = 10.0
+HANG_TIMEOUT_S = 30.0       # a live source may block this long while it reconnects
 
 
 @dataclass

@@ -198,7 +198,7 @@ def run_engine(config_path: Path, out_dir: Path) -> list[Record]:
     log.write_text(proc.stdout + proc.stderr, encoding="utf-8")
     last = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "no message")
     if proc.returncode == EXIT_USAGE:
-        raise ConfigError(f"engine run refused {config_path}: {last}")
+        raise ConfigError(f"{last} (config {config_path})")
     if proc.returncode not in (EXIT_OK, EXIT_FAILED):
         raise RunFailed(f"engine run failed (exit {proc.returncode}): {last} (see {log})")
     results = out_dir / "results.jsonl"
@@ -214,7 +214,8 @@ def _summary(name: str, records: list[Record]) -> dict[str, Any]:
     failed = [r for r in records if r.get("status", "ok") != "ok"]
     summary: dict[str, Any] = {"model": name, "frames": len(records), "errors": len(failed)}
     if failed:
-        summary["first_error"] = f"{failed[0].get('source')}: {failed[0].get('error', 'failed')}"
+        source, error = str(failed[0].get("source")), str(failed[0].get("error") or "failed")
+        summary["first_error"] = error if source in error else f"{source}: {error}"
     return summary
 
 

@@ -1,4 +1,4 @@
-"""`ovstream eval` end to end: real engine runs of the bundled models on bundled images."""
+"""`ovstream eval` end to end: real engine runs of a bundled detector and a generated classifier."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
 import pytest
 
 from engine.config import load_registry
@@ -26,15 +30,40 @@ def test_face_detector_agrees_with_itself(tmp_path):
     data.mkdir()
     for name in FACE_IMAGES:
         shutil.copy(REPO / "data" / "coco100" / name, data)
+    (data / "000000000000.jpg").write_text("not an image")
     out = tmp_path / "out"
     proc = ovstream_eval("face", "--agreement", "face", "--data", str(data), "--output", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, f"the broken image makes the exit code 1: {proc.stderr}"
     report = json.loads(proc.stdout)
-    assert report["candidate"]["frames"] == report["reference"]["frames"] == len(FACE_IMAGES)
-    assert report["candidate"]["errors"] == 0
+    assert report["candidate"]["frames"] == report["reference"]["frames"] == len(FACE_IMAGES) + 1
+    assert report["candidate"]["errors"] == 1 and "000000000000.jpg" in report["candidate"]["first_error"]
     assert report["agreement"]["reference_boxes"] > 0
     assert report["agreement"]["map"] == pytest.approx(1.0)
     assert json.loads((out / "metrics.json").read_text())["agreement"] == report["agreement"]
+
+
+def colour_classifier(path: Path) -> Path:
+    """A model whose class is the image's dominant colour channel: 0 red, 1 green, 2 blue."""
+    image = ops.parameter([1, 3, 16, 16], np.float32, name="image")
+    mean = ops.reduce_mean(image, ops.constant(np.array([2, 3], np.int64)), keep_dims=False)
+    ov.save_model(ov.Model([mean], [image], "colour"), path)
+    return path
+
+
+def test_classifier_file_on_class_folders_agrees_with_itself(tmp_path):
+    data = tmp_path / "colours"
+    for folder, bgr in (("a_red", (0, 0, 200)), ("b_green", (0, 180, 0)), ("c_blue", (220, 0, 0))):
+        (data / folder).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(data / folder / f"{i}.png"), np.full((24, 32, 3), bgr, np.uint8))
+    model = colour_classifier(tmp_path / "colour.xml")
+    proc = ovstream_eval(str(model), "--adapter", "classification", "--data", str(data),
+                         "--agreement", str(model), "--output", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["kind"] == "classification" and report["candidate"]["frames"] == 6
+    assert report["candidate"]["metrics"] == {"top1": 1.0, "top5": 1.0, "images": 6, "unanswered": 0}
+    assert report["agreement"] == {"top1_agreement": 1.0, "frames": 6}
 
 
 @pytest.mark.skipif(not (REPO / "models" / "mnist").is_dir() or "mnist" not in load_registry(),
