@@ -98,7 +98,7 @@ def run_engine(cmd: list[str], output: Path, timeout_s: float = 600.0) -> Engine
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=REPO_ROOT, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired as exc:
         _write_log(output, cmd, exc.stdout, exc.stderr)
         return EngineRun(cmd, -1, time.perf_counter() - t0, error=f"timed out after {timeout_s:.0f} s")

@@ -113,7 +113,7 @@ def soak(cmd: list[str], output: Path, interval_s: float = 1.0, timeout_s: float
     traces: dict[str, ProcessTrace] = {}
     log = open(output / "bench-soak.log", "wb")
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     root = psutil.Process(proc.pid)
     next_report = t0 + 15

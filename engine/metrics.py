@@ -410,6 +410,7 @@ class MetricsAggregator:
         self._t_first: float | None = None         # first frame seen (or start())
         self._t_last_done: dict[str, float] = {}   # process → time its throughput last grew
         self._acked = 0
+        self._frame_ids: int | None = None
         self._ack_errors = 0
         self._state: str | None = None             # None: "starting", then "running"
         self._last_sample: float | None = None
@@ -447,13 +448,17 @@ class MetricsAggregator:
         """The supervisor restarted ``process`` (its next stats come from a fresh instance)."""
         self._procs.setdefault(process, _Proc(name=process)).restarts_noted += 1
 
-    def set_accounting(self, acked: int, errors: int) -> None:
+    def set_accounting(self, acked: int, errors: int, frame_ids: int | None = None) -> None:
         """Cumulative counts from the postprocessor's AckMsgs: result frames and error records.
 
         Acks are final while stats may lag by one interval, so the accounting uses the larger
-        of the two for ``out`` and ``errors``.
+        of the two for ``out`` and ``errors``. ``frame_ids`` is the number of distinct frame ids
+        the source has produced (the decoder's high-water mark): after a restart re-reads frames,
+        it replaces the sum of ``frames_read`` as ``in`` (plus drops).
         """
         self._acked, self._ack_errors = int(acked), int(errors)
+        if frame_ids is not None:
+            self._frame_ids = int(frame_ids)
 
     def ingest(self, msg: StatsMsg, now: float | None = None) -> None:
         """Fold one StatsMsg in; malformed fields are ignored, never raised."""
@@ -491,8 +496,11 @@ class MetricsAggregator:
         def by_role(role: str) -> list[_Proc]:
             return [p for p in procs if p.role == role]
 
-        frames_in = sum(p.total("frames_read") for p in by_role("decoder"))
         drops = sum(p.total("drops") for p in by_role("decoder"))
+        if self._frame_ids is not None:
+            frames_in = self._frame_ids + drops
+        else:
+            frames_in = sum(p.total("frames_read") for p in by_role("decoder"))
         post = by_role("postprocessor")
         out = max(sum(p.total("results") for p in post), self._acked)
         errors = max(sum(p.total("errors") for p in post), self._ack_errors)

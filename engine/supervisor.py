@@ -86,6 +86,7 @@ class Supervisor:
         self.completed: set[int] = set()
         self.acked_ok = 0
         self.acked_errors = 0
+        self.frame_ids = 0          # distinct frame ids the source produced (decoder high-water mark)
         self.generation = 0
         self.finished = False
         self.interrupted = 0
@@ -164,6 +165,11 @@ class Supervisor:
     def _on_message(self, child: Child | None, msg: Message) -> None:
         if isinstance(msg, StatsMsg):
             self.metrics.ingest(msg)
+            if msg.role == "decoder":
+                position = msg.gauges.get("next_frame_id", 0)
+                if isinstance(position, int) and position > self.frame_ids:
+                    self.frame_ids = position
+                    self.metrics.set_accounting(self.acked_ok, self.acked_errors, self.frame_ids)
         elif isinstance(msg, ReadyMsg) and child is not None:
             child.ready = True
             self.metrics.note_ready(msg.process, msg.pid, msg.info)
@@ -173,7 +179,7 @@ class Supervisor:
             self.acked_ok += len(set(msg.frame_ids) - self.completed)
             self.acked_errors += len(set(msg.error_ids) - self.completed)
             self.completed.update(msg.frame_ids, msg.error_ids)
-            self.metrics.set_accounting(self.acked_ok, self.acked_errors)
+            self.metrics.set_accounting(self.acked_ok, self.acked_errors, self.frame_ids)
             if msg.finished and msg.generation == self.generation:
                 self.finished = True
         elif isinstance(msg, FatalMsg) and child is not None:

@@ -40,7 +40,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
     results_out = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"])
     done = ctx.completed_ids()
     source = open_source(cfg.source, skip=done.__contains__ if done else None)
-    stage.gauges.update(raw_slots=pool.spec.slots, raw_free=free.free)
+    stage.gauges.update(raw_slots=pool.spec.slots, raw_free=free.free, next_frame_id=max(done) + 1 if done else 0)
     for name in ("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects"):
         stage.count(name, 0)
     stage.ready(live=source.live)
@@ -56,6 +56,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
 
     items = iter(source)
     total = max(done) + 1 if done else 0
+    id_offset = total if source.live else 0     # a restarted live source continues the numbering
     min_interval = 1.0 / cfg.source.max_fps if cfg.source.max_fps > 0 else 0.0
     next_read = 0.0
     try:
@@ -80,8 +81,10 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 free.release(slot)
                 break
             stage.count("frames_read")
-            total = max(total, item.index + 1)
-            ref = FrameRef(item.index, item.locator, item.frame_index, stamps={"src": t0})
+            frame_id = item.index + id_offset
+            total = max(total, frame_id + 1)
+            stage.gauges["next_frame_id"] = total
+            ref = FrameRef(frame_id, item.locator, item.frame_index, stamps={"src": t0})
             if item.frame is None:
                 free.release(slot)
                 stage.count("decode_errors")

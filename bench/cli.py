@@ -1,0 +1,412 @@
+"""`ovstream bench`: the codelab's loops, the engine, and benchmark_app's ceiling, side by side.
+
+Variants, run alternating (a, b, c, d, e, then again) ``--repeats`` times; each figure is the
+median with its min–max:
+
+  (a) single-process sync loop       imread → resize → infer() → adapter       (codelab sync sample)
+  (b) single-process async loop      the same work, N requests, "wait completion" pattern
+  (c) ``ovstream run``, its defaults  subprocess; figures from its report.json; start-up apart
+  (d) ``ovstream run``, tuned         two workers, nireq/streams/batch from ``--sweep`` (else fixed)
+  (e) benchmark_app                   inference only: the device's ceiling
+
+``--sweep`` adds a nireq × streams × batch grid per device, ``--transport`` the one-hop transport
+micro-benchmark, ``--soak N`` a memory soak of N frames. Results: OUT/bench.json, OUT/bench.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.config import load_config
+from engine.errors import ConfigError
+from bench.stats import Spread, fmt, ratio
+
+VARIANTS = {
+    "a": ("sync loop", "single process, sync infer() per frame (codelab sync sample)"),
+    "b": ("async loop", "single process, N requests, wait-completion (codelab async)"),
+    "c": ("engine default", "ovstream run, defaults"),
+    "d": ("engine tuned", "ovstream run, two workers, tuned nireq/streams/batch"),
+    "e": ("benchmark_app", "benchmark_app -hint throughput: inference only"),
+}
+RATIOS = (("c/a", "c", "a", None), ("c/b", "c", "b", 1.5), ("c/e", "c", "e", None), ("d/e", "d", "e", 0.9))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="TOML config (default: configs/default.toml)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats of every variant (>= 1)")
+    parser.add_argument("--images", default="data/coco100", help="image folder (default: data/coco100)")
+    parser.add_argument("--model", help="registry name or model file (default: the config's, 'face')")
+    parser.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
+    parser.add_argument("--output", default="runs/bench", help="output folder (bench.json, bench.png, runs/)")
+    parser.add_argument("--passes", type=int, default=3,
+                        help="passes over the images per measurement, for every variant (engine: --loop)")
+    parser.add_argument("--variants", default="a,b,c,d,e", help="which of a,b,c,d,e to run")
+    parser.add_argument("--nireq", type=int, default=0, help="requests of the async loop (b) (0: device optimum)")
+    parser.add_argument("--workers", type=int, default=2, help="inference workers of the tuned run (d)")
+    parser.add_argument("--bench-time", type=int, default=10, help="benchmark_app -t seconds (e)")
+    parser.add_argument("--sweep", action="store_true", help="nireq × streams × batch grid for the engine")
+    parser.add_argument("--sweep-nireq", default="2,4,8")
+    parser.add_argument("--sweep-streams", default="1,2")
+    parser.add_argument("--sweep-batch", default="1,4")
+    parser.add_argument("--transport", action="store_true", help="one-hop transport micro-benchmark")
+    parser.add_argument("--transport-scale", type=float, default=1.0, help="scale the transport frame counts")
+    parser.add_argument("--soak", type=int, metavar="N", default=0, help="memory soak over N frames of video")
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, not '{text}'") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{what} needs integers >= 1, not '{text}'")
+    return values
+
+
+def machine_info() -> dict:
+    import openvino as ov
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = ov.Core().get_property("CPU", "FULL_DEVICE_NAME")
+    except Exception:  # informational only
+        pass
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+            "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1), "openvino": ov.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+class Bench:
+    """One ``ovstream bench`` invocation: settings, results, output."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        if args.repeats < 1 or args.passes < 1 or args.workers < 1:
+            raise ConfigError("--repeats, --passes and --workers must be >= 1")
+        self.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ConfigError(f"--variants: unknown {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
+        overrides: dict = {"source": {"uri": args.images}}
+        if args.model:
+            key = "path" if Path(args.model).suffix else "name"
+            overrides["model"] = {key: args.model}
+        self.cfg = load_config(args.config, overrides)
+        self.images_dir = Path(args.images) if Path(args.images).is_absolute() else Path.cwd() / args.images
+        if not self.images_dir.is_dir():
+            raise ConfigError(f"--images: no such folder {args.images}")
+        self.model_arg = args.model or self.cfg.model.name
+        self.out = Path(args.output)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.console = Console()
+        if not self.console.is_terminal:            # piped or logged: wide enough for the tables
+            self.console = Console(width=150)
+        self.log = Console(stderr=True)
+        self.result: dict = {"format": "ovstream-bench/1", "timestamp": time.time()}
+
+    def progress(self, text: str) -> None:
+        self.log.print(f"[dim]bench:[/dim] {text}", highlight=False)
+
+    # ---- variants -----------------------------------------------------------------------------
+    def run(self) -> int:
+        args = self.args
+        self.result["machine"] = machine_info()
+        self.result["settings"] = {
+            "model": self.model_arg, "model_path": self.cfg.model.path, "adapter": self.cfg.model.adapter,
+            "device": args.device, "images": str(args.images), "passes": args.passes, "repeats": args.repeats,
+            "variants": self.variants, "config": args.config or "configs/default.toml"}
+        self.progress(f"{self.result['machine']['cpu']}, {os.cpu_count()} logical cores; model "
+                      f"{self.model_arg}; {args.repeats} repeats × {args.passes} passes over {args.images}")
+        if args.sweep:
+            self.result["sweep"] = self._sweep()
+        tuned, source = self._tuned()
+        self.result["tuned"] = {**tuned, "workers": args.workers, "source": source}
+        runs: dict[str, list[dict]] = {v: [] for v in self.variants}
+        for r in range(args.repeats):
+            for v in self.variants:
+                self.progress(f"repeat {r + 1}/{args.repeats}: ({v}) {VARIANTS[v][0]}")
+                runs[v].append(self._measure(v, r, tuned))
+        self.result["variants"] = {v: self._aggregate(v, runs[v]) for v in self.variants}
+        self.result["ratios"] = self._ratios()
+        self.result["budget"] = self._budget()
+        if args.transport:
+            self.result["transport"] = self._transport()
+        if args.soak:
+            self.result["soak"] = self._soak()
+        self.result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        failed = any(v.get("errors") for v in self.result["variants"].values())
+        self._write()
+        return 1 if failed else 0
+
+    def _measure(self, variant: str, repeat: int, tuned: dict) -> dict:
+        try:
+            if variant in ("a", "b"):
+                return self._loop(variant)
+            if variant == "e":
+                return self._benchmark_app(repeat)
+            return self._engine(variant, repeat, tuned)
+        except Exception as exc:  # one failed measurement is recorded, the bench goes on
+            self.log.print(f"[red]bench: ({variant}) failed: {type(exc).__name__}: {exc}[/red]", highlight=False)
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    def _loop(self, variant: str) -> dict:
+        from bench.loops import Prepared, async_loop, list_images, sync_loop
+
+        prepared = Prepared(self.cfg.model, self.args.device)
+        images = list_images(self.images_dir)
+        if variant == "a":
+            result = sync_loop(prepared, images, passes=self.args.passes)
+        else:
+            result = async_loop(prepared, images, nireq=self.args.nireq, passes=self.args.passes)
+        s = result.summary()
+        return {"fps": s["fps"], "p50_ms": s["latency_ms"]["median"], "p95_ms": s["latency_ms"]["p95"],
+                "frames": s["frames"], "stage_ms_mean": s["stage_ms"], "nireq": s["nireq"],
+                "properties": s["properties"], "failures": s["failures"]}
+
+    def _benchmark_app(self, repeat: int) -> dict:
+        from bench.ceiling import run_benchmark_app, shape_args
+        from engine.model import input_info, read_model
+        import openvino as ov
+
+        info = input_info(read_model(ov.Core(), self.cfg.model.path), self.cfg.model.params)
+        extra = shape_args(self.cfg.model.path, info.height, info.width)
+        res, cmd, wall = run_benchmark_app(self.cfg.model.path, self.args.device, self.args.bench_time, extra,
+                                           log=self.out / "runs" / f"e-r{repeat + 1}.log")
+        return {"fps": res.throughput_fps, "p50_ms": res.latency_ms.get("median"), "p95_ms": None,
+                "command": " ".join(cmd), "wall_s": round(wall, 2), **res.to_dict()}
+
+    def _engine(self, variant: str, repeat: int, tuned: dict) -> dict:
+        from bench.engine_runs import STAGES, engine_command, run_engine
+
+        out = self.out / "runs" / f"{variant}-r{repeat + 1}"
+        loop = self.args.passes if self.args.passes > 1 else None
+        if variant == "c":
+            cmd = engine_command(str(self.images_dir), self.model_arg, out, self.args.config, loop=loop)
+        else:
+            cmd = engine_command(str(self.images_dir), self.model_arg, out, self.args.config,
+                                 [self.args.device] * self.args.workers, loop=loop, **tuned)
+        run = run_engine(cmd, out)
+        if run.error:
+            raise RuntimeError(run.error)
+        s = run.summary()
+        return {"fps": run.fps, "p50_ms": run.latency("end_to_end"), "p95_ms": run.latency("end_to_end", "p95"),
+                "startup_s": run.startup_s, "stage_ms": {st: run.latency(st) for st in STAGES if run.latency(st)},
+                **{k: s[k] for k in ("command", "frames", "stream_s", "wall_s", "fps_including_startup",
+                                     "accounting", "devices")}}
+
+    def _aggregate(self, variant: str, runs: list[dict]) -> dict:
+        ok = [r for r in runs if "error" not in r]
+        short, label = VARIANTS[variant]
+        out = {"short": short, "label": label, "runs": runs,
+               "errors": [r["error"] for r in runs if "error" in r]}
+        for key in ("fps", "p50_ms", "p95_ms", "startup_s"):
+            spread = Spread.of(r.get(key) for r in ok)
+            out[key] = spread.to_dict() if spread else None
+        if any("stage_ms" in r for r in ok):
+            stages = {s for r in ok for s in r.get("stage_ms", {})}
+            out["stage_ms"] = {s: Spread.of(r.get("stage_ms", {}).get(s) for r in ok).median for s in stages}
+        if any("stage_ms_mean" in r for r in ok):
+            stages = {s for r in ok for s in r.get("stage_ms_mean", {})}
+            out["loop_step_ms"] = {s: round(Spread.of(r["stage_ms_mean"].get(s) for r in ok).median, 3)
+                                   for s in stages}
+        return out
+
+    def _median(self, variant: str, key: str = "fps") -> float | None:
+        v = self.result.get("variants", {}).get(variant) or {}
+        return (v.get(key) or {}).get("median")
+
+    def _ratios(self) -> dict:
+        out = {}
+        for name, num, den, target in RATIOS:
+            value = ratio(self._median(num), self._median(den))
+            out[name] = {"value": None if value is None else round(value, 3), "target": target,
+                         "met": None if value is None or target is None else value >= target}
+        return out
+
+    def _budget(self) -> dict:
+        """Why the engine cannot reach benchmark_app here: core-milliseconds each frame needs.
+
+        Inference costs ``cores × 1000 / fps(e)`` core-ms per frame (benchmark_app keeps every core
+        busy); read, resize and parse cost what the sync loop measured (single-threaded). Their sum
+        bounds any pipeline on this machine at ``cores × 1000 / sum`` frames/s, before any
+        inter-process overhead."""
+        cores = os.cpu_count() or 1
+        steps = (self.result["variants"].get("a") or {}).get("loop_step_ms") or {}
+        e_fps = self._median("e")
+        if not steps or not e_fps:
+            return {}
+        infer_core_ms = cores * 1000 / e_fps
+        host_ms = sum(steps.get(s, 0.0) for s in ("read", "resize", "parse"))
+        bound = cores * 1000 / (host_ms + infer_core_ms)
+        engine = {k: (self.result["variants"].get(k) or {}).get("stage_ms") for k in ("c", "d")}
+        return {"cores": cores, "read_ms": steps.get("read"), "resize_ms": steps.get("resize"),
+                "parse_ms": steps.get("parse"), "sync_infer_ms": steps.get("infer"),
+                "inference_core_ms": round(infer_core_ms, 3), "host_core_ms": round(host_ms, 3),
+                "cpu_bound_fps": round(bound, 1), "cpu_bound_over_e": round(bound / e_fps, 3),
+                "engine_stage_ms": {k: v for k, v in engine.items() if v}}
+
+    # ---- sweep, transport, soak ---------------------------------------------------------------
+    def _sweep(self) -> dict:
+        from bench.engine_runs import sweep, sweep_grid
+
+        a = self.args
+        grid = sweep_grid(_ints(a.sweep_nireq, "--sweep-nireq"), _ints(a.sweep_streams, "--sweep-streams"),
+                          _ints(a.sweep_batch, "--sweep-batch"))
+        self.progress(f"sweep: {len(grid)} settings on {a.device}")
+        return sweep(str(self.images_dir), self.model_arg, self.out, [a.device], grid, a.config,
+                     loop=a.passes if a.passes > 1 else None, progress=self.progress)
+
+    def _tuned(self) -> tuple[dict, str]:
+        from bench.engine_runs import tuned_setting
+
+        found = self.result.get("sweep")
+        source_note = ""
+        if found is None:
+            previous = self.out / "bench.json"
+            try:
+                old = json.loads(previous.read_text(encoding="utf-8"))
+                if old.get("settings", {}).get("model") == self.model_arg and old.get("sweep"):
+                    found, source_note = old["sweep"], f" ({previous})"
+            except (OSError, ValueError):
+                pass
+        setting, source = tuned_setting(found, self.args.device)
+        return setting, source + (source_note if source == "sweep" else "")
+
+    def _transport(self) -> dict:
+        from bench.transport import WINDOW, run_transport, summarize
+
+        runs = run_transport(self.args.repeats, scale=self.args.transport_scale, progress=self.progress)
+        return {"window": WINDOW, "rows": summarize(runs), "runs": [r.to_dict() for r in runs]}
+
+    def _soak(self) -> dict:
+        from bench.engine_runs import engine_command
+        from bench.loops import list_images
+        from bench.soak import VIDEO_FRAMES, soak, soak_frames_to_loop, write_video
+
+        frames = self.args.soak
+        video = write_video(self.out / "soak" / "synthetic", list_images(self.images_dir))
+        loop = soak_frames_to_loop(frames)
+        out = self.out / "soak" / "run"
+        cmd = engine_command(str(video), self.model_arg, out, self.args.config, loop=loop)
+        self.progress(f"soak: {VIDEO_FRAMES}-frame video × {loop} = {VIDEO_FRAMES * loop} frames")
+        result = soak(cmd, out, progress=self.progress)
+        result["frames"] = VIDEO_FRAMES * loop
+        result["video"] = str(video)
+        return result
+
+    # ---- output -------------------------------------------------------------------------------
+    def _write(self) -> None:
+        from bench.plot import plot_bench
+
+        path = self.out / "bench.json"
+        path.write_text(json.dumps(self.result, indent=2, default=str), encoding="utf-8")
+        png = None
+        try:
+            png = plot_bench(self.result, self.out / "bench.png")
+        except ImportError:
+            self.log.print("bench: matplotlib is not installed; no plot (pip install matplotlib)")
+        render(self.result, self.console)
+        self.console.print(f"results: {path}" + (f"   plot: {png}" if png else ""))
+
+
+def render(result: dict, console: Console) -> None:
+    """The tables of a bench.json dict."""
+    m = result.get("machine", {})
+    s = result.get("settings", {})
+    console.print(f"[bold]ovstream bench[/bold] — {m.get('cpu')}, {m.get('logical_cores')} logical cores "
+                  f"({m.get('physical_cores')} physical), OpenVINO {m.get('openvino')}; model {s.get('model')} "
+                  f"on {s.get('device')}; {s.get('repeats')} repeats × {s.get('passes')} passes over "
+                  f"{s.get('images')}")
+    table = Table(title="Throughput and end-to-end latency (median of repeats, min–max)")
+    for col, justify in (("variant", "left"), ("what", "left"), ("FPS", "right"), ("min–max", "right"),
+                         ("p50 ms", "right"), ("p95 ms", "right"), ("start-up s", "right"), ("notes", "left")):
+        table.add_column(col, justify=justify)
+    tuned = result.get("tuned", {})
+    for key, v in result.get("variants", {}).items():
+        fps = v.get("fps") or {}
+        runs = [r for r in v.get("runs", []) if "error" not in r]
+        note = ""
+        if key == "b" and runs:
+            note = f"nireq {runs[0].get('nireq')}"
+        elif key == "d":
+            note = (f"{tuned.get('workers')}× nireq {tuned.get('nireq')} streams {tuned.get('streams')} "
+                    f"batch {tuned.get('batch')} ({tuned.get('source')})")
+        elif key == "e" and runs:
+            note = f"{runs[0].get('nireq')} req, {runs[0].get('streams')} streams; latency per request"
+        if v.get("errors"):
+            note = f"[red]{len(v['errors'])} failed: {v['errors'][0][:80]}[/red] " + note
+        table.add_row(f"({key})", v.get("short", ""), fmt(fps.get("median")),
+                      f"{fmt(fps.get('min'))}–{fmt(fps.get('max'))}" if fps else "—",
+                      fmt((v.get("p50_ms") or {}).get("median"), 2), fmt((v.get("p95_ms") or {}).get("median"), 2),
+                      fmt((v.get("startup_s") or {}).get("median"), 2), note)
+    console.print(table)
+    ratios = Table(title="Ratios (of medians)")
+    for col in ("ratio", "value", "target", "met"):
+        ratios.add_column(col)
+    for name, r in result.get("ratios", {}).items():
+        met = "—" if r["met"] is None else ("[green]yes[/green]" if r["met"] else "[red]no[/red]")
+        ratios.add_row(name, fmt(r["value"], 2, "×"), f"≥ {r['target']}×" if r["target"] else "—", met)
+    console.print(ratios)
+    budget = result.get("budget") or {}
+    if budget:
+        bt = Table(title=f"CPU budget per frame on {budget['cores']} cores (what bounds (c)/(d))")
+        for col in ("step", "ms/frame", "source"):
+            bt.add_column(col)
+        bt.add_row("read (cv2.imread, JPEG decode)", fmt(budget["read_ms"], 2), "sync loop (a)")
+        bt.add_row("resize (letterbox)", fmt(budget["resize_ms"], 2), "sync loop (a)")
+        bt.add_row("parse (adapter)", fmt(budget["parse_ms"], 2), "sync loop (a)")
+        bt.add_row("inference, core-ms", fmt(budget["inference_core_ms"], 2), "cores × 1000 / FPS (e)")
+        bt.add_row("inference, sync wall ms", fmt(budget["sync_infer_ms"], 2), "sync loop (a)")
+        bt.add_row("[bold]bound[/bold]", f"{fmt(budget['cpu_bound_fps'])} FPS",
+                   f"= {fmt(budget['cpu_bound_over_e'], 2)}× (e); cores × 1000 / (read+resize+parse+inference)")
+        for key, stages in budget.get("engine_stage_ms", {}).items():
+            bt.add_row(f"engine ({key}) stages p50", " ".join(f"{k} {fmt(v, 2)}" for k, v in stages.items()),
+                       "report.json")
+        console.print(bt)
+    sweep = result.get("sweep")
+    if sweep:
+        st = Table(title="Sweep (one worker per device, one run per setting)")
+        for col in ("device", "nireq", "streams", "batch", "FPS", "p50 ms", "p95 ms"):
+            st.add_column(col, justify="right")
+        best = sweep.get("best", {})
+        for p in sweep.get("points", []):
+            mark = "[bold green]" if best.get(p["device"]) == p else ""
+            st.add_row(p["device"], str(p["nireq"]), str(p["streams"]), str(p["batch"]),
+                       f"{mark}{fmt(p.get('fps'))}" if p.get("fps") else f"[red]{p.get('error', '')[:40]}[/red]",
+                       fmt(p.get("p50_ms"), 2), fmt(p.get("p95_ms"), 2))
+        console.print(st)
+    transport = result.get("transport")
+    if transport:
+        tt = Table(title=f"One-hop transport, producer → consumer process (≤ {transport['window']} frames in flight)")
+        for col in ("frame", "method", "frames", "frames/s", "µs/frame", "min–max µs", "p50 latency µs", "ok"):
+            tt.add_column(col, justify="right")
+        for row in transport["rows"]:
+            us = row["us_per_frame"]
+            tt.add_row(row["size"], row["method"], str(row["frames"]), fmt(row["fps"]["median"], 0),
+                       fmt(us["median"], 1), f"{fmt(us['min'], 1)}–{fmt(us['max'], 1)}",
+                       fmt(row["latency_p50_us"]["median"], 0), "yes" if row["checksum_ok"] else "[red]NO[/red]")
+        console.print(tt)
+    soak = result.get("soak")
+    if soak:
+        console.print(f"[bold]soak[/bold]: {soak['frames']} frames in {soak['duration_s']} s, exit code "
+                      f"{soak['exit_code']}; RSS within ±{soak['tolerance_pct']:.0f}% after warm-up "
+                      f"({soak['warmup_fraction']:.0%}): {'yes' if soak['stable'] else 'NO'}")
+        for p in soak["processes"]:
+            verdict = {True: "stable", False: "[red]NOT stable[/red]", None: "n/a"}[p.get("stable")]
+            console.print(f"  {p['name']:<14} first {p['first_mib']:7.1f} MiB  last {p['last_mib']:7.1f} MiB  "
+                          f"max {p['max_mib']:7.1f} MiB  after warm-up {p.get('after_warmup_mib', '—')} MiB  "
+                          f"drift {p.get('drift_pct', '—')}%  range {p.get('range_pct', '—')}%  {verdict}",
+                          highlight=False)
+
+
+def main(args: argparse.Namespace) -> int:
+    return Bench(args).run()
