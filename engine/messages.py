@@ -55,9 +55,12 @@ class FrameRef:
         if not isinstance(item, list) or len(item) != 10:
             raise MessageError("frame reference must be a 10-item list")
         ref = cls(*item)
-        if not isinstance(ref.frame_id, int) or not isinstance(ref.source, str):
-            raise MessageError("frame reference has wrong field types")
-        if not isinstance(ref.stamps, dict) or not isinstance(ref.geometry, list):
+        ints = (ref.frame_id, ref.index, ref.raw_slot, ref.height, ref.width, ref.orig_height, ref.orig_width)
+        if (not all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
+                or not isinstance(ref.source, str) or not isinstance(ref.stamps, dict)
+                or not isinstance(ref.geometry, list)
+                or not all(isinstance(v, (int, float)) for v in ref.geometry)
+                or not all(isinstance(k, str) and isinstance(v, int) for k, v in ref.stamps.items())):
             raise MessageError("frame reference has wrong field types")
         return ref
 
@@ -117,9 +120,31 @@ def decode(data: bytes | memoryview) -> Message:
             if not isinstance(body["frames"], list):
                 raise MessageError("frames must be a list")
             body["frames"] = [FrameRef.from_wire(f) for f in body["frames"]]
-        return cls(**body)
+        msg = cls(**body)
     except TypeError as exc:
         raise MessageError(f"{cls.TYPE} message is incomplete: {exc}") from None
+    _check_types(msg)
+    return msg
+
+
+_SCALARS = {"int": int, "str": str, "bool": bool, "dict": dict, "float": (int, float)}
+
+
+def _check_types(msg: Message) -> None:
+    """Every field has the type its class declares (so a peer cannot smuggle in a crash)."""
+    for f in fields(msg):  # type: ignore[arg-type]
+        value, declared = getattr(msg, f.name), str(f.type)
+        outer, _, inner = declared.partition("[")
+        if outer in _SCALARS:
+            ok = isinstance(value, _SCALARS[outer]) and not (outer == "int" and isinstance(value, bool))
+        elif outer == "list":
+            item = inner.rstrip("]")
+            ok = isinstance(value, list) and (item not in _SCALARS or all(
+                isinstance(v, _SCALARS[item]) and not isinstance(v, bool) for v in value))
+        else:
+            ok = True                       # FrameRef fields were checked by from_wire
+        if not ok:
+            raise MessageError(f"{msg.TYPE} message: field '{f.name}' is not {declared}")
 
 
 # ---- data plane -------------------------------------------------------------------------------

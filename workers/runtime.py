@@ -177,11 +177,12 @@ def stage_main(run: Callable[[StageContext, Stage], None]) -> None:
     try:
         run(ctx, stage)
     except OvstreamError as exc:
+        print(f"[{ctx.name}] {exc}", file=sys.stderr)
         stage.send(FatalMsg(ctx.name, str(exc), usage=True, generation=ctx.generation))
         code = 2
-    except Exception as exc:  # a bug: report it whole to the supervisor, which logs and restarts
-        stage.send(FatalMsg(ctx.name, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
-                            generation=ctx.generation))
+    except Exception as exc:  # a bug: into this stage's log, and one line to the supervisor, which restarts it
+        traceback.print_exc()
+        stage.send(FatalMsg(ctx.name, f"{type(exc).__name__}: {exc}", generation=ctx.generation))
         code = 1
     finally:
         stage.close()

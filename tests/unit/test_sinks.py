@@ -31,7 +31,8 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
                _record(2, status="error", error="truncated JPEG: data/x.jpg", stage="decode")]
     for record in records:
         sink.write(record, None)
-    assert len(path.read_text(encoding="utf-8").splitlines()) == 3      # line-buffered: on disk already
+    sink.flush()
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 3      # flushed: on disk already
     sink.close()
     lines = path.read_text(encoding="utf-8").splitlines()
     assert "日本" in lines[1]                                             # UTF-8, not \\u escapes

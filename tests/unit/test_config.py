@@ -1,0 +1,41 @@
+"""Config: defaults that work, and one clear line for every mistake."""
+from __future__ import annotations
+
+import pytest
+
+from engine.config import load_config
+from engine.errors import ConfigError, ModelError
+
+
+def test_default_config_resolves_the_bundled_face_detector():
+    cfg = load_config()
+    assert cfg.model.adapter == "anchor_ssd" and cfg.model.path.endswith(".tflite")
+    assert cfg.model.params["box_scale"] == 192.0 and cfg.inference.devices == ["CPU"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[inference]\nnreq = 2\n", "unknown key 'nreq' (did you mean 'nireq'?)"),
+    ("[inference]\nbatch = 'four'\n", "inference.batch: expected an integer"),
+    ("[inference]\ndevices = 'CPU'\n", "expected a list"),
+    ("[sauce]\nuri = 'x'\n", "top level unknown key 'sauce' (did you mean 'source'?)"),
+    ("[inference\n", "not valid TOML"),
+    ("[inference]\nbatch = 0\n", "batch must be >= 1"),
+    ("[model]\npreprocess = { resize = 'crop' }\n", "resize must be letterbox or stretch"),
+])
+def test_config_mistakes_name_the_file_and_key(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_model_mistakes(tmp_path):
+    with pytest.raises(ModelError, match="is not in"):
+        load_config(overrides={"model": {"name": "nope"}})
+    with pytest.raises(ModelError, match="model file not found"):
+        load_config(overrides={"model": {"path": str(tmp_path / "m.xml"), "adapter": "classification"}})
+    (tmp_path / "m.xml").write_text("<net/>")
+    with pytest.raises(ModelError, match="unknown adapter 'yolo'"):
+        load_config(overrides={"model": {"path": str(tmp_path / "m.xml"), "adapter": "yolo"}})

@@ -1,0 +1,57 @@
+"""SlotPool and FreeList: shared pixels between processes, bounded, cleaned up."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import uuid
+
+import numpy as np
+import pytest
+
+from engine.shm import FreeList, SlotPool, leftover_segments
+
+
+@pytest.fixture
+def spec():
+    spec = SlotPool.create(uuid.uuid4().hex[:8], "test", 100 * 100 * 3, 4)
+    yield spec
+    SlotPool.unlink(spec)
+
+
+def _fill(spec, slot: int, value: int) -> None:
+    pool = SlotPool(spec)
+    pool.view(slot, (100, 100, 3))[...] = value
+    pool.close()
+
+
+def test_slots_are_page_aligned_and_shared_across_processes(spec):
+    assert spec.slot_bytes % 4096 == 0 and spec.slot_bytes >= 30000
+    proc = mp.get_context("spawn").Process(target=_fill, args=(spec, 2, 77))
+    proc.start()
+    proc.join(30)
+    pool = SlotPool(spec)
+    assert (pool.view(2, (100, 100, 3)) == 77).all()
+    assert (pool.view(1, (100, 100, 3)) == 0).all()
+
+
+def test_view_refuses_what_does_not_fit(spec):
+    pool = SlotPool(spec)
+    with pytest.raises(ValueError, match="slot holds"):
+        pool.view(0, (200, 200, 3))
+    with pytest.raises(IndexError):
+        pool.view(4, (1,))
+
+
+def test_unlink_removes_the_segment(spec):
+    from pathlib import Path
+    assert Path(spec.path) in leftover_segments()
+    SlotPool.unlink(spec)
+    assert Path(spec.path) not in leftover_segments()
+
+
+def test_free_list_backpressure_and_duplicate_release():
+    free = FreeList(2)
+    a, b = free.acquire(), free.acquire()
+    assert {a, b} == {0, 1} and free.acquire() is None
+    assert free.release(a) and not free.release(a)          # a second release of one slot is refused
+    assert free.acquire() == a and free.free == 0
+    assert not free.release(99)
