@@ -261,9 +261,9 @@ class Bench:
         a = self.args
         grid = sweep_grid(_ints(a.sweep_nireq, "--sweep-nireq"), _ints(a.sweep_streams, "--sweep-streams"),
                           _ints(a.sweep_batch, "--sweep-batch"))
-        self.progress(f"sweep: {len(grid)} settings on {a.device}")
+        self.progress(f"sweep: {len(grid)} settings, {a.workers} worker(s) on {a.device}")
         return sweep(str(self.images_dir), self.model_arg, self.out, [a.device], grid, a.config,
-                     loop=a.passes if a.passes > 1 else None, progress=self.progress)
+                     loop=a.passes if a.passes > 1 else None, workers=a.workers, progress=self.progress)
 
     def _tuned(self) -> tuple[dict, str]:
         from bench.engine_runs import tuned_setting
@@ -374,7 +374,7 @@ def render(result: dict, console: Console) -> None:
         console.print(bt)
     sweep = result.get("sweep")
     if sweep:
-        st = Table(title="Sweep (one worker per device, one run per setting)")
+        st = Table(title=f"Sweep ({sweep.get('workers', 1)} worker(s) on the device, one run per setting)")
         for col in ("device", "nireq", "streams", "batch", "FPS", "p50 ms", "p95 ms"):
             st.add_column(col, justify="right")
         best = sweep.get("best", {})

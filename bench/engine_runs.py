@@ -134,8 +134,9 @@ def sweep_grid(nireq: tuple[int, ...], streams: tuple[int, ...], batch: tuple[in
 
 
 def sweep(source: str, model: str, output: Path, devices: list[str], grid: list[dict], config: str | None = None,
-          loop: int | None = None, progress=None) -> dict:
-    """One single-worker run per device and grid point; the best setting per device by throughput."""
+          loop: int | None = None, workers: int = 1, progress=None) -> dict:
+    """One run per device and grid point, with ``workers`` inference workers on that device (the
+    layout the tuned run (d) uses); the best setting per device by throughput."""
     points = []
     best: dict[str, dict] = {}
     for device in devices:
@@ -143,15 +144,15 @@ def sweep(source: str, model: str, output: Path, devices: list[str], grid: list[
             if progress:
                 progress(f"sweep {device} nireq={point['nireq']} streams={point['streams']} batch={point['batch']}")
             out = output / "sweep" / f"{device.replace(':', '_')}-n{point['nireq']}-s{point['streams']}-b{point['batch']}"
-            run = run_engine(engine_command(source, model, out, config, [device], loop=loop, **point), out)
-            row = {"device": device, **point, "fps": run.fps, "p50_ms": run.latency("end_to_end"),
+            run = run_engine(engine_command(source, model, out, config, [device] * workers, loop=loop, **point), out)
+            row = {"device": device, "workers": workers, **point, "fps": run.fps, "p50_ms": run.latency("end_to_end"),
                    "p95_ms": run.latency("end_to_end", "p95"), "startup_s": run.startup_s}
             if run.error:
                 row["error"] = run.error
             points.append(row)
             if run.fps and run.fps > best.get(device, {}).get("fps", 0.0):
                 best[device] = row
-    return {"grid": grid, "points": points, "best": best}
+    return {"grid": grid, "workers": workers, "points": points, "best": best}
 
 
 def tuned_setting(sweep_result: dict | None, device: str) -> tuple[dict, str]:

@@ -93,9 +93,11 @@ def prepare_model(model: ov.Model, cfg: ModelConfig, batch: int) -> tuple[ov.Mod
         steps.convert_color(ov.preprocess.ColorFormat.RGB)
     elif pre.color == "GRAY":
         steps.convert_color(ov.preprocess.ColorFormat.GRAY)
-    steps.convert_element_type(ov.Type.f32)
     channels = 1 if pre.color == "GRAY" else 3
     mean, scale = list(pre.mean)[:channels], list(pre.scale)[:channels]
+    normalise = any(m != 0 for m in mean) or any(s != 1 for s in scale)
+    if normalise or model.input(info.name).get_element_type() != ov.Type.u8:
+        steps.convert_element_type(ov.Type.f32)    # uint8 models (TF OD API) take the pixels as they are
     if any(m != 0 for m in mean):
         steps.mean(mean if len(set(mean)) > 1 else mean[0])
     if any(s != 1 for s in scale):

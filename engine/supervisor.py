@@ -179,6 +179,8 @@ class Supervisor:
             self.acked_ok += len(set(msg.frame_ids) - self.completed)
             self.acked_errors += len(set(msg.error_ids) - self.completed)
             self.completed.update(msg.frame_ids, msg.error_ids)
+            if msg.frame_ids or msg.error_ids:           # a written frame was certainly read
+                self.frame_ids = max(self.frame_ids, max(msg.frame_ids + msg.error_ids) + 1)
             self.metrics.set_accounting(self.acked_ok, self.acked_errors, self.frame_ids)
             if msg.finished and msg.generation == self.generation:
                 self.finished = True
