@@ -397,15 +397,16 @@ def render(result: dict, console: Console) -> None:
         console.print(tt)
     soak = result.get("soak")
     if soak:
-        console.print(f"[bold]soak[/bold]: {soak['frames']} frames in {soak['duration_s']} s, exit code "
+        console.print(f"[bold]soak[/bold]: {soak['frames']} frames, run {soak['duration_s']} s (stream "
+                      f"{soak.get('stream_s')} s, {fmt(soak.get('throughput_fps'))} FPS), exit code "
                       f"{soak['exit_code']}; RSS within ±{soak['tolerance_pct']:.0f}% after warm-up "
-                      f"({soak['warmup_fraction']:.0%}): {'yes' if soak['stable'] else 'NO'}")
+                      f"({soak['warmup_fraction']:.0%} of the stream): {'yes' if soak['stable'] else 'NO'}")
         for p in soak["processes"]:
             verdict = {True: "stable", False: "[red]NOT stable[/red]", None: "n/a"}[p.get("stable")]
             console.print(f"  {p['name']:<14} first {p['first_mib']:7.1f} MiB  last {p['last_mib']:7.1f} MiB  "
                           f"max {p['max_mib']:7.1f} MiB  after warm-up {p.get('after_warmup_mib', '—')} MiB  "
-                          f"drift {p.get('drift_pct', '—')}%  range {p.get('range_pct', '—')}%  {verdict}",
-                          highlight=False)
+                          f"stream end {p.get('end_mib', '—')} MiB  drift {p.get('drift_pct', '—')}%  "
+                          f"range {p.get('range_pct', '—')}%  {verdict}", highlight=False)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """(c)/(d) ``ovstream run`` as a user runs it, in a subprocess, and the nireq × streams × batch sweep.
 
 The figures come from the run's own ``report.json`` (throughput since stream start, per-stage
-latency); the start-up (process spawn, model compile) and shutdown are measured apart as the
-subprocess's wall time minus the report's stream duration.
+latency). Start-up is measured apart: the subprocess's wall time minus the report's
+``duration_s`` (which runs from the stream's start through shutdown), i.e. interpreter start,
+preflight, process spawn, model compile and the READY handshake (plus writing the report).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from engine.config import REPO_ROOT
 
 STAGES = ("decode", "preprocess", "queue", "inference", "postprocess", "end_to_end")
 DEFAULT_GRID = {"nireq": (2, 4, 8), "streams": (1, 2), "batch": (1, 4)}
-FIXED_TUNED = {"nireq": 4, "streams": 1, "batch": 1}   # used by (d) when no sweep result exists
+FIXED_TUNED = {"nireq": 2, "streams": 1, "batch": 1}   # (d) without a sweep: one stream, two requests per worker
 
 
 @dataclass
@@ -50,7 +51,7 @@ class EngineRun:
 
     @property
     def startup_s(self) -> float | None:
-        """Wall time outside the measured stream: spawn, compile, shutdown."""
+        """Wall time before the stream started: interpreter, preflight, spawn, compile, handshake."""
         return round(self.wall_s - self.duration_s, 3) if self.ok else None
 
     def latency(self, stage: str, key: str = "median") -> float | None:

@@ -44,8 +44,8 @@ def _fps_panel(ax, variants: dict) -> None:
     lo = [m - variants[k]["fps"]["min"] for k, m in zip(keys, med)]
     hi = [variants[k]["fps"]["max"] - m for k, m in zip(keys, med)]
     bars = ax.bar(range(len(keys)), med, yerr=[lo, hi], capsize=4, color="#4c72b0")
-    for bar, value in zip(bars, med):
-        ax.annotate(f"{value:.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+    for bar, value, top in zip(bars, med, (variants[k]["fps"]["max"] for k in keys)):
+        ax.annotate(f"{value:.0f}", (bar.get_x() + bar.get_width() / 2, top),
                     ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(range(len(keys)), [f"({k}) {variants[k].get('short', '')}" for k in keys], rotation=20,
                   ha="right", fontsize=8)

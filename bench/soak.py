@@ -2,11 +2,14 @@
 
 The video is ~200 frames written with ``cv2.VideoWriter`` from the bundled images (so the
 detector sees real content); ``--loop`` replays it to reach the requested frame count. A process
-is *stable* when every sample after the warm-up (the first 10 % of the run) stays within ±5 % of
-its RSS at the end of the warm-up.
+is *stable* when every sample after the warm-up (the first 10 % of the stream) and before the
+stream's end stays within ±5 % of its RSS at the end of the warm-up. The stream's window comes from
+the run's report (start = report time − duration; end = start + frames / throughput), so start-up
+(compiling) and shutdown (unmapping) samples are shown but not judged.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -54,23 +57,28 @@ class ProcessTrace:
 
     name: str
     pids: list[int] = field(default_factory=list)
-    samples: list[tuple[float, int]] = field(default_factory=list)   # (seconds since start, bytes)
+    samples: list[tuple[float, int]] = field(default_factory=list)   # (unix time, RSS bytes)
 
-    def verdict(self, duration_s: float) -> dict:
+    def verdict(self, start: float, end: float) -> dict:
+        """First/last/max RSS, and stability over the stream ``[start, end]`` (times as in ``samples``)
+        after its warm-up (the first :data:`WARMUP_FRACTION` of it)."""
         mib = 1 << 20
         rss = [r for _, r in self.samples]
-        after = [(t, r) for t, r in self.samples if t >= WARMUP_FRACTION * duration_s]
+        warm = start + WARMUP_FRACTION * (end - start)
+        after = [(t, r) for t, r in self.samples if warm <= t <= end]
         out = {"name": self.name, "pids": self.pids, "samples": len(rss),
                "first_mib": round(rss[0] / mib, 1), "last_mib": round(rss[-1] / mib, 1),
                "max_mib": round(max(rss) / mib, 1)}
         if len(after) < 2:
             out.update(stable=None, note="too few samples after warm-up")
-            return out
-        ref = after[0][1]
-        low, high = min(r for _, r in after), max(r for _, r in after)
-        out.update(after_warmup_mib=round(ref / mib, 1), drift_pct=round((after[-1][1] - ref) / ref * 100, 2),
-                   range_pct=[round((low - ref) / ref * 100, 2), round((high - ref) / ref * 100, 2)],
-                   stable=bool(low >= ref * (1 - TOLERANCE) and high <= ref * (1 + TOLERANCE)))
+        else:
+            ref = after[0][1]
+            low, high = min(r for _, r in after), max(r for _, r in after)
+            out.update(after_warmup_mib=round(ref / mib, 1), end_mib=round(after[-1][1] / mib, 1),
+                       drift_pct=round((after[-1][1] - ref) / ref * 100, 2),
+                       range_pct=[round((low - ref) / ref * 100, 2), round((high - ref) / ref * 100, 2)],
+                       stable=bool(low >= ref * (1 - TOLERANCE) and high <= ref * (1 + TOLERANCE)))
+        out["samples_mib"] = [[round(t - start, 1), round(r / mib, 1)] for t, r in self.samples]
         return out
 
 
@@ -112,24 +120,25 @@ def soak(cmd: list[str], output: Path, interval_s: float = 1.0, timeout_s: float
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     traces: dict[str, ProcessTrace] = {}
     log = open(output / "bench-soak.log", "wb")
-    t0 = time.monotonic()
+    t0 = time.time()
+    (output / "report.json").unlink(missing_ok=True)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     root = psutil.Process(proc.pid)
     next_report = t0 + 15
     try:
         while proc.poll() is None:
-            now = time.monotonic() - t0
+            now = time.time()
             for name, (pid, rss) in sample_tree(root).items():
                 trace = traces.setdefault(name, ProcessTrace(name))
                 if pid not in trace.pids:
                     trace.pids.append(pid)
                 trace.samples.append((now, rss))
-            if progress and time.monotonic() >= next_report:
-                progress(f"soak: {now:.0f} s, " + ", ".join(f"{n} {t.samples[-1][1] / (1 << 20):.0f} MiB"
-                                                            for n, t in traces.items()))
+            if progress and now >= next_report:
+                progress(f"soak: {now - t0:.0f} s, " + ", ".join(f"{n} {t.samples[-1][1] / (1 << 20):.0f} MiB"
+                                                                  for n, t in traces.items()))
                 next_report += 15
-            if now > timeout_s:
+            if now - t0 > timeout_s:
                 proc.terminate()
                 break
             try:
@@ -140,17 +149,26 @@ def soak(cmd: list[str], output: Path, interval_s: float = 1.0, timeout_s: float
         if proc.poll() is None:
             proc.terminate()
             proc.wait(10)
-    duration = time.monotonic() - t0
-    # warm-up and verdicts are taken on the stream, i.e. the time the stage processes were sampled
-    stream_start = min((t.samples[0][0] for n, t in traces.items() if n != "supervisor" and t.samples), default=0.0)
-    verdicts = []
-    for trace in traces.values():
-        shifted = ProcessTrace(trace.name, trace.pids, [(t - stream_start, r) for t, r in trace.samples])
-        verdicts.append(shifted.verdict(duration - stream_start))
-    return {"command": " ".join(cmd), "exit_code": proc.returncode, "duration_s": round(duration, 1),
-            "interval_s": interval_s, "warmup_fraction": WARMUP_FRACTION, "tolerance_pct": TOLERANCE * 100,
-            "processes": verdicts,
-            "stable": all(v.get("stable") is not False for v in verdicts) and bool(verdicts)}
+    t_end = time.time()
+    start, end, report = stream_window(output / "report.json", t0, t_end)
+    verdicts = [trace.verdict(start, end) for trace in traces.values() if trace.samples]
+    return {"command": " ".join(cmd), "exit_code": proc.returncode, "duration_s": round(t_end - t0, 1),
+            "stream_s": round(end - start, 1), "throughput_fps": report.get("throughput_fps"),
+            "accounting": report.get("accounting"), "interval_s": interval_s,
+            "warmup_fraction": WARMUP_FRACTION, "tolerance_pct": TOLERANCE * 100, "processes": verdicts,
+            "stable": bool(verdicts) and all(v.get("stable") is not False for v in verdicts)}
+
+
+def stream_window(report_path: Path, t_start: float, t_end: float) -> tuple[float, float, dict]:
+    """(start, end) unix times of the stream from the run report; the whole run without a report."""
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        start = float(report["timestamp"]) - float(report["duration_s"])
+        frames = report["accounting"]["out"] + report["accounting"].get("errors", 0)
+        end = start + frames / float(report["throughput_fps"])
+        return start, min(end, t_end), report
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return t_start, t_end, {}
 
 
 def soak_frames_to_loop(frames: int, video_frames: int = VIDEO_FRAMES) -> int:

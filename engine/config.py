@@ -83,6 +83,7 @@ class PipelineConfig:
     max_frame_width: int = 1920   # larger frames are downscaled to fit a raw slot
     max_frame_height: int = 1080
     input_slots: int = 0          # 0: total infer requests + 2 per worker
+    reduced_decode: bool = True   # JPEGs far larger than the model input decode at 1/2..1/8 size
     batch_timeout_ms: float = 5.0
     heartbeat_s: float = 0.25
     max_restarts: int = 5         # per process, before the run gives up

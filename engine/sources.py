@@ -46,6 +46,7 @@ class SourceItem:
     frame_index: int           # index inside that file (video frame number; 0 for still images)
     frame: np.ndarray | None   # BGR uint8, H×W×3, C-contiguous; None when error
     error: str | None          # one line: what and where
+    original_size: tuple[int, int] | None = None   # (width, height) when decoded at a reduced size
 
 
 class Source(ABC):
@@ -210,43 +211,83 @@ def as_bgr8(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
-def load_image(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """Decode one image file (EXIF orientation applied) as ``(frame, None)`` or ``(None, error)``."""
+def jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, without decoding; None if not found."""
+    buf = data.tobytes()[:1 << 16] if data.size > 1 << 16 else data.tobytes()
+    if buf[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 < len(buf):
+        if buf[i] != 0xFF:
+            return None
+        marker, length = buf[i + 1], int.from_bytes(buf[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(buf[i + 7:i + 9], "big"), int.from_bytes(buf[i + 5:i + 7], "big")
+        i += 2 + length
+    return None
+
+
+_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+
+
+def decode_flag(data: np.ndarray, min_side: int) -> int:
+    """IMREAD_COLOR, or a reduced-size JPEG decode (DCT scaling) that still leaves both sides
+    at least ``min_side`` pixels: the model never sees the difference, the decoder does 2–8× less."""
+    size = jpeg_size(data) if min_side > 0 else None
+    if size is not None:
+        for factor, flag in _REDUCED:
+            if min(size) // factor >= min_side:
+                return flag
+    return cv2.IMREAD_COLOR
+
+
+def load_image(path: Path, min_side: int = 0) -> tuple[np.ndarray | None, str | None, tuple[int, int] | None]:
+    """Decode one image file (EXIF orientation applied): ``(frame, error, original_size)``.
+
+    ``min_side`` > 0 allows a reduced-size decode of large JPEGs (see :func:`decode_flag`); then
+    ``original_size`` is the full (width, height), as oriented, else None.
+    """
     try:
         info = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            return None, f"broken symlink: {path} -> {os.readlink(path)}"
-        return None, f"file vanished: {path}"
+            return None, f"broken symlink: {path} -> {os.readlink(path)}", None
+        return None, f"file vanished: {path}", None
     except OSError as exc:
-        return None, f"cannot read {path}: {exc.strerror}"
+        return None, f"cannot read {path}: {exc.strerror}", None
     if not stat.S_ISREG(info.st_mode):
-        return None, f"not an image file ({_file_type(info.st_mode)}): {path}"
+        return None, f"not an image file ({_file_type(info.st_mode)}): {path}", None
     if info.st_size == 0:
-        return None, f"empty file: {path}"
+        return None, f"empty file: {path}", None
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
-        return None, f"cannot read {path}: {exc.strerror}"
+        return None, f"cannot read {path}: {exc.strerror}", None
     try:
-        frame = cv2.imdecode(data, cv2.IMREAD_COLOR)   # IMREAD_COLOR applies EXIF orientation
+        flag = decode_flag(data, min_side)
+        frame = cv2.imdecode(data, flag)               # every IMREAD_* colour flag applies EXIF orientation
     except cv2.error as exc:
-        return None, f"cannot decode {path}: {exc.err or exc}"
+        return None, f"cannot decode {path}: {exc.err or exc}", None
     except MemoryError:
-        return None, f"image too large for memory: {path}"
+        return None, f"image too large for memory: {path}", None
     if frame is None:
-        return None, f"{_decode_failure(data)}: {path}"
-    return as_bgr8(frame), None
+        return None, f"{_decode_failure(data)}: {path}", None
+    original = None
+    if flag != cv2.IMREAD_COLOR:
+        w, h = jpeg_size(data)                         # type: ignore[misc]
+        original = (w, h) if (frame.shape[1] >= frame.shape[0]) == (w >= h) else (h, w)
+    return as_bgr8(frame), None, original
 
 
 class FolderSource(Source):
     """Images of a folder (or one image file), in natural path order, ``loop`` times."""
 
-    def __init__(self, paths: list[Path], loop: int, skip: Skip | None, live: bool) -> None:
+    def __init__(self, paths: list[Path], loop: int, skip: Skip | None, live: bool, min_side: int = 0) -> None:
         super().__init__(live)
         self.paths = paths
         self._loop = loop
         self._skip = skip
+        self._min_side = min_side
 
     def _read(self) -> Iterator[SourceItem]:
         n = len(self.paths)
@@ -257,8 +298,8 @@ class FolderSource(Source):
                     continue
                 if self._closed.is_set():
                     return
-                frame, error = load_image(path)
-                yield SourceItem(index, str(path), 0, frame, error)
+                frame, error, original = load_image(path, self._min_side)
+                yield SourceItem(index, str(path), 0, frame, error, original)
 
 
 # ---- video files -------------------------------------------------------------------------------
@@ -416,10 +457,11 @@ def is_live_uri(uri: str) -> bool:
         or uri.lower().startswith(STREAM_SCHEMES)
 
 
-def open_source(cfg: SourceConfig, skip: Skip | None = None) -> Source:
+def open_source(cfg: SourceConfig, skip: Skip | None = None, min_side: int = 0) -> Source:
     """The source ``cfg.uri`` names: folder, image, video, camera or stream; else a ConfigError.
 
     ``skip(index)`` true means that frame is already done: it is not read (file sources only).
+    ``min_side`` > 0 lets large JPEGs decode at a reduced size whose shorter side stays >= it.
     """
     uri = cfg.uri.strip()
     forced = {"yes": True, "no": False}.get(cfg.live)
@@ -430,13 +472,13 @@ def open_source(cfg: SourceConfig, skip: Skip | None = None) -> Source:
             raise ConfigError(f"source folder {uri}: no images "
                               f"({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})"
                               f"{'' if cfg.recursive else '; set [source] recursive = true for subfolders'}")
-        return FolderSource(paths, cfg.loop, skip, bool(forced))
+        return FolderSource(paths, cfg.loop, skip, bool(forced), min_side)
     if path is not None and path.is_file():
         suffix = path.suffix.lower()
         if suffix in VIDEO_EXTENSIONS:
             return VideoSource(path, cfg.loop, skip, bool(forced))
         if suffix in IMAGE_EXTENSIONS:
-            return FolderSource([path], cfg.loop, skip, bool(forced))
+            return FolderSource([path], cfg.loop, skip, bool(forced), min_side)
         raise ConfigError(f"source {uri}: '{suffix or 'no extension'}' is neither an image "
                           f"({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                           f"nor a video ({', '.join(sorted(VIDEO_EXTENSIONS))})")

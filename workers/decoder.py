@@ -39,7 +39,9 @@ def run(ctx: StageContext, stage: Stage) -> None:
     frames_out = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["frames"])
     results_out = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"])
     done = ctx.completed_ids()
-    source = open_source(cfg.source, skip=done.__contains__ if done else None)
+    annotating = cfg.output.images or cfg.output.video      # annotated frames keep full resolution
+    min_side = max(ctx.input["height"], ctx.input["width"]) if cfg.pipeline.reduced_decode and not annotating else 0
+    source = open_source(cfg.source, skip=done.__contains__ if done else None, min_side=min_side)
     stage.gauges.update(raw_slots=pool.spec.slots, raw_free=free.free, next_frame_id=max(done) + 1 if done else 0)
     for name in ("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects"):
         stage.count(name, 0)
@@ -91,6 +93,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 results_out.send(ErrorMsg(ref, "decode", item.error or "unreadable frame", ctx.generation).encode())
                 continue
             ref.orig_height, ref.orig_width = item.frame.shape[:2]
+            if item.original_size is not None:       # decoded at a reduced size
+                ref.orig_width, ref.orig_height = item.original_size
             ref.height, ref.width = fit_into_slot(item.frame, cfg.pipeline.max_frame_width,
                                                   cfg.pipeline.max_frame_height, pool, slot)
             ref.raw_slot = slot

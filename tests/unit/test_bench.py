@@ -3,6 +3,7 @@ free their shared memory, and the figure helpers. Fast, and no assertion on wall
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from rich.console import Console
 
 from bench.ceiling import parse_output
 from bench.engine_runs import DEFAULT_GRID, EngineRun, engine_command, sweep_grid, tuned_setting
-from bench.soak import ProcessTrace, soak_frames_to_loop
+from bench.soak import ProcessTrace, soak_frames_to_loop, stream_window
 from bench.stats import Spread, fmt, percentile, ratio
 from bench.transport import METHODS, make_frame, measure, touch
 from engine.config import REPO_ROOT, load_config
@@ -190,15 +191,25 @@ def test_engine_run_figures_come_from_the_report():
     assert not failed.ok and failed.fps is None and failed.summary()["error"].startswith("exit code 2")
 
 
-def test_soak_verdict_uses_samples_after_warmup():
+def test_soak_verdict_judges_the_stream_after_warmup_only():
     mib = 1 << 20
-    steady = ProcessTrace("decoder", [1], [(t, (50 if t < 5 else 100) * mib) for t in range(100)])
-    verdict = steady.verdict(100.0)
-    assert verdict["stable"] is True and verdict["first_mib"] == 50.0 and verdict["max_mib"] == 100.0
+    # start-up (t < 10), a warm-up that grows (10..14), a steady stream, shutdown (t > 110) that shrinks
+    samples = [(t, (20 if t < 10 else 50 if t < 15 else 100 if t <= 110 else 60) * mib) for t in range(115)]
+    verdict = ProcessTrace("decoder", [1], samples).verdict(10.0, 110.0)
+    assert verdict["stable"] is True and verdict["first_mib"] == 20.0 and verdict["max_mib"] == 100.0
+    assert verdict["last_mib"] == 60.0 and verdict["drift_pct"] == 0.0
     leaking = ProcessTrace("inference-0", [2], [(t, (100 + t) * mib) for t in range(100)])
-    assert leaking.verdict(100.0)["stable"] is False
-    assert ProcessTrace("x", [3], [(0.0, mib)]).verdict(10.0)["stable"] is None
+    assert leaking.verdict(0.0, 100.0)["stable"] is False
+    assert ProcessTrace("x", [3], [(0.0, mib)]).verdict(0.0, 10.0)["stable"] is None
     assert soak_frames_to_loop(20_000) == 100 and soak_frames_to_loop(1) == 1
+
+
+def test_soak_stream_window_from_the_report(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"timestamp": 1000.0, "duration_s": 100.0, "throughput_fps": 100.0,
+                                "accounting": {"out": 9000, "errors": 0}}))
+    assert stream_window(path, 0.0, 2000.0)[:2] == (900.0, 990.0)
+    assert stream_window(tmp_path / "missing.json", 5.0, 50.0) == (5.0, 50.0, {})
 
 
 def _fake_result() -> dict:

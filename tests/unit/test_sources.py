@@ -80,7 +80,7 @@ def test_folder_loop_and_skip_do_not_read_skipped_files(tmp_path: Path, monkeypa
 
     loaded: list[Path] = []
     real_load = sources.load_image
-    monkeypatch.setattr(sources, "load_image", lambda p: (loaded.append(p), real_load(p))[1])
+    monkeypatch.setattr(sources, "load_image", lambda p, min_side=0: (loaded.append(p), real_load(p))[1])
     done = {0, 1, 2, 4}
     items = _read_all(_cfg(tmp_path, loop=2), skip=done.__contains__)
     assert [i.index for i in items] == [3, 5]
@@ -428,3 +428,20 @@ def test_url_that_never_answers_fails_in_bounded_time(monkeypatch: pytest.Monkey
     assert elapsed < 5.0
     assert len(items) == 1 and items[0].frame is None
     assert items[0].error and items[0].error.startswith("cannot open stream") and url in items[0].error
+
+
+def test_large_jpeg_decodes_at_reduced_size_with_its_original_size(tmp_path: Path) -> None:
+    from engine.sources import jpeg_size, load_image
+    image = np.zeros((480, 640, 3), np.uint8)
+    cv2.rectangle(image, (100, 100), (300, 200), (255, 255, 255), -1)
+    path = tmp_path / "big.jpg"
+    cv2.imwrite(str(path), image)
+    assert jpeg_size(np.fromfile(path, np.uint8)) == (640, 480)
+    full, _, original = load_image(path)
+    assert full.shape == (480, 640, 3) and original is None
+    half, _, original = load_image(path, min_side=192)     # 480/2 = 240 >= 192, 480/4 = 120 < 192
+    assert half.shape == (240, 320, 3) and original == (640, 480)
+    assert half[75, 100].mean() > 200 and half[20, 20].mean() < 30
+    png = tmp_path / "big.png"
+    cv2.imwrite(str(png), image)
+    assert load_image(png, min_side=192)[0].shape == (480, 640, 3)   # only JPEGs have DCT scaling
