@@ -109,7 +109,7 @@ class Bench:
         self.out.mkdir(parents=True, exist_ok=True)
         self.console = Console()
         if not self.console.is_terminal:            # piped or logged: wide enough for the tables
-            self.console = Console(width=150)
+            self.console = Console(width=160)
         self.log = Console(stderr=True)
         self.result: dict = {"format": "ovstream-bench/1", "timestamp": time.time()}
 
@@ -340,6 +340,9 @@ def render(result: dict, console: Console) -> None:
         elif key == "d":
             note = (f"{tuned.get('workers')}× nireq {tuned.get('nireq')} streams {tuned.get('streams')} "
                     f"batch {tuned.get('batch')} ({tuned.get('source')})")
+        if key in ("c", "d") and runs:
+            with_startup = Spread.of(r.get("fps_including_startup") for r in runs)
+            note += ("; " if note else "") + f"{fmt(with_startup.median if with_startup else None)} FPS incl. start-up"
         elif key == "e" and runs:
             note = f"{runs[0].get('nireq')} req, {runs[0].get('streams')} streams; latency per request"
         if v.get("errors"):
@@ -403,9 +406,9 @@ def render(result: dict, console: Console) -> None:
                       f"({soak['warmup_fraction']:.0%} of the stream): {'yes' if soak['stable'] else 'NO'}")
         for p in soak["processes"]:
             verdict = {True: "stable", False: "[red]NOT stable[/red]", None: "n/a"}[p.get("stable")]
-            console.print(f"  {p['name']:<14} first {p['first_mib']:7.1f} MiB  last {p['last_mib']:7.1f} MiB  "
-                          f"max {p['max_mib']:7.1f} MiB  after warm-up {p.get('after_warmup_mib', '—')} MiB  "
-                          f"stream end {p.get('end_mib', '—')} MiB  drift {p.get('drift_pct', '—')}%  "
+            console.print(f"  {p['name']:<14} RSS MiB first {p['first_mib']:.1f}  last {p['last_mib']:.1f}  "
+                          f"max {p['max_mib']:.1f}  after warm-up {p.get('after_warmup_mib', '—')}  "
+                          f"stream end {p.get('end_mib', '—')}  drift {p.get('drift_pct', '—')}%  "
                           f"range {p.get('range_pct', '—')}%  {verdict}", highlight=False)
 
 

@@ -187,3 +187,24 @@ def test_sigint_stops_everything_promptly(engine_env, tmp_path):
     assert time.monotonic() - started < 3.0
     assert proc.returncode == 130
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_annotated_images_and_video_sinks(engine_env, tmp_path):
+    frame = cv2.imread(str(COCO / FACE_IMAGE))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (frame.shape[1], frame.shape[0]))
+    for _ in range(12):
+        writer.write(frame)
+    writer.release()
+    result = run_ovstream("--source", str(video), "--annotate", "--video", "--nireq", "4", output=tmp_path / "out",
+                          env=engine_env)
+    assert result.code == 0, result.stderr
+    images = sorted((tmp_path / "out" / "images").glob("*.jpg"))
+    assert len(images) == 12
+    annotated = cv2.imread(str(images[0]))
+    assert annotated.shape == frame.shape
+    x1, y1, x2, y2 = (int(v) for v in result.records[0]["detections"][0]["box"])
+    assert np.abs(annotated[y1, x1:x2].astype(int) - frame[y1, x1:x2]).mean() > 20     # the box is drawn
+    written = [p for p in (tmp_path / "out").iterdir() if p.name.startswith("annotated")]
+    capture = cv2.VideoCapture(str(written[0]))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
