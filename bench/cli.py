@@ -82,7 +82,9 @@ def machine_info() -> dict:
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
             "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1), "openvino": ov.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
+            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+            # how busy the machine was before the bench started (other users' work shares these cores)
+            "cpu_busy_pct_before": psutil.cpu_percent(interval=1.0)}
 
 
 class Bench:
@@ -325,7 +327,8 @@ def render(result: dict, console: Console) -> None:
     console.print(f"[bold]ovstream bench[/bold] — {m.get('cpu')}, {m.get('logical_cores')} logical cores "
                   f"({m.get('physical_cores')} physical), OpenVINO {m.get('openvino')}; model {s.get('model')} "
                   f"on {s.get('device')}; {s.get('repeats')} repeats × {s.get('passes')} passes over "
-                  f"{s.get('images')}")
+                  f"{s.get('images')}; machine {fmt(m.get('cpu_busy_pct_before'), 0)}% busy before the start, "
+                  f"load average {m.get('load_avg_at_start', ['?'])[0]} → {m.get('load_avg_at_end', ['?'])[0]}")
     table = Table(title="Throughput and end-to-end latency (median of repeats, min–max)")
     for col, justify in (("variant", "left"), ("what", "left"), ("FPS", "right"), ("min–max", "right"),
                          ("p50 ms", "right"), ("p95 ms", "right"), ("start-up s", "right"), ("notes", "left")):

@@ -1,8 +1,11 @@
 """SlotPool: fixed-size slots in one shared-memory file, and the owner's free list.
 
-The supervisor creates every pool before the stage processes start and unlinks them at exit, so
-a crashed stage can never leak a segment. Stages attach by path and take numpy views of slots;
-pixels are written once into a slot and never copied through a socket.
+The supervisor creates every pool before the stage processes start. On Linux a pool is an
+anonymous ``memfd`` that has no name in ``/dev/shm`` at all: stages attach through
+``/proc/<supervisor>/fd/<n>``, and the memory is freed by the kernel when the last process
+holding it exits, so no crash (not even SIGKILL of the supervisor) can leak a segment. Elsewhere
+it is a file in /dev/shm (or the temp dir) that the supervisor unlinks at exit. Stages take numpy
+views of slots; pixels are written once into a slot and never copied through a socket.
 """
 from __future__ import annotations
 
@@ -45,8 +48,12 @@ class SlotPool:
 
     @staticmethod
     def create(run_id: str, name: str, slot_bytes: int, slots: int) -> PoolSpec:
-        """Create the backing file (owner: the supervisor) and return its spec."""
+        """Create the backing memory (owner: the supervisor, which keeps it open) and its spec."""
         slot_bytes = (slot_bytes + _ALIGN - 1) // _ALIGN * _ALIGN
+        if hasattr(os, "memfd_create") and Path(f"/proc/{os.getpid()}/fd").is_dir():
+            fd = os.memfd_create(f"{SHM_PREFIX}{run_id}-{name}", os.MFD_CLOEXEC)
+            os.ftruncate(fd, slot_bytes * slots)
+            return PoolSpec(f"/proc/{os.getpid()}/fd/{fd}", slot_bytes, slots)
         path = SHM_DIR / f"{SHM_PREFIX}{run_id}-{name}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -57,10 +64,15 @@ class SlotPool:
 
     @staticmethod
     def unlink(spec: PoolSpec) -> None:
-        """Remove the backing file; mappings still open stay valid until closed."""
+        """Give the memory back: close the owner's memfd, or remove the file. Mappings still
+        open elsewhere stay valid until those processes close them or exit."""
+        own_fd = f"/proc/{os.getpid()}/fd/"
         try:
-            os.unlink(spec.path)
-        except FileNotFoundError:
+            if spec.path.startswith(own_fd):
+                os.close(int(spec.path[len(own_fd):]))
+            elif not spec.path.startswith("/proc/"):
+                os.unlink(spec.path)
+        except (FileNotFoundError, OSError):
             pass
 
     def view(self, slot: int, shape: tuple[int, ...], dtype: np.dtype | type = np.uint8) -> np.ndarray:
