@@ -24,13 +24,14 @@ from engine.channels import RunDir, make_socket
 from engine.config import REPO_ROOT, RunConfig
 from engine.dashboard import Dashboard
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, OvstreamError
+from engine.ledger import FrameLedger
 from engine.messages import AckMsg, ControlMsg, FatalMsg, Message, ReadyMsg, StatsMsg, decode, MessageError
 from engine.metrics import MetricsAggregator
 from engine.model import InputInfo, check_devices, input_info, output_shapes, read_model
 from engine.shm import PoolSpec, SlotPool
 from engine.sinks import JsonlSink
 from engine.sources import is_live_uri, open_source
-from workers.runtime import StageContext, id_ranges
+from workers.runtime import StageContext
 
 READY_TIMEOUT_S = 300.0       # compiling for a GPU can take minutes the first time
 STOP_GRACE_S = 1.0
@@ -83,7 +84,7 @@ class Supervisor:
         self.metrics = MetricsAggregator()
         self.metrics.watch("supervisor", os.getpid(), "supervisor")
         self.children: dict[str, Child] = {}
-        self.completed: set[int] = set()
+        self.completed = FrameLedger()
         self.acked_ok = 0
         self.acked_errors = 0
         self.frame_ids = 0          # distinct frame ids the source produced (decoder high-water mark)
@@ -124,7 +125,7 @@ class Supervisor:
             endpoints=self.run_dir.endpoints(), pools=self.pools, config=self.cfg,
             input={"height": self.info.height, "width": self.info.width, "batch": self.cfg.inference.batch,
                    "live": self.live},
-            device=child.device, completed=id_ranges(self.completed), supervisor_pid=os.getpid())
+            device=child.device, completed=self.completed.ranges(), supervisor_pid=os.getpid())
 
     def _spawn(self, child: Child) -> None:
         ctx_path = self.run_dir.path / f"{child.name}.json"
@@ -176,9 +177,8 @@ class Supervisor:
             if self.started:
                 self._send(child.name, "start")
         elif isinstance(msg, AckMsg):                   # written is written, whatever the generation
-            self.acked_ok += len(set(msg.frame_ids) - self.completed)
-            self.acked_errors += len(set(msg.error_ids) - self.completed)
-            self.completed.update(msg.frame_ids, msg.error_ids)
+            self.acked_ok += self.completed.add(msg.frame_ids)
+            self.acked_errors += self.completed.add(msg.error_ids)
             if msg.frame_ids or msg.error_ids:           # a written frame was certainly read
                 self.frame_ids = max(self.frame_ids, max(msg.frame_ids + msg.error_ids) + 1)
             self.metrics.set_accounting(self.acked_ok, self.acked_errors, self.frame_ids)
@@ -243,7 +243,7 @@ class Supervisor:
         """Any stage but an inference worker died: restart all stages from the ledger."""
         self._stop_all()
         if self.cfg.output.jsonl:
-            self.completed |= JsonlSink.recover(self.output_dir / "results.jsonl")
+            self.completed.add(JsonlSink.recover(self.output_dir / "results.jsonl"))
         self.generation += 1
         for child in self.children.values():
             self._spawn(child)

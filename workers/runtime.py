@@ -63,17 +63,6 @@ class StageContext:
         return {i for a, b in self.completed for i in range(a, b)}
 
 
-def id_ranges(ids: set[int]) -> list[list[int]]:
-    """Compress a set of frame ids into sorted half-open ranges ``[[a, b), ...]``."""
-    ranges: list[list[int]] = []
-    for i in sorted(ids):
-        if ranges and ranges[-1][1] == i:
-            ranges[-1][1] = i + 1
-        else:
-            ranges.append([i, i + 1])
-    return ranges
-
-
 class Stage:
     """The control side of a stage process: handshake, heartbeats, commands, stop flag."""
 

@@ -1,0 +1,169 @@
+"""User mistakes found before any stage starts: exit code 2 and one stderr line saying what to fix.
+
+(Complements tests/pipeline/test_run.py::test_user_mistakes_exit_2_with_one_line, which covers an
+unknown device name, a missing .xml, an unknown registry name and a missing source folder.)
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, RunResult, ovstream_command, run_ovstream
+
+FACE_MODEL = REPO / "models" / "mediapipe" / "face_detection_full_range_sparse.tflite"
+TIMEOUT = 45        # these fail in preflight, in about 2 s
+
+
+def _one_line(result) -> str:
+    assert result.code == 2, (result.code, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{result.stderr}"
+    assert not (result.output / "results.jsonl").exists()
+    return lines[0]
+
+
+def _config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "bad.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("toml, expected", [
+    ("sources = 1\n", ["top level", "unknown key 'sources'", "did you mean 'source'"]),
+    ("foo = 1\n", ["top level", "unknown key 'foo'", "known: source"]),
+    ("[source]\nurii = 'data/coco100'\n", ["[source]", "unknown key 'urii'", "did you mean 'uri'"]),
+    ("[model.preprocess]\nresise = 'stretch'\n", ["[model.preprocess]", "unknown key 'resise'", "'resize'"]),
+    ("[inference]\nnireq = '4'\n", ["inference.nireq", "expected an integer", "'4'"]),
+    ("[inference]\nbatch = 1.5\n", ["inference.batch", "expected an integer", "1.5"]),
+    ("[inference]\ndevices = 3\n", ["inference.devices", "expected a list", "3"]),
+    ("[inference]\ndevices = 'CPU'\n", ["inference.devices", "expected a list", "'CPU'"]),
+    ("[output]\njsonl = 'true'\n", ["output.jsonl", "expected true or false", "'true'"]),
+    ("[source]\nrecursive = 1\n", ["source.recursive", "expected true or false", "1"]),
+    ("[source]\nuri = 5\n", ["source.uri", "expected str", "5"]),
+    ("[inference]\nhint = 'FAST'\n", ["[inference] hint", "THROUGHPUT", "'FAST'"]),
+    ("[model.preprocess]\nresize = 'crop'\n", ["[model.preprocess] resize", "letterbox or stretch", "'crop'"]),
+    ("[model.preprocess]\ncolor = 'CMYK'\n", ["[model.preprocess] color", "RGB, BGR or GRAY", "'CMYK'"]),
+    ("[source]\nlive = 'maybe'\n", ["[source] live", "auto, yes or no", "'maybe'"]),
+    ("[inference]\nbatch = 0\n", ["[inference] batch", ">= 1"]),
+    ("[source\nuri = 'x'\n", ["not valid TOML"]),
+], ids=["top-near-miss", "top-unknown", "section-unknown", "subsection-unknown", "str-for-int", "float-for-int",
+        "int-for-list", "str-for-list", "str-for-bool", "int-for-bool", "int-for-str", "enum-hint",
+        "enum-resize", "enum-color", "enum-live", "range-batch", "not-toml"])
+def test_bad_config_file(engine_env, tmp_path, toml, expected):
+    config = _config(tmp_path, toml)
+    line = _one_line(run_ovstream(config, output=tmp_path / "out", env=engine_env, timeout=TIMEOUT))
+    assert line.startswith("ovstream run: error:"), line
+    for words in expected:
+        assert words in line, line
+    if "TOML" not in expected[0] and "[" not in expected[0]:   # type errors name the file too
+        assert config in line, line
+
+
+def test_missing_config_file(engine_env, tmp_path):
+    line = _one_line(run_ovstream(str(tmp_path / "nope.toml"), output=tmp_path / "out", env=engine_env,
+                                  timeout=TIMEOUT))
+    assert "nope.toml" in line and "no such config file" in line
+
+
+def test_bad_enum_on_the_command_line(engine_env, tmp_path):
+    """argparse's own check: exit 2, no traceback; its usage lines come first (argparse's convention)."""
+    result = run_ovstream("--hint", "FAST", output=tmp_path / "out", env=engine_env, timeout=TIMEOUT)
+    assert result.code == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "--hint" in last and "'FAST'" in last and "THROUGHPUT" in last
+
+
+def test_unknown_device_names_it_and_the_available_ones(engine_env, tmp_path):
+    line = _one_line(run_ovstream("--device", "NPU", output=tmp_path / "out", env=engine_env, timeout=TIMEOUT))
+    assert "'NPU'" in line and "not available" in line and "CPU" in line
+
+
+def test_unknown_device_inside_a_multi_device_string(engine_env, tmp_path):
+    line = _one_line(run_ovstream("--device", "MULTI:CPU,NPU", output=tmp_path / "out", env=engine_env,
+                                  timeout=TIMEOUT))
+    assert "'NPU'" in line and "CPU" in line
+
+
+def test_model_file_that_does_not_exist(engine_env, tmp_path):
+    missing = tmp_path / "nowhere" / "model.onnx"
+    line = _one_line(run_ovstream("--model", str(missing), "--adapter", "anchor_ssd", output=tmp_path / "out",
+                                  env=engine_env, timeout=TIMEOUT))
+    assert "model file not found" in line and str(missing) in line
+
+
+def test_model_file_with_unsupported_suffix(engine_env, tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(os.urandom(256))
+    config = _config(tmp_path, f"[model]\nname = 'mine'\npath = '{path}'\nadapter = 'anchor_ssd'\n")
+    line = _one_line(run_ovstream(config, output=tmp_path / "out", env=engine_env, timeout=TIMEOUT))
+    assert str(path) in line and "unsupported model format '.bin'" in line
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".tflite"])
+def test_file_that_is_not_a_model(engine_env, tmp_path, suffix):
+    path = tmp_path / f"random{suffix}"
+    path.write_bytes(os.urandom(4096))
+    out = tmp_path / "out"     # stderr read as bytes: OpenVINO's readers may print undecodable ones
+    proc = subprocess.run(ovstream_command("run", "--model", str(path), "--adapter", "anchor_ssd",
+                                           "--output", str(out), "--no-dashboard"),
+                          cwd=REPO, capture_output=True, timeout=TIMEOUT, env=engine_env)
+    result = RunResult(proc.returncode, proc.stdout.decode(errors="replace"),
+                       proc.stderr.decode(errors="replace"), out)
+    line = _one_line(result)
+    assert "cannot read model" in line and str(path) in line, line
+    assert "Exception from src/" not in line, f"OpenVINO's source location instead of the reason: {line}"
+
+
+@pytest.mark.parametrize("adapter, expected", [
+    ("ssd_detection_output", "expects an output [1,1,N,7]"),
+    ("tf_od_api", "detection_boxes"),
+    ("classification", "expects one output [1,C]"),
+])
+def test_model_outputs_that_do_not_fit_the_adapter(engine_env, tmp_path, adapter, expected):
+    """The face model (outputs [1,2304,16] and [1,2304,1]) under a name of its own, with another adapter."""
+    config = _config(tmp_path, f"[model]\nname = 'mine'\npath = '{FACE_MODEL}'\nadapter = '{adapter}'\n")
+    result = run_ovstream(config, output=tmp_path / "out", env=engine_env, timeout=TIMEOUT)
+    line = _one_line(result)
+    assert adapter in line and expected in line and "[1, 2304, 16]" in line, line
+
+
+@pytest.mark.parametrize("adapter", ["ssd_detection_output", "classification"])
+def test_adapter_override_on_the_registry_model(engine_env, tmp_path, adapter):
+    """`--adapter X` on the default face model: the one line must be about X not fitting the model,
+    not about registry parameters of the model's own adapter that the user never wrote."""
+    line = _one_line(run_ovstream("--adapter", adapter, output=tmp_path / "out", env=engine_env,
+                                  timeout=TIMEOUT))
+    assert adapter in line and "output" in line, line
+
+
+def test_unknown_adapter(engine_env, tmp_path):
+    line = _one_line(run_ovstream("--adapter", "yolo", output=tmp_path / "out", env=engine_env, timeout=TIMEOUT))
+    assert "unknown adapter 'yolo'" in line and "anchor_ssd" in line
+
+
+def test_empty_source_folder(engine_env, tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no pictures here")
+    line = _one_line(run_ovstream("--source", str(folder), output=tmp_path / "out", env=engine_env,
+                                  timeout=TIMEOUT))
+    assert str(folder) in line and "no images" in line and "recursive" in line
+
+
+def test_source_path_that_does_not_exist(engine_env, tmp_path):
+    missing = tmp_path / "no" / "such" / "clip.mp4"
+    line = _one_line(run_ovstream("--source", str(missing), output=tmp_path / "out", env=engine_env,
+                                  timeout=TIMEOUT))
+    assert str(missing) in line and "no such file or folder" in line
+
+
+def test_source_file_of_an_unknown_kind(engine_env, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    line = _one_line(run_ovstream("--source", str(path), output=tmp_path / "out", env=engine_env,
+                                  timeout=TIMEOUT))
+    assert str(path) in line and "'.txt'" in line and "neither an image" in line
