@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from engine.errors import EXIT_INTERRUPTED, OvstreamError
@@ -22,17 +23,51 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (what is wrong, and where to read more)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ovstream", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ovstream", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text)
     return parser
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ovstream`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of the ``ovstream`` console script.
+
+    Ctrl-C and SIGTERM are held back while the command's modules import (an interrupt inside a
+    native extension's import would surface as a misleading ImportError); a command that installs
+    its own handlers (``run``) releases them itself, the others get a KeyboardInterrupt → 130.
+    """
+    owns_process = argv is None            # called as the program, not from Python code
+    if owns_process:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        print("ovstream: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:    # the work is done: a late Ctrl-C must not turn the exit code into a signal death
+        if owns_process:
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+
+
+def _dispatch(argv: list[str]) -> int:
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
         if argv and not argv[0].startswith("-"):
@@ -48,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ovstream {name}: needs the missing package '{exc.name}' "
               f"(pip install -e '.[tools]' or '.[train]')", file=sys.stderr)
         return 2
-    sub = argparse.ArgumentParser(prog=f"ovstream {name}", description=help_text)
+    sub = OneLineParser(prog=f"ovstream {name}", description=help_text)
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
+    if not getattr(module, "HANDLES_SIGNALS", False):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         return int(module.main(args) or 0)
     except OvstreamError as exc:

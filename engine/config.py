@@ -252,12 +252,14 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
                                      origin=str(REGISTRY_PATH)).model
         if not model.path:
             model.path = str(_resolve_path(file, MODELS_DIR, REPO_ROOT))
+        same_adapter = model.adapter in ("", merged.adapter)
         model.adapter = model.adapter or merged.adapter
         model.labels = model.labels or merged.labels
         model.description = model.description or merged.description
         if model.preprocess == PreprocessConfig():
             model.preprocess = merged.preprocess
-        model.params = {**merged.params, **model.params}
+        if same_adapter:                    # another adapter's parameters would not apply
+            model.params = {**merged.params, **model.params}
     else:
         model.path = str(_resolve_path(model.path, REPO_ROOT))
     path = Path(model.path)

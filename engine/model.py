@@ -6,8 +6,12 @@ order, mean/scale and the element type conversion run inside OpenVINO.
 """
 from __future__ import annotations
 
+import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import openvino as ov
@@ -31,15 +35,36 @@ class InputInfo:
         return self.height * self.width * 3
 
 
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence fd 2 (the TFLite/ONNX readers' native log lines) for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "wb") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _reason(exc: Exception) -> str:
+    """The informative line of an OpenVINO exception (not its 'Exception from file:line')."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check "))]
+    return (useful or lines or [type(exc).__name__])[0][:300]
+
+
 def read_model(core: ov.Core, path: str) -> ov.Model:
     """Read a model file with one clear error for anything OpenVINO cannot read."""
     if not Path(path).exists():
         raise ModelError(f"model file not found: {path}")
     try:
-        return core.read_model(path)
+        with _quiet_stderr():
+            return core.read_model(path)
     except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot read model {path}: {first[:300]}") from None
+        raise ModelError(f"cannot read model {path}: {_reason(exc)}") from None
 
 
 def input_info(model: ov.Model, params: dict | None = None) -> InputInfo:

@@ -16,6 +16,8 @@ from engine.config import load_config
 from engine.dashboard import render_summary
 from engine.supervisor import Supervisor
 
+HANDLES_SIGNALS = True      # the supervisor installs its handlers, then lets Ctrl-C / SIGTERM through
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="TOML config (default: configs/default.toml)")

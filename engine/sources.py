@@ -227,6 +227,18 @@ def jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
     return None
 
 
+# OpenCV refuses to decode more pixels than this (env OPENCV_IO_MAX_IMAGE_PIXELS); checked on the
+# header's full size, so a reduced-size decode cannot slip a decompression bomb past it.
+MAX_IMAGE_PIXELS = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+
+
+def header_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) claimed by a JPEG frame header or a PNG IHDR; None for other formats."""
+    if data[:8].tobytes() == b"\x89PNG\r\n\x1a\n" and data[12:16].tobytes() == b"IHDR":
+        return int.from_bytes(data[16:20].tobytes(), "big"), int.from_bytes(data[20:24].tobytes(), "big")
+    return jpeg_size(data)
+
+
 _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
 
@@ -263,6 +275,9 @@ def load_image(path: Path, min_side: int = 0) -> tuple[np.ndarray | None, str | 
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         return None, f"cannot read {path}: {exc.strerror}", None
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        return None, f"image too large: {size[0]}x{size[1]} pixels (limit {MAX_IMAGE_PIXELS}): {path}", None
     try:
         flag = decode_flag(data, min_side)
         frame = cv2.imdecode(data, flag)               # every IMREAD_* colour flag applies EXIF orientation

@@ -264,8 +264,14 @@ class Supervisor:
         self.interrupted = signum
 
     def run(self) -> Outcome:
-        """Run the pipeline; always stops every process and removes pools and sockets."""
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        """Run the pipeline; always stops every process and removes pools and sockets.
+
+        Ctrl-C / SIGTERM only set a flag from here on (also while the caller writes the report);
+        stages are spawned after the signals are unblocked, so they inherit a clean mask.
+        """
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         dashboard = Dashboard(self.cfg.dashboard.refresh_hz) if self.show_dashboard else None
         self._allocate()
         try:
@@ -289,8 +295,6 @@ class Supervisor:
             if dashboard:
                 dashboard.stop()
             self._cleanup()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         snapshot = self.metrics.snapshot()
         report = snapshot.to_dict()
         report["restarts"] = {c.name: c.restarts for c in self.children.values()}

@@ -22,7 +22,7 @@ PROB_TOLERANCE = 0.01
 
 def _classes(shape: list[int]) -> int:
     """C for a ``[1, C]`` or ``[1, C, 1, 1]`` shape, else 0."""
-    return shape[1] if len(shape) >= 2 and all(d == 1 for d in shape[2:]) else 0
+    return shape[1] if len(shape) in (2, 4) and all(d == 1 for d in shape[2:]) else 0
 
 
 def softmax(values: np.ndarray) -> np.ndarray:

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import openvino as ov
 from openvino.frontend import FrontEndManager
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.console import Console, RenderableType
+from rich.progress import Progress, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from engine.config import ADAPTERS, MODELS_DIR, REGISTRY_PATH, REPO_ROOT, ModelConfig, PreprocessConfig, load_registry
 from engine.errors import ConfigError, ModelError
@@ -149,19 +150,25 @@ def step(progress: Progress | None, label: str) -> Iterator[None]:
     if progress is None:
         yield
         return
-    task = progress.add_task(label, total=1)
+    task = progress.add_task(label, total=1, failed=False)
     try:
         yield
     except BaseException:
-        progress.remove_task(task)
-        progress.console.print(f"[red]✗[/] {label}")
+        progress.update(task, completed=1, failed=True)
         raise
     progress.update(task, completed=1)
 
 
+class _StepColumn(SpinnerColumn):
+    """A spinner while a step runs, then a green tick, or a red cross for the step that failed."""
+
+    def render(self, task: Task) -> RenderableType:
+        return Text("✗", style="red") if task.fields.get("failed") else super().render(task)
+
+
 def new_progress(console: Console | None = None) -> Progress:
     """The step display shared by the model tools."""
-    return Progress(SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description}"),
+    return Progress(_StepColumn(finished_text="[green]✓"), TextColumn("{task.description}"),
                     TimeElapsedColumn(), console=console)
 
 

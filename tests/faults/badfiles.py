@@ -59,12 +59,6 @@ def stored_for_orientation(upright: np.ndarray, orientation: int) -> np.ndarray:
     return upright
 
 
-def rotate_box_cw(box: tuple[float, float, float, float], height: int) -> tuple[float, float, float, float]:
-    """A box of an image ``height`` pixels tall, in the coordinates of that image turned 90° clockwise."""
-    x1, y1, x2, y2 = box
-    return height - y2, x1, height - y1, x2
-
-
 def pil_bytes(image_bgr: np.ndarray, mode: str, fmt: str, **save: object) -> bytes:
     from PIL import Image
     buf = io.BytesIO()
@@ -89,6 +83,14 @@ def png_claiming(width: int, height: int, data: bytes = b"\x00" * 64) -> bytes:
     (a decompression-bomb-like header, or a zero-height picture)."""
     return (png_header_only(width, height) + png_chunk(b"IDAT", zlib.compress(data))
             + png_chunk(b"IEND", b""))
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A tiny JPEG (16×16 of data) whose frame header claims ``width × height``."""
+    data = bytearray(encode(".jpg", np.zeros((16, 16, 3), np.uint8)))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
 
 
 def corrupt_png(png: bytes) -> bytes:
@@ -152,6 +154,7 @@ def build_bad_folder(folder: Path) -> tuple[list[Entry], list[str]]:
     put("b07_header_only.png", png_header_only(64, 48), False)
     put("b08_zero_height.png", png_claiming(64, 0), False)
     put("b09_bomb.png", png_claiming(100_000, 100_000), False)
+    put("b09_bomb.jpg", jpeg_claiming(60_000, 60_000), False)   # 3.6 G pixels: over OpenCV's limit
     (folder / "b10_broken_link.jpg").symlink_to(folder / "does_not_exist.jpg")
     entries.append(Entry("b10_broken_link.jpg", False))
     os.mkfifo(folder / "b11_fifo.jpg")                    # would block a naive open() forever
