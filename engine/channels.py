@@ -33,6 +33,22 @@ class RunDir:
                                     dir=base if os.access(base, os.W_OK) else None)
         self.path = Path(path)
         os.chmod(self.path, 0o700)
+        (self.path / "supervisor.pid").write_text(str(os.getpid()), encoding="ascii")
+
+    @staticmethod
+    def sweep_stale() -> list[Path]:
+        """Remove run directories whose supervisor is dead (it was SIGKILLed and could not)."""
+        base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+        removed = []
+        for path in base.glob("ovstream-*"):
+            try:
+                pid = int((path / "supervisor.pid").read_text(encoding="ascii"))
+            except (OSError, ValueError):
+                continue
+            if pid != os.getpid() and not _alive(pid) and path.stat().st_uid == os.getuid():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
 
     @property
     def run_id(self) -> str:
@@ -46,6 +62,16 @@ class RunDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def make_socket(ctx: zmq.Context, kind: int, *, hwm: int = 1000, identity: str | None = None,

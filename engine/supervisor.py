@@ -97,6 +97,7 @@ class Supervisor:
     # ---- set-up -----------------------------------------------------------------------------
     def _allocate(self) -> None:
         cfg = self.cfg
+        RunDir.sweep_stale()
         self.run_dir = RunDir()
         batch = cfg.inference.batch
         workers = len(cfg.inference.devices)

@@ -37,6 +37,8 @@ from engine.modeltools.datasets import InputPreparer, Sample, folder_samples, lo
 from engine.modeltools.registry import file_value, register_model
 
 METRICS = ("auto", "top1", "agreement")
+METRIC_LABELS = {"top1": "top-1 accuracy", "agreement": "top-1 agreement with FP32",
+                 "agreement_map": "agreement mAP vs FP32"}
 BENCH_PROPERTIES = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}
 CALIBRATION_SEED = 0
 THROUGHPUT_ROUNDS = 3
@@ -56,7 +58,7 @@ class Variant:
 class QuantizeReport:
     """What one quantization produced and measured."""
 
-    metric: str
+    metric: str                       # a key of METRIC_LABELS
     variants: dict[str, Variant] = field(default_factory=dict)
     xml: Path | None = None
 
@@ -187,7 +189,7 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
     console = console or Console()
     core = ov.Core()
     with new_progress(console) as progress:
-        with step(progress, f"read {cfg.path}"):
+        with step(progress, f"read {Path(cfg.path).name}"):
             model = read_model(core, cfg.path)
             scorer = Scorer(cfg, metric)
             scorer.metric = _pick_metric(metric, data, scorer)
@@ -208,7 +210,7 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
             model, nncf.Dataset(calibration, _tensor), nncf.Dataset(validation, _tensor),
             validation_fn=scorer.score, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, **options)
     console.print(f"[green]✓[/] quantized in {time.perf_counter() - started:.1f} s")
-    report = QuantizeReport(scorer.metric)
+    report = QuantizeReport(scorer.metric if scorer.metric == "top1" or scorer.classifier else "agreement_map")
     with new_progress(console) as progress, tempfile.TemporaryDirectory() as tmp:
         with step(progress, "FP16 copy (compress_to_fp16)"):
             fp16 = core.read_model(save_ir(model, Path(tmp) / "fp16.xml", "FP16"))
@@ -240,7 +242,7 @@ def _pick_metric(metric: str, data: str, scorer: Scorer) -> str:
 
 def report_table(name: str, report: QuantizeReport) -> Table:
     """FP32 / FP16 / INT8 side by side: metric, throughput, and throughput relative to FP32."""
-    label = "top-1 accuracy" if report.metric == "top1" else "agreement with FP32"
+    label = METRIC_LABELS[report.metric]
     table = Table(title=f"{name}: FP32 / FP16 / INT8 on CPU",
                   caption=f"INT8/FP32 throughput ratio: {report.speedup:.2f}×")
     for column, justify in (("precision", "left"), (label, "right"), ("throughput (FPS)", "right"),
