@@ -4,7 +4,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import uuid
 
-import numpy as np
 import pytest
 
 from engine.shm import FreeList, SlotPool, leftover_segments
