@@ -632,8 +632,8 @@ class MetricsAggregator:
                     p.cpu = round(p.ps.cpu_percent(None), 1)
                     p.rss = p.ps.memory_info().rss
                 p.alive = True
-            except (psutil.Error, OSError):   # gone, zombie or not ours: shown as dead, quietly
-                p.alive, p.cpu, p.rss = False, None, None
+            except (psutil.Error, OSError):   # gone, zombie or not ours: dead; its last figures stay
+                p.alive = False
 
 
 def _stage_order(row: StageRow) -> tuple:

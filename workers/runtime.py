@@ -97,6 +97,7 @@ class Stage:
 
     def send_stats(self) -> None:
         self.counters["bad_messages"] = self.bad_messages
+        self.gauges["cpu_s"] = round(time.process_time(), 3)     # exact CPU seconds, also after exit
         self.send(StatsMsg(self.ctx.name, self.ctx.role, os.getpid(), self.ctx.device, dict(self.counters),
                            dict(self.gauges), self.latency.drain(), self.ctx.generation))
         self._next_stats = time.monotonic() + self._heartbeat

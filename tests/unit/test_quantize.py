@@ -1,0 +1,147 @@
+"""ovstream quantize: engine-faithful calibration data, NNCF INT8 agreement, registry entry, CLI errors."""
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+import pytest
+
+from engine.cli import main as cli
+from engine.config import REGISTRY_PATH, REPO_ROOT, ModelConfig, PreprocessConfig
+from engine.geometry import Geometry
+from engine.modeltools.datasets import InputPreparer, folder_samples, load_mnist
+
+pytest.importorskip("nncf", reason="nncf not installed (pip install -e '.[tools]')")
+
+from engine.modeltools.quantize import infer_all, int8_entry, quantize, resolve, throughput  # noqa: E402
+
+COCO = REPO_ROOT / "data" / "coco100"
+IMAGE = COCO / "000000000139.jpg"          # 640x426: letterbox pads top and bottom
+
+
+def tiny_cnn(channels: int = 3) -> ov.Model:
+    """A seeded NCHW classifier: two 3x3 conv + ReLU, global average pool, dense, softmax."""
+    rng = np.random.default_rng(0)
+    x = ops.parameter([1, channels, 32, 32], np.float32, name="x")
+    w1 = ops.constant(rng.standard_normal((16, channels, 3, 3)).astype(np.float32) * 0.3)
+    w2 = ops.constant(rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.2)
+    h = ops.relu(ops.convolution(x, w1, [1, 1], [1, 1], [1, 1], [1, 1]))
+    h = ops.relu(ops.convolution(h, w2, [2, 2], [1, 1], [1, 1], [1, 1]))
+    pooled = ops.reduce_mean(h, ops.constant(np.array([2, 3])), keep_dims=False)
+    dense = ops.matmul(pooled, ops.constant(rng.standard_normal((16, 10)).astype(np.float32) * 2.0), False, False)
+    return ov.Model([ops.softmax(dense, 1)], [x], "tiny_cnn")
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> ModelConfig:
+    xml = tmp_path / "tiny.xml"
+    ov.save_model(tiny_cnn(), xml, compress_to_fp16=False)
+    return ModelConfig(name="tiny", path=str(xml), adapter="classification", labels=[str(i) for i in range(10)],
+                       preprocess=PreprocessConfig(resize="stretch", color="RGB", mean=[127.5] * 3, scale=[64.0] * 3))
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+def test_mnist_split_is_fixed_and_stratified() -> None:
+    split = load_mnist()
+    assert split.train_images.shape == (4000, 28, 28) and split.test_images.shape == (1000, 28, 28)
+    assert np.bincount(split.train_labels).tolist() == [400] * 10
+    assert np.bincount(split.test_labels).tolist() == [100] * 10
+    again = load_mnist()
+    assert np.array_equal(again.test_images, split.test_images)
+
+
+def test_prepared_face_input_is_what_the_engine_feeds() -> None:
+    """Letterbox into 192x192, BGR→RGB, (x - 127.5) / 127.5: computed by hand and compared."""
+    face = resolve("face")
+    model = ov.Core().read_model(face.path)
+    frame = cv2.imread(str(IMAGE))
+    sample = InputPreparer(model, face)(frame, str(IMAGE))
+    geometry = Geometry.plan(frame.shape[1], frame.shape[0], 192, 192, "letterbox")
+    assert sample.geometry == geometry and geometry.pad_y > 0
+    pixels = np.zeros((192, 192, 3), np.uint8)
+    geometry.resize_into(frame, pixels)
+    expected = (pixels[..., ::-1].astype(np.float32) - 127.5) / 127.5
+    assert sample.tensor.shape == (1, 192, 192, 3)
+    np.testing.assert_allclose(sample.tensor[0], expected, atol=1e-6)
+
+
+def test_prepared_nchw_and_gray_inputs(tiny_cfg: ModelConfig, tmp_path: Path) -> None:
+    frame = cv2.imread(str(IMAGE))
+    pixels = cv2.resize(frame, (32, 32), interpolation=cv2.INTER_AREA)
+    sample = InputPreparer(ov.Core().read_model(tiny_cfg.path), tiny_cfg)(frame, "x")
+    expected = ((pixels[..., ::-1].astype(np.float32) - 127.5) / 64.0).transpose(2, 0, 1)
+    np.testing.assert_allclose(sample.tensor[0], expected, atol=1e-5)
+
+    gray_xml = tmp_path / "gray.xml"
+    ov.save_model(tiny_cnn(channels=1), gray_xml)
+    gray = ModelConfig(name="g", path=str(gray_xml), adapter="classification",
+                       preprocess=PreprocessConfig(resize="stretch", color="GRAY", mean=[0.0], scale=[255.0]))
+    sample = InputPreparer(ov.Core().read_model(gray_xml), gray)(frame, "x")
+    assert sample.tensor.shape == (1, 1, 32, 32)
+    np.testing.assert_allclose(sample.tensor[0, 0], cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY) / 255.0, atol=1.5 / 255)
+
+
+# ---- quantization -------------------------------------------------------------------------------------
+
+def test_int8_agrees_with_fp32(tiny_cfg: ModelConfig, tmp_path: Path) -> None:
+    report = quantize(tiny_cfg, str(COCO), tmp_path / "int8" / "tiny_int8.xml", subset=32, seconds=0.3)
+    assert report.xml and report.xml.is_file() and report.metric == "agreement"
+    int8 = ov.Core().read_model(report.xml)
+    assert sum(op.get_type_name() == "FakeQuantize" for op in int8.get_ordered_ops()) >= 3
+    assert report.variants["FP32"].metric == 1.0
+    assert report.variants["FP16"].metric >= 0.95
+    assert report.variants["INT8"].metric >= 0.85            # top-1 agreement on the 32 images
+    assert all(v.fps > 0 for v in report.variants.values()) and report.speedup > 0
+    # and the class scores themselves stay close
+    core = ov.Core()
+    samples = folder_samples(COCO, InputPreparer(core.read_model(tiny_cfg.path), tiny_cfg, core), 32)
+    props = {"INFERENCE_PRECISION_HINT": "f32"}
+    fp32 = np.concatenate([o["Softmax"] if "Softmax" in o else next(iter(o.values()))
+                           for o in infer_all(core.compile_model(tiny_cfg.path, "CPU", props), samples)])
+    q = np.concatenate([next(iter(o.values())) for o in infer_all(core.compile_model(int8, "CPU", props), samples)])
+    assert np.abs(q - fp32).max() < 0.1
+
+
+def test_face_int8_from_coco(tmp_path: Path) -> None:
+    """`ovstream quantize face --data data/coco100`, on a small subset: it runs, saves, and agrees."""
+    report = quantize(resolve("face"), str(COCO), tmp_path / "face_int8.xml", subset=24, seconds=0.3)
+    assert report.metric == "agreement_map" and report.xml.is_file()
+    assert report.variants["FP16"].metric > 0.9
+    assert report.variants["INT8"].metric > 0.3
+
+
+def test_throughput_counts_frames(tiny_cfg: ModelConfig) -> None:
+    core = ov.Core()
+    model = core.read_model(tiny_cfg.path)
+    samples = folder_samples(COCO, InputPreparer(model, tiny_cfg, core), 4)
+    fps = throughput({"a": core.compile_model(model, "CPU")}, samples, seconds=0.2, rounds=2)
+    assert fps["a"] > 10
+
+
+def test_int8_entry_copies_the_source_settings(tmp_path: Path) -> None:
+    registry = tmp_path / "models.toml"
+    shutil.copy(REGISTRY_PATH, registry)
+    entry = int8_entry(resolve("face"), tmp_path / "face_int8" / "face_int8.xml", registry)
+    face = tomllib.loads(registry.read_text())["face"]
+    assert entry["file"] == "face_int8/face_int8.xml"
+    assert {k: entry[k] for k in ("adapter", "labels", "preprocess", "params")} == \
+        {k: face[k] for k in ("adapter", "labels", "preprocess", "params")}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["face", "--subset", "0"], "--subset must be >= 1"),
+    (["face", "--max-drop", "5"], "--max-drop"),
+    (["no_such_model"], "not in"),
+    (["face", "--metric", "top1", "--seconds", "0.1"], "--metric top1 needs labelled data"),
+])
+def test_cli_errors_are_one_line(argv: list[str], message: str, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture) -> None:
+    assert cli(["quantize", *argv, "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
