@@ -21,7 +21,7 @@ import openvino as ov
 from engine.adapters import Adapter, create_adapter
 from engine.config import InferenceConfig, ModelConfig
 from engine.geometry import Geometry
-from engine.model import InputInfo, compile_model, output_shapes, prepare_model, read_model
+from engine.model import InputInfo, compile_model, device_info, output_shapes, prepare_model, read_model
 from engine.sources import IMAGE_EXTENSIONS
 
 from bench.stats import percentile
@@ -81,17 +81,6 @@ class Prepared:
 
     def adapter(self) -> Adapter:
         return create_adapter(self.model_cfg)
-
-
-def _properties(compiled: ov.CompiledModel) -> dict:
-    out = {}
-    for key in ("PERFORMANCE_HINT", "NUM_STREAMS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS", "INFERENCE_NUM_THREADS",
-                "INFERENCE_PRECISION_HINT"):
-        try:
-            out[key] = str(compiled.get_property(key))
-        except Exception:  # not every device reports every property
-            continue
-    return out
 
 
 class _Clock:
@@ -158,7 +147,7 @@ def sync_loop(prepared: Prepared, images: list[Path], passes: int = 1, keep: boo
             if keep:
                 detections.append(found)
     seconds = time.perf_counter() - t_start
-    return LoopResult("sync", len(latency), seconds, latency, 1, _properties(compiled),
+    return LoopResult("sync", len(latency), seconds, latency, 1, device_info(compiled),
                       detections if keep else None, failures, clock.per_frame_ms(len(latency)))
 
 
@@ -225,5 +214,5 @@ def async_loop(prepared: Prepared, images: list[Path], nireq: int = 0, passes: i
         parse((current + k) % nireq)
     seconds = time.perf_counter() - t_start
     ordered = [results[i] for i in sorted(results)] if keep else None
-    return LoopResult("async", len(latency), seconds, latency, nireq, _properties(compiled), ordered, failures,
+    return LoopResult("async", len(latency), seconds, latency, nireq, device_info(compiled), ordered, failures,
                       clock.per_frame_ms(len(latency)))

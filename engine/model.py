@@ -180,6 +180,18 @@ def compile_model(core: ov.Core, model: ov.Model, device: str, cfg: InferenceCon
         raise DeviceError(f"compiling on {device} failed: {str(exc).strip().splitlines()[0][:300]}") from None
 
 
+def device_info(compiled: ov.CompiledModel) -> dict[str, str]:
+    """What the device chose, in benchmark_app's words: hint, streams, optimal requests, threads."""
+    info = {}
+    for key in ("PERFORMANCE_HINT", "NUM_STREAMS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS", "INFERENCE_NUM_THREADS",
+                "INFERENCE_PRECISION_HINT", "EXECUTION_DEVICES"):
+        try:
+            info[key] = str(compiled.get_property(key))
+        except Exception:  # not every device reports every property
+            continue
+    return info
+
+
 def zeros_input(info: InputInfo, batch: int) -> np.ndarray:
     """A blank batch of the shape the prepared model takes (for warm-up and benchmarks)."""
     return np.zeros((batch, info.height, info.width, 3), dtype=np.uint8)

@@ -43,8 +43,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
     min_side = max(ctx.input["height"], ctx.input["width"]) if cfg.pipeline.reduced_decode and not annotating else 0
     source = open_source(cfg.source, skip=done.__contains__ if done else None, min_side=min_side)
     stage.gauges.update(raw_slots=pool.spec.slots, raw_free=free.free, next_frame_id=max(done) + 1 if done else 0)
-    for name in ("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects"):
-        stage.count(name, 0)
+    stage.declare("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects")
     stage.ready(live=source.live)
     stage.wait_for_start()
 

@@ -19,7 +19,7 @@ from engine.channels import make_socket
 from engine.config import InferenceConfig
 from engine.errors import DeviceError
 from engine.messages import BatchMsg, CreditMsg, ErrorMsg, ResultMsg, encode_result
-from engine.model import compile_model, output_shapes, prepare_model, read_model
+from engine.model import compile_model, device_info, output_shapes, prepare_model, read_model
 from engine.shm import SlotPool
 from workers.runtime import Stage, StageContext, stage_main
 
@@ -45,18 +45,6 @@ def split_batch_axis(array: np.ndarray, batch: int) -> np.ndarray:
     if array.shape[0] == 1 and array.ndim >= 2 and array.shape[1] % batch == 0:
         return array.reshape(batch, array.shape[1] // batch, *array.shape[2:])
     raise ValueError(f"output of shape {array.shape} cannot be split into batch {batch}")
-
-
-def device_info(compiled: ov.CompiledModel) -> dict:
-    """Figures a user compares with benchmark_app: streams, optimal requests, hint."""
-    info = {}
-    for key in ("OPTIMAL_NUMBER_OF_INFER_REQUESTS", "NUM_STREAMS", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS",
-                "EXECUTION_DEVICES"):
-        try:
-            info[key] = str(compiled.get_property(key))
-        except Exception:  # not every device reports every property
-            continue
-    return info
 
 
 def load(ctx: StageContext) -> tuple[ov.CompiledModel, int, float]:
@@ -101,8 +89,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
 
     queue = ov.AsyncInferQueue(compiled, nireq)
     queue.set_callback(on_done)
-    for name in ("frames", "batches", "errors"):
-        stage.count(name, 0)
+    stage.declare("frames", "batches", "errors")
     stage.gauges.update(nireq=nireq, in_flight=0)
     stage.ready(device=ctx.device, nireq=nireq, compile_ms=round(compile_ms, 1), **device_info(compiled))
     dispatch.send(CreditMsg(ctx.name, nireq, hello=True, generation=ctx.generation).encode())

@@ -112,8 +112,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
     sinks = open_sinks(cfg.output, resume=ctx.generation > 0)
     reorder = Reorder(ctx.completed_ids())
     live = ctx.input.get("live", False)
-    for name in ("results", "errors", "duplicates"):
-        stage.count(name, 0)
+    stage.declare("results", "errors", "duplicates")
     stage.ready()
     acked: list[int] = []
     acked_errors: list[int] = []

@@ -89,8 +89,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
             stage.count("requeued_batches", requeued)
 
     stage.handler = on_control
-    for name in ("frames", "batches", "errors", "requeued_batches"):
-        stage.count(name, 0)
+    stage.declare("frames", "batches", "errors", "requeued_batches")
     stage.ready()
     poller = zmq.Poller()
     poller.register(dispatch, zmq.POLLIN)

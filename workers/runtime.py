@@ -87,6 +87,11 @@ class Stage:
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
+    def declare(self, *names: str) -> None:
+        """Counters this stage reports, shown as 0 until they move."""
+        for name in names:
+            self.counters.setdefault(name, 0)
+
     def send(self, msg: Message) -> None:
         self.control.send(msg.encode())
 
