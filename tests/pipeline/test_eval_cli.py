@@ -20,19 +20,20 @@ FACE_IMAGES = ("000000005193.jpg", "000000006954.jpg", "000000008690.jpg")  # CO
 MNIST_SAMPLES = REPO / "data" / "mnist_samples"
 
 
-def ovstream_eval(*argv: str) -> subprocess.CompletedProcess:
+def ovstream_eval(*argv: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engine.cli", "eval", *argv], cwd=REPO,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=240, env=env)
 
 
-def test_face_detector_agrees_with_itself(tmp_path):
+def test_face_detector_agrees_with_itself(engine_env, tmp_path):
     data = tmp_path / "coco"
     data.mkdir()
     for name in FACE_IMAGES:
         shutil.copy(REPO / "data" / "coco100" / name, data)
     (data / "000000000000.jpg").write_text("not an image")
     out = tmp_path / "out"
-    proc = ovstream_eval("face", "--agreement", "face", "--data", str(data), "--output", str(out), "--json")
+    proc = ovstream_eval("face", "--agreement", "face", "--data", str(data), "--output", str(out), "--json",
+                         env=engine_env)
     assert proc.returncode == 1, f"the broken image makes the exit code 1: {proc.stderr}"
     report = json.loads(proc.stdout)
     assert report["candidate"]["frames"] == report["reference"]["frames"] == len(FACE_IMAGES) + 1
@@ -50,7 +51,7 @@ def colour_classifier(path: Path) -> Path:
     return path
 
 
-def test_classifier_file_on_class_folders_agrees_with_itself(tmp_path):
+def test_classifier_file_on_class_folders_agrees_with_itself(engine_env, tmp_path):
     data = tmp_path / "colours"
     for folder, bgr in (("a_red", (0, 0, 200)), ("b_green", (0, 180, 0)), ("c_blue", (220, 0, 0))):
         (data / folder).mkdir(parents=True)
@@ -58,7 +59,7 @@ def test_classifier_file_on_class_folders_agrees_with_itself(tmp_path):
             cv2.imwrite(str(data / folder / f"{i}.png"), np.full((24, 32, 3), bgr, np.uint8))
     model = colour_classifier(tmp_path / "colour.xml")
     proc = ovstream_eval(str(model), "--adapter", "classification", "--data", str(data),
-                         "--agreement", str(model), "--output", str(tmp_path / "out"), "--json")
+                         "--agreement", str(model), "--output", str(tmp_path / "out"), "--json", env=engine_env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["kind"] == "classification" and report["candidate"]["frames"] == 6
@@ -69,19 +70,20 @@ def test_classifier_file_on_class_folders_agrees_with_itself(tmp_path):
 @pytest.mark.skipif(not (REPO / "models" / "mnist").is_dir() or "mnist" not in load_registry(),
                     reason="models/mnist and its 'mnist' registry entry are not there yet "
                            "(made by `ovstream train-mnist`)")
-def test_mnist_top1_from_a_labels_list(tmp_path):
+def test_mnist_top1_from_a_labels_list(engine_env, tmp_path):
     samples = sorted(MNIST_SAMPLES.glob("*.png"))
     listing = tmp_path / "val_list.txt"
     listing.write_text("".join(f"{p.name} {p.name.split('-')[0]}\n" for p in samples))
     proc = ovstream_eval("mnist", "--data", str(MNIST_SAMPLES), "--labels-list", str(listing),
-                         "--output", str(tmp_path / "out"), "--json")
+                         "--output", str(tmp_path / "out"), "--json", env=engine_env)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)["candidate"]["metrics"]
     assert metrics["images"] == len(samples) and metrics["unanswered"] == 0
     assert metrics["top1"] >= 0.8 and metrics["top5"] >= metrics["top1"]
 
 
-def test_usage_error_is_one_line(tmp_path):
-    proc = ovstream_eval("face", "--data", str(REPO / "data" / "coco100"), "--output", str(tmp_path))
+def test_usage_error_is_one_line(engine_env, tmp_path):
+    proc = ovstream_eval("face", "--data", str(REPO / "data" / "coco100"), "--output", str(tmp_path),
+                         env=engine_env)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "nothing to measure" in proc.stderr
