@@ -26,13 +26,15 @@ from rich.console import Console, RenderableType
 from rich.progress import Progress, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from engine.config import ADAPTERS, MODELS_DIR, REGISTRY_PATH, REPO_ROOT, ModelConfig, PreprocessConfig, load_registry
+from engine.config import (ADAPTERS, MODELS_DIR, REGISTRY_PATH, REPO_ROOT, ModelConfig, PreprocessConfig,
+                           load_registry)
 from engine.errors import ConfigError, ModelError
 from engine.model import input_info, prepare_model
 from engine.modeltools.registry import file_value, labels_value, register_model
 
 FRAMEWORKS = {".onnx": "onnx", ".tflite": "tflite", ".pdmodel": "paddle", ".pb": "tf", ".xml": "ir"}
-FRAMEWORK_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "paddle": "PaddlePaddle", "tf": "TensorFlow", "ir": "OpenVINO IR"}
+FRAMEWORK_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "paddle": "PaddlePaddle", "tf": "TensorFlow",
+                   "ir": "OpenVINO IR"}
 COCO_LABELS = REPO_ROOT / "data" / "mscoco_labels.txt"
 
 
@@ -226,7 +228,8 @@ def _conventions(source: Source, model: ov.Model, registered: dict, given: dict)
         return pre
     if channels == 1 and "color" not in chosen:
         pre.color = "GRAY"
-    return replace(pre, mean=per_channel(pre.mean, channels, "mean"), scale=per_channel(pre.scale, channels, "scale"))
+    return replace(pre, mean=per_channel(pre.mean, channels, "mean"),
+                   scale=per_channel(pre.scale, channels, "scale"))
 
 
 def _default_labels(source: Source) -> list[str] | str:
@@ -258,7 +261,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, help="folder for NAME.xml/.bin (default: models/NAME)")
     parser.add_argument("--name", help="model and registry name (default: from the input's name)")
     parser.add_argument("--input-shape", help="fix the input shape, e.g. 1,300,300,3")
-    parser.add_argument("--precision", choices=("FP32", "FP16"), default="FP32", help="weights precision (default FP32)")
+    parser.add_argument("--precision", choices=("FP32", "FP16"), default="FP32",
+                        help="weights precision (default FP32)")
     parser.add_argument("--adapter", choices=ADAPTERS, help="output adapter recorded in the registry")
     parser.add_argument("--labels", help="labels: a text file (one per line) or a,b,c")
     parser.add_argument("--color", choices=("RGB", "BGR", "GRAY"), help="colour order the model expects")
@@ -279,9 +283,9 @@ def main(args: argparse.Namespace) -> int:
                                            ("scale", args.scale and parse_numbers(args.scale))) if value}
     shape = parse_numbers(args.input_shape, int) if args.input_shape else None
     labels = labels_value(args.labels) if args.labels else ""
-    if args.register and not (args.adapter or load_registry().get(name, {}).get("adapter")):
-        if not inspect_source(args.input).od_api:
-            raise ConfigError(f"--register needs --adapter (one of {', '.join(ADAPTERS)}) for a new model '{name}'")
+    known = args.adapter or load_registry().get(name, {}).get("adapter")
+    if args.register and not known and not inspect_source(args.input).od_api:
+        raise ConfigError(f"--register needs --adapter (one of {', '.join(ADAPTERS)}) for a new model '{name}'")
     console = Console()
     with new_progress(console) as progress:
         result = convert(args.input, name, args.output, input_shape=shape, precision=args.precision,

@@ -102,7 +102,8 @@ def train(tf: ModuleType, split: MnistSplit, epochs: int) -> Any:
     tf.config.experimental.enable_op_determinism()
     model = build_model(tf)
     steps = epochs * -(-len(split.train_labels) // BATCH_SIZE)
-    model.compile(optimizer=tf.keras.optimizers.Adam(tf.keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps)),
+    schedule = tf.keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps)
+    model.compile(optimizer=tf.keras.optimizers.Adam(schedule),
                   loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING))
     model.fit(as_input(split.train_images), tf.keras.utils.to_categorical(split.train_labels, 10),
               batch_size=BATCH_SIZE, epochs=epochs, shuffle=True, verbose=0)
@@ -157,7 +158,8 @@ def run_flow(epochs: int = 3, output: Path = MODELS_DIR / "mnist", *, registry: 
     register_model("mnist_int8", {**result.entry, "description": f"{result.entry['description']} — INT8 (NNCF)",
                                   "file": file_value(int8_xml, registry)}, registry)
     labels = split.test_labels
-    return MnistReport(tf_accuracy=float(np.mean(tf_pred == labels)), ov_accuracy=float(np.mean(ov_pred == labels)),
+    return MnistReport(tf_accuracy=float(np.mean(tf_pred == labels)),
+                       ov_accuracy=float(np.mean(ov_pred == labels)),
                        agreement=float(np.mean(ov_pred == tf_pred)),
                        int8_accuracy=float(quantized.variants["INT8"].metric or 0.0), speedup=quantized.speedup,
                        fp32_xml=result.xml, int8_xml=int8_xml, seconds=timings)
@@ -170,7 +172,8 @@ def summary_table(report: MnistReport) -> Table:
         table.add_column(column, justify="left" if column == "figure" else "right")
     table.add_row("TF accuracy", f"{report.tf_accuracy:.2%}", f"≥ {TARGETS['tf_accuracy']:.0%}")
     table.add_row("OpenVINO FP32 accuracy", f"{report.ov_accuracy:.2%}", "")
-    table.add_row("OpenVINO FP32 / TF agreement (argmax)", f"{report.agreement:.2%}", f"≥ {TARGETS['agreement']:.1%}")
+    table.add_row("OpenVINO FP32 / TF agreement (argmax)", f"{report.agreement:.2%}",
+                  f"≥ {TARGETS['agreement']:.1%}")
     table.add_row("OpenVINO INT8 accuracy", f"{report.int8_accuracy:.2%}", "FP32 − 1 point")
     table.add_row("INT8/FP32 throughput", f"{report.speedup:.2f}×", "")
     return table
@@ -189,7 +192,8 @@ def main(args: argparse.Namespace) -> int:
         raise OvstreamError(f"--epochs must be >= 1, not {args.epochs}")
     console = Console()
     started = time.perf_counter()
-    report = run_flow(args.epochs, args.output, saved_model=args.saved_model, seconds=args.seconds, console=console)
+    report = run_flow(args.epochs, args.output, saved_model=args.saved_model, seconds=args.seconds,
+                      console=console)
     console.print(summary_table(report))
     console.print(f"registered mnist ({report.fp32_xml}) and mnist_int8 ({report.int8_xml}) in {REGISTRY_PATH}; "
                   f"{time.perf_counter() - started:.0f} s in all")

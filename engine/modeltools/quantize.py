@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nncf
 import numpy as np
 import openvino as ov
 from rich.console import Console
@@ -50,7 +51,7 @@ class Variant:
 
     precision: str
     model: ov.Model
-    metric: float | None = None
+    metric: float
     fps: float = 0.0
 
 
@@ -83,19 +84,20 @@ def load_data(data: str, prepare: InputPreparer, subset: int) -> tuple[list[Samp
 
 
 def infer_all(compiled: ov.CompiledModel, samples: Iterable[Sample]) -> list[dict[str, np.ndarray]]:
-    """Every sample's outputs, ``{output name: array}`` named as the engine names them."""
+    """Every sample's outputs, ``{output name: array}`` named as the engine names them. A few
+    requests run in parallel, waited for in turn (no Python callbacks inside OpenVINO's threads)."""
     names = list(output_shapes(compiled))
     items = list(samples)
-    results: list[dict[str, np.ndarray]] = [{} for _ in items]
-
-    def done(request: ov.InferRequest, index: int) -> None:
-        results[index] = {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(names)}
-
-    queue = ov.AsyncInferQueue(compiled)
-    queue.set_callback(done)
-    for index, sample in enumerate(items):
-        queue.start_async({0: sample.tensor}, index)
-    queue.wait_all()
+    requests = [compiled.create_infer_request()
+                for _ in range(max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))))]
+    results: list[dict[str, np.ndarray]] = []
+    for begin in range(0, len(items), len(requests)):
+        chunk = list(zip(requests, items[begin:begin + len(requests)]))
+        for request, sample in chunk:
+            request.start_async({0: sample.tensor})
+        for request, _ in chunk:
+            request.wait()
+            results.append({name: request.get_output_tensor(i).data.copy() for i, name in enumerate(names)})
     return results
 
 
@@ -103,9 +105,11 @@ class Scorer:
     """Scores a compiled model on samples: top-1 accuracy against their labels, or agreement with
     the reference records (the FP32 model's answers)."""
 
-    def __init__(self, cfg: ModelConfig, metric: str) -> None:
+    def __init__(self, cfg: ModelConfig, metric: str, labelled: bool) -> None:
         self.adapter = create_adapter(cfg)
-        self.metric = metric
+        if metric == "top1" and not (labelled and self.classifier):
+            raise ConfigError("--metric top1 needs labelled data and a classifier (--data mnist)")
+        self.metric = metric if metric != "auto" else "top1" if labelled and self.classifier else "agreement"
         self.reference: dict[str, dict] = {}
 
     @property
@@ -116,8 +120,8 @@ class Scorer:
         """(engine-style result records, see :mod:`engine.modeltools.metrics`; raw outputs), per sample."""
         key = "classes" if self.classifier else "detections"
         outputs = infer_all(compiled, samples)
-        records = [{"source": s.source, "frame_index": 0, "status": "ok", key: self.adapter.decode(out, s.geometry)}
-                   for s, out in zip(samples, outputs)]
+        records = [{"source": s.source, "frame_index": 0, "status": "ok",
+                    key: self.adapter.decode(out, s.geometry)} for s, out in zip(samples, outputs)]
         return records, outputs
 
     def set_reference(self, compiled: ov.CompiledModel, samples: list[Sample]) -> None:
@@ -184,22 +188,19 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
              seconds: float = 3.0, console: Console | None = None) -> QuantizeReport:
     """Quantize ``cfg``'s model to INT8 with calibration ``data``, save it to ``xml``, and score and
     time the FP32, FP16 and INT8 versions on the same inputs."""
-    import nncf
-
     console = console or Console()
     core = ov.Core()
     with new_progress(console) as progress:
         with step(progress, f"read {Path(cfg.path).name}"):
             model = read_model(core, cfg.path)
-            scorer = Scorer(cfg, metric)
-            scorer.metric = _pick_metric(metric, data, scorer)
+            scorer = Scorer(cfg, metric, labelled=data == "mnist")
         with step(progress, f"data: {data} ({cfg.preprocess.resize}, {cfg.preprocess.color})"):
             calibration, validation = load_data(data, InputPreparer(model, cfg, core), subset)
         with step(progress, f"FP32 reference answers on {len(validation)} samples"):
             fp32 = core.compile_model(model, "CPU", BENCH_PROPERTIES)
             scorer.set_reference(fp32, validation)
-    options = dict(preset=nncf.QuantizationPreset(preset), subset_size=min(subset, len(calibration)),
-                   fast_bias_correction=fast_bias_correction, target_device=nncf.TargetDevice.CPU)
+    options = {"preset": nncf.QuantizationPreset(preset), "subset_size": min(subset, len(calibration)),
+               "fast_bias_correction": fast_bias_correction, "target_device": nncf.TargetDevice.CPU}
     console.print(f"NNCF {'accuracy-controlled ' if max_drop is not None else ''}quantization: "
                   f"{len(calibration)} calibration samples, preset {preset}")
     started = time.perf_counter()
@@ -219,7 +220,8 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
                                      for p, m in models.items() if p != "FP32"}}
         for precision, variant in models.items():
             with step(progress, f"{precision}: {scorer.metric} on {len(validation)} samples"):
-                report.variants[precision] = Variant(precision, variant, scorer.score(compiled[precision], validation)[0])
+                metric = scorer.score(compiled[precision], validation)[0]
+                report.variants[precision] = Variant(precision, variant, metric)
         with step(progress, f"throughput on CPU: {seconds:g} s per precision"):
             for precision, fps in throughput(compiled, validation, seconds).items():
                 report.variants[precision].fps = fps
@@ -232,14 +234,6 @@ def _tensor(sample: Sample) -> np.ndarray:
     return sample.tensor
 
 
-def _pick_metric(metric: str, data: str, scorer: Scorer) -> str:
-    if metric == "auto":
-        return "top1" if data == "mnist" and scorer.classifier else "agreement"
-    if metric == "top1" and not (data == "mnist" and scorer.classifier):
-        raise ConfigError("--metric top1 needs labelled data and a classifier (--data mnist)")
-    return metric
-
-
 def report_table(name: str, report: QuantizeReport) -> Table:
     """FP32 / FP16 / INT8 side by side: metric, throughput, and throughput relative to FP32."""
     label = METRIC_LABELS[report.metric]
@@ -250,8 +244,8 @@ def report_table(name: str, report: QuantizeReport) -> Table:
         table.add_column(column, justify=justify)
     base = report.variants["FP32"].fps
     for variant in report.variants.values():
-        metric = "n/a" if variant.metric is None else f"{variant.metric:.2%}"
-        table.add_row(variant.precision, metric, f"{variant.fps:,.1f}", f"{variant.fps / base:.2f}×")
+        table.add_row(variant.precision, f"{variant.metric:.2%}", f"{variant.fps:,.1f}",
+                      f"{variant.fps / base:.2f}×")
     return table
 
 
@@ -290,6 +284,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.subset < 1:
         raise ConfigError(f"--subset must be >= 1, not {args.subset}")
+    if args.seconds <= 0:
+        raise ConfigError(f"--seconds must be > 0, not {args.seconds}")
     if args.max_drop is not None and not 0 < args.max_drop < 1:
         raise ConfigError(f"--max-drop is an absolute metric drop between 0 and 1, not {args.max_drop}")
     cfg = resolve(args.model, args.like, args.adapter)

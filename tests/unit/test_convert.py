@@ -48,7 +48,8 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
              helper.make_node("Flatten", ["p"], ["f"]),
              helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"]),
              helper.make_node("Softmax", ["logits"], ["prob"], axis=1)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+    graph = helper.make_graph(nodes, "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
                               [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 10])], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -145,9 +146,13 @@ def test_embedded_preprocessing_equals_engine_ppp_and_numpy(face_ir: Path, tmp_p
     engine = compiled(prepare_model(ov.Core().read_model(face_ir), face, batch=1)[0])(bgr[None])
     # ... and the raw IR fed by hand
     manual = compiled(face_ir)(((bgr[..., ::-1].astype(np.float32) - 127.5) / 127.5)[None])
+    # and the engine loading the embedded IR with its registered (identity) conventions changes nothing
+    registered = ModelConfig(name="face", path=str(result.xml), preprocess=PreprocessConfig(**result.entry["preprocess"]))
+    reloaded = compiled(prepare_model(ov.Core().read_model(result.xml), registered, batch=1)[0])(bgr[None])
     for i in range(2):
         np.testing.assert_allclose(embedded[i], engine[i], rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(embedded[i], manual[i], rtol=1e-4, atol=1e-3)
+        np.testing.assert_array_equal(reloaded[i], embedded[i])
 
 
 def test_gray_embedding_rejects_colour_model(tiny_onnx: Path, tmp_path: Path, registry: Path) -> None:
@@ -245,7 +250,8 @@ def test_tf2_od_api_layout(tmp_path: Path, registry: Path) -> None:
 def test_register_keeps_the_rest_of_the_registry(tiny_onnx: Path, registry: Path, tmp_path: Path) -> None:
     before = registry.read_text()
     result = convert(tiny_onnx, "tiny", registry.parent / "tiny", adapter="classification",
-                     labels=[str(i) for i in range(10)], pre={"resize": "stretch", "mean": [127.5]}, registry=registry)
+                     labels=[str(i) for i in range(10)], pre={"resize": "stretch", "mean": [127.5]},
+                     registry=registry)
     register_model("tiny", result.entry, registry)
     after = registry.read_text()
     assert after.startswith(before.rstrip("\n"))           # comments and entries untouched
@@ -269,3 +275,20 @@ def test_render_entry_and_bad_entries(registry: Path) -> None:
         register_model("x", {"file": "x.xml", "adapter": "nope"}, registry)
     with pytest.raises(ConfigError, match="letters"):
         register_model("bad name", {"file": "x.xml", "adapter": "classification"}, registry)
+
+
+def test_frozen_graph_matches_tensorflow(tmp_path: Path, registry: Path) -> None:
+    tf = pytest.importorskip("tensorflow", reason="tensorflow not installed (pip install -e '.[train]')")
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    kernel = tf.constant(np.random.default_rng(5).standard_normal((3, 3, 3, 4)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 3], tf.float32, name="x")])
+    def net(x: tf.Tensor) -> tf.Tensor:
+        return tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME"))
+
+    frozen = convert_variables_to_constants_v2(net.get_concrete_function())
+    tf.io.write_graph(frozen.graph.as_graph_def(), str(tmp_path), "frozen.pb", as_text=False)
+    result = convert(tmp_path / "frozen.pb", "frozen", tmp_path / "ir", registry=registry)
+    x = np.random.default_rng(6).random((1, 16, 16, 3), dtype=np.float32)
+    np.testing.assert_allclose(compiled(result.xml)(x)[0], net(x).numpy(), rtol=1e-5, atol=1e-5)
