@@ -2,14 +2,15 @@
 
 Every input slot gets one ``ov.Tensor`` wrapping its shared memory (no copy). The worker
 announces one credit per infer request; each completed batch returns its credit and frees its
-input slot. The completion callback only copies the outputs and wakes the main loop; results
-are sent from the main loop, outputs as zero-copy frames beside the msgpack header.
+input slot. The completion callback only notes which request finished and wakes the main loop;
+the main loop reads the outputs and sends them as zero-copy frames beside the msgpack header.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
+from typing import Callable, Iterator
 
 import numpy as np
 import openvino as ov
@@ -61,6 +62,63 @@ def load(ctx: StageContext) -> tuple[ov.CompiledModel, int, float]:
     return compiled, nireq, (time.monotonic() - t0) * 1000
 
 
+def _wake(sock: zmq.Socket, lock: threading.Lock) -> None:
+    with lock:                     # completion callbacks may run on several OpenVINO threads
+        sock.send(b"")
+
+
+class RequestPool:
+    """N infer requests owned by the main loop: a request is reused only after the main loop has
+    read its outputs, so a returned credit always finds an idle request. The completion callback
+    only records the request and the time, then wakes the main loop."""
+
+    def __init__(self, compiled: ov.CompiledModel, nireq: int, wake: Callable[[], None]) -> None:
+        self._requests = [compiled.create_infer_request() for _ in range(nireq)]
+        self._idle = deque(range(nireq))
+        self._busy: dict[int, tuple[BatchMsg, int]] = {}
+        self._done: deque[tuple[int, int]] = deque()
+        for i, request in enumerate(self._requests):
+            request.set_callback(self._on_done, i)
+        self._wake = wake
+
+    def _on_done(self, index: int) -> None:
+        self._done.append((index, time.monotonic_ns()))
+        self._wake()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._busy)
+
+    def start(self, tensor: ov.Tensor, batch: BatchMsg) -> bool:
+        """Start ``batch`` on an idle request; False if none is idle."""
+        if not self._idle:
+            return False
+        index = self._idle.popleft()
+        request = self._requests[index]
+        request.set_input_tensor(tensor)
+        self._busy[index] = (batch, time.monotonic_ns())
+        request.start_async()
+        return True
+
+    def collect(self, outputs: int) -> Iterator[tuple[BatchMsg, list[np.ndarray] | None, str, int, int]]:
+        """Finished batches: (batch, output copies or None, error, started_ns, ended_ns)."""
+        while self._done:
+            index, ended = self._done.popleft()
+            batch, started = self._busy.pop(index)
+            request = self._requests[index]
+            try:
+                request.wait()                       # returns at once; raises if inference failed
+                arrays, error = [np.array(request.get_output_tensor(i).data) for i in range(outputs)], ""
+            except Exception as exc:  # a failed inference becomes error records, the worker goes on
+                arrays, error = None, f"{type(exc).__name__}: {exc}"
+            self._idle.append(index)
+            yield batch, arrays, error, started, ended
+
+    def wait_all(self) -> None:
+        for index in list(self._busy):
+            self._requests[index].wait()
+
+
 def run(ctx: StageContext, stage: Stage) -> None:
     batch_size, in_h, in_w = ctx.input["batch"], ctx.input["height"], ctx.input["width"]
     compiled, nireq, compile_ms = load(ctx)
@@ -74,26 +132,11 @@ def run(ctx: StageContext, stage: Stage) -> None:
     wake_rx = make_socket(stage.zmq, zmq.PULL, bind=wake_addr)
     wake_tx = make_socket(stage.zmq, zmq.PUSH, connect=wake_addr)
     wake_lock = threading.Lock()
-    finished: deque[tuple[BatchMsg, list[np.ndarray] | None, str, int, int]] = deque()
-
-    def on_done(request: ov.InferRequest, userdata: tuple[BatchMsg, int]) -> None:
-        batch, started = userdata
-        ended = time.monotonic_ns()
-        try:
-            outputs = [np.array(request.get_output_tensor(i).data) for i in range(len(names))]
-            finished.append((batch, outputs, "", started, ended))
-        except Exception as exc:  # reported per frame by the main loop
-            finished.append((batch, None, f"{type(exc).__name__}: {exc}", started, ended))
-        with wake_lock:
-            wake_tx.send(b"")
-
-    queue = ov.AsyncInferQueue(compiled, nireq)
-    queue.set_callback(on_done)
+    requests = RequestPool(compiled, nireq, lambda: _wake(wake_tx, wake_lock))
     stage.declare("frames", "batches", "errors")
     stage.gauges.update(nireq=nireq, in_flight=0)
     stage.ready(device=ctx.device, nireq=nireq, compile_ms=round(compile_ms, 1), **device_info(compiled))
     dispatch.send(CreditMsg(ctx.name, nireq, hello=True, generation=ctx.generation).encode())
-    in_flight = 0
     poller = zmq.Poller()
     poller.register(dispatch, zmq.POLLIN)
     poller.register(wake_rx, zmq.POLLIN)
@@ -104,20 +147,19 @@ def run(ctx: StageContext, stage: Stage) -> None:
             if wake_rx in events:
                 while wake_rx.poll(0):
                     wake_rx.recv()
-            while finished:
-                batch, outputs, error, started, ended = finished.popleft()
-                in_flight -= 1
+            for batch, outputs, error, started, ended in requests.collect(len(names)):
                 _send_results(ctx, stage, results, batch, names, outputs, error, started, ended, batch_size)
                 dispatch.send(CreditMsg(ctx.name, 1, [batch.slot], generation=ctx.generation).encode())
             if dispatch in events:
                 while dispatch.poll(0):
                     msg = stage.decode(dispatch.recv())
                     if isinstance(msg, BatchMsg) and 0 <= msg.slot < len(tensors):
-                        queue.start_async({0: tensors[msg.slot]}, (msg, time.monotonic_ns()))
-                        in_flight += 1
-            stage.gauges["in_flight"] = in_flight
+                        if not requests.start(tensors[msg.slot], msg):
+                            _send_results(ctx, stage, results, msg, names, None,
+                                          "no free infer request (credit protocol violated)", 0, 0, batch_size)
+            stage.gauges["in_flight"] = requests.in_flight
     finally:
-        queue.wait_all()
+        requests.wait_all()
         for sock in (dispatch, results, wake_rx, wake_tx):
             sock.close(0)
         del tensors
