@@ -7,6 +7,7 @@ Edges (binder first):
   frames    preprocessor PULL  ◀ decoder PUSH             FrameMsg, EndOfSource
   release   decoder PULL       ◀ preprocessor/post PUSH   ReleaseMsg (raw slots)
   dispatch  preprocessor ROUTER ◀▶ inference DEALER       BatchMsg ▶, CreditMsg ◀
+  inputs    preprocessor PULL  ◀ postprocessor PUSH       ReleaseMsg (input slots, by batch id)
   results   postprocessor PULL ◀ every stage PUSH         ResultMsg, ErrorMsg, EndOfSource
   control   supervisor ROUTER  ◀▶ every stage DEALER      Ready/Stats/Ack/Fatal ◀, ControlMsg ▶
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import zmq
 
-EDGES = ("frames", "release", "dispatch", "results", "control")
+EDGES = ("frames", "release", "dispatch", "inputs", "results", "control")
 
 
 class RunDir:

@@ -174,25 +174,29 @@ class EndOfSource(Message):
 
 @dataclass(slots=True)
 class BatchMsg(Message):
-    """preprocessor → one inference worker: ``frames`` are packed in input slot ``slot``."""
+    """preprocessor → one inference worker: ``frames`` are packed in input slot ``slot``.
+
+    ``batch_id`` is unique per dispatch: the slot is released only by a release naming it, so a
+    late release of an earlier dispatch of the same slot can never free a slot in use.
+    """
 
     TYPE: ClassVar[str] = "batch"
     slot: int
     frames: list[FrameRef]
+    batch_id: int = 0
     generation: int = 0
 
 
 @dataclass(slots=True)
 class CreditMsg(Message):
-    """inference → preprocessor: ``credits`` more free infer requests; ``released`` input slots.
+    """inference → preprocessor: ``credits`` more free infer requests.
 
     The first message of a worker (``hello`` true) announces its capacity after compile.
     """
 
     TYPE: ClassVar[str] = "credit"
-    worker: str
+    worker: str                      # instance identity "name@pid"
     credits: int
-    released: list[int] = field(default_factory=list)
     hello: bool = False
     generation: int = 0
 
@@ -211,7 +215,9 @@ class ResultMsg(Message):
     """inference → postprocessor: header; each output tensor follows as its own frame.
 
     ``outputs`` lists ``[name, dtype, shape]`` for each following frame; the first dimension is
-    the batch, of which the first ``len(frames)`` rows are real.
+    the batch, of which the first ``len(frames)`` rows are real. ``error`` set: the batch failed
+    and no tensors follow. ``slot``/``batch_id`` name the input slot the postprocessor releases
+    once it holds the result (so a worker that dies before its result is delivered loses nothing).
     """
 
     TYPE: ClassVar[str] = "result"
@@ -219,6 +225,9 @@ class ResultMsg(Message):
     worker: str
     device: str
     outputs: list[list] = field(default_factory=list)
+    slot: int = -1
+    batch_id: int = 0
+    error: str = ""
     generation: int = 0
 
     def tensor_specs(self) -> list[TensorSpec]:
@@ -244,10 +253,12 @@ class ErrorMsg(Message):
 
 @dataclass(slots=True)
 class ReleaseMsg(Message):
-    """preprocessor or postprocessor → decoder: these raw slots are free again."""
+    """Slots free again: raw slots (→ decoder), or input slots of dispatches ``batch_ids``
+    (postprocessor → preprocessor)."""
 
     TYPE: ClassVar[str] = "release"
     slots: list[int]
+    batch_ids: list[int] = field(default_factory=list)
     generation: int = 0
 
 

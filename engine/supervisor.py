@@ -235,7 +235,7 @@ class Supervisor:
             return
         print(f"[supervisor] {child.name} exited with code {code}; restarting", file=sys.stderr, flush=True)
         if child.role == "inference":
-            self._send("preprocessor", "worker_down", child.name)
+            self._send("preprocessor", "worker_down", f"{child.name}@{child.proc.pid}")
             self._spawn(child)
             return
         self._restart_pipeline()

@@ -7,6 +7,7 @@ the main loop reads the outputs and sends them as zero-copy frames beside the ms
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -19,7 +20,7 @@ import zmq
 from engine.channels import make_socket
 from engine.config import InferenceConfig
 from engine.errors import DeviceError
-from engine.messages import BatchMsg, CreditMsg, ErrorMsg, ResultMsg, encode_result
+from engine.messages import BatchMsg, CreditMsg, ResultMsg, encode_result
 from engine.model import compile_model, device_info, output_shapes, prepare_model, read_model
 from engine.shm import SlotPool
 from workers.runtime import Stage, StageContext, stage_main
@@ -126,7 +127,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
     tensors = [ov.Tensor(pool.view(slot, (batch_size, in_h, in_w, 3)), shared_memory=True)
                for slot in range(pool.spec.slots)]
     names = list(output_shapes(compiled))
-    dispatch = make_socket(stage.zmq, zmq.DEALER, identity=ctx.name, connect=ctx.endpoints["dispatch"], hwm=10_000)
+    instance = f"{ctx.name}@{os.getpid()}"       # a restarted worker is a new instance to the dispatcher
+    dispatch = make_socket(stage.zmq, zmq.DEALER, identity=instance, connect=ctx.endpoints["dispatch"], hwm=10_000)
     results = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"], hwm=10_000)
     wake_addr = f"inproc://done-{ctx.name}"
     wake_rx = make_socket(stage.zmq, zmq.PULL, bind=wake_addr)
@@ -136,7 +138,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
     stage.declare("frames", "batches", "errors")
     stage.gauges.update(nireq=nireq, in_flight=0)
     stage.ready(device=ctx.device, nireq=nireq, compile_ms=round(compile_ms, 1), **device_info(compiled))
-    dispatch.send(CreditMsg(ctx.name, nireq, hello=True, generation=ctx.generation).encode())
+    dispatch.send(CreditMsg(instance, nireq, hello=True, generation=ctx.generation).encode())
     poller = zmq.Poller()
     poller.register(dispatch, zmq.POLLIN)
     poller.register(wake_rx, zmq.POLLIN)
@@ -149,12 +151,12 @@ def run(ctx: StageContext, stage: Stage) -> None:
                     wake_rx.recv()
             for batch, outputs, error, started, ended in requests.collect(len(names)):
                 _send_results(ctx, stage, results, batch, names, outputs, error, started, ended, batch_size)
-                dispatch.send(CreditMsg(ctx.name, 1, [batch.slot], generation=ctx.generation).encode())
+                dispatch.send(CreditMsg(instance, 1, generation=ctx.generation).encode())
             if dispatch in events:
                 while dispatch.poll(0):
                     msg = stage.decode(dispatch.recv())
                     if isinstance(msg, BatchMsg) and 0 <= msg.slot < len(tensors):
-                        if not requests.start(tensors[msg.slot], msg):
+                        if not requests.start(tensors[msg.slot], msg):    # credits make this impossible
                             _send_results(ctx, stage, results, msg, names, None,
                                           "no free infer request (credit protocol violated)", 0, 0, batch_size)
             stage.gauges["in_flight"] = requests.in_flight
@@ -177,12 +179,12 @@ def _send_results(ctx: StageContext, stage: Stage, results: zmq.Socket, batch: B
             outputs = [split_batch_axis(o, batch_size) for o in outputs]
         except ValueError as exc:
             outputs, error = None, str(exc)
-    if outputs is None:
+    msg = ResultMsg(batch.frames, ctx.name, ctx.device, slot=batch.slot, batch_id=batch.batch_id,
+                    error=error if outputs is None else "", generation=ctx.generation)
+    if outputs is None:                     # every frame of the batch becomes an error record
         stage.count("errors", len(batch.frames))
-        for ref in batch.frames:
-            results.send(ErrorMsg(ref, "inference", error, ctx.generation).encode())
+        results.send(msg.encode())
         return
-    msg = ResultMsg(batch.frames, ctx.name, ctx.device, generation=ctx.generation)
     results.send_multipart(encode_result(msg, list(zip(names, outputs))), copy=False)
     stage.count("frames", len(batch.frames))
     stage.count("batches")

@@ -109,6 +109,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
     raw_pool = SlotPool(ctx.pools["raw"]) if keep_raw else None
     results = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints["results"], hwm=10_000)
     releases = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["release"])
+    inputs = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["inputs"])
     sinks = open_sinks(cfg.output, resume=ctx.generation > 0)
     reorder = Reorder(ctx.completed_ids())
     live = ctx.input.get("live", False)
@@ -121,7 +122,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
             stage.tick()
             if results.poll(int(cfg.pipeline.heartbeat_s * 1000)):
                 while results.poll(0):
-                    _handle(results.recv_multipart(copy=False), ctx, stage, adapter, reorder, in_w, in_h)
+                    _handle(results.recv_multipart(copy=False), ctx, stage, adapter, reorder, in_w, in_h, inputs)
             for record, ref in reorder.pop_ready(live):
                 frame = None
                 if raw_pool is not None and ref.raw_slot >= 0:
@@ -129,7 +130,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 for sink in sinks:
                     sink.write(drawable(record, ref) if frame is not None and sink.draws else record, frame)
                 if raw_pool is not None and ref.raw_slot >= 0:
-                    releases.send(ReleaseMsg([ref.raw_slot], ctx.generation).encode())
+                    releases.send(ReleaseMsg([ref.raw_slot], generation=ctx.generation).encode())
                 failed = record["status"] == "error"
                 stage.count("errors" if failed else "results")
                 (acked_errors if failed else acked).append(ref.frame_id)
@@ -151,14 +152,14 @@ def run(ctx: StageContext, stage: Stage) -> None:
     finally:
         for sink in sinks:
             sink.close()
-        results.close(0)
-        releases.close(0)
+        for sock in (results, releases, inputs):
+            sock.close(0)
         if raw_pool is not None:
             raw_pool.close()
 
 
 def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, reorder: Reorder, in_w: int,
-            in_h: int) -> None:
+            in_h: int, inputs: zmq.Socket) -> None:
     """One message on the results socket: a result batch, an error record or the end of source."""
     buffers = [p.buffer for p in parts]
     try:
@@ -178,6 +179,13 @@ def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, reor
         _queue(record, msg.frame, stage, reorder)
         return
     if not isinstance(msg, ResultMsg):
+        return
+    if msg.slot >= 0:                       # the result is here: the input slot may be reused
+        inputs.send(ReleaseMsg([msg.slot], [msg.batch_id], generation=ctx.generation).encode())
+    if msg.error:
+        for ref in msg.frames:
+            record = {**base_record(ref), "status": "error", "stage": "inference", "error": msg.error}
+            _queue(record, ref, stage, reorder)
         return
     for row, ref in enumerate(msg.frames):
         t0 = time.monotonic_ns()

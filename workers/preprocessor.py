@@ -2,11 +2,13 @@
 
 Each inference worker announces one credit per free infer request; a batch goes only to a
 worker holding a credit (the one holding the most), so a faster device gets more frames and a
-slow one never builds a queue. The stage remembers which batches each worker holds: when the
-supervisor reports a worker down, those batches go back to the front of the queue.
+slow one never builds a queue. A dispatched batch stays held, pixels intact in its input slot,
+until the postprocessor confirms it has the result; if its worker dies first, the batch goes
+back to the front of the queue. So a result lost in a dying worker's socket is never lost.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,33 +28,43 @@ class Batch:
     slot: int
     frames: list[FrameRef] = field(default_factory=list)
     deadline: float = 0.0
+    batch_id: int = 0
 
 
 class Dispatcher:
-    """Credit bookkeeping: which worker may take a batch, and which batches each one holds."""
+    """Credit bookkeeping: which worker may take a batch, and which batches are out where."""
 
     def __init__(self) -> None:
         self.credits: dict[str, int] = {}
-        self.held: dict[str, dict[int, Batch]] = {}
+        self.held: dict[int, tuple[str, Batch]] = {}      # batch id → (worker instance, batch)
         self.ready: deque[Batch] = deque()
+        self._ids = itertools.count(1)
 
-    def on_credit(self, msg: CreditMsg) -> list[int]:
-        """Apply a worker's credit message; returns the input slots it released."""
-        if msg.hello:                      # a fresh instance: whatever the old one held is lost
-            self.worker_down(msg.worker)
+    def on_credit(self, msg: CreditMsg) -> None:
+        """Apply a worker's credit message.
+
+        ``msg.worker`` is an instance identity, ``name@pid``: a restarted worker is a new
+        instance, and whatever an older instance of the same name held is lost with it.
+        """
+        if msg.hello:
+            name = msg.worker.split("@")[0]
+            for old in [w for w in self.credits if w.split("@")[0] == name]:
+                self.worker_down(old)
             self.credits[msg.worker] = 0
-            self.held[msg.worker] = {}
-        if msg.worker not in self.credits:
-            return []                      # a late message from a worker declared down
-        self.credits[msg.worker] += msg.credits
-        held = self.held[msg.worker]
-        return [slot for slot in msg.released if held.pop(slot, None) is not None]
+        if msg.worker in self.credits:            # else: a late message from a worker declared down
+            self.credits[msg.worker] += msg.credits
+
+    def release(self, batch_id: int) -> int | None:
+        """The postprocessor holds this dispatch's result: its input slot, or None if stale."""
+        held = self.held.pop(batch_id, None)
+        return held[1].slot if held is not None else None
 
     def worker_down(self, worker: str) -> int:
-        """Requeue everything ``worker`` held; returns how many batches went back."""
+        """Requeue every batch ``worker`` held whose result has not arrived; returns how many."""
         self.credits.pop(worker, None)
-        batches = list(self.held.pop(worker, {}).values())
-        self.ready.extendleft(reversed(sorted(batches, key=lambda b: b.frames[0].frame_id)))
+        lost = [bid for bid, (w, _) in self.held.items() if w == worker]
+        batches = sorted((self.held.pop(bid)[1] for bid in lost), key=lambda b: b.frames[0].frame_id)
+        self.ready.extendleft(reversed(batches))
         return len(batches)
 
     def next_assignment(self) -> tuple[str, Batch] | None:
@@ -64,7 +76,8 @@ class Dispatcher:
             return None
         batch = self.ready.popleft()
         self.credits[worker] -= 1
-        self.held[worker][batch.slot] = batch
+        batch.batch_id = next(self._ids)
+        self.held[batch.batch_id] = (worker, batch)
         return worker, batch
 
 
@@ -77,6 +90,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
     free = FreeList(in_pool.spec.slots)
     frames_in = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints["frames"], hwm=10_000)
     dispatch = make_socket(stage.zmq, zmq.ROUTER, bind=ctx.endpoints["dispatch"], hwm=10_000)
+    dispatch.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable batch raises instead of vanishing
+    inputs = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints["inputs"], hwm=10_000)
     releases = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["release"])
     results = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"])
     dispatcher = Dispatcher()
@@ -93,6 +108,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
     stage.ready()
     poller = zmq.Poller()
     poller.register(dispatch, zmq.POLLIN)
+    poller.register(inputs, zmq.POLLIN)
     poller.register(frames_in, zmq.POLLIN)
     try:
         while not stage.stopping:
@@ -112,8 +128,15 @@ def run(ctx: StageContext, stage: Stage) -> None:
                     _, data = dispatch.recv_multipart()
                     msg = stage.decode(data)
                     if isinstance(msg, CreditMsg):
-                        for slot in dispatcher.on_credit(msg):
-                            free.release(slot)
+                        dispatcher.on_credit(msg)
+            if inputs in events:
+                while inputs.poll(0):
+                    msg = stage.decode(inputs.recv())
+                    if isinstance(msg, ReleaseMsg):
+                        for batch_id in msg.batch_ids:
+                            slot = dispatcher.release(batch_id)
+                            if slot is not None:
+                                free.release(slot)
             if frames_in in events:
                 while frames_in.poll(0) and (filling is not None or free.free > 0):
                     msg = stage.decode(frames_in.recv())
@@ -123,7 +146,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
                         _preprocess(msg.frame, filling, raw_pool, in_pool, (in_h, in_w), resize_mode,
                                     batch_size, stage, results, ctx.generation)
                         if not keep_raw:                # otherwise the postprocessor releases it
-                            releases.send(ReleaseMsg([msg.frame.raw_slot], ctx.generation).encode())
+                            releases.send(ReleaseMsg([msg.frame.raw_slot], generation=ctx.generation).encode())
                         if len(filling.frames) == batch_size:
                             dispatcher.ready.append(filling)
                             filling = None
@@ -137,12 +160,17 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 filling = None
             while (assignment := dispatcher.next_assignment()) is not None:
                 worker, batch = assignment
-                dispatch.send_multipart([worker.encode(), BatchMsg(batch.slot, batch.frames, ctx.generation).encode()])
-                stage.count("batches")
+                try:
+                    dispatch.send_multipart([worker.encode(), BatchMsg(batch.slot, batch.frames, batch.batch_id,
+                                                                       ctx.generation).encode()])
+                    stage.count("batches")
+                except zmq.ZMQError:              # that instance is gone: its batches go back
+                    stage.count("requeued_batches", dispatcher.worker_down(worker))
             stage.gauges.update(input_slots=free.size, input_free=free.free, ready_batches=len(dispatcher.ready),
-                                credits=sum(dispatcher.credits.values()), workers=len(dispatcher.credits))
+                                credits=sum(dispatcher.credits.values()), workers=len(dispatcher.credits),
+                                held_batches=len(dispatcher.held))
     finally:
-        for sock in (frames_in, dispatch, releases, results):
+        for sock in (frames_in, dispatch, inputs, releases, results):
             sock.close(0)
         raw_pool.close()
         in_pool.close()

@@ -1,4 +1,5 @@
-"""Credit dispatch: work goes only to a worker with a free request; a dead worker's batches return."""
+"""Credit dispatch: work goes only to a worker with a free request; a batch stays held until the
+postprocessor has its result, and a dead worker's unconfirmed batches return to the queue."""
 from __future__ import annotations
 
 from engine.messages import CreditMsg, FrameRef
@@ -9,39 +10,51 @@ def _batch(slot: int, frame_id: int) -> Batch:
     return Batch(slot, [FrameRef(frame_id, "x", 0)])
 
 
-def test_no_credit_no_work_and_faster_worker_gets_more():
+def test_no_credit_no_work_and_the_faster_worker_gets_more():
     d = Dispatcher()
     d.ready.extend(_batch(i, i) for i in range(6))
     assert d.next_assignment() is None                      # nobody has announced a request yet
-    d.on_credit(CreditMsg("fast", 2, hello=True))
-    d.on_credit(CreditMsg("slow", 1, hello=True))
+    d.on_credit(CreditMsg("fast@1", 2, hello=True))
+    d.on_credit(CreditMsg("slow@2", 1, hello=True))
     sent = [d.next_assignment() for _ in range(3)]
-    assert [w for w, _ in sent].count("fast") == 2 and d.next_assignment() is None
-    # the fast worker finishes both batches before the slow one finishes its one
-    for worker, batch in sent:
-        if worker == "fast":
-            assert d.on_credit(CreditMsg("fast", 1, [batch.slot])) == [batch.slot]
-    more = [d.next_assignment() for _ in range(2)]
-    assert [w for w, _ in more] == ["fast", "fast"]
+    assert [w for w, _ in sent].count("fast@1") == 2 and d.next_assignment() is None
+    d.on_credit(CreditMsg("fast@1", 2))                     # fast finished both before slow finished one
+    assert [d.next_assignment()[0] for _ in range(2)] == ["fast@1", "fast@1"]
 
 
-def test_worker_down_requeues_its_batches_first_in_frame_order():
+def test_slots_come_back_only_by_their_dispatch_id():
     d = Dispatcher()
-    d.on_credit(CreditMsg("a", 2, hello=True))
-    d.on_credit(CreditMsg("b", 1, hello=True))
-    d.ready.extend(_batch(i, i) for i in range(4))
-    held = [d.next_assignment() for _ in range(3)]
-    lost = sorted(b.frames[0].frame_id for w, b in held if w == "a")
-    assert d.worker_down("a") == 2
-    assert [b.frames[0].frame_id for b in list(d.ready)[:2]] == lost
-    assert d.on_credit(CreditMsg("a", 1, [0])) == []        # late message from the dead instance
+    d.on_credit(CreditMsg("a@1", 2, hello=True))
+    d.ready.extend([_batch(7, 0), _batch(8, 1)])
+    (_, first), (_, second) = d.next_assignment(), d.next_assignment()
+    assert first.batch_id != second.batch_id
+    assert d.release(first.batch_id) == 7
+    assert d.release(first.batch_id) is None                # a duplicate release frees nothing
 
 
-def test_hello_from_a_restarted_worker_requeues_what_the_old_one_held():
+def test_worker_down_requeues_unconfirmed_batches_first_in_frame_order():
     d = Dispatcher()
-    d.on_credit(CreditMsg("a", 1, hello=True))
-    d.ready.append(_batch(0, 0))
-    d.next_assignment()
-    d.on_credit(CreditMsg("a", 1, hello=True))
-    assert [b.slot for b in d.ready] == [0]
-    assert d.next_assignment()[1].slot == 0
+    d.on_credit(CreditMsg("a@1", 3, hello=True))
+    d.on_credit(CreditMsg("b@2", 1, hello=True))
+    d.ready.extend(_batch(i, i) for i in range(5))
+    held = [d.next_assignment() for _ in range(4)]
+    on_a = [b for w, b in held if w == "a@1"]
+    d.release(on_a[0].batch_id)                             # that result reached the postprocessor
+    assert d.worker_down("a@1") == 2
+    assert [b.frames[0].frame_id for b in list(d.ready)[:2]] == sorted(b.frames[0].frame_id for b in on_a[1:])
+    d.on_credit(CreditMsg("a@1", 1))                        # a late message from the dead instance
+    assert "a@1" not in d.credits
+
+
+def test_a_requeued_batch_is_released_only_by_its_new_dispatch():
+    d = Dispatcher()
+    d.on_credit(CreditMsg("inference-0@100", 1, hello=True))
+    d.ready.append(_batch(3, 3))
+    _, batch = d.next_assignment()
+    old_id = batch.batch_id
+    d.on_credit(CreditMsg("inference-0@200", 2, hello=True))     # restarted before the down arrived
+    assert [b.slot for b in d.ready] == [3]
+    assert d.worker_down("inference-0@100") == 0                 # the supervisor's late notice
+    worker, again = d.next_assignment()
+    assert worker == "inference-0@200" and again.batch_id != old_id
+    assert d.release(old_id) is None and d.release(again.batch_id) == 3
