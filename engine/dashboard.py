@@ -91,7 +91,7 @@ def format_plain(snap: Snapshot) -> str:
     state = "" if snap.state == "running" else f" {snap.state}"
     parts = [f"{PREFIX} {snap.elapsed_s:.1f}s{state}",
              f"frames {t.frames_in}/{t.frames_out + t.errors} ok {t.frames_out} "
-             f"err {t.errors} drop {t.drops}"]
+             f"err {t.errors} drop {t.drops}" + (f" reconnects {t.reconnects}" if t.reconnects else "")]
     fps = f"fps {t.fps:.1f}"
     if snap.devices:
         fps += " (" + ", ".join(f"{d.label} {d.fps:.1f}" for d in snap.devices) + ")"
@@ -244,6 +244,8 @@ def accounting_text(t: Totals) -> Text:
         ("in ", "dim"), (str(t.frames_in), "bold"), " = ",
         ("out ", "dim"), str(t.frames_out), " + ", ("errors ", "dim"), str(t.errors), " + ",
         ("drops ", "dim"), str(t.drops), " + ", ("in-flight ", "dim"), str(t.in_flight))
+    if t.reconnects:
+        text.append(f"  source reconnects {t.reconnects}", style="yellow")
     if t.balanced:
         text.append("  balanced", style="green")
     elif t.in_flight == 0:

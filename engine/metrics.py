@@ -274,6 +274,7 @@ class Totals:
     balanced: bool              # in == out + errors + drops
     fps: float                  # out + errors per second over the sliding window
     avg_fps: float              # since the first frame (benchmark_app "Throughput")
+    reconnects: int = 0         # live source: times the stream was lost and re-opened
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,8 @@ class Snapshot:
             frames_in=acc.get("in", 0), frames_out=acc.get("out", 0), errors=acc.get("errors", 0),
             drops=acc.get("drops", 0), duplicates=acc.get("duplicates", 0),
             in_flight=acc.get("in_flight", 0), balanced=acc.get("balanced", False),
-            fps=report.get("throughput_fps_recent", 0.0), avg_fps=report.get("throughput_fps", 0.0))
+            fps=report.get("throughput_fps_recent", 0.0), avg_fps=report.get("throughput_fps", 0.0),
+            reconnects=acc.get("reconnects", 0))
         scoped = [(ALL, report.get("latency_ms", {})),
                   *report.get("latency_ms_by_device", {}).items()]
         stages = tuple(
@@ -337,6 +339,7 @@ class Snapshot:
             "throughput_fps_recent": t.fps,
             "accounting": {"in": t.frames_in, "out": t.frames_out, "errors": t.errors,
                        "drops": t.drops, "duplicates": t.duplicates, "in_flight": t.in_flight,
+                       "reconnects": t.reconnects,
                        "balanced": t.balanced},
             "latency_ms": {r.stage: r.latency() for r in self.stages if r.scope == ALL},
             "latency_ms_by_device": by_scope,
@@ -510,7 +513,8 @@ class MetricsAggregator:
             duplicates=duplicates, in_flight=max(frames_in - out - errors - drops, 0),
             balanced=frames_in == out + errors + drops,
             fps=sum(self._rate(p, now) for p in post),
-            avg_fps=self._avg_rate(post, out + errors))
+            avg_fps=self._avg_rate(post, out + errors),
+            reconnects=sum(p.total("reconnects") for p in by_role("decoder")))
 
         return Snapshot(
             state=self._state or ("starting" if self._t_first is None else "running"),

@@ -60,8 +60,13 @@ def test_video_file_results_in_frame_order(engine_env, tmp_path):
 
 class _MjpegHandler(http.server.BaseHTTPRequestHandler):
     frames: list[bytes] = []
+    connections_left = 1_000
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        type(self).connections_left -= 1
+        if self.connections_left < 0:
+            self.send_error(503)            # the camera is gone for good
+            return
         self.send_response(200)
         self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         self.end_headers()
@@ -77,6 +82,7 @@ class _MjpegHandler(http.server.BaseHTTPRequestHandler):
 def test_http_mjpeg_stream_as_camera(engine_env, tmp_path):
     frame = cv2.imread(str(COCO / FACE_IMAGE))
     _MjpegHandler.frames = [cv2.imencode(".jpg", frame)[1].tobytes()] * 30
+    _MjpegHandler.connections_left = 1_000
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MjpegHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -93,6 +99,27 @@ reconnect_attempts = 0
     assert all(r["detections"] for r in records)
     acc = result.report["accounting"]
     assert acc["in"] == acc["out"] + acc["errors"] + acc["drops"]
+
+
+def test_camera_that_drops_is_reconnected_and_reported(engine_env, tmp_path):
+    frame = cv2.imread(str(COCO / FACE_IMAGE))
+    _MjpegHandler.frames = [cv2.imencode(".jpg", frame)[1].tobytes()] * 10     # then the "camera" drops,
+    _MjpegHandler.connections_left = 2                                          # comes back once, then is gone
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MjpegHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = write_config(tmp_path / "cam.toml", f"""
+[source]
+uri = "http://127.0.0.1:{server.server_port}/stream.mjpg"
+reconnect_attempts = 2
+""")
+        result = run_ovstream(str(config), output=tmp_path / "out", env=engine_env)
+    finally:
+        server.shutdown()
+    ok = [r for r in result.records if r["status"] == "ok"]
+    assert len(ok) > 10, "frames from after the reconnect arrived"
+    assert result.report["accounting"]["reconnects"] >= 1
+    assert "reconnect" in (tmp_path / "out" / "logs" / "decoder.log").read_text()
 
 
 def test_two_cpu_workers_share_the_work(engine_env, tmp_path):
