@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
     console = Console(stderr=False)
     outcome = Supervisor(cfg).run()
     if outcome.report:
-        console.print(render_summary_from_report(outcome.report))
+        console.print(render_summary(outcome.report))
         if cfg.output.report:
             path = Path(cfg.output.dir) / "report.json"
             path.write_text(json.dumps(outcome.report, indent=2), encoding="utf-8")
@@ -79,6 +79,3 @@ def main(args: argparse.Namespace) -> int:
         print(f"ovstream run: {outcome.message}", file=sys.stderr)
     return outcome.exit_code
 
-
-def render_summary_from_report(report: dict) -> object:
-    return render_summary(report)
