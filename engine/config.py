@@ -7,7 +7,10 @@ config travels to every worker process as JSON (``to_dict`` / ``from_dict``).
 from __future__ import annotations
 
 import difflib
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields

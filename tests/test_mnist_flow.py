@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import tomllib
 from pathlib import Path
 
 import cv2
@@ -17,6 +16,7 @@ pytest.importorskip("tensorflow", reason="tensorflow not installed (pip install 
 pytest.importorskip("nncf", reason="nncf not installed (pip install -e '.[tools]')")
 
 from engine.modeltools.mnist import run_flow  # noqa: E402
+from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
 SAMPLES = REPO_ROOT / "data" / "mnist_samples"
 

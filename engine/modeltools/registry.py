@@ -10,12 +10,12 @@ import json
 import os
 import re
 import tempfile
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from engine.config import ADAPTERS, REGISTRY_PATH, REPO_ROOT, RunConfig
 from engine.errors import ConfigError
+from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")

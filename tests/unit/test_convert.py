@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import tomllib
 from pathlib import Path
 
 import cv2
@@ -17,6 +16,7 @@ from engine.errors import ConfigError, ModelError
 from engine.model import prepare_model
 from engine.modeltools.convert import convert, default_name, inspect_source, per_channel
 from engine.modeltools.registry import register_model, render_entry
+from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
 FACE = REPO_ROOT / "models" / "mediapipe" / "face_detection_full_range_sparse.tflite"
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}   # some CPUs default to bf16: compare like with like

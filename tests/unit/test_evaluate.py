@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from engine.errors import ConfigError, OvstreamError
 from engine.modeltools import evaluate
+from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import tomllib
 from pathlib import Path
 
 import cv2
@@ -19,6 +18,7 @@ from engine.modeltools.datasets import InputPreparer, folder_samples, load_mnist
 pytest.importorskip("nncf", reason="nncf not installed (pip install -e '.[tools]')")
 
 from engine.modeltools.quantize import infer_all, int8_entry, quantize, resolve, throughput  # noqa: E402
+from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
 COCO = REPO_ROOT / "data" / "coco100"
 IMAGE = COCO / "000000000139.jpg"          # 640x426: letterbox pads top and bottom
