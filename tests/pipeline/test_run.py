@@ -60,7 +60,7 @@ def test_video_file_results_in_frame_order(engine_env, tmp_path):
 
 class _MjpegHandler(http.server.BaseHTTPRequestHandler):
     frames: list[bytes] = []
-    connections_left = 1_000
+    connections_left = 0
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         type(self).connections_left -= 1
@@ -79,21 +79,26 @@ class _MjpegHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_http_mjpeg_stream_as_camera(engine_env, tmp_path):
-    frame = cv2.imread(str(COCO / FACE_IMAGE))
-    _MjpegHandler.frames = [cv2.imencode(".jpg", frame)[1].tobytes()] * 30
-    _MjpegHandler.connections_left = 1_000
+def run_camera(tmp_path: Path, env: dict, frames: int, connections: int, reconnect_attempts: int):
+    """`ovstream run` on an HTTP MJPEG "camera" served on 127.0.0.1: ``frames`` per connection,
+    ``connections`` connections accepted, then 503 (the camera is gone)."""
+    jpeg = cv2.imencode(".jpg", cv2.imread(str(COCO / FACE_IMAGE)))[1].tobytes()
+    _MjpegHandler.frames, _MjpegHandler.connections_left = [jpeg] * frames, connections
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MjpegHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         config = write_config(tmp_path / "cam.toml", f"""
 [source]
 uri = "http://127.0.0.1:{server.server_port}/stream.mjpg"
-reconnect_attempts = 0
+reconnect_attempts = {reconnect_attempts}
 """)
-        result = run_ovstream(str(config), output=tmp_path / "out", env=engine_env)
+        return run_ovstream(str(config), output=tmp_path / "out", env=env)
     finally:
         server.shutdown()
+
+
+def test_http_mjpeg_stream_as_camera(engine_env, tmp_path):
+    result = run_camera(tmp_path, engine_env, frames=30, connections=1, reconnect_attempts=0)
     records = [r for r in result.records if r["status"] == "ok"]
     assert len(records) >= 10, result.stderr
     assert all(r["detections"] for r in records)
@@ -102,20 +107,7 @@ reconnect_attempts = 0
 
 
 def test_camera_that_drops_is_reconnected_and_reported(engine_env, tmp_path):
-    frame = cv2.imread(str(COCO / FACE_IMAGE))
-    _MjpegHandler.frames = [cv2.imencode(".jpg", frame)[1].tobytes()] * 10     # then the "camera" drops,
-    _MjpegHandler.connections_left = 2                                          # comes back once, then is gone
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MjpegHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        config = write_config(tmp_path / "cam.toml", f"""
-[source]
-uri = "http://127.0.0.1:{server.server_port}/stream.mjpg"
-reconnect_attempts = 2
-""")
-        result = run_ovstream(str(config), output=tmp_path / "out", env=engine_env)
-    finally:
-        server.shutdown()
+    result = run_camera(tmp_path, engine_env, frames=10, connections=2, reconnect_attempts=2)
     ok = [r for r in result.records if r["status"] == "ok"]
     assert len(ok) > 10, "frames from after the reconnect arrived"
     assert result.report["accounting"]["reconnects"] >= 1
