@@ -5,7 +5,6 @@ import io
 import os
 import re
 import socket
-import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +18,7 @@ from engine import sources
 from engine.config import SourceConfig
 from engine.errors import ConfigError
 from engine.sources import CaptureSource, FolderSource, SourceItem, VideoSource, open_source
+from tests.faults.badfiles import encode, exif_jpeg, pattern
 
 
 def _cfg(uri: str | Path, **kw) -> SourceConfig:
@@ -31,20 +31,6 @@ def _read_all(cfg: SourceConfig, skip=None) -> list[SourceItem]:
         return list(src)
     finally:
         src.close()
-
-
-def _encode(ext: str, image: np.ndarray, *params: int) -> bytes:
-    ok, data = cv2.imencode(ext, image, list(params))
-    assert ok
-    return data.tobytes()
-
-
-def _pattern(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
-    """Smooth colour content (JPEG-friendly) that differs per seed."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([(xx * 255 // max(1, w - 1)), (yy * 255 // max(1, h - 1)),
-                    np.full((h, w), seed * 37 % 256)], axis=-1)
-    return img.astype(np.uint8)
 
 
 def _check_frame(item: SourceItem) -> np.ndarray:
@@ -60,7 +46,7 @@ def _check_frame(item: SourceItem) -> np.ndarray:
 def test_folder_order_is_natural_and_recursive_is_optional(tmp_path: Path) -> None:
     for name in ("img10.jpg", "img2.jpg", "img1.png", "img3.JPEG", "sub/a.jpg", "notes.txt", "sub/deeper/b.bmp"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(_encode(Path(name).suffix if name != "notes.txt" else ".png", _pattern()))
+        (tmp_path / name).write_bytes(encode(Path(name).suffix if name != "notes.txt" else ".png", pattern()))
     flat = _read_all(_cfg(tmp_path))
     assert [Path(i.locator).name for i in flat] == ["img1.png", "img2.jpg", "img3.JPEG", "img10.jpg"]
     assert [i.index for i in flat] == [0, 1, 2, 3] and all(i.frame_index == 0 for i in flat)
@@ -73,7 +59,7 @@ def test_folder_order_is_natural_and_recursive_is_optional(tmp_path: Path) -> No
 
 def test_folder_loop_and_skip_do_not_read_skipped_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(3):
-        (tmp_path / f"f{i}.png").write_bytes(_encode(".png", _pattern(seed=i)))
+        (tmp_path / f"f{i}.png").write_bytes(encode(".png", pattern(seed=i)))
     looped = _read_all(_cfg(tmp_path, loop=2))
     assert [i.index for i in looped] == list(range(6))
     assert [Path(i.locator).name for i in looped] == ["f0.png", "f1.png", "f2.png"] * 2
@@ -87,16 +73,6 @@ def test_folder_loop_and_skip_do_not_read_skipped_files(tmp_path: Path, monkeypa
     assert [p.name for p in loaded] == ["f0.png", "f2.png"]
 
 
-def _exif_jpeg(image: np.ndarray, orientation: int) -> bytes:
-    """A JPEG with an EXIF APP1 segment holding only the orientation tag (0x0112)."""
-    jpeg = _encode(".jpg", image, cv2.IMWRITE_JPEG_QUALITY, 95)
-    tiff = b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + b"\0" * 4
-    payload = b"Exif\x00\x00" + tiff
-    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-    app0_end = 4 + struct.unpack(">H", jpeg[4:6])[0]   # after SOI + JFIF APP0
-    return jpeg[:app0_end] + app1 + jpeg[app0_end:]
-
-
 @pytest.mark.parametrize("orientation, shape, top_left", [
     (1, (20, 40), "red"), (3, (20, 40), "blue"), (6, (40, 20), "red"), (8, (40, 20), "blue")])
 def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, shape: tuple, top_left: str) -> None:
@@ -104,7 +80,7 @@ def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, shape: tu
     image[:, :20] = (0, 0, 255)      # left half red
     image[:, 20:] = (255, 0, 0)      # right half blue
     path = tmp_path / "rotated.jpg"
-    path.write_bytes(_exif_jpeg(image, orientation))
+    path.write_bytes(exif_jpeg(image, orientation))
     (item,) = _read_all(_cfg(path))
     frame = _check_frame(item)
     assert frame.shape[:2] == shape
@@ -113,10 +89,10 @@ def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, shape: tu
 
 
 def test_bad_and_odd_files_each_give_one_item_and_iteration_goes_on(tmp_path: Path) -> None:
-    good = _pattern(60, 80)
+    good = pattern(60, 80)
     gray = good[:, :, 0].copy()
-    jpeg = _encode(".jpg", good)
-    png = _encode(".png", good)
+    jpeg = encode(".jpg", good)
+    png = encode(".png", good)
     corrupt_png = bytearray(png)
     corrupt_png[len(png) // 2:len(png) // 2 + 64] = b"\x00" * 64
     files: dict[str, bytes] = {
@@ -125,14 +101,14 @@ def test_bad_and_odd_files_each_give_one_item_and_iteration_goes_on(tmp_path: Pa
         "a03_truncated.jpg": jpeg[:len(jpeg) * 2 // 3],
         "a04_corrupt.png": bytes(corrupt_png),
         "a05_text.jpg": b"this is a text file, not a JPEG\n",
-        "a06_gray.png": _encode(".png", gray),
-        "a07_rgba.png": _encode(".png", np.dstack([good, np.full(good.shape[:2], 7, np.uint8)])),
-        "a08_deep.png": _encode(".png", good.astype(np.uint16) * 257),
-        "a09_tiny.png": _encode(".png", np.full((1, 1, 3), 200, np.uint8)),
+        "a06_gray.png": encode(".png", gray),
+        "a07_rgba.png": encode(".png", np.dstack([good, np.full(good.shape[:2], 7, np.uint8)])),
+        "a08_deep.png": encode(".png", good.astype(np.uint16) * 257),
+        "a09_tiny.png": encode(".png", np.full((1, 1, 3), 200, np.uint8)),
         "a10_café_日本.jpg": jpeg,
-        "a11_bitmap.bmp": _encode(".bmp", good),
-        "a12_tagged.tiff": _encode(".tiff", good),
-        "a13_web.webp": _encode(".webp", good, cv2.IMWRITE_WEBP_QUALITY, 101),
+        "a11_bitmap.bmp": encode(".bmp", good),
+        "a12_tagged.tiff": encode(".tiff", good),
+        "a13_web.webp": encode(".webp", good, cv2.IMWRITE_WEBP_QUALITY, 101),
         "a14_truncated.png": png[:len(png) // 2],
     }
     for name, data in files.items():
@@ -167,7 +143,7 @@ def test_bad_and_odd_files_each_give_one_item_and_iteration_goes_on(tmp_path: Pa
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file; FIFO/directory cases cover root")
 def test_unreadable_file_is_an_error_item(tmp_path: Path) -> None:
     path = tmp_path / "secret.jpg"
-    path.write_bytes(_encode(".jpg", _pattern()))
+    path.write_bytes(encode(".jpg", pattern()))
     path.chmod(0)
     (item,) = _read_all(_cfg(tmp_path))
     assert item.frame is None and item.error and "Permission denied" in item.error
@@ -175,7 +151,7 @@ def test_unreadable_file_is_an_error_item(tmp_path: Path) -> None:
 
 def test_cmyk_jpeg_is_converted_to_bgr(tmp_path: Path) -> None:
     pil = pytest.importorskip("PIL.Image")
-    good = _pattern(60, 80)
+    good = pattern(60, 80)
     buf = io.BytesIO()
     pil.fromarray(good[:, :, ::-1]).convert("CMYK").save(buf, "JPEG", quality=95)
     (tmp_path / "cmyk.jpg").write_bytes(buf.getvalue())
@@ -187,7 +163,7 @@ def test_very_large_image(tmp_path: Path) -> None:
     image = np.zeros((10000, 10000, 3), np.uint8)
     image[:5000, :, 2] = 200
     path = tmp_path / "huge.jpg"
-    path.write_bytes(_encode(".jpg", image))
+    path.write_bytes(encode(".jpg", image))
     del image
     (item,) = _read_all(_cfg(path))
     frame = _check_frame(item)
@@ -266,7 +242,7 @@ def test_truncated_and_unreadable_videos(tmp_path: Path) -> None:
 # ---- source kinds --------------------------------------------------------------------------------
 
 def test_open_source_detects_kinds(tmp_path: Path) -> None:
-    (tmp_path / "x.png").write_bytes(_encode(".png", _pattern()))
+    (tmp_path / "x.png").write_bytes(encode(".png", pattern()))
     (tmp_path / "notes.txt").write_text("hello")
     _write_video(tmp_path / "v.mp4", 2, fourcc="mp4v")
     (tmp_path / "empty").mkdir()
@@ -336,7 +312,7 @@ class _MjpegServer(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self.stalled = threading.Event()
         self.period = 1.0 / fps
-        self.jpeg = _encode(".jpg", _pattern(120, 160))
+        self.jpeg = encode(".jpg", pattern(120, 160))
         self.url = f"http://127.0.0.1:{self.server_address[1]}/stream.mjpg"
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
