@@ -89,6 +89,7 @@ class Supervisor:
         self.acked_errors = 0
         self.frame_ids = 0          # distinct frame ids the source produced (decoder high-water mark)
         self.generation = 0
+        self.started = False        # every stage said READY and was told to start
         self.finished = False
         self.interrupted = 0
         self.failure = ""
@@ -192,8 +193,6 @@ class Supervisor:
                 self.failure = f"{child.name}: {first}"
 
     # ---- lifecycle --------------------------------------------------------------------------
-    started = False
-
     def _start_all(self) -> None:
         for child in self.children.values():
             self._spawn(child)

@@ -75,6 +75,7 @@ class Stage:
         self.gauges: dict[str, float] = {}
         self.stopping = False
         self.started = False
+        self.handler: Callable[[ControlMsg], None] | None = None   # a stage's own control commands
         self.bad_messages = 0
         self._next_stats = 0.0
         self._heartbeat = ctx.config.pipeline.heartbeat_s
@@ -127,8 +128,6 @@ class Stage:
         elif self.handler is not None:
             self.handler(msg)
 
-    handler: Callable[[ControlMsg], None] | None = None
-
     def decode(self, data: bytes) -> Message | None:
         """Decode a header; a malformed one is counted and dropped, never fatal."""
         try:
@@ -139,11 +138,10 @@ class Stage:
             return None
 
     def wait_for_start(self) -> None:
+        """Heartbeat until the supervisor says start (all stages are up) or stop."""
         while not self.started and not self.stopping:
-            if self.control.poll(int(self._heartbeat * 1000)):
-                self.tick()
-            else:
-                self.tick()
+            self.control.poll(int(self._heartbeat * 1000))
+            self.tick()
 
     def close(self) -> None:
         try:
