@@ -4,8 +4,8 @@ Every endpoint is an ``ipc://`` path inside a 0700 directory that only this user
 Every socket gets explicit high-water marks and LINGER 0, so shutdown never blocks.
 
 Edges (binder first):
-  frames    preprocessor PULL  ◀ decoder PUSH             FrameMsg, EndOfSource
-  release   decoder PULL       ◀ preprocessor/post PUSH   ReleaseMsg (raw slots)
+  frames    preprocessor PULL  ◀ every decoder PUSH       FrameMsg, EndOfSource
+  decoder-i decoder-i PULL     ◀ preprocessor/post PUSH   ReleaseMsg (raw slots of decoder i)
   dispatch  preprocessor ROUTER ◀▶ inference DEALER       BatchMsg ▶, CreditMsg ◀
   inputs    preprocessor PULL  ◀ postprocessor PUSH       ReleaseMsg (input slots, by batch id)
   results   postprocessor PULL ◀ every stage PUSH         ResultMsg, ErrorMsg, EndOfSource
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import zmq
 
-EDGES = ("frames", "release", "dispatch", "inputs", "results", "control")
+EDGES = ("frames", "dispatch", "inputs", "results", "control")
 
 
 class RunDir:
@@ -58,8 +58,9 @@ class RunDir:
     def endpoint(self, edge: str) -> str:
         return f"ipc://{self.path / (edge + '.sock')}"
 
-    def endpoints(self) -> dict[str, str]:
-        return {edge: self.endpoint(edge) for edge in EDGES}
+    def endpoints(self, decoders: int = 1) -> dict[str, str]:
+        """Every edge's endpoint, with one raw-slot release endpoint per decoder (``decoder-i``)."""
+        return {edge: self.endpoint(edge) for edge in (*EDGES, *(f"decoder-{i}" for i in range(decoders)))}
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

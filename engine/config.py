@@ -7,6 +7,9 @@ config travels to every worker process as JSON (``to_dict`` / ``from_dict``).
 from __future__ import annotations
 
 import difflib
+import glob
+import os
+import re
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -29,14 +32,20 @@ MODEL_SUFFIXES = (".xml", ".onnx", ".tflite", ".pb", ".pdmodel")
 
 @dataclass
 class SourceConfig:
-    """Where frames come from: a folder, a video file, a camera index or an RTSP/HTTP URL."""
+    """One stream: a folder, a video file, a camera index or an RTSP/HTTP URL.
+
+    ``[source]`` is the one-stream shorthand; ``[[sources]]`` lists several streams, each taking
+    the keys it does not set from ``[source]``.
+    """
 
     uri: str = "data/coco100"
+    name: str = ""                # "" = derived from the uri (made unique among the streams)
     recursive: bool = False
     loop: int = 1                 # play a video/folder this many times (synthetic long streams)
     live: str = "auto"            # auto | yes | no: live sources drop oldest frames when behind
     reconnect_attempts: int = 10  # live sources: retries (with backoff) before giving up
     max_fps: float = 0.0          # 0: as fast as the pipeline goes
+    realtime: bool = False        # a file paced at its native rate (video FPS; images at max_fps or 30)
 
 
 @dataclass
@@ -82,7 +91,8 @@ class InferenceConfig:
 class PipelineConfig:
     """Pool sizes and timing: memory is fixed at start by these numbers."""
 
-    raw_slots: int = 8
+    raw_slots: int = 8            # at least; every stream gets max(3, raw_slots // streams) of its own
+    decoders: int = 0             # decoder processes; 0 = min(streams, CPU cores, 8)
     max_frame_width: int = 1920   # larger frames are downscaled to fit a raw slot
     max_frame_height: int = 1080
     input_slots: int = 0          # 0: total infer requests + 2 per worker
@@ -117,6 +127,7 @@ class RunConfig:
     """Everything one ``ovstream run`` needs."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
+    sources: list[SourceConfig] = field(default_factory=list)   # the streams (resolved: never empty)
     model: ModelConfig = field(default_factory=ModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
@@ -128,6 +139,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict, origin: str = "config") -> "RunConfig":
+        if isinstance(data, dict) and isinstance(data.get("sources"), list):
+            base = {k: v for k, v in data.get("source", {}).items() if k not in ("uri", "name")} \
+                if isinstance(data.get("source"), dict) else {}
+            data = {**data, "sources": [{**base, **entry} if isinstance(entry, dict) else entry
+                                        for entry in data["sources"]]}
         return _build(cls, data, origin, "")
 
 
@@ -227,7 +243,64 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if overrides:
         data = _merge(data, overrides)
     cfg = RunConfig.from_dict(data, origin=str(cfg_path))
+    resolve_streams(cfg)
     return resolve_model(cfg)
+
+
+_LIVE_URI = re.compile(r"^([0-9]+|/dev/video.*|(rtsps?|https?)://.*)$", re.IGNORECASE)
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def stream_name(uri: str) -> str:
+    """A short readable name for a stream: a file's stem, a folder's name, ``cam0`` for camera 0,
+    the last path part (else the host) of a URL; only ``[A-Za-z0-9._-]``."""
+    uri = uri.strip()
+    if uri.isdigit():
+        return f"cam{uri}"
+    if "://" in uri:
+        rest = uri.split("://", 1)[1].split("?")[0]
+        host, _, path = rest.partition("/")
+        parts = [p for p in path.split("/") if p]
+        raw = parts[-1] if parts else host.split("@")[-1]
+    else:
+        path = Path(uri.rstrip("/"))
+        raw = path.stem if path.suffix else path.name
+    return _NAME_UNSAFE.sub("_", raw).strip("_.") or "stream"
+
+
+def _expand(entry: SourceConfig) -> list[SourceConfig]:
+    """A uri with glob characters that names no file becomes one stream per match."""
+    uri = entry.uri.strip()
+    if _LIVE_URI.match(uri) or not glob.has_magic(uri) or os.path.lexists(uri):
+        return [entry]
+    matches = sorted(glob.glob(os.path.expanduser(uri))) or sorted(glob.glob(str(REPO_ROOT / uri)))
+    if not matches:
+        raise ConfigError(f"source '{uri}': the pattern matches no file")
+    return [SourceConfig(**{**asdict(entry), "uri": m, "name": ""}) for m in matches]
+
+
+def resolve_streams(cfg: RunConfig) -> RunConfig:
+    """Fill ``cfg.sources``: ``[[sources]]`` (globs expanded), else the one ``[source]``; every
+    stream gets a unique name (``clip``, ``clip-2``, ...)."""
+    entries = [s for entry in (cfg.sources or [cfg.source]) for s in _expand(entry)]
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.name and (_NAME_UNSAFE.search(entry.name) or entry.name in seen):
+            raise ConfigError(f"[[sources]] name '{entry.name}': "
+                              + ("used twice" if entry.name in seen else "use only letters, digits, '.', '_', '-'"))
+        seen.add(entry.name)
+    taken = {e.name for e in entries if e.name}
+    for entry in entries:
+        if not entry.name:
+            base = name = stream_name(entry.uri)
+            n = 1
+            while name in taken:
+                n += 1
+                name = f"{base}-{n}"
+            entry.name = name
+            taken.add(name)
+    cfg.sources = entries
+    return cfg
 
 
 def _resolve_path(value: str, *bases: Path) -> Path:
@@ -290,8 +363,13 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError(f"[model.preprocess] resize must be letterbox or stretch, not '{pre.resize}'")
     if pre.color not in ("RGB", "BGR", "GRAY"):
         raise ConfigError(f"[model.preprocess] color must be RGB, BGR or GRAY, not '{pre.color}'")
-    if cfg.source.live not in ("auto", "yes", "no"):
-        raise ConfigError(f"[source] live must be auto, yes or no, not '{cfg.source.live}'")
+    for src in cfg.sources or [cfg.source]:
+        if src.live not in ("auto", "yes", "no"):
+            raise ConfigError(f"[source] {src.name or src.uri}: live must be auto, yes or no, not '{src.live}'")
+        if src.loop < 1:
+            raise ConfigError(f"[source] {src.name or src.uri}: loop must be >= 1, not {src.loop}")
+    if cfg.pipeline.decoders < 0:
+        raise ConfigError(f"[pipeline] decoders must be >= 0, not {cfg.pipeline.decoders}")
     if not cfg.inference.devices:
         raise ConfigError("[inference] devices is empty: name at least one device, e.g. [\"CPU\"]")
     if cfg.inference.hint not in ("THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT", "NONE"):
@@ -299,7 +377,6 @@ def _check_values(cfg: RunConfig) -> None:
                           f"not '{cfg.inference.hint}'")
     for name, value, low in (("inference.batch", cfg.inference.batch, 1),
                              ("inference.nireq", cfg.inference.nireq, 0),
-                             ("source.loop", cfg.source.loop, 1),
                              ("pipeline.raw_slots", cfg.pipeline.raw_slots, 2)):
         if value < low:
             raise ConfigError(f"[{name.split('.')[0]}] {name.split('.')[1]} must be >= {low}, not {value}")

@@ -1,9 +1,12 @@
 """The live view: draws a metrics :class:`~engine.metrics.Snapshot`, never computes one.
 
 On a terminal a rich ``Live`` redraws the latest snapshot ``refresh_hz`` times a second from its
-own thread; :meth:`Dashboard.update` only swaps the reference. Anywhere else (pipes, CI, tests)
-one plain line is printed every ``plain_interval_s``. :func:`render_summary` is the table printed
-once at exit.
+own thread; :meth:`Dashboard.update` only swaps the reference. Anywhere else (pipes, CI, tests,
+``--no-dashboard``) a plain progress line and per-stream summary lines are printed every
+``plain_interval_s``. :func:`render_summary` is the table printed once at exit.
+
+With many streams the per-stream views stay short: the worst streams first (failed,
+reconnecting, dropping or failing frames, slowest), the rest folded into one summary row.
 """
 from __future__ import annotations
 
@@ -15,12 +18,16 @@ from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderR
 from rich.live import Live
 from rich.measure import Measurement
 from rich.panel import Panel
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from engine.metrics import ALL, Snapshot, StageRow, Totals
+from engine.metrics import ALL, Snapshot, StageRow, StreamRow, Totals
 
 PREFIX = "[ovstream]"
+STREAM_ROWS = 12              # per-stream rows shown before the rest are summarised
+PLAIN_STREAM_LINES = 8        # plain mode: one line per stream up to this many, else the worst few
+_STATE_RANK = {"failed": 0, "reconnecting": 1, "starting": 2, "live": 3, "running": 3, "ended": 4}
 
 
 class Dashboard:
@@ -28,11 +35,11 @@ class Dashboard:
 
     def __init__(self, refresh_hz: float = 4.0, console: Console | None = None,
                  plain_interval_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
-                 ) -> None:
+                 plain: bool = False) -> None:
         self.console = console or Console(stderr=True)
         self.refresh_hz = max(refresh_hz, 2.0)
         self.plain_interval_s = plain_interval_s
-        self.live_mode = self.console.is_terminal
+        self.live_mode = self.console.is_terminal and not plain
         self._clock = clock
         self._snapshot: Snapshot | None = None
         self._live: Live | None = None
@@ -86,19 +93,72 @@ class Dashboard:
 # ---- plain text ---------------------------------------------------------------------------------
 
 def format_plain(snap: Snapshot) -> str:
-    """One line: elapsed, accounting, overall and per-worker FPS, end-to-end latency."""
+    """The progress line (elapsed, accounting, overall and per-worker FPS, end-to-end latency,
+    file progress with ETA), then per-stream lines when the run has several streams: one per
+    stream up to :data:`PLAIN_STREAM_LINES`, else the worst few and a summary of the rest."""
     t = snap.totals
     state = "" if snap.state == "running" else f" {snap.state}"
     parts = [f"{PREFIX} {snap.elapsed_s:.1f}s{state}",
              f"frames {t.frames_in}/{t.frames_out + t.errors} ok {t.frames_out} "
-             f"err {t.errors} drop {t.drops}" + (f" reconnects {t.reconnects}" if t.reconnects else "")]
+             f"err {t.errors} drop {t.drops} in-flight {t.in_flight}"
+             + (f" reconnects {t.reconnects}" if t.reconnects else "")]
     fps = f"fps {t.fps:.1f}"
     if snap.devices:
         fps += " (" + ", ".join(f"{d.label} {d.fps:.1f}" for d in snap.devices) + ")"
     parts.append(fps)
     e2e = snap.stage("end_to_end")
     parts.append(f"e2e p50 {_ms(e2e.p50_ms)}ms p95 {_ms(e2e.p95_ms)}ms" if e2e else "e2e -")
-    return "  ".join(parts)
+    done, expected, eta = file_progress(snap)
+    if expected:
+        parts.append(f"files {100 * done / expected:.0f}% ETA {_eta(eta)}")
+    lines = ["  ".join(parts)]
+    if len(snap.streams) > 1:
+        ranked = rank_streams(snap.streams)
+        shown = ranked if len(ranked) <= PLAIN_STREAM_LINES else ranked[:PLAIN_STREAM_LINES // 2]
+        lines += [f"{PREFIX}   {_stream_line(r)}" for r in shown]
+        if len(shown) < len(ranked):
+            lines.append(f"{PREFIX}   {summarise_streams(ranked[len(shown):])}")
+    return "\n".join(lines)
+
+
+def _stream_line(r: StreamRow) -> str:
+    e2e = r.latency
+    return (f"{r.name} {r.state} fps {r.fps:.1f} in {r.frames_in} out {r.frames_out} err {r.errors} "
+            f"drop {r.drops} in-flight {r.in_flight}"
+            + (f" e2e p50 {_ms(e2e.p50_ms)}ms p95 {_ms(e2e.p95_ms)}ms" if e2e else ""))
+
+
+def rank_streams(rows: tuple[StreamRow, ...] | list[StreamRow]) -> list[StreamRow]:
+    """Worst first: failed, reconnecting, starting; then most drops + errors; then slowest."""
+    return sorted(rows, key=lambda r: (_STATE_RANK.get(r.state, 2), -(r.drops + r.errors), r.fps, r.name))
+
+
+def summarise_streams(rows: list[StreamRow]) -> str:
+    """One line for many streams: how many in each state, FPS range, their drops and errors."""
+    states: dict[str, int] = {}
+    for r in rows:
+        states[r.state] = states.get(r.state, 0) + 1
+    fps = [r.fps for r in rows]
+    return (f"{len(rows)} more: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+            + f"; fps {min(fps):.1f}–{max(fps):.1f}; out {sum(r.frames_out for r in rows)} "
+            f"err {sum(r.errors for r in rows)} drop {sum(r.drops for r in rows)}")
+
+
+def file_progress(snap: Snapshot) -> tuple[int, int, float | None]:
+    """File streams with a known length: (frames done, frames expected, seconds left or None)."""
+    files = [r for r in snap.streams if r.kind == "file" and r.expected > 0]
+    done = sum(min(r.done, r.expected) for r in files)
+    expected = sum(r.expected for r in files)
+    rate = sum(r.fps for r in files if r.state != "ended")
+    left = expected - done
+    return done, expected, (left / rate if rate > 0 else None) if left > 0 else 0.0
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds // 60 % 60:02d}"
 
 
 def _ms(value: float | None) -> str:
@@ -110,11 +170,50 @@ def _ms(value: float | None) -> str:
 # ---- rich views ---------------------------------------------------------------------------------
 
 def render(snap: Snapshot) -> RenderableType:
-    """The live dashboard: header, stages | devices, processes | queues, accounting."""
-    return Panel(Group(_header(snap), _SideBySide(stages_table(snap), devices_table(snap)),
-                       _SideBySide(processes_table(snap), edges_table(snap)),
-                       accounting_text(snap.totals)),
-                 title="ovstream", title_align="left", box=box.ROUNDED)
+    """The live dashboard: header, file progress, streams, stages | devices, processes | queues,
+    accounting."""
+    parts: list[RenderableType] = [_header(snap)]
+    progress = progress_view(snap)
+    if progress is not None:
+        parts.append(progress)
+    if len(snap.streams) > 1:
+        parts.append(streams_table(snap))
+    parts += [_SideBySide(stages_table(snap), devices_table(snap)),
+              _SideBySide(processes_table(snap), edges_table(snap)), accounting_text(snap.totals)]
+    return Panel(Group(*parts), title="ovstream", title_align="left", box=box.ROUNDED)
+
+
+def progress_view(snap: Snapshot) -> RenderableType | None:
+    """A bar of the file streams' frames done against expected, with the ETA; None without files."""
+    done, expected, eta = file_progress(snap)
+    if not expected:
+        return None
+    grid = Table.grid(padding=(0, 1))
+    grid.add_row(Text("files", style="dim"), ProgressBar(total=expected, completed=done, width=40),
+                 Text(f"{done}/{expected}  {100 * done / expected:.0f}%  ETA {_eta(eta)}"))
+    return grid
+
+
+def streams_table(snap: Snapshot, limit: int = STREAM_ROWS) -> Table:
+    """Per stream: state, FPS, frames, drops, errors, in flight, end-to-end p50/p95; the worst
+    first, and beyond ``limit`` rows one summary row for the rest."""
+    table = Table(title=f"streams ({len(snap.streams)})", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("stream")
+    table.add_column("state")
+    for name in ("FPS", "in", "out", "drops", "errors", "in-flight", "e2e p50", "p95"):
+        table.add_column(name, justify="right")
+    ranked = rank_streams(snap.streams)
+    shown = ranked if len(ranked) <= limit else ranked[:limit - 1]
+    styles = {"failed": "red", "reconnecting": "yellow", "ended": "dim"}
+    for r in shown:
+        e2e = r.latency
+        table.add_row(r.name, r.state, f"{r.fps:.1f}", str(r.frames_in), str(r.frames_out), str(r.drops),
+                      str(r.errors), str(r.in_flight), _ms(e2e.p50_ms) if e2e else "-",
+                      _ms(e2e.p95_ms) if e2e else "-",
+                      style=styles.get(r.state, "yellow" if r.drops or r.errors else None))
+    if len(shown) < len(ranked):
+        table.add_row(Text(summarise_streams(ranked[len(shown):]), style="dim"))
+    return table
 
 
 def render_summary(snap: Snapshot | dict) -> RenderableType:
@@ -134,7 +233,10 @@ def render_summary(snap: Snapshot | dict) -> RenderableType:
     head.add_row("frames", f"in {t.frames_in}  out {t.frames_out}  errors {t.errors}  "
                            f"drops {t.drops}  duplicates {t.duplicates}")
     head.add_row("accounting", accounting_text(t))
-    return Group(head, stages_table(snap, all_scopes=True), devices_table(snap, summary=True),
+    parts: list[RenderableType] = [head]
+    if len(snap.streams) > 1:
+        parts.append(streams_table(snap))
+    return Group(*parts, stages_table(snap, all_scopes=True), devices_table(snap, summary=True),
                  processes_table(snap))
 
 
@@ -253,5 +355,6 @@ def accounting_text(t: Totals) -> Text:
     return text
 
 
-__all__ = ["Dashboard", "accounting_text", "devices_table", "edges_table", "format_plain",
-           "processes_table", "render", "render_summary", "stages_table"]
+__all__ = ["Dashboard", "accounting_text", "devices_table", "edges_table", "file_progress", "format_plain",
+           "processes_table", "progress_view", "rank_streams", "render", "render_summary", "stages_table",
+           "streams_table", "summarise_streams"]

@@ -31,8 +31,11 @@ class MessageError(ValueError):
 class FrameRef:
     """One frame travelling through the pipeline (no pixels, only where they are).
 
-    ``frame_id`` is deterministic for file sources (its position in the source, counting loops),
-    so a replay after a crash yields the same ids and the sinks can deduplicate.
+    ``frame_id`` is the frame's sequence number within its stream, deterministic for file
+    sources (its position in the source, counting loops), so a replay after a crash yields the
+    same ids and the sinks can deduplicate. ``stream`` is the stream's index in the run's
+    resolved source list; ``epoch`` the restart count of the decoder instance that read it
+    (its raw slot is released to that instance only).
     """
 
     frame_id: int
@@ -45,17 +48,20 @@ class FrameRef:
     orig_width: int = 0
     geometry: list[float] = field(default_factory=list)  # [sx, sy, pad_x, pad_y] model→slot
     stamps: dict[str, int] = field(default_factory=dict)  # stage name → time.monotonic_ns()
+    stream: int = 0
+    epoch: int = 0
 
     def to_wire(self) -> list:
         return [self.frame_id, self.source, self.index, self.raw_slot, self.height, self.width,
-                self.orig_height, self.orig_width, self.geometry, self.stamps]
+                self.orig_height, self.orig_width, self.geometry, self.stamps, self.stream, self.epoch]
 
     @classmethod
     def from_wire(cls, item: Any) -> "FrameRef":
-        if not isinstance(item, list) or len(item) != 10:
-            raise MessageError("frame reference must be a 10-item list")
+        if not isinstance(item, list) or len(item) != 12:
+            raise MessageError("frame reference must be a 12-item list")
         ref = cls(*item)
-        ints = (ref.frame_id, ref.index, ref.raw_slot, ref.height, ref.width, ref.orig_height, ref.orig_width)
+        ints = (ref.frame_id, ref.index, ref.raw_slot, ref.height, ref.width, ref.orig_height, ref.orig_width,
+                ref.stream, ref.epoch)
         if (not all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
                 or not isinstance(ref.source, str) or not isinstance(ref.stamps, dict)
                 or not isinstance(ref.geometry, list)
@@ -160,7 +166,7 @@ class FrameMsg(Message):
 
 @dataclass(slots=True)
 class EndOfSource(Message):
-    """decoder → preprocessor and postprocessor: the source is exhausted.
+    """decoder → preprocessor and postprocessor: stream ``stream`` is exhausted.
 
     ``total`` is the number of frame ids emitted (0..total-1, errors included); ``drops`` the
     frames read but dropped under backpressure (live sources only).
@@ -169,6 +175,7 @@ class EndOfSource(Message):
     TYPE: ClassVar[str] = "eos"
     total: int
     drops: int = 0
+    stream: int = 0
     generation: int = 0
 
 
@@ -253,12 +260,13 @@ class ErrorMsg(Message):
 
 @dataclass(slots=True)
 class ReleaseMsg(Message):
-    """Slots free again: raw slots (→ decoder), or input slots of dispatches ``batch_ids``
-    (postprocessor → preprocessor)."""
+    """Slots free again: raw slots (→ the decoder instance ``epoch`` that owns them), or input
+    slots of dispatches ``batch_ids`` (postprocessor → preprocessor)."""
 
     TYPE: ClassVar[str] = "release"
     slots: list[int]
     batch_ids: list[int] = field(default_factory=list)
+    epoch: int = 0
     generation: int = 0
 
 
@@ -309,18 +317,22 @@ class StatsMsg(Message):
 
 @dataclass(slots=True)
 class AckMsg(Message):
-    """postprocessor → supervisor: these frame ids are written to every sink."""
+    """postprocessor → supervisor: these frame ids of stream ``stream`` are written to every
+    sink; ``finished``: every frame of that stream is written (it has ended)."""
 
     TYPE: ClassVar[str] = "ack"
     frame_ids: list[int]                                       # written as results
     error_ids: list[int] = field(default_factory=list)         # written as error records
+    stream: int = 0
     finished: bool = False
     generation: int = 0
 
 
 @dataclass(slots=True)
 class ControlMsg(Message):
-    """supervisor → children (PUB): ``start``, ``stop`` or ``worker_down`` (``arg`` = worker)."""
+    """supervisor ⇄ children: ``start``, ``stop``, ``worker_down`` (``arg`` = worker instance),
+    ``decoder_down`` (``arg`` = decoder name, to the preprocessor, which fences that decoder's
+    frames and answers ``decoder_fenced`` with ``arg`` = JSON ``{"decoder", "next": {stream: id}}``)."""
 
     TYPE: ClassVar[str] = "control"
     command: str

@@ -5,19 +5,26 @@ every :class:`~engine.messages.StatsMsg`. The supervisor feeds each message to o
 :class:`MetricsAggregator` and asks it for an immutable :class:`Snapshot`, which the dashboard
 draws and :meth:`Snapshot.to_dict` writes as the run report. Nothing here knows about rich.
 
-Frame accounting (exact, shown live and checked at exit)::
+Frame accounting, per stream and overall (exact, shown live and checked at exit)::
 
-    in  = decoder frames_read            (every frame taken from the source)
-    out = postprocessor results          (frames written as results; duplicates not included)
-    errors = postprocessor errors        (every error record written, whatever stage failed:
-                                          a decode error reaches the sinks as an error record,
-                                          so the decoder's decode_errors are not added again)
-    drops = decoder drops                (live sources under backpressure; never reach the sinks)
+    in  = frame ids the stream's decoder produced + its drops
+    out = frames written as results      (acknowledged by the postprocessor; no duplicates)
+    errors = error records written       (whatever stage failed: a decode error reaches the
+                                          sinks as an error record, so it is counted once)
+    drops = live frames dropped under backpressure (they never reach the sinks)
     in_flight = in - out - errors - drops
     balanced  = in == out + errors + drops
 
-Counters in a StatsMsg are cumulative per process *instance* (pid, generation); the aggregator
-sums the instances of a process so totals stay monotone across restarts.
+The decoder reports its count every heartbeat while acks arrive continuously, so comparing the
+latest of each would show frames written that were "never read" and ``in_flight`` 0. Each
+stream's accounting is therefore a consistent cut: the decoder's count together with the acks
+the supervisor had at the moment that count arrived. It lags by at most one heartbeat, its
+``in_flight`` is real, and it becomes final when the stream has ended.
+
+Per-stream figures travel in the same counters, gauges and latency maps as the process's own,
+keyed ``name@stream`` (:func:`stream_key`, the stream's index). Counters in a StatsMsg are
+cumulative per process *instance* (pid, generation); the aggregator sums the instances of a
+process so totals stay monotone across restarts.
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ import psutil
 from engine.messages import StatsMsg
 
 ALL = ""                        # stage scope meaning "every process and device"
+STREAM_STATES = ("starting", "running", "live", "reconnecting", "ended", "failed")
 STAGE_ORDER = ("decode", "preprocess", "queue", "inference", "postprocess", "end_to_end")
 REPORT_FORMAT = "ovstream-report/1"
 
@@ -47,6 +55,24 @@ _THROUGHPUT = {
 _ERROR_COUNTER = {"decoder": "decode_errors"}   # other roles: "errors"
 _KEEP_INSTANCES = 16          # per process; older instances are folded into one base sum
 _PROC_SAMPLE_S = 0.5          # psutil sampling period (cpu_percent interval)
+
+
+# ---- per-stream keys ----------------------------------------------------------------------------
+
+def stream_key(name: str, stream: int) -> str:
+    """The counter/gauge/latency key of ``name`` for stream index ``stream``: ``name@stream``."""
+    return f"{name}@{stream}"
+
+
+def split_stream_key(key: str) -> tuple[str, int] | None:
+    """``("name", stream)`` for a per-stream key, None for a process-wide one."""
+    name, at, stream = key.rpartition("@")
+    return (name, int(stream)) if at and stream.isdigit() else None
+
+
+def stream_state_code(state: str) -> int:
+    """A stream state as a number (gauges are numbers); see :data:`STREAM_STATES`."""
+    return STREAM_STATES.index(state)
 
 
 # ---- in each child ------------------------------------------------------------------------------
@@ -278,6 +304,57 @@ class Totals:
 
 
 @dataclass(frozen=True)
+class StreamRow:
+    """One stream: its state, accounting (a consistent cut, see the module docstring), rate and
+    end-to-end latency. ``expected`` is the frames a file stream will produce (0: unknown/live)."""
+
+    name: str
+    uri: str
+    kind: str                   # file | live
+    state: str                  # one of STREAM_STATES
+    frames_in: int
+    frames_out: int
+    errors: int
+    drops: int
+    in_flight: int
+    fps: float                  # over the sliding window while running; the average once ended
+    avg_fps: float              # from its first written frame to its last
+    reconnects: int = 0
+    duplicates: int = 0
+    expected: int = 0
+    latency: StageRow | None = None     # end_to_end
+
+    @property
+    def done(self) -> int:
+        return self.frames_out + self.errors
+
+    @property
+    def balanced(self) -> bool:
+        return self.frames_in == self.frames_out + self.errors + self.drops
+
+    def to_dict(self) -> dict[str, Any]:
+        latency = {}
+        if self.latency is not None:
+            latency = {"end_to_end": {"p50": self.latency.p50_ms, **self.latency.latency()}}
+        return {"uri": self.uri, "kind": self.kind, "state": self.state, "in": self.frames_in,
+                "out": self.frames_out, "errors": self.errors, "drops": self.drops,
+                "in_flight": self.in_flight, "fps": self.fps, "avg_fps": self.avg_fps,
+                "reconnects": self.reconnects, "duplicates": self.duplicates,
+                "expected": self.expected, "latency_ms": latency}
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict[str, Any]) -> "StreamRow":
+        e2e = d.get("latency_ms", {}).get("end_to_end")
+        latency = None if not e2e else StageRow("end_to_end", name, e2e["count"], e2e["min"], e2e["median"],
+                                                e2e["p95"], e2e["p99"], e2e["max"], e2e["avg"])
+        return cls(name=name, uri=d.get("uri", ""), kind=d.get("kind", "file"), state=d.get("state", ""),
+                   frames_in=d.get("in", 0), frames_out=d.get("out", 0), errors=d.get("errors", 0),
+                   drops=d.get("drops", 0), in_flight=d.get("in_flight", 0), fps=d.get("fps", 0.0),
+                   avg_fps=d.get("avg_fps", 0.0), reconnects=d.get("reconnects", 0),
+                   duplicates=d.get("duplicates", 0), expected=d.get("expected", 0), latency=latency)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the dashboard draws and the run report holds, at one instant."""
 
@@ -289,6 +366,7 @@ class Snapshot:
     devices: tuple[DeviceRow, ...] = ()
     processes: tuple[ProcessRow, ...] = ()
     edges: tuple[EdgeRow, ...] = ()
+    streams: tuple[StreamRow, ...] = ()
 
     def stage(self, name: str, scope: str = ALL) -> StageRow | None:
         """The row of ``name`` in ``scope``, or None when it has no samples."""
@@ -321,7 +399,8 @@ class Snapshot:
                    timestamp=report.get("timestamp", 0.0), totals=totals,
                    stages=tuple(sorted(stages, key=_stage_order)), devices=devices,
                    processes=tuple(ProcessRow(**p) for p in report.get("processes", [])),
-                   edges=tuple(EdgeRow(**e) for e in report.get("queues", [])))
+                   edges=tuple(EdgeRow(**e) for e in report.get("queues", [])),
+                   streams=tuple(StreamRow.from_dict(name, d) for name, d in report.get("streams", {}).items()))
 
     def to_dict(self) -> dict[str, Any]:
         """The run report (``report.json``): JSON-able, named like benchmark_app's figures."""
@@ -350,6 +429,7 @@ class Snapshot:
                         for d in self.devices],
             "processes": [asdict(p) for p in self.processes],
             "queues": [asdict(e) for e in self.edges],
+            "streams": {r.name: r.to_dict() for r in self.streams},
         }
 
 
@@ -389,6 +469,29 @@ class _Proc:
         return max(self.restarts_noted, self.instances - 1)
 
 
+@dataclass
+class _Stream:
+    """What the aggregator keeps about one stream."""
+
+    name: str
+    uri: str = ""
+    kind: str = "file"
+    ok: int = 0                     # acked results / error records (the supervisor's ledger)
+    err: int = 0
+    ids: int = 0                    # decoder's high-water mark of frame ids produced
+    drops: int = 0
+    cut: tuple[int, int, int, int] = (0, 0, 0, 0)   # (ids, drops, ok, err) at one instant
+    state: str = "starting"
+    ended: bool = False
+    expected: int = 0
+    reconnects: int = 0
+    duplicates: int = 0
+    series: deque = field(default_factory=deque)     # (t, ok + err)
+    t_first: float | None = None
+    t_last: float | None = None
+    hist: Histogram = field(default_factory=Histogram)
+
+
 def worker_label(device: str, process: str) -> str:
     """``CPU#0`` for device CPU and process ``inference-0``; the process name if it has no index."""
     suffix = process.rsplit("-", 1)[-1]
@@ -398,10 +501,12 @@ def worker_label(device: str, process: str) -> str:
 class MetricsAggregator:
     """Turns the StatsMsg stream into totals, rates, histograms and a :class:`Snapshot`.
 
-    Call :meth:`ingest` for every StatsMsg, :meth:`note_restart` when the supervisor restarts a
-    process, :meth:`set_accounting` with the postprocessor's acks, :meth:`set_state` on state
-    changes, and :meth:`snapshot` whenever the dashboard or the report needs figures. ``now``
-    arguments are ``time.monotonic()`` seconds (tests pass them explicitly).
+    Call :meth:`add_stream` for every stream of the run, :meth:`ingest` for every StatsMsg,
+    :meth:`note_restart` when the supervisor restarts a process, :meth:`set_stream_acks` with
+    the ledger's counts after the postprocessor's acks, :meth:`end_stream` when a stream has
+    ended, :meth:`set_state` on state changes, and :meth:`snapshot` whenever the dashboard or
+    the report needs figures. ``now`` arguments are ``time.monotonic()`` seconds (tests pass
+    them explicitly).
     """
 
     def __init__(self, window_s: float = 2.0, sample_processes: bool = True) -> None:
@@ -412,9 +517,7 @@ class MetricsAggregator:
         self._t0: float | None = None
         self._t_first: float | None = None         # first frame seen (or start())
         self._t_last_done: dict[str, float] = {}   # process → time its throughput last grew
-        self._acked = 0
-        self._frame_ids: int | None = None
-        self._ack_errors = 0
+        self._streams: list[_Stream] = []
         self._state: str | None = None             # None: "starting", then "running"
         self._last_sample: float | None = None
 
@@ -451,17 +554,29 @@ class MetricsAggregator:
         """The supervisor restarted ``process`` (its next stats come from a fresh instance)."""
         self._procs.setdefault(process, _Proc(name=process)).restarts_noted += 1
 
-    def set_accounting(self, acked: int, errors: int, frame_ids: int | None = None) -> None:
-        """Cumulative counts from the postprocessor's AckMsgs: result frames and error records.
+    def add_stream(self, name: str, uri: str = "", kind: str = "file") -> int:
+        """Declare the next stream (index = declaration order); returns its index."""
+        self._streams.append(_Stream(name, uri, kind))
+        return len(self._streams) - 1
 
-        Acks are final while stats may lag by one interval, so the accounting uses the larger
-        of the two for ``out`` and ``errors``. ``frame_ids`` is the number of distinct frame ids
-        the source has produced (the decoder's high-water mark): after a restart re-reads frames,
-        it replaces the sum of ``frames_read`` as ``in`` (plus drops).
-        """
-        self._acked, self._ack_errors = int(acked), int(errors)
-        if frame_ids is not None:
-            self._frame_ids = int(frame_ids)
+    def set_stream_acks(self, stream: int, ok: int, errors: int, now: float | None = None) -> None:
+        """Cumulative distinct frames of ``stream`` written as results and as error records."""
+        if not 0 <= stream < len(self._streams):
+            return
+        now = time.monotonic() if now is None else now
+        st = self._streams[stream]
+        if ok + errors > st.ok + st.err:
+            st.t_first = now if st.t_first is None else st.t_first
+            st.t_last = now
+        st.ok, st.err = int(ok), int(errors)
+        st.series.append((now, st.ok + st.err))
+        while len(st.series) > 2 and st.series[1][0] <= now - self.window_s:
+            st.series.popleft()
+
+    def end_stream(self, stream: int) -> None:
+        """Every frame of ``stream`` is written: its accounting is final."""
+        if 0 <= stream < len(self._streams):
+            self._streams[stream].ended = True
 
     def ingest(self, msg: StatsMsg, now: float | None = None) -> None:
         """Fold one StatsMsg in; malformed fields are ignored, never raised."""
@@ -476,6 +591,7 @@ class MetricsAggregator:
         self._fold_counters(proc, msg, counters)
         if self._key_of(proc, msg) == proc.key:
             proc.gauges = _numbers(msg.gauges)
+            self._stream_figures(proc)
         self._record_latency(proc, msg.latency_ms)
 
         names = _THROUGHPUT.get(proc.role, ())
@@ -499,21 +615,26 @@ class MetricsAggregator:
         def by_role(role: str) -> list[_Proc]:
             return [p for p in procs if p.role == role]
 
-        drops = sum(p.total("drops") for p in by_role("decoder"))
-        if self._frame_ids is not None:
-            frames_in = self._frame_ids + drops
-        else:
-            frames_in = sum(p.total("frames_read") for p in by_role("decoder"))
         post = by_role("postprocessor")
-        out = max(sum(p.total("results") for p in post), self._acked)
-        errors = max(sum(p.total("errors") for p in post), self._ack_errors)
-        duplicates = sum(p.total("duplicates") for p in post)
+        streams = tuple(self._stream_row(st, now) for st in self._streams)
+        if streams:
+            frames_in, out, errors, drops = (sum(getattr(r, f) for r in streams)
+                                             for f in ("frames_in", "frames_out", "errors", "drops"))
+            in_flight = sum(r.in_flight for r in streams)
+            done = sum(st.ok + st.err for st in self._streams)
+        else:                                   # no streams declared: the processes' own counters
+            drops = sum(p.total("drops") for p in by_role("decoder"))
+            frames_in = sum(p.total("frames_read") for p in by_role("decoder"))
+            out = sum(p.total("results") for p in post)
+            errors = sum(p.total("errors") for p in post)
+            in_flight = max(frames_in - out - errors - drops, 0)
+            done = out + errors
         totals = Totals(
             frames_in=frames_in, frames_out=out, errors=errors, drops=drops,
-            duplicates=duplicates, in_flight=max(frames_in - out - errors - drops, 0),
+            duplicates=sum(p.total("duplicates") for p in post), in_flight=in_flight,
             balanced=frames_in == out + errors + drops,
             fps=sum(self._rate(p, now) for p in post),
-            avg_fps=self._avg_rate(post, out + errors),
+            avg_fps=self._avg_rate(post, done),
             reconnects=sum(p.total("reconnects") for p in by_role("decoder")))
 
         return Snapshot(
@@ -525,6 +646,7 @@ class MetricsAggregator:
             devices=tuple(self._device_row(p, now) for p in by_role("inference")),
             processes=tuple(self._process_row(p, now) for p in procs),
             edges=tuple(e for p in procs for e in _edges(p)),
+            streams=streams,
         )
 
     # -- internals --
@@ -554,6 +676,52 @@ class MetricsAggregator:
             for k, v in counters.items():
                 current[k] = max(current.get(k, 0), v)
 
+    def _stream_figures(self, proc: _Proc) -> None:
+        """Per-stream gauges of a decoder (a new accounting cut) or counters of a postprocessor."""
+        for key, value in proc.gauges.items():
+            parsed = split_stream_key(key)
+            if parsed is None or not 0 <= parsed[1] < len(self._streams):
+                continue
+            name, st = parsed[0], self._streams[parsed[1]]
+            if proc.role == "decoder" and name == "next_frame_id":
+                st.ids = max(st.ids, int(value))
+                st.drops = proc.total(stream_key("drops", parsed[1]))
+                st.reconnects = proc.total(stream_key("reconnects", parsed[1]))
+                st.cut = (st.ids, st.drops, st.ok, st.err)
+            elif proc.role == "decoder" and name == "state" and 0 <= int(value) < len(STREAM_STATES):
+                st.state = STREAM_STATES[int(value)]
+            elif proc.role == "decoder" and name == "expected":
+                st.expected = int(value)
+        if proc.role == "postprocessor":
+            for i, st in enumerate(self._streams):
+                st.duplicates = proc.total(stream_key("duplicates", i))
+
+    def _stream_row(self, st: _Stream, now: float) -> StreamRow:
+        if st.ended:        # final: what the decoder produced against what was written
+            ids = max(st.ids, st.ok + st.err)
+            frames_in, out, errors, drops, in_flight = ids + st.drops, st.ok, st.err, st.drops, 0
+            state = "failed" if st.state == "failed" else "ended"
+        else:
+            ids, drops, out, errors = st.cut
+            frames_in = max(ids, out + errors) + drops
+            in_flight = frames_in - out - errors - drops
+            state = st.state
+        s = st.series
+        avg = (st.ok + st.err) / (st.t_last - st.t_first) if st.t_first is not None and st.t_last > st.t_first else 0.0
+        if st.ended:
+            fps = avg
+        elif len(s) >= 2 and now - s[-1][0] <= self.window_s and s[-1][0] > s[0][0]:
+            fps = (s[-1][1] - s[0][1]) / (s[-1][0] - s[0][0])
+        else:
+            fps = 0.0
+        h = st.hist
+        latency = None if not h.count else StageRow("end_to_end", st.name, h.count, *(
+            round(v, 3) for v in (h.min, h.percentile(50), h.percentile(95), h.percentile(99), h.max, h.mean)))
+        return StreamRow(name=st.name, uri=st.uri, kind=st.kind, state=state, frames_in=frames_in,
+                         frames_out=out, errors=errors, drops=drops, in_flight=in_flight, fps=round(fps, 2),
+                         avg_fps=round(avg, 2), reconnects=st.reconnects, duplicates=st.duplicates,
+                         expected=st.expected, latency=latency)
+
     def _record_latency(self, proc: _Proc, latency: Any) -> None:
         if not isinstance(latency, dict):
             return
@@ -566,6 +734,11 @@ class MetricsAggregator:
             values = [float(v) for v in samples
                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
             if not values:
+                continue
+            per_stream = split_stream_key(stage)
+            if per_stream is not None:
+                if 0 <= per_stream[1] < len(self._streams):
+                    self._streams[per_stream[1]].hist.add_many(values)
                 continue
             for scope in dict.fromkeys(scopes):
                 self._hists.setdefault((stage, scope), Histogram()).add_many(values)
@@ -607,7 +780,8 @@ class MetricsAggregator:
             restarts=p.restarts, errors=p.total(_ERROR_COUNTER.get(p.role, "errors")),
             drops=p.total("drops"), fps=self._rate(p, now),
             silent_s=None if p.last_seen is None else max(now - p.last_seen, 0.0),
-            counters=p.totals(), gauges=dict(p.gauges))
+            counters={k: v for k, v in p.totals().items() if "@" not in k},
+            gauges={k: v for k, v in p.gauges.items() if "@" not in k})
 
     def _ps(self, pid: int) -> psutil.Process | None:
         if not self.sample_processes or pid <= 0:
@@ -683,5 +857,6 @@ def _edges(p: _Proc) -> list[EdgeRow]:
     return []
 
 
-__all__ = ["ALL", "DeviceRow", "EdgeRow", "Histogram", "LatencyRecorder", "MetricsAggregator",
-           "ProcessRow", "Snapshot", "StageRow", "Totals", "worker_label"]
+__all__ = ["ALL", "STREAM_STATES", "DeviceRow", "EdgeRow", "Histogram", "LatencyRecorder", "MetricsAggregator",
+           "ProcessRow", "Snapshot", "StageRow", "StreamRow", "Totals", "split_stream_key", "stream_key",
+           "stream_state_code", "worker_label"]

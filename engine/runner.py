@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from engine.config import load_config
+from engine.errors import ConfigError
 from engine.dashboard import render_summary
 from engine.supervisor import Supervisor
 
@@ -21,7 +22,9 @@ HANDLES_SIGNALS = True      # the supervisor installs its handlers, then lets Ct
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="TOML config (default: configs/default.toml)")
-    parser.add_argument("--source", help="image folder, video file, camera index or rtsp/http URL")
+    parser.add_argument("--source", action="append",
+                        help="image folder, video file, camera index or rtsp/http URL; repeat for several "
+                             "streams; a glob ('clips/*.mp4') is one stream per file")
     parser.add_argument("--model", help="registry name (models/models.toml) or model file")
     parser.add_argument("--adapter", help="output adapter when --model is a file")
     parser.add_argument("--device", action="append", help="OpenVINO device; repeat for several workers")
@@ -33,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="output folder (results.jsonl, report.json, logs/)")
     parser.add_argument("--annotate", action="store_true", help="also write annotated images")
     parser.add_argument("--video", action="store_true", help="also write an annotated video")
+    parser.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
+                        help="end the run after this long (live streams otherwise run until Ctrl-C)")
     parser.add_argument("--no-dashboard", action="store_true", help="plain progress lines instead of the live view")
 
 
@@ -44,7 +49,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
         if value is not None:
             out.setdefault(section, {})[key] = value
 
-    put("source", "uri", args.source)
+    if args.source:
+        out["sources"] = [{"uri": uri} for uri in args.source]   # globs expand when the config resolves
     put("source", "loop", args.loop)
     if args.model:
         is_file = Path(args.model).suffix in (".xml", ".onnx", ".tflite", ".pb", ".pdmodel")
@@ -67,8 +73,15 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides_from(args))
+    if args.loop is not None:                  # every stream, also those a config lists
+        for src in cfg.sources:
+            src.loop = args.loop
+    if args.loop is not None and args.loop < 1:
+        raise ConfigError(f"--loop must be >= 1, not {args.loop}")
+    if args.duration < 0:
+        raise ConfigError(f"--duration must be >= 0, not {args.duration:g}")
     console = Console(stderr=False)
-    outcome = Supervisor(cfg).run()
+    outcome = Supervisor(cfg, duration_s=args.duration).run()
     if outcome.report:
         console.print(render_summary(outcome.report))
         if cfg.output.report:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,16 +81,17 @@ class JsonlSink(Sink):
         self._fh.close()
 
     @staticmethod
-    def recover(path: str | Path) -> set[int]:
-        """After a crash: cut a partial last line off ``path``; return the frame ids it holds.
+    def recover(path: str | Path) -> dict[str, set[int]]:
+        """After a crash: cut a partial last line off ``path``; return the frame ids it holds,
+        per stream name.
 
         A complete line that does not parse (a torn write) is left in place but not counted,
         so its frame is produced again.
         """
         path = Path(path)
         if not path.exists():
-            return set()
-        done: set[int] = set()
+            return {}
+        done: dict[str, set[int]] = {}
         kept = 0
         with open(path, "rb+") as fh:
             for line in fh:
@@ -98,7 +99,8 @@ class JsonlSink(Sink):
                     break
                 kept += len(line)
                 try:
-                    done.add(int(json.loads(line)["frame_id"]))
+                    record = json.loads(line)
+                    done.setdefault(str(record["stream"]), set()).add(int(record["frame_id"]))
                 except (ValueError, KeyError, TypeError):
                     continue
             fh.truncate(kept)
@@ -250,16 +252,46 @@ class VideoSink(Sink):
             self._writer = None
 
 
-def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = False) -> list[Sink]:
-    """The sinks ``output`` asks for, in ``output.dir`` (created): results.jsonl, images/,
-    annotated.mp4. ``resume`` appends to results.jsonl (after :meth:`JsonlSink.recover`)."""
+class PerStream(Sink):
+    """One sink per stream, made on the stream's first record by ``make(stream name)``
+    (``images/<stream>/``, ``video/<stream>.mp4``)."""
+
+    draws = True
+
+    def __init__(self, make: Callable[[str], Sink]) -> None:
+        self._make = make
+        self._sinks: dict[str, Sink] = {}
+
+    def write(self, record: dict, frame: np.ndarray | None) -> None:
+        name = str(record.get("stream", "stream"))
+        sink = self._sinks.get(name)
+        if sink is None:
+            sink = self._sinks[name] = self._make(name)
+        sink.write(record, frame)
+
+    def flush(self) -> None:
+        for sink in self._sinks.values():
+            sink.flush()
+
+    def close(self) -> None:
+        for sink in self._sinks.values():
+            sink.close()
+        self._sinks.clear()
+
+
+def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = False,
+               streams: Sequence[str] = ()) -> list[Sink]:
+    """The sinks ``output`` asks for, in ``output.dir`` (created): one results.jsonl for the run,
+    annotated ``images/<stream>/`` and ``video/<stream>.mp4`` per stream. ``resume`` appends to
+    results.jsonl (after :meth:`JsonlSink.recover`)."""
     directory = Path(output.dir)
     directory.mkdir(parents=True, exist_ok=True)
     sinks: list[Sink] = []
     if output.jsonl:
         sinks.append(JsonlSink(directory / "results.jsonl", append=resume))
     if output.images:
-        sinks.append(ImageSink(directory / "images", labels))
+        sinks.append(PerStream(lambda name: ImageSink(directory / "images" / name, labels)))
     if output.video:
-        sinks.append(VideoSink(directory / "annotated.mp4", output.video_fps, labels))
+        sinks.append(PerStream(lambda name: VideoSink(directory / "video" / f"{name}.mp4", output.video_fps,
+                                                      labels)))
     return sinks

@@ -55,6 +55,9 @@ class Source(ABC):
     def __init__(self, live: bool) -> None:
         self.live = live
         self.drops = 0                 # frames overwritten before the consumer took them (live only)
+        self.expected = 0              # frames this source will yield (files; 0 = unknown or endless)
+        self.reconnecting = False      # a live stream is lost and being re-opened
+        self.failed = ""               # why the source ended for good (cannot open, gave up)
         self.events: list[str] = []    # notices (reconnect attempts); take them with drain_events()
         self._closed = threading.Event()
         self._cond = threading.Condition()
@@ -301,6 +304,7 @@ class FolderSource(Source):
     def __init__(self, paths: list[Path], loop: int, skip: Skip | None, live: bool, min_side: int = 0) -> None:
         super().__init__(live)
         self.paths = paths
+        self.expected = len(paths) * loop
         self._loop = loop
         self._skip = skip
         self._min_side = min_side
@@ -327,11 +331,12 @@ class VideoSource(Source):
     in a row end the file. Indices count reads, failed ones included, so they stay deterministic.
     """
 
-    def __init__(self, path: Path, loop: int, skip: Skip | None, live: bool) -> None:
+    def __init__(self, path: Path, loop: int, skip: Skip | None, live: bool, realtime: bool = False) -> None:
         super().__init__(live)
         self.path = path
         self._loop = loop
         self._skip = skip
+        self._realtime = realtime or live    # a live file plays in real time
 
     def _read(self) -> Iterator[SourceItem]:
         n = 0
@@ -347,11 +352,13 @@ class VideoSource(Source):
         cap = cv2.VideoCapture(where, cv2.CAP_FFMPEG)
         try:
             if not cap.isOpened():
-                yield SourceItem(base, where, 0, None, f"cannot open video (missing codec or not a video): {where}")
+                self.failed = f"cannot open video (missing codec or not a video): {where}"
+                yield SourceItem(base, where, 0, None, self.failed)
                 return 1
             expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            self.expected = max(self.expected, expected * self._loop)
             fps = cap.get(cv2.CAP_PROP_FPS)
-            period = 1.0 / fps if self.live and fps > 0 else 0.0   # a live file plays in real time
+            period = 1.0 / fps if self._realtime and fps > 0 else 0.0
             due = time.monotonic()
             i = failed = 0
             while not self._closed.is_set():
@@ -423,15 +430,18 @@ class CaptureSource(Source):
         if cap is None:
             why = ("camera (no such device, or busy)" if self.uri.isdigit() or self.uri.startswith("/dev/")
                    else f"stream (refused, no answer within {OPEN_TIMEOUT_S:g} s, or not a video)")
-            yield SourceItem(0, self.uri, 0, None, f"cannot open {why}: {self.uri}")
+            self.failed = f"cannot open {why}: {self.uri}"
+            yield SourceItem(0, self.uri, 0, None, self.failed)
             return
         i = failures = 0
         try:
             while not self._closed.is_set():
                 if cap is None:
+                    self.reconnecting = True
                     if failures == self._attempts:
-                        yield SourceItem(i, self.uri, i, None,
-                                         f"stream lost: {self.uri} (gave up after {failures} reconnect attempts)")
+                        self.reconnecting = False
+                        self.failed = f"stream lost: {self.uri} (gave up after {failures} reconnect attempts)"
+                        yield SourceItem(i, self.uri, i, None, self.failed)
                         return
                     delay = min(BACKOFF_START_S * 2 ** failures, BACKOFF_MAX_S)
                     failures += 1
@@ -447,6 +457,7 @@ class CaptureSource(Source):
                     cap = None
                     continue
                 failures = 0
+                self.reconnecting = False
                 yield SourceItem(i, self.uri, i, as_bgr8(frame), None)
                 i += 1
         finally:
@@ -492,7 +503,7 @@ def open_source(cfg: SourceConfig, skip: Skip | None = None, min_side: int = 0) 
     if path is not None and path.is_file():
         suffix = path.suffix.lower()
         if suffix in VIDEO_EXTENSIONS:
-            return VideoSource(path, cfg.loop, skip, bool(forced))
+            return VideoSource(path, cfg.loop, skip, bool(forced), cfg.realtime)
         if suffix in IMAGE_EXTENSIONS:
             return FolderSource([path], cfg.loop, skip, bool(forced), min_side)
         raise ConfigError(f"source {uri}: '{suffix or 'no extension'}' is neither an image "

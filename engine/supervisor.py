@@ -1,13 +1,18 @@
 """Supervisor: checks the config, starts the stage processes, watches them, restarts, cleans up.
 
 It owns everything that must outlive a crashed stage: the shared-memory pools, the private run
-directory with the socket files, and the ledger of frame ids written to the sinks. A dead
-inference worker is restarted alone (the preprocessor re-sends the batches it held); any other
-dead stage restarts the pipeline's stages from the ledger, so a file source still yields every
-frame exactly once. Ctrl-C / SIGTERM stop everything within about a second.
+directory with the socket files, and one ledger per stream of the frame ids written to the
+sinks. A dead inference worker is restarted alone (the preprocessor re-sends the batches it
+held); a dead decoder is restarted alone once the preprocessor has fenced off the frames it had
+sent, and its streams resume from their ledgers (when annotating, raw frames are still held
+downstream, so the pipeline restarts instead); any other dead stage restarts the pipeline's
+stages from the ledgers. Every file frame of every stream is written exactly once. The run
+ends when every stream has ended (a live stream ends only when it is lost for good), after
+``duration_s``, or on Ctrl-C / SIGTERM, which stop everything within about a second.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -31,6 +36,7 @@ from engine.model import InputInfo, check_devices, input_info, output_shapes, re
 from engine.shm import PoolSpec, SlotPool
 from engine.sinks import JsonlSink
 from engine.sources import is_live_uri, open_source
+from engine.streams import Layout, is_live, plan
 from workers.runtime import StageContext
 
 READY_TIMEOUT_S = 300.0       # compiling for a GPU can take minutes the first time
@@ -49,6 +55,7 @@ class Child:
     ready: bool = False
     restarts: int = 0
     last_seen: float = field(default_factory=time.monotonic)
+    fenced: bool = False          # a dead decoder waiting for the preprocessor's fence
 
 
 @dataclass
@@ -60,34 +67,37 @@ class Outcome:
     report: dict = field(default_factory=dict)
 
 
-def preflight(cfg: RunConfig) -> tuple[InputInfo, bool]:
-    """Everything that can be wrong before a process starts: devices, model, adapter, source."""
+def preflight(cfg: RunConfig) -> InputInfo:
+    """Everything that can be wrong before a process starts: devices, model, adapter, sources."""
     core = ov.Core()
     check_devices(core, cfg.inference.devices)
     model = read_model(core, cfg.model.path)
     info = input_info(model, cfg.model.params)
     create_adapter(cfg.model).check_outputs(output_shapes(model))
-    uri = cfg.source.uri
-    if not is_live_uri(uri):
-        open_source(cfg.source).close()     # a missing or empty folder, a bad file type: one line now
-    live = is_live_uri(uri) if cfg.source.live == "auto" else cfg.source.live == "yes"
-    return info, live
+    for src in cfg.sources or [cfg.source]:
+        if not is_live_uri(src.uri):
+            open_source(src).close()     # a missing or empty folder, a bad file type: one line now
+    return info
 
 
 class Supervisor:
     """Runs one pipeline to completion (or interruption)."""
 
-    def __init__(self, cfg: RunConfig, dashboard: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, dashboard: bool = True, duration_s: float = 0.0) -> None:
         self.cfg = cfg
-        self.info, self.live = preflight(cfg)
-        self.show_dashboard = dashboard and cfg.dashboard.enabled
+        self.info = preflight(cfg)
+        self.live_view = dashboard and cfg.dashboard.enabled     # else plain progress lines
+        self.duration_s = duration_s
         self.metrics = MetricsAggregator()
         self.metrics.watch("supervisor", os.getpid(), "supervisor")
         self.children: dict[str, Child] = {}
-        self.completed = FrameLedger()
-        self.acked_ok = 0
-        self.acked_errors = 0
-        self.frame_ids = 0          # distinct frame ids the source produced (decoder high-water mark)
+        self.layout: Layout = plan(cfg, self._slots_per_stream())
+        for spec in self.layout.streams:
+            self.metrics.add_stream(spec.name, spec.uri, spec.kind)
+        self.ledgers = [FrameLedger() for _ in self.layout.streams]
+        self.acked = [[0, 0] for _ in self.layout.streams]     # per stream: results, error records
+        self.ended: set[int] = set()
+        self.resume: dict[str, int] = {}        # live stream → next frame id for a restarted decoder
         self.generation = 0
         self.started = False        # every stage said READY and was told to start
         self.finished = False
@@ -96,19 +106,29 @@ class Supervisor:
         self.output_dir = Path(cfg.output.dir)
 
     # ---- set-up -----------------------------------------------------------------------------
+    def _input_slots(self) -> int:
+        cfg = self.cfg
+        return cfg.pipeline.input_slots or len(cfg.inference.devices) * (cfg.inference.nireq or 4) + 2
+
+    def _slots_per_stream(self) -> int:
+        """Raw slots each stream owns: ``max(3, raw_slots // streams)``; when annotating, raw
+        frames are held until drawn, so enough to fill every input slot as well."""
+        cfg = self.cfg
+        n = len(cfg.sources or [cfg.source])
+        per = max(3, cfg.pipeline.raw_slots // n)
+        if cfg.output.images or cfg.output.video:
+            per = max(per, -(-(self._input_slots() * cfg.inference.batch + 4) // n))
+        return per
+
     def _allocate(self) -> None:
         cfg = self.cfg
         RunDir.sweep_stale()
         self.run_dir = RunDir()
         batch = cfg.inference.batch
-        workers = len(cfg.inference.devices)
-        input_slots = cfg.pipeline.input_slots or workers * (cfg.inference.nireq or 4) + 2
-        raw_slots = cfg.pipeline.raw_slots
-        if cfg.output.images or cfg.output.video:        # raw frames are held until drawn
-            raw_slots = max(raw_slots, input_slots * batch + 4)
+        input_slots = self._input_slots()
         raw_bytes = cfg.pipeline.max_frame_width * cfg.pipeline.max_frame_height * 3
         self.pools: dict[str, PoolSpec] = {}
-        self.pools["raw"] = SlotPool.create(self.run_dir.run_id, "raw", raw_bytes, raw_slots)
+        self.pools["raw"] = SlotPool.create(self.run_dir.run_id, "raw", raw_bytes, self.layout.raw_slots)
         self.pools["input"] = SlotPool.create(self.run_dir.run_id, "input", batch * self.info.frame_bytes, input_slots)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = self.output_dir / "logs"
@@ -119,15 +139,23 @@ class Supervisor:
                          "preprocessor": Child("preprocessor", "preprocessor")}
         for i, device in enumerate(cfg.inference.devices):
             self.children[f"inference-{i}"] = Child(f"inference-{i}", "inference", device)
-        self.children["decoder"] = Child("decoder", "decoder")
+        for d in range(self.layout.decoders):
+            name = self.layout.decoder_name(d)
+            self.children[name] = Child(name, "decoder")
 
     def _context(self, child: Child) -> StageContext:
+        if child.role == "decoder":
+            mine = self.layout.owned_by(int(child.name.rsplit("-", 1)[-1]))
+            streams = [s.sid for s in mine]
+            resume = {str(s.sid): self.resume[str(s.sid)] for s in mine if str(s.sid) in self.resume}
+        else:
+            streams, resume = [s.sid for s in self.layout.streams], {}
         return StageContext(
             role=child.role, name=child.name, generation=self.generation,
-            endpoints=self.run_dir.endpoints(), pools=self.pools, config=self.cfg,
-            input={"height": self.info.height, "width": self.info.width, "batch": self.cfg.inference.batch,
-                   "live": self.live},
-            device=child.device, completed=self.completed.ranges(), supervisor_pid=os.getpid())
+            endpoints=self.run_dir.endpoints(self.layout.decoders), pools=self.pools, config=self.cfg,
+            input={"height": self.info.height, "width": self.info.width, "batch": self.cfg.inference.batch},
+            device=child.device, completed={str(sid): self.ledgers[sid].ranges() for sid in streams},
+            supervisor_pid=os.getpid(), layout=self.layout.to_dict(), epoch=child.restarts, resume=resume)
 
     def _spawn(self, child: Child) -> None:
         ctx_path = self.run_dir.path / f"{child.name}.json"
@@ -168,24 +196,24 @@ class Supervisor:
     def _on_message(self, child: Child | None, msg: Message) -> None:
         if isinstance(msg, StatsMsg):
             self.metrics.ingest(msg)
-            if msg.role == "decoder":
-                position = msg.gauges.get("next_frame_id", 0)
-                if isinstance(position, int) and position > self.frame_ids:
-                    self.frame_ids = position
-                    self.metrics.set_accounting(self.acked_ok, self.acked_errors, self.frame_ids)
         elif isinstance(msg, ReadyMsg) and child is not None:
             child.ready = True
             self.metrics.note_ready(msg.process, msg.pid, msg.info)
             if self.started:
                 self._send(child.name, "start")
         elif isinstance(msg, AckMsg):                   # written is written, whatever the generation
-            self.acked_ok += self.completed.add(msg.frame_ids)
-            self.acked_errors += self.completed.add(msg.error_ids)
-            if msg.frame_ids or msg.error_ids:           # a written frame was certainly read
-                self.frame_ids = max(self.frame_ids, max(msg.frame_ids + msg.error_ids) + 1)
-            self.metrics.set_accounting(self.acked_ok, self.acked_errors, self.frame_ids)
+            if not 0 <= msg.stream < len(self.ledgers):
+                return
+            counts = self.acked[msg.stream]
+            counts[0] += self.ledgers[msg.stream].add(msg.frame_ids)
+            counts[1] += self.ledgers[msg.stream].add(msg.error_ids)
+            self.metrics.set_stream_acks(msg.stream, *counts)
             if msg.finished and msg.generation == self.generation:
-                self.finished = True
+                self.ended.add(msg.stream)
+                self.metrics.end_stream(msg.stream)
+                self.finished = len(self.ended) == len(self.ledgers)
+        elif isinstance(msg, ControlMsg) and msg.command == "decoder_fenced" and child is not None:
+            self._on_fenced(msg.arg)
         elif isinstance(msg, FatalMsg) and child is not None:
             first = msg.error.strip().splitlines()[0] if msg.error.strip() else "unknown error"
             print(f"[supervisor] {child.name}: {first}", file=sys.stderr, flush=True)
@@ -237,15 +265,41 @@ class Supervisor:
             self._send("preprocessor", "worker_down", f"{child.name}@{child.proc.pid}")
             self._spawn(child)
             return
+        annotating = self.cfg.output.images or self.cfg.output.video
+        if child.role == "decoder" and not annotating and self.started:
+            child.proc, child.fenced = None, True        # respawned once the preprocessor has fenced it
+            down = {"decoder": int(child.name.rsplit("-", 1)[-1]), "epoch": child.restarts}
+            self._send("preprocessor", "decoder_down", json.dumps(down))
+            return
         self._restart_pipeline()
 
+    def _on_fenced(self, arg: str) -> None:
+        """The preprocessor dropped a dead decoder's waiting frames and will ignore any later
+        ones: its slots are free for a successor, which resumes its streams from the ledgers
+        (a live stream goes on numbering after the last frame that passed the fence)."""
+        try:
+            fenced = json.loads(arg)
+            child = self.children[self.layout.decoder_name(int(fenced["decoder"]))]
+            self.resume.update({str(k): int(v) for k, v in fenced["next"].items()})
+        except (ValueError, KeyError, TypeError):
+            return
+        if child.fenced and child.proc is None:
+            child.fenced = False
+            self._spawn(child)
+
     def _restart_pipeline(self) -> None:
-        """Any stage but an inference worker died: restart all stages from the ledger."""
+        """A stage other than an inference worker or a lone decoder died: restart all stages
+        from the ledgers."""
         self._stop_all()
         if self.cfg.output.jsonl:
-            self.completed.add(JsonlSink.recover(self.output_dir / "results.jsonl"))
+            names = {s.name: s.sid for s in self.layout.streams}
+            for name, ids in JsonlSink.recover(self.output_dir / "results.jsonl").items():
+                if name in names:
+                    self.ledgers[names[name]].add(ids)
         self.generation += 1
+        self.resume.clear()
         for child in self.children.values():
+            child.fenced = False
             self._spawn(child)
 
     def _watch(self) -> None:
@@ -272,28 +326,29 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-        dashboard = Dashboard(self.cfg.dashboard.refresh_hz) if self.show_dashboard else None
+        dashboard = Dashboard(self.cfg.dashboard.refresh_hz, plain=not self.live_view)
         self._allocate()
         try:
             self._start_all()
-            if dashboard:
-                dashboard.start()
+            dashboard.start()
             next_draw = 0.0
+            deadline = time.monotonic() + self.duration_s if self.duration_s > 0 else None
             while not self.finished and not self.interrupted and not self.failure:
                 self._receive(50)
                 self._watch()
                 now = time.monotonic()
-                if dashboard and now >= next_draw:
+                if deadline is not None and now >= deadline:
+                    break
+                if now >= next_draw:
                     dashboard.update(self.metrics.snapshot())
                     next_draw = now + 1.0 / max(self.cfg.dashboard.refresh_hz, 0.5)
-            self.metrics.set_state("finished" if self.finished else "interrupted" if self.interrupted else "failed")
+            self.metrics.set_state("interrupted" if self.interrupted else "failed" if self.failure else "finished")
             self._stop_all()
         except OvstreamError as exc:
             self._stop_all()
             return Outcome(EXIT_INTERRUPTED if self.interrupted else EXIT_USAGE, str(exc))
         finally:
-            if dashboard:
-                dashboard.stop()
+            dashboard.stop()
             self._cleanup()
         snapshot = self.metrics.snapshot()
         report = snapshot.to_dict()

@@ -1,22 +1,36 @@
-"""Decoder stage: reads the source and writes BGR frames into raw slots.
+"""Decoder stage: reads the streams this process owns, one reader thread per stream, into raw slots.
 
-A frame is read only when a raw slot is free, so a file source waits (never drops) and a live
-source's reader thread keeps only the newest frame (drop-oldest, counted). Frames larger than
-a slot are shrunk to fit; the original size travels with the frame so boxes map back to it.
+Each stream has its own raw slots and its own feeder thread. A feeder takes one of its stream's
+free slots (a file stream waits when none is free, so it never drops; a live source's reader
+keeps only the newest frame meanwhile, drop-oldest, counted), takes the next item from the
+source, writes the frame into the slot and queues the message for the main thread, which alone
+touches the sockets. OpenCV decodes with the GIL released, so the streams of one process decode
+in parallel and a camera never waits behind a file's decode. Frames larger than a slot are
+shrunk to fit; the original size travels with the frame so boxes map back to it.
 """
 from __future__ import annotations
 
+import logging
+import threading
 import time
+import traceback
+from collections import deque
 
 import cv2
 import numpy as np
 import zmq
 
 from engine.channels import make_socket
+from engine.config import SourceConfig
 from engine.messages import EndOfSource, ErrorMsg, FrameMsg, FrameRef, ReleaseMsg
-from engine.shm import FreeList, SlotPool
-from engine.sources import open_source
+from engine.metrics import stream_key, stream_state_code
+from engine.shm import SlotPool
+from engine.sources import FolderSource, Source, open_source
+from engine.streams import Layout, StreamSpec
 from workers.runtime import Stage, StageContext, stage_main
+
+log = logging.getLogger("decoder")
+REALTIME_IMAGE_FPS = 30.0        # a realtime image folder without max_fps plays at this rate
 
 
 def fit_into_slot(frame: np.ndarray, max_w: int, max_h: int, dst_pool: SlotPool, slot: int) -> tuple[int, int]:
@@ -31,89 +45,220 @@ def fit_into_slot(frame: np.ndarray, max_w: int, max_h: int, dst_pool: SlotPool,
     return h, w
 
 
+class SlotBudget:
+    """One stream's raw slots ``[lo, hi)``: a thread-safe free list its feeder waits on."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+        self._free = deque(range(lo, hi))
+        self._cond = threading.Condition()
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def owns(self, slot: int) -> bool:
+        return self.lo <= slot < self.hi
+
+    def acquire(self, stop: threading.Event, poll_s: float = 0.1) -> int | None:
+        """A free slot, waiting for one; None once ``stop`` is set."""
+        with self._cond:
+            while not self._free:
+                if stop.is_set():
+                    return None
+                self._cond.wait(poll_s)
+            return None if stop.is_set() else self._free.popleft()
+
+    def release(self, slot: int) -> bool:
+        """Give ``slot`` back; False (ignored) if it is not this stream's or already free."""
+        with self._cond:
+            if not self.owns(slot) or slot in self._free:
+                return False
+            self._free.append(slot)
+            self._cond.notify()
+            return True
+
+
+class Feeder:
+    """One stream's reader thread: slot, item, pixels into the slot, message into the outbox."""
+
+    def __init__(self, spec: StreamSpec, src_cfg: SourceConfig, ctx: StageContext, pool: SlotPool,
+                 outbox: deque, wake: zmq.Socket, min_side: int) -> None:
+        self.spec = spec
+        self.cfg = src_cfg
+        self.ctx = ctx
+        self.pool = pool
+        self.outbox = outbox
+        self.wake = wake
+        self.done = ctx.completed_ids(spec.sid)
+        self.source: Source = open_source(src_cfg, skip=self.done.__contains__ if self.done else None,
+                                          min_side=min_side)
+        self.budget = SlotBudget(spec.slot_lo, spec.slot_hi)
+        self.stop = threading.Event()
+        resume = max(self.done) + 1 if self.done else 0
+        self.next_id = max(resume, int(ctx.resume.get(str(spec.sid), 0))) if self.source.live else resume
+        self.id_offset = self.next_id if self.source.live else 0   # a restarted live stream goes on counting
+        self.read = self.emitted = self.decode_errors = self.reconnects = 0
+        self.state = "starting"
+        self.thread = threading.Thread(target=self._run, name=f"feeder-{spec.name}", daemon=True)
+
+    def _pace_interval(self) -> float:
+        fps = self.cfg.max_fps or (REALTIME_IMAGE_FPS if self.cfg.realtime and isinstance(self.source, FolderSource)
+                                   else 0.0)
+        return 1.0 / fps if fps > 0 else 0.0
+
+    def _post(self, *parts: tuple[str, bytes]) -> None:
+        self.outbox.extend(parts)
+        try:
+            self.wake.send(b"", zmq.NOBLOCK)
+        except zmq.Again:       # the main thread has plenty of wake-ups queued already
+            pass
+
+    def _run(self) -> None:
+        interval, due = self._pace_interval(), time.monotonic()
+        items = iter(self.source)
+        stopped = False
+        try:
+            while True:
+                slot = self.budget.acquire(self.stop)
+                if slot is None:
+                    stopped = True
+                    break
+                if interval:
+                    if self.stop.wait(max(0.0, due - time.monotonic())):
+                        stopped = True
+                        break
+                    due = max(due + interval, time.monotonic())
+                t0 = time.monotonic_ns()
+                item = next(items, None)
+                for event in self.source.drain_events():
+                    self.reconnects += 1
+                    log.warning("%s: %s", self.spec.name, event)
+                if item is None:
+                    self.budget.release(slot)
+                    stopped = self.stop.is_set()
+                    break
+                self._emit(item, slot, t0)
+        except Exception:  # a reader bug: into the log; the stream ends as failed, the others go on
+            log.error("stream %s failed:\n%s", self.spec.name, traceback.format_exc())
+            self.source.failed = self.source.failed or "reader failed (see the decoder log)"
+        self.state = "failed" if self.source.failed else "ended"
+        if not stopped:
+            eos = EndOfSource(self.next_id, self.source.drops, self.spec.sid, self.ctx.generation).encode()
+            self._post(("frames", eos), ("results", eos))
+
+    def _emit(self, item, slot: int, t0: int) -> None:
+        self.read += 1
+        frame_id = item.index + self.id_offset
+        self.next_id = max(self.next_id, frame_id + 1)
+        ref = FrameRef(frame_id, item.locator, item.frame_index, stamps={"src": t0}, stream=self.spec.sid,
+                       epoch=self.ctx.epoch)
+        if item.frame is None:
+            self.budget.release(slot)
+            self.decode_errors += 1
+            self._post(("results", ErrorMsg(ref, "decode", item.error or "unreadable frame",
+                                            self.ctx.generation).encode()))
+            return
+        self.state = "live" if self.source.live else "running"
+        ref.orig_height, ref.orig_width = item.frame.shape[:2]
+        if item.original_size is not None:       # decoded at a reduced size
+            ref.orig_width, ref.orig_height = item.original_size
+        pipeline = self.ctx.config.pipeline
+        ref.height, ref.width = fit_into_slot(item.frame, pipeline.max_frame_width, pipeline.max_frame_height,
+                                              self.pool, slot)
+        ref.raw_slot = slot
+        ref.stamps["dec"] = time.monotonic_ns()
+        self.emitted += 1
+        self._post(("frames", FrameMsg(ref, self.ctx.generation).encode()))
+
+    def current_state(self) -> str:
+        if self.state in ("ended", "failed"):
+            return self.state
+        return "reconnecting" if self.source.reconnecting else self.state
+
+    def close(self) -> None:
+        self.stop.set()
+        self.source.close()
+
+
 def run(ctx: StageContext, stage: Stage) -> None:
     cfg = ctx.config
+    layout = Layout.from_dict(ctx.layout)
+    mine = layout.owned_by(int(ctx.name.rsplit("-", 1)[-1]))
     pool = SlotPool(ctx.pools["raw"])
-    free = FreeList(pool.spec.slots)
-    releases = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints["release"])
-    frames_out = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["frames"])
-    results_out = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"])
-    done = ctx.completed_ids()
+    releases = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints[ctx.name])
+    frames_out = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["frames"], hwm=10_000)
+    results_out = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"], hwm=10_000)
+    wake_addr = f"inproc://feeders-{ctx.name}"
+    wake_rx = make_socket(stage.zmq, zmq.PULL, bind=wake_addr)
     annotating = cfg.output.images or cfg.output.video      # annotated frames keep full resolution
     min_side = max(ctx.input["height"], ctx.input["width"]) if cfg.pipeline.reduced_decode and not annotating else 0
-    source = open_source(cfg.source, skip=done.__contains__ if done else None, min_side=min_side)
-    stage.gauges.update(raw_slots=pool.spec.slots, raw_free=free.free, next_frame_id=max(done) + 1 if done else 0)
-    stage.declare("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects")
-    stage.ready(live=source.live)
-    stage.wait_for_start()
-
-    def drain_releases(timeout_ms: int) -> None:
-        if releases.poll(timeout_ms):
-            while releases.poll(0):
-                msg = stage.decode(releases.recv())
-                if isinstance(msg, ReleaseMsg):
-                    for slot in msg.slots:
-                        free.release(slot)
-
-    items = iter(source)
-    total = max(done) + 1 if done else 0
-    id_offset = total if source.live else 0     # a restarted live source continues the numbering
-    min_interval = 1.0 / cfg.source.max_fps if cfg.source.max_fps > 0 else 0.0
-    next_read = 0.0
+    feeders: list[Feeder] = []
+    wakes: list[zmq.Socket] = []
+    outbox: deque[tuple[str, bytes]] = deque()
     try:
+        for spec in mine:
+            wakes.append(make_socket(stage.zmq, zmq.PUSH, connect=wake_addr))
+            feeders.append(Feeder(spec, cfg.sources[spec.sid], ctx, pool, outbox, wakes[-1], min_side))
+        stage.declare("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects", "stale_releases")
+        _report(stage, feeders)
+        stage.ready(live=any(f.source.live for f in feeders), streams=[f.spec.name for f in feeders])
+        stage.wait_for_start()
+        for feeder in feeders:
+            feeder.thread.start()
+        poller = zmq.Poller()
+        poller.register(releases, zmq.POLLIN)
+        poller.register(wake_rx, zmq.POLLIN)
+        sockets = {"frames": frames_out, "results": results_out}
         while not stage.stopping:
             stage.tick()
-            drain_releases(0)
-            stage.gauges["raw_free"] = free.free
-            slot = free.acquire()
-            if slot is None:
-                drain_releases(int(cfg.pipeline.heartbeat_s * 1000))
-                continue
-            if min_interval:
-                time.sleep(max(0.0, next_read - time.monotonic()))
-                next_read = time.monotonic() + min_interval
-            t0 = time.monotonic_ns()
-            item = next(items, None)
-            for event in source.drain_events():
-                stage.count("reconnects")
-                print(f"[decoder] {event}", flush=True)
-            stage.counters["drops"] = source.drops
-            if item is None:
-                free.release(slot)
-                break
-            stage.count("frames_read")
-            frame_id = item.index + id_offset
-            total = max(total, frame_id + 1)
-            stage.gauges["next_frame_id"] = total
-            ref = FrameRef(frame_id, item.locator, item.frame_index, stamps={"src": t0})
-            if item.frame is None:
-                free.release(slot)
-                stage.count("decode_errors")
-                results_out.send(ErrorMsg(ref, "decode", item.error or "unreadable frame", ctx.generation).encode())
-                continue
-            ref.orig_height, ref.orig_width = item.frame.shape[:2]
-            if item.original_size is not None:       # decoded at a reduced size
-                ref.orig_width, ref.orig_height = item.original_size
-            ref.height, ref.width = fit_into_slot(item.frame, cfg.pipeline.max_frame_width,
-                                                  cfg.pipeline.max_frame_height, pool, slot)
-            ref.raw_slot = slot
-            ref.stamps["dec"] = time.monotonic_ns()
-            stage.latency.record("decode", (ref.stamps["dec"] - t0) / 1e6)
-            frames_out.send(FrameMsg(ref, ctx.generation).encode())
-            stage.count("frames_emitted")
-        if not stage.stopping:
-            eos = EndOfSource(total, source.drops, ctx.generation).encode()
-            frames_out.send(eos)
-            results_out.send(eos)
-            while not stage.stopping:          # keep serving releases and heartbeats until stopped
-                stage.tick()
-                drain_releases(int(cfg.pipeline.heartbeat_s * 1000))
-                stage.gauges["raw_free"] = free.free
+            events = dict(poller.poll(int(cfg.pipeline.heartbeat_s * 1000)))
+            if wake_rx in events:
+                while wake_rx.poll(0):
+                    wake_rx.recv()
+            if releases in events:
+                while releases.poll(0):
+                    msg = stage.decode(releases.recv())
+                    if not isinstance(msg, ReleaseMsg):
+                        continue
+                    if msg.epoch != ctx.epoch:      # for an earlier instance of this decoder: not ours
+                        stage.count("stale_releases")
+                        continue
+                    for slot in msg.slots:
+                        any(f.budget.release(slot) for f in feeders if f.budget.owns(slot))
+            while outbox:
+                edge, data = outbox.popleft()
+                sockets[edge].send(data)
+            _report(stage, feeders)
     finally:
-        source.close()
-        for sock in (releases, frames_out, results_out):
+        for feeder in feeders:
+            feeder.close()
+        for feeder in feeders:
+            if feeder.thread.is_alive():
+                feeder.thread.join(timeout=1.0)
+        for sock in (releases, frames_out, results_out, wake_rx, *wakes):
             sock.close(0)
         pool.close()
+
+
+def _report(stage: Stage, feeders: list[Feeder]) -> None:
+    """Per-stream counters and gauges (``name@stream``) and their totals for this process."""
+    totals = dict.fromkeys(("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects"), 0)
+    free = slots = 0
+    for f in feeders:
+        sid = f.spec.sid
+        per = {"frames_read": f.read, "frames_emitted": f.emitted, "decode_errors": f.decode_errors,
+               "drops": f.source.drops, "reconnects": f.reconnects}
+        for name, value in per.items():
+            stage.counters[stream_key(name, sid)] = value
+            totals[name] += value
+        stage.gauges[stream_key("next_frame_id", sid)] = f.next_id
+        stage.gauges[stream_key("state", sid)] = stream_state_code(f.current_state())
+        stage.gauges[stream_key("expected", sid)] = f.source.expected
+        free += f.budget.free
+        slots += f.budget.hi - f.budget.lo
+    stage.counters.update(totals)
+    stage.gauges.update(raw_slots=slots, raw_free=free)
 
 
 if __name__ == "__main__":

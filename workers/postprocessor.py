@@ -1,9 +1,10 @@
 """Postprocessor stage: decodes outputs with the model's adapter and writes sinks in frame order.
 
-Results arrive from any worker in any order; a reorder buffer releases them by frame id, so a
-video's results come out in frame order. Frame ids already written (after a restart, or a
-batch that a dead worker had finished) are counted as duplicates and not written twice. Each
-written id is acknowledged to the supervisor, which keeps the ledger used to resume.
+Results arrive from any worker in any order, frames of many streams mixed; one reorder buffer
+per stream releases them by frame id, so each stream's results come out in that stream's order
+and a stalled stream holds up no other. Frame ids already written (after a restart, or a batch
+that a dead worker had finished) are counted as duplicates and not written twice. Each written
+id is acknowledged to the supervisor, per stream, which keeps the ledgers used to resume.
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from engine.channels import make_socket
 from engine.geometry import Geometry
 from engine.messages import AckMsg, EndOfSource, ErrorMsg, FrameRef, MessageError, ReleaseMsg, ResultMsg, \
     decode_result
+from engine.metrics import stream_key
 from engine.shm import SlotPool
 from engine.sinks import open_sinks
+from engine.streams import Layout
 from workers.runtime import Stage, StageContext, stage_main
 
 LIVE_GAP_S = 2.0   # a live source's missing frame is given up after this long
@@ -40,8 +43,8 @@ def frame_geometry(ref: FrameRef, input_w: int, input_h: int) -> Geometry:
     return geometry
 
 
-def base_record(ref: FrameRef) -> dict:
-    return {"frame_id": ref.frame_id, "source": ref.source, "frame_index": ref.index}
+def base_record(ref: FrameRef, stream: str) -> dict:
+    return {"stream": stream, "frame_id": ref.frame_id, "source": ref.source, "frame_index": ref.index}
 
 
 def drawable(record: dict, ref: FrameRef) -> dict:
@@ -60,7 +63,7 @@ def drawable(record: dict, ref: FrameRef) -> dict:
 
 
 class Reorder:
-    """Holds finished frames until every lower frame id has been written."""
+    """One stream's finished frames, held until every lower frame id of the stream is written."""
 
     def __init__(self, done: set[int]) -> None:
         self.done = set(done)
@@ -101,66 +104,91 @@ class Reorder:
         return self.total is not None and self.next_id >= self.total and not self.pending
 
 
+class StreamOutputs:
+    """Per stream: the reorder buffer, whether it is live, its acks waiting to be sent, and
+    whether its end was announced."""
+
+    def __init__(self, ctx: StageContext, layout: Layout) -> None:
+        self.names = [s.name for s in layout.streams]
+        self.live = [s.live for s in layout.streams]
+        self.reorder = [Reorder(ctx.completed_ids(s.sid)) for s in layout.streams]
+        self.acked: list[list[int]] = [[] for _ in layout.streams]
+        self.acked_errors: list[list[int]] = [[] for _ in layout.streams]
+        self.finished = [False] * len(layout.streams)
+
+    def valid(self, stream: int) -> bool:
+        return 0 <= stream < len(self.names)
+
+
 def run(ctx: StageContext, stage: Stage) -> None:
     cfg = ctx.config
+    layout = Layout.from_dict(ctx.layout)
     in_w, in_h = ctx.input["width"], ctx.input["height"]
     keep_raw = cfg.output.images or cfg.output.video
     adapter = create_adapter(cfg.model)
     raw_pool = SlotPool(ctx.pools["raw"]) if keep_raw else None
     results = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints["results"], hwm=10_000)
-    releases = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["release"])
+    releases = [make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints[layout.decoder_name(d)])
+                for d in range(layout.decoders)] if keep_raw else []
     inputs = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["inputs"])
-    sinks = open_sinks(cfg.output, resume=ctx.generation > 0)
-    reorder = Reorder(ctx.completed_ids())
-    live = ctx.input.get("live", False)
+    sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams])
+    streams = StreamOutputs(ctx, layout)
     stage.declare("results", "errors", "duplicates")
+    for sid in range(len(streams.names)):
+        stage.declare(*(stream_key(name, sid) for name in ("results", "errors", "duplicates")))
     stage.ready()
-    acked: list[int] = []
-    acked_errors: list[int] = []
     try:
         while not stage.stopping:
             stage.tick()
             if results.poll(int(cfg.pipeline.heartbeat_s * 1000)):
                 while results.poll(0):
-                    _handle(results.recv_multipart(copy=False), ctx, stage, adapter, reorder, in_w, in_h, inputs)
-            for record, ref in reorder.pop_ready(live):
-                frame = None
-                if raw_pool is not None and ref.raw_slot >= 0:
-                    frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
-                for sink in sinks:
-                    sink.write(drawable(record, ref) if frame is not None and sink.draws else record, frame)
-                if raw_pool is not None and ref.raw_slot >= 0:
-                    releases.send(ReleaseMsg([ref.raw_slot], generation=ctx.generation).encode())
-                failed = record["status"] == "error"
-                stage.count("errors" if failed else "results")
-                (acked_errors if failed else acked).append(ref.frame_id)
-            if acked or acked_errors:
+                    _handle(results.recv_multipart(copy=False), ctx, stage, adapter, streams, in_w, in_h, inputs)
+            wrote = False
+            for sid, reorder in enumerate(streams.reorder):
+                for record, ref in reorder.pop_ready(streams.live[sid]):
+                    frame = None
+                    if raw_pool is not None and ref.raw_slot >= 0:
+                        frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
+                    for sink in sinks:
+                        sink.write(drawable(record, ref) if frame is not None and sink.draws else record, frame)
+                    if raw_pool is not None and ref.raw_slot >= 0:
+                        releases[layout.streams[sid].decoder].send(
+                            ReleaseMsg([ref.raw_slot], epoch=ref.epoch, generation=ctx.generation).encode())
+                    failed = record["status"] == "error"
+                    name = "errors" if failed else "results"
+                    stage.count(name)
+                    stage.count(stream_key(name, sid))
+                    (streams.acked_errors if failed else streams.acked)[sid].append(ref.frame_id)
+                    wrote = True
+            if wrote:
                 for sink in sinks:
                     sink.flush()
-                stage.send(AckMsg(acked, acked_errors, generation=ctx.generation))
-                acked, acked_errors = [], []
-            stage.gauges["reorder"] = len(reorder.pending)
-            if reorder.finished:
+                for sid in range(len(streams.names)):
+                    if streams.acked[sid] or streams.acked_errors[sid]:
+                        stage.send(AckMsg(streams.acked[sid], streams.acked_errors[sid], sid,
+                                          generation=ctx.generation))
+                        streams.acked[sid], streams.acked_errors[sid] = [], []
+            for sid, reorder in enumerate(streams.reorder):
+                if reorder.finished and not streams.finished[sid]:
+                    streams.finished[sid] = True
+                    stage.send(AckMsg([], [], sid, finished=True, generation=ctx.generation))
+            if all(streams.finished) and sinks:
                 for sink in sinks:
                     sink.close()
                 sinks = []
-                stage.send(AckMsg([], finished=True, generation=ctx.generation))
-                stage.send_stats()
-                while not stage.stopping:
-                    stage.tick()
-                    time.sleep(cfg.pipeline.heartbeat_s / 2)
+            stage.gauges["reorder"] = sum(len(r.pending) for r in streams.reorder)
     finally:
         for sink in sinks:
             sink.close()
-        for sock in (results, releases, inputs):
+        for sock in (results, inputs, *releases):
             sock.close(0)
         if raw_pool is not None:
             raw_pool.close()
 
 
-def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, reorder: Reorder, in_w: int,
+def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, streams: StreamOutputs, in_w: int,
             in_h: int, inputs: zmq.Socket) -> None:
-    """One message on the results socket: a result batch, an error record or the end of source."""
+    """One message on the results socket: a result batch, an error record or the end of a stream."""
     buffers = [p.buffer for p in parts]
     try:
         if len(buffers) > 1:
@@ -172,45 +200,51 @@ def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, reor
         print(f"[{ctx.name}] rejected message: {exc}", flush=True)
         return
     if isinstance(msg, EndOfSource):
-        reorder.total = msg.total
+        if streams.valid(msg.stream):
+            streams.reorder[msg.stream].total = msg.total
         return
     if isinstance(msg, ErrorMsg):
-        record = {**base_record(msg.frame), "status": "error", "stage": msg.stage, "error": msg.error}
-        _queue(record, msg.frame, stage, reorder)
+        if streams.valid(msg.frame.stream):
+            record = {**base_record(msg.frame, streams.names[msg.frame.stream]), "status": "error",
+                      "stage": msg.stage, "error": msg.error}
+            _queue(record, msg.frame, stage, streams)
         return
     if not isinstance(msg, ResultMsg):
         return
     if msg.slot >= 0:                       # the result is here: the input slot may be reused
         inputs.send(ReleaseMsg([msg.slot], [msg.batch_id], generation=ctx.generation).encode())
-    if msg.error:
-        for ref in msg.frames:
-            record = {**base_record(ref), "status": "error", "stage": "inference", "error": msg.error}
-            _queue(record, ref, stage, reorder)
-        return
     for row, ref in enumerate(msg.frames):
+        if not streams.valid(ref.stream):
+            stage.bad_messages += 1
+            continue
+        base = base_record(ref, streams.names[ref.stream])
+        if msg.error:
+            _queue({**base, "status": "error", "stage": "inference", "error": msg.error}, ref, stage, streams)
+            continue
         t0 = time.monotonic_ns()
-        record = {**base_record(ref), "status": "ok", "device": msg.device, "worker": msg.worker}
+        record = {**base, "status": "ok", "device": msg.device, "worker": msg.worker}
         try:
             outputs = {name: np.ascontiguousarray(t[row:row + 1]) for name, t in tensors.items()}
             decoded = adapter.decode(outputs, frame_geometry(ref, in_w, in_h))
             record["classes" if adapter.kind == "classification" else "detections"] = decoded
         except Exception as exc:  # a frame the adapter cannot decode becomes an error record
-            record = {**base_record(ref), "status": "error", "stage": "postprocess",
-                      "error": f"{type(exc).__name__}: {exc}"}
+            record = {**base, "status": "error", "stage": "postprocess", "error": f"{type(exc).__name__}: {exc}"}
         ref.stamps["post"] = time.monotonic_ns()
         stage.latency.record("postprocess", (ref.stamps["post"] - t0) / 1e6)
         latencies = stage_latencies(ref.stamps)
         if "end_to_end" in latencies:
             stage.latency.record("end_to_end", latencies["end_to_end"])
+            stage.latency.record(stream_key("end_to_end", ref.stream), latencies["end_to_end"])
         record["latency_ms"] = latencies
-        _queue(record, ref, stage, reorder)
+        _queue(record, ref, stage, streams)
 
 
-def _queue(record: dict, ref: FrameRef, stage: Stage, reorder: Reorder) -> None:
+def _queue(record: dict, ref: FrameRef, stage: Stage, streams: StreamOutputs) -> None:
     """Hold a record for in-order writing. A duplicate's raw slot is not released again: the
     first copy of the frame owns (and releases) it, and it may already serve another frame."""
-    if not reorder.add(record, ref):
+    if not streams.reorder[ref.stream].add(record, ref):
         stage.count("duplicates")
+        stage.count(stream_key("duplicates", ref.stream))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Preprocessor stage: resizes raw frames into batch slots and dispatches batches by credit.
+"""Preprocessor stage: takes raw frames fairly across streams, resizes them into batch slots and
+dispatches batches by credit.
 
-Each inference worker announces one credit per free infer request; a batch goes only to a
+Raw frames wait in one FIFO per stream and are taken round-robin (:class:`FairQueue`), so a fast
+file stream cannot starve a camera; a batch may hold frames of several streams. Each inference worker announces one credit per free infer request; a batch goes only to a
 worker holding a credit (the one holding the most), so a faster device gets more frames and a
 slow one never builds a queue. A dispatched batch stays held, pixels intact in its input slot,
 until the postprocessor confirms it has the result; if its worker dies first, the batch goes
@@ -9,6 +11,7 @@ back to the front of the queue. So a result lost in a dying worker's socket is n
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,7 +23,56 @@ from engine.geometry import Geometry
 from engine.messages import (BatchMsg, ControlMsg, CreditMsg, EndOfSource, ErrorMsg, FrameMsg, FrameRef,
                              ReleaseMsg)
 from engine.shm import FreeList, SlotPool
+from engine.streams import Layout
 from workers.runtime import Stage, StageContext, stage_main
+
+
+class FairQueue:
+    """Frames waiting for an input slot: one FIFO per stream, taken round-robin one frame at a
+    time (deficit round robin with a quantum of one frame). Every stream with a waiting frame
+    gets a turn within one round, however many frames another stream has queued; each stream's
+    frames leave in their own order."""
+
+    def __init__(self) -> None:
+        self._queues: dict[int, deque[FrameRef]] = {}
+        self._turns: deque[int] = deque()          # streams with waiting frames, next turn first
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def depth(self, stream: int) -> int:
+        return len(self._queues.get(stream, ()))
+
+    def push(self, ref: FrameRef) -> None:
+        queue = self._queues.setdefault(ref.stream, deque())
+        if not queue:
+            self._turns.append(ref.stream)
+        queue.append(ref)
+
+    def pop(self) -> FrameRef | None:
+        """The next frame in round-robin order across streams, or None when empty."""
+        if not self._turns:
+            return None
+        stream = self._turns.popleft()
+        queue = self._queues[stream]
+        ref = queue.popleft()
+        if queue:
+            self._turns.append(stream)
+        return ref
+
+    def drop(self, streams: set[int], below_epoch: int) -> int:
+        """Forget the waiting frames of ``streams`` read by a decoder instance older than
+        ``below_epoch`` (a dead decoder: its slots go to its successor); returns how many."""
+        dropped = 0
+        for stream in streams:
+            queue = self._queues.get(stream)
+            if not queue:
+                continue
+            kept = deque(ref for ref in queue if ref.epoch >= below_epoch)
+            dropped += len(queue) - len(kept)
+            self._queues[stream] = kept
+        self._turns = deque(s for s in self._turns if self._queues[s])
+        return dropped
 
 
 @dataclass
@@ -63,7 +115,7 @@ class Dispatcher:
         """Requeue every batch ``worker`` held whose result has not arrived; returns how many."""
         self.credits.pop(worker, None)
         lost = [bid for bid, (w, _) in self.held.items() if w == worker]
-        batches = sorted((self.held.pop(bid)[1] for bid in lost), key=lambda b: b.frames[0].frame_id)
+        batches = sorted((self.held.pop(bid)[1] for bid in lost), key=lambda b: b.batch_id)   # dispatch order
         self.ready.extendleft(reversed(batches))
         return len(batches)
 
@@ -83,6 +135,7 @@ class Dispatcher:
 
 def run(ctx: StageContext, stage: Stage) -> None:
     cfg = ctx.config
+    layout = Layout.from_dict(ctx.layout)
     batch_size, in_h, in_w = ctx.input["batch"], ctx.input["height"], ctx.input["width"]
     resize_mode = cfg.model.preprocess.resize
     keep_raw = cfg.output.images or cfg.output.video       # the postprocessor draws on the raw frame
@@ -92,19 +145,36 @@ def run(ctx: StageContext, stage: Stage) -> None:
     dispatch = make_socket(stage.zmq, zmq.ROUTER, bind=ctx.endpoints["dispatch"], hwm=10_000)
     dispatch.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable batch raises instead of vanishing
     inputs = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints["inputs"], hwm=10_000)
-    releases = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["release"])
+    releases = [make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints[layout.decoder_name(d)])
+                for d in range(layout.decoders)]
     results = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"])
     dispatcher = Dispatcher()
+    waiting = FairQueue()
+    min_epoch = [0] * layout.decoders          # frames of older (dead) decoder instances are fenced off
+    kept_next = {s.sid: 0 for s in layout.streams}   # per stream: one past the highest id taken
     filling: Batch | None = None
+    flush_on_empty = False
     timeout_s = cfg.pipeline.batch_timeout_ms / 1000.0
+
+    def release_raw(ref: FrameRef) -> None:
+        decoder = layout.streams[ref.stream].decoder
+        releases[decoder].send(ReleaseMsg([ref.raw_slot], epoch=ref.epoch, generation=ctx.generation).encode())
 
     def on_control(msg: ControlMsg) -> None:
         if msg.command == "worker_down":
             requeued = dispatcher.worker_down(msg.arg)
             stage.count("requeued_batches", requeued)
+        elif msg.command == "decoder_down":
+            down = json.loads(msg.arg)
+            decoder, epoch = int(down["decoder"]), int(down["epoch"])
+            streams = {s.sid for s in layout.owned_by(decoder)}
+            min_epoch[decoder] = max(min_epoch[decoder], epoch)
+            stage.count("fenced_frames", waiting.drop(streams, epoch))
+            reply = {"decoder": decoder, "next": {str(sid): kept_next[sid] for sid in streams}}
+            stage.send(ControlMsg("decoder_fenced", json.dumps(reply), ctx.generation))
 
     stage.handler = on_control
-    stage.declare("frames", "batches", "errors", "requeued_batches")
+    stage.declare("frames", "batches", "errors", "requeued_batches", "fenced_frames")
     stage.ready()
     poller = zmq.Poller()
     poller.register(dispatch, zmq.POLLIN)
@@ -113,15 +183,11 @@ def run(ctx: StageContext, stage: Stage) -> None:
     try:
         while not stage.stopping:
             stage.tick()
-            # Backpressure: read frames only while there is somewhere to put them.
-            can_take = filling is not None or free.free > 0
-            if can_take:
-                poller.modify(frames_in, zmq.POLLIN)
-            else:
-                poller.modify(frames_in, 0)
             wait = cfg.pipeline.heartbeat_s
             if filling is not None and filling.frames:
                 wait = max(0.0, min(wait, filling.deadline - time.monotonic()))
+            if waiting and (filling is not None or free.free > 0):
+                wait = 0.0
             events = dict(poller.poll(int(wait * 1000)))
             if dispatch in events:
                 while dispatch.poll(0):
@@ -137,21 +203,35 @@ def run(ctx: StageContext, stage: Stage) -> None:
                             slot = dispatcher.release(batch_id)
                             if slot is not None:
                                 free.release(slot)
-            if frames_in in events:
-                while frames_in.poll(0) and (filling is not None or free.free > 0):
+            if frames_in in events:      # raw frames are bounded by the raw slots: take them all
+                while frames_in.poll(0):
                     msg = stage.decode(frames_in.recv())
                     if isinstance(msg, FrameMsg):
-                        if filling is None:
-                            filling = Batch(free.acquire(), deadline=time.monotonic() + timeout_s)
-                        _preprocess(msg.frame, filling, raw_pool, in_pool, (in_h, in_w), resize_mode,
-                                    batch_size, stage, results, ctx.generation)
-                        if not keep_raw:                # otherwise the postprocessor releases it
-                            releases.send(ReleaseMsg([msg.frame.raw_slot], generation=ctx.generation).encode())
-                        if len(filling.frames) == batch_size:
-                            dispatcher.ready.append(filling)
-                            filling = None
-                    elif isinstance(msg, EndOfSource) and filling is not None:
-                        filling.deadline = 0.0          # flush the partial batch now
+                        ref = msg.frame
+                        if not 0 <= ref.stream < len(layout.streams):
+                            stage.bad_messages += 1
+                        elif ref.epoch < min_epoch[layout.streams[ref.stream].decoder]:
+                            stage.count("fenced_frames")       # its slot now belongs to the successor
+                        else:
+                            waiting.push(ref)
+                    elif isinstance(msg, EndOfSource):
+                        flush_on_empty = True                  # no more frames of that stream: no waiting
+            while waiting and (filling is not None or free.free > 0):
+                ref = waiting.pop()
+                if filling is None:
+                    filling = Batch(free.acquire(), deadline=time.monotonic() + timeout_s)
+                kept_next[ref.stream] = max(kept_next[ref.stream], ref.frame_id + 1)
+                _preprocess(ref, filling, raw_pool, in_pool, (in_h, in_w), resize_mode,
+                            batch_size, stage, results, ctx.generation)
+                if not keep_raw:                # otherwise the postprocessor releases it
+                    release_raw(ref)
+                if len(filling.frames) == batch_size:
+                    dispatcher.ready.append(filling)
+                    filling = None
+            if flush_on_empty and not waiting:
+                flush_on_empty = False
+                if filling is not None:
+                    filling.deadline = 0.0          # flush the partial batch now
             if filling is not None and time.monotonic() >= filling.deadline:
                 if filling.frames:
                     dispatcher.ready.append(filling)
@@ -168,9 +248,9 @@ def run(ctx: StageContext, stage: Stage) -> None:
                     stage.count("requeued_batches", dispatcher.worker_down(worker))
             stage.gauges.update(input_slots=free.size, input_free=free.free, ready_batches=len(dispatcher.ready),
                                 credits=sum(dispatcher.credits.values()), workers=len(dispatcher.credits),
-                                held_batches=len(dispatcher.held))
+                                held_batches=len(dispatcher.held), waiting_frames=len(waiting))
     finally:
-        for sock in (frames_in, dispatch, inputs, releases, results):
+        for sock in (frames_in, dispatch, inputs, results, *releases):
             sock.close(0)
         raw_pool.close()
         in_pool.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import signal
 import sys
@@ -41,8 +42,11 @@ class StageContext:
     config: RunConfig
     input: dict = field(default_factory=dict)        # model input: height, width, batch
     device: str = ""
-    completed: list[list[int]] = field(default_factory=list)  # frame id ranges [a, b) already done
+    completed: dict[str, list[list[int]]] = field(default_factory=dict)  # stream → id ranges [a, b) done
     supervisor_pid: int = 0
+    layout: dict = field(default_factory=dict)       # engine.streams.Layout.to_dict()
+    epoch: int = 0                                    # this instance's restart count (decoders)
+    resume: dict[str, int] = field(default_factory=dict)   # live stream → first frame id to use
 
     def to_json(self) -> str:
         return json.dumps({
@@ -50,6 +54,7 @@ class StageContext:
             "endpoints": self.endpoints, "pools": {k: v.to_dict() for k, v in self.pools.items()},
             "config": self.config.to_dict(), "input": self.input, "device": self.device,
             "completed": self.completed, "supervisor_pid": self.supervisor_pid,
+            "layout": self.layout, "epoch": self.epoch, "resume": self.resume,
         })
 
     @classmethod
@@ -59,8 +64,9 @@ class StageContext:
         data["config"] = RunConfig.from_dict(data["config"], origin="stage context")
         return cls(**data)
 
-    def completed_ids(self) -> set[int]:
-        return {i for a, b in self.completed for i in range(a, b)}
+    def completed_ids(self, stream: int) -> set[int]:
+        """Frame ids of ``stream`` already written (skipped on resume)."""
+        return {i for a, b in self.completed.get(str(stream), []) for i in range(a, b)}
 
 
 class Stage:
@@ -163,6 +169,7 @@ def stage_main(run: Callable[[StageContext, Stage], None]) -> None:
     _die_with_parent()
     with open(sys.argv[1], encoding="utf-8") as fh:
         ctx = StageContext.from_json(fh.read())
+    logging.basicConfig(level=logging.INFO, format=f"[{ctx.name}] %(message)s", stream=sys.stderr)
     if os.getppid() != ctx.supervisor_pid:
         sys.exit(1)
     stage = Stage(ctx)

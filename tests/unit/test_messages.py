@@ -26,7 +26,7 @@ def test_round_trip(msg):
 
 @pytest.mark.parametrize("data, reason", [
     (b"", "undecodable"),
-    (msgpack.packb({"t": "frame", "frame": [1, "a"]}), "10-item list"),
+    (msgpack.packb({"t": "frame", "frame": [1, "a"]}), "12-item list"),
     (msgpack.packb({"t": "nope"}), "unknown type"),
     (msgpack.packb([1, 2, 3]), "not a map"),
     (msgpack.packb({"t": "credit", "worker": "w"}), "incomplete"),

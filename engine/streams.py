@@ -1,0 +1,97 @@
+"""The streams of a run and where they live: which decoder process owns each, which raw slots.
+
+The supervisor plans a :class:`Layout` once from the resolved config and hands it to every
+stage. A stream is known on the wire by its index (``FrameRef.stream``) and everywhere else by
+its unique name. Each stream owns a fixed range of raw slots (so one stream can never hold all
+of them); each decoder process owns some streams and so the union of their slot ranges.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+from engine.config import RunConfig, SourceConfig
+from engine.sources import is_live_uri
+
+MIN_SLOTS_PER_STREAM = 3         # one being filled, one being resized, one waiting
+MAX_AUTO_DECODERS = 8
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One stream: index, name, uri, live or file, owning decoder, raw slots ``[slot_lo, slot_hi)``."""
+
+    sid: int
+    name: str
+    uri: str
+    live: bool
+    decoder: int
+    slot_lo: int
+    slot_hi: int
+
+    @property
+    def kind(self) -> str:
+        return "live" if self.live else "file"
+
+
+@dataclass
+class Layout:
+    """Every stream's place: ``streams[i].sid == i``; decoders are ``decoder-0 .. decoder-(k-1)``."""
+
+    streams: list[StreamSpec] = field(default_factory=list)
+    decoders: int = 1
+
+    @property
+    def raw_slots(self) -> int:
+        return max((s.slot_hi for s in self.streams), default=0)
+
+    def decoder_name(self, index: int) -> str:
+        return f"decoder-{index}"
+
+    def owned_by(self, decoder: int) -> list[StreamSpec]:
+        return [s for s in self.streams if s.decoder == decoder]
+
+    def decoder_of_slot(self, slot: int) -> int:
+        """The decoder that owns raw slot ``slot`` (-1 if none)."""
+        for s in self.streams:
+            if s.slot_lo <= slot < s.slot_hi:
+                return s.decoder
+        return -1
+
+    def to_dict(self) -> dict:
+        return {"streams": [asdict(s) for s in self.streams], "decoders": self.decoders}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Layout":
+        return cls([StreamSpec(**s) for s in data.get("streams", [])], int(data.get("decoders", 1)))
+
+
+def is_live(src: SourceConfig) -> bool:
+    """``live = auto`` follows the uri (camera, /dev/video*, URL); yes/no force it."""
+    return is_live_uri(src.uri) if src.live == "auto" else src.live == "yes"
+
+
+def auto_decoders(streams: int, cores: int | None = None) -> int:
+    """Decoder processes when ``[pipeline] decoders = 0``: one per core, at most one per stream
+    and at most :data:`MAX_AUTO_DECODERS` (each process costs ~100 MB of imports)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(streams, cores, MAX_AUTO_DECODERS))
+
+
+def plan(cfg: RunConfig, slots_per_stream: int = 0, cores: int | None = None) -> Layout:
+    """Assign the streams of ``cfg.sources`` to decoders and raw slots.
+
+    Live streams are dealt out first, so with several decoders the cameras spread over them
+    before the files do; every stream gets ``slots_per_stream`` raw slots (default
+    ``max(3, raw_slots // streams)``).
+    """
+    sources = cfg.sources or [cfg.source]
+    n = len(sources)
+    k = min(cfg.pipeline.decoders or auto_decoders(n, cores), n)
+    per = slots_per_stream or max(MIN_SLOTS_PER_STREAM, cfg.pipeline.raw_slots // n)
+    live = [is_live(s) for s in sources]
+    order = sorted(range(n), key=lambda i: (not live[i], i))
+    owner = {sid: rank % k for rank, sid in enumerate(order)}
+    streams = [StreamSpec(sid, src.name, src.uri, live[sid], owner[sid], sid * per, (sid + 1) * per)
+               for sid, src in enumerate(sources)]
+    return Layout(streams, k)
