@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--streams", type=int, help="OpenVINO streams per device (0: from the hint)")
     parser.add_argument("--hint", choices=["THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT", "NONE"])
     parser.add_argument("--loop", type=int, help="play the source this many times")
+    parser.add_argument("--decoders", type=int, help="decoder processes (0: from streams and cores)")
     parser.add_argument("--output", help="output folder (results.jsonl, report.json, logs/)")
     parser.add_argument("--annotate", action="store_true", help="also write annotated images")
     parser.add_argument("--video", action="store_true", help="also write an annotated video")
@@ -61,6 +62,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
     put("inference", "batch", args.batch)
     put("inference", "streams", args.streams)
     put("inference", "hint", args.hint)
+    put("pipeline", "decoders", args.decoders)
     put("output", "dir", args.output)
     if args.annotate:
         put("output", "images", True)

@@ -61,7 +61,7 @@ def test_render_summary_from_snapshot_or_report() -> None:
 
 def test_format_plain() -> None:
     line = format_plain(make_snapshot())
-    assert line.startswith("[ovstream] 3.2s  frames 120/100 ok 98 err 2 drop 0  fps ")
+    assert line.startswith("[ovstream] 3.2s  frames 120/100 ok 98 err 2 drop 0 in-flight 20  fps ")
     assert re.search(r"fps 48\.0 \(CPU#0 24\.0, CPU#1 20\.0\)  e2e p50 1\d\.\dms p95 20\.\dms$",
                      line), line
 

@@ -3,7 +3,7 @@ postprocessor has its result, and a dead worker's unconfirmed batches return to 
 from __future__ import annotations
 
 from engine.messages import CreditMsg, FrameRef
-from workers.preprocessor import Batch, Dispatcher
+from workers.preprocessor import Batch, Dispatcher, FairQueue
 
 
 def _batch(slot: int, frame_id: int) -> Batch:
@@ -58,3 +58,40 @@ def test_a_requeued_batch_is_released_only_by_its_new_dispatch():
     worker, again = d.next_assignment()
     assert worker == "inference-0@200" and again.batch_id != old_id
     assert d.release(old_id) is None and d.release(again.batch_id) == 3
+
+
+# ---- the fair scheduler across streams --------------------------------------------------------
+
+def _frame(stream: int, frame_id: int, epoch: int = 0) -> FrameRef:
+    return FrameRef(frame_id, f"s{stream}", frame_id, stream=stream, epoch=epoch)
+
+
+def test_fair_queue_gives_every_waiting_stream_a_turn_per_round():
+    q = FairQueue()
+    for i in range(50):                                   # a fast file stream has queued 50 frames
+        q.push(_frame(0, i))
+    q.push(_frame(1, 0))                                  # then a camera frame arrives
+    q.push(_frame(2, 0))
+    first = [q.pop() for _ in range(3)]
+    assert sorted(r.stream for r in first) == [0, 1, 2]   # the camera waits one round, not 50 frames
+    q.push(_frame(1, 1))
+    taken = [q.pop() for _ in range(4)]
+    assert [r.stream for r in taken].count(1) == 1 and len(q) == 46
+    rest = [q.pop() for _ in range(len(q))]
+    assert q.pop() is None and not q
+    by_stream: dict[int, list[int]] = {}
+    for r in first + taken + rest:
+        by_stream.setdefault(r.stream, []).append(r.frame_id)
+    assert all(ids == sorted(ids) for ids in by_stream.values())          # each stream in its own order
+    assert by_stream[0] == list(range(50))
+
+
+def test_fair_queue_drops_only_a_dead_decoders_frames():
+    q = FairQueue()
+    for i in range(3):
+        q.push(_frame(0, i, epoch=0))
+        q.push(_frame(1, i, epoch=0))
+    q.push(_frame(0, 3, epoch=1))                         # already from the successor
+    assert q.drop({0}, below_epoch=1) == 3
+    assert q.depth(0) == 1 and q.depth(1) == 3
+    assert [(r.stream, r.frame_id) for r in (q.pop(), q.pop(), q.pop(), q.pop())] == [(0, 3), (1, 0), (1, 1), (1, 2)]

@@ -35,7 +35,8 @@ def test_round_trip(msg):
     (b"\xdb\xff\xff\xff\xff" + b"x" * 10, "undecodable"),        # str32 claiming 4 GiB
     (msgpack.packb({"t": "eos", "total": "many"}), "field 'total' is not int"),
     (msgpack.packb({"t": "release", "slots": [1, "2"]}), "field 'slots' is not list"),
-    (msgpack.packb({"t": "frame", "frame": [1, "a", 0, 0, 1, 1, 1, 1, [], {"x": "y"}]}), "wrong field types"),
+    (msgpack.packb({"t": "frame", "frame": [1, "a", 0, 0, 1, 1, 1, 1, [], {"x": "y"}, 0, 0]}), "wrong field types"),
+    (msgpack.packb({"t": "frame", "frame": [1, "a", 0, 0, 1, 1, 1, 1, [], {}, "cam", 0]}), "wrong field types"),
 ])
 def test_bad_frames_are_rejected(data, reason):
     with pytest.raises(MessageError, match=reason):

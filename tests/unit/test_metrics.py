@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from engine.messages import StatsMsg, decode
-from engine.metrics import Histogram, LatencyRecorder, MetricsAggregator, Snapshot, worker_label
+from engine.metrics import (Histogram, LatencyRecorder, MetricsAggregator, Snapshot, split_stream_key, stream_key,
+                            stream_state_code, worker_label)
 
 
 def decoder(read: int, *, drops: int = 0, errors: int = 0, pid: int = 101, gen: int = 0,
@@ -185,10 +186,62 @@ def test_accounting_edges_and_balance() -> None:
     procs = {p.name: p for p in snap.processes}
     assert procs["decoder"].errors == 2 and procs["decoder"].drops == 3
 
-    agg.set_accounting(acked=95, errors=2)            # the final acks arrive before the stats
     agg.set_state("finished")
     snap = agg.snapshot(now=2.0)
-    assert snap.totals.balanced and snap.totals.in_flight == 0 and snap.state == "finished"
+    assert snap.state == "finished"
+
+
+def stream_decoder(next_ids: dict[int, int], drops: dict[int, int] | None = None, state: str = "running",
+                   pid: int = 101) -> StatsMsg:
+    drops = drops or {}
+    return StatsMsg(process="decoder-0", role="decoder", pid=pid,
+                    counters={stream_key("drops", s): drops.get(s, 0) for s in next_ids},
+                    gauges={**{stream_key("next_frame_id", s): n for s, n in next_ids.items()},
+                            **{stream_key("state", s): stream_state_code(state) for s in next_ids}})
+
+
+def test_stream_accounting_is_a_consistent_cut_with_real_in_flight() -> None:
+    agg = MetricsAggregator(sample_processes=False)
+    assert agg.add_stream("door", "rtsp://x/door", "live") == 0
+    assert agg.add_stream("clip", "clip.mp4", "file") == 1
+    agg.set_stream_acks(1, 10, 0, now=0.5)
+    agg.ingest(stream_decoder({0: 30, 1: 40}, drops={0: 5}), now=1.0)    # the cut: clip read 40, 10 written
+    agg.set_stream_acks(1, 35, 1, now=1.1)             # acks go on between two decoder heartbeats
+    agg.set_stream_acks(0, 20, 0, now=1.1)
+    rows = {r.name: r for r in agg.snapshot(now=1.2).streams}
+    clip, door = rows["clip"], rows["door"]
+    assert (clip.frames_in, clip.frames_out, clip.errors, clip.in_flight) == (40, 10, 0, 30)
+    assert (door.frames_in, door.drops, door.kind, door.state) == (35, 5, "live", "running")
+    t = agg.snapshot(now=1.2).totals
+    assert t.frames_in == t.frames_out + t.errors + t.drops + t.in_flight == 75 and t.in_flight == 60
+    agg.ingest(stream_decoder({0: 30, 1: 40}, drops={0: 5}), now=1.25)  # next heartbeat: a new cut
+    clip = {r.name: r for r in agg.snapshot(now=1.3).streams}["clip"]
+    assert (clip.frames_out, clip.errors, clip.in_flight) == (35, 1, 4)
+    agg.set_stream_acks(1, 39, 1, now=1.4)
+    agg.end_stream(1)                                   # ended: final, whatever the heartbeat
+    clip = {r.name: r for r in agg.snapshot(now=1.5).streams}["clip"]
+    assert (clip.state, clip.frames_in, clip.frames_out, clip.in_flight) == ("ended", 40, 39, 0) and clip.balanced
+    assert clip.avg_fps == pytest.approx(40 / 0.9, rel=1e-3)
+    report = json.loads(json.dumps(agg.snapshot(now=1.5).to_dict()))
+    assert report["streams"]["clip"]["in"] == 40 and report["streams"]["door"]["kind"] == "live"
+    assert Snapshot.from_dict(report).to_dict()["streams"] == report["streams"]
+
+
+def test_stream_latency_and_counters_stay_out_of_process_rows() -> None:
+    agg = MetricsAggregator(sample_processes=False)
+    agg.add_stream("a")
+    agg.add_stream("b")
+    agg.ingest(StatsMsg(process="postprocessor", role="postprocessor", pid=3,
+                        counters={"results": 3, stream_key("results", 0): 2, stream_key("duplicates", 1): 4},
+                        latency_ms={"end_to_end": [10.0, 20.0, 30.0], stream_key("end_to_end", 0): [10.0, 20.0],
+                                    stream_key("end_to_end", 1): [30.0], stream_key("end_to_end", 9): [1.0]}),
+               now=0.0)
+    snap = agg.snapshot(now=0.0)
+    rows = {r.name: r for r in snap.streams}
+    assert rows["a"].latency.count == 2 and rows["b"].latency.max_ms == 30.0 and rows["b"].duplicates == 4
+    assert snap.stage("end_to_end").count == 3 and not any("@" in r.stage for r in snap.stages)
+    assert snap.processes[0].counters == {"results": 3}
+    assert split_stream_key("drops@12") == ("drops", 12) and split_stream_key("drops") is None
 
 
 def test_psutil_rows_for_current_pid_and_dead_pid() -> None:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from engine.config import OutputConfig
-from engine.sinks import ImageSink, JsonlSink, VideoSink, draw, open_sinks
+from engine.sinks import ImageSink, JsonlSink, PerStream, VideoSink, draw, open_sinks
 
 
 def _record(frame_id: int, **extra) -> dict:
-    record = {"frame_id": frame_id, "source": "data/img.jpg", "frame_index": 0, "status": "ok",
+    record = {"stream": "cam", "frame_id": frame_id, "source": "data/img.jpg", "frame_index": 0, "status": "ok",
               "device": "CPU", "worker": "inference-0", "latency_ms": {"infer": 1.5}}
     record.update(extra)
     return record
@@ -52,20 +52,21 @@ def test_jsonl_writes_undecodable_names_as_escapes(tmp_path: Path) -> None:
 
 def test_jsonl_recover_truncates_partial_line_and_resumes(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
-    assert JsonlSink.recover(path) == set()
+    assert JsonlSink.recover(path) == {}
     sink = JsonlSink(path)
     for frame_id in (0, 1, 5):
         sink.write(_record(frame_id), None)
+    sink.write(_record(0, stream="door"), None)
     sink.close()
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write('{"frame_id": 7, "source": "data/im')                # a crash mid-write
-    assert JsonlSink.recover(path) == {0, 1, 5}
-    assert path.read_bytes().endswith(b"\n") and len(path.read_text().splitlines()) == 3
+        fh.write('{"stream": "cam", "frame_id": 7, "source": "data/im')      # a crash mid-write
+    assert JsonlSink.recover(path) == {"cam": {0, 1, 5}, "door": {0}}
+    assert path.read_bytes().endswith(b"\n") and len(path.read_text().splitlines()) == 4
     sink = JsonlSink(path, append=True)
     sink.write(_record(7), None)
     sink.close()
-    assert JsonlSink.recover(path) == {0, 1, 5, 7}
-    assert [json.loads(line)["frame_id"] for line in path.read_text().splitlines()] == [0, 1, 5, 7]
+    assert JsonlSink.recover(path) == {"cam": {0, 1, 5, 7}, "door": {0}}
+    assert [json.loads(line)["frame_id"] for line in path.read_text().splitlines()] == [0, 1, 5, 0, 7]
 
 
 def test_draw_marks_box_label_and_keypoints_on_a_copy() -> None:
@@ -141,11 +142,14 @@ def test_open_sinks(tmp_path: Path, jsonl: bool, images: bool, video: bool) -> N
     out = tmp_path / "run"
     sinks = open_sinks(OutputConfig(dir=str(out), jsonl=jsonl, images=images, video=video))
     assert out.is_dir()
-    assert [type(s) for s in sinks] == [t for t, on in ((JsonlSink, jsonl), (ImageSink, images),
-                                                        (VideoSink, video)) if on]
+    assert [type(s) for s in sinks] == [t for t, on in ((JsonlSink, jsonl), (PerStream, images),
+                                                        (PerStream, video)) if on]
     for sink in sinks:
         sink.write(_record(0, source="a.jpg"), np.zeros((32, 32, 3), np.uint8))
+        sink.write(_record(0, source="b.jpg", stream="door"), np.zeros((32, 32, 3), np.uint8))
         sink.close()
     assert (out / "results.jsonl").exists() is jsonl
-    assert (out / "images" / "a.jpg").exists() is images
-    assert (out / "annotated.mp4").exists() is video
+    assert (out / "images" / "cam" / "a.jpg").exists() is images            # one folder per stream
+    assert (out / "images" / "door" / "b.jpg").exists() is images
+    assert (out / "video" / "cam.mp4").exists() is video                   # one video per stream
+    assert (out / "video" / "door.mp4").exists() is video
