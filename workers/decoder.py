@@ -96,8 +96,8 @@ class Feeder:
         self.budget = SlotBudget(spec.slot_lo, spec.slot_hi)
         self.stop = threading.Event()
         resume = max(self.done) + 1 if self.done else 0
+        # a restarted live stream goes on counting after the last frame that got through
         self.next_id = max(resume, int(ctx.resume.get(str(spec.sid), 0))) if self.source.live else resume
-        self.id_offset = self.next_id if self.source.live else 0   # a restarted live stream goes on counting
         self.read = self.emitted = self.decode_errors = self.reconnects = 0
         self.state = "starting"
         self.thread = threading.Thread(target=self._run, name=f"feeder-{spec.name}", daemon=True)
@@ -131,9 +131,6 @@ class Feeder:
                     due = max(due + interval, time.monotonic())
                 t0 = time.monotonic_ns()
                 item = next(items, None)
-                for event in self.source.drain_events():
-                    self.reconnects += 1
-                    log.warning("%s: %s", self.spec.name, event)
                 if item is None:
                     self.budget.release(slot)
                     stopped = self.stop.is_set()
@@ -149,7 +146,9 @@ class Feeder:
 
     def _emit(self, item, slot: int, t0: int) -> None:
         self.read += 1
-        frame_id = item.index + self.id_offset
+        # a file frame's id is its position in the source; a live stream numbers the frames it
+        # emits, so frames dropped under backpressure leave no gap for its reorder buffer to wait on
+        frame_id = self.next_id if self.source.live else item.index
         self.next_id = max(self.next_id, frame_id + 1)
         ref = FrameRef(frame_id, item.locator, item.frame_index, stamps={"src": t0}, stream=self.spec.sid,
                        epoch=self.ctx.epoch)
@@ -170,6 +169,13 @@ class Feeder:
         ref.stamps["dec"] = time.monotonic_ns()
         self.emitted += 1
         self._post(("frames", FrameMsg(ref, self.ctx.generation).encode()))
+
+    def note_events(self) -> None:
+        """Log and count the source's notices (reconnect attempts) as they happen; the main
+        thread calls this every turn, as a live reader may reconnect while no frame arrives."""
+        for event in self.source.drain_events():
+            self.reconnects += 1
+            log.warning("%s: %s", self.spec.name, event)
 
     def current_state(self) -> str:
         if self.state in ("ended", "failed"):
@@ -246,6 +252,7 @@ def _report(stage: Stage, feeders: list[Feeder]) -> None:
     totals = dict.fromkeys(("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects"), 0)
     free = slots = 0
     for f in feeders:
+        f.note_events()
         sid = f.spec.sid
         per = {"frames_read": f.read, "frames_emitted": f.emitted, "decode_errors": f.decode_errors,
                "drops": f.source.drops, "reconnects": f.reconnects}

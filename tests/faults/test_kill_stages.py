@@ -71,7 +71,7 @@ def test_garbage_on_engine_sockets_is_rejected_without_a_crash(engine_env, tmp_p
     garbage = [b"", b"\xc1", msgpack.packb({"t": "frame", "frame": [1]}), msgpack.packb({"t": "batch"})[:-1],
                b"\x00" * (2 << 20), msgpack.packb({"t": "eos", "total": "many"}),
                msgpack.packb({"t": "release", "slots": [10 ** 6, -5]})]
-    for edge in ("frames", "results", "release"):
+    for edge in ("frames", "results", "decoder-0"):
         sock = ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.connect(f"ipc://{run_dir / (edge + '.sock')}")

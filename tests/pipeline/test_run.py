@@ -111,7 +111,7 @@ def test_camera_that_drops_is_reconnected_and_reported(engine_env, tmp_path):
     ok = [r for r in result.records if r["status"] == "ok"]
     assert len(ok) > 10, "frames from after the reconnect arrived"
     assert result.report["accounting"]["reconnects"] >= 1
-    assert "reconnect" in (tmp_path / "out" / "logs" / "decoder.log").read_text()
+    assert "reconnect" in (tmp_path / "out" / "logs" / "decoder-0.log").read_text()
 
 
 def test_two_cpu_workers_share_the_work(engine_env, tmp_path):
@@ -218,12 +218,12 @@ def test_annotated_images_and_video_sinks(engine_env, tmp_path):
     result = run_ovstream("--source", str(video), "--annotate", "--video", "--nireq", "4", output=tmp_path / "out",
                           env=engine_env)
     assert result.code == 0, result.stderr
-    images = sorted((tmp_path / "out" / "images").glob("*.jpg"))
+    images = sorted((tmp_path / "out" / "images" / "clip").glob("*.jpg"))
     assert len(images) == 12
     annotated = cv2.imread(str(images[0]))
     assert annotated.shape == frame.shape
     x1, y1, x2, y2 = (int(v) for v in result.records[0]["detections"][0]["box"])
     assert np.abs(annotated[y1, x1:x2].astype(int) - frame[y1, x1:x2]).mean() > 20     # the box is drawn
-    written = [p for p in (tmp_path / "out").iterdir() if p.name.startswith("annotated")]
+    written = sorted((tmp_path / "out" / "video").iterdir())
     capture = cv2.VideoCapture(str(written[0]))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
