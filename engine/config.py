@@ -275,7 +275,7 @@ def _expand(entry: SourceConfig) -> list[SourceConfig]:
         return [entry]
     matches = sorted(glob.glob(os.path.expanduser(uri))) or sorted(glob.glob(str(REPO_ROOT / uri)))
     if not matches:
-        raise ConfigError(f"source '{uri}': the pattern matches no file")
+        raise ConfigError(f"[[sources]] uri '{uri}': the pattern matches no file")
     return [SourceConfig(**{**asdict(entry), "uri": m, "name": ""}) for m in matches]
 
 
@@ -365,9 +365,9 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError(f"[model.preprocess] color must be RGB, BGR or GRAY, not '{pre.color}'")
     for src in cfg.sources or [cfg.source]:
         if src.live not in ("auto", "yes", "no"):
-            raise ConfigError(f"[source] {src.name or src.uri}: live must be auto, yes or no, not '{src.live}'")
+            raise ConfigError(f"[source] live must be auto, yes or no, not '{src.live}' (stream {src.name or src.uri})")
         if src.loop < 1:
-            raise ConfigError(f"[source] {src.name or src.uri}: loop must be >= 1, not {src.loop}")
+            raise ConfigError(f"[source] loop must be >= 1, not {src.loop} (stream {src.name or src.uri})")
     if cfg.pipeline.decoders < 0:
         raise ConfigError(f"[pipeline] decoders must be >= 0, not {cfg.pipeline.decoders}")
     if not cfg.inference.devices:

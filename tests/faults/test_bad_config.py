@@ -33,7 +33,12 @@ def _config(tmp_path: Path, text: str) -> str:
 
 
 @pytest.mark.parametrize("toml, expected", [
-    ("sources = 1\n", ["top level", "unknown key 'sources'", "did you mean 'source'"]),
+    ("souce = 1\n", ["top level", "unknown key 'souce'", "did you mean 'source'"]),
+    ("sources = 1\n", ["sources", "expected a list"]),
+    ("[[sources]]\nuri = 'data/coco100'\nlop = 2\n", ["unknown key 'lop'", "did you mean 'loop'"]),
+    ("[[sources]]\nuri = 'data/coco100'\nname = 'a'\n[[sources]]\nuri = 'data/mnist_samples'\nname = 'a'\n",
+     ["[[sources]] name 'a'", "used twice"]),
+    ("[[sources]]\nuri = 'data/nothing/*.mp4'\n", ["[[sources]] uri 'data/nothing/*.mp4'", "matches no file"]),
     ("foo = 1\n", ["top level", "unknown key 'foo'", "known: source"]),
     ("[source]\nurii = 'data/coco100'\n", ["[source]", "unknown key 'urii'", "did you mean 'uri'"]),
     ("[model.preprocess]\nresise = 'stretch'\n", ["[model.preprocess]", "unknown key 'resise'", "'resize'"]),
@@ -50,7 +55,8 @@ def _config(tmp_path: Path, text: str) -> str:
     ("[source]\nlive = 'maybe'\n", ["[source] live", "auto, yes or no", "'maybe'"]),
     ("[inference]\nbatch = 0\n", ["[inference] batch", ">= 1"]),
     ("[source\nuri = 'x'\n", ["not valid TOML"]),
-], ids=["top-near-miss", "top-unknown", "section-unknown", "subsection-unknown", "str-for-int", "float-for-int",
+], ids=["top-near-miss", "sources-not-list", "sources-near-miss", "sources-same-name", "sources-empty-glob",
+        "top-unknown", "section-unknown", "subsection-unknown", "str-for-int", "float-for-int",
         "int-for-list", "str-for-list", "str-for-bool", "int-for-bool", "int-for-str", "enum-hint",
         "enum-resize", "enum-color", "enum-live", "range-batch", "not-toml"])
 def test_bad_config_file(engine_env, tmp_path, toml, expected):
