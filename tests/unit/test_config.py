@@ -39,3 +39,30 @@ def test_model_mistakes(tmp_path):
     (tmp_path / "m.xml").write_text("<net/>")
     with pytest.raises(ModelError, match="unknown adapter 'yolo'"):
         load_config(overrides={"model": {"path": str(tmp_path / "m.xml"), "adapter": "yolo"}})
+
+
+def test_sources_take_defaults_from_source_and_get_unique_names(tmp_path):
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    path = tmp_path / "c.toml"
+    path.write_text(f"""
+[source]
+loop = 3
+[[sources]]
+uri = "{tmp_path}/*.mp4"
+[[sources]]
+uri = "data/coco100"
+[[sources]]
+uri = "data/coco100"
+loop = 1
+[[sources]]
+uri = "rtsp://127.0.0.1:8554/live/cam1?x=1"
+[[sources]]
+uri = "0"
+realtime = true
+""")
+    cfg = load_config(path)
+    assert [(s.name, s.loop) for s in cfg.sources] == [("a", 3), ("b", 3), ("coco100", 3), ("coco100-2", 1),
+                                                       ("cam1", 3), ("cam0", 3)]
+    assert cfg.sources[-1].realtime and cfg.sources[0].uri.endswith("a.mp4")
+    assert [s.name for s in load_config().sources] == ["coco100"]      # [source] alone: one stream

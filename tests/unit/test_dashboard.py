@@ -98,3 +98,43 @@ def test_narrow_console_stacks_tables() -> None:
     console.print(render(make_snapshot()))
     text = console.export_text()
     assert "inference-1" in text and "postprocessor reorder" in text and "…" not in text
+
+
+def many_streams_snapshot(n: int = 40) -> Snapshot:
+    agg = MetricsAggregator(sample_processes=False)
+    agg.start(now=0.0)
+    for i in range(n):
+        agg.add_stream(f"cam{i:02d}", f"rtsp://127.0.0.1/cam{i}", "live" if i % 2 else "file")
+    gauges = {f"next_frame_id@{i}": 50 for i in range(n)}
+    gauges.update({f"state@{i}": 2 if i % 2 else 1 for i in range(n)})
+    gauges.update({f"expected@{i}": 0 if i % 2 else 100 for i in range(n)})
+    gauges["state@7"] = 5                               # failed
+    gauges["state@9"] = 3                               # reconnecting
+    agg.ingest(StatsMsg(process="decoder-0", role="decoder", pid=11, gauges=gauges,
+                        counters={"drops@13": 9}), now=1.0)
+    for i in range(n):
+        agg.set_stream_acks(i, 10, 0, now=0.5)
+        agg.set_stream_acks(i, 40 + i % 5, 0, now=1.5)
+    return agg.snapshot(now=1.6)
+
+
+def test_streams_table_stays_short_with_many_streams_worst_first() -> None:
+    snap = many_streams_snapshot(40)
+    console = recording_console(terminal=True)
+    console.print(render(snap))
+    text = console.export_text()
+    rows = [line for line in text.splitlines() if re.search(r"\bcam\d\d\b", line)]
+    assert len(rows) == 11                              # 11 streams shown, one line summarises the rest
+    assert "cam07" in rows[0] and "failed" in rows[0]
+    assert "cam09" in rows[1] and "reconnecting" in rows[1]
+    assert "cam13" in rows[2]                           # the stream that drops frames comes next
+    assert "29 more:" in text and "files" in text and "ETA" in text
+
+
+def test_plain_lines_have_per_stream_summaries() -> None:
+    text = format_plain(many_streams_snapshot(3))
+    lines = text.splitlines()
+    assert len(lines) == 4 and all(line.startswith("[ovstream]") for line in lines)
+    assert any("cam01 live" in line for line in lines[1:])
+    many = format_plain(many_streams_snapshot(40)).splitlines()
+    assert len(many) == 6 and "cam07 failed" in many[1] and "36 more:" in many[-1]
