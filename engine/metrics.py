@@ -19,7 +19,8 @@ The decoder reports its count every heartbeat while acks arrive continuously, so
 latest of each would show frames written that were "never read" and ``in_flight`` 0. Each
 stream's accounting is therefore a consistent cut: the decoder's count together with the acks
 the supervisor had at the moment that count arrived. It lags by at most one heartbeat, its
-``in_flight`` is real, and it becomes final when the stream has ended.
+``in_flight`` is real, and it becomes final when the stream or the run has ended (then the last
+figures of each, the frames still in flight at a stop included).
 
 Per-stream figures travel in the same counters, gauges and latency maps as the process's own,
 keyed ``name@stream`` (:func:`stream_key`, the stream's index). Counters in a StatsMsg are
@@ -317,7 +318,7 @@ class StreamRow:
     errors: int
     drops: int
     in_flight: int
-    fps: float                  # over the sliding window while running; the average once ended
+    fps: float                  # over the sliding window while running; the average once it or the run ended
     avg_fps: float              # from its first written frame to its last
     reconnects: int = 0
     duplicates: int = 0
@@ -701,14 +702,14 @@ class MetricsAggregator:
             ids = max(st.ids, st.ok + st.err)
             frames_in, out, errors, drops, in_flight = ids + st.drops, st.ok, st.err, st.drops, 0
             state = "failed" if st.state == "failed" else "ended"
-        else:
-            ids, drops, out, errors = st.cut
+        else:               # running: the cut; once the run is over: the last figures of each
+            ids, drops, out, errors = st.cut if self._state is None else (st.ids, st.drops, st.ok, st.err)
             frames_in = max(ids, out + errors) + drops
             in_flight = frames_in - out - errors - drops
             state = st.state
         s = st.series
         avg = (st.ok + st.err) / (st.t_last - st.t_first) if st.t_first is not None and st.t_last > st.t_first else 0.0
-        if st.ended:
+        if st.ended or self._state is not None:     # the stream or the run is over: its average
             fps = avg
         elif len(s) >= 2 and now - s[-1][0] <= self.window_s and s[-1][0] > s[0][0]:
             fps = (s[-1][1] - s[0][1]) / (s[-1][0] - s[0][0])

@@ -99,6 +99,7 @@ class Feeder:
         # a restarted live stream goes on counting after the last frame that got through
         self.next_id = max(resume, int(ctx.resume.get(str(spec.sid), 0))) if self.source.live else resume
         self.read = self.emitted = self.decode_errors = self.reconnects = 0
+        self.decode_ms: deque[float] = deque(maxlen=1024)   # samples for the main thread's stats
         self.state = "starting"
         self.thread = threading.Thread(target=self._run, name=f"feeder-{spec.name}", daemon=True)
 
@@ -167,6 +168,7 @@ class Feeder:
                                               self.pool, slot)
         ref.raw_slot = slot
         ref.stamps["dec"] = time.monotonic_ns()
+        self.decode_ms.append((ref.stamps["dec"] - t0) / 1e6)
         self.emitted += 1
         self._post(("frames", FrameMsg(ref, self.ctx.generation).encode()))
 
@@ -253,6 +255,8 @@ def _report(stage: Stage, feeders: list[Feeder]) -> None:
     free = slots = 0
     for f in feeders:
         f.note_events()
+        while f.decode_ms:
+            stage.latency.record("decode", f.decode_ms.popleft())
         sid = f.spec.sid
         per = {"frames_read": f.read, "frames_emitted": f.emitted, "decode_errors": f.decode_errors,
                "drops": f.source.drops, "reconnects": f.reconnects}
