@@ -33,6 +33,7 @@ READ_TIMEOUT_S = 5.0        # a stream that stops sending counts as lost after t
 BACKOFF_START_S = 0.5       # first reconnect delay; doubles per failed attempt
 BACKOFF_MAX_S = 8.0
 MAX_DECODE_FAILURES = 8     # consecutive failed video reads taken as the end of the file
+REALTIME_IMAGE_FPS = 30.0   # a realtime image folder without max_fps delivers this many per second
 
 Skip = Callable[[int], bool]
 
@@ -82,12 +83,16 @@ class Source(ABC):
             events, self.events = self.events, []
         return events
 
-    def close(self) -> None:
-        """Stop reading and release the file or device; a reader thread blocked in a device read
-        is given a second, then left to exit (and release) on its own."""
+    def cancel(self) -> None:
+        """Ask the reader to stop (returns at once; :meth:`close` then waits for it)."""
         self._closed.set()
         with self._cond:
             self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop reading and release the file or device; a reader thread blocked in a device read
+        is given a second, then left to exit (and release) on its own."""
+        self.cancel()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
         if self._items is not None and not self.live:   # a live reader thread closes its own
@@ -301,21 +306,27 @@ def load_image(path: Path, min_side: int = 0) -> tuple[np.ndarray | None, str | 
 class FolderSource(Source):
     """Images of a folder (or one image file), in natural path order, ``loop`` times."""
 
-    def __init__(self, paths: list[Path], loop: int, skip: Skip | None, live: bool, min_side: int = 0) -> None:
+    def __init__(self, paths: list[Path], loop: int, skip: Skip | None, live: bool, min_side: int = 0,
+                 fps: float = 0.0) -> None:
         super().__init__(live)
         self.paths = paths
         self.expected = len(paths) * loop
         self._loop = loop
         self._skip = skip
         self._min_side = min_side
+        self._period = 1.0 / fps if fps > 0 else 0.0    # realtime: one image per period
 
     def _read(self) -> Iterator[SourceItem]:
         n = len(self.paths)
+        due = time.monotonic()
         for loop in range(self._loop):
             for i, path in enumerate(self.paths):
                 index = loop * n + i
                 if self._skip is not None and self._skip(index):
                     continue
+                if self._period:
+                    self._closed.wait(max(0.0, due - time.monotonic()))
+                    due = max(due + self._period, time.monotonic())
                 if self._closed.is_set():
                     return
                 frame, error, original = load_image(path, self._min_side)
@@ -492,6 +503,7 @@ def open_source(cfg: SourceConfig, skip: Skip | None = None, min_side: int = 0) 
     """
     uri = cfg.uri.strip()
     forced = {"yes": True, "no": False}.get(cfg.live)
+    image_fps = (cfg.max_fps or REALTIME_IMAGE_FPS) if cfg.realtime else 0.0
     path = _existing(uri)
     if path is not None and path.is_dir():
         paths = _list_images(path, cfg.recursive)
@@ -499,13 +511,13 @@ def open_source(cfg: SourceConfig, skip: Skip | None = None, min_side: int = 0) 
             raise ConfigError(f"source folder {uri}: no images "
                               f"({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})"
                               f"{'' if cfg.recursive else '; set [source] recursive = true for subfolders'}")
-        return FolderSource(paths, cfg.loop, skip, bool(forced), min_side)
+        return FolderSource(paths, cfg.loop, skip, bool(forced), min_side, image_fps)
     if path is not None and path.is_file():
         suffix = path.suffix.lower()
         if suffix in VIDEO_EXTENSIONS:
             return VideoSource(path, cfg.loop, skip, bool(forced), cfg.realtime)
         if suffix in IMAGE_EXTENSIONS:
-            return FolderSource([path], cfg.loop, skip, bool(forced), min_side)
+            return FolderSource([path], cfg.loop, skip, bool(forced), min_side, image_fps)
         raise ConfigError(f"source {uri}: '{suffix or 'no extension'}' is neither an image "
                           f"({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                           f"nor a video ({', '.join(sorted(VIDEO_EXTENSIONS))})")

@@ -25,12 +25,11 @@ from engine.config import SourceConfig
 from engine.messages import EndOfSource, ErrorMsg, FrameMsg, FrameRef, ReleaseMsg
 from engine.metrics import stream_key, stream_state_code
 from engine.shm import SlotPool
-from engine.sources import FolderSource, Source, open_source
+from engine.sources import Source, open_source
 from engine.streams import Layout, StreamSpec
 from workers.runtime import Stage, StageContext, stage_main
 
 log = logging.getLogger("decoder")
-REALTIME_IMAGE_FPS = 30.0        # a realtime image folder without max_fps plays at this rate
 
 
 def fit_into_slot(frame: np.ndarray, max_w: int, max_h: int, dst_pool: SlotPool, slot: int) -> tuple[int, int]:
@@ -104,9 +103,9 @@ class Feeder:
         self.thread = threading.Thread(target=self._run, name=f"feeder-{spec.name}", daemon=True)
 
     def _pace_interval(self) -> float:
-        fps = self.cfg.max_fps or (REALTIME_IMAGE_FPS if self.cfg.realtime and isinstance(self.source, FolderSource)
-                                   else 0.0)
-        return 1.0 / fps if fps > 0 else 0.0
+        """``max_fps`` limits how often this stream takes a frame; a realtime source paces its
+        own reading instead (so a live one drops what it produced while nobody took it)."""
+        return 1.0 / self.cfg.max_fps if self.cfg.max_fps > 0 and not self.cfg.realtime else 0.0
 
     def _post(self, *parts: tuple[str, bytes]) -> None:
         self.outbox.extend(parts)
@@ -184,9 +183,10 @@ class Feeder:
             return self.state
         return "reconnecting" if self.source.reconnecting else self.state
 
-    def close(self) -> None:
+    def cancel(self) -> None:
+        """Stop the feeder and its source's reader (returns at once)."""
         self.stop.set()
-        self.source.close()
+        self.source.cancel()
 
 
 def run(ctx: StageContext, stage: Stage) -> None:
@@ -239,11 +239,15 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 sockets[edge].send(data)
             _report(stage, feeders)
     finally:
-        for feeder in feeders:
-            feeder.close()
+        for feeder in feeders:              # all at once, then one shared second to finish
+            feeder.cancel()
+        deadline = time.monotonic() + 1.0
         for feeder in feeders:
             if feeder.thread.is_alive():
-                feeder.thread.join(timeout=1.0)
+                feeder.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for feeder in feeders:
+            if not feeder.thread.is_alive():
+                feeder.source.close()       # releases the file or device (a live reader: its own thread)
         for sock in (releases, frames_out, results_out, wake_rx, *wakes):
             sock.close(0)
         pool.close()
