@@ -11,10 +11,12 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from engine.config import RunConfig, SourceConfig
+from engine.errors import ConfigError
 from engine.sources import is_live_uri
 
 MIN_SLOTS_PER_STREAM = 3         # one being filled, one being resized, one waiting
 MAX_AUTO_DECODERS = 8
+MAX_STREAMS = 256                # per-stream stats keep each StatsMsg map within its decode limits
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ def plan(cfg: RunConfig, slots_per_stream: int = 0, cores: int | None = None) ->
     """
     sources = cfg.sources or [cfg.source]
     n = len(sources)
+    if n > MAX_STREAMS:
+        raise ConfigError(f"{n} streams: one run takes at most {MAX_STREAMS}; split them over several runs")
     k = min(cfg.pipeline.decoders or auto_decoders(n, cores), n)
     per = slots_per_stream or max(MIN_SLOTS_PER_STREAM, cfg.pipeline.raw_slots // n)
     live = [is_live(s) for s in sources]
