@@ -48,6 +48,7 @@ class SourceItem:
     frame: np.ndarray | None   # BGR uint8, H×W×3, C-contiguous; None when error
     error: str | None          # one line: what and where
     original_size: tuple[int, int] | None = None   # (width, height) when decoded at a reduced size
+    t_ns: int = 0              # monotonic ns: reading began (files) or the frame arrived (streams)
 
 
 class Source(ABC):
@@ -329,8 +330,9 @@ class FolderSource(Source):
                     due = max(due + self._period, time.monotonic())
                 if self._closed.is_set():
                     return
+                t_ns = time.monotonic_ns()
                 frame, error, original = load_image(path, self._min_side)
-                yield SourceItem(index, str(path), 0, frame, error, original)
+                yield SourceItem(index, str(path), 0, frame, error, original, t_ns)
 
 
 # ---- video files -------------------------------------------------------------------------------
@@ -380,6 +382,7 @@ class VideoSource(Source):
                     if period:
                         self._closed.wait(max(0.0, due - time.monotonic()))
                         due = max(due + period, time.monotonic())
+                    t_ns = time.monotonic_ns()
                     ok, frame = cap.read()
                 if not ok:
                     failed += 1
@@ -392,7 +395,7 @@ class VideoSource(Source):
                         yield SourceItem(base + k, where, k, None, f"corrupt video frame {k}: {where}")
                 failed = 0
                 if not skipped:
-                    yield SourceItem(base + i, where, i, as_bgr8(frame), None)
+                    yield SourceItem(base + i, where, i, as_bgr8(frame), None, t_ns=t_ns)
                 i += 1
             i -= failed                              # trailing failures were the end of the file
             if self._closed.is_set():
@@ -469,7 +472,7 @@ class CaptureSource(Source):
                     continue
                 failures = 0
                 self.reconnecting = False
-                yield SourceItem(i, self.uri, i, as_bgr8(frame), None)
+                yield SourceItem(i, self.uri, i, as_bgr8(frame), None, t_ns=time.monotonic_ns())
                 i += 1
         finally:
             if cap is not None:

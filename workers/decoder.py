@@ -145,6 +145,7 @@ class Feeder:
             self._post(("frames", eos), ("results", eos))
 
     def _emit(self, item, slot: int, t0: int) -> None:
+        t0 = item.t_ns or t0        # a live frame waited in its source's buffer: its own time counts
         self.read += 1
         # a file frame's id is its position in the source; a live stream numbers the frames it
         # emits, so frames dropped under backpressure leave no gap for its reorder buffer to wait on
