@@ -146,6 +146,21 @@ def test_a_dead_camera_fails_alone_and_the_other_cameras_go_on(engine_env, tmp_p
     assert states["dead"] == "failed"
 
 
+def test_duration_ends_a_run_of_live_streams_with_exit_0(engine_env, tmp_path):
+    camera = serve_camera(frames=2000)                   # ~40 s of frames: longer than the run
+    try:
+        result = run_ovstream("--source", url(camera), "--model", "face", "--duration", "3",
+                              output=tmp_path / "out", env=engine_env, timeout=60)
+    finally:
+        camera.shutdown()
+    assert result.code == 0, result.stderr
+    report = result.report
+    (name, row), = report["streams"].items()
+    assert report["state"] == "finished" and row["state"] == "live" and row["out"] >= 5
+    assert row["in"] == row["out"] + row["errors"] + row["drops"] + row["in_flight"]
+    assert len(result.records) == row["out"] + row["errors"]
+
+
 def _start(args: list[str], out: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(ovstream_command("run", *args, "--output", str(out), "--no-dashboard"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
