@@ -92,7 +92,7 @@ class PipelineConfig:
     """Pool sizes and timing: memory is fixed at start by these numbers."""
 
     raw_slots: int = 8            # at least; every stream gets max(3, raw_slots // streams) of its own
-    decoders: int = 0             # decoder processes; 0 = min(streams, CPU cores, 8)
+    decoders: int = 0             # decoder processes; 0 = min(streams, CPU cores // 4, 8), at least 1
     max_frame_width: int = 1920   # larger frames are downscaled to fit a raw slot
     max_frame_height: int = 1080
     input_slots: int = 0          # 0: total infer requests + 2 per worker

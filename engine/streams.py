@@ -74,10 +74,12 @@ def is_live(src: SourceConfig) -> bool:
 
 
 def auto_decoders(streams: int, cores: int | None = None) -> int:
-    """Decoder processes when ``[pipeline] decoders = 0``: one per core, at most one per stream
-    and at most :data:`MAX_AUTO_DECODERS` (each process costs ~100 MB of imports)."""
+    """Decoder processes when ``[pipeline] decoders = 0``: one per 4 cores, at most one per stream
+    and at most :data:`MAX_AUTO_DECODERS` (each process costs ~100 MB of imports). A process's
+    feeder threads already decode in parallel (OpenCV releases the GIL); more processes only pay
+    off where Python's own per-frame work, not the cores, is the limit (README "Many streams")."""
     cores = cores or os.cpu_count() or 1
-    return max(1, min(streams, cores, MAX_AUTO_DECODERS))
+    return max(1, min(streams, cores // 4, MAX_AUTO_DECODERS))
 
 
 def plan(cfg: RunConfig, slots_per_stream: int = 0, cores: int | None = None) -> Layout:
