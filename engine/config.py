@@ -261,7 +261,7 @@ def stream_name(uri: str) -> str:
         rest = uri.split("://", 1)[1].split("?")[0]
         host, _, path = rest.partition("/")
         parts = [p for p in path.split("/") if p]
-        raw = parts[-1] if parts else host.split("@")[-1]
+        raw = Path(parts[-1]).stem if parts else host.split("@")[-1].split(":")[0]
     else:
         path = Path(uri.rstrip("/"))
         raw = path.stem if path.suffix else path.name
