@@ -286,3 +286,25 @@ loop = 4
     assert gate_ids == sorted(set(gate_ids)) and all(r["status"] == "ok" for r in streams["gate"])
     report = json.loads((out / "report.json").read_text())
     assert report["streams"]["gate"]["reconnects"] >= 1 and report["streams"]["gate"]["kind"] == "live"
+
+
+def test_sigkill_of_a_cameras_decoder_the_camera_goes_on_numbering_without_a_repeat(engine_env, tmp_path):
+    camera = serve_camera(frames=400, connections=2)      # the restarted decoder connects again
+    clip = write_video(tmp_path / "clip.avi", 40)
+    out = tmp_path / "out"
+    try:
+        proc = _start(["--source", url(camera), "--source", str(clip), "--loop", "2", "--decoders", "2",
+                       "--model", "face", "--duration", "8"], out, engine_env)
+        _wait(lambda: sum(r["stream"] == "stream" for r in _records(out)) >= 20, proc, "20 camera results")
+        owner = [c for c in psutil.Process(proc.pid).children() if "decoder-0.json" in " ".join(c.cmdline())]
+        owner[0].kill()                                    # cameras are dealt out first: decoder-0 has it
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        camera.shutdown()
+    assert proc.returncode == 0, stderr
+    streams = by_stream(_records(out))
+    assert_exactly_once_in_order(streams["clip"], 80)
+    ids = [r["frame_id"] for r in streams["stream"]]
+    assert len(ids) > 20 and ids == sorted(set(ids))     # numbering went on after the fence, no id twice
+    report = json.loads((out / "report.json").read_text())
+    assert {name: n for name, n in report["restarts"].items() if n} == {"decoder-0": 1}
