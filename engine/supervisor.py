@@ -36,7 +36,7 @@ from engine.model import InputInfo, check_devices, input_info, output_shapes, re
 from engine.shm import PoolSpec, SlotPool
 from engine.sinks import JsonlSink
 from engine.sources import is_live_uri, open_source
-from engine.streams import Layout, is_live, plan
+from engine.streams import Layout, plan
 from workers.runtime import StageContext
 
 READY_TIMEOUT_S = 300.0       # compiling for a GPU can take minutes the first time
