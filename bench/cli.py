@@ -11,6 +11,8 @@ median with its min–max:
 
 ``--sweep`` adds a nireq × streams × batch grid per device, ``--transport`` the one-hop transport
 micro-benchmark, ``--soak N`` a memory soak of N frames. Results: OUT/bench.json, OUT/bench.png.
+``--density`` instead measures how many real-time streams the engine, separate engine processes and
+a threaded single-process loop sustain (:mod:`bench.density`): OUT/density.json, OUT/density.png.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from rich.table import Table
 
 from engine.config import load_config
 from engine.errors import ConfigError
+from bench.density import DEFAULT_SCHEDULE
 from bench.stats import Spread, fmt, ratio
 
 VARIANTS = {
@@ -58,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", action="store_true", help="one-hop transport micro-benchmark")
     parser.add_argument("--transport-scale", type=float, default=1.0, help="scale the transport frame counts")
     parser.add_argument("--soak", type=int, metavar="N", default=0, help="memory soak over N frames of video")
+    parser.add_argument("--density", action="store_true",
+                        help="streams sustained in real time: engine vs separate processes vs threaded loop")
+    parser.add_argument("--fps", type=float, default=30.0, help="density: each stream's native frame rate")
+    parser.add_argument("--density-streams", default=",".join(map(str, DEFAULT_SCHEDULE)),
+                        help="density: stream counts to climb")
+    parser.add_argument("--density-seconds", type=float, default=10.0, help="density: streaming seconds per run")
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -122,6 +131,8 @@ class Bench:
     def run(self) -> int:
         args = self.args
         self.result["machine"] = machine_info()
+        if args.density:
+            return self._density()
         self.result["settings"] = {
             "model": self.model_arg, "model_path": self.cfg.model.path, "adapter": self.cfg.model.adapter,
             "device": args.device, "images": str(args.images), "passes": args.passes, "repeats": args.repeats,
@@ -305,6 +316,35 @@ class Bench:
         result["video"] = str(video)
         return result
 
+    def _density(self) -> int:
+        from bench.density import density
+        from bench.loops import list_images
+        from bench.plot import plot_density
+        from bench.soak import write_video
+
+        a = self.args
+        if a.fps <= 0 or a.density_seconds <= 0:
+            raise ConfigError("--fps and --density-seconds must be > 0")
+        schedule = _ints(a.density_streams, "--density-streams")
+        video = write_video(self.out / "density" / "clip", list_images(self.images_dir), fps=a.fps)
+        self.progress(f"density: {video.name} at {a.fps:g} FPS per stream, {a.density_seconds:g} s per run, "
+                      f"streams {schedule}, {a.repeats} repeats, model {self.model_arg}")
+        self.result["settings"] = {"model": self.model_arg, "device": a.device, "video": str(video),
+                                   "repeats": a.repeats, "config": a.config or "configs/default.toml"}
+        self.result["density"] = density(video, self.model_arg, a.device, self.out, a.fps, a.density_seconds,
+                                         schedule, a.repeats, progress=self.progress)
+        self.result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        path = self.out / "density.json"
+        path.write_text(json.dumps(self.result, indent=2, default=str), encoding="utf-8")
+        png = None
+        try:
+            png = plot_density(self.result, self.out / "density.png")
+        except ImportError:
+            self.log.print("bench: matplotlib is not installed; no plot (pip install matplotlib)")
+        render_density(self.result, self.console)
+        self.console.print(f"results: {path}" + (f"   plot: {png}" if png else ""))
+        return 0
+
     # ---- output -------------------------------------------------------------------------------
     def _write(self) -> None:
         from bench.plot import plot_bench
@@ -413,6 +453,43 @@ def render(result: dict, console: Console) -> None:
                           f"max {p['max_mib']:.1f}  after warm-up {p.get('after_warmup_mib', '—')}  "
                           f"stream end {p.get('end_mib', '—')}  drift {p.get('drift_pct', '—')}%  "
                           f"range {p.get('range_pct', '—')}%  {verdict}", highlight=False)
+
+
+def render_density(result: dict, console: Console) -> None:
+    """The density tables of a density.json dict."""
+    d = result["density"]
+    m, s = result.get("machine", {}), result.get("settings", {})
+    console.print(f"[bold]ovstream bench --density[/bold] — {m.get('cpu')}, {m.get('logical_cores')} logical "
+                  f"cores, OpenVINO {m.get('openvino')}; model {s.get('model')} on {s.get('device')}; each stream "
+                  f"{d['target_fps']:g} FPS (a looped video at its native rate), {d['seconds']:g} s per run, "
+                  f"{d['repeats']} repeats; sustained = every stream ≥ {d['sustain_fraction']:.0%} of "
+                  f"{d['target_fps']:g} FPS with no drops; load average {m.get('load_avg_at_start', ['?'])[0]} → "
+                  f"{m.get('load_avg_at_end', ['?'])[0]}")
+    table = Table(title="Delivered FPS per stream (slowest stream, median of repeats, min–max) by stream count")
+    table.add_column("streams", justify="right")
+    for v in d["variants"]:
+        table.add_column(f"{v}: FPS", justify="right")
+        table.add_column("drops", justify="right")
+        table.add_column("CPU ms/frame", justify="right")
+    counts = sorted({n for v in d["variants"].values() for n in v["by_streams"]}, key=int)
+    for n in counts:
+        cells = [str(n)]
+        for v in d["variants"].values():
+            row = v["by_streams"].get(n)
+            if row is None:
+                cells += ["—", "", ""]
+                continue
+            fps = row["min_fps"] or {}
+            mark = "[green]" if row["sustained_runs"] * 2 > row["runs"] else "[red]"
+            cells.append(f"{mark}{fmt(fps.get('median'))}[/] ({fmt(fps.get('min'))}–{fmt(fps.get('max'))})"
+                         if fps else f"[red]{(row['errors'] or ['failed'])[0][:30]}[/red]")
+            cells.append(str(row["drops"]))
+            cells.append(fmt((row["cpu_ms_per_frame"] or {}).get("median"), 2))
+        table.add_row(*cells)
+    console.print(table)
+    sustained = ", ".join(f"{v} {x['sustained_streams']}" for v, x in d["variants"].items())
+    ratios = ", ".join(f"{k} {fmt(r, 2, '×')}" for k, r in d["ratios"].items())
+    console.print(f"[bold]streams sustained at {d['target_fps']:g} FPS[/bold]: {sustained}   ({ratios})")
 
 
 def main(args: argparse.Namespace) -> int:

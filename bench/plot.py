@@ -85,3 +85,42 @@ def _transport_panel(ax, rows: list[dict]) -> None:
     ax.set_ylabel("µs per frame (log; dashed: 200 µs target)")
     ax.set_title("One-hop transport between two processes")
     ax.legend(fontsize=8)
+
+
+def plot_density(result: dict, path: Path) -> Path | None:
+    """density.png: delivered FPS of the slowest stream against the number of streams, per variant
+    (median of repeats, min–max whiskers), with the target and the 95 % line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = result.get("density") or {}
+    if not d.get("variants"):
+        return None
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    for name, v in d["variants"].items():
+        rows = sorted(((int(n), r["min_fps"]) for n, r in v["by_streams"].items() if r.get("min_fps")))
+        if not rows:
+            continue
+        xs = [n for n, _ in rows]
+        med = [f["median"] for _, f in rows]
+        err = [[f["median"] - f["min"] for _, f in rows], [f["max"] - f["median"] for _, f in rows]]
+        ax.errorbar(xs, med, yerr=err, marker="o", capsize=3,
+                    label=f"{name} (sustains {v['sustained_streams']})")
+    target = d["target_fps"]
+    ax.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"target {target:g} FPS")
+    ax.axhline(target * d["sustain_fraction"], color="grey", linestyle="--", linewidth=1,
+               label=f"{d['sustain_fraction']:.0%} of target")
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel("delivered FPS of the slowest stream")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    machine = result.get("machine", {})
+    ax.set_title(f"Stream density — {result.get('settings', {}).get('model', '')} on {machine.get('cpu', 'CPU')}, "
+                 f"{machine.get('logical_cores', '?')} logical cores", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

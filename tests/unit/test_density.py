@@ -1,0 +1,87 @@
+"""bench --density: the sustain rule, the summary over repeats, the engine configs it writes, and the
+threaded loop it compares against serving real streams. No assertion on wall-clock figures."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from rich.console import Console
+
+from bench.density import SUSTAIN_FRACTION, Trial, engine_config, summarize
+from bench.loops import list_images
+from bench.soak import write_video
+from engine.config import REPO_ROOT, RunConfig, read_toml
+
+
+def trial(variant: str, streams: int, delivered: list[int], drops: list[int] | None = None, error: str = "",
+          repeat: int = 0) -> Trial:
+    return Trial(variant, streams, repeat, seconds=10.0, target_fps=30.0, delivered=delivered,
+                 drops=drops or [0] * len(delivered), cpu_s=5.0, error=error)
+
+
+def test_sustained_needs_every_stream_at_95_percent_and_no_drops():
+    assert trial("engine", 2, [300, 290]).sustained
+    assert not trial("engine", 2, [300, 284]).sustained           # 28.4 < 0.95 × 30
+    assert not trial("engine", 2, [300, 300], drops=[0, 1]).sustained
+    assert not trial("engine", 3, [300, 300]).sustained            # a stream without results
+    assert not trial("engine", 1, [300], error="exit code 1").sustained
+    assert SUSTAIN_FRACTION == 0.95
+
+
+def test_summary_takes_the_largest_count_sustained_by_a_majority_of_repeats():
+    trials = [trial("engine", 1, [300], repeat=0), trial("engine", 1, [300], repeat=1),
+              trial("engine", 4, [300] * 4, repeat=0), trial("engine", 4, [300, 300, 300, 200], repeat=1),
+              trial("engine", 4, [300] * 4, repeat=2),
+              trial("threaded", 1, [300]), trial("threaded", 4, [200] * 4, drops=[30] * 4)]
+    out = summarize(trials, ("engine", "threaded"), 30.0, 10.0, (1, 4), 3)
+    assert out["variants"]["engine"]["sustained_streams"] == 4
+    assert out["variants"]["threaded"]["sustained_streams"] == 1
+    assert out["ratios"] == {"engine/threaded": 4.0}
+    row = out["variants"]["engine"]["by_streams"][4]
+    assert row["sustained_runs"] == 2 and row["runs"] == 3
+    assert row["min_fps"]["min"] == 20.0 and row["min_fps"]["median"] == 30.0
+    assert out["variants"]["threaded"]["by_streams"][4]["drops"] == 120
+    json.dumps(out)                                                 # bench.json material
+
+
+def test_render_density_shows_every_variant_and_the_verdict():
+    from bench.cli import render_density
+
+    out = summarize([trial("engine", 2, [300, 300]), trial("separate", 2, [250, 250])], ("engine", "separate"),
+                    30.0, 10.0, (2,), 1)
+    console = Console(file=io.StringIO(), width=200)
+    render_density(json.loads(json.dumps({"density": out, "machine": {}, "settings": {}})), console)
+    text = console.file.getvalue()
+    assert "engine 2, separate 0" in text and "30.0" in text and "25.0" in text
+
+
+def test_engine_config_is_a_valid_run_config_with_camera_like_streams(tmp_path):
+    path = tmp_path / "density.toml"
+    path.write_text(engine_config(tmp_path / "clip.mp4", 3, "face", "CPU", tmp_path / "out"), encoding="utf-8")
+    data = read_toml(path)
+    cfg = RunConfig.from_dict(data, origin=str(path))
+    assert [s.name for s in cfg.sources] == ["cam00", "cam01", "cam02"]
+    assert all(s.live == "yes" and s.realtime and s.uri == str(tmp_path / "clip.mp4") for s in cfg.sources)
+    assert cfg.model.name == "face" and cfg.output.dir == str(tmp_path / "out")
+
+
+def test_threaded_loop_serves_every_stream(tmp_path):
+    video = write_video(tmp_path / "clip", list_images(REPO_ROOT / "data" / "coco100")[:8], frames=30, fps=30)
+    proc = subprocess.run([sys.executable, "-m", "bench.density_loop", "--video", str(video), "--streams", "2",
+                           "--seconds", "1", "--fps", "10", "--model", "face"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["streams"] == 2 and len(result["delivered"]) == 2
+    assert all(n > 0 for n in result["delivered"])                  # 10 FPS for 1 s: a few frames each
+    assert all(r > 0 for r in result["read"]) and len(result["drops"]) == 2
+
+
+@pytest.mark.parametrize("bad", ["0", "1,x", ""])
+def test_density_rejects_bad_stream_counts(bad, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "bench", "--density", "--density-streams", bad,
+                           "--output", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 2 and "--density-streams" in proc.stderr and "Traceback" not in proc.stderr
