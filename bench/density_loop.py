@@ -86,12 +86,14 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
             done[stream] += 1
 
     queue.set_callback(on_done)
+    start_lock = threading.Lock()       # AsyncInferQueue.start_async is not safe from two threads at once
 
     def infer(stream: int, frame: np.ndarray) -> None:
         geometry = Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, mode)
         pixels = np.empty((1, info.height, info.width, 3), np.uint8)
         geometry.resize_into(frame, pixels[0])
-        queue.start_async({0: pixels}, (stream, geometry))
+        with start_lock:
+            queue.start_async({0: pixels}, (stream, geometry))
 
     stop, wake = threading.Event(), threading.Condition()
     cameras = [Camera(video, fps, stop, wake) for _ in range(streams)]
