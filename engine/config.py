@@ -62,7 +62,7 @@ class PreprocessConfig:
 class ModelConfig:
     """The model: a registry name, or a file with its adapter."""
 
-    name: str = "face"
+    name: str = "ssd_mobilenet_v1_coco"
     path: str = ""                # model file; overrides the registry's file
     adapter: str = ""             # overrides the registry's adapter
     labels: list[str] | str = field(default_factory=list)

@@ -15,9 +15,11 @@ from typing import Iterator
 
 import numpy as np
 import openvino as ov
+from openvino.frontend import FrontEndManager
 
 from engine.config import InferenceConfig, ModelConfig
 from engine.errors import DeviceError, ModelError
+from engine.tflite_ops import EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -57,14 +59,26 @@ def _reason(exc: Exception) -> str:
 
 
 def read_model(core: ov.Core, path: str) -> ov.Model:
-    """Read a model file with one clear error for anything OpenVINO cannot read."""
+    """Read a model file with one clear error for anything OpenVINO cannot read. A ``.tflite`` file
+    goes through the TFLite frontend with the engine's conversion extensions (:mod:`engine.tflite_ops`:
+    ``TFLite_Detection_PostProcess``), the same ones ``ovstream convert`` uses."""
     if not Path(path).exists():
         raise ModelError(f"model file not found: {path}")
     try:
         with _quiet_stderr():
+            if Path(path).suffix.lower() == ".tflite":
+                return read_tflite(path)
             return core.read_model(path)
     except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
         raise ModelError(f"cannot read model {path}: {_reason(exc)}") from None
+
+
+def read_tflite(path: str) -> ov.Model:
+    """Convert a TFLite file with :data:`engine.tflite_ops.EXTENSIONS` added to the frontend."""
+    frontend = FrontEndManager().load_by_framework("tflite")
+    for extension in EXTENSIONS:
+        frontend.add_extension(extension)
+    return frontend.convert(frontend.load(path))
 
 
 def input_info(model: ov.Model, params: dict | None = None) -> InputInfo:

@@ -4,10 +4,14 @@ Outputs: ``detection_boxes [1, N, 4]`` (ymin, xmin, ymax, xmax, normalised), ``d
 [1, N]`` (float, 1-based COCO ids, which index data/mscoco_labels.txt directly), ``detection_scores
 [1, N]`` and ``num_detections [1]`` (optional). They are found by name first: a name containing
 the role (``detection_boxes``, ``detection_boxes:0`` …) but not ``raw`` (``raw_detection_boxes``
-holds the boxes before NMS). When names do not tell (``StatefulPartitionedCall:1`` …), by shape:
+holds the boxes before NMS), or the TFLite export's names (``TFLite_Detection_PostProcess`` and
+``:1``, ``:2``, ``:3`` for boxes, classes, scores, count). When names do not tell (``StatefulPartitionedCall:1`` …), by shape:
 the one ``[1, N, 4]`` output is the boxes, a one-element output the count, and of the two
 ``[1, N]`` outputs the scores are told from the classes by their values in each frame (see
 :func:`_split_pair`).
+
+``params.class_offset`` is added to the class ids: TFLite exports count classes without the
+background (COCO id − 1), so their entry sets 1 to report COCO ids, which index the 91-line label map.
 """
 from __future__ import annotations
 
@@ -18,12 +22,16 @@ from engine.config import ModelConfig
 from engine.errors import ModelError
 from engine.geometry import Geometry
 
-DEFAULTS = {"min_score": 0.5}
+DEFAULTS = {"min_score": 0.5, "class_offset": 0}
 ROLES = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
+TFLITE_OP = "TFLite_Detection_PostProcess"
+TFLITE_NAMES = dict(zip(ROLES, (TFLITE_OP, f"{TFLITE_OP}:1", f"{TFLITE_OP}:2", f"{TFLITE_OP}:3")))
 
 
 def _by_name(outputs: dict[str, list[int]]) -> dict[str, str] | None:
     """``{role: output name}`` when every role but ``num_detections`` matches exactly one name."""
+    if all(TFLITE_NAMES[role] in outputs for role in ROLES[:3]):
+        return {role: name for role, name in TFLITE_NAMES.items() if name in outputs}
     found = {}
     for role in ROLES:
         names = [n for n in outputs if role in n.lower() and "raw" not in n.lower()]
@@ -61,7 +69,9 @@ class TFObjectDetectionAdapter(Adapter):
 
     def __init__(self, model: ModelConfig) -> None:
         super().__init__(model)
-        self.threshold = self.min_score(read_params(model, DEFAULTS)["min_score"])
+        params = read_params(model, DEFAULTS)
+        self.threshold = self.min_score(params["min_score"])
+        self.class_offset = params["class_offset"]
         self.names: dict[str, str] | None = None
         self.shapes: tuple[str, list[str], str | None] | None = None
 
@@ -91,6 +101,6 @@ class TFObjectDetectionAdapter(Adapter):
         boxes, classes, scores = boxes.reshape(-1, 4)[:n], classes.reshape(-1)[:n], scores.reshape(-1)[:n]
         keep = scores >= self.threshold
         frame_boxes = geometry.boxes_to_frame(boxes[keep][:, [1, 0, 3, 2]]).tolist()
-        ids = np.rint(classes[keep]).astype(np.int64).tolist()
+        ids = (np.rint(classes[keep]).astype(np.int64) + self.class_offset).tolist()
         return [{"label": self.label(class_id), "class_id": class_id, "score": float(score), "box": box}
                 for class_id, score, box in zip(ids, scores[keep], frame_boxes)]

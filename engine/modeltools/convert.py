@@ -31,6 +31,7 @@ from engine.config import (ADAPTERS, MODELS_DIR, REGISTRY_PATH, REPO_ROOT, Model
 from engine.errors import ConfigError, ModelError
 from engine.model import input_info, prepare_model
 from engine.modeltools.registry import file_value, labels_value, register_model
+from engine.tflite_ops import EXTENSIONS
 
 FRAMEWORKS = {".onnx": "onnx", ".tflite": "tflite", ".pdmodel": "paddle", ".pb": "tf", ".xml": "ir"}
 FRAMEWORK_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "paddle": "PaddlePaddle", "tf": "TensorFlow",
@@ -98,10 +99,11 @@ def read_model(source: Source, input_shape: list[int] | None = None) -> ov.Model
             model = ov.Core().read_model(source.path)
             if shape:
                 model.reshape(shape)
-        elif shape:
-            model = ov.convert_model(source.path, input=ov.PartialShape(shape))
         else:
-            model = ov.convert_model(source.path)
+            options = {"input": ov.PartialShape(shape)} if shape else {}
+            if source.framework == "tflite":      # custom ops the frontend cannot translate alone
+                options["extension"] = list(EXTENSIONS)
+            model = ov.convert_model(source.path, **options)
     except Exception as exc:  # the converters raise many types; all mean "this model does not convert"
         raise ModelError(f"{source.path}: cannot convert: {_one_line(exc)}") from None
     if not model.inputs or not model.outputs:
