@@ -141,14 +141,14 @@ def test_model_outputs_that_do_not_fit_the_adapter(engine_env, tmp_path, adapter
 def test_adapter_override_on_the_registry_model(engine_env, tmp_path, adapter):
     """`--adapter X` on the default face model: the one line must be about X not fitting the model,
     not about registry parameters of the model's own adapter that the user never wrote."""
-    line = _one_line(run_ovstream("--adapter", adapter, output=tmp_path / "out", env=engine_env,
+    line = _one_line(run_ovstream("--model", "face", "--adapter", adapter, output=tmp_path / "out", env=engine_env,
                                   timeout=TIMEOUT))
     assert adapter in line and "output" in line, line
 
 
 def test_unknown_adapter(engine_env, tmp_path):
-    line = _one_line(run_ovstream("--adapter", "yolo", output=tmp_path / "out", env=engine_env, timeout=TIMEOUT))
-    assert "unknown adapter 'yolo'" in line and "anchor_ssd" in line
+    line = _one_line(run_ovstream("--adapter", "yolo9000", output=tmp_path / "out", env=engine_env, timeout=TIMEOUT))
+    assert "unknown adapter 'yolo9000'" in line and "anchor_ssd" in line
 
 
 def test_empty_source_folder(engine_env, tmp_path):

@@ -31,7 +31,7 @@ def test_folder_of_bad_and_unusual_files(engine_env, tmp_path):
     entries, ignored = build_bad_folder(folder)
     assert len(entries) >= 30 and len({e.name for e in entries}) == len(entries)
 
-    result = run_ovstream("--source", str(folder), output=tmp_path / "out", env=engine_env, timeout=180)
+    result = run_ovstream("--model", "face", "--source", str(folder), output=tmp_path / "out", env=engine_env, timeout=180)
     assert result.code == 1, result.stderr                        # finished, with error records
     assert "Traceback" not in result.stderr
 
@@ -82,7 +82,7 @@ def test_video_with_corrupt_frames_in_the_middle(engine_env, tmp_path):
     video = tmp_path / "broken.avi"
     write_video(video, 40)
     corrupt_video_frames(video, [12, 25, 26])
-    result = run_ovstream("--source", str(video), "--batch", "2", output=tmp_path / "out", env=engine_env,
+    result = run_ovstream("--model", "face", "--source", str(video), "--batch", "2", output=tmp_path / "out", env=engine_env,
                           timeout=120)
     assert result.code == 1, result.stderr
     records = result.records
@@ -130,7 +130,7 @@ def test_stream_url_that_never_answers_ends_in_bounded_time(engine_env, tmp_path
     server = _SilentServer()
     url = f"http://127.0.0.1:{server.port}/live.mjpg"
     config = tmp_path / "silent.toml"
-    config.write_text(f'[source]\nuri = "{url}"\nreconnect_attempts = 0\n', encoding="utf-8")
+    config.write_text(f'[source]\nuri = "{url}"\nreconnect_attempts = 0\n[model]\nname = "face"\n', encoding="utf-8")
     try:
         started = time.monotonic()
         result = run_ovstream(str(config), output=tmp_path / "out", env=engine_env, timeout=90)

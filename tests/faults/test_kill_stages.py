@@ -19,7 +19,7 @@ FRAMES = 300          # 100 images x 3 loops
 
 
 def _start(out: Path, env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(ovstream_command("run", "--loop", "3", "--output", str(out), "--no-dashboard", *extra),
+    return subprocess.Popen(ovstream_command("run", "--model", "face", "--loop", "3", "--output", str(out), "--no-dashboard", *extra),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -33,7 +33,7 @@ class _Run:
         self.out = tmp_path / "out"
         self.stdout_path, self.stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         with open(self.stdout_path, "wb") as so, open(self.stderr_path, "wb") as se:
-            self.proc = subprocess.Popen(ovstream_command("run", *args, "--output", str(self.out), "--no-dashboard"),
+            self.proc = subprocess.Popen(ovstream_command("run", "--model", "face", *args, "--output", str(self.out), "--no-dashboard"),
                                          cwd=REPO, stdout=so, stderr=se, env=env)
         self.started = time.monotonic()
 
@@ -222,6 +222,6 @@ def test_sigkill_of_the_supervisor_leaves_no_stage_running(engine_env, tmp_path,
     one_image = tmp_path / "one"
     one_image.mkdir()
     (one_image / "a.jpg").write_bytes((COCO / "000000009378.jpg").read_bytes())
-    after = run_ovstream("--source", str(one_image), output=tmp_path / "next", env=engine_env)
+    after = run_ovstream("--model", "face", "--source", str(one_image), output=tmp_path / "next", env=engine_env)
     assert after.code == 0, after.stderr
     assert not sorted(base.glob(f"ovstream-{tag}-*"))

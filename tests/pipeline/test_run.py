@@ -26,8 +26,34 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-def test_default_folder_through_face_detector(engine_env, tmp_path):
+def test_default_run_finds_coco_classes(engine_env, tmp_path):
+    """`ovstream run` with no arguments: the 100 COCO images through SSD MobileNet v1 COCO."""
     result = run_ovstream(output=tmp_path / "out", env=engine_env)
+    assert result.code == 0, result.stderr
+    records = result.records
+    assert [r["frame_id"] for r in records] == list(range(100))
+    assert all(r["status"] == "ok" for r in records)
+    by_name = {Path(r["source"]).name: r for r in records}
+
+    def best(image: str, label: str) -> dict:
+        found = [d for d in by_name[image]["detections"] if d["label"] == label]
+        assert found, f"{image}: no {label} in {by_name[image]['detections']}"
+        return max(found, key=lambda d: d["score"])
+
+    bear = best("000000000285.jpg", "bear")            # the bear fills most of the 640x586 picture
+    assert bear["class_id"] == 23 and bear["box"][2] - bear["box"][0] > 400
+    stop = best("000000000724.jpg", "stop sign")       # COCO id 13, near [123, 72, 257, 226]
+    assert stop["class_id"] == 13
+    x1, y1, x2, y2 = stop["box"]
+    assert abs((x1 + x2) / 2 - 190) < 20 and abs((y1 + y2) / 2 - 149) < 20
+    best("000000000139.jpg", "tv")
+    labels = Counter(d["label"] for r in records for d in r["detections"])
+    assert labels["person"] >= 50 and "???" not in labels, labels
+    assert result.report["accounting"]["balanced"]
+
+
+def test_face_detector_on_the_coco_folder(engine_env, tmp_path):
+    result = run_ovstream("--model", "face", output=tmp_path / "out", env=engine_env)
     assert result.code == 0, result.stderr
     records = result.records
     assert [r["frame_id"] for r in records] == list(range(100))
@@ -51,7 +77,7 @@ def test_video_file_results_in_frame_order(engine_env, tmp_path):
     for i in range(40):
         writer.write(np.roll(frame, i * 4, axis=1))
     writer.release()
-    result = run_ovstream("--source", str(video), "--batch", "2", output=tmp_path / "out", env=engine_env)
+    result = run_ovstream("--model", "face", "--source", str(video), "--batch", "2", output=tmp_path / "out", env=engine_env)
     assert result.code == 0, result.stderr
     records = result.records
     assert [r["frame_index"] for r in records] == list(range(40))
@@ -91,6 +117,8 @@ def run_camera(tmp_path: Path, env: dict, frames: int, connections: int, reconne
 [source]
 uri = "http://127.0.0.1:{server.server_port}/stream.mjpg"
 reconnect_attempts = {reconnect_attempts}
+[model]
+name = "face"
 """)
         return run_ovstream(str(config), output=tmp_path / "out", env=env)
     finally:
@@ -115,7 +143,7 @@ def test_camera_that_drops_is_reconnected_and_reported(engine_env, tmp_path):
 
 
 def test_two_cpu_workers_share_the_work(engine_env, tmp_path):
-    result = run_ovstream("--device", "CPU", "--device", "CPU", "--nireq", "2", output=tmp_path / "out",
+    result = run_ovstream("--model", "face", "--device", "CPU", "--device", "CPU", "--nireq", "2", output=tmp_path / "out",
                           env=engine_env)
     assert result.code == 0, result.stderr
     per_worker = Counter(r["worker"] for r in result.records)
@@ -132,7 +160,7 @@ def test_bad_files_become_error_records_and_the_stream_goes_on(engine_env, tmp_p
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.jpg").write_text("this is not an image")
     (folder / "truncated.jpg").write_bytes((COCO / "000000000139.jpg").read_bytes()[:5000])
-    result = run_ovstream("--source", str(folder), output=tmp_path / "out", env=engine_env)
+    result = run_ovstream("--model", "face", "--source", str(folder), output=tmp_path / "out", env=engine_env)
     assert result.code == 1                      # finished, with failed frames
     records = {Path(r["source"]).name: r for r in result.records}
     assert len(records) == 5
@@ -178,7 +206,7 @@ def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: flo
 
 def test_killed_inference_worker_is_restarted_and_no_frame_is_lost(engine_env, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(ovstream_command("run", "--loop", "4", "--device", "CPU", "--device", "CPU",
+    proc = subprocess.Popen(ovstream_command("run", "--model", "face", "--loop", "4", "--device", "CPU", "--device", "CPU",
                                              "--output", str(out), "--no-dashboard"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=engine_env)
     _wait_for_lines(out / "results.jsonl", 60, proc)
@@ -195,7 +223,7 @@ def test_killed_inference_worker_is_restarted_and_no_frame_is_lost(engine_env, t
 
 def test_sigint_stops_everything_promptly(engine_env, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(ovstream_command("run", "--loop", "50", "--output", str(out), "--no-dashboard"),
+    proc = subprocess.Popen(ovstream_command("run", "--model", "face", "--loop", "50", "--output", str(out), "--no-dashboard"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=engine_env)
     _wait_for_lines(out / "results.jsonl", 20, proc)
     children = psutil.Process(proc.pid).children(recursive=True)
@@ -215,7 +243,7 @@ def test_annotated_images_and_video_sinks(engine_env, tmp_path):
     for _ in range(12):
         writer.write(frame)
     writer.release()
-    result = run_ovstream("--source", str(video), "--annotate", "--video", "--nireq", "4", output=tmp_path / "out",
+    result = run_ovstream("--model", "face", "--source", str(video), "--annotate", "--video", "--nireq", "4", output=tmp_path / "out",
                           env=engine_env)
     assert result.code == 0, result.stderr
     images = sorted((tmp_path / "out" / "images" / "clip").glob("*.jpg"))
