@@ -19,7 +19,7 @@ import numpy as np
 import openvino as ov
 
 from engine.adapters import Adapter, create_adapter
-from engine.config import InferenceConfig, ModelConfig
+from engine.config import InferenceConfig, ModelConfig, PreprocessConfig
 from engine.geometry import Geometry
 from engine.model import InputInfo, compile_model, device_info, output_shapes, prepare_model, read_model
 from engine.sources import IMAGE_EXTENSIONS
@@ -73,7 +73,7 @@ class Prepared:
         self.device = device
         self.core = ov.Core()
         self.model, self.info = prepare_model(read_model(self.core, model_cfg.path), model_cfg, 1)
-        self.resize_mode = model_cfg.preprocess.resize
+        self.pre = model_cfg.preprocess
 
     def compile(self, hint: str, nireq: int = 0) -> ov.CompiledModel:
         cfg = InferenceConfig(devices=[self.device], hint=hint, nireq=nireq)
@@ -96,7 +96,7 @@ class _Clock:
         return {k: v * 1000 / frames for k, v in self.sums.items()} if frames else {}
 
 
-def _load(path: Path, info: InputInfo, mode: str, dst: np.ndarray, clock: _Clock) -> Geometry | None:
+def _load(path: Path, info: InputInfo, pre: PreprocessConfig, dst: np.ndarray, clock: _Clock) -> Geometry | None:
     """imread + the engine's resize into ``dst``; None for an unreadable image."""
     t0 = time.perf_counter()
     frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -104,8 +104,8 @@ def _load(path: Path, info: InputInfo, mode: str, dst: np.ndarray, clock: _Clock
     clock.add("read", t1 - t0)
     if frame is None:
         return None
-    geometry = Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, mode)
-    geometry.resize_into(frame, dst)
+    geometry = Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, pre.resize, pre.crop)
+    geometry.resize_into(frame, dst, pre.interpolation)
     clock.add("resize", time.perf_counter() - t1)
     return geometry
 
@@ -120,7 +120,7 @@ def sync_loop(prepared: Prepared, images: list[Path], passes: int = 1, keep: boo
     compiled = compiled or prepared.compile("LATENCY")
     adapter = prepared.adapter()
     names = list(output_shapes(compiled))
-    info, mode = prepared.info, prepared.resize_mode
+    info, pre = prepared.info, prepared.pre
     request = compiled.create_infer_request()
     buffer = np.zeros((1, info.height, info.width, 3), np.uint8)
     request.set_input_tensor(ov.Tensor(buffer, shared_memory=True))
@@ -132,7 +132,7 @@ def sync_loop(prepared: Prepared, images: list[Path], passes: int = 1, keep: boo
     for _ in range(passes):
         for path in images:
             t0 = time.perf_counter()
-            geometry = _load(path, info, mode, buffer[0], clock)
+            geometry = _load(path, info, pre, buffer[0], clock)
             if geometry is None:
                 failures += 1
                 continue
@@ -164,7 +164,7 @@ def async_loop(prepared: Prepared, images: list[Path], nireq: int = 0, passes: i
     nireq = nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     adapter = prepared.adapter()
     names = list(output_shapes(compiled))
-    info, mode = prepared.info, prepared.resize_mode
+    info, pre = prepared.info, prepared.pre
     requests = [compiled.create_infer_request() for _ in range(nireq)]
     buffers = [np.zeros((1, info.height, info.width, 3), np.uint8) for _ in range(nireq)]
     for request, buffer in zip(requests, buffers):
@@ -199,7 +199,7 @@ def async_loop(prepared: Prepared, images: list[Path], nireq: int = 0, passes: i
         for path in images:
             t0 = time.perf_counter()
             parse(current)                      # only at the end of a short run: normally already parsed
-            geometry = _load(path, info, mode, buffers[current][0], clock)
+            geometry = _load(path, info, pre, buffers[current][0], clock)
             if geometry is None:
                 failures += 1
                 continue

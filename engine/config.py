@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError, ModelError
+from engine.geometry import INTERPOLATIONS, RESIZE_MODES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
 REGISTRY_PATH = MODELS_DIR / "models.toml"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.toml"
-ADAPTERS = ("anchor_ssd", "ssd_detection_output", "tf_od_api", "classification")
+ADAPTERS = ("anchor_ssd", "ssd_detection_output", "tf_od_api", "classification", "nanodet", "yolo")
 MODEL_SUFFIXES = (".xml", ".onnx", ".tflite", ".pb", ".pdmodel")
 
 
@@ -52,7 +53,9 @@ class SourceConfig:
 class PreprocessConfig:
     """Input conventions folded into the model with PrePostProcessor."""
 
-    resize: str = "letterbox"     # letterbox | stretch
+    resize: str = "letterbox"     # letterbox | stretch | crop
+    crop: float = 0.875           # crop: the centre fraction of the (scaled) shorter side kept
+    interpolation: str = "auto"   # auto (area shrinking, linear enlarging) | nearest | linear | cubic | area | lanczos
     color: str = "RGB"            # RGB | BGR | GRAY: what the model expects
     mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     scale: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
@@ -359,8 +362,13 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
 
 def _check_values(cfg: RunConfig) -> None:
     pre = cfg.model.preprocess
-    if pre.resize not in ("letterbox", "stretch"):
-        raise ConfigError(f"[model.preprocess] resize must be letterbox or stretch, not '{pre.resize}'")
+    if pre.resize not in RESIZE_MODES:
+        raise ConfigError(f"[model.preprocess] resize must be letterbox, stretch or crop, not '{pre.resize}'")
+    if not 0 < pre.crop <= 1:
+        raise ConfigError(f"[model.preprocess] crop must be a fraction in (0, 1], not {pre.crop}")
+    if pre.interpolation != "auto" and pre.interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"[model.preprocess] interpolation must be auto, {', '.join(INTERPOLATIONS)}, "
+                          f"not '{pre.interpolation}'")
     if pre.color not in ("RGB", "BGR", "GRAY"):
         raise ConfigError(f"[model.preprocess] color must be RGB, BGR or GRAY, not '{pre.color}'")
     for src in cfg.sources or [cfg.source]:

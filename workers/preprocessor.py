@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from engine.channels import make_socket
+from engine.config import PreprocessConfig
 from engine.geometry import Geometry
 from engine.messages import (BatchMsg, ControlMsg, CreditMsg, EndOfSource, ErrorMsg, FrameMsg, FrameRef,
                              ReleaseMsg)
@@ -137,7 +138,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
     cfg = ctx.config
     layout = Layout.from_dict(ctx.layout)
     batch_size, in_h, in_w = ctx.input["batch"], ctx.input["height"], ctx.input["width"]
-    resize_mode = cfg.model.preprocess.resize
+    pre = cfg.model.preprocess
     keep_raw = cfg.output.images or cfg.output.video       # the postprocessor draws on the raw frame
     raw_pool, in_pool = SlotPool(ctx.pools["raw"]), SlotPool(ctx.pools["input"])
     free = FreeList(in_pool.spec.slots)
@@ -221,7 +222,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 if filling is None:
                     filling = Batch(free.acquire(), deadline=time.monotonic() + timeout_s)
                 kept_next[ref.stream] = max(kept_next[ref.stream], ref.frame_id + 1)
-                _preprocess(ref, filling, raw_pool, in_pool, (in_h, in_w), resize_mode,
+                _preprocess(ref, filling, raw_pool, in_pool, (in_h, in_w), pre,
                             batch_size, stage, results, ctx.generation)
                 if not keep_raw:                # otherwise the postprocessor releases it
                     release_raw(ref)
@@ -257,15 +258,15 @@ def run(ctx: StageContext, stage: Stage) -> None:
 
 
 def _preprocess(ref: FrameRef, batch: Batch, raw_pool: SlotPool, in_pool: SlotPool, size: tuple[int, int],
-                mode: str, batch_size: int, stage: Stage, results: zmq.Socket, generation: int) -> None:
+                pre: PreprocessConfig, batch_size: int, stage: Stage, results: zmq.Socket, generation: int) -> None:
     """Resize one raw frame into the next row of ``batch``; a failure becomes an error record."""
     in_h, in_w = size
     t0 = time.monotonic_ns()
     try:
         frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
-        geometry = Geometry.plan(ref.width, ref.height, in_w, in_h, mode)
+        geometry = Geometry.plan(ref.width, ref.height, in_w, in_h, pre.resize, pre.crop)
         rows = in_pool.view(batch.slot, (batch_size, in_h, in_w, 3))
-        geometry.resize_into(frame, rows[len(batch.frames)])
+        geometry.resize_into(frame, rows[len(batch.frames)], pre.interpolation)
     except Exception as exc:  # a frame that cannot be resized must not stop the stream
         stage.count("errors")
         results.send(ErrorMsg(ref, "preprocess", f"{type(exc).__name__}: {exc}", generation).encode())

@@ -29,6 +29,7 @@ from rich.text import Text
 from engine.config import (ADAPTERS, MODELS_DIR, REGISTRY_PATH, REPO_ROOT, ModelConfig, PreprocessConfig,
                            load_registry)
 from engine.errors import ConfigError, ModelError
+from engine.geometry import RESIZE_MODES
 from engine.model import input_info, prepare_model
 from engine.modeltools.registry import file_value, labels_value, register_model
 from engine.tflite_ops import EXTENSIONS
@@ -270,7 +271,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--color", choices=("RGB", "BGR", "GRAY"), help="colour order the model expects")
     parser.add_argument("--mean", help="per-channel mean, e.g. 127.5 or 123.7,116.3,103.5")
     parser.add_argument("--scale", help="per-channel scale: input = (pixel - mean) / scale")
-    parser.add_argument("--resize", choices=("letterbox", "stretch"), help="how frames fit the input")
+    parser.add_argument("--resize", choices=RESIZE_MODES, help="how frames fit the input")
     parser.add_argument("--embed-preprocess", action="store_true",
                         help="fold colour/mean/scale into the IR (input: uint8 NHWC BGR) instead of "
                              "leaving them to the engine")

@@ -1,7 +1,7 @@
 """Calibration and validation data for the model tools, fed to a model exactly as the engine feeds it.
 
 Frames are uint8 BGR images, as the decoder reads them. :class:`InputPreparer` fits each frame
-into the model's input size with :class:`engine.geometry.Geometry` (letterbox or stretch, as the
+into the model's input size with :class:`engine.geometry.Geometry` (letterbox, stretch or crop, as the
 preprocessor does), then applies the registry's conventions with the engine's own
 PrePostProcessor recipe (:func:`engine.model.prepare_model`) compiled around a pass-through model:
 the tensors it returns are the ones the raw model receives inside the engine.
@@ -86,12 +86,13 @@ class InputPreparer:
         prepared, _ = prepare_model(passthrough, cfg, batch=1)
         self._compiled = (core or ov.Core()).compile_model(prepared, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         self._dtype = port.get_element_type().to_dtype()
-        self.width, self.height, self.mode = info.width, info.height, cfg.preprocess.resize
+        self.width, self.height, self.pre = info.width, info.height, cfg.preprocess
 
     def __call__(self, frame: np.ndarray, source: str, label: int = -1) -> Sample:
-        geometry = Geometry.plan(frame.shape[1], frame.shape[0], self.width, self.height, self.mode)
+        geometry = Geometry.plan(frame.shape[1], frame.shape[0], self.width, self.height, self.pre.resize,
+                                 self.pre.crop)
         pixels = np.zeros((self.height, self.width, 3), dtype=np.uint8)
-        geometry.resize_into(frame, pixels)
+        geometry.resize_into(frame, pixels, self.pre.interpolation)
         tensor = self._compiled(pixels[None])[0].astype(self._dtype)
         return Sample(tensor, geometry, source, label)
 

@@ -5,6 +5,7 @@ Pure functions, shared by ``ovstream eval`` and the quantizer:
 - :func:`coco_map`: COCO box mAP against ground-truth annotations, computed by pycocotools' COCOeval.
 - :func:`agreement_map`: the same mAP with a reference model's detections standing in for ground truth.
 - :func:`topk_accuracy`, :func:`classification_agreement`: classifier top-k and top-1 agreement.
+- :func:`detection_conformance`: how many of a reference runtime's detections the engine reproduces.
 
 A record is one frame: ``{"source", "frame_index", "status", "detections": [...], "classes": [...]}``.
 A failed frame (``status`` other than ``ok``) counts as a frame without answer: no detections, no class.
@@ -188,6 +189,46 @@ def agreement_map(reference_records: list[Record], candidate_records: list[Recor
     stats = evaluate_boxes(gt, results, [img["id"] for img in images])
     return {**stats, "images": len(images), "reference_boxes": len(annotations),
             "candidate_boxes": len(results)}
+
+
+def box_iou(a: list[float], b: list[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes (0 when either is empty)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def detection_conformance(reference_records: list[Record], candidate_records: list[Record], *,
+                          min_score: float = 0.3, min_iou: float = 0.9,
+                          score_tolerance: float = 0.05) -> dict[str, Any]:
+    """How many reference detections (score >= ``min_score``) the candidate reproduces: the same
+    class, IoU >= ``min_iou`` and a score within ``score_tolerance``, each candidate detection used
+    once (reference detections taken best first). ``same_count_frames``: frames where both report
+    as many detections at or above ``min_score``. Frames the reference failed are skipped; a failed
+    or missing candidate frame reproduces nothing."""
+    candidate = {frame_key(r): r for r in candidate_records if _ok(r)}
+    total = reproduced = frames = same_count = 0
+    for record in reference_records:
+        if not _ok(record):
+            continue
+        frames += 1
+        wanted = sorted((d for d in record.get("detections") or [] if float(d["score"]) >= min_score),
+                        key=lambda d: -float(d["score"]))
+        found = list((candidate.get(frame_key(record)) or {}).get("detections") or [])
+        same_count += len(wanted) == sum(float(d["score"]) >= min_score for d in found)
+        for det in wanted:
+            total += 1
+            match = next((c for c in found if int(c["class_id"]) == int(det["class_id"])
+                          and abs(float(c["score"]) - float(det["score"])) <= score_tolerance
+                          and box_iou(c["box"], det["box"]) >= min_iou), None)
+            if match is not None:
+                found.remove(match)
+                reproduced += 1
+    return {"reference_detections": total, "reproduced": reproduced,
+            "rate": reproduced / total if total else None, "frames": frames, "same_count_frames": same_count,
+            "min_score": min_score, "min_iou": min_iou, "score_tolerance": score_tolerance}
 
 
 # ---- classification ------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ from engine.config import load_config
 from engine.errors import ConfigError, ModelError
 
 
-def test_default_config_resolves_the_bundled_face_detector():
+def test_default_config_resolves_the_bundled_coco_ssd():
     cfg = load_config()
-    assert cfg.model.adapter == "anchor_ssd" and cfg.model.path.endswith(".tflite")
-    assert cfg.model.params["box_scale"] == 192.0 and cfg.inference.devices == ["CPU"]
+    assert cfg.model.name == "ssd_mobilenet_v1_coco" and cfg.model.adapter == "tf_od_api"
+    assert cfg.model.path.endswith("detect.tflite") and cfg.model.preprocess.resize == "stretch"
+    assert cfg.model.labels[1] == "person" and cfg.model.labels[13] == "stop sign"   # index = COCO id
+    assert cfg.model.params["class_offset"] == 1 and cfg.inference.devices == ["CPU"]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -20,7 +22,9 @@ def test_default_config_resolves_the_bundled_face_detector():
     ("[sauce]\nuri = 'x'\n", "top level unknown key 'sauce' (did you mean 'source'?)"),
     ("[inference\n", "not valid TOML"),
     ("[inference]\nbatch = 0\n", "batch must be >= 1"),
-    ("[model]\npreprocess = { resize = 'crop' }\n", "resize must be letterbox or stretch"),
+    ("[model]\npreprocess = { resize = 'zoom' }\n", "resize must be letterbox, stretch or crop"),
+    ("[model]\npreprocess = { resize = 'crop', crop = 1.5 }\n", "crop must be a fraction in (0, 1]"),
+    ("[model]\npreprocess = { interpolation = 'bicubic' }\n", "interpolation must be auto, nearest"),
 ])
 def test_config_mistakes_name_the_file_and_key(tmp_path, text, message):
     path = tmp_path / "c.toml"
