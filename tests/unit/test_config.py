@@ -41,8 +41,8 @@ def test_model_mistakes(tmp_path):
     with pytest.raises(ModelError, match="model file not found"):
         load_config(overrides={"model": {"path": str(tmp_path / "m.xml"), "adapter": "classification"}})
     (tmp_path / "m.xml").write_text("<net/>")
-    with pytest.raises(ModelError, match="unknown adapter 'yolo'"):
-        load_config(overrides={"model": {"path": str(tmp_path / "m.xml"), "adapter": "yolo"}})
+    with pytest.raises(ModelError, match="unknown adapter 'yolo9000'"):
+        load_config(overrides={"model": {"path": str(tmp_path / "m.xml"), "adapter": "yolo9000"}})
 
 
 def test_sources_take_defaults_from_source_and_get_unique_names(tmp_path):
