@@ -38,7 +38,7 @@ class InputInfo:
 
 
 @contextmanager
-def _quiet_stderr() -> Iterator[None]:
+def quiet_stderr() -> Iterator[None]:
     """Silence fd 2 (the TFLite/ONNX readers' native log lines) for the duration."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -65,7 +65,7 @@ def read_model(core: ov.Core, path: str) -> ov.Model:
     if not Path(path).exists():
         raise ModelError(f"model file not found: {path}")
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             if Path(path).suffix.lower() == ".tflite":
                 return read_tflite(path)
             return core.read_model(path)

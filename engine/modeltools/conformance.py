@@ -21,6 +21,7 @@ from engine.adapters import create_adapter
 from engine.config import ModelConfig
 from engine.errors import ConfigError, ModelError
 from engine.geometry import Geometry
+from engine.model import quiet_stderr
 from engine.modeltools.metrics import Record
 from engine.sources import load_image
 
@@ -48,8 +49,9 @@ class TFLiteReference:
         except ImportError:
             raise ConfigError("TFLite conformance needs the package ai-edge-litert "
                               "(pip install -e '.[tools]')") from None
-        self.interpreter = Interpreter(model_path=str(path))
-        self.interpreter.allocate_tensors()
+        with quiet_stderr():            # the interpreter's "Created TensorFlow Lite XNNPACK delegate" line
+            self.interpreter = Interpreter(model_path=str(path))
+            self.interpreter.allocate_tensors()
         (inp,) = self.interpreter.get_input_details()
         self.input_index, self.shape, self.dtype = inp["index"], [int(d) for d in inp["shape"]], np.dtype(inp["dtype"])
         self.outputs = [(d["name"], d["index"]) for d in self.interpreter.get_output_details()]

@@ -8,6 +8,12 @@ The model runs through the engine (``ovstream run`` in a subprocess, results in
 - detector: COCO mAP@[.5:.95] and mAP@.5 against COCO ``instances_*.json`` annotations;
 - ``--agreement REFERENCE``: both models run, and the candidate is scored with the reference's
   answers as ground truth (agreement mAP for detectors, top-1 agreement for classifiers).
+- ``--conformance [ORIGINAL]``: the original model (the registry's file when it is a ``.tflite``,
+  ``.onnx`` or SavedModel, else ORIGINAL) runs in its own framework's runtime
+  (:mod:`engine.modeltools.conformance`) on the pixels the engine feeds, and the report says how many
+  of its detections (score >= ``--min-score``, default 0.3) the engine reproduces: same class,
+  IoU >= 0.9, score within 0.05; top-1 agreement for classifiers. The engine runs without reduced
+  JPEG decoding so that both see the same frames.
 
 Frames that failed are counted and reported; the exit code is 1 when any failed.
 """
@@ -28,11 +34,13 @@ from rich.table import Table
 from engine.config import (ADAPTERS, MODEL_SUFFIXES, REPO_ROOT, ModelConfig, RunConfig, load_config,
                            load_registry, resolve_model)
 from engine.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, OvstreamError
+from engine.modeltools.conformance import open_reference, reference_records
 from engine.modeltools.metrics import (CATEGORY_MODES, Record, agreement_map, classification_agreement,
-                                       coco_map, topk_accuracy)
+                                       coco_map, detection_conformance, topk_accuracy)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TOP_K = (1, 5)
+SCORE_TOLERANCE = 0.05     # conformance: a reproduced detection's score is within this of the reference's
 
 
 class RunFailed(OvstreamError):
@@ -54,8 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "API/SSD models), index (into the sorted categories), label (by name); default id")
     parser.add_argument("--agreement", metavar="REFERENCE",
                         help="reference model (name or file): score MODEL against its answers")
-    parser.add_argument("--min-score", type=float, default=0.0,
-                        help="agreement: reference detections below this score are not ground truth")
+    parser.add_argument("--conformance", nargs="?", const="", metavar="ORIGINAL",
+                        help="check the engine against the original model in its own runtime (LiteRT for "
+                             ".tflite, onnxruntime for .onnx, TensorFlow for a SavedModel); ORIGINAL: that "
+                             "file when MODEL is a converted IR")
+    parser.add_argument("--min-score", type=float,
+                        help="agreement: reference detections below this score are not ground truth "
+                             "(default 0); conformance: reference detections counted (default 0.3)")
     parser.add_argument("--like", metavar="NAME",
                         help="a model file (MODEL or REFERENCE) takes this registry entry's adapter, labels, "
                              "preprocessing and params (e.g. an INT8 copy of 'face')")
@@ -164,7 +177,8 @@ def _toml_value(value: Any) -> str:
 
 
 def write_run_config(out_dir: Path, model: dict[str, Any], data: Path, *, recursive: bool = False,
-                     devices: list[str] | None = None, nireq: int = 0, batch: int = 1) -> Path:
+                     devices: list[str] | None = None, nireq: int = 0, batch: int = 1,
+                     pipeline: dict[str, Any] | None = None) -> Path:
     """Write and check ``out_dir/run.toml``: one ``ovstream run`` of ``model`` over ``data``, no dashboard."""
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = {
@@ -173,6 +187,7 @@ def write_run_config(out_dir: Path, model: dict[str, Any], data: Path, *, recurs
         "inference": {"devices": devices or ["CPU"], "nireq": nireq, "batch": batch},
         "output": {"dir": str(out_dir), "jsonl": True, "images": False, "video": False},
         "dashboard": {"enabled": False},
+        **({"pipeline": pipeline} if pipeline else {}),
     }
     text = "".join(f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in table.items()) + "\n"
                    for name, table in sections.items())
@@ -241,9 +256,19 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     elif args.labels_list:
         raise ConfigError(f"--labels-list scores classifiers; {args.model} is a detector")
     annotations = read_annotations(Path(args.annotations).expanduser()) if args.annotations else None
-    if not (truth or annotations or args.agreement):
+    conformance = args.conformance is not None
+    if not (truth or annotations or args.agreement or conformance):
         raise ConfigError("nothing to measure: give --labels-list or a folder-per-class --data (classifier), "
-                          "--annotations (detector), or --agreement REFERENCE")
+                          "--annotations (detector), --agreement REFERENCE or --conformance")
+    original = None
+    if conformance:
+        original = Path(args.conformance).expanduser() if args.conformance else Path(model.path)
+        if not original.exists():
+            raise ConfigError(f"--conformance {original}: no such file or folder")
+        reference_runtime = open_reference(original)
+        min_score = 0.3 if args.min_score is None else args.min_score
+        if kind == "detection":     # both sides report down to the tolerance below the counted scores
+            candidate["score_threshold"] = max(0.0, min_score - SCORE_TOLERANCE)
     reference = model_section(args.agreement, args.like, args.adapter) if args.agreement else None
     if reference:
         if (resolve_section(reference).adapter == "classification") != (kind == "classification"):
@@ -252,7 +277,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if kind == "classification":
             reference["top_k"] = max(TOP_K)
     recursive = bool(truth)  # class folders and listed paths can be nested
-    config = write_run_config(out / "model", candidate, data, recursive=recursive, **engine_opts)
+    config = write_run_config(out / "model", candidate, data, recursive=recursive, **engine_opts,
+                              pipeline={"reduced_decode": False} if conformance else None)
     ref_config = (write_run_config(out / "reference", reference, data, recursive=recursive, **engine_opts)
                   if reference else None)
 
@@ -264,7 +290,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         report["reference"] = _summary(args.agreement, ref_records)
         runs.append((report["reference"], ref_records))
         report["agreement"] = (classification_agreement(ref_records, records) if kind == "classification"
-                               else agreement_map(ref_records, records, min_score=args.min_score))
+                               else agreement_map(ref_records, records, min_score=args.min_score or 0.0))
+    if conformance:
+        images = [Path(r["source"]) for r in records if r.get("frame_index", 0) == 0]
+        ref_records = reference_records(resolve_section(candidate), reference_runtime, images)
+        report["conformance"] = {"original": str(original), "runtime": reference_runtime.runtime,
+                                 **(classification_agreement(ref_records, records) if kind == "classification"
+                                    else detection_conformance(ref_records, records, min_score=min_score,
+                                                               score_tolerance=SCORE_TOLERANCE))}
     for summary, recs in runs:
         if truth:
             summary["metrics"] = topk_accuracy(recs, truth, TOP_K)
@@ -297,6 +330,14 @@ AGREEMENT_ROWS = {
 }
 
 
+CONFORMANCE_ROWS = {
+    "classification": [("top1_agreement", "top-1 agreement with the reference runtime"), ("frames", "frames compared")],
+    "detection": [("reference_detections", "reference detections (score ≥ {min_score:g})"),
+                  ("reproduced", "reproduced (same class, IoU ≥ {min_iou:g}, score ± {score_tolerance:g})"),
+                  ("rate", "reproduced fraction"), ("same_count_frames", "frames with the same count")],
+}
+
+
 def render(report: dict[str, Any]) -> Table:
     """The report as a rich table: one column per model, agreement rows last."""
     runs = [report["candidate"]] + ([report["reference"]] if "reference" in report else [])
@@ -314,6 +355,13 @@ def render(report: dict[str, Any]) -> Table:
         table.add_section()
         for key, title in AGREEMENT_ROWS[report["kind"]]:
             table.add_row(title, _fmt(report["agreement"].get(key)), *([""] * (len(runs) - 1)))
+    if "conformance" in report:
+        found = report["conformance"]
+        table.add_section()
+        table.add_row("reference runtime", escape(found["runtime"]), *([""] * (len(runs) - 1)))
+        for key, title in CONFORMANCE_ROWS[report["kind"]]:
+            label = title.format(**found)
+            table.add_row(label, _fmt(found.get(key)), *([""] * (len(runs) - 1)))
     return table
 
 

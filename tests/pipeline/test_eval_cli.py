@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -87,3 +88,19 @@ def test_usage_error_is_one_line(engine_env, tmp_path):
                          env=engine_env)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "nothing to measure" in proc.stderr
+
+
+def test_conformance_of_the_coco_ssd_with_the_tflite_interpreter(engine_env, tmp_path):
+    """The engine's SSD against LiteRT on the same pixels: nearly every reference detection reproduced."""
+    if os.environ.get("CI") != "true":             # in CI a missing reference runtime fails
+        pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (the tools extra has it)")
+    data = tmp_path / "coco"
+    data.mkdir()
+    for name in ("000000000285.jpg", "000000000724.jpg", "000000000139.jpg", "000000008021.jpg"):
+        shutil.copy(REPO / "data" / "coco100" / name, data)
+    proc = ovstream_eval("ssd_mobilenet_v1_coco", "--data", str(data), "--conformance", "--output",
+                         str(tmp_path / "out"), "--json", env=engine_env)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)["conformance"]
+    assert found["runtime"].startswith("LiteRT") and found["frames"] == 4
+    assert found["reference_detections"] >= 10 and found["rate"] >= 0.9, found

@@ -305,5 +305,5 @@ def test_classification_label_offset_skips_background():
 def test_create_adapter_by_name():
     assert isinstance(create_adapter(registry_model("face")), AnchorSSDAdapter)
     assert isinstance(create_adapter(detection_output_model()), DetectionOutputAdapter)
-    with pytest.raises(ModelError, match="unknown adapter 'yolo'"):
-        create_adapter(ModelConfig(adapter="yolo"))
+    with pytest.raises(ModelError, match="unknown adapter 'yolo9000'"):
+        create_adapter(ModelConfig(adapter="yolo9000"))
