@@ -91,6 +91,10 @@ def create_adapter(model: ModelConfig) -> Adapter:
         from engine.adapters.tf_od_api import TFObjectDetectionAdapter as cls
     elif model.adapter == "classification":
         from engine.adapters.classification import ClassificationAdapter as cls
+    elif model.adapter == "nanodet":
+        from engine.adapters.nanodet import NanoDetAdapter as cls
+    elif model.adapter == "yolo":
+        from engine.adapters.yolo import YoloAdapter as cls
     else:
         raise ModelError(f"unknown adapter '{model.adapter}'")
     return cls(model)

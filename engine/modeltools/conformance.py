@@ -71,7 +71,9 @@ class OnnxReference:
     def __init__(self, path: Path) -> None:
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3         # errors only: not one warning per initializer of old exports
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         (inp,) = self.session.get_inputs()
         self.name = inp.name
         self.shape = [d if isinstance(d, int) else -1 for d in inp.shape]
