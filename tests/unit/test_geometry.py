@@ -1,6 +1,7 @@
 """Geometry: resize plans, the resize itself, and the inverse that puts boxes back on the frame."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -74,3 +75,36 @@ def test_scaled_to_maps_to_the_original_frame():
 def test_to_list_round_trip():
     g = Geometry.plan(640, 480, 192, 192, "letterbox")
     assert Geometry.from_list(g.to_list(), 640, 480, 192, 192) == g
+
+
+def test_crop_plan_keeps_the_centre_of_the_shorter_side():
+    """ImageNet evaluation: 640x480 → shorter side to 224/0.875 = 256, centre 224x224 kept, i.e. the
+    centre 420x420 frame pixels resized to 224."""
+    g = Geometry.plan(640, 480, 224, 224, "crop", 0.875)
+    assert (g.sx, g.sy) == pytest.approx((224 / 420, 224 / 420))
+    assert (g.pad_x, g.pad_y) == pytest.approx((-110 * 224 / 420, -30 * 224 / 420))
+    corners = g.normalized_to_frame(np.array([[0.0, 0.0], [1.0, 1.0]]))
+    assert corners.ravel().tolist() == pytest.approx([110, 30, 530, 450])
+    portrait = Geometry.plan(300, 500, 100, 100, "crop", 0.5)     # half of the shorter side: 150x150
+    assert portrait.normalized_to_frame(np.array([[0.0, 0.0], [1.0, 1.0]])).ravel().tolist() == \
+        pytest.approx([75, 175, 225, 325])
+
+
+@pytest.mark.parametrize("interpolation, flag", [("cubic", cv2.INTER_CUBIC), ("nearest", cv2.INTER_NEAREST),
+                                                 ("auto", cv2.INTER_AREA)])
+def test_crop_resize_into_is_the_centre_region_resized(interpolation, flag):
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    g = Geometry.plan(640, 480, 224, 224, "crop", 0.875)
+    dst = np.zeros((224, 224, 3), np.uint8)
+    g.resize_into(frame, dst, interpolation)
+    assert np.array_equal(dst, cv2.resize(frame[30:450, 110:530], (224, 224), interpolation=flag))
+
+
+def test_crop_inverse_round_trip_and_clipping():
+    g = Geometry.plan(640, 480, 224, 224, "crop", 0.875)
+    box = np.array([[150.0, 60.0, 400.0, 300.0]])                  # inside the kept region
+    model = to_model(g, box.reshape(2, 2)).reshape(1, 4)
+    assert g.boxes_to_frame(model).ravel().tolist() == pytest.approx(box.ravel().tolist(), abs=1e-3)
+    outside = g.boxes_to_frame(np.array([[-0.5, -0.5, 1.5, 1.5]]))  # beyond the crop: clipped to the frame
+    assert outside.ravel().tolist() == pytest.approx([0, 0, 640, 480])
+    assert Geometry.from_list(g.to_list(), 640, 480, 224, 224) == g
