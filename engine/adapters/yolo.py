@@ -4,9 +4,10 @@
   objectness × class score.
 - YOLOv8 / YOLO11 layout ``[1, 4 + C, N]``: columns ``cx, cy, w, h, C class scores`` (no objectness).
 
-Boxes are in input pixels (the letterboxed frame). ``params.layout`` = ``auto`` tells the two apart
+Boxes are in input pixels (the letterboxed frame). The adapter tells the two apart
 by shape: the candidate axis N (thousands) is longer than the attribute axis (``4 + C`` or ``5 + C``),
-so ``[1, a, b]`` with ``a < b`` is v8, else v5; ``v5`` / ``v8`` force one. Each candidate keeps its
+so ``[1, a, b]`` with ``a < b`` is v8, else v5; ``params.version`` = ``v5`` / ``v8`` forces one
+(``auto`` by default; YOLO11 is ``v8``). Each candidate keeps its
 best class; those over ``min_score`` go through per-class NMS (``agnostic_nms`` for one NMS over all
 classes), at most ``max_detections``. Scores must already be probabilities (Ultralytics exports
 apply the sigmoid inside the graph).
@@ -21,16 +22,16 @@ from engine.config import ModelConfig
 from engine.errors import ModelError
 from engine.geometry import Geometry
 
-DEFAULTS = {"layout": "auto", "min_score": 0.25, "nms_iou": 0.45, "max_detections": 300, "agnostic_nms": False}
-LAYOUTS = ("auto", "v5", "v8")
+DEFAULTS = {"version": "auto", "min_score": 0.25, "nms_iou": 0.45, "max_detections": 300, "agnostic_nms": False}
+VERSIONS = ("auto", "v5", "v8")
 
 
-def layout_of(shape: list[int], layout: str = "auto") -> str | None:
+def layout_of(shape: list[int], version: str = "auto") -> str | None:
     """``v5`` or ``v8`` for a ``[1, a, b]`` output shape (None when it cannot be one)."""
     if len(shape) != 3 or shape[0] != 1 or min(shape[1:]) < 5:
         return None
-    if layout != "auto":
-        return layout
+    if version != "auto":
+        return version
     return "v8" if shape[1] < shape[2] else "v5"
 
 
@@ -40,23 +41,23 @@ class YoloAdapter(Adapter):
     def __init__(self, model: ModelConfig) -> None:
         super().__init__(model)
         params = read_params(model, DEFAULTS)
-        if params["layout"] not in LAYOUTS:
-            raise ModelError(f"model '{model.name}' params: layout must be one of {', '.join(LAYOUTS)}, "
-                             f"not '{params['layout']}'")
-        self.layout = params["layout"]
+        if params["version"] not in VERSIONS:
+            raise ModelError(f"model '{model.name}' params: version must be one of {', '.join(VERSIONS)}, "
+                             f"not '{params['version']}'")
+        self.version = params["version"]
         self.threshold = self.min_score(params["min_score"])
         self.iou, self.max_detections = params["nms_iou"], params["max_detections"]
         self.agnostic = params["agnostic_nms"]
 
     def check_outputs(self, outputs: dict[str, list[int]]) -> None:
-        if len(outputs) != 1 or layout_of(list(next(iter(outputs.values()))), self.layout) is None:
+        if len(outputs) != 1 or layout_of(list(next(iter(outputs.values()))), self.version) is None:
             listing = ", ".join(f"{name} {list(shape)}" for name, shape in outputs.items())
             raise ModelError(f"yolo expects one output [1,N,5+C] (YOLOv5) or [1,4+C,N] (YOLOv8/11); "
                              f"model outputs: {listing}")
 
     def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[dict]:
         (raw,) = outputs.values()
-        layout = layout_of(list(raw.shape), self.layout)
+        layout = layout_of(list(raw.shape), self.version)
         if layout is None:
             self.check_outputs({name: list(a.shape) for name, a in outputs.items()})
         rows = raw[0].T if layout == "v8" else raw[0]                 # [N, 4 + C] or [N, 5 + C]

@@ -255,3 +255,33 @@ def test_annotated_images_and_video_sinks(engine_env, tmp_path):
     written = sorted((tmp_path / "out" / "video").iterdir())
     capture = cv2.VideoCapture(str(written[0]))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+
+
+def test_yolo_model_configured_in_a_config_file(engine_env, tmp_path):
+    """A YOLOv8-layout graph through the whole engine, set up as a user would in TOML."""
+    from tests.unit.test_anchor_free import yolo_graph
+
+    model = yolo_graph(tmp_path / "yolo.xml", "v8")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "wide.png"), np.zeros((64, 128, 3), np.uint8))
+    config = write_config(tmp_path / "yolo.toml", f"""
+[source]
+uri = "{folder}"
+[model]
+name = "tiny_yolo"
+path = "{model}"
+adapter = "yolo"
+labels = ["a", "b", "c"]
+[model.preprocess]
+resize = "letterbox"
+scale = [255.0, 255.0, 255.0]
+[model.params]
+version = "v8"
+nms_iou = 0.45
+""")
+    result = run_ovstream(str(config), output=tmp_path / "out", env=engine_env)
+    assert result.code == 0, result.stderr
+    (record,) = result.records
+    assert [(d["label"], round(d["score"], 2)) for d in record["detections"]] == [("b", 0.9), ("c", 0.7)]
+    assert record["detections"][0]["box"] == pytest.approx([44, 22, 84, 42], abs=0.01)
