@@ -7,8 +7,9 @@ prepared exactly as the engine feeds the model (:class:`engine.modeltools.datase
 so the raw IR is quantized for the tensors it really receives; the INT8 IR stays raw too and is
 registered with the source model's adapter, labels, params and preprocess conventions.
 
-The metric is top-1 accuracy on labelled data (the held-out MNIST digits), or agreement with the
-FP32 model's answers, both decoded by the engine's adapter: top-1 agreement for classifiers,
+The metric is top-1 accuracy on labelled data (the held-out MNIST digits, or an image folder with a
+``--labels-list``: ImageNet-format data, ``file label`` per line; top-5 is reported beside it), or
+agreement with the FP32 model's answers, both decoded by the engine's adapter: top-1 agreement for classifiers,
 agreement mAP (:func:`engine.modeltools.metrics.agreement_map`) for detectors. Throughput is
 measured in the same run on CPU with an AsyncInferQueue (THROUGHPUT hint, f32 inference precision
 so that "FP32" means FP32 even on CPUs that default to bf16), on the same inputs for all three.
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import nncf
 import numpy as np
 import openvino as ov
@@ -53,6 +55,7 @@ class Variant:
     model: ov.Model
     metric: float
     fps: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)   # top-5 (labelled), agreement mAP@.5 (detectors)
 
 
 @dataclass
@@ -71,9 +74,24 @@ class QuantizeReport:
 
 # ---- data and scoring ----------------------------------------------------------------------------
 
-def load_data(data: str, prepare: InputPreparer, subset: int) -> tuple[list[Sample], list[Sample]]:
+def load_data(data: str, prepare: InputPreparer, subset: int, labels_list: str | None = None,
+              labels: list[str] | None = None) -> tuple[list[Sample], list[Sample]]:
     """(calibration, validation) samples. ``mnist``: a seeded draw of ``subset`` training digits, and
-    the 1000 held-out digits; a folder: its first ``subset`` images, both for calibration and scoring."""
+    the 1000 held-out digits; a folder with ``labels_list``: every listed image, labelled, is scored,
+    and a seeded draw of ``subset`` of them calibrates; a folder alone: its first ``subset`` images,
+    both for calibration and scoring."""
+    if labels_list:
+        from engine.modeltools.evaluate import read_labels_list
+
+        truth = read_labels_list(Path(labels_list).expanduser(), Path(data).expanduser(), labels or [])
+        samples = []
+        for path, label in sorted(truth.items()):
+            frame = cv2.imread(path, cv2.IMREAD_COLOR)
+            if frame is None:
+                raise ConfigError(f"{path}: not a readable image (listed in {labels_list})")
+            samples.append(prepare(frame, path, label))
+        pick = np.random.default_rng(CALIBRATION_SEED).permutation(len(samples))[:subset]
+        return [samples[i] for i in sorted(pick)], samples
     if data == "mnist":
         split = load_mnist()
         pick = np.random.default_rng(CALIBRATION_SEED).permutation(len(split.train_labels))[:subset]
@@ -108,7 +126,8 @@ class Scorer:
     def __init__(self, cfg: ModelConfig, metric: str, labelled: bool) -> None:
         self.adapter = create_adapter(cfg)
         if metric == "top1" and not (labelled and self.classifier):
-            raise ConfigError("--metric top1 needs labelled data and a classifier (--data mnist)")
+            raise ConfigError("--metric top1 needs labelled data and a classifier (--data mnist, or a folder "
+                              "with --labels-list)")
         self.metric = metric if metric != "auto" else "top1" if labelled and self.classifier else "agreement"
         self.reference: dict[str, dict] = {}
 
@@ -130,12 +149,34 @@ class Scorer:
     def score(self, compiled: ov.CompiledModel, samples: list[Sample]) -> tuple[float, list]:
         """(metric, per-sample values): 0/1 hits for classifiers; for detectors the outputs, which
         NNCF's accuracy control ranks layers by."""
-        from engine.modeltools.metrics import agreement_map, classification_agreement, topk_accuracy
+        from engine.modeltools.metrics import topk_accuracy
 
         records, outputs = self.run(compiled, samples)
         if self.metric == "top1":
             value = topk_accuracy(records, {s.source: s.label for s in samples}, k=(1,))["top1"]
             return float(value or 0.0), [float(_top1(r) == s.label) for r, s in zip(records, samples)]
+        return self._agreement(records, outputs, samples)
+
+    def figures(self, compiled: ov.CompiledModel, samples: list[Sample]) -> tuple[float, dict[str, float]]:
+        """The report's figures: the metric, and top-5 beside top-1, or agreement mAP@.5 beside the
+        detectors' agreement mAP@[.5:.95]."""
+        from engine.modeltools.metrics import agreement_map, topk_accuracy
+
+        records, outputs = self.run(compiled, samples)
+        if self.metric == "top1":
+            found = topk_accuracy(records, {s.source: s.label for s in samples}, k=(1, 5))
+            return float(found["top1"] or 0.0), {"top-5 accuracy": float(found["top5"] or 0.0)}
+        if not self.classifier:
+            found = agreement_map([self.reference[s.source] for s in samples], records)
+            if found["map"] is None:
+                return self._agreement(records, outputs, samples)[0], {}
+            return float(found["map"]), {"agreement mAP@.5": float(found["map50"] or 0.0)}
+        return self._agreement(records, outputs, samples)[0], {}
+
+    def _agreement(self, records: list[dict], outputs: list[dict[str, np.ndarray]],
+                   samples: list[Sample]) -> tuple[float, list]:
+        from engine.modeltools.metrics import agreement_map, classification_agreement
+
         reference = [self.reference[s.source] for s in samples]
         if self.classifier:
             value = classification_agreement(reference, records)["top1_agreement"]
@@ -185,7 +226,8 @@ def resolve(spec: str, like: str | None = None, adapter: str | None = None) -> M
 
 def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, preset: str = "performance",
              fast_bias_correction: bool = True, max_drop: float | None = None, metric: str = "auto",
-             seconds: float = 3.0, console: Console | None = None) -> QuantizeReport:
+             seconds: float = 3.0, labels_list: str | None = None, ignored_scope: list[str] | None = None,
+             console: Console | None = None) -> QuantizeReport:
     """Quantize ``cfg``'s model to INT8 with calibration ``data``, save it to ``xml``, and score and
     time the FP32, FP16 and INT8 versions on the same inputs."""
     console = console or Console()
@@ -193,14 +235,17 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
     with new_progress(console) as progress:
         with step(progress, f"read {Path(cfg.path).name}"):
             model = read_model(core, cfg.path)
-            scorer = Scorer(cfg, metric, labelled=data == "mnist")
+            scorer = Scorer(cfg, metric, labelled=data == "mnist" or bool(labels_list))
         with step(progress, f"data: {data} ({cfg.preprocess.resize}, {cfg.preprocess.color})"):
-            calibration, validation = load_data(data, InputPreparer(model, cfg, core), subset)
+            calibration, validation = load_data(data, InputPreparer(model, cfg, core), subset, labels_list,
+                                                list(cfg.labels))
         with step(progress, f"FP32 reference answers on {len(validation)} samples"):
             fp32 = core.compile_model(model, "CPU", BENCH_PROPERTIES)
             scorer.set_reference(fp32, validation)
     options = {"preset": nncf.QuantizationPreset(preset), "subset_size": min(subset, len(calibration)),
                "fast_bias_correction": fast_bias_correction, "target_device": nncf.TargetDevice.CPU}
+    if ignored_scope:
+        options["ignored_scope"] = nncf.IgnoredScope(patterns=ignored_scope, validate=False)
     console.print(f"NNCF {'accuracy-controlled ' if max_drop is not None else ''}quantization: "
                   f"{len(calibration)} calibration samples, preset {preset}")
     started = time.perf_counter()
@@ -220,8 +265,8 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
                                      for p, m in models.items() if p != "FP32"}}
         for precision, variant in models.items():
             with step(progress, f"{precision}: {scorer.metric} on {len(validation)} samples"):
-                metric = scorer.score(compiled[precision], validation)[0]
-                report.variants[precision] = Variant(precision, variant, metric)
+                metric, extra = scorer.figures(compiled[precision], validation)
+                report.variants[precision] = Variant(precision, variant, metric, extra=extra)
         with step(progress, f"throughput on CPU: {seconds:g} s per precision"):
             for precision, fps in throughput(compiled, validation, seconds).items():
                 report.variants[precision].fps = fps
@@ -239,13 +284,14 @@ def report_table(name: str, report: QuantizeReport) -> Table:
     label = METRIC_LABELS[report.metric]
     table = Table(title=f"{name}: FP32 / FP16 / INT8 on CPU",
                   caption=f"INT8/FP32 throughput ratio: {report.speedup:.2f}×")
-    for column, justify in (("precision", "left"), (label, "right"), ("throughput (FPS)", "right"),
-                            ("vs FP32", "right")):
+    extra = list(report.variants["FP32"].extra)
+    for column, justify in [("precision", "left"), (label, "right"), *((name, "right") for name in extra),
+                            ("throughput (FPS)", "right"), ("vs FP32", "right")]:
         table.add_column(column, justify=justify)
     base = report.variants["FP32"].fps
     for variant in report.variants.values():
-        table.add_row(variant.precision, f"{variant.metric:.2%}", f"{variant.fps:,.1f}",
-                      f"{variant.fps / base:.2f}×")
+        table.add_row(variant.precision, f"{variant.metric:.2%}", *(f"{variant.extra.get(n, 0.0):.2%}" for n in extra),
+                      f"{variant.fps:,.1f}", f"{variant.fps / base:.2f}×")
     return table
 
 
@@ -263,6 +309,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registry name (models/models.toml) or model file")
     parser.add_argument("--data", default="data/coco100", help="calibration images: a folder, or 'mnist' "
                                                                "(the MNIST training split); default data/coco100")
+    parser.add_argument("--labels-list", metavar="FILE",
+                        help="labelled folder (ImageNet-format data): lines 'relative/path label' under --data; "
+                             "classifiers are then scored by top-1/top-5")
+    parser.add_argument("--ignored-scope", action="append", metavar="REGEX",
+                        help="keep layers whose names match in floating point (repeatable), e.g. a detector's heads")
     parser.add_argument("--subset", type=int, default=300, help="calibration samples (default 300, the codelab's "
                                                                 "stat_subset_size)")
     parser.add_argument("--preset", choices=("performance", "mixed"), default="performance",
@@ -297,7 +348,8 @@ def main(args: argparse.Namespace) -> int:
     console = Console()
     report = quantize(cfg, args.data, xml, subset=args.subset, preset=args.preset,
                       fast_bias_correction=args.fast_bias_correction, max_drop=args.max_drop,
-                      metric=args.metric, seconds=args.seconds, console=console)
+                      metric=args.metric, seconds=args.seconds, labels_list=args.labels_list,
+                      ignored_scope=args.ignored_scope, console=console)
     if entry is not None:
         register_model(name, entry)
         console.print(f"registered '{name}' in {REGISTRY_PATH}")
