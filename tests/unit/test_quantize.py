@@ -9,6 +9,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 import pytest
+from rich.console import Console
 
 from engine.cli import main as cli
 from engine.config import REGISTRY_PATH, REPO_ROOT, ModelConfig, PreprocessConfig
@@ -17,7 +18,8 @@ from engine.modeltools.datasets import InputPreparer, folder_samples, load_mnist
 
 pytest.importorskip("nncf", reason="nncf not installed (pip install -e '.[tools]')")
 
-from engine.modeltools.quantize import infer_all, int8_entry, quantize, resolve, throughput  # noqa: E402
+from engine.modeltools.quantize import (infer_all, int8_entry, quantize, report_table, resolve,  # noqa: E402
+                                         throughput)
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
 COCO = REPO_ROOT / "data" / "coco100"
@@ -153,3 +155,31 @@ def test_accuracy_control_keeps_agreement(tiny_cfg: ModelConfig, tmp_path: Path)
     """nncf.quantize_with_accuracy_control with the agreement metric as validation function."""
     report = quantize(tiny_cfg, str(COCO), tmp_path / "tiny_int8.xml", subset=24, max_drop=0.05, seconds=0.2)
     assert report.xml.is_file() and report.variants["INT8"].metric >= 0.9
+
+
+# COCO pictures whose one obvious object is an ImageNet class (label = the COCO annotation's object)
+IMAGENET_LABELLED = {"000000000285.jpg": 294, "000000000724.jpg": 919, "000000000776.jpg": 850,
+                     "000000001818.jpg": 340, "000000002149.jpg": 948, "000000003661.jpg": 954,
+                     "000000005477.jpg": 404, "000000009448.jpg": 879}   # bear, street sign, teddy, zebra,
+#                                                                          apple, banana, airliner, umbrella
+
+
+def test_classifier_int8_on_a_labelled_folder(tmp_path: Path) -> None:
+    """`ovstream quantize efficientnet_lite0 --data DIR --labels-list val_list.txt`, on 8 images."""
+    data = tmp_path / "labelled"
+    (data / "pictures").mkdir(parents=True)
+    for name in IMAGENET_LABELLED:
+        shutil.copy(COCO / name, data / "pictures" / name)
+    listing = data / "val_list.txt"
+    listing.write_text("".join(f"pictures/{name} {label}\n" for name, label in IMAGENET_LABELLED.items()))
+    report = quantize(resolve("efficientnet_lite0"), str(data), tmp_path / "int8.xml", subset=8, seconds=0.3,
+                      labels_list=str(listing))
+    assert report.metric == "top1" and report.xml.is_file()
+    fp32, int8 = report.variants["FP32"], report.variants["INT8"]
+    assert fp32.metric == 1.0 and fp32.extra == {"top-5 accuracy": 1.0}
+    assert int8.metric >= 0.75 and int8.extra["top-5 accuracy"] >= 0.875
+    assert set(report.variants) == {"FP32", "FP16", "INT8"} and all(v.fps > 0 for v in report.variants.values())
+    rendered = Console(record=True, width=120)
+    rendered.print(report_table("efficientnet_lite0", report))
+    text = rendered.export_text()
+    assert "top-5 accuracy" in text and "100.00%" in text
