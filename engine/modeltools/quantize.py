@@ -227,7 +227,7 @@ def resolve(spec: str, like: str | None = None, adapter: str | None = None) -> M
 def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, preset: str = "performance",
              fast_bias_correction: bool = True, max_drop: float | None = None, metric: str = "auto",
              seconds: float = 3.0, labels_list: str | None = None, ignored_scope: list[str] | None = None,
-             console: Console | None = None) -> QuantizeReport:
+             ignore_heads: bool = False, console: Console | None = None) -> QuantizeReport:
     """Quantize ``cfg``'s model to INT8 with calibration ``data``, save it to ``xml``, and score and
     time the FP32, FP16 and INT8 versions on the same inputs."""
     console = console or Console()
@@ -244,8 +244,11 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
             scorer.set_reference(fp32, validation)
     options = {"preset": nncf.QuantizationPreset(preset), "subset_size": min(subset, len(calibration)),
                "fast_bias_correction": fast_bias_correction, "target_device": nncf.TargetDevice.CPU}
-    if ignored_scope:
-        options["ignored_scope"] = nncf.IgnoredScope(patterns=ignored_scope, validate=False)
+    heads = head_layers(model) if ignore_heads else []
+    if ignored_scope or heads:
+        options["ignored_scope"] = nncf.IgnoredScope(names=heads, patterns=ignored_scope or [], validate=False)
+        if heads:
+            console.print(f"heads kept in floating point: {', '.join(heads)}")
     console.print(f"NNCF {'accuracy-controlled ' if max_drop is not None else ''}quantization: "
                   f"{len(calibration)} calibration samples, preset {preset}")
     started = time.perf_counter()
@@ -273,6 +276,29 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
         with step(progress, f"save INT8 IR → {xml}"):
             report.xml = save_ir(int8, xml, "FP32")
     return report
+
+
+WEIGHTED = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul")
+
+
+def head_layers(model: ov.Model) -> list[str]:
+    """Names of the last weighted layers (convolutions, MatMul) before each output: the detector's
+    heads, which ``--ignore-heads`` keeps in floating point. Names are read from this very model
+    object (OpenVINO numbers unnamed nodes per read, so they are not stable across reads)."""
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = [result.input_value(0).get_node() for result in model.get_results()]
+    while stack:
+        node = stack.pop()
+        name = node.get_friendly_name()
+        if name in seen:
+            continue
+        seen.add(name)
+        if node.get_type_name() in WEIGHTED:
+            found.append(name)
+            continue
+        stack.extend(port.get_source_output().get_node() for port in node.inputs())
+    return sorted(found)
 
 
 def _tensor(sample: Sample) -> np.ndarray:
@@ -314,6 +340,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "classifiers are then scored by top-1/top-5")
     parser.add_argument("--ignored-scope", action="append", metavar="REGEX",
                         help="keep layers whose names match in floating point (repeatable), e.g. a detector's heads")
+    parser.add_argument("--ignore-heads", action="store_true",
+                        help="keep the last weighted layers before each output (a detector's heads) in floating point")
     parser.add_argument("--subset", type=int, default=300, help="calibration samples (default 300, the codelab's "
                                                                 "stat_subset_size)")
     parser.add_argument("--preset", choices=("performance", "mixed"), default="performance",
@@ -349,7 +377,7 @@ def main(args: argparse.Namespace) -> int:
     report = quantize(cfg, args.data, xml, subset=args.subset, preset=args.preset,
                       fast_bias_correction=args.fast_bias_correction, max_drop=args.max_drop,
                       metric=args.metric, seconds=args.seconds, labels_list=args.labels_list,
-                      ignored_scope=args.ignored_scope, console=console)
+                      ignored_scope=args.ignored_scope, ignore_heads=args.ignore_heads, console=console)
     if entry is not None:
         register_model(name, entry)
         console.print(f"registered '{name}' in {REGISTRY_PATH}")
