@@ -39,7 +39,8 @@ def _attribute(node: NodeContext, name: str, default: object) -> object:
     return node.get_attribute(name, default_value=default)
 
 
-def _scalar(value: float | int, dtype: type = np.float32) -> ov.Node:
+def _const(value: object, dtype: type = np.float32) -> ov.Node:
+    """A constant node of ``value`` (a number or a list) as ``dtype``."""
     return ops.constant(np.array(value, dtype=dtype))
 
 
@@ -58,41 +59,41 @@ def translate_detection_postprocess(node: NodeContext) -> list[ov.Output]:
 
     f32 = ov.Type.f32
     encodings, class_scores, anchors = (ops.convert(node.get_input(i), f32) for i in range(3))
-    ty, tx, th, tw = ops.split(encodings, _scalar(-1, np.int64), 4).outputs()        # [1, A, 1] each
-    ya, xa, ha, wa = ops.split(anchors, _scalar(-1, np.int64), 4).outputs()          # [A, 1] each
-    y_scale, x_scale, h_scale, w_scale = (_scalar(s) for s in scales)
+    ty, tx, th, tw = ops.split(encodings, _const(-1, np.int64), 4).outputs()        # [1, A, 1] each
+    ya, xa, ha, wa = ops.split(anchors, _const(-1, np.int64), 4).outputs()          # [A, 1] each
+    y_scale, x_scale, h_scale, w_scale = (_const(s) for s in scales)
     yc = ops.add(ops.multiply(ops.divide(ty, y_scale), ha), ya)
     xc = ops.add(ops.multiply(ops.divide(tx, x_scale), wa), xa)
-    half_h = ops.multiply(ops.multiply(ops.exp(ops.divide(th, h_scale)), ha), _scalar(0.5))
-    half_w = ops.multiply(ops.multiply(ops.exp(ops.divide(tw, w_scale)), wa), _scalar(0.5))
+    half_h = ops.multiply(ops.multiply(ops.exp(ops.divide(th, h_scale)), ha), _const(0.5))
+    half_w = ops.multiply(ops.multiply(ops.exp(ops.divide(tw, w_scale)), wa), _const(0.5))
     boxes = ops.concat([ops.subtract(yc, half_h), ops.subtract(xc, half_w),
                         ops.add(yc, half_h), ops.add(xc, half_w)], axis=-1)               # [1, A, 4]
 
     # the classes are the last num_classes columns (the first ones are background)
-    columns = ops.slice(class_scores, _scalar([-num_classes], np.int64), _scalar([np.iinfo(np.int64).max], np.int64),
-                        _scalar([1], np.int64), _scalar([2], np.int64))
-    best = ops.topk(columns, _scalar(1, np.int64), axis=2, mode="max", sort="none", index_element_type="i32")
-    best_score = ops.squeeze(best.output(0), _scalar([0, 2], np.int64))                  # [A]
-    best_class = ops.squeeze(best.output(1), _scalar([0, 2], np.int64))
-    nms = ops.non_max_suppression(boxes, ops.unsqueeze(best_score, _scalar([0, 1], np.int64)),
-                                  _scalar([max_detections], np.int64), _scalar([iou]), _scalar([min_score]),
+    columns = ops.slice(class_scores, _const([-num_classes], np.int64), _const([np.iinfo(np.int64).max], np.int64),
+                        _const([1], np.int64), _const([2], np.int64))
+    best = ops.topk(columns, _const(1, np.int64), axis=2, mode="max", sort="none", index_element_type="i32")
+    best_score = ops.squeeze(best.output(0), _const([0, 2], np.int64))                  # [A]
+    best_class = ops.squeeze(best.output(1), _const([0, 2], np.int64))
+    nms = ops.non_max_suppression(boxes, ops.unsqueeze(best_score, _const([0, 1], np.int64)),
+                                  _const([max_detections], np.int64), _const([iou]), _const([min_score]),
                                   box_encoding="corner", sort_result_descending=True, output_type="i32")
-    keep = ops.gather(nms.output(0), _scalar(2, np.int64), _scalar(1, np.int64))          # [N] anchor indices
-    count = ops.gather(ops.shape_of(keep, "i64"), _scalar([0], np.int64), _scalar(0, np.int64))  # [1]
-    missing = ops.subtract(_scalar([max_detections], np.int64), count)
+    keep = ops.gather(nms.output(0), _const(2, np.int64), _const(1, np.int64))          # [N] anchor indices
+    count = ops.gather(ops.shape_of(keep, "i64"), _const([0], np.int64), _const(0, np.int64))  # [1]
+    missing = ops.subtract(_const([max_detections], np.int64), count)
 
     def padded(values: ov.Node, shape: list[int]) -> ov.Output:
         """``values`` [N, ...] padded with zeros to ``max_detections`` rows, reshaped to ``shape``."""
         rank = len(values.get_output_partial_shape(0))
-        zeros = _scalar([0] * (rank - 1), np.int64)
-        pad = ops.pad(values, _scalar([0] * rank, np.int64), ops.concat([missing, zeros], 0) if rank > 1 else missing,
-                      "constant", _scalar(0.0))
-        return ops.reshape(pad, _scalar(shape, np.int64), special_zero=False).output(0)
+        zeros = _const([0] * (rank - 1), np.int64)
+        pad = ops.pad(values, _const([0] * rank, np.int64), ops.concat([missing, zeros], 0) if rank > 1 else missing,
+                      "constant", _const(0.0))
+        return ops.reshape(pad, _const(shape, np.int64), special_zero=False).output(0)
 
-    out_boxes = padded(ops.gather(ops.squeeze(boxes, _scalar([0], np.int64)), keep, _scalar(0, np.int64)),
+    out_boxes = padded(ops.gather(ops.squeeze(boxes, _const([0], np.int64)), keep, _const(0, np.int64)),
                        [1, max_detections, 4])
-    out_classes = padded(ops.convert(ops.gather(best_class, keep, _scalar(0, np.int64)), f32), [1, max_detections])
-    out_scores = padded(ops.gather(best_score, keep, _scalar(0, np.int64)), [1, max_detections])
+    out_classes = padded(ops.convert(ops.gather(best_class, keep, _const(0, np.int64)), f32), [1, max_detections])
+    out_scores = padded(ops.gather(best_score, keep, _const(0, np.int64)), [1, max_detections])
     out_count = ops.convert(count, f32).output(0)
     return [out_boxes, out_classes, out_scores, out_count]
 
