@@ -214,9 +214,20 @@ def convert(src: Path, name: str, output: Path | None = None, *, input_shape: li
         "file": file_value(xml, registry),
         "adapter": adapter or existing.get("adapter") or ("tf_od_api" if source.od_api else ""),
         "labels": labels or existing.get("labels") or _default_labels(source),
-        "preprocess": asdict(conventions),
+        "preprocess": preprocess_entry(conventions),
     }
     return ConvertResult(xml, model, entry)
+
+
+def preprocess_entry(pre: PreprocessConfig) -> dict:
+    """The registry's ``preprocess`` table: the crop keys only where they matter (``resize = crop``,
+    or an interpolation other than the default)."""
+    entry = asdict(pre)
+    if pre.resize != "crop":
+        entry.pop("crop")
+    if pre.interpolation == PreprocessConfig.interpolation:
+        entry.pop("interpolation")
+    return entry
 
 
 def _conventions(source: Source, model: ov.Model, registered: dict, given: dict) -> PreprocessConfig:

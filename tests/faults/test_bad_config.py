@@ -50,7 +50,7 @@ def _config(tmp_path: Path, text: str) -> str:
     ("[source]\nrecursive = 1\n", ["source.recursive", "expected true or false", "1"]),
     ("[source]\nuri = 5\n", ["source.uri", "expected str", "5"]),
     ("[inference]\nhint = 'FAST'\n", ["[inference] hint", "THROUGHPUT", "'FAST'"]),
-    ("[model.preprocess]\nresize = 'crop'\n", ["[model.preprocess] resize", "letterbox or stretch", "'crop'"]),
+    ("[model.preprocess]\nresize = 'zoom'\n", ["[model.preprocess] resize", "letterbox, stretch or crop", "'zoom'"]),
     ("[model.preprocess]\ncolor = 'CMYK'\n", ["[model.preprocess] color", "RGB, BGR or GRAY", "'CMYK'"]),
     ("[source]\nlive = 'maybe'\n", ["[source] live", "auto, yes or no", "'maybe'"]),
     ("[inference]\nbatch = 0\n", ["[inference] batch", ">= 1"]),
