@@ -227,7 +227,8 @@ def resolve(spec: str, like: str | None = None, adapter: str | None = None) -> M
 def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, preset: str = "performance",
              fast_bias_correction: bool = True, max_drop: float | None = None, metric: str = "auto",
              seconds: float = 3.0, labels_list: str | None = None, ignored_scope: list[str] | None = None,
-             ignore_heads: bool = False, console: Console | None = None) -> QuantizeReport:
+             ignored_types: list[str] | None = None, ignore_heads: bool = False,
+             console: Console | None = None) -> QuantizeReport:
     """Quantize ``cfg``'s model to INT8 with calibration ``data``, save it to ``xml``, and score and
     time the FP32, FP16 and INT8 versions on the same inputs."""
     console = console or Console()
@@ -245,8 +246,9 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
     options = {"preset": nncf.QuantizationPreset(preset), "subset_size": min(subset, len(calibration)),
                "fast_bias_correction": fast_bias_correction, "target_device": nncf.TargetDevice.CPU}
     heads = head_layers(model) if ignore_heads else []
-    if ignored_scope or heads:
-        options["ignored_scope"] = nncf.IgnoredScope(names=heads, patterns=ignored_scope or [], validate=False)
+    if ignored_scope or ignored_types or heads:
+        options["ignored_scope"] = nncf.IgnoredScope(names=heads, patterns=ignored_scope or [],
+                                                     types=ignored_types or [], validate=False)
         if heads:
             console.print(f"heads kept in floating point: {', '.join(heads)}")
     console.print(f"NNCF {'accuracy-controlled ' if max_drop is not None else ''}quantization: "
@@ -340,6 +342,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "classifiers are then scored by top-1/top-5")
     parser.add_argument("--ignored-scope", action="append", metavar="REGEX",
                         help="keep layers whose names match in floating point (repeatable), e.g. a detector's heads")
+    parser.add_argument("--ignored-type", action="append", metavar="OP",
+                        help="keep every operation of this OpenVINO type in floating point (repeatable), "
+                             "e.g. Add: the residual additions")
     parser.add_argument("--ignore-heads", action="store_true",
                         help="keep the last weighted layers before each output (a detector's heads) in floating point")
     parser.add_argument("--subset", type=int, default=300, help="calibration samples (default 300, the codelab's "
@@ -377,7 +382,8 @@ def main(args: argparse.Namespace) -> int:
     report = quantize(cfg, args.data, xml, subset=args.subset, preset=args.preset,
                       fast_bias_correction=args.fast_bias_correction, max_drop=args.max_drop,
                       metric=args.metric, seconds=args.seconds, labels_list=args.labels_list,
-                      ignored_scope=args.ignored_scope, ignore_heads=args.ignore_heads, console=console)
+                      ignored_scope=args.ignored_scope, ignored_types=args.ignored_type,
+                      ignore_heads=args.ignore_heads, console=console)
     if entry is not None:
         register_model(name, entry)
         console.print(f"registered '{name}' in {REGISTRY_PATH}")

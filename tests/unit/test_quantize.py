@@ -18,8 +18,8 @@ from engine.modeltools.datasets import InputPreparer, folder_samples, load_mnist
 
 pytest.importorskip("nncf", reason="nncf not installed (pip install -e '.[tools]')")
 
-from engine.modeltools.quantize import (infer_all, int8_entry, quantize, report_table, resolve,  # noqa: E402
-                                         throughput)
+from engine.modeltools.quantize import (head_layers, infer_all, int8_entry, quantize, report_table,  # noqa: E402
+                                         resolve, throughput)
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
 COCO = REPO_ROOT / "data" / "coco100"
@@ -183,3 +183,20 @@ def test_classifier_int8_on_a_labelled_folder(tmp_path: Path) -> None:
     rendered.print(report_table("efficientnet_lite0", report))
     text = rendered.export_text()
     assert "top-5 accuracy" in text and "100.00%" in text
+
+
+def test_heads_and_ignored_types_stay_in_floating_point(tiny_cfg: ModelConfig, tmp_path: Path) -> None:
+    """--ignore-heads keeps the last weighted layer (the dense MatMul) float; --ignored-type Convolution
+    the convolutions: the INT8 model then quantizes neither's input."""
+    model = ov.Core().read_model(tiny_cfg.path)
+    assert [model_op.get_type_name() for model_op in model.get_ordered_ops()
+            if model_op.get_friendly_name() in head_layers(model)] == ["MatMul"]
+    report = quantize(tiny_cfg, str(COCO), tmp_path / "int8.xml", subset=8, seconds=0.1, ignore_heads=True)
+    fed = {port.get_node().get_type_name() for node in report.variants["INT8"].model.get_ordered_ops()
+           if node.get_type_name() == "FakeQuantize" for port in node.output(0).get_target_inputs()}
+    assert "Convolution" in fed and "MatMul" not in fed
+    report = quantize(tiny_cfg, str(COCO), tmp_path / "int8b.xml", subset=8, seconds=0.1,
+                      ignored_types=["Convolution"])
+    fed = {port.get_node().get_type_name() for node in report.variants["INT8"].model.get_ordered_ops()
+           if node.get_type_name() == "FakeQuantize" for port in node.output(0).get_target_inputs()}
+    assert "Convolution" not in fed
