@@ -7,6 +7,9 @@ model sees at run time. ``--embed-preprocess`` folds the same PrePostProcessor s
 instead (its input becomes uint8 NHWC BGR pixels) and registers identity conventions (BGR, mean 0,
 scale 1), so the engine's own PrePostProcessor step has nothing left to do.
 
+TFLite files are read with the engine's frontend conversion extensions (:mod:`engine.tflite_ops`), so
+TF OD API exports ending in ``TFLite_Detection_PostProcess`` convert with their post-processing.
+
 TF2 Object Detection API exports (``saved_model/saved_model.pb`` beside ``pipeline.config``) are
 recognised: the input becomes uint8 [1, H, W, 3] with H×W from the pipeline's fixed_shape_resizer,
 and the adapter, resize mode and labels are set for them.
