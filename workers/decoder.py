@@ -11,6 +11,7 @@ shrunk to fit; the original size travels with the frame so boxes map back to it.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import traceback
@@ -202,6 +203,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
     wake_rx = make_socket(stage.zmq, zmq.PULL, bind=wake_addr)
     annotating = cfg.output.images or cfg.output.video      # annotated frames keep full resolution
     min_side = max(ctx.input["height"], ctx.input["width"]) if cfg.pipeline.reduced_decode and not annotating else 0
+    if cfg.model.preprocess.resize == "crop":                # the input sees only the centre crop fraction
+        min_side = math.ceil(min_side / cfg.model.preprocess.crop)
     feeders: list[Feeder] = []
     wakes: list[zmq.Socket] = []
     outbox: deque[tuple[str, bytes]] = deque()
