@@ -35,7 +35,7 @@ from engine.errors import ConfigError, ModelError
 from engine.geometry import RESIZE_MODES
 from engine.model import input_info, prepare_model
 from engine.modeltools.registry import file_value, labels_value, register_model
-from engine.tflite_ops import EXTENSIONS
+from engine.tflite_ops import EXTENSIONS, OP_TYPE
 
 FRAMEWORKS = {".onnx": "onnx", ".tflite": "tflite", ".pdmodel": "paddle", ".pb": "tf", ".xml": "ir"}
 FRAMEWORK_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "paddle": "PaddlePaddle", "tf": "TensorFlow",
@@ -51,10 +51,11 @@ class Source:
     framework: str                    # onnx | tflite | paddle | tf | ir
     od_api_shape: list[int] | None = None   # TF2 OD API export: uint8 [1, H, W, 3] from pipeline.config
     od_api_classes: int = 0
+    tflite_postprocess: bool = False        # a TFLite TF OD API export (ends in TFLite_Detection_PostProcess)
 
     @property
     def od_api(self) -> bool:
-        return self.od_api_shape is not None or self.od_api_classes > 0
+        return self.od_api_shape is not None or self.od_api_classes > 0 or self.tflite_postprocess
 
 
 # ---- reading and converting ----------------------------------------------------------------------
@@ -75,13 +76,16 @@ def inspect_source(path: Path) -> Source:
     if framework is None:
         raise ModelError(f"{path}: unknown model format '{path.suffix}' "
                          f"(use a SavedModel folder, {', '.join(FRAMEWORKS)})")
+    postprocess = False
     if framework == "tflite":
         with open(path, "rb") as fh:
-            if fh.read(8)[4:8] != b"TFL3":
-                raise ModelError(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier)")
+            data = fh.read()
+        if data[4:8] != b"TFL3":
+            raise ModelError(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier)")
+        postprocess = OP_TYPE.encode() in data      # custom op codes are stored by name
     if framework != "ir" and not FrontEndManager().load_by_framework(framework).supported(str(path)):
         raise ModelError(f"{path}: not a readable {FRAMEWORK_NAMES[framework]} model (corrupt or truncated?)")
-    return Source(path, framework)
+    return Source(path, framework, tflite_postprocess=postprocess)
 
 
 def _od_api_source(saved: Path) -> Source | None:
@@ -199,7 +203,7 @@ def convert(src: Path, name: str, output: Path | None = None, *, input_shape: li
     (the rest come from the existing registry entry, the model format, or the defaults)."""
     with step(progress, f"read {src}"):
         source = inspect_source(src)
-    with step(progress, f"convert ({FRAMEWORK_NAMES[source.framework]}{', TF2 OD API' if source.od_api else ''})"):
+    with step(progress, f"convert ({FRAMEWORK_NAMES[source.framework]}{', TF OD API' if source.od_api else ''})"):
         model = read_model(source, input_shape)
     existing = load_registry(registry).get(name, {})
     conventions = _conventions(source, model, existing.get("preprocess", {}), pre or {})
@@ -219,6 +223,8 @@ def convert(src: Path, name: str, output: Path | None = None, *, input_shape: li
         "labels": labels or existing.get("labels") or _default_labels(source),
         "preprocess": preprocess_entry(conventions),
     }
+    if source.tflite_postprocess and "params" not in existing:
+        entry["params"] = {"class_offset": 1}   # TFLite counts classes without the background
     return ConvertResult(xml, model, entry)
 
 
