@@ -73,7 +73,7 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
     compiled = prepared.compile("THROUGHPUT")
     adapter = prepared.adapter()
     names = list(output_shapes(compiled))
-    info, mode = prepared.info, prepared.resize_mode
+    info, pre = prepared.info, prepared.pre
     nireq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     queue = ov.AsyncInferQueue(compiled, nireq)
     done = [0] * streams
@@ -89,9 +89,9 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
     start_lock = threading.Lock()       # AsyncInferQueue.start_async is not safe from two threads at once
 
     def infer(stream: int, frame: np.ndarray) -> None:
-        geometry = Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, mode)
+        geometry = Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, pre.resize, pre.crop)
         pixels = np.empty((1, info.height, info.width, 3), np.uint8)
-        geometry.resize_into(frame, pixels[0])
+        geometry.resize_into(frame, pixels[0], pre.interpolation)
         with start_lock:
             queue.start_async({0: pixels}, (stream, geometry))
 
