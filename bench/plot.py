@@ -28,9 +28,16 @@ def plot_bench(result: dict, path: Path) -> Path | None:
             _stage_panel(ax, engine)
         else:
             _transport_panel(ax, transport)
+    return _save(fig, result, "ovstream bench", path)
+
+
+def _save(fig, result: dict, title: str, path: Path) -> Path:
+    """Title the figure with the model and machine of ``result``, write it to ``path``, close it."""
+    import matplotlib.pyplot as plt
+
     machine = result.get("machine", {})
-    fig.suptitle(f"ovstream bench — {result.get('settings', {}).get('model', '')} on "
-                 f"{machine.get('cpu', 'CPU')}, {machine.get('logical_cores', '?')} logical cores", fontsize=10)
+    fig.suptitle(f"{title} — {result.get('settings', {}).get('model', '')} on {machine.get('cpu', 'CPU')}, "
+                 f"{machine.get('logical_cores', '?')} logical cores", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -116,11 +123,4 @@ def plot_density(result: dict, path: Path) -> Path | None:
     ax.set_ylabel("delivered FPS of the slowest stream")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
-    machine = result.get("machine", {})
-    ax.set_title(f"Stream density — {result.get('settings', {}).get('model', '')} on {machine.get('cpu', 'CPU')}, "
-                 f"{machine.get('logical_cores', '?')} logical cores", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, result, "Stream density", path)
