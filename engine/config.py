@@ -106,8 +106,31 @@ class PipelineConfig:
 
 
 @dataclass
+class MqttConfig:
+    """``[output.mqtt]``: every result record published to an MQTT broker (off while host is "")."""
+
+    host: str = ""
+    port: int = 1883
+    topic: str = "ovstream/{stream}/results"   # {stream}: the stream's name
+    qos: int = 1                  # 0 at most once, 1 at least once
+    client_id: str = ""           # "": a random one
+    clean_session: bool = True    # false: the broker keeps this client id's session across reconnects
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    ca: str = ""                  # CA file ("": the system's)
+    cert: str = ""                # client certificate and key (mutual TLS)
+    key: str = ""
+    insecure: bool = False        # TLS without checking the broker's host name
+    keepalive_s: int = 30
+    buffer: int = 10000           # records held while the broker is away; beyond: dropped, counted
+    max_inflight: int = 100       # records sent but not yet confirmed by the broker
+    flush_timeout_s: float = 5.0  # at the end of a run: how long to wait for the buffer to drain
+
+
+@dataclass
 class OutputConfig:
-    """Sinks: JSON lines, annotated images, annotated video, the run report."""
+    """Sinks: JSON lines, annotated images, annotated video, the run report, MQTT."""
 
     dir: str = "runs/latest"
     jsonl: bool = True
@@ -115,6 +138,7 @@ class OutputConfig:
     video: bool = False
     video_fps: float = 25.0
     report: bool = True
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
 
 
 @dataclass
@@ -123,6 +147,15 @@ class DashboardConfig:
 
     enabled: bool = True
     refresh_hz: float = 4.0
+
+
+@dataclass
+class MetricsConfig:
+    """``[metrics]``: Prometheus ``/metrics`` served by the supervisor (off while port is 0)."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+    linger_s: float = 0.0         # keep serving this long after the run, for a last scrape
 
 
 @dataclass
@@ -136,6 +169,7 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -383,8 +417,29 @@ def _check_values(cfg: RunConfig) -> None:
     if cfg.inference.hint not in ("THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT", "NONE"):
         raise ConfigError(f"[inference] hint must be THROUGHPUT, LATENCY, CUMULATIVE_THROUGHPUT or NONE, "
                           f"not '{cfg.inference.hint}'")
-    for name, value, low in (("inference.batch", cfg.inference.batch, 1),
+    mqtt = cfg.output.mqtt
+    if mqtt.qos not in (0, 1):
+        raise ConfigError(f"[output.mqtt] qos must be 0 or 1, not {mqtt.qos}")
+    try:
+        topic = mqtt.topic.format(stream="s")
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(f"[output.mqtt] topic '{mqtt.topic}': the only placeholder is {{stream}}") from None
+    if not topic or "+" in topic or "#" in topic:
+        raise ConfigError(f"[output.mqtt] topic '{mqtt.topic}' must be a topic name without + or # wildcards")
+    for key in ("ca", "cert", "key"):
+        path = getattr(mqtt, key)
+        if mqtt.host and mqtt.tls and path and not Path(path).expanduser().is_file():
+            raise ConfigError(f"[output.mqtt] {key}: no such file {path}")
+    if mqtt.host and not mqtt.client_id and not mqtt.clean_session:
+        raise ConfigError("[output.mqtt] clean_session = false needs a client_id (the session's name)")
+    for section, value, low in (("output.mqtt", mqtt.port, 1), ("metrics", cfg.metrics.port, 0)):
+        if not low <= value <= 65535:
+            raise ConfigError(f"[{section}] port must be {low}..65535, not {value}")
+    for name, value, low in (("output.mqtt.buffer", mqtt.buffer, 1),
+                             ("output.mqtt.max_inflight", mqtt.max_inflight, 1),
+                             ("inference.batch", cfg.inference.batch, 1),
                              ("inference.nireq", cfg.inference.nireq, 0),
                              ("pipeline.raw_slots", cfg.pipeline.raw_slots, 2)):
         if value < low:
-            raise ConfigError(f"[{name.split('.')[0]}] {name.split('.')[1]} must be >= {low}, not {value}")
+            section, key = name.rsplit(".", 1)
+            raise ConfigError(f"[{section}] {key} must be >= {low}, not {value}")

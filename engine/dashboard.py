@@ -22,7 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from engine.metrics import ALL, Snapshot, StageRow, StreamRow, Totals
+from engine.metrics import ALL, SinkRow, Snapshot, StageRow, StreamRow, Totals
 
 PREFIX = "[ovstream]"
 STREAM_ROWS = 12              # per-stream rows shown before the rest are summarised
@@ -111,6 +111,7 @@ def format_plain(snap: Snapshot) -> str:
     done, expected, eta = file_progress(snap)
     if expected:
         parts.append(f"files {100 * done / expected:.0f}% ETA {_eta(eta)}")
+    parts += [sink_text(k).plain for k in snap.sinks]
     lines = ["  ".join(parts)]
     if len(snap.streams) > 1:
         ranked = rank_streams(snap.streams)
@@ -179,7 +180,8 @@ def render(snap: Snapshot) -> RenderableType:
     if len(snap.streams) > 1:
         parts.append(streams_table(snap))
     parts += [_SideBySide(stages_table(snap), devices_table(snap)),
-              _SideBySide(processes_table(snap), edges_table(snap)), accounting_text(snap.totals)]
+              _SideBySide(processes_table(snap), edges_table(snap)), accounting_text(snap.totals),
+              *(sink_text(k) for k in snap.sinks)]
     return Panel(Group(*parts), title="ovstream", title_align="left", box=box.ROUNDED)
 
 
@@ -233,6 +235,8 @@ def render_summary(snap: Snapshot | dict) -> RenderableType:
     head.add_row("frames", f"in {t.frames_in}  out {t.frames_out}  errors {t.errors}  "
                            f"drops {t.drops}  duplicates {t.duplicates}")
     head.add_row("accounting", accounting_text(t))
+    for k in snap.sinks:
+        head.add_row("publish", sink_text(k))
     parts: list[RenderableType] = [head]
     if len(snap.streams) > 1:
         parts.append(streams_table(snap))
@@ -338,6 +342,15 @@ def edges_table(snap: Snapshot) -> Table:
         depth = f"{e.depth}/{e.capacity}" if e.capacity is not None else str(e.depth)
         table.add_row(e.name, depth, e.unit, style="yellow" if full else None)
     return table
+
+
+def sink_text(k: SinkRow) -> Text:
+    """``mqtt published N dropped N buffered N``; dropped in red, a lost broker in yellow."""
+    return Text.assemble(
+        (f"{k.name} ", "bold"), ("published ", "dim"), str(k.published),
+        ("  dropped ", "dim"), (str(k.dropped), "bold red" if k.dropped else ""),
+        ("  buffered ", "dim"), str(k.buffered),
+        ("" if k.connected else "  (not connected)", "yellow"))
 
 
 def accounting_text(t: Totals) -> Text:

@@ -43,6 +43,7 @@ from engine.messages import StatsMsg
 
 ALL = ""                        # stage scope meaning "every process and device"
 STREAM_STATES = ("starting", "running", "live", "reconnecting", "ended", "failed")
+DEFAULT_STREAM = "default"      # the stream of a snapshot or record that names none
 STAGE_ORDER = ("decode", "preprocess", "queue", "inference", "postprocess", "end_to_end")
 REPORT_FORMAT = "ovstream-report/1"
 
@@ -55,6 +56,10 @@ _THROUGHPUT = {
 }
 _ERROR_COUNTER = {"decoder": "decode_errors"}   # other roles: "errors"
 _KEEP_INSTANCES = 16          # per process; older instances are folded into one base sum
+# upper bounds (ms) of the coarse latency buckets exported with the report and to Prometheus: each
+# histogram counts its samples in them exactly, beside the fine buckets its percentiles come from
+BUCKETS_MS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+              5000.0, 10000.0)
 _PROC_SAMPLE_S = 0.5          # psutil sampling period (cpu_percent interval)
 
 
@@ -126,11 +131,13 @@ class Histogram:
     Bucket ``i`` spans ``[lo * growth**(i-1), lo * growth**i)``; a percentile is the geometric
     middle of its bucket, so its relative error is at most ``(growth - 1) / 2`` (1 % by default).
     Values below ``lo_ms`` or above ``hi_ms`` land in under/overflow buckets, reported as the exact
-    min/max. Histograms with the same layout merge by adding their counts.
+    min/max. Histograms with the same layout merge by adding their counts. Beside them it counts
+    every sample exactly in the coarse :data:`BUCKETS_MS` (``value <= bound``, Prometheus ``le``
+    semantics): :meth:`cumulative` is what the report and ``/metrics`` export.
     """
 
-    __slots__ = ("lo_ms", "hi_ms", "growth", "_inv_log_g", "_n", "_counts", "count", "min", "max",
-                 "total")
+    __slots__ = ("lo_ms", "hi_ms", "growth", "_inv_log_g", "_n", "_counts", "_le", "count", "min",
+                 "max", "total")
 
     def __init__(self, lo_ms: float = 0.01, hi_ms: float = 60_000.0, growth: float = 1.02) -> None:
         if not (0 < lo_ms < hi_ms) or growth <= 1.0:
@@ -140,6 +147,7 @@ class Histogram:
         self._n = math.ceil(math.log(hi_ms / lo_ms) * self._inv_log_g)
         self.hi_ms = lo_ms * growth ** self._n
         self._counts = np.zeros(self._n + 2, dtype=np.int64)   # [underflow, 1..n, overflow]
+        self._le = np.zeros(len(BUCKETS_MS) + 1, dtype=np.int64)  # per BUCKETS_MS bound, then +Inf
         self.count = 0
         self.min = math.inf
         self.max = -math.inf
@@ -167,6 +175,7 @@ class Histogram:
             return
         ms = max(ms, 0.0)
         self._counts[self._index(ms)] += 1
+        self._le[np.searchsorted(BUCKETS_MS, ms, side="left")] += 1
         self.count += 1
         self.total += ms
         self.min = min(self.min, ms)
@@ -185,6 +194,8 @@ class Histogram:
         idx[mid] = np.minimum(
             (np.log(arr[mid] / self.lo_ms) * self._inv_log_g).astype(np.int64) + 1, self._n)
         self._counts += np.bincount(idx, minlength=self._n + 2)
+        self._le += np.bincount(np.searchsorted(BUCKETS_MS, arr, side="left"),
+                                minlength=len(BUCKETS_MS) + 1)
         self.count += int(arr.size)
         self.total += float(arr.sum())
         self.min = min(self.min, float(arr.min()))
@@ -195,11 +206,16 @@ class Histogram:
         if (other.lo_ms, other._n, other.growth) != (self.lo_ms, self._n, self.growth):
             raise ValueError("histograms with different bucket layouts cannot merge")
         self._counts += other._counts
+        self._le += other._le
         self.count += other.count
         self.total += other.total
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
         return self
+
+    def cumulative(self) -> tuple[int, ...]:
+        """Samples ``<=`` each bound of :data:`BUCKETS_MS` (cumulative, exact; +Inf is ``count``)."""
+        return tuple(int(v) for v in np.cumsum(self._le[:-1]))
 
     def percentile(self, p: float) -> float | None:
         """The ``p``-th percentile (0..100) in ms, or None when empty."""
@@ -234,11 +250,30 @@ class StageRow:
     p99_ms: float
     max_ms: float
     avg_ms: float
+    sum_ms: float = 0.0
+    buckets: tuple[int, ...] = ()   # samples <= each bound of BUCKETS_MS (cumulative)
 
     def latency(self) -> dict[str, Any]:
-        """benchmark_app words: median / avg / min / max (plus p95, p99 and the sample count)."""
+        """benchmark_app words: median / avg / min / max (plus p95, p99, the sample count, the sum
+        and the cumulative counts per bucket bound in ms, as Prometheus histograms have them)."""
         return {"count": self.count, "median": self.p50_ms, "avg": self.avg_ms,
-                "min": self.min_ms, "max": self.max_ms, "p95": self.p95_ms, "p99": self.p99_ms}
+                "min": self.min_ms, "max": self.max_ms, "p95": self.p95_ms, "p99": self.p99_ms,
+                "sum": self.sum_ms,
+                "buckets": {f"{b:g}": n for b, n in zip(BUCKETS_MS, self.buckets)}}
+
+    @classmethod
+    def from_latency(cls, stage: str, scope: str, v: dict[str, Any]) -> "StageRow":
+        """The row back from its :meth:`latency` dict (a report from before buckets has none)."""
+        buckets = v.get("buckets")
+        return cls(stage, scope, v["count"], v["min"], v["median"], v["p95"], v["p99"], v["max"], v["avg"],
+                   v.get("sum", 0.0), tuple(buckets.get(f"{b:g}", 0) for b in BUCKETS_MS) if buckets else ())
+
+
+def stage_row(stage: str, scope: str, h: Histogram) -> StageRow:
+    """The figures of a non-empty histogram (ms, rounded to µs) with its exact buckets."""
+    return StageRow(stage, scope, h.count, *(
+        round(v, 3) for v in (h.min, h.percentile(50), h.percentile(95), h.percentile(99), h.max, h.mean,
+                              h.total)), buckets=h.cumulative())
 
 
 @dataclass(frozen=True)
@@ -276,6 +311,24 @@ class ProcessRow:
     silent_s: float | None      # seconds since its last StatsMsg
     counters: dict[str, int] = field(default_factory=dict)
     gauges: dict[str, int | float] = field(default_factory=dict)
+    cpu_s: float | None = None  # CPU seconds of its current instance (the stage's own count)
+
+
+@dataclass(frozen=True)
+class SinkRow:
+    """A sink that delivers records elsewhere (MQTT), as its process counts it.
+
+    ``published``: records the broker confirmed (QoS 1) or that left the process (QoS 0);
+    ``dropped``: records given up (buffer full while the broker was away, or unsent at close);
+    ``buffered``: records waiting to be sent or confirmed now.
+    """
+
+    name: str
+    process: str
+    published: int
+    dropped: int
+    buffered: int
+    connected: bool
 
 
 @dataclass(frozen=True)
@@ -346,8 +399,7 @@ class StreamRow:
     @classmethod
     def from_dict(cls, name: str, d: dict[str, Any]) -> "StreamRow":
         e2e = d.get("latency_ms", {}).get("end_to_end")
-        latency = None if not e2e else StageRow("end_to_end", name, e2e["count"], e2e["min"], e2e["median"],
-                                                e2e["p95"], e2e["p99"], e2e["max"], e2e["avg"])
+        latency = StageRow.from_latency("end_to_end", name, e2e) if e2e else None
         return cls(name=name, uri=d.get("uri", ""), kind=d.get("kind", "file"), state=d.get("state", ""),
                    frames_in=d.get("in", 0), frames_out=d.get("out", 0), errors=d.get("errors", 0),
                    drops=d.get("drops", 0), in_flight=d.get("in_flight", 0), fps=d.get("fps", 0.0),
@@ -368,6 +420,7 @@ class Snapshot:
     processes: tuple[ProcessRow, ...] = ()
     edges: tuple[EdgeRow, ...] = ()
     streams: tuple[StreamRow, ...] = ()
+    sinks: tuple[SinkRow, ...] = ()
 
     def stage(self, name: str, scope: str = ALL) -> StageRow | None:
         """The row of ``name`` in ``scope``, or None when it has no samples."""
@@ -385,10 +438,8 @@ class Snapshot:
             reconnects=acc.get("reconnects", 0))
         scoped = [(ALL, report.get("latency_ms", {})),
                   *report.get("latency_ms_by_device", {}).items()]
-        stages = tuple(
-            StageRow(stage, scope, v["count"], v["min"], v["median"], v["p95"], v["p99"],
-                     v["max"], v["avg"])
-            for scope, by_stage in scoped for stage, v in by_stage.items())
+        stages = tuple(StageRow.from_latency(stage, scope, v)
+                       for scope, by_stage in scoped for stage, v in by_stage.items())
         devices = tuple(
             DeviceRow(label=d["name"], worker=d["worker"], device=d["device"],
                       fps=d.get("throughput_fps_recent", 0.0), avg_fps=d["throughput_fps"],
@@ -401,7 +452,8 @@ class Snapshot:
                    stages=tuple(sorted(stages, key=_stage_order)), devices=devices,
                    processes=tuple(ProcessRow(**p) for p in report.get("processes", [])),
                    edges=tuple(EdgeRow(**e) for e in report.get("queues", [])),
-                   streams=tuple(StreamRow.from_dict(name, d) for name, d in report.get("streams", {}).items()))
+                   streams=tuple(StreamRow.from_dict(name, d) for name, d in report.get("streams", {}).items()),
+                   sinks=tuple(SinkRow(**k) for k in report.get("sinks", [])))
 
     def to_dict(self) -> dict[str, Any]:
         """The run report (``report.json``): JSON-able, named like benchmark_app's figures."""
@@ -431,6 +483,7 @@ class Snapshot:
             "processes": [asdict(p) for p in self.processes],
             "queues": [asdict(e) for e in self.edges],
             "streams": {r.name: r.to_dict() for r in self.streams},
+            "sinks": [asdict(k) for k in self.sinks],
         }
 
 
@@ -456,6 +509,7 @@ class _Proc:
     ps: psutil.Process | None = None
     alive: bool = True
     cpu: float | None = None
+    cpu_s: float | None = None
     rss: int | None = None
 
     def total(self, name: str) -> int:
@@ -648,6 +702,7 @@ class MetricsAggregator:
             processes=tuple(self._process_row(p, now) for p in procs),
             edges=tuple(e for p in procs for e in _edges(p)),
             streams=streams,
+            sinks=tuple(k for p in post for k in _sinks(p)),
         )
 
     # -- internals --
@@ -716,8 +771,7 @@ class MetricsAggregator:
         else:
             fps = 0.0
         h = st.hist
-        latency = None if not h.count else StageRow("end_to_end", st.name, h.count, *(
-            round(v, 3) for v in (h.min, h.percentile(50), h.percentile(95), h.percentile(99), h.max, h.mean)))
+        latency = stage_row("end_to_end", st.name, h) if h.count else None
         return StreamRow(name=st.name, uri=st.uri, kind=st.kind, state=state, frames_in=frames_in,
                          frames_out=out, errors=errors, drops=drops, in_flight=in_flight, fps=round(fps, 2),
                          avg_fps=round(avg, 2), reconnects=st.reconnects, duplicates=st.duplicates,
@@ -759,10 +813,7 @@ class MetricsAggregator:
         return done / (max(ends) - self._t_first)
 
     def _stage_rows(self) -> tuple[StageRow, ...]:
-        rows = [StageRow(stage, scope, h.count, *(
-                    round(v, 3) for v in (h.min, h.percentile(50), h.percentile(95),
-                                          h.percentile(99), h.max, h.mean)))
-                for (stage, scope), h in self._hists.items() if h.count]
+        rows = [stage_row(stage, scope, h) for (stage, scope), h in self._hists.items() if h.count]
         return tuple(sorted(rows, key=_stage_order))
 
     def _device_row(self, p: _Proc, now: float) -> DeviceRow:
@@ -782,7 +833,8 @@ class MetricsAggregator:
             drops=p.total("drops"), fps=self._rate(p, now),
             silent_s=None if p.last_seen is None else max(now - p.last_seen, 0.0),
             counters={k: v for k, v in p.totals().items() if "@" not in k},
-            gauges={k: v for k, v in p.gauges.items() if "@" not in k})
+            gauges={k: v for k, v in p.gauges.items() if "@" not in k},
+            cpu_s=p.gauges.get("cpu_s", p.cpu_s))
 
     def _ps(self, pid: int) -> psutil.Process | None:
         if not self.sample_processes or pid <= 0:
@@ -809,6 +861,8 @@ class MetricsAggregator:
                     if p.ps.status() == psutil.STATUS_ZOMBIE:
                         raise psutil.ZombieProcess(p.pid)
                     p.cpu = round(p.ps.cpu_percent(None), 1)
+                    times = p.ps.cpu_times()
+                    p.cpu_s = round(times.user + times.system, 3)
                     p.rss = p.ps.memory_info().rss
                 p.alive = True
             except (psutil.Error, OSError):   # gone, zombie or not ours: dead; its last figures stay
@@ -832,6 +886,16 @@ def _numbers(values: Any) -> dict[str, int | float]:
     return {k: v for k, v in values.items()
             if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
             and math.isfinite(v)}
+
+
+def _sinks(p: _Proc) -> list[SinkRow]:
+    """Delivering sinks a postprocessor reports: counters ``<sink>_published`` / ``_dropped``,
+    gauges ``<sink>_buffered`` / ``_connected``."""
+    names = [k[:-len("_published")] for k in p.totals() if k.endswith("_published")]
+    return [SinkRow(name, p.name, p.total(f"{name}_published"), p.total(f"{name}_dropped"),
+                    int(p.gauges.get(f"{name}_buffered", 0)),
+                    bool(p.gauges.get(f"{name}_connected", 0)))
+            for name in names]
 
 
 def _edges(p: _Proc) -> list[EdgeRow]:
@@ -858,6 +922,6 @@ def _edges(p: _Proc) -> list[EdgeRow]:
     return []
 
 
-__all__ = ["ALL", "STREAM_STATES", "DeviceRow", "EdgeRow", "Histogram", "LatencyRecorder", "MetricsAggregator",
-           "ProcessRow", "Snapshot", "StageRow", "StreamRow", "Totals", "split_stream_key", "stream_key",
-           "stream_state_code", "worker_label"]
+__all__ = ["ALL", "BUCKETS_MS", "DEFAULT_STREAM", "STREAM_STATES", "DeviceRow", "EdgeRow", "Histogram",
+           "LatencyRecorder", "MetricsAggregator", "ProcessRow", "SinkRow", "Snapshot", "StageRow", "StreamRow",
+           "Totals", "split_stream_key", "stream_key", "stream_state_code", "worker_label"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -40,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
                         help="end the run after this long (live streams otherwise run until Ctrl-C)")
     parser.add_argument("--no-dashboard", action="store_true", help="plain progress lines instead of the live view")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus /metrics on this port (127.0.0.1 unless [metrics] host)")
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
@@ -70,6 +74,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
         put("output", "video", True)
     if args.no_dashboard:
         put("dashboard", "enabled", False)
+    put("metrics", "port", args.metrics_port)
     return out
 
 
@@ -83,14 +88,34 @@ def main(args: argparse.Namespace) -> int:
     if args.duration < 0:
         raise ConfigError(f"--duration must be >= 0, not {args.duration:g}")
     console = Console(stderr=False)
-    outcome = Supervisor(cfg, duration_s=args.duration).run()
-    if outcome.report:
-        console.print(render_summary(outcome.report))
-        if cfg.output.report:
-            path = Path(cfg.output.dir) / "report.json"
-            path.write_text(json.dumps(outcome.report, indent=2), encoding="utf-8")
-            console.print(f"report: {path}   results: {Path(cfg.output.dir) / 'results.jsonl'}")
-    if outcome.message:
-        print(f"ovstream run: {outcome.message}", file=sys.stderr)
+    supervisor = Supervisor(cfg, duration_s=args.duration)
+    exporter = supervisor.exporter
+    try:
+        if exporter is not None:
+            print(f"ovstream run: metrics on {exporter.url}", file=sys.stderr, flush=True)
+        outcome = supervisor.run()
+        if outcome.report:
+            console.print(render_summary(outcome.report))
+            if cfg.output.report:
+                path = Path(cfg.output.dir) / "report.json"
+                path.write_text(json.dumps(outcome.report, indent=2), encoding="utf-8")
+                console.print(f"report: {path}   results: {Path(cfg.output.dir) / 'results.jsonl'}")
+        if outcome.message:
+            print(f"ovstream run: {outcome.message}", file=sys.stderr)
+        if exporter is not None and cfg.metrics.linger_s > 0 and not supervisor.interrupted:
+            _linger(cfg.metrics.linger_s)
+    finally:
+        if exporter is not None:
+            exporter.close()
     return outcome.exit_code
+
+
+def _linger(seconds: float) -> None:
+    """Keep /metrics up after the run so the final figures get scraped; Ctrl-C / SIGTERM end it
+    early without changing the run's exit code."""
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"ovstream run: serving the final metrics for {seconds:g} s", file=sys.stderr, flush=True)
+    done.wait(seconds)
 

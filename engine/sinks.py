@@ -2,7 +2,9 @@
 
 Records arrive in frame order (see the postprocessor); ``frame`` is the original BGR frame, or
 None when the record has no pixels (an error, or a frame not kept), in which case only the JSON
-lines sink writes. :meth:`JsonlSink.recover` makes a restart after a crash resume cleanly.
+lines sink writes. ``line`` is the record as :func:`encode_record` writes it, made once per record
+for every sink that sends text (results.jsonl, MQTT). :meth:`JsonlSink.recover` makes a restart
+after a crash resume cleanly.
 """
 from __future__ import annotations
 
@@ -32,16 +34,28 @@ class Sink(ABC):
     """Where results go; ``write`` is called once per record, in frame order.
 
     ``draws`` sinks want the frame (and boxes in the frame's stored size); ``flush`` is called
-    after each group of writes, before the frames are acknowledged as written.
+    after each group of writes, before the frames are acknowledged as written; ``poll`` every
+    turn of the postprocessor's loop. A sink that delivers elsewhere reports ``counters`` /
+    ``gauges`` for the stage's stats (see :class:`~engine.metrics.SinkRow`).
     """
 
     draws: bool = False
+    replays: bool = False   # wants the records it had not delivered when its process died
 
     @abstractmethod
-    def write(self, record: dict, frame: np.ndarray | None) -> None: ...
+    def write(self, record: dict, frame: np.ndarray | None, line: str | None = None) -> None: ...
 
     def flush(self) -> None:
         """Make what was written durable enough to survive this process dying."""
+
+    def poll(self) -> None:
+        """Background work that cannot wait for the next record."""
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def gauges(self) -> dict[str, int | float]:
+        return {}
 
     @abstractmethod
     def close(self) -> None: ...
@@ -58,6 +72,11 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"record value of type {type(value).__name__} is not JSON serialisable")
 
 
+def encode_record(record: dict) -> str:
+    """The one JSON form of a record: a results.jsonl line (without the newline), an MQTT payload."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_plain)
+
+
 class JsonlSink(Sink):
     """One JSON object per line, UTF-8, buffered; :meth:`flush` hands it to the OS.
 
@@ -71,8 +90,8 @@ class JsonlSink(Sink):
         self._fh = open(self.path, "a" if append else "w", encoding="utf-8", errors="backslashreplace",
                         newline="\n")
 
-    def write(self, record: dict, frame: np.ndarray | None = None) -> None:
-        self._fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_plain) + "\n")
+    def write(self, record: dict, frame: np.ndarray | None = None, line: str | None = None) -> None:
+        self._fh.write((encode_record(record) if line is None else line) + "\n")
 
     def flush(self) -> None:
         self._fh.flush()
@@ -200,7 +219,7 @@ class ImageSink(Sink):
             stem = f"{stem}_{record['frame_id']}"
         return f"{stem}.jpg"
 
-    def write(self, record: dict, frame: np.ndarray | None) -> None:
+    def write(self, record: dict, frame: np.ndarray | None, line: str | None = None) -> None:
         if frame is None:
             return
         ok, data = cv2.imencode(".jpg", draw(frame, record, self._labels))
@@ -236,7 +255,7 @@ class VideoSink(Sink):
             writer.release()
         raise OSError(f"cannot write video {self.path}: neither mp4v nor MJPG encoder opened")
 
-    def write(self, record: dict, frame: np.ndarray | None) -> None:
+    def write(self, record: dict, frame: np.ndarray | None, line: str | None = None) -> None:
         if frame is None:
             return
         if self._writer is None:
@@ -262,12 +281,12 @@ class PerStream(Sink):
         self._make = make
         self._sinks: dict[str, Sink] = {}
 
-    def write(self, record: dict, frame: np.ndarray | None) -> None:
+    def write(self, record: dict, frame: np.ndarray | None, line: str | None = None) -> None:
         name = str(record.get("stream", "stream"))
         sink = self._sinks.get(name)
         if sink is None:
             sink = self._sinks[name] = self._make(name)
-        sink.write(record, frame)
+        sink.write(record, frame, line)
 
     def flush(self) -> None:
         for sink in self._sinks.values():
@@ -282,8 +301,8 @@ class PerStream(Sink):
 def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = False,
                streams: Sequence[str] = ()) -> list[Sink]:
     """The sinks ``output`` asks for, in ``output.dir`` (created): one results.jsonl for the run,
-    annotated ``images/<stream>/`` and ``video/<stream>.mp4`` per stream. ``resume`` appends to
-    results.jsonl (after :meth:`JsonlSink.recover`)."""
+    annotated ``images/<stream>/`` and ``video/<stream>.mp4`` per stream, MQTT. ``resume``
+    appends to results.jsonl (after :meth:`JsonlSink.recover`)."""
     directory = Path(output.dir)
     directory.mkdir(parents=True, exist_ok=True)
     sinks: list[Sink] = []
@@ -294,4 +313,7 @@ def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = 
     if output.video:
         sinks.append(PerStream(lambda name: VideoSink(directory / "video" / f"{name}.mp4", output.video_fps,
                                                       labels)))
+    if output.mqtt.host:
+        from engine.mqtt import MqttSink      # paho only where a run publishes
+        sinks.append(MqttSink(output.mqtt, streams))
     return sinks

@@ -31,7 +31,7 @@ from engine.dashboard import Dashboard
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, OvstreamError
 from engine.ledger import FrameLedger
 from engine.messages import AckMsg, ControlMsg, FatalMsg, Message, ReadyMsg, StatsMsg, decode, MessageError
-from engine.metrics import MetricsAggregator
+from engine.metrics import MetricsAggregator, split_stream_key
 from engine.model import InputInfo, check_devices, input_info, output_shapes, read_model
 from engine.shm import PoolSpec, SlotPool
 from engine.sinks import JsonlSink
@@ -42,6 +42,7 @@ from workers.runtime import StageContext
 READY_TIMEOUT_S = 300.0       # compiling for a GPU can take minutes the first time
 STOP_GRACE_S = 1.0
 HANG_TIMEOUT_S = 30.0       # a live source may block this long while it reconnects
+PUBLISH_S = 0.5             # how often /metrics gets a fresh snapshot
 
 
 @dataclass
@@ -98,12 +99,17 @@ class Supervisor:
         self.acked = [[0, 0] for _ in self.layout.streams]     # per stream: results, error records
         self.ended: set[int] = set()
         self.resume: dict[str, int] = {}        # live stream → next frame id for a restarted decoder
+        self.replay_from: dict[str, int] = {}   # MQTT: stream → lowest frame id the broker has not confirmed
         self.generation = 0
         self.started = False        # every stage said READY and was told to start
         self.finished = False
         self.interrupted = 0
         self.failure = ""
         self.output_dir = Path(cfg.output.dir)
+        self.exporter = None
+        if cfg.metrics.port:
+            from engine.exporter import MetricsServer   # prometheus_client only where a run serves it
+            self.exporter = MetricsServer(cfg.metrics.host, cfg.metrics.port)
 
     # ---- set-up -----------------------------------------------------------------------------
     def _input_slots(self) -> int:
@@ -155,7 +161,8 @@ class Supervisor:
             endpoints=self.run_dir.endpoints(self.layout.decoders), pools=self.pools, config=self.cfg,
             input={"height": self.info.height, "width": self.info.width, "batch": self.cfg.inference.batch},
             device=child.device, completed={str(sid): self.ledgers[sid].ranges() for sid in streams},
-            supervisor_pid=os.getpid(), layout=self.layout.to_dict(), epoch=child.restarts, resume=resume)
+            supervisor_pid=os.getpid(), layout=self.layout.to_dict(), epoch=child.restarts, resume=resume,
+            replay_from=self.replay_from if child.role == "postprocessor" else {})
 
     def _spawn(self, child: Child) -> None:
         ctx_path = self.run_dir.path / f"{child.name}.json"
@@ -196,6 +203,8 @@ class Supervisor:
     def _on_message(self, child: Child | None, msg: Message) -> None:
         if isinstance(msg, StatsMsg):
             self.metrics.ingest(msg)
+            if msg.role == "postprocessor" and msg.generation == self.generation:
+                self._note_replay_marks(msg.gauges)
         elif isinstance(msg, ReadyMsg) and child is not None:
             child.ready = True
             self.metrics.note_ready(msg.process, msg.pid, msg.info)
@@ -219,6 +228,15 @@ class Supervisor:
             print(f"[supervisor] {child.name}: {first}", file=sys.stderr, flush=True)
             if msg.usage:                               # restarting cannot fix a user mistake
                 self.failure = f"{child.name}: {first}"
+
+    def _note_replay_marks(self, gauges: dict) -> None:
+        """The MQTT sink's per-stream marks (``mqtt_replay_from@<stream>``): where a restarted
+        postprocessor publishes results.jsonl again from."""
+        for key, value in gauges.items():
+            parsed = split_stream_key(key)
+            if parsed and parsed[0] == "mqtt_replay_from" and isinstance(value, int) \
+                    and 0 <= parsed[1] < len(self.layout.streams):
+                self.replay_from[self.layout.streams[parsed[1]].name] = value
 
     # ---- lifecycle --------------------------------------------------------------------------
     def _start_all(self) -> None:
@@ -331,7 +349,7 @@ class Supervisor:
         try:
             self._start_all()
             dashboard.start()
-            next_draw = 0.0
+            next_draw = next_publish = 0.0
             deadline = time.monotonic() + self.duration_s if self.duration_s > 0 else None
             while not self.finished and not self.interrupted and not self.failure:
                 self._receive(50)
@@ -339,9 +357,16 @@ class Supervisor:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
-                if now >= next_draw:
-                    dashboard.update(self.metrics.snapshot())
-                    next_draw = now + 1.0 / max(self.cfg.dashboard.refresh_hz, 0.5)
+                draw = now >= next_draw
+                publish = self.exporter is not None and now >= next_publish
+                if draw or publish:
+                    snapshot = self.metrics.snapshot()      # one snapshot for every view
+                    if draw:
+                        dashboard.update(snapshot)
+                        next_draw = now + 1.0 / max(self.cfg.dashboard.refresh_hz, 0.5)
+                    if publish:
+                        self.exporter.publish(snapshot)
+                        next_publish = now + PUBLISH_S
             self.metrics.set_state("interrupted" if self.interrupted else "failed" if self.failure else "finished")
             self._stop_all()
         except OvstreamError as exc:
@@ -351,6 +376,8 @@ class Supervisor:
             dashboard.stop()
             self._cleanup()
         snapshot = self.metrics.snapshot()
+        if self.exporter is not None:
+            self.exporter.publish(snapshot)               # the last scrape reads the report's figures
         report = snapshot.to_dict()
         report["restarts"] = {c.name: c.restarts for c in self.children.values()}
         if self.interrupted:

@@ -8,7 +8,9 @@ id is acknowledged to the supervisor, per stream, which keeps the ledgers used t
 """
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import zmq
@@ -20,7 +22,7 @@ from engine.messages import AckMsg, EndOfSource, ErrorMsg, FrameRef, MessageErro
     decode_result
 from engine.metrics import stream_key
 from engine.shm import SlotPool
-from engine.sinks import open_sinks
+from engine.sinks import Sink, encode_record, open_sinks
 from engine.streams import Layout
 from workers.runtime import Stage, StageContext, stage_main
 
@@ -132,6 +134,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 for d in range(layout.decoders)] if keep_raw else []
     inputs = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["inputs"])
     sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams])
+    if ctx.generation > 0 and cfg.output.jsonl:
+        replay(Path(cfg.output.dir) / "results.jsonl", ctx.replay_from, [s for s in sinks if s.replays])
     streams = StreamOutputs(ctx, layout)
     stage.declare("results", "errors", "duplicates")
     for sid in range(len(streams.names)):
@@ -149,8 +153,10 @@ def run(ctx: StageContext, stage: Stage) -> None:
                     frame = None
                     if raw_pool is not None and ref.raw_slot >= 0:
                         frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
+                    line = encode_record(record)
                     for sink in sinks:
-                        sink.write(drawable(record, ref) if frame is not None and sink.draws else record, frame)
+                        sink.write(drawable(record, ref) if frame is not None and sink.draws else record, frame,
+                                   line)
                     if raw_pool is not None and ref.raw_slot >= 0:
                         releases[layout.streams[sid].decoder].send(
                             ReleaseMsg([ref.raw_slot], epoch=ref.epoch, generation=ctx.generation).encode())
@@ -168,22 +174,57 @@ def run(ctx: StageContext, stage: Stage) -> None:
                         stage.send(AckMsg(streams.acked[sid], streams.acked_errors[sid], sid,
                                           generation=ctx.generation))
                         streams.acked[sid], streams.acked_errors[sid] = [], []
-            for sid, reorder in enumerate(streams.reorder):
-                if reorder.finished and not streams.finished[sid]:
-                    streams.finished[sid] = True
-                    stage.send(AckMsg([], [], sid, finished=True, generation=ctx.generation))
-            if all(streams.finished) and sinks:
+            ended = [sid for sid, r in enumerate(streams.reorder) if r.finished and not streams.finished[sid]]
+            for sid in ended:
+                streams.finished[sid] = True
+            _poll_sinks(sinks, stage)
+            if all(streams.finished) and sinks:     # the run ends on the last "finished": flush first
                 for sink in sinks:
                     sink.close()
+                _poll_sinks(sinks, stage)
                 sinks = []
+                stage.send_stats()
+            for sid in ended:
+                stage.send(AckMsg([], [], sid, finished=True, generation=ctx.generation))
             stage.gauges["reorder"] = sum(len(r.pending) for r in streams.reorder)
     finally:
         for sink in sinks:
             sink.close()
+        _poll_sinks(sinks, stage)            # the last figures (unsent records at close) go out
         for sock in (results, inputs, *releases):
             sock.close(0)
         if raw_pool is not None:
             raw_pool.close()
+
+
+def replay(path: Path, marks: dict[str, int], sinks: list[Sink]) -> int:
+    """Hand the records of ``path`` from each stream's mark on (``marks``: stream → frame id; a
+    stream without one from its start) to ``sinks`` again, in order: what a delivering sink held
+    unconfirmed when the previous postprocessor died. Returns how many."""
+    count = 0
+    if not sinks or not path.exists():
+        return count
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        for line in fh:
+            line = line.rstrip("\n")
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and \
+                    int(record.get("frame_id", -1)) >= marks.get(str(record.get("stream", "")), 0):
+                for sink in sinks:
+                    sink.write(record, None, line)
+                count += 1
+    return count
+
+
+def _poll_sinks(sinks: list[Sink], stage: Stage) -> None:
+    """Let sinks do their background work; their figures go into the stage's stats."""
+    for sink in sinks:
+        sink.poll()
+        stage.counters.update(sink.counters())
+        stage.gauges.update(sink.gauges())
 
 
 def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, streams: StreamOutputs, in_w: int,

@@ -47,6 +47,7 @@ class StageContext:
     layout: dict = field(default_factory=dict)       # engine.streams.Layout.to_dict()
     epoch: int = 0                                    # this instance's restart count (decoders)
     resume: dict[str, int] = field(default_factory=dict)   # live stream → first frame id to use
+    replay_from: dict[str, int] = field(default_factory=dict)  # postprocessor: stream → first frame id to publish again
 
     def to_json(self) -> str:
         return json.dumps({
@@ -55,6 +56,7 @@ class StageContext:
             "config": self.config.to_dict(), "input": self.input, "device": self.device,
             "completed": self.completed, "supervisor_pid": self.supervisor_pid,
             "layout": self.layout, "epoch": self.epoch, "resume": self.resume,
+            "replay_from": self.replay_from,
         })
 
     @classmethod

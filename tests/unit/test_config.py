@@ -25,6 +25,15 @@ def test_default_config_resolves_the_bundled_coco_ssd():
     ("[model]\npreprocess = { resize = 'zoom' }\n", "resize must be letterbox, stretch or crop"),
     ("[model]\npreprocess = { resize = 'crop', crop = 1.5 }\n", "crop must be a fraction in (0, 1]"),
     ("[model]\npreprocess = { interpolation = 'bicubic' }\n", "interpolation must be auto, nearest"),
+    ("[output.mqtt]\nhost = 'h'\nqos = 2\n", "[output.mqtt] qos must be 0 or 1"),
+    ("[output.mqtt]\ntopic = 'a/+/b'\n", "without + or # wildcards"),
+    ("[output.mqtt]\ntopic = 'a/{camera}'\n", "the only placeholder is {stream}"),
+    ("[output.mqtt]\nhost = 'h'\nclean_session = false\n", "needs a client_id"),
+    ("[output.mqtt]\nhost = 'h'\ntls = true\nca = '/nonexistent/ca.pem'\n", "ca: no such file"),
+    ("[output.mqtt]\nbuffer = 0\n", "[output.mqtt] buffer must be >= 1"),
+    ("[output.mqtt]\nqos = '1'\n", "output.mqtt.qos: expected an integer"),
+    ("[metrics]\nport = 70000\n", "[metrics] port must be 0..65535"),
+    ("[metrics]\nprot = 9464\n", "unknown key 'prot' (did you mean 'port'?)"),
 ])
 def test_config_mistakes_name_the_file_and_key(tmp_path, text, message):
     path = tmp_path / "c.toml"
