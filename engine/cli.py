@@ -5,10 +5,15 @@ Each command module exposes ``add_arguments(parser)`` and ``main(args) -> int``.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import signal
-import sys
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+if __name__ == "__main__":     # `python -m engine.cli`: hold Ctrl-C / SIGTERM from the first line on
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
 
 from engine.errors import EXIT_INTERRUPTED, OvstreamError
 
@@ -36,9 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text)
     return parser
-
-
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _interrupt(signum: int, _frame: object) -> None:

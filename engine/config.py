@@ -1,24 +1,36 @@
-"""RunConfig: one run's settings, loaded from TOML and validated with one-line errors.
+"""RunConfig: one run's settings, loaded from TOML and validated in one place, with one-line errors.
 
-Every section is a dataclass; unknown keys and wrong types raise :class:`ConfigError` naming the
-file, the section and the key (with a suggestion when the key is a near miss). The resolved
-config travels to every worker process as JSON (``to_dict`` / ``from_dict``).
+Every section is a pydantic model whose fields carry their type, range and finiteness; cross-field
+rules are validators next to the fields they relate. A config file is validated strictly (no
+``"4"`` for 4, no ``1`` for true, no NaN or inf), and every mistake becomes one
+:class:`ConfigError` line naming the file, the section, the key, what is allowed and what was
+given (with a "did you mean" for a near-miss key). The bounds below are the engine's limits, not
+OpenVINO's: values beyond them are mistakes (and would allocate without end). The resolved config
+travels to every worker process as JSON (``to_dict`` / ``from_dict``).
+
+To add a key: add a field with its bounds (``Field(default, ge=.., le=..)``) to its section; the
+error message, the JSON round trip and the tests' malformed-value table follow from the field.
 """
 from __future__ import annotations
 
 import difflib
 import glob
+import math
 import os
 import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
 
 from engine.errors import ConfigError, ModelError
 from engine.geometry import INTERPOLATIONS, RESIZE_MODES
@@ -30,89 +42,143 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.toml"
 ADAPTERS = ("anchor_ssd", "ssd_detection_output", "tf_od_api", "classification", "nanodet", "yolo")
 MODEL_SUFFIXES = (".xml", ".onnx", ".tflite", ".pb", ".pdmodel")
 
+# Enumerations, defined once (the command line's choices come from here too).
+Hint = Literal["THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT", "NONE"]
+Resize = Literal[RESIZE_MODES]                                  # letterbox | stretch | crop
+Interpolation = Literal[("auto", *INTERPOLATIONS)]
+Color = Literal["RGB", "BGR", "GRAY"]
+Live = Literal["auto", "yes", "no"]
+HINTS: tuple[str, ...] = typing.get_args(Hint)
 
-@dataclass
-class SourceConfig:
+# Engine limits.
+MAX_BATCH = 256
+MAX_NIREQ = 64
+MAX_SLOTS = 1024
+MAX_FRAME_SIDE = 16384
+MAX_STREAMS = 256
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+PropertyValue = str | int | float | bool
+
+
+def channels_of(color: str) -> int:
+    """Channels of the model input for a ``[model.preprocess] color``."""
+    return 1 if color == "GRAY" else 3
+
+
+class Section(BaseModel):
+    """A config table: unknown keys and NaN/inf are errors; attributes stay assignable."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+
+class SourceConfig(Section):
     """One stream: a folder, a video file, a camera index or an RTSP/HTTP URL.
 
     ``[source]`` is the one-stream shorthand; ``[[sources]]`` lists several streams, each taking
     the keys it does not set from ``[source]``.
     """
 
-    uri: str = "data/coco100"
-    name: str = ""                # "" = derived from the uri (made unique among the streams)
+    uri: NonEmpty = "data/coco100"
+    name: str = ""                                         # "" = derived from the uri (made unique)
     recursive: bool = False
-    loop: int = 1                 # play a video/folder this many times (synthetic long streams)
-    live: str = "auto"            # auto | yes | no: live sources drop oldest frames when behind
-    reconnect_attempts: int = 10  # live sources: retries (with backoff) before giving up
-    max_fps: float = 0.0          # 0: as fast as the pipeline goes
+    loop: int = Field(1, ge=1, le=1_000_000)              # play a video/folder this many times
+    live: Live = "auto"                                    # live sources drop oldest frames when behind
+    reconnect_attempts: int = Field(10, ge=0, le=10_000)  # live sources: retries (with backoff)
+    max_fps: float = Field(0.0, ge=0, le=10_000)          # 0: as fast as the pipeline goes
     realtime: bool = False        # a file paced at its native rate (video FPS; images at max_fps or 30)
 
 
-@dataclass
-class PreprocessConfig:
+class PreprocessConfig(Section):
     """Input conventions folded into the model with PrePostProcessor."""
 
-    resize: str = "letterbox"     # letterbox | stretch | crop
-    crop: float = 0.875           # crop: the centre fraction of the (scaled) shorter side kept
-    interpolation: str = "auto"   # auto (area shrinking, linear enlarging) | nearest | linear | cubic | area | lanczos
-    color: str = "RGB"            # RGB | BGR | GRAY: what the model expects
-    mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    scale: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    resize: Resize = "letterbox"
+    crop: float = Field(0.875, gt=0, le=1)   # crop: the centre fraction of the (scaled) shorter side kept
+    interpolation: Interpolation = "auto"    # auto: area shrinking, linear enlarging
+    color: Color = "RGB"                     # what the model expects
+    mean: list[Annotated[float, Field(ge=-1e6, le=1e6)]] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    scale: list[Annotated[float, Field(gt=0, le=1e6)]] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+    @field_validator("mean", "scale")
+    @classmethod
+    def _per_channel(cls, value: list[float], info: ValidationInfo) -> list[float]:
+        channels = channels_of(info.data.get("color", "RGB"))
+        if len(value) not in (1, channels):
+            need = "1 value" if channels == 1 else f"1 or {channels} values"
+            raise ValueError(f"needs {need} for color {info.data.get('color', 'RGB')}")
+        return value
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """The model: a registry name, or a file with its adapter."""
 
-    name: str = "ssd_mobilenet_v1_coco"
+    name: NonEmpty = "ssd_mobilenet_v1_coco"
     path: str = ""                # model file; overrides the registry's file
-    adapter: str = ""             # overrides the registry's adapter
-    labels: list[str] | str = field(default_factory=list)
+    adapter: str = ""             # overrides the registry's adapter (one of ADAPTERS)
+    labels: list[str] | str = Field(default_factory=list)
     description: str = ""
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    params: dict[str, Any] = field(default_factory=dict)
-    score_threshold: float = -1.0  # overrides the adapter's default when >= 0
-    top_k: int = 5                 # classification: how many classes per frame
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    params: dict[str, Any] = Field(default_factory=dict)
+    score_threshold: float = -1.0                        # overrides the adapter's default when >= 0
+    top_k: int = Field(5, ge=1, le=10_000)               # classification: how many classes per frame
+
+    @field_validator("params")
+    @classmethod
+    def _finite_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        def finite(v: Any) -> bool:
+            if isinstance(v, float):
+                return math.isfinite(v)
+            return all(map(finite, v.values() if isinstance(v, dict) else v)) if isinstance(v, (list, dict)) else True
+        bad = [k for k, v in value.items() if not finite(v)]
+        if bad:
+            raise ValueError(f"{bad[0]} must be finite (no nan or inf)")
+        return value
+
+    @field_validator("score_threshold")
+    @classmethod
+    def _threshold(cls, value: float) -> float:
+        if not (0 <= value <= 1 or value == -1):
+            raise ValueError("must be from 0 to 1 (or -1: the adapter's default)")
+        return value
 
 
-@dataclass
-class InferenceConfig:
+class InferenceConfig(Section):
     """Devices and how each compiles the model."""
 
-    devices: list[str] = field(default_factory=lambda: ["CPU"])
-    nireq: int = 0                # 0: the device's OPTIMAL_NUMBER_OF_INFER_REQUESTS
-    batch: int = 1
-    hint: str = "THROUGHPUT"      # THROUGHPUT | LATENCY | CUMULATIVE_THROUGHPUT | NONE
-    streams: int = 0              # 0: chosen by the hint
-    threads: int = 0              # 0: the device decides
+    devices: list[NonEmpty] = Field(default_factory=lambda: ["CPU"], min_length=1, max_length=16)
+    nireq: int = Field(0, ge=0, le=MAX_NIREQ)     # 0: the device's OPTIMAL_NUMBER_OF_INFER_REQUESTS
+    batch: int = Field(1, ge=1, le=MAX_BATCH)
+    hint: Hint = "THROUGHPUT"
+    streams: int = Field(0, ge=0, le=256)         # 0: chosen by the hint
+    threads: int = Field(0, ge=0, le=4096)        # 0: the device decides
     cache_dir: str = ""
-    properties: dict[str, dict[str, Any]] = field(default_factory=dict)  # device → properties
+    properties: dict[str, dict[str, PropertyValue]] = Field(default_factory=dict)  # device → properties
 
 
-@dataclass
-class PipelineConfig:
+class PipelineConfig(Section):
     """Pool sizes and timing: memory is fixed at start by these numbers."""
 
-    raw_slots: int = 8            # at least; every stream gets max(3, raw_slots // streams) of its own
-    decoders: int = 0             # decoder processes; 0 = min(streams, CPU cores // 4, 8), at least 1
-    max_frame_width: int = 1920   # larger frames are downscaled to fit a raw slot
-    max_frame_height: int = 1080
-    input_slots: int = 0          # 0: total infer requests + 2 per worker
+    raw_slots: int = Field(8, ge=2, le=MAX_SLOTS)      # at least; every stream gets max(3, raw_slots // streams)
+    decoders: int = Field(0, ge=0, le=64)   # decoder processes; 0 = min(streams, CPU cores // 4, 8), at least 1
+    max_frame_width: int = Field(1920, ge=16, le=MAX_FRAME_SIDE)   # larger frames are downscaled
+    max_frame_height: int = Field(1080, ge=16, le=MAX_FRAME_SIDE)
+    input_slots: int = Field(0, ge=0, le=MAX_SLOTS)     # 0: total infer requests + 2 per worker
     reduced_decode: bool = True   # JPEGs far larger than the model input decode at 1/2..1/8 size
-    batch_timeout_ms: float = 5.0
-    heartbeat_s: float = 0.25
-    max_restarts: int = 5         # per process, before the run gives up
+    batch_timeout_ms: float = Field(5.0, ge=0, le=60_000)
+    heartbeat_s: float = Field(0.25, ge=0.01, le=5)    # a stage silent for 30 s counts as hung
+    max_restarts: int = Field(5, ge=0, le=1000)        # per process, before the run gives up
 
 
-@dataclass
-class MqttConfig:
+class MqttConfig(Section):
     """``[output.mqtt]``: every result record published to an MQTT broker (off while host is "")."""
 
     host: str = ""
-    port: int = 1883
-    topic: str = "ovstream/{stream}/results"   # {stream}: the stream's name
-    qos: int = 1                  # 0 at most once, 1 at least once
+    port: int = Field(1883, ge=1, le=65535)
+    topic: NonEmpty = "ovstream/{stream}/results"   # {stream}: the stream's name
+    qos: Literal[0, 1] = 1        # 0 at most once, 1 at least once
     client_id: str = ""           # "": a random one
     clean_session: bool = True    # false: the broker keeps this client id's session across reconnects
     username: str = ""
@@ -122,138 +188,284 @@ class MqttConfig:
     cert: str = ""                # client certificate and key (mutual TLS)
     key: str = ""
     insecure: bool = False        # TLS without checking the broker's host name
-    keepalive_s: int = 30
-    buffer: int = 10000           # records held while the broker is away; beyond: dropped, counted
-    max_inflight: int = 100       # records sent but not yet confirmed by the broker
-    flush_timeout_s: float = 5.0  # at the end of a run: how long to wait for the buffer to drain
+    keepalive_s: int = Field(30, ge=1, le=65535)
+    buffer: int = Field(10000, ge=1, le=10_000_000)   # records held while the broker is away; beyond: dropped
+    max_inflight: int = Field(100, ge=1, le=65535)    # records sent but not yet confirmed by the broker
+    flush_timeout_s: float = Field(5.0, ge=0, le=3600)  # at the end of a run: how long the buffer may drain
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        try:
+            topic = value.format(stream="s")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("must be a topic with no placeholder but {stream}") from None
+        if "+" in topic or "#" in topic:
+            raise ValueError("must be a topic name without + or # wildcards")
+        return value
+
+    @model_validator(mode="after")
+    def _session(self) -> "MqttConfig":
+        for key in ("ca", "cert", "key"):
+            path = getattr(self, key)
+            if self.host and self.tls and path and not Path(path).expanduser().is_file():
+                raise ValueError(f"{key}: no such file {path}")
+        if self.host and not self.client_id and not self.clean_session:
+            raise ValueError("clean_session = false needs a client_id (the session's name)")
+        return self
 
 
-@dataclass
-class OutputConfig:
+
+class OutputConfig(Section):
     """Sinks: JSON lines, annotated images, annotated video, the run report, MQTT."""
 
-    dir: str = "runs/latest"
+    dir: NonEmpty = "runs/latest"
     jsonl: bool = True
     images: bool = False
     video: bool = False
-    video_fps: float = 25.0
+    video_fps: float = Field(25.0, gt=0, le=1000)
     report: bool = True
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
 
-@dataclass
-class DashboardConfig:
+class DashboardConfig(Section):
     """The live view."""
 
     enabled: bool = True
-    refresh_hz: float = 4.0
+    refresh_hz: float = Field(4.0, ge=0.5, le=60)
 
 
-@dataclass
-class MetricsConfig:
+class MetricsConfig(Section):
     """``[metrics]``: Prometheus ``/metrics`` served by the supervisor (off while port is 0)."""
 
-    port: int = 0
-    host: str = "127.0.0.1"
-    linger_s: float = 0.0         # keep serving this long after the run, for a last scrape
+    port: int = Field(0, ge=0, le=65535)
+    host: NonEmpty = "127.0.0.1"
+    linger_s: float = Field(0.0, ge=0, le=3600)   # keep serving this long after the run, for a last scrape
 
 
-@dataclass
-class RunConfig:
+class RunConfig(Section):
     """Everything one ``ovstream run`` needs."""
 
-    source: SourceConfig = field(default_factory=SourceConfig)
-    sources: list[SourceConfig] = field(default_factory=list)   # the streams (resolved: never empty)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    sources: list[SourceConfig] = Field(default_factory=list, max_length=MAX_STREAMS)  # resolved: never empty
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @model_validator(mode="after")
+    def _across_sections(self) -> "RunConfig":
+        devices = self.inference.devices
+        names = {n for d in devices for n in (d, d.split(".")[0].split(":")[0], *d.partition(":")[2].split(",")) if n}
+        for name in self.inference.properties:
+            if name not in names:
+                raise ValueError(f"[inference.properties.{name}] names no device of [inference] devices "
+                                 f"({', '.join(devices)})")
+        if 0 < self.pipeline.input_slots < len(devices):
+            raise ValueError(f"[pipeline] input_slots = {self.pipeline.input_slots} leaves some of the "
+                             f"{len(devices)} inference workers of [inference] devices without a slot; "
+                             f"use 0 (automatic) or at least {len(devices)}")
+        return self
 
     @classmethod
-    def from_dict(cls, data: dict, origin: str = "config") -> "RunConfig":
+    def from_dict(cls, data: Any, origin: str = "config") -> "RunConfig":
+        """Validate plain data (a parsed TOML file, a stage context) strictly; errors name ``origin``.
+        Each ``[[sources]]`` entry takes the keys it does not set from ``[source]``."""
         if isinstance(data, dict) and isinstance(data.get("sources"), list):
             base = {k: v for k, v in data.get("source", {}).items() if k not in ("uri", "name")} \
                 if isinstance(data.get("source"), dict) else {}
             data = {**data, "sources": [{**base, **entry} if isinstance(entry, dict) else entry
                                         for entry in data["sources"]]}
-        return _build(cls, data, origin, "")
+        try:
+            return cls.model_validate(data, strict=True)
+        except ValidationError as exc:
+            raise ConfigError(explain(exc, cls, data, origin)) from None
 
 
-# ---- building dataclasses from plain data, with clear errors ------------------------------------
+# ---- one line per validation error ---------------------------------------------------------------
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+def explain(exc: ValidationError, root: type[BaseModel], data: Any, origin: str) -> str:
+    """The first error of ``exc`` as one line: file, [section] key, what is allowed, what was given."""
+    err = exc.errors()[0]
+    model, section, key, field = root, [], None, None
+    loc = err["loc"]
+    depth = 0
+    while depth < len(loc) and key is None:   # walk the sections down to the field the error is in
+        part = loc[depth]
+        if not isinstance(part, str) or part not in model.model_fields:
+            break
+        info = model.model_fields[part]
+        if _is_section(info.annotation):
+            model = info.annotation
+            section.append(part)
+        elif _is_section(_item(info.annotation)) and depth + 1 < len(loc) and isinstance(loc[depth + 1], int):
+            model = _item(info.annotation)                  # one table of a [[name]] list
+            section.append(f"[{part}] #{loc[depth + 1] + 1}")
+            depth += 1
+        else:
+            key, field = part, info
+        depth += 1
+    annotation = field.annotation if field is not None else None
+    for part in err["loc"][depth:]:       # into a table of tables: [inference.properties.CPU] KEY
+        if typing.get_origin(annotation) is not dict or not isinstance(part, str):
+            break
+        section += [key] if key is not None else []
+        key, annotation, depth = part, typing.get_args(annotation)[1], depth + 1
+    label = _label(section)
+    given = _lookup(data, err["loc"][:depth])
+    if err["type"] == "extra_forbidden" and len(err["loc"]) == depth + 1:
+        unknown = str(err["loc"][-1])
+        near = difflib.get_close_matches(unknown, model.model_fields, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(model.model_fields)})"
+        return f"{origin}: {label} unknown key '{unknown}'{hint}"
+    if key is None:
+        if not section and err["type"] == "value_error":      # a rule across sections
+            return f"{origin}: {_reason(err)}"
+        if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            return f"{origin}: {label} must be a table, not {_show(given)}"
+        return f"{origin}: {label} {_reason(err)}"
+    if err["type"] == "value_error":
+        if isinstance(given, dict):                            # a rule about a key inside a table
+            return f"{origin}: [{'.'.join([*section, key])}] {_reason(err)}"
+        return f"{origin}: {label} {key} {_reason(err)}, not {_show(given)}"
+    metadata = field.metadata if annotation is field.annotation else []
+    return f"{origin}: {label} {key} must be {describe(annotation, metadata)}, not {_show(given)}"
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, Section)
+
+
+def _item(annotation: Any) -> Any:
+    """The item type of ``list[X]``, else None."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
+
+
+def _label(section: list[str]) -> str:
+    """``[a.b]``, or ``[[sources]] #2`` inside a list of tables; ``top level`` for none."""
+    if not section:
+        return "top level"
+    if section[0].startswith("["):
+        head, *rest = section
+        name, _, index = head[1:].partition("] ")
+        return f"[[{name}]] {index}".strip() + "".join(f" [{part}]" for part in rest)
+    return f"[{'.'.join(section)}]"
+
+
+def _reason(err: dict) -> str:
+    error = (err.get("ctx") or {}).get("error")
+    return str(error) if error is not None else err["msg"][:1].lower() + err["msg"][1:]
+
+
+def _lookup(data: Any, path: tuple) -> Any:
+    for part in path:
+        if isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        elif isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "a table"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe(annotation: Any, metadata: list | tuple = ()) -> str:
+    """What a field accepts, in words: 'an integer from 1 to 256', 'one of 'a', 'b''."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        inner, *extra = typing.get_args(annotation)
+        more = [m for e in extra for m in (e.metadata if isinstance(e, FieldInfo) else [e])]
+        return describe(inner, [*metadata, *more])
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return " or ".join(describe(a) for a in typing.get_args(annotation))
     if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {type(value).__name__} {value!r}")
-        _, val_tp = typing.get_args(tp)
-        return {str(k): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if hasattr(tp, "__dataclass_fields__"):
-        return _build(tp, value, where.split(":")[0], where.split(": ")[-1])
-    if not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    return value
+        (item,) = typing.get_args(annotation)
+        each = describe(item)
+        if each.startswith(("a string", "a non-empty string")):
+            return f"a list{_length(metadata)} of {each[2:]}s"
+        return f"a list{_length(metadata)}, each {each}"
+    if origin is dict or _is_section(annotation):
+        return "a table"
+    if annotation is bool:
+        return "true or false"
+    if annotation is str:
+        return "a non-empty string" if any(isinstance(m, annotated_types.MinLen) and m.min_length for m in metadata) \
+            else "a string"
+    if annotation in (int, float):
+        kind = "an integer" if annotation is int else "a finite number"
+        return kind + _range(metadata)
+    return getattr(annotation, "__name__", str(annotation))
 
 
-def _build(cls: type, data: Any, origin: str, section: str) -> Any:
-    label = f"[{section}]" if section else "top level"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: {label} must be a table")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    for key in data:
-        if key not in known:
-            near = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(known)})"
-            raise ConfigError(f"{origin}: {label} unknown key '{key}'{hint}")
-    kwargs = {}
-    for name, f in known.items():
-        if name in data:
-            sub = f"{section}.{name}" if section else name
-            kwargs[name] = _coerce(data[name], hints[name], f"{origin}: {sub}")
-        elif f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
-            raise ConfigError(f"{origin}: {label} is missing '{name}'")
-    return cls(**kwargs)
+def _range(metadata: list | tuple) -> str:
+    low = high = ""
+    for m in metadata:
+        if isinstance(m, annotated_types.Ge):
+            low = f">= {_num(m.ge)}"
+        elif isinstance(m, annotated_types.Gt):
+            low = f"> {_num(m.gt)}"
+        elif isinstance(m, annotated_types.Le):
+            high = f"<= {_num(m.le)}"
+        elif isinstance(m, annotated_types.Lt):
+            high = f"< {_num(m.lt)}"
+    if low.startswith(">=") and high.startswith("<="):
+        return f" from {low[3:]} to {high[3:]}"
+    return "".join(f" {part}" for part in (low, "and" if low and high else "", high) if part)
+
+
+def _num(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _length(metadata: list | tuple) -> str:
+    low = next((m.min_length for m in metadata if isinstance(m, annotated_types.MinLen)), 0)
+    high = next((m.max_length for m in metadata if isinstance(m, annotated_types.MaxLen)), None)
+    if low and high:
+        return f" of {low} to {high} items"
+    if high is not None:
+        return f" of at most {high} items"
+    return f" of at least {low} item{'s' * (low > 1)}" if low else ""
 
 
 # ---- loading --------------------------------------------------------------------------------------
 
 def read_toml(path: Path) -> dict:
-    """Parse a TOML file; a missing or malformed file is a :class:`ConfigError`."""
+    """Parse a TOML file; a missing, binary, non-UTF-8 or malformed file is a :class:`ConfigError`."""
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:4096]:
+        kind = "UTF-16" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else "binary (NUL bytes)"
+        raise ConfigError(f"{path}: not a TOML text file ({kind}); save it as UTF-8")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
+                          f"save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
@@ -278,6 +490,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     cfg_path = Path(path) if path else DEFAULT_CONFIG
     data = read_toml(cfg_path) if (path or cfg_path.exists()) else {}
     if overrides:
+        RunConfig.from_dict(overrides, origin="command line")   # a bad option is named as such
         data = _merge(data, overrides)
     cfg = RunConfig.from_dict(data, origin=str(cfg_path))
     resolve_streams(cfg)
@@ -313,7 +526,7 @@ def _expand(entry: SourceConfig) -> list[SourceConfig]:
     matches = sorted(glob.glob(os.path.expanduser(uri))) or sorted(glob.glob(str(REPO_ROOT / uri)))
     if not matches:
         raise ConfigError(f"[[sources]] uri '{uri}': the pattern matches no file")
-    return [SourceConfig(**{**asdict(entry), "uri": m, "name": ""}) for m in matches]
+    return [entry.model_copy(update={"uri": m, "name": ""}) for m in matches]
 
 
 def resolve_streams(cfg: RunConfig) -> RunConfig:
@@ -351,7 +564,10 @@ def _resolve_path(value: str, *bases: Path) -> Path:
 
 
 def resolve_model(cfg: RunConfig) -> RunConfig:
-    """Fill the model section from the registry and check the model file and adapter exist."""
+    """Fill the model section from the registry and check the model file and adapter exist.
+
+    Keys the config sets (also single ``[model.preprocess]`` keys) win over the registry entry's.
+    """
     model = cfg.model
     registry = load_registry()
     if not model.path:
@@ -369,8 +585,13 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
         model.adapter = model.adapter or merged.adapter
         model.labels = model.labels or merged.labels
         model.description = model.description or merged.description
-        if model.preprocess == PreprocessConfig():
-            model.preprocess = merged.preprocess
+        given = model.preprocess.model_dump(include=model.preprocess.model_fields_set)
+        try:
+            model.preprocess = PreprocessConfig.model_validate({**merged.preprocess.model_dump(), **given})
+        except ValidationError as exc:
+            raise ConfigError(explain(exc, PreprocessConfig, {**merged.preprocess.model_dump(), **given},
+                                      f"model '{model.name}'").replace("top level", "[model.preprocess]")) \
+                from None
         if same_adapter:                    # another adapter's parameters would not apply
             model.params = {**merged.params, **model.params}
     else:
@@ -388,58 +609,6 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
         label_path = _resolve_path(model.labels, REPO_ROOT)
         try:
             model.labels = label_path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ModelError(f"labels file {label_path}: {exc.strerror}") from None
-    _check_values(cfg)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelError(f"labels file {label_path}: {getattr(exc, 'strerror', None) or exc}") from None
     return cfg
-
-
-def _check_values(cfg: RunConfig) -> None:
-    pre = cfg.model.preprocess
-    if pre.resize not in RESIZE_MODES:
-        raise ConfigError(f"[model.preprocess] resize must be letterbox, stretch or crop, not '{pre.resize}'")
-    if not 0 < pre.crop <= 1:
-        raise ConfigError(f"[model.preprocess] crop must be a fraction in (0, 1], not {pre.crop}")
-    if pre.interpolation != "auto" and pre.interpolation not in INTERPOLATIONS:
-        raise ConfigError(f"[model.preprocess] interpolation must be auto, {', '.join(INTERPOLATIONS)}, "
-                          f"not '{pre.interpolation}'")
-    if pre.color not in ("RGB", "BGR", "GRAY"):
-        raise ConfigError(f"[model.preprocess] color must be RGB, BGR or GRAY, not '{pre.color}'")
-    for src in cfg.sources or [cfg.source]:
-        if src.live not in ("auto", "yes", "no"):
-            raise ConfigError(f"[source] live must be auto, yes or no, not '{src.live}' (stream {src.name or src.uri})")
-        if src.loop < 1:
-            raise ConfigError(f"[source] loop must be >= 1, not {src.loop} (stream {src.name or src.uri})")
-    if cfg.pipeline.decoders < 0:
-        raise ConfigError(f"[pipeline] decoders must be >= 0, not {cfg.pipeline.decoders}")
-    if not cfg.inference.devices:
-        raise ConfigError("[inference] devices is empty: name at least one device, e.g. [\"CPU\"]")
-    if cfg.inference.hint not in ("THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT", "NONE"):
-        raise ConfigError(f"[inference] hint must be THROUGHPUT, LATENCY, CUMULATIVE_THROUGHPUT or NONE, "
-                          f"not '{cfg.inference.hint}'")
-    mqtt = cfg.output.mqtt
-    if mqtt.qos not in (0, 1):
-        raise ConfigError(f"[output.mqtt] qos must be 0 or 1, not {mqtt.qos}")
-    try:
-        topic = mqtt.topic.format(stream="s")
-    except (KeyError, IndexError, ValueError):
-        raise ConfigError(f"[output.mqtt] topic '{mqtt.topic}': the only placeholder is {{stream}}") from None
-    if not topic or "+" in topic or "#" in topic:
-        raise ConfigError(f"[output.mqtt] topic '{mqtt.topic}' must be a topic name without + or # wildcards")
-    for key in ("ca", "cert", "key"):
-        path = getattr(mqtt, key)
-        if mqtt.host and mqtt.tls and path and not Path(path).expanduser().is_file():
-            raise ConfigError(f"[output.mqtt] {key}: no such file {path}")
-    if mqtt.host and not mqtt.client_id and not mqtt.clean_session:
-        raise ConfigError("[output.mqtt] clean_session = false needs a client_id (the session's name)")
-    for section, value, low in (("output.mqtt", mqtt.port, 1), ("metrics", cfg.metrics.port, 0)):
-        if not low <= value <= 65535:
-            raise ConfigError(f"[{section}] port must be {low}..65535, not {value}")
-    for name, value, low in (("output.mqtt.buffer", mqtt.buffer, 1),
-                             ("output.mqtt.max_inflight", mqtt.max_inflight, 1),
-                             ("inference.batch", cfg.inference.batch, 1),
-                             ("inference.nireq", cfg.inference.nireq, 0),
-                             ("pipeline.raw_slots", cfg.pipeline.raw_slots, 2)):
-        if value < low:
-            section, key = name.rsplit(".", 1)
-            raise ConfigError(f"[{section}] {key} must be >= {low}, not {value}")

@@ -23,3 +23,10 @@ class ModelError(OvstreamError):
 
 class DeviceError(OvstreamError):
     """A device OpenVINO does not list, or one that fails to compile the model."""
+
+
+class OutputError(OvstreamError):
+    """The output folder cannot take what a stage writes (a full disk, a lost permission):
+    restarting the stage cannot fix it, so the run stops with what was written whole."""
+
+    exit_code = EXIT_FAILED

@@ -6,6 +6,7 @@ order, mean/scale and the element type conversion run inside OpenVINO.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from contextlib import contextmanager
@@ -17,8 +18,8 @@ import numpy as np
 import openvino as ov
 from openvino.frontend import FrontEndManager
 
-from engine.config import InferenceConfig, ModelConfig
-from engine.errors import DeviceError, ModelError
+from engine.config import InferenceConfig, ModelConfig, RunConfig, channels_of
+from engine.errors import ConfigError, DeviceError, ModelError
 from engine.tflite_ops import EXTENSIONS
 
 
@@ -150,6 +151,70 @@ def prepare_model(model: ov.Model, cfg: ModelConfig, batch: int) -> tuple[ov.Mod
         raise ModelError(f"cannot fold preprocessing into {cfg.path}: {str(exc).splitlines()[0][:300]}") from None
 
 
+def check_preprocess(info: InputInfo, cfg: ModelConfig) -> None:
+    """``[model.preprocess]`` color (and so the mean/scale lengths) must fit the model's channels."""
+    color = cfg.preprocess.color
+    if channels_of(color) != info.channels:
+        fit = "GRAY" if info.channels == 1 else "RGB or BGR"
+        raise ConfigError(f"[model.preprocess] color {color} gives {channels_of(color)} channel(s), but the "
+                          f"input of {Path(cfg.path).name} has {info.channels}: use {fit}")
+
+
+# The [inference] keys that become OpenVINO properties (for messages about them).
+CONFIG_KEYS = {"PERFORMANCE_HINT": "[inference] hint", "NUM_STREAMS": "[inference] streams",
+               "INFERENCE_NUM_THREADS": "[inference] threads", "PERFORMANCE_HINT_NUM_REQUESTS": "[inference] nireq"}
+
+
+def _table(cfg: InferenceConfig, device: str) -> str:
+    """The name of the ``[inference.properties.NAME]`` table for ``device``: its own, else its family's."""
+    return device if device in cfg.properties else device.split(".")[0].split(":")[0]
+
+
+def raw_properties(cfg: InferenceConfig, device: str) -> dict:
+    """The ``[inference.properties.DEVICE]`` table that applies to ``device`` (exact name, else family)."""
+    return cfg.properties.get(_table(cfg, device), {})
+
+
+def _config_key(cfg: InferenceConfig, device: str, key: str) -> str:
+    """Where the config sets the property ``key`` for ``device``."""
+    if key in raw_properties(cfg, device):
+        return f"[inference.properties.{_table(cfg, device)}] {key}"
+    return CONFIG_KEYS.get(key, key)
+
+
+def check_properties(core: ov.Core, cfg: InferenceConfig, device: str) -> None:
+    """Every property the config sets for ``device`` must be one it reports as supported and
+    writable (``SUPPORTED_PROPERTIES``); values are tried by :func:`preflight_compile`."""
+    base = device.split(".")[0].split(":")[0]
+    try:
+        supported = core.get_property(base, "SUPPORTED_PROPERTIES")
+    except Exception:  # a device without the query: OpenVINO's compile will judge
+        return
+    for key in compile_properties(cfg, device):
+        if str(supported.get(key, "")) != "RW":
+            writable = [k for k, mode in supported.items() if str(mode) == "RW"]
+            near = difflib.get_close_matches(key, writable, n=1)
+            hint = f"did you mean '{near[0]}'?" if near else f"{base} takes: {', '.join(sorted(writable))}"
+            what = "is read-only on" if key in supported else "is not a property of"
+            where = _config_key(cfg, device, key)
+            where += "" if where.endswith(key) else f" ({key})"
+            raise ConfigError(f"{where} {what} {base} ({hint})")
+
+
+def preflight_compile(core: ov.Core, cfg: RunConfig, device: str) -> None:
+    """Compile the prepared model once with the configured properties, so that a value the device
+    refuses is a one-line error before any process starts."""
+    model, _ = prepare_model(read_model(core, cfg.model.path), cfg.model, cfg.inference.batch)
+    props = compile_properties(cfg.inference, device)
+    try:
+        core.compile_model(model, device, props)
+    except Exception as exc:
+        reason = _reason(exc)
+        named = [k for k in props if k in reason] or list(raw_properties(cfg.inference, device))
+        where = ", ".join(_config_key(cfg.inference, device, k) for k in named)
+        raise ConfigError(f"{where}: {device} refused it: {reason}") from None
+
+
 def compile_properties(cfg: InferenceConfig, device: str) -> dict:
     """OpenVINO properties for ``device`` from the config (hint, streams, threads, raw extras)."""
     props: dict = {}
@@ -162,7 +227,7 @@ def compile_properties(cfg: InferenceConfig, device: str) -> dict:
         props["INFERENCE_NUM_THREADS"] = cfg.threads
     if cfg.nireq > 0 and cfg.hint in ("THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
         props["PERFORMANCE_HINT_NUM_REQUESTS"] = cfg.nireq
-    props.update(cfg.properties.get(device, cfg.properties.get(base, {})))
+    props.update(raw_properties(cfg, device))
     return props
 
 
@@ -191,7 +256,7 @@ def compile_model(core: ov.Core, model: ov.Model, device: str, cfg: InferenceCon
     try:
         return core.compile_model(model, device, compile_properties(cfg, device))
     except Exception as exc:
-        raise DeviceError(f"compiling on {device} failed: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise DeviceError(f"compiling on {device} failed: {_reason(exc)}") from None
 
 
 def device_info(compiled: ov.CompiledModel) -> dict[str, str]:

@@ -6,7 +6,6 @@ stage kept dying); 2 a user mistake found before start (config, model, device); 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
@@ -14,9 +13,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from engine.config import load_config
-from engine.errors import ConfigError
+from engine.config import HINTS, load_config
 from engine.dashboard import render_summary
+from engine.errors import EXIT_FAILED, ConfigError
+from engine.outdir import OutputDir
 from engine.supervisor import Supervisor
 
 HANDLES_SIGNALS = True      # the supervisor installs its handlers, then lets Ctrl-C / SIGTERM through
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nireq", type=int, help="async infer requests per worker (0: device optimum)")
     parser.add_argument("--batch", type=int, help="frames per inference request")
     parser.add_argument("--streams", type=int, help="OpenVINO streams per device (0: from the hint)")
-    parser.add_argument("--hint", choices=["THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT", "NONE"])
+    parser.add_argument("--hint", choices=HINTS)
     parser.add_argument("--loop", type=int, help="play the source this many times")
     parser.add_argument("--decoders", type=int, help="decoder processes (0: from streams and cores)")
     parser.add_argument("--output", help="output folder (results.jsonl, report.json, logs/)")
@@ -80,34 +80,37 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides_from(args))
-    if args.loop is not None:                  # every stream, also those a config lists
-        for src in cfg.sources:
+    if args.loop is not None:                  # every stream, also those a config lists (checked as
+        for src in cfg.sources:                # [source] loop with the other overrides)
             src.loop = args.loop
-    if args.loop is not None and args.loop < 1:
-        raise ConfigError(f"--loop must be >= 1, not {args.loop}")
     if args.duration < 0:
         raise ConfigError(f"--duration must be >= 0, not {args.duration:g}")
     console = Console(stderr=False)
-    supervisor = Supervisor(cfg, duration_s=args.duration)
+    supervisor = Supervisor(cfg, duration_s=args.duration)      # the pre-flight checks
     exporter = supervisor.exporter
     try:
-        if exporter is not None:
-            print(f"ovstream run: metrics on {exporter.url}", file=sys.stderr, flush=True)
-        outcome = supervisor.run()
-        if outcome.report:
-            console.print(render_summary(outcome.report))
-            if cfg.output.report:
-                path = Path(cfg.output.dir) / "report.json"
-                path.write_text(json.dumps(outcome.report, indent=2), encoding="utf-8")
-                console.print(f"report: {path}   results: {Path(cfg.output.dir) / 'results.jsonl'}")
-        if outcome.message:
-            print(f"ovstream run: {outcome.message}", file=sys.stderr)
+        with OutputDir(cfg.output.dir, reserve_report=cfg.output.report) as output:
+            if exporter is not None:
+                print(f"ovstream run: metrics on {exporter.url}", file=sys.stderr, flush=True)
+            outcome = supervisor.run()
+            message, code = outcome.message, outcome.exit_code
+            if outcome.report:
+                console.print(render_summary(outcome.report))
+                if cfg.output.report:
+                    try:
+                        path = output.write_report(outcome.report)
+                        console.print(f"report: {path}   results: {output.path / 'results.jsonl'}")
+                    except OSError as exc:
+                        message = message or f"cannot write {output.path / 'report.json'}: {exc.strerror}"
+                        code = max(code, EXIT_FAILED)
+        if message:
+            print(f"ovstream run: {message}", file=sys.stderr)
         if exporter is not None and cfg.metrics.linger_s > 0 and not supervisor.interrupted:
             _linger(cfg.metrics.linger_s)
     finally:
         if exporter is not None:
             exporter.close()
-    return outcome.exit_code
+    return code
 
 
 def _linger(seconds: float) -> None:

@@ -9,6 +9,7 @@ after a crash resume cleanly.
 from __future__ import annotations
 
 import json
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -78,7 +79,9 @@ def encode_record(record: dict) -> str:
 
 
 class JsonlSink(Sink):
-    """One JSON object per line, UTF-8, buffered; :meth:`flush` hands it to the OS.
+    """One JSON object per line, UTF-8; :meth:`flush` hands the lines written since the last flush
+    to the OS in one piece, or none of them: a failed write (a full disk) is cut back to the last
+    whole line and raises :class:`OSError`, so the file never holds a torn record.
 
     Strings that are not valid Unicode (undecodable file names) are written as ``\\udcXX`` escapes,
     which read back to the same Python string.
@@ -87,22 +90,38 @@ class JsonlSink(Sink):
     def __init__(self, path: str | Path, append: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a" if append else "w", encoding="utf-8", errors="backslashreplace",
-                        newline="\n")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
+        self._size = os.fstat(self._fd).st_size     # bytes of whole lines in the file
+        self._lines: list[str] = []
 
     def write(self, record: dict, frame: np.ndarray | None = None, line: str | None = None) -> None:
-        self._fh.write((encode_record(record) if line is None else line) + "\n")
+        self._lines.append((encode_record(record) if line is None else line) + "\n")
 
     def flush(self) -> None:
-        self._fh.flush()
+        data = "".join(self._lines).encode("utf-8", errors="backslashreplace")
+        self._lines.clear()
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError:
+            os.ftruncate(self._fd, self._size)       # no partial record stays behind
+            os.lseek(self._fd, self._size, os.SEEK_SET)
+            raise
+        self._size += len(data)
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fd >= 0:
+            try:
+                self.flush()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
 
     @staticmethod
-    def recover(path: str | Path) -> dict[str, set[int]]:
+    def recover(path: str | Path) -> dict[str, tuple[set[int], set[int]]]:
         """After a crash: cut a partial last line off ``path``; return the frame ids it holds,
-        per stream name.
+        per stream name, as (ok ids, error ids).
 
         A complete line that does not parse (a torn write) is left in place but not counted,
         so its frame is produced again.
@@ -110,7 +129,7 @@ class JsonlSink(Sink):
         path = Path(path)
         if not path.exists():
             return {}
-        done: dict[str, set[int]] = {}
+        done: dict[str, tuple[set[int], set[int]]] = {}
         kept = 0
         with open(path, "rb+") as fh:
             for line in fh:
@@ -119,8 +138,9 @@ class JsonlSink(Sink):
                 kept += len(line)
                 try:
                     record = json.loads(line)
-                    done.setdefault(str(record["stream"]), set()).add(int(record["frame_id"]))
-                except (ValueError, KeyError, TypeError):
+                    ok, errors = done.setdefault(str(record["stream"]), (set(), set()))
+                    (errors if record.get("status") == "error" else ok).add(int(record["frame_id"]))
+                except (ValueError, KeyError, TypeError, AttributeError):
                     continue
             fh.truncate(kept)
         return done

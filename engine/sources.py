@@ -25,7 +25,7 @@ import numpy as np
 from engine.config import REPO_ROOT, SourceConfig
 from engine.errors import ConfigError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mjpeg"})
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 OPEN_TIMEOUT_S = 5.0        # a stream URL that does not answer fails after this long
@@ -186,7 +186,7 @@ def _list_images(folder: Path, recursive: bool) -> list[Path]:
 
 
 _FORMATS = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"BM", "BMP"),
-            (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+            (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"GIF8", "GIF"))
 
 
 def _decode_failure(data: np.ndarray) -> str:
@@ -288,6 +288,14 @@ def load_image(path: Path, min_side: int = 0) -> tuple[np.ndarray | None, str | 
     size = header_size(data)
     if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
         return None, f"image too large: {size[0]}x{size[1]} pixels (limit {MAX_IMAGE_PIXELS}): {path}", None
+    if data[:4].tobytes() == b"GIF8":                  # one frame per file: an animation is an error record
+        try:
+            frames = cv2.imcount(str(path))
+        except cv2.error:
+            frames = 1
+        if frames > 1:
+            return None, (f"animated GIF ({frames} frames): images in a folder are read as stills; "
+                          f"convert it to a video to read every frame: {path}"), None
     try:
         flag = decode_flag(data, min_side)
         frame = cv2.imdecode(data, flag)               # every IMREAD_* colour flag applies EXIF orientation

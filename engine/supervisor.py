@@ -22,17 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import openvino as ov
+import psutil
 import zmq
+from rich.console import Console
 
 from engine.adapters import create_adapter
 from engine.channels import RunDir, make_socket
 from engine.config import REPO_ROOT, RunConfig
 from engine.dashboard import Dashboard
-from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, OvstreamError
+from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, OvstreamError
 from engine.ledger import FrameLedger
 from engine.messages import AckMsg, ControlMsg, FatalMsg, Message, ReadyMsg, StatsMsg, decode, MessageError
 from engine.metrics import MetricsAggregator, split_stream_key
-from engine.model import InputInfo, check_devices, input_info, output_shapes, read_model
+from engine.model import InputInfo, check_devices, check_preprocess, check_properties, input_info, output_shapes, \
+    preflight_compile, raw_properties, read_model
 from engine.shm import PoolSpec, SlotPool
 from engine.sinks import JsonlSink
 from engine.sources import is_live_uri, open_source
@@ -69,16 +72,55 @@ class Outcome:
 
 
 def preflight(cfg: RunConfig) -> InputInfo:
-    """Everything that can be wrong before a process starts: devices, model, adapter, sources."""
+    """Everything that can be wrong before a process starts: devices and their properties, model,
+    preprocessing, adapter, sources."""
     core = ov.Core()
     check_devices(core, cfg.inference.devices)
+    for device in cfg.inference.devices:
+        check_properties(core, cfg.inference, device)
     model = read_model(core, cfg.model.path)
     info = input_info(model, cfg.model.params)
+    check_preprocess(info, cfg.model)
     create_adapter(cfg.model).check_outputs(output_shapes(model))
+    for device in cfg.inference.devices:       # raw OpenVINO properties: tried in a real compile
+        if raw_properties(cfg.inference, device):
+            preflight_compile(core, cfg, device)
     for src in cfg.sources or [cfg.source]:
         if not is_live_uri(src.uri):
             open_source(src).close()     # a missing or empty folder, a bad file type: one line now
     return info
+
+
+@dataclass(frozen=True)
+class PoolSizes:
+    """The two slot pools of a run: bytes per slot and slot counts."""
+
+    raw_bytes: int
+    raw_slots: int
+    input_bytes: int
+    input_slots: int
+
+    @property
+    def total(self) -> int:
+        return self.raw_bytes * self.raw_slots + self.input_bytes * self.input_slots
+
+
+def check_memory(sizes: PoolSizes, share: float = 0.5) -> None:
+    """Refuse pools larger than ``share`` of the memory available now, in one line."""
+    available = psutil.virtual_memory().available
+    if sizes.total > share * available:
+        gib = 1 << 30
+        raise ConfigError(
+            f"the frame pools would need {sizes.total / gib:.1f} GiB (raw {sizes.raw_slots} × "
+            f"{sizes.raw_bytes / 2**20:.1f} MiB, input {sizes.input_slots} × {sizes.input_bytes / 2**20:.1f} MiB), "
+            f"more than half of the {available / gib:.1f} GiB available: lower [inference] batch or nireq, "
+            f"[pipeline] input_slots, raw_slots or max_frame_width/height")
+
+
+class StartFailure(OvstreamError):
+    """A stage kept dying before it was ready: not a user mistake (exit code 1)."""
+
+    exit_code = EXIT_FAILED
 
 
 class Supervisor:
@@ -93,6 +135,7 @@ class Supervisor:
         self.metrics.watch("supervisor", os.getpid(), "supervisor")
         self.children: dict[str, Child] = {}
         self.layout: Layout = plan(cfg, self._slots_per_stream())
+        check_memory(self._pool_sizes())          # before anything is allocated
         for spec in self.layout.streams:
             self.metrics.add_stream(spec.name, spec.uri, spec.kind)
         self.ledgers = [FrameLedger() for _ in self.layout.streams]
@@ -116,6 +159,11 @@ class Supervisor:
         cfg = self.cfg
         return cfg.pipeline.input_slots or len(cfg.inference.devices) * (cfg.inference.nireq or 4) + 2
 
+    def _pool_sizes(self) -> PoolSizes:
+        cfg = self.cfg
+        return PoolSizes(cfg.pipeline.max_frame_width * cfg.pipeline.max_frame_height * 3, self.layout.raw_slots,
+                         cfg.inference.batch * self.info.frame_bytes, self._input_slots())
+
     def _slots_per_stream(self) -> int:
         """Raw slots each stream owns: ``max(3, raw_slots // streams)``; when annotating, raw
         frames are held until drawn, so enough to fill every input slot as well."""
@@ -130,12 +178,10 @@ class Supervisor:
         cfg = self.cfg
         RunDir.sweep_stale()
         self.run_dir = RunDir()
-        batch = cfg.inference.batch
-        input_slots = self._input_slots()
-        raw_bytes = cfg.pipeline.max_frame_width * cfg.pipeline.max_frame_height * 3
+        sizes = self._pool_sizes()
         self.pools: dict[str, PoolSpec] = {}
-        self.pools["raw"] = SlotPool.create(self.run_dir.run_id, "raw", raw_bytes, self.layout.raw_slots)
-        self.pools["input"] = SlotPool.create(self.run_dir.run_id, "input", batch * self.info.frame_bytes, input_slots)
+        self.pools["raw"] = SlotPool.create(self.run_dir.run_id, "raw", sizes.raw_bytes, sizes.raw_slots)
+        self.pools["input"] = SlotPool.create(self.run_dir.run_id, "input", sizes.input_bytes, sizes.input_slots)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = self.output_dir / "logs"
         self.log_dir.mkdir(exist_ok=True)
@@ -225,9 +271,10 @@ class Supervisor:
             self._on_fenced(msg.arg)
         elif isinstance(msg, FatalMsg) and child is not None:
             first = msg.error.strip().splitlines()[0] if msg.error.strip() else "unknown error"
-            print(f"[supervisor] {child.name}: {first}", file=sys.stderr, flush=True)
-            if msg.usage:                               # restarting cannot fix a user mistake
-                self.failure = f"{child.name}: {first}"
+            if msg.usage:                  # restarting cannot fix a user mistake or a full disk
+                self.failure = self.failure or f"{child.name}: {first}"
+            else:
+                print(f"[supervisor] {child.name}: {first}", file=sys.stderr, flush=True)
 
     def _note_replay_marks(self, gauges: dict) -> None:
         """The MQTT sink's per-stream marks (``mqtt_replay_from@<stream>``): where a restarted
@@ -249,15 +296,33 @@ class Supervisor:
                 raise OvstreamError(self.failure)
             for child in self.children.values():
                 if child.proc is not None and child.proc.poll() is not None and not child.ready:
-                    raise OvstreamError(f"{child.name} exited during start-up (code {child.proc.returncode}); "
-                                        f"see {self.log_dir / (child.name + '.log')}")
-            if self.interrupted or time.monotonic() > deadline:
-                raise OvstreamError("interrupted during start-up" if self.interrupted else
-                                    f"stages not ready after {READY_TIMEOUT_S:.0f}s")
+                    self._on_start_death(child)
+            if self.interrupted:
+                raise OvstreamError("interrupted during start-up")
+            if time.monotonic() > deadline:
+                raise StartFailure(f"stages not ready after {READY_TIMEOUT_S:.0f}s: "
+                                   f"{', '.join(c.name for c in self.children.values() if not c.ready)}")
         self.started = True
         self.metrics.start()
         for child in self.children.values():
             self._send(child.name, "start")
+
+    def _on_start_death(self, child: Child) -> None:
+        """A stage died before it was ready: a user mistake it reported stops the run (exit 2);
+        anything else is retried like a crash, up to ``max_restarts`` (then exit 1)."""
+        self._receive(0)                                # its FatalMsg, if it sent one
+        if self.failure:
+            raise OvstreamError(self.failure)
+        code = child.proc.returncode if child.proc else None
+        child.restarts += 1
+        self.metrics.note_restart(child.name)
+        log = self.log_dir / f"{child.name}.log"
+        if child.restarts > self.cfg.pipeline.max_restarts:
+            raise StartFailure(f"{child.name} could not start: exited {child.restarts} times during start-up "
+                               f"(last exit code {code}); see {log}")
+        print(f"[supervisor] {child.name} exited during start-up with code {code}; restarting",
+              file=sys.stderr, flush=True)
+        self._spawn(child)
 
     def _stop_all(self) -> None:
         for child in self.children.values():
@@ -272,6 +337,9 @@ class Supervisor:
         self._receive(0)
 
     def _on_death(self, child: Child) -> None:
+        self._receive(0)                                # a FatalMsg sent just before it exited
+        if self.failure:
+            return                                      # a restart cannot fix what it reported
         child.restarts += 1
         self.metrics.note_restart(child.name)
         code = child.proc.returncode if child.proc else None
@@ -309,11 +377,15 @@ class Supervisor:
         """A stage other than an inference worker or a lone decoder died: restart all stages
         from the ledgers."""
         self._stop_all()
-        if self.cfg.output.jsonl:
-            names = {s.name: s.sid for s in self.layout.streams}
-            for name, ids in JsonlSink.recover(self.output_dir / "results.jsonl").items():
+        if self.cfg.output.jsonl:              # written but not acknowledged before the crash: count them
+            names = {st.name: st.sid for st in self.layout.streams}
+            for name, (ok, errors) in JsonlSink.recover(self.output_dir / "results.jsonl").items():
                 if name in names:
-                    self.ledgers[names[name]].add(ids)
+                    sid = names[name]
+                    counts = self.acked[sid]
+                    counts[0] += self.ledgers[sid].add(ok)
+                    counts[1] += self.ledgers[sid].add(errors)
+                    self.metrics.set_stream_acks(sid, *counts)
         self.generation += 1
         self.resume.clear()
         for child in self.children.values():
@@ -344,9 +416,11 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-        dashboard = Dashboard(self.cfg.dashboard.refresh_hz, plain=not self.live_view)
-        self._allocate()
+        if self.interrupted:                  # pressed during the checks: nothing was started
+            return Outcome(EXIT_INTERRUPTED, f"interrupted by signal {self.interrupted}")
+        dashboard = self._dashboard()
         try:
+            self._allocate()
             self._start_all()
             dashboard.start()
             next_draw = next_publish = 0.0
@@ -363,15 +437,19 @@ class Supervisor:
                     snapshot = self.metrics.snapshot()      # one snapshot for every view
                     if draw:
                         dashboard.update(snapshot)
-                        next_draw = now + 1.0 / max(self.cfg.dashboard.refresh_hz, 0.5)
+                        next_draw = now + 1.0 / self.cfg.dashboard.refresh_hz
                     if publish:
                         self.exporter.publish(snapshot)
                         next_publish = now + PUBLISH_S
             self.metrics.set_state("interrupted" if self.interrupted else "failed" if self.failure else "finished")
             self._stop_all()
+            dashboard.update(self.metrics.snapshot())       # the last line shows the final count
         except OvstreamError as exc:
             self._stop_all()
-            return Outcome(EXIT_INTERRUPTED if self.interrupted else EXIT_USAGE, str(exc))
+            code = EXIT_INTERRUPTED if self.interrupted else exc.exit_code
+            if code == EXIT_INTERRUPTED:
+                return Outcome(code, f"interrupted by signal {self.interrupted}")
+            return Outcome(code, str(exc))
         finally:
             dashboard.stop()
             self._cleanup()
@@ -383,9 +461,18 @@ class Supervisor:
         if self.interrupted:
             return Outcome(EXIT_INTERRUPTED, f"interrupted by signal {self.interrupted}", report)
         if self.failure:
+            report["failure"] = self.failure
             return Outcome(EXIT_FAILED, self.failure, report)
         errors = report.get("accounting", {}).get("errors", 0)
         return Outcome(EXIT_FAILED if errors else EXIT_OK, f"{errors} frames failed" if errors else "", report)
+
+    def _dashboard(self) -> Dashboard:
+        """The live view on a terminal (stderr); otherwise, or with ``[dashboard] enabled = false``
+        (``--no-dashboard``), a plain progress line every 2 s on stdout."""
+        live = Console(stderr=True)
+        if self.live_view and live.is_terminal:
+            return Dashboard(self.cfg.dashboard.refresh_hz, console=live)
+        return Dashboard(self.cfg.dashboard.refresh_hz, console=Console(), plain=True)
 
     def _cleanup(self) -> None:
         for child in self.children.values():

@@ -14,7 +14,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.shm import SHM_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 COCO = REPO / "data" / "coco100"
@@ -43,9 +42,17 @@ def ovstream_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "engine.cli", *args]
 
 
+def with_model(args: tuple[str, ...]) -> tuple[str, ...]:
+    """``--model face`` unless the arguments name a model or a config file: the tests' runs use
+    the fast bundled face detector whatever the default config's model is."""
+    if "--model" in args or any(a.endswith(".toml") for a in args):
+        return args
+    return ("--model", "face", *args)
+
+
 def run_ovstream(*args: str, output: Path, env: dict | None = None, timeout: float = 240) -> RunResult:
-    """`ovstream run ARGS --output OUTPUT --no-dashboard`, waited for."""
-    cmd = ovstream_command("run", *args, "--output", str(output), "--no-dashboard")
+    """`ovstream run [--model face] ARGS --output OUTPUT --no-dashboard`, waited for."""
+    cmd = ovstream_command("run", *with_model(args), "--output", str(output), "--no-dashboard")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     return RunResult(proc.returncode, proc.stdout, proc.stderr, output)
 
@@ -61,20 +68,50 @@ def _tagged_processes(tag: str) -> list[psutil.Process]:
     return found
 
 
+def _held_memfds(tag: str) -> list[str]:
+    """``pid: /memfd:ovstream-TAG-...`` for every open descriptor of a pool of the tagged runs
+    (pools are memfds named ovstream-<run id>-<pool>, and a run id starts with the tag)."""
+    held = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:            # gone, or not ours to read
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:        # closed meanwhile (the listing's own descriptor, for one)
+                continue
+            if link.startswith(f"/memfd:ovstream-{tag}-"):
+                held.append(f"{fd_dir.parent.name}: {link}")
+    return held
+
+
+def _run_dirs(tag: str) -> list[Path]:
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    return sorted(base.glob(f"ovstream-{tag}-*"))
+
+
+def leftovers(tag: str, wait_s: float = 3.0) -> list[str]:
+    """What the runs tagged ``tag`` left behind: live processes, held pool memfds, run directories.
+    Processes get ``wait_s`` to finish exiting; the others are checked once they are gone."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and _tagged_processes(tag):
+        time.sleep(0.1)
+    problems = [f"process left running: {' '.join(p.cmdline())}" for p in _tagged_processes(tag)]
+    problems += [f"pool memory still held by pid {held}" for held in _held_memfds(tag)]
+    problems += [f"run directory left: {path}" for path in _run_dirs(tag)]
+    return problems
+
+
 @pytest.fixture
 def engine_env():
     """Environment for the runs of one test; afterwards nothing of theirs may remain:
-    no stage process, no shared-memory segment, no run directory with ipc sockets."""
+    no process of the run, no memfd of its pools held by any process, no run directory."""
     tag = uuid.uuid4().hex[:10]
     env = dict(os.environ, OVSTREAM_TAG=tag)
     yield env
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and _tagged_processes(tag):
-        time.sleep(0.1)
-    orphans = _tagged_processes(tag)
-    for proc in orphans:
+    problems = leftovers(tag)
+    for proc in _tagged_processes(tag):
         proc.kill()
-    assert not orphans, f"processes left running: {[p.cmdline() for p in orphans]}"
-    assert not list(SHM_DIR.glob(f"ovstream-{tag}-*")), "shared memory segments leaked"
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    assert not list(base.glob(f"ovstream-{tag}-*")), "run directory (ipc sockets) leaked"
+    assert not problems, "; ".join(problems)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import zmq
 
 from engine.adapters import Adapter, create_adapter
 from engine.channels import make_socket
+from engine.errors import OutputError
 from engine.geometry import Geometry
 from engine.messages import AckMsg, EndOfSource, ErrorMsg, FrameRef, MessageError, ReleaseMsg, ResultMsg, \
     decode_result
@@ -133,7 +136,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
     releases = [make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints[layout.decoder_name(d)])
                 for d in range(layout.decoders)] if keep_raw else []
     inputs = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["inputs"])
-    sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams])
+    with output_errors(cfg.output.dir):
+        sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams])
     if ctx.generation > 0 and cfg.output.jsonl:
         replay(Path(cfg.output.dir) / "results.jsonl", ctx.replay_from, [s for s in sinks if s.replays])
     streams = StreamOutputs(ctx, layout)
@@ -154,22 +158,24 @@ def run(ctx: StageContext, stage: Stage) -> None:
                     if raw_pool is not None and ref.raw_slot >= 0:
                         frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
                     line = encode_record(record)
-                    for sink in sinks:
-                        sink.write(drawable(record, ref) if frame is not None and sink.draws else record, frame,
-                                   line)
+                    with output_errors(cfg.output.dir):
+                        for sink in sinks:
+                            sink.write(drawable(record, ref) if frame is not None and sink.draws else record,
+                                       frame, line)
                     if raw_pool is not None and ref.raw_slot >= 0:
                         releases[layout.streams[sid].decoder].send(
                             ReleaseMsg([ref.raw_slot], epoch=ref.epoch, generation=ctx.generation).encode())
                     failed = record["status"] == "error"
-                    name = "errors" if failed else "results"
-                    stage.count(name)
-                    stage.count(stream_key(name, sid))
                     (streams.acked_errors if failed else streams.acked)[sid].append(ref.frame_id)
                     wrote = True
             if wrote:
-                for sink in sinks:
-                    sink.flush()
+                with output_errors(cfg.output.dir):
+                    for sink in sinks:
+                        sink.flush()
                 for sid in range(len(streams.names)):
+                    for name, ids in (("results", streams.acked[sid]), ("errors", streams.acked_errors[sid])):
+                        stage.count(name, len(ids))                 # counted once written, not before
+                        stage.count(stream_key(name, sid), len(ids))
                     if streams.acked[sid] or streams.acked_errors[sid]:
                         stage.send(AckMsg(streams.acked[sid], streams.acked_errors[sid], sid,
                                           generation=ctx.generation))
@@ -179,17 +185,21 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 streams.finished[sid] = True
             _poll_sinks(sinks, stage)
             if all(streams.finished) and sinks:     # the run ends on the last "finished": flush first
-                for sink in sinks:
-                    sink.close()
-                _poll_sinks(sinks, stage)
-                sinks = []
+                closing, sinks = sinks, []
+                with output_errors(cfg.output.dir):
+                    for sink in closing:
+                        sink.close()
+                _poll_sinks(closing, stage)
                 stage.send_stats()
             for sid in ended:
                 stage.send(AckMsg([], [], sid, finished=True, generation=ctx.generation))
             stage.gauges["reorder"] = sum(len(r.pending) for r in streams.reorder)
     finally:
         for sink in sinks:
-            sink.close()
+            try:
+                sink.close()
+            except OSError:        # already on the way out with the error that caused it
+                pass
         _poll_sinks(sinks, stage)            # the last figures (unsent records at close) go out
         for sock in (results, inputs, *releases):
             sock.close(0)
@@ -225,6 +235,15 @@ def _poll_sinks(sinks: list[Sink], stage: Stage) -> None:
         sink.poll()
         stage.counters.update(sink.counters())
         stage.gauges.update(sink.gauges())
+
+
+@contextmanager
+def output_errors(directory: str) -> Iterator[None]:
+    """A sink that cannot write (full disk, permissions) stops the run: no restart can fix it."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write to output folder {directory}: {exc.strerror or exc}") from None
 
 
 def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, streams: StreamOutputs, in_w: int,

@@ -178,15 +178,23 @@ def stage_main(run: Callable[[StageContext, Stage], None]) -> None:
     code = 0
     try:
         run(ctx, stage)
-    except OvstreamError as exc:
-        print(f"[{ctx.name}] {exc}", file=sys.stderr)
+    except OvstreamError as exc:    # told first: the log may be on the disk that just filled up
         stage.send(FatalMsg(ctx.name, str(exc), usage=True, generation=ctx.generation))
+        _log(f"[{ctx.name}] {exc}")
         code = 2
-    except Exception as exc:  # a bug: into this stage's log, and one line to the supervisor, which restarts it
-        traceback.print_exc()
+    except Exception as exc:  # a bug: one line to the supervisor, which restarts it, and the trace to the log
         stage.send(FatalMsg(ctx.name, f"{type(exc).__name__}: {exc}", generation=ctx.generation))
+        _log(traceback.format_exc())
         code = 1
     finally:
         stage.close()
         zmq.Context.instance().term()
     sys.exit(code)
+
+
+def _log(text: str) -> None:
+    """To this stage's log, if it can still be written."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass

@@ -20,7 +20,7 @@ import argparse
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import openvino as ov
@@ -231,10 +231,10 @@ def convert(src: Path, name: str, output: Path | None = None, *, input_shape: li
 def preprocess_entry(pre: PreprocessConfig) -> dict:
     """The registry's ``preprocess`` table: the crop keys only where they matter (``resize = crop``,
     or an interpolation other than the default)."""
-    entry = asdict(pre)
+    entry = pre.to_dict()
     if pre.resize != "crop":
         entry.pop("crop")
-    if pre.interpolation == PreprocessConfig.interpolation:
+    if pre.interpolation == PreprocessConfig.model_fields["interpolation"].default:
         entry.pop("interpolation")
     return entry
 
@@ -244,15 +244,15 @@ def _conventions(source: Source, model: ov.Model, registered: dict, given: dict)
     base = PreprocessConfig(resize="stretch", color="RGB", mean=[0.0] * 3, scale=[1.0] * 3) \
         if source.od_api else PreprocessConfig()
     chosen = {**registered, **given}
-    pre = replace(base, **chosen)
+    pre = base.model_copy(update=chosen)
     try:
         channels = input_info(model).channels
     except ModelError:
         return pre
     if channels == 1 and "color" not in chosen:
         pre.color = "GRAY"
-    return replace(pre, mean=per_channel(pre.mean, channels, "mean"),
-                   scale=per_channel(pre.scale, channels, "scale"))
+    return pre.model_copy(update={"mean": per_channel(pre.mean, channels, "mean"),
+                                   "scale": per_channel(pre.scale, channels, "scale")})
 
 
 def _default_labels(source: Source) -> list[str] | str:

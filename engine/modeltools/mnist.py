@@ -17,7 +17,7 @@ import argparse
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -142,7 +142,7 @@ def run_flow(epochs: int = 3, output: Path = MODELS_DIR / "mnist", *, registry: 
             model.export(str(export_dir), format="tf_saved_model", verbose=False)
         started = time.perf_counter()
         result = convert(export_dir, "mnist", output, input_shape=[1, 28, 28, 1], adapter="classification",
-                         labels=LABELS, pre=asdict(PREPROCESS), registry=registry, progress=progress,
+                         labels=LABELS, pre=PREPROCESS.to_dict(), registry=registry, progress=progress,
                          description="MNIST CNN trained in TF2 (ovstream train-mnist): digits 0-9, 28x28")
         timings["convert"] = time.perf_counter() - started
         with step(progress, "OpenVINO FP32 on the held-out digits"):

@@ -22,7 +22,7 @@ def _one_line(result) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{result.stderr}"
-    assert not (result.output / "results.jsonl").exists()
+    assert not result.output.exists(), "the output folder was made for a run that never started"
     return lines[0]
 
 
@@ -33,40 +33,62 @@ def _config(tmp_path: Path, text: str) -> str:
 
 
 @pytest.mark.parametrize("toml, expected", [
-    ("souce = 1\n", ["top level", "unknown key 'souce'", "did you mean 'source'"]),
-    ("sources = 1\n", ["sources", "expected a list"]),
-    ("[[sources]]\nuri = 'data/coco100'\nlop = 2\n", ["unknown key 'lop'", "did you mean 'loop'"]),
-    ("[[sources]]\nuri = 'data/coco100'\nname = 'a'\n[[sources]]\nuri = 'data/mnist_samples'\nname = 'a'\n",
-     ["[[sources]] name 'a'", "used twice"]),
-    ("[[sources]]\nuri = 'data/nothing/*.mp4'\n", ["[[sources]] uri 'data/nothing/*.mp4'", "matches no file"]),
-    ("foo = 1\n", ["top level", "unknown key 'foo'", "known: source"]),
-    ("[source]\nurii = 'data/coco100'\n", ["[source]", "unknown key 'urii'", "did you mean 'uri'"]),
-    ("[model.preprocess]\nresise = 'stretch'\n", ["[model.preprocess]", "unknown key 'resise'", "'resize'"]),
-    ("[inference]\nnireq = '4'\n", ["inference.nireq", "expected an integer", "'4'"]),
-    ("[inference]\nbatch = 1.5\n", ["inference.batch", "expected an integer", "1.5"]),
-    ("[inference]\ndevices = 3\n", ["inference.devices", "expected a list", "3"]),
-    ("[inference]\ndevices = 'CPU'\n", ["inference.devices", "expected a list", "'CPU'"]),
-    ("[output]\njsonl = 'true'\n", ["output.jsonl", "expected true or false", "'true'"]),
-    ("[source]\nrecursive = 1\n", ["source.recursive", "expected true or false", "1"]),
-    ("[source]\nuri = 5\n", ["source.uri", "expected str", "5"]),
-    ("[inference]\nhint = 'FAST'\n", ["[inference] hint", "THROUGHPUT", "'FAST'"]),
-    ("[model.preprocess]\nresize = 'zoom'\n", ["[model.preprocess] resize", "letterbox, stretch or crop", "'zoom'"]),
-    ("[model.preprocess]\ncolor = 'CMYK'\n", ["[model.preprocess] color", "RGB, BGR or GRAY", "'CMYK'"]),
-    ("[source]\nlive = 'maybe'\n", ["[source] live", "auto, yes or no", "'maybe'"]),
-    ("[inference]\nbatch = 0\n", ["[inference] batch", ">= 1"]),
+    ("[pipeline]\nheartbeat_s = 0\n", ["[pipeline] heartbeat_s must be a finite number from 0.01 to 5, not 0"]),
+    ("[pipeline]\ninput_slots = -1\n", ["[pipeline] input_slots must be an integer from 0 to 1024, not -1"]),
+    ("[inference]\nbatch = 4096\n", ["[inference] batch must be an integer from 1 to 256, not 4096"]),
+    ("[model]\nscore_threshold = nan\n", ["[model] score_threshold must be a finite number, not nan"]),
+    ("[model.preprocess]\nscale = [1.0, 0.0, 1.0]\n", ["[model.preprocess] scale", "> 0", "[1.0, 0.0, 1.0]"]),
+    ("[inference]\nnreq = 2\n", ["[inference] unknown key 'nreq' (did you mean 'nireq'?)"]),
     ("[source\nuri = 'x'\n", ["not valid TOML"]),
-], ids=["top-near-miss", "sources-not-list", "sources-near-miss", "sources-same-name", "sources-empty-glob",
-        "top-unknown", "section-unknown", "subsection-unknown", "str-for-int", "float-for-int",
-        "int-for-list", "str-for-list", "str-for-bool", "int-for-bool", "int-for-str", "enum-hint",
-        "enum-resize", "enum-color", "enum-live", "range-batch", "not-toml"])
+], ids=["heartbeat-0", "input-slots-negative", "batch-4096", "nan", "scale-0", "unknown-key", "not-toml"])
 def test_bad_config_file(engine_env, tmp_path, toml, expected):
+    """A few of tests/unit/test_config.py's table through the real command line: exit 2, one line."""
     config = _config(tmp_path, toml)
     line = _one_line(run_ovstream(config, output=tmp_path / "out", env=engine_env, timeout=TIMEOUT))
-    assert line.startswith("ovstream run: error:"), line
+    assert line.startswith(f"ovstream run: error: {config}"), line
     for words in expected:
         assert words in line, line
-    if "TOML" not in expected[0] and "[" not in expected[0]:   # type errors name the file too
-        assert config in line, line
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("[source]\nuri = 'data/coco100'\n".encode("utf-16"), "UTF-16"),
+    (bytes(range(256)) * 4, "binary"),
+], ids=["utf16", "binary"])
+def test_config_file_that_is_not_text(engine_env, tmp_path, content, expected):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    line = _one_line(run_ovstream(str(path), output=tmp_path / "out", env=engine_env, timeout=TIMEOUT))
+    assert str(path) in line and expected in line and "save it as UTF-8" in line, line
+
+
+@pytest.mark.parametrize("table, expected", [
+    ("[inference.properties.CPU]\nNUM_STRAEMS = 2\n",
+     "[inference.properties.CPU] NUM_STRAEMS is not a property of CPU (did you mean 'NUM_STREAMS'?)"),
+    ("[inference.properties.CPU]\nFULL_DEVICE_NAME = 'x'\n", "[inference.properties.CPU] FULL_DEVICE_NAME is read-only"),
+    ("[inference.properties.CPU]\nNUM_STREAMS = 'abc'\n",
+     "[inference.properties.CPU] NUM_STREAMS: CPU refused it: Could not read number of streams"),
+    ("[inference.properties.CPU]\nINFERENCE_PRECISION_HINT = 'f13'\n", "Supported values: bf16, f16, f32"),
+], ids=["unknown", "read-only", "bad-value", "bad-enum"])
+def test_openvino_property_is_a_preflight_error(engine_env, tmp_path, table, expected):
+    config = _config(tmp_path, f"[model]\nname = 'face'\n{table}")
+    line = _one_line(run_ovstream(config, output=tmp_path / "out", env=engine_env, timeout=TIMEOUT))
+    assert expected in line and "Exception from" not in line, line
+    assert not (tmp_path / "out").exists(), "the output folder was touched before the checks passed"
+
+
+def test_mean_of_the_wrong_length_for_the_model(engine_env, tmp_path):
+    """GRAY on the 3-channel face detector: found against the model, before any process starts."""
+    config = _config(tmp_path, "[model]\nname = 'face'\n[model.preprocess]\ncolor = 'GRAY'\nmean = [0.0]\n"
+                               "scale = [1.0]\n")
+    line = _one_line(run_ovstream(config, output=tmp_path / "out", env=engine_env, timeout=TIMEOUT))
+    assert "[model.preprocess] color GRAY gives 1 channel(s)" in line and "has 3: use RGB or BGR" in line, line
+
+
+def test_pools_larger_than_memory_are_refused_before_allocation(engine_env, tmp_path):
+    config = _config(tmp_path, "[model]\nname = 'face'\n[pipeline]\nraw_slots = 1024\nmax_frame_width = 16384\n"
+                               "max_frame_height = 16384\n")
+    line = _one_line(run_ovstream(config, output=tmp_path / "out", env=engine_env, timeout=TIMEOUT))
+    assert "the frame pools would need 768.0 GiB" in line and "[pipeline] input_slots, raw_slots" in line, line
 
 
 def test_missing_config_file(engine_env, tmp_path):

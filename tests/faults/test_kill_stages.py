@@ -36,7 +36,7 @@ def _check_exactly_once(out: Path) -> dict:
     ids = [json.loads(line)["frame_id"] for line in (out / "results.jsonl").read_text().splitlines()]
     assert ids == list(range(FRAMES)), f"{len(ids)} records, {len(set(ids))} distinct"
     report = json.loads((out / "report.json").read_text())
-    assert report["accounting"]["balanced"], report["accounting"]
+    assert report["accounting"]["balanced"] and report["accounting"]["out"] == FRAMES, report["accounting"]
     return report
 
 

@@ -9,18 +9,16 @@ tests/pipeline/test_run.py::test_sigint_stops_everything_promptly; these add the
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from engine.shm import SHM_DIR
-from tests.conftest import COCO, REPO, _tagged_processes, ovstream_command, run_ovstream
+from tests.conftest import COCO, REPO, _held_memfds, _run_dirs, _tagged_processes, ovstream_command, run_ovstream, \
+    with_model
 
 STOP_LIMIT_S = 3.0            # the command returns within this long after the signal
 EXIT_SIGTERM = (130, 143, -signal.SIGTERM)
@@ -33,7 +31,7 @@ class _Run:
         self.out = tmp_path / "out"
         self.stdout_path, self.stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         with open(self.stdout_path, "wb") as so, open(self.stderr_path, "wb") as se:
-            self.proc = subprocess.Popen(ovstream_command("run", "--model", "face", *args, "--output", str(self.out), "--no-dashboard"),
+            self.proc = subprocess.Popen(ovstream_command("run", *with_model(args), "--output", str(self.out), "--no-dashboard"),
                                          cwd=REPO, stdout=so, stderr=se, env=env)
         self.started = time.monotonic()
 
@@ -214,14 +212,14 @@ def test_sigkill_of_the_supervisor_leaves_no_stage_running(engine_env, tmp_path,
     assert not survivors, f"alive 5 s after the supervisor's SIGKILL: {[p.cmdline() for p in survivors]}"
     record_property("stages_gone_after_s", round(time.monotonic() - killed, 2))
 
-    # Pools are memfds: nothing of the run is in /dev/shm. The run directory (socket files) of the
-    # killed supervisor stays until the next run starts, which removes directories of dead supervisors.
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    assert not sorted(SHM_DIR.glob(f"ovstream-{tag}-*"))
-    assert len(sorted(base.glob(f"ovstream-{tag}-*"))) == 1
+    # Pools are memfds: the kernel frees them with the last process that held them. The run
+    # directory (socket files) of the killed supervisor stays until the next run starts, which
+    # removes directories of dead supervisors.
+    assert not _held_memfds(tag)
+    assert len(_run_dirs(tag)) == 1
     one_image = tmp_path / "one"
     one_image.mkdir()
     (one_image / "a.jpg").write_bytes((COCO / "000000009378.jpg").read_bytes())
     after = run_ovstream("--model", "face", "--source", str(one_image), output=tmp_path / "next", env=engine_env)
     assert after.code == 0, after.stderr
-    assert not sorted(base.glob(f"ovstream-{tag}-*"))
+    assert not _run_dirs(tag)

@@ -68,6 +68,8 @@ def test_face_detector_on_the_coco_folder(engine_env, tmp_path):
     assert report["accounting"]["in"] == 100 and report["accounting"]["balanced"]
     assert report["throughput_fps"] > 0
     assert set(report["latency_ms"]) >= {"decode", "preprocess", "inference", "end_to_end"}
+    progress = [line for line in result.stdout.splitlines() if line.startswith("[ovstream] ")]
+    assert len(progress) >= 2 and "frames 100/100 ok 100" in progress[-1], result.stdout   # --no-dashboard
 
 
 def test_video_file_results_in_frame_order(engine_env, tmp_path):

@@ -1,7 +1,9 @@
 """Result sinks: JSON lines with crash recovery, drawing, annotated images and video."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -60,13 +62,42 @@ def test_jsonl_recover_truncates_partial_line_and_resumes(tmp_path: Path) -> Non
     sink.close()
     with open(path, "a", encoding="utf-8") as fh:
         fh.write('{"stream": "cam", "frame_id": 7, "source": "data/im')      # a crash mid-write
-    assert JsonlSink.recover(path) == {"cam": {0, 1, 5}, "door": {0}}
+    assert JsonlSink.recover(path) == {"cam": ({0, 1, 5}, set()), "door": ({0}, set())}
     assert path.read_bytes().endswith(b"\n") and len(path.read_text().splitlines()) == 4
     sink = JsonlSink(path, append=True)
-    sink.write(_record(7), None)
+    sink.write({**_record(7), "status": "error"}, None)
     sink.close()
-    assert JsonlSink.recover(path) == {"cam": {0, 1, 5, 7}, "door": {0}}
+    assert JsonlSink.recover(path) == {"cam": ({0, 1, 5}, {7}), "door": ({0}, set())}
     assert [json.loads(line)["frame_id"] for line in path.read_text().splitlines()] == [0, 1, 5, 0, 7]
+
+
+def test_jsonl_full_disk_leaves_only_whole_records(tmp_path: Path, monkeypatch) -> None:
+    """The disk fills in the middle of a flush: the part of it that reached the file is cut off
+    again, the error reaches the caller, and every line in the file is a whole record."""
+    path = tmp_path / "results.jsonl"
+    sink = JsonlSink(path)
+    sink.write(_record(0), None)
+    sink.flush()
+    real_write, calls = os.write, []
+
+    def write_until_full(fd: int, data) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:len(data) // 2]))     # a short write, then ENOSPC
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("engine.sinks.os.write", write_until_full)
+    for frame_id in (1, 2, 3):
+        sink.write(_record(frame_id), None)
+    with pytest.raises(OSError) as err:
+        sink.flush()
+    assert err.value.errno == errno.ENOSPC and len(calls) == 2
+    monkeypatch.undo()
+    assert path.read_bytes().endswith(b"\n")
+    assert [json.loads(line)["frame_id"] for line in path.read_text().splitlines()] == [0]
+    sink.write(_record(1), None)                               # space again: writing goes on
+    sink.close()
+    assert [json.loads(line)["frame_id"] for line in path.read_text().splitlines()] == [0, 1]
 
 
 def test_draw_marks_box_label_and_keypoints_on_a_copy() -> None:

@@ -149,6 +149,19 @@ def test_unreadable_file_is_an_error_item(tmp_path: Path) -> None:
     assert item.frame is None and item.error and "Permission denied" in item.error
 
 
+def test_gif_in_a_folder_still_is_a_frame_animated_is_an_error_item(tmp_path: Path) -> None:
+    """Never skipped without a word: a still GIF is read, an animation is an error record
+    (a folder item is one frame; every frame of an animation needs it as a video)."""
+    from PIL import Image
+    frames = [Image.fromarray(np.full((40, 60, 3), 40 * i, np.uint8)) for i in range(4)]
+    frames[0].save(tmp_path / "a_still.gif")
+    frames[0].save(tmp_path / "b_anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    still, anim = _read_all(_cfg(tmp_path))
+    assert _check_frame(still).shape == (40, 60, 3)
+    assert anim.frame is None and anim.error and anim.error.startswith("animated GIF (4 frames)"), anim.error
+    assert "b_anim.gif" in anim.error
+
+
 def test_cmyk_jpeg_is_converted_to_bgr(tmp_path: Path) -> None:
     pil = pytest.importorskip("PIL.Image")
     good = pattern(60, 80)
