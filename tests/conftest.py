@@ -42,17 +42,9 @@ def ovstream_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "engine.cli", *args]
 
 
-def with_model(args: tuple[str, ...]) -> tuple[str, ...]:
-    """``--model face`` unless the arguments name a model or a config file: the tests' runs use
-    the fast bundled face detector whatever the default config's model is."""
-    if "--model" in args or any(a.endswith(".toml") for a in args):
-        return args
-    return ("--model", "face", *args)
-
-
 def run_ovstream(*args: str, output: Path, env: dict | None = None, timeout: float = 240) -> RunResult:
-    """`ovstream run [--model face] ARGS --output OUTPUT --no-dashboard`, waited for."""
-    cmd = ovstream_command("run", *with_model(args), "--output", str(output), "--no-dashboard")
+    """`ovstream run ARGS --output OUTPUT --no-dashboard`, waited for."""
+    cmd = ovstream_command("run", *args, "--output", str(output), "--no-dashboard")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     return RunResult(proc.returncode, proc.stdout, proc.stderr, output)
 

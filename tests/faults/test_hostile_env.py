@@ -53,7 +53,7 @@ def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: flo
 def test_output_path_that_is_a_file(engine_env, tmp_path):
     out = tmp_path / "results"
     out.write_text("keep me")
-    line = _one_line(run_ovstream(output=out, env=engine_env, timeout=TIMEOUT), 2)
+    line = _one_line(run_ovstream("--model", "face", output=out, env=engine_env, timeout=TIMEOUT), 2)
     assert f"output folder {out} is a file" in line, line
     assert out.read_text() == "keep me"
 
@@ -61,7 +61,7 @@ def test_output_path_that_is_a_file(engine_env, tmp_path):
 def test_output_path_below_a_file(engine_env, tmp_path):
     (tmp_path / "notes").write_text("a file")
     out = tmp_path / "notes" / "run1"
-    line = _one_line(run_ovstream(output=out, env=engine_env, timeout=TIMEOUT), 2)
+    line = _one_line(run_ovstream("--model", "face", output=out, env=engine_env, timeout=TIMEOUT), 2)
     assert f"output folder {out} is below {tmp_path / 'notes'}, which is a file" in line, line
 
 
@@ -101,12 +101,12 @@ def test_two_runs_on_one_folder(engine_env, tmp_path):
     first = _start(out, engine_env, "--loop", "50")
     try:
         _wait_for_lines(out / "results.jsonl", 20, first)
-        line = _one_line(run_ovstream(output=out, env=engine_env, timeout=TIMEOUT), 2)
+        line = _one_line(run_ovstream("--model", "face", output=out, env=engine_env, timeout=TIMEOUT), 2)
         assert f"output folder {out} is in use by another ovstream run (pid {first.pid})" in line, line
     finally:
         first.kill()                       # SIGKILL: no chance to release anything
         first.communicate()
-    again = run_ovstream(output=out, env=engine_env, timeout=TIMEOUT)
+    again = run_ovstream("--model", "face", output=out, env=engine_env, timeout=TIMEOUT)
     assert again.code == 0, again.stderr
     assert [r["frame_id"] for r in again.records] == list(range(100))
     assert not (out / ".ovstream.lock").exists()

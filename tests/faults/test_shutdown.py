@@ -17,8 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import COCO, REPO, _held_memfds, _run_dirs, _tagged_processes, ovstream_command, run_ovstream, \
-    with_model
+from tests.conftest import COCO, REPO, _held_memfds, _run_dirs, _tagged_processes, ovstream_command, run_ovstream
 
 STOP_LIMIT_S = 3.0            # the command returns within this long after the signal
 EXIT_SIGTERM = (130, 143, -signal.SIGTERM)
@@ -31,7 +30,7 @@ class _Run:
         self.out = tmp_path / "out"
         self.stdout_path, self.stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         with open(self.stdout_path, "wb") as so, open(self.stderr_path, "wb") as se:
-            self.proc = subprocess.Popen(ovstream_command("run", *with_model(args), "--output", str(self.out), "--no-dashboard"),
+            self.proc = subprocess.Popen(ovstream_command("run", "--model", "face", *args, "--output", str(self.out), "--no-dashboard"),
                                          cwd=REPO, stdout=so, stderr=se, env=env)
         self.started = time.monotonic()
 
