@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="TOML config (default: configs/default.toml)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats of every variant (>= 1)")
     parser.add_argument("--images", default="data/coco100", help="image folder (default: data/coco100)")
-    parser.add_argument("--model", help="registry name or model file (default: the config's, 'face')")
+    parser.add_argument("--model", help="registry name or model file (default: the config's model)")
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
     parser.add_argument("--output", default="runs/bench", help="output folder (bench.json, bench.png, runs/)")
     parser.add_argument("--passes", type=int, default=3,
@@ -330,7 +330,7 @@ class Bench:
         self.progress(f"density: {video.name} at {a.fps:g} FPS per stream, {a.density_seconds:g} s per run, "
                       f"streams {schedule}, {a.repeats} repeats, model {self.model_arg}")
         self.result["settings"] = {"model": self.model_arg, "device": a.device, "video": str(video),
-                                   "repeats": a.repeats, "config": a.config or "configs/default.toml"}
+                                   "repeats": a.repeats}
         self.result["density"] = density(video, self.model_arg, a.device, self.out, a.fps, a.density_seconds,
                                          schedule, a.repeats, progress=self.progress)
         self.result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -2,8 +2,8 @@
 
 One reader thread per stream decodes its video at the native frame rate (a camera's pace) into a
 one-frame buffer: a frame not taken before the next one arrives is dropped and counted, as a
-camera's would be. A thread pool letterboxes the newest frame of each stream (round robin over the
-streams) and starts it on an OpenVINO ``AsyncInferQueue``, whose callback parses the outputs with
+camera's would be. A thread pool resizes (the model's resize mode) the newest frame of each stream
+(round robin over the streams) and starts it on an OpenVINO ``AsyncInferQueue``, whose callback parses the outputs with
 the model's adapter. The same work per frame as the engine, in the usual threaded shape.
 
 Run as ``python -m bench.density_loop --video V --streams N --seconds T``; prints one JSON object
@@ -65,8 +65,11 @@ class Camera(threading.Thread):
 
 
 def serve(video: str, streams: int, seconds: float, fps: float, model: str, device: str,
-          warmup_s: float = 1.0) -> dict:
-    """Serve ``streams`` cameras for ``warmup_s + seconds``; counts from the measured window only."""
+          warmup_s: float = 0.0) -> dict:
+    """Serve ``streams`` cameras for ``warmup_s + seconds``; counts from the measured window only.
+
+    No warm-up by default: the engine runs of the density bench count from their streams' start
+    too (``--duration``), so both pay their first, slower inferences alike."""
     key = "path" if os.path.splitext(model)[1] else "name"
     cfg = load_config(None, {"model": {key: model}})
     prepared = Prepared(cfg.model, device)
@@ -139,7 +142,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--model", default="face")
+    parser.add_argument("--model", required=True, help="registry name or model file")
     parser.add_argument("--device", default="CPU")
     args = parser.parse_args()
     result = serve(args.video, args.streams, args.seconds, args.fps, args.model, args.device)

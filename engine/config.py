@@ -191,14 +191,15 @@ class MqttConfig(Section):
     keepalive_s: int = Field(30, ge=1, le=65535)
     buffer: int = Field(10000, ge=1, le=10_000_000)   # records held while the broker is away; beyond: dropped
     max_inflight: int = Field(100, ge=1, le=65535)    # records sent but not yet confirmed by the broker
-    flush_timeout_s: float = Field(5.0, ge=0, le=3600)  # at the end of a run: how long the buffer may drain
+    flush_timeout_s: float = Field(5.0, ge=0, le=20)  # at the end of a run: how long the buffer may drain
+    # (bounded well below the supervisor's 30 s hang timeout: a sink that drains sends no heartbeat)
 
     @field_validator("topic")
     @classmethod
     def _topic(cls, value: str) -> str:
         try:
             topic = value.format(stream="s")
-        except (KeyError, IndexError, ValueError):
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
             raise ValueError("must be a topic with no placeholder but {stream}") from None
         if "+" in topic or "#" in topic:
             raise ValueError("must be a topic name without + or # wildcards")
@@ -219,7 +220,7 @@ class MqttConfig(Section):
 class OutputConfig(Section):
     """Sinks: JSON lines, annotated images, annotated video, the run report, MQTT."""
 
-    dir: NonEmpty = "runs/latest"
+    dir: NonEmpty = "runs/default"
     jsonl: bool = True
     images: bool = False
     video: bool = False

@@ -120,7 +120,10 @@ def prepare_model(model: ov.Model, cfg: ModelConfig, batch: int) -> tuple[ov.Mod
     try:
         model.reshape({info.name: shape})
     except Exception as exc:
-        raise ModelError(f"cannot set batch {batch} on {cfg.path}: {str(exc).splitlines()[0][:300]}") from None
+        if batch == 1:
+            raise ModelError(f"cannot prepare {cfg.path} for input {shape}: {_reason(exc)}") from None
+        raise ModelError(f"cannot set batch {batch} on {cfg.path}: the graph fixes its batch size (use batch = 1; "
+                         f"OpenVINO says: {_reason(exc)})") from None
     pre = cfg.preprocess
     ppp = ov.preprocess.PrePostProcessor(model)
     inp = ppp.input(info.name)

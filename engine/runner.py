@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from engine.config import HINTS, load_config
+from engine.config import HINTS, MODEL_SUFFIXES, load_config
 from engine.dashboard import render_summary
 from engine.errors import EXIT_FAILED, ConfigError
 from engine.outdir import OutputDir
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="frames per inference request")
     parser.add_argument("--streams", type=int, help="OpenVINO streams per device (0: from the hint)")
     parser.add_argument("--hint", choices=HINTS)
-    parser.add_argument("--loop", type=int, help="play the source this many times")
+    parser.add_argument("--loop", type=int, help="play every file stream this many times")
     parser.add_argument("--decoders", type=int, help="decoder processes (0: from streams and cores)")
     parser.add_argument("--output", help="output folder (results.jsonl, report.json, logs/)")
     parser.add_argument("--annotate", action="store_true", help="also write annotated images")
@@ -58,7 +58,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
         out["sources"] = [{"uri": uri} for uri in args.source]   # globs expand when the config resolves
     put("source", "loop", args.loop)
     if args.model:
-        is_file = Path(args.model).suffix in (".xml", ".onnx", ".tflite", ".pb", ".pdmodel")
+        is_file = Path(args.model).suffix in MODEL_SUFFIXES
         put("model", "path" if is_file else "name", args.model)
     put("model", "adapter", args.adapter)
     put("inference", "devices", args.device)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-from engine.config import RunConfig, SourceConfig
+from engine.config import MAX_STREAMS, RunConfig, SourceConfig
 from engine.errors import ConfigError
 from engine.sources import is_live_uri
 
 MIN_SLOTS_PER_STREAM = 3         # one being filled, one being resized, one waiting
 MAX_AUTO_DECODERS = 8
-MAX_STREAMS = 256                # per-stream stats keep each StatsMsg map within its decode limits
 
 
 @dataclass(frozen=True)
@@ -52,13 +51,6 @@ class Layout:
 
     def owned_by(self, decoder: int) -> list[StreamSpec]:
         return [s for s in self.streams if s.decoder == decoder]
-
-    def decoder_of_slot(self, slot: int) -> int:
-        """The decoder that owns raw slot ``slot`` (-1 if none)."""
-        for s in self.streams:
-            if s.slot_lo <= slot < s.slot_hi:
-                return s.decoder
-        return -1
 
     def to_dict(self) -> dict:
         return {"streams": [asdict(s) for s in self.streams], "decoders": self.decoders}

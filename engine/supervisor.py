@@ -35,6 +35,7 @@ from engine.ledger import FrameLedger
 from engine.messages import AckMsg, ControlMsg, FatalMsg, Message, ReadyMsg, StatsMsg, decode, MessageError
 from engine.metrics import MetricsAggregator, split_stream_key
 from engine.model import InputInfo, check_devices, check_preprocess, check_properties, input_info, output_shapes, \
+    prepare_model, \
     preflight_compile, raw_properties, read_model
 from engine.shm import PoolSpec, SlotPool
 from engine.sinks import JsonlSink
@@ -82,6 +83,7 @@ def preflight(cfg: RunConfig) -> InputInfo:
     info = input_info(model, cfg.model.params)
     check_preprocess(info, cfg.model)
     create_adapter(cfg.model).check_outputs(output_shapes(model))
+    prepare_model(model, cfg.model, cfg.inference.batch)   # e.g. a batch the graph cannot take: one line now
     for device in cfg.inference.devices:       # raw OpenVINO properties: tried in a real compile
         if raw_properties(cfg.inference, device):
             preflight_compile(core, cfg, device)
@@ -324,10 +326,12 @@ class Supervisor:
               file=sys.stderr, flush=True)
         self._spawn(child)
 
-    def _stop_all(self) -> None:
+    def _stop_all(self, drain_s: float = 0.0) -> None:
+        """Stop every stage: ``stop``, then SIGKILL whatever still runs after the grace period
+        (plus ``drain_s`` for the sinks to drain, e.g. MQTT records the broker has not confirmed)."""
         for child in self.children.values():
             self._send(child.name, "stop")
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + STOP_GRACE_S + drain_s
         while time.monotonic() < deadline and any(c.proc and c.proc.poll() is None for c in self.children.values()):
             self._receive(20)
         for child in self.children.values():
@@ -442,7 +446,9 @@ class Supervisor:
                         self.exporter.publish(snapshot)
                         next_publish = now + PUBLISH_S
             self.metrics.set_state("interrupted" if self.interrupted else "failed" if self.failure else "finished")
-            self._stop_all()
+            normal_end = not (self.interrupted or self.failure)
+            self._stop_all(drain_s=self.cfg.output.mqtt.flush_timeout_s if normal_end and self.cfg.output.mqtt.host
+                           else 0.0)
             dashboard.update(self.metrics.snapshot())       # the last line shows the final count
         except OvstreamError as exc:
             self._stop_all()
@@ -464,7 +470,11 @@ class Supervisor:
             report["failure"] = self.failure
             return Outcome(EXIT_FAILED, self.failure, report)
         errors = report.get("accounting", {}).get("errors", 0)
-        return Outcome(EXIT_FAILED if errors else EXIT_OK, f"{errors} frames failed" if errors else "", report)
+        failed = [row.name for row in snapshot.streams if row.state == "failed"]
+        problems = [f"{errors} frames failed"] if errors else []
+        if failed:                  # e.g. a reader that broke off: its stream ended early, maybe without a record
+            problems.append(f"stream(s) {', '.join(failed)} failed (see the decoder logs)")
+        return Outcome(EXIT_FAILED if problems else EXIT_OK, "; ".join(problems), report)
 
     def _dashboard(self) -> Dashboard:
         """The live view on a terminal (stderr); otherwise, or with ``[dashboard] enabled = false``

@@ -1,8 +1,8 @@
 """Inference stage: one device, N async infer requests, input tensors that are views of shm.
 
 Every input slot gets one ``ov.Tensor`` wrapping its shared memory (no copy). The worker
-announces one credit per infer request; each completed batch returns its credit and frees its
-input slot. The completion callback only notes which request finished and wakes the main loop;
+announces one credit per infer request; each completed batch returns its credit (its input slot
+is freed by the postprocessor once it holds the result, see the README's design). The completion callback only notes which request finished and wakes the main loop;
 the main loop reads the outputs and sends them as zero-copy frames beside the msgpack header.
 """
 from __future__ import annotations

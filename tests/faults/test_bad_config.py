@@ -84,6 +84,15 @@ def test_mean_of_the_wrong_length_for_the_model(engine_env, tmp_path):
     assert "[model.preprocess] color GRAY gives 1 channel(s)" in line and "has 3: use RGB or BGR" in line, line
 
 
+def test_batch_the_graph_cannot_take_is_found_before_start(engine_env, tmp_path):
+    """The SSD's graph fixes batch 1 in a Reshape: pre-flight prepares the model as the workers do,
+    so batch 2 is one line and exit 2 before any process or output exists."""
+    result = run_ovstream("--batch", "2", output=tmp_path / "out", env=engine_env, timeout=TIMEOUT)
+    line = _one_line(result)
+    assert "cannot set batch 2" in line and "use batch = 1" in line and "Check '" not in line, line
+    assert not (tmp_path / "out").exists()
+
+
 def test_pools_larger_than_memory_are_refused_before_allocation(engine_env, tmp_path):
     config = _config(tmp_path, "[model]\nname = 'face'\n[pipeline]\nraw_slots = 1024\nmax_frame_width = 16384\n"
                                "max_frame_height = 16384\n")

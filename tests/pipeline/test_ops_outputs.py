@@ -204,7 +204,7 @@ def test_broker_restarted_mid_run_loses_no_record(engine_env, tmp_path):
     broker = Mosquitto(tmp_path / "broker").start()
     subscriber = Subscriber(broker.port)
     out = tmp_path / "out"
-    config = mqtt_config(tmp_path, broker.port, qos=1, flush_timeout_s=30.0)
+    config = mqtt_config(tmp_path, broker.port, qos=1, flush_timeout_s=20.0)
     proc = subprocess.Popen(ovstream_command("run", str(config), *MODEL, "--source", str(few_images(tmp_path)),
                                              "--loop", "150", "--output", str(out), "--no-dashboard"),
                             cwd=REPO, env=engine_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -269,7 +269,7 @@ def test_postprocessor_killed_while_the_broker_is_away_loses_no_record(engine_en
     broker = Mosquitto(tmp_path / "broker").start()
     subscriber = Subscriber(broker.port)
     out = tmp_path / "out"
-    config = mqtt_config(tmp_path, broker.port, qos=1, flush_timeout_s=30.0)
+    config = mqtt_config(tmp_path, broker.port, qos=1, flush_timeout_s=20.0)
     proc = subprocess.Popen(ovstream_command("run", str(config), *MODEL, "--source", str(few_images(tmp_path)),
                                              "--loop", "150", "--output", str(out), "--no-dashboard"),
                             cwd=REPO, env=engine_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

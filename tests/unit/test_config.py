@@ -131,6 +131,7 @@ MALFORMED = [
     ("output.mqtt", "topic", "''", "a non-empty string"),
     ("output.mqtt", "topic", "'a/+/b'", "without + or # wildcards"),
     ("output.mqtt", "topic", "'a/{camera}'", "must be a topic with no placeholder but {stream}"),
+    ("output.mqtt", "topic", "'a/{stream.x}'", "must be a topic with no placeholder but {stream}"),   # an attribute of the name
     ("output.mqtt", "qos", "2", "one of 0, 1"),
     ("output.mqtt", "qos", "'1'", "one of 0, 1"),
     ("output.mqtt", "client_id", "7", "a string"),
@@ -146,7 +147,7 @@ MALFORMED = [
     ("output.mqtt", "buffer", "0", "from 1 to"),
     ("output.mqtt", "max_inflight", "-1", "from 1 to 65535"),
     ("output.mqtt", "flush_timeout_s", "nan", "finite"),
-    ("output.mqtt", "flush_timeout_s", "-1", "from 0 to 3600"),
+    ("output.mqtt", "flush_timeout_s", "-1", "from 0 to 20"),
     ("output", "mqtt", "'localhost'", "must be a table"),
     # [metrics]
     ("metrics", "port", "70000", "from 0 to 65535"),
