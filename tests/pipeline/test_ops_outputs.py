@@ -200,14 +200,20 @@ def test_tls_and_password_are_used_and_a_refused_login_never_blocks(engine_env, 
     assert "refused the connection" in (refused.output / "logs" / "postprocessor.log").read_text(encoding="utf-8")
 
 
-def test_broker_restarted_mid_run_loses_no_record(engine_env, tmp_path):
+def _long_qos1_run(tmp_path: Path, env: dict) -> tuple[Mosquitto, Subscriber, Path, subprocess.Popen]:
+    """A broker, a subscriber and a 1500-frame QoS 1 run publishing to it, started in the background."""
     broker = Mosquitto(tmp_path / "broker").start()
     subscriber = Subscriber(broker.port)
     out = tmp_path / "out"
     config = mqtt_config(tmp_path, broker.port, qos=1, flush_timeout_s=20.0)
     proc = subprocess.Popen(ovstream_command("run", str(config), *MODEL, "--source", str(few_images(tmp_path)),
                                              "--loop", "150", "--output", str(out), "--no-dashboard"),
-                            cwd=REPO, env=engine_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return broker, subscriber, out, proc
+
+
+def test_broker_restarted_mid_run_loses_no_record(engine_env, tmp_path):
+    broker, subscriber, out, proc = _long_qos1_run(tmp_path, engine_env)
     try:
         assert subscriber.wait_for(150, timeout=120), "the run published nothing"
         broker.stop()                               # the broker goes away mid-run ...
@@ -266,13 +272,7 @@ def _postprocessor_pids(proc: subprocess.Popen) -> list[int]:
 def test_postprocessor_killed_while_the_broker_is_away_loses_no_record(engine_env, tmp_path):
     """The records in the dead process's buffer were written to results.jsonl but never confirmed
     by the broker: the restarted postprocessor publishes them again from there."""
-    broker = Mosquitto(tmp_path / "broker").start()
-    subscriber = Subscriber(broker.port)
-    out = tmp_path / "out"
-    config = mqtt_config(tmp_path, broker.port, qos=1, flush_timeout_s=20.0)
-    proc = subprocess.Popen(ovstream_command("run", str(config), *MODEL, "--source", str(few_images(tmp_path)),
-                                             "--loop", "150", "--output", str(out), "--no-dashboard"),
-                            cwd=REPO, env=engine_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    broker, subscriber, out, proc = _long_qos1_run(tmp_path, engine_env)
     results = out / "results.jsonl"
     try:
         assert subscriber.wait_for(150, timeout=120), "the run published nothing"
