@@ -15,6 +15,23 @@ class FrameLedger:
         self.low = 0
         self._above: set[int] = set()
 
+    @classmethod
+    def from_ranges(cls, ranges: Iterable[Iterable[int]]) -> "FrameLedger":
+        """The ledger of :meth:`ranges` output (as a restarted stage gets it): ``[0, b)`` costs nothing."""
+        ledger = cls()
+        for a, b in ranges:
+            if a <= ledger.low:
+                ledger.low = max(ledger.low, b)
+            else:
+                ledger._above.update(range(a, b))
+        ledger.add(())
+        return ledger
+
+    def settle(self) -> None:
+        """Take every id below the highest written as settled: a live stream never goes back for a
+        frame it gave up, so its ledger stays one watermark however long it runs."""
+        self.low, self._above = self.end(), set()
+
     def add(self, ids: Iterable[int]) -> int:
         """Record ``ids`` as written; returns how many were new."""
         new = 0

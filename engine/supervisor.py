@@ -264,6 +264,8 @@ class Supervisor:
             counts = self.acked[msg.stream]
             counts[0] += self.ledgers[msg.stream].add(msg.frame_ids)
             counts[1] += self.ledgers[msg.stream].add(msg.error_ids)
+            if self.layout.streams[msg.stream].live:    # acks come in order; a gap below is given up
+                self.ledgers[msg.stream].settle()
             self.metrics.set_stream_acks(msg.stream, *counts)
             if msg.finished and msg.generation == self.generation:
                 self.ended.add(msg.stream)

@@ -95,7 +95,7 @@ class Feeder:
                                           min_side=min_side)
         self.budget = SlotBudget(spec.slot_lo, spec.slot_hi)
         self.stop = threading.Event()
-        resume = max(self.done) + 1 if self.done else 0
+        resume = self.done.end()
         # a restarted live stream goes on counting after the last frame that got through
         self.next_id = max(resume, int(ctx.resume.get(str(spec.sid), 0))) if self.source.live else resume
         self.read = self.emitted = self.decode_errors = self.reconnects = 0

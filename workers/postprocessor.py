@@ -21,6 +21,7 @@ from engine.adapters import Adapter, create_adapter
 from engine.channels import make_socket
 from engine.errors import OutputError
 from engine.geometry import Geometry
+from engine.ledger import FrameLedger
 from engine.messages import AckMsg, EndOfSource, ErrorMsg, FrameRef, MessageError, ReleaseMsg, ResultMsg, \
     decode_result
 from engine.metrics import stream_key
@@ -70,16 +71,16 @@ def drawable(record: dict, ref: FrameRef) -> dict:
 class Reorder:
     """One stream's finished frames, held until every lower frame id of the stream is written."""
 
-    def __init__(self, done: set[int]) -> None:
-        self.done = set(done)
+    def __init__(self, done: FrameLedger) -> None:
+        self.done = done
         self.pending: dict[int, tuple[dict, FrameRef, float]] = {}
         self.next_id = 0
         self.total: int | None = None
         self._skip_done()
 
     def _skip_done(self) -> None:
+        self.next_id = max(self.next_id, self.done.low)       # [0, low) is written: one step
         while self.next_id in self.done:
-            self.done.discard(self.next_id)
             self.next_id += 1
 
     def add(self, record: dict, ref: FrameRef) -> bool:

@@ -23,6 +23,7 @@ import zmq
 from engine.channels import make_socket
 from engine.config import RunConfig
 from engine.errors import OvstreamError
+from engine.ledger import FrameLedger
 from engine.messages import ControlMsg, FatalMsg, Message, MessageError, ReadyMsg, StatsMsg, decode
 from engine.metrics import LatencyRecorder
 from engine.shm import PoolSpec
@@ -66,9 +67,9 @@ class StageContext:
         data["config"] = RunConfig.from_dict(data["config"], origin="stage context")
         return cls(**data)
 
-    def completed_ids(self, stream: int) -> set[int]:
-        """Frame ids of ``stream`` already written (skipped on resume)."""
-        return {i for a, b in self.completed.get(str(stream), []) for i in range(a, b)}
+    def completed_ids(self, stream: int) -> FrameLedger:
+        """Frame ids of ``stream`` already written (skipped on resume), as compact as the ledger."""
+        return FrameLedger.from_ranges(self.completed.get(str(stream), []))
 
 
 class Stage:
