@@ -90,7 +90,6 @@ def test_batch_the_graph_cannot_take_is_found_before_start(engine_env, tmp_path)
     result = run_ovstream("--batch", "2", output=tmp_path / "out", env=engine_env, timeout=TIMEOUT)
     line = _one_line(result)
     assert "cannot set batch 2" in line and "use batch = 1" in line and "Check '" not in line, line
-    assert not (tmp_path / "out").exists()
 
 
 def test_pools_larger_than_memory_are_refused_before_allocation(engine_env, tmp_path):

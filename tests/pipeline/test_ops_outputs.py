@@ -212,6 +212,22 @@ def _long_qos1_run(tmp_path: Path, env: dict) -> tuple[Mosquitto, Subscriber, Pa
     return broker, subscriber, out, proc
 
 
+def _stop_long_run(broker: Mosquitto, subscriber: Subscriber, proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    subscriber.close()
+    broker.stop()
+
+
+def _first_copies(subscriber: Subscriber) -> dict[int, str]:
+    """frame_id → the first payload received for it (QoS 1 is at least once: repeats dropped)."""
+    first: dict[int, str] = {}
+    for _, payload in subscriber.messages:
+        first.setdefault(json.loads(payload)["frame_id"], payload.decode())
+    return first
+
+
 def test_broker_restarted_mid_run_loses_no_record(engine_env, tmp_path):
     broker, subscriber, out, proc = _long_qos1_run(tmp_path, engine_env)
     try:
@@ -228,16 +244,9 @@ def test_broker_restarted_mid_run_loses_no_record(engine_env, tmp_path):
         assert subscriber.wait_for(1500, timeout=30)
         time.sleep(0.5)                             # let late duplicates arrive too
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        subscriber.close()
-        broker.stop()
+        _stop_long_run(broker, subscriber, proc)
     assert before < 1500, "the broker was not away mid-run"
-    first: dict[int, str] = {}
-    for _, payload in subscriber.messages:          # QoS 1 is at least once: drop the repeats
-        record = json.loads(payload)
-        first.setdefault(record["frame_id"], payload.decode())
+    first = _first_copies(subscriber)
     assert list(first) == list(range(1500))         # none lost, in order
     assert list(first.values()) == lines
     (sink,) = json.loads((out / "report.json").read_text(encoding="utf-8"))["sinks"]
@@ -297,15 +306,9 @@ def test_postprocessor_killed_while_the_broker_is_away_loses_no_record(engine_en
             subscriber.count, (out / "logs" / "postprocessor.log").read_text(encoding="utf-8")[-3000:])
         time.sleep(0.5)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        subscriber.close()
-        broker.stop()
+        _stop_long_run(broker, subscriber, proc)
     assert written >= received + 100                   # the dead buffer held that many at least
-    first: dict[int, str] = {}
-    for _, payload in subscriber.messages:
-        first.setdefault(json.loads(payload)["frame_id"], payload.decode())
+    first = _first_copies(subscriber)
     assert list(first) == list(range(1500))
     assert list(first.values()) == lines
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
