@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("engine.modeltools.quantize", "INT8 post-training quantization with NNCF"),
     "eval": ("engine.modeltools.evaluate", "accuracy: top-1/top-5, COCO mAP, or agreement of two models"),
     "train-mnist": ("engine.modeltools.mnist", "train the codelab's MNIST CNN in TF2 and run it on OpenVINO"),
-    "bench": ("bench.cli", "benchmarks: codelab loops, benchmark_app, engine, transport"),
+    "bench": ("engine.bench.cli", "benchmarks: codelab loops, benchmark_app, engine, transport"),
 }
 
 

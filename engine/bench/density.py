@@ -7,7 +7,7 @@ drops. For each N of a schedule, alternating and repeated:
 
   engine     one ``ovstream run`` with N ``[[sources]]`` (``live = "yes"``, ``realtime = true``)
   separate   N single-stream ``ovstream run`` processes at once
-  threaded   :mod:`bench.density_loop`: one process, reader threads + a pool + AsyncInferQueue
+  threaded   :mod:`engine.bench.density_loop`: one process, reader threads + a pool + AsyncInferQueue
 
 Delivered FPS per stream = results in the streaming window / its length (``--duration`` for the
 engine runs, a window after a warm-up for the threaded loop). CPU per frame = CPU seconds of the
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.stats import Spread
+from engine.bench.stats import Spread
 
 SUSTAIN_FRACTION = 0.95
 VARIANTS = {
@@ -168,9 +168,9 @@ def run_separate(trial: Trial, video: Path, model: str, device: str, out: Path) 
 
 
 def run_threaded(trial: Trial, video: Path, model: str, device: str, out: Path) -> Trial:
-    """The threaded single-process loop of :mod:`bench.density_loop`."""
+    """The threaded single-process loop of :mod:`engine.bench.density_loop`."""
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "bench.density_loop", "--video", str(video), "--streams", str(trial.streams),
+    cmd = [sys.executable, "-m", "engine.bench.density_loop", "--video", str(video), "--streams", str(trial.streams),
            "--seconds", f"{trial.seconds:g}", "--fps", f"{trial.target_fps:g}", "--model", model,
            "--device", device]
     cpu0, t0 = _children_cpu_s(), time.perf_counter()

@@ -24,7 +24,7 @@ from engine.geometry import Geometry
 from engine.model import InputInfo, compile_model, device_info, output_shapes, prepare_model, read_model
 from engine.sources import IMAGE_EXTENSIONS
 
-from bench.stats import percentile
+from engine.bench.stats import percentile
 
 
 @dataclass

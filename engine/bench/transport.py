@@ -282,7 +282,7 @@ def run_transport(repeats: int = 3, sizes: tuple[str, ...] = tuple(SIZES), metho
 
 def summarize(results: list[TransportResult]) -> list[dict]:
     """Median (min–max) frames/s and µs/frame per (size, method), in measurement order."""
-    from bench.stats import Spread
+    from engine.bench.stats import Spread
 
     groups: dict[tuple[str, str], list[TransportResult]] = {}
     for r in results:

@@ -6,7 +6,7 @@ camera's would be. A thread pool resizes (the model's resize mode) the newest fr
 (round robin over the streams) and starts it on an OpenVINO ``AsyncInferQueue``, whose callback parses the outputs with
 the model's adapter. The same work per frame as the engine, in the usual threaded shape.
 
-Run as ``python -m bench.density_loop --video V --streams N --seconds T``; prints one JSON object
+Run as ``python -m engine.bench.density_loop --video V --streams N --seconds T``; prints one JSON object
 (per-stream delivered frames and drops in the measured window) on stdout.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import openvino as ov
 
-from bench.loops import Prepared
+from engine.bench.loops import Prepared
 from engine.config import load_config
 from engine.geometry import Geometry
 from engine.model import output_shapes
@@ -137,7 +137,7 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.density_loop", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m engine.bench.density_loop", description=__doc__.splitlines()[0])
     parser.add_argument("--video", required=True)
     parser.add_argument("--streams", type=int, required=True)
     parser.add_argument("--seconds", type=float, default=10.0)

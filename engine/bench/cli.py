@@ -12,7 +12,7 @@ median with its min–max:
 ``--sweep`` adds a nireq × streams × batch grid per device, ``--transport`` the one-hop transport
 micro-benchmark, ``--soak N`` a memory soak of N frames. Results: OUT/bench.json, OUT/bench.png.
 ``--density`` instead measures how many real-time streams the engine, separate engine processes and
-a threaded single-process loop sustain (:mod:`bench.density`): OUT/density.json, OUT/density.png.
+a threaded single-process loop sustain (:mod:`engine.bench.density`): OUT/density.json, OUT/density.png.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from rich.table import Table
 
 from engine.config import load_config
 from engine.errors import ConfigError
-from bench.density import DEFAULT_SCHEDULE
-from bench.stats import Spread, fmt, ratio
+from engine.bench.density import DEFAULT_SCHEDULE
+from engine.bench.stats import Spread, fmt, ratio
 
 VARIANTS = {
     "a": ("sync loop", "single process, sync infer() per frame (codelab sync sample)"),
@@ -172,7 +172,7 @@ class Bench:
             return {"error": f"{type(exc).__name__}: {exc}"}
 
     def _loop(self, variant: str) -> dict:
-        from bench.loops import Prepared, async_loop, list_images, sync_loop
+        from engine.bench.loops import Prepared, async_loop, list_images, sync_loop
 
         prepared = Prepared(self.cfg.model, self.args.device)
         images = list_images(self.images_dir)
@@ -186,7 +186,7 @@ class Bench:
                 "properties": s["properties"], "failures": s["failures"]}
 
     def _benchmark_app(self, repeat: int) -> dict:
-        from bench.ceiling import run_benchmark_app, shape_args
+        from engine.bench.ceiling import run_benchmark_app, shape_args
         from engine.model import input_info, read_model
         import openvino as ov
 
@@ -198,7 +198,7 @@ class Bench:
                 "command": " ".join(cmd), "wall_s": round(wall, 2), **res.to_dict()}
 
     def _engine(self, variant: str, repeat: int, tuned: dict) -> dict:
-        from bench.engine_runs import STAGES, engine_command, run_engine
+        from engine.bench.engine_runs import STAGES, engine_command, run_engine
 
         out = self.out / "runs" / f"{variant}-r{repeat + 1}"
         loop = self.args.passes if self.args.passes > 1 else None
@@ -269,7 +269,7 @@ class Bench:
 
     # ---- sweep, transport, soak ---------------------------------------------------------------
     def _sweep(self) -> dict:
-        from bench.engine_runs import sweep, sweep_grid
+        from engine.bench.engine_runs import sweep, sweep_grid
 
         a = self.args
         grid = sweep_grid(_ints(a.sweep_nireq, "--sweep-nireq"), _ints(a.sweep_streams, "--sweep-streams"),
@@ -279,7 +279,7 @@ class Bench:
                      loop=a.passes if a.passes > 1 else None, workers=a.workers, progress=self.progress)
 
     def _tuned(self) -> tuple[dict, str]:
-        from bench.engine_runs import tuned_setting
+        from engine.bench.engine_runs import tuned_setting
 
         found = self.result.get("sweep")
         source_note = ""
@@ -295,15 +295,15 @@ class Bench:
         return setting, source + (source_note if source == "sweep" else "")
 
     def _transport(self) -> dict:
-        from bench.transport import WINDOW, run_transport, summarize
+        from engine.bench.transport import WINDOW, run_transport, summarize
 
         runs = run_transport(self.args.repeats, scale=self.args.transport_scale, progress=self.progress)
         return {"window": WINDOW, "rows": summarize(runs), "runs": [r.to_dict() for r in runs]}
 
     def _soak(self) -> dict:
-        from bench.engine_runs import engine_command
-        from bench.loops import list_images
-        from bench.soak import VIDEO_FRAMES, soak, soak_frames_to_loop, write_video
+        from engine.bench.engine_runs import engine_command
+        from engine.bench.loops import list_images
+        from engine.bench.soak import VIDEO_FRAMES, soak, soak_frames_to_loop, write_video
 
         frames = self.args.soak
         video = write_video(self.out / "soak" / "synthetic", list_images(self.images_dir))
@@ -317,10 +317,10 @@ class Bench:
         return result
 
     def _density(self) -> int:
-        from bench.density import density
-        from bench.loops import list_images
-        from bench.plot import plot_density
-        from bench.soak import write_video
+        from engine.bench.density import density
+        from engine.bench.loops import list_images
+        from engine.bench.plot import plot_density
+        from engine.bench.soak import write_video
 
         a = self.args
         if a.fps <= 0 or a.density_seconds <= 0:
@@ -347,7 +347,7 @@ class Bench:
 
     # ---- output -------------------------------------------------------------------------------
     def _write(self) -> None:
-        from bench.plot import plot_bench
+        from engine.bench.plot import plot_bench
 
         path = self.out / "bench.json"
         path.write_text(json.dumps(self.result, indent=2, default=str), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""bench.png from bench.json: FPS per variant with min–max whiskers, per-stage latency of the
+"""bench.png from engine.bench.json: FPS per variant with min–max whiskers, per-stage latency of the
 engine runs, and (when measured) the transport µs/frame. matplotlib with the Agg backend."""
 from __future__ import annotations
 
