@@ -33,7 +33,8 @@ def stream_rows(snap: Snapshot) -> tuple[StreamRow, ...]:
     t = snap.totals
     return (StreamRow(name=DEFAULT_STREAM, uri="", kind="", state=snap.state, frames_in=t.frames_in,
                       frames_out=t.frames_out, errors=t.errors, drops=t.drops, in_flight=t.in_flight,
-                      fps=t.fps, avg_fps=t.avg_fps, latency=snap.stage("end_to_end")),)
+                      fps=t.fps, avg_fps=t.avg_fps, reconnects=t.reconnects, duplicates=t.duplicates,
+                      latency=snap.stage("end_to_end")),)
 
 
 def _histogram(family: HistogramMetricFamily, labels: list[str], row: StageRow) -> None:
@@ -81,7 +82,13 @@ class SnapshotCollector(Collector):
                                   labels=["stream", "state"])
         latency = HistogramMetricFamily("ovstream_stream_latency_seconds",
                                         "End-to-end latency of each stream's frames", labels=["stream"])
+        duplicates = CounterMetricFamily("ovstream_frames_duplicate", "Results of frames already written "
+                                         "(after a restart), not written again", labels=["stream"])
+        reconnects = CounterMetricFamily("ovstream_source_reconnects",
+                                         "Times a live source was lost and re-opened", labels=["stream"])
         for s in stream_rows(snap):
+            duplicates.add_metric([s.name], s.duplicates)
+            reconnects.add_metric([s.name], s.reconnects)
             read.add_metric([s.name], s.frames_in)
             for outcome, value in (("ok", s.frames_out), ("error", s.errors), ("drop", s.drops)):
                 done.add_metric([s.name, outcome], value)
@@ -91,14 +98,9 @@ class SnapshotCollector(Collector):
                 state.add_metric([s.name, s.state], 1)
             if s.latency is not None and s.latency.buckets:
                 _histogram(latency, [s.name], s.latency)
-        yield from (read, done, in_flight, fps, state, latency)
+        yield from (read, done, in_flight, fps, state, latency, duplicates, reconnects)
         yield GaugeMetricFamily("ovstream_average_frames_per_second",
                                 "Frames finished per second since the first frame", value=t.avg_fps)
-        yield CounterMetricFamily("ovstream_frames_duplicate",
-                                  "Results of frames already written (after a restart), not written again",
-                                  value=t.duplicates)
-        yield CounterMetricFamily("ovstream_source_reconnects",
-                                  "Times a live source was lost and re-opened", value=t.reconnects)
 
     @staticmethod
     def _latency(snap: Snapshot) -> Iterator[Metric]:

@@ -51,6 +51,7 @@ def _snapshot() -> Snapshot:
     dec = decoder(50, drops=2, lat=[2.0, 3.0])
     dec.gauges["next_frame_id@0"] = 48
     dec.counters["drops@0"] = 2
+    dec.counters["reconnects@0"] = 1
     agg.ingest(dec, now=0.5)
     agg.ingest(worker(0, 40, lat=[4.0, 6.0, 30.0], in_flight=3), now=0.6)
     mqtt = StatsMsg(process="postprocessor", role="postprocessor", pid=301,
@@ -81,6 +82,8 @@ def test_collector_turns_the_snapshot_into_conventional_families():
     assert m[("ovstream_frames_total", (("outcome", "error"), ("stream", "cam")))] == 1
     assert m[("ovstream_frames_total", (("outcome", "drop"), ("stream", "cam")))] == 2
     assert m[("ovstream_frames_in_flight", (("stream", "cam"),))] == 7
+    assert m[("ovstream_source_reconnects_total", (("stream", "cam"),))] == 1
+    assert m[("ovstream_frames_duplicate_total", (("stream", "cam"),))] == 0
     assert m[("ovstream_state", (("ovstream_state", "running"),))] == 1
     e2e = (("stage", "end_to_end"),)
     assert m[("ovstream_stage_latency_seconds_count", e2e)] == 3
