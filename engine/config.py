@@ -32,13 +32,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from engine import paths
 from engine.errors import ConfigError, ModelError
 from engine.geometry import INTERPOLATIONS, RESIZE_MODES
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = REPO_ROOT / "models"
-REGISTRY_PATH = MODELS_DIR / "models.toml"
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.toml"
 ADAPTERS = ("anchor_ssd", "ssd_detection_output", "tf_od_api", "classification", "nanodet", "yolo")
 MODEL_SUFFIXES = (".xml", ".onnx", ".tflite", ".pb", ".pdmodel")
 
@@ -481,24 +478,85 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_registry(path: Path = REGISTRY_PATH) -> dict[str, dict]:
-    """The model registry (models/models.toml) as ``{name: entry}``."""
-    return read_toml(path) if path.exists() else {}
+def load_registry(path: Path | None = None) -> dict[str, dict]:
+    """A registry file as ``{name: entry}`` (none there: empty); without ``path``, the model
+    registry: the bundled ``models/models.toml`` with the user's (``OVSTREAM_HOME``) over it."""
+    if path is not None:
+        return read_toml(path) if path.exists() else {}
+    return {name: entry for file in paths.registries() for name, entry in load_registry(file).items()}
+
+
+def find_model(name: str) -> tuple[dict, Path] | None:
+    """The registry entry of ``name`` and the registry file it comes from (the user's first)."""
+    for file in reversed(paths.registries()):
+        entry = load_registry(file).get(name)
+        if entry is not None:
+            return entry, file
+    return None
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
-    """Load a config file (default: configs/default.toml), apply overrides, resolve the model."""
-    cfg_path = Path(path) if path else DEFAULT_CONFIG
-    data = read_toml(cfg_path) if (path or cfg_path.exists()) else {}
+    """Load a config file (default: the bundled configs/default.toml), apply overrides, resolve the
+    model. Relative paths are relative to the config file's folder, those of ``overrides`` (the
+    command line) to the working directory; either may name a bundled resource (``data/coco100``)."""
+    cfg_path = Path(path) if path else paths.bundled(paths.DEFAULT_CONFIG)
+    data = anchor_paths(read_toml(cfg_path), cfg_path.absolute().parent, writes_to_cwd=not path)
     if overrides:
         RunConfig.from_dict(overrides, origin="command line")   # a bad option is named as such
-        data = _merge(data, overrides)
+        data = _merge(data, anchor_paths(overrides, Path.cwd()))
     cfg = RunConfig.from_dict(data, origin=str(cfg_path))
     resolve_streams(cfg)
     return resolve_model(cfg)
 
 
 _LIVE_URI = re.compile(r"^([0-9]+|/dev/video.*|(rtsps?|https?)://.*)$", re.IGNORECASE)
+_INPUT_PATHS = (("model", "path"), ("model", "labels"), ("inference", "cache_dir"),
+                ("output", "mqtt", "ca"), ("output", "mqtt", "cert"), ("output", "mqtt", "key"))
+
+
+def anchor_paths(data: dict, base: Path, writes_to_cwd: bool = False) -> dict:
+    """A copy of raw config ``data`` whose relative paths are made absolute: what is read (sources,
+    model, labels, certificates) by :func:`engine.paths.resolve` from ``base``; the output folder
+    from ``base`` too, or from the working directory for a bundled config (``writes_to_cwd``)."""
+    data = _merge({}, data)                         # tables copied: the caller's stay as they were
+    if isinstance(data.get("sources"), list):
+        data["sources"] = [dict(entry) if isinstance(entry, dict) else entry for entry in data["sources"]]
+
+    def table(*keys: str) -> dict | None:
+        node = data
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node if isinstance(node, dict) else None
+
+    for *keys, key in _INPUT_PATHS:
+        node = table(*keys)
+        if node is not None and isinstance(node.get(key), str) and node[key]:
+            node[key] = str(paths.resolve(node[key], base))
+    output = table("output")
+    if output is not None and isinstance(output.get("dir"), str) and output["dir"]:
+        output["dir"] = str((Path.cwd() if writes_to_cwd else base) / Path(output["dir"]).expanduser())
+    entries = [table("source")] + (data["sources"] if isinstance(data.get("sources"), list) else [])
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("uri"), str):
+            entry["uri"] = _anchor_uri(entry["uri"], base)
+    return data
+
+
+def _anchor_uri(uri: str, base: Path) -> str:
+    """A source uri with its path made absolute (cameras and URLs as they are); a glob pattern is
+    anchored where it matches (``base``, else the bundled resources)."""
+    text = uri.strip()
+    if not text or _LIVE_URI.match(text):
+        return uri
+    if glob.has_magic(text) and not os.path.lexists(base / Path(text).expanduser()):
+        pattern = Path(text).expanduser()
+        if pattern.is_absolute():
+            return str(pattern)
+        for root in (base, paths.bundled_root()):
+            if glob.glob(str(root / pattern)):
+                return str(root / pattern)
+        return str(base / pattern)
+    return str(paths.resolve(text, base))
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -524,7 +582,7 @@ def _expand(entry: SourceConfig) -> list[SourceConfig]:
     uri = entry.uri.strip()
     if _LIVE_URI.match(uri) or not glob.has_magic(uri) or os.path.lexists(uri):
         return [entry]
-    matches = sorted(glob.glob(os.path.expanduser(uri))) or sorted(glob.glob(str(REPO_ROOT / uri)))
+    matches = sorted(glob.glob(os.path.expanduser(uri)))
     if not matches:
         raise ConfigError(f"[[sources]] uri '{uri}': the pattern matches no file")
     return [entry.model_copy(update={"uri": m, "name": ""}) for m in matches]
@@ -554,34 +612,26 @@ def resolve_streams(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def _resolve_path(value: str, *bases: Path) -> Path:
-    candidate = Path(value).expanduser()
-    if candidate.is_absolute():
-        return candidate
-    for base in bases:
-        if (base / candidate).exists():
-            return (base / candidate).resolve()
-    return (Path.cwd() / candidate).resolve()
-
-
 def resolve_model(cfg: RunConfig) -> RunConfig:
     """Fill the model section from the registry and check the model file and adapter exist.
 
     Keys the config sets (also single ``[model.preprocess]`` keys) win over the registry entry's.
+    A registry entry's file and labels are relative to its registry's folder (or bundled resources).
     """
     model = cfg.model
-    registry = load_registry()
-    if not model.path:
-        if model.name not in registry:
-            raise ModelError(f"model '{model.name}' is not in {REGISTRY_PATH} "
-                             f"(known: {', '.join(registry) or 'none'}); set [model] path to a file")
-    entry = dict(registry.get(model.name, {})) if not model.path or model.name in registry else {}
-    if entry:
+    found = find_model(model.name)
+    if found is None and not model.path:
+        known = ", ".join(load_registry()) or "none"
+        raise ModelError(f"model '{model.name}' is not in the model registry ({paths.bundled(paths.REGISTRY)}, "
+                         f"{paths.user_registry()}; known: {known}); set [model] path to a file")
+    if found is not None:
+        entry, registry = dict(found[0]), found[1]
         file = entry.pop("file", "")
-        merged = RunConfig.from_dict({"model": {**entry, "name": model.name}},
-                                     origin=str(REGISTRY_PATH)).model
+        merged = RunConfig.from_dict({"model": {**entry, "name": model.name}}, origin=str(registry)).model
+        if isinstance(merged.labels, str) and merged.labels:
+            merged.labels = str(paths.resolve(merged.labels, registry.parent))
         if not model.path:
-            model.path = str(_resolve_path(file, MODELS_DIR, REPO_ROOT))
+            model.path = str(paths.resolve(file, registry.parent))
         same_adapter = model.adapter in ("", merged.adapter)
         model.adapter = model.adapter or merged.adapter
         model.labels = model.labels or merged.labels
@@ -596,7 +646,7 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
         if same_adapter:                    # another adapter's parameters would not apply
             model.params = {**merged.params, **model.params}
     else:
-        model.path = str(_resolve_path(model.path, REPO_ROOT))
+        model.path = str(paths.resolve(model.path))
     path = Path(model.path)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
@@ -607,7 +657,7 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
         raise ModelError(f"model '{model.name}': unknown adapter '{model.adapter}' "
                          f"(known: {', '.join(ADAPTERS)})")
     if isinstance(model.labels, str):
-        label_path = _resolve_path(model.labels, REPO_ROOT)
+        label_path = paths.resolve(model.labels)
         try:
             model.labels = label_path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:

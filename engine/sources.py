@@ -22,7 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.config import REPO_ROOT, SourceConfig
+from engine import paths
+from engine.config import SourceConfig
 from engine.errors import ConfigError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
@@ -490,13 +491,9 @@ class CaptureSource(Source):
 # ---- choosing a source -------------------------------------------------------------------------
 
 def _existing(uri: str) -> Path | None:
-    """The path ``uri`` names, relative to the working directory or else the repository."""
-    for candidate in (Path(uri).expanduser(), REPO_ROOT / uri):
-        if os.path.lexists(candidate):
-            return candidate
-        if candidate.is_absolute():
-            break
-    return None
+    """The path ``uri`` names (relative: to the working directory, else a bundled resource)."""
+    candidate = paths.resolve(uri)
+    return candidate if os.path.lexists(candidate) else None
 
 
 def is_live_uri(uri: str) -> bool:

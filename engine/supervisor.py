@@ -28,7 +28,7 @@ from rich.console import Console
 
 from engine.adapters import create_adapter
 from engine.channels import RunDir, make_socket
-from engine.config import REPO_ROOT, RunConfig
+from engine.config import RunConfig
 from engine.dashboard import Dashboard
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, OvstreamError
 from engine.ledger import FrameLedger
@@ -216,10 +216,9 @@ class Supervisor:
         ctx_path = self.run_dir.path / f"{child.name}.json"
         ctx_path.write_text(self._context(child).to_json(), encoding="utf-8")
         log = open(self.log_dir / f"{child.name}.log", "ab")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
         child.proc = subprocess.Popen([sys.executable, "-m", f"workers.{child.role}", str(ctx_path)],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                      env=env, start_new_session=True, cwd=os.getcwd())
+                                      start_new_session=True)
         log.close()
         child.ready = False
         child.last_seen = time.monotonic()

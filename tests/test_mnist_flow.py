@@ -9,8 +9,9 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from engine.config import REGISTRY_PATH, REPO_ROOT, ModelConfig, PreprocessConfig
+from engine.config import ModelConfig, PreprocessConfig
 from engine.model import prepare_model
+from tests.conftest import REPO
 
 pytest.importorskip("tensorflow", reason="tensorflow not installed (pip install -e '.[train]')")
 pytest.importorskip("nncf", reason="nncf not installed (pip install -e '.[tools]')")
@@ -18,13 +19,13 @@ pytest.importorskip("nncf", reason="nncf not installed (pip install -e '.[tools]
 from engine.modeltools.mnist import run_flow  # noqa: E402
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
-SAMPLES = REPO_ROOT / "data" / "mnist_samples"
+SAMPLES = REPO / "data" / "mnist_samples"
 
 
 @pytest.mark.slow
 def test_mnist_flow_meets_the_targets(tmp_path: Path) -> None:
     registry = tmp_path / "models.toml"
-    shutil.copy(REGISTRY_PATH, registry)
+    shutil.copy(REPO / "models" / "models.toml", registry)
     report = run_flow(epochs=3, output=tmp_path / "mnist", registry=registry, seconds=1.0)
 
     assert report.tf_accuracy >= 0.97

@@ -26,6 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from engine import paths
 from engine.config import load_config
 from engine.errors import ConfigError
 from engine.bench.density import DEFAULT_SCHEDULE
@@ -112,7 +113,7 @@ class Bench:
             key = "path" if Path(args.model).suffix else "name"
             overrides["model"] = {key: args.model}
         self.cfg = load_config(args.config, overrides)
-        self.images_dir = Path(args.images) if Path(args.images).is_absolute() else Path.cwd() / args.images
+        self.images_dir = paths.resolve(args.images)
         if not self.images_dir.is_dir():
             raise ConfigError(f"--images: no such folder {args.images}")
         self.model_arg = args.model or self.cfg.model.name

@@ -16,7 +16,6 @@ whole process tree (start-up included: what the machine spends) / frames deliver
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -82,12 +81,6 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _env() -> dict:
-    from engine.config import REPO_ROOT
-
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
-
-
 def _model_line(model: str) -> str:
     return f'path = {json.dumps(model)}' if Path(model).suffix else f'name = {json.dumps(model)}'
 
@@ -110,7 +103,7 @@ def _engine_process(video: Path, streams: int, model: str, device: str, output: 
     config.write_text(engine_config(video, streams, model, device, output), encoding="utf-8")
     log = open(output / "bench-run.log", "wb")
     cmd = [sys.executable, "-m", "engine.cli", "run", str(config), "--duration", f"{seconds:g}", "--no-dashboard"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     return proc
 
@@ -175,7 +168,7 @@ def run_threaded(trial: Trial, video: Path, model: str, device: str, out: Path) 
            "--device", device]
     cpu0, t0 = _children_cpu_s(), time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=trial.seconds + 180, env=_env())
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=trial.seconds + 180)
     except subprocess.TimeoutExpired:
         trial.error = "timed out"
         return trial

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config import REPO_ROOT
 
 STAGES = ("decode", "preprocess", "queue", "inference", "postprocess", "end_to_end")
 DEFAULT_GRID = {"nireq": (2, 4, 8), "streams": (1, 2), "batch": (1, 4)}
@@ -96,10 +94,9 @@ def run_engine(cmd: list[str], output: Path, timeout_s: float = 600.0) -> Engine
     output.mkdir(parents=True, exist_ok=True)
     report_path = output / "report.json"
     report_path.unlink(missing_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
         _write_log(output, cmd, exc.stdout, exc.stderr)
         return EngineRun(cmd, -1, time.perf_counter() - t0, error=f"timed out after {timeout_s:.0f} s")

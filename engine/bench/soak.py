@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ import cv2
 import numpy as np
 import psutil
 
-from engine.config import REPO_ROOT
 
 VIDEO_FRAMES = 200
 WARMUP_FRACTION = 0.10
@@ -117,12 +115,11 @@ def sample_tree(root: psutil.Process) -> dict[str, tuple[int, int]]:
 def soak(cmd: list[str], output: Path, interval_s: float = 1.0, timeout_s: float = 3600.0, progress=None) -> dict:
     """Run ``cmd`` (an ``ovstream run`` command), sample RSS each ``interval_s``; the per-process verdicts."""
     output.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     traces: dict[str, ProcessTrace] = {}
     log = open(output / "bench-soak.log", "wb")
     t0 = time.time()
     (output / "report.json").unlink(missing_ok=True)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     root = psutil.Process(proc.pid)
     next_report = t0 + 15

@@ -29,8 +29,8 @@ from rich.console import Console, RenderableType
 from rich.progress import Progress, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from engine.config import (ADAPTERS, MODELS_DIR, REGISTRY_PATH, REPO_ROOT, ModelConfig, PreprocessConfig,
-                           load_registry)
+from engine import paths
+from engine.config import ADAPTERS, ModelConfig, PreprocessConfig, load_registry
 from engine.errors import ConfigError, ModelError
 from engine.geometry import RESIZE_MODES
 from engine.model import input_info, prepare_model
@@ -40,7 +40,7 @@ from engine.tflite_ops import EXTENSIONS, OP_TYPE
 FRAMEWORKS = {".onnx": "onnx", ".tflite": "tflite", ".pdmodel": "paddle", ".pb": "tf", ".xml": "ir"}
 FRAMEWORK_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "paddle": "PaddlePaddle", "tf": "TensorFlow",
                    "ir": "OpenVINO IR"}
-COCO_LABELS = REPO_ROOT / "data" / "mscoco_labels.txt"
+COCO_LABELS = "data/mscoco_labels.txt"       # bundled
 
 
 @dataclass(frozen=True)
@@ -198,9 +198,10 @@ class ConvertResult:
 def convert(src: Path, name: str, output: Path | None = None, *, input_shape: list[int] | None = None,
             precision: str = "FP32", embed: bool = False, adapter: str = "", labels: list[str] | str = "",
             pre: dict | None = None, description: str = "", progress: Progress | None = None,
-            registry: Path = REGISTRY_PATH) -> ConvertResult:
-    """Convert ``src`` to ``output/name.xml``; ``pre`` holds the preprocess keys given by the user
-    (the rest come from the existing registry entry, the model format, or the defaults)."""
+            registry: Path | None = None) -> ConvertResult:
+    """Convert ``src`` to ``output/name.xml`` (default ``OVSTREAM_HOME/models/NAME``) and make its
+    entry for ``registry`` (default: the user's); ``pre`` holds the preprocess keys given by the
+    user (the rest come from the existing registry entry, the model format, or the defaults)."""
     with step(progress, f"read {src}"):
         source = inspect_source(src)
     with step(progress, f"convert ({FRAMEWORK_NAMES[source.framework]}{', TF OD API' if source.od_api else ''})"):
@@ -212,13 +213,13 @@ def convert(src: Path, name: str, output: Path | None = None, *, input_shape: li
             model = embed_preprocess(model, ModelConfig(name=name, path=str(src), preprocess=conventions,
                                                         params=existing.get("params", {})))
         conventions = PreprocessConfig(resize=conventions.resize, color="BGR", mean=[0.0] * 3, scale=[1.0] * 3)
-    xml = (output or MODELS_DIR / name) / f"{name}.xml"
+    xml = (output or paths.home() / "models" / name) / f"{name}.xml"
     with step(progress, f"save {precision} IR → {xml}"):
         save_ir(model, xml, precision)
     entry = {
         **existing,
         "description": description or existing.get("description") or f"{src.name} converted to {precision} IR",
-        "file": file_value(xml, registry),
+        "file": file_value(xml, registry or paths.user_registry()),
         "adapter": adapter or existing.get("adapter") or ("tf_od_api" if source.od_api else ""),
         "labels": labels or existing.get("labels") or _default_labels(source),
         "preprocess": preprocess_entry(conventions),
@@ -256,8 +257,8 @@ def _conventions(source: Source, model: ov.Model, registered: dict, given: dict)
 
 
 def _default_labels(source: Source) -> list[str] | str:
-    if source.od_api_classes == 90 and COCO_LABELS.is_file():
-        return COCO_LABELS.relative_to(REPO_ROOT).as_posix()
+    if source.od_api_classes == 90 and paths.bundled(COCO_LABELS).is_file():
+        return COCO_LABELS
     return []
 
 
@@ -296,7 +297,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fold colour/mean/scale into the IR (input: uint8 NHWC BGR) instead of "
                              "leaving them to the engine")
     parser.add_argument("--description", default="", help="registry description")
-    parser.add_argument("--register", action="store_true", help="add or update the entry in models/models.toml")
+    parser.add_argument("--register", action="store_true", help="add or update the entry in OVSTREAM_HOME/models/models.toml")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -315,7 +316,7 @@ def main(args: argparse.Namespace) -> int:
                          embed=args.embed_preprocess, adapter=args.adapter or "", labels=labels, pre=given,
                          description=args.description, progress=progress)
         if args.register:
-            with step(progress, f"register '{name}' in {REGISTRY_PATH}"):
+            with step(progress, f"register '{name}' in {paths.user_registry()}"):
                 register_model(name, result.entry)
     for port in result.model.inputs:
         console.print(f"  input  {port.any_name}: {port.partial_shape} {port.element_type.get_type_name()}")

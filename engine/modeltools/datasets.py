@@ -20,13 +20,14 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from engine.config import REPO_ROOT, ModelConfig
+from engine import paths
+from engine.config import ModelConfig
 from engine.errors import ConfigError
 from engine.geometry import Geometry
 from engine.model import input_info, prepare_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MNIST_NPZ = REPO_ROOT / "data" / "mnist_5k.npz"
+MNIST_NPZ = paths.bundled("data/mnist_5k.npz")
 TRAIN_PER_CLASS = 400
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from engine.config import (ADAPTERS, MODEL_SUFFIXES, REPO_ROOT, ModelConfig, RunConfig, load_config,
+from engine import paths
+from engine.config import (ADAPTERS, MODEL_SUFFIXES, ModelConfig, RunConfig, load_config,
                            load_registry, resolve_model)
 from engine.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, OvstreamError
 from engine.modeltools.conformance import open_reference, reference_records
@@ -205,9 +205,7 @@ def run_engine(config_path: Path, out_dir: Path) -> list[Record]:
     """
     command = [sys.executable, "-m", "engine.cli", "run", str(config_path), "--output", str(out_dir),
                "--no-dashboard"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                                     os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+    proc = subprocess.run(command, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True)
     log = out_dir / "run.log"
     log.write_text(proc.stdout + proc.stderr, encoding="utf-8")
@@ -236,7 +234,7 @@ def _summary(name: str, records: list[Record]) -> dict[str, Any]:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the model (and the reference) on ``--data`` and return the metrics report."""
-    data = Path(args.data).expanduser().resolve()
+    data = paths.resolve(args.data)
     if not data.is_dir():
         raise ConfigError(f"--data {args.data}: not a folder")
     out = Path(args.output or Path("runs") / "eval" / Path(args.model).stem).expanduser().resolve()

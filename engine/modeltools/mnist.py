@@ -27,7 +27,8 @@ import openvino as ov
 from rich.console import Console
 from rich.table import Table
 
-from engine.config import MODELS_DIR, REGISTRY_PATH, ModelConfig, PreprocessConfig
+from engine import paths
+from engine.config import ModelConfig, PreprocessConfig
 from engine.errors import EXIT_FAILED, OvstreamError
 from engine.modeltools.convert import convert, new_progress, step
 from engine.modeltools.datasets import MnistSplit, load_mnist
@@ -123,9 +124,12 @@ def ov_predictions(xml: Path, images: np.ndarray) -> np.ndarray:
     return core.compile_model(model, "CPU", BENCH_PROPERTIES)(as_input(images))[0]
 
 
-def run_flow(epochs: int = 3, output: Path = MODELS_DIR / "mnist", *, registry: Path = REGISTRY_PATH,
+def run_flow(epochs: int = 3, output: Path | None = None, *, registry: Path | None = None,
              saved_model: Path | None = None, seconds: float = 3.0, console: Console | None = None) -> MnistReport:
-    """Train, convert, quantize, measure and register; see the module docstring."""
+    """Train, convert, quantize, measure and register (``output`` default ``OVSTREAM_HOME/models/mnist``,
+    ``registry`` default the user's); see the module docstring."""
+    output = output or paths.home() / "models" / "mnist"
+    registry = registry or paths.user_registry()
     console = console or Console()
     tf = import_tensorflow()
     split = load_mnist()
@@ -181,8 +185,8 @@ def summary_table(report: MnistReport) -> Table:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
-    parser.add_argument("--output", type=Path, default=MODELS_DIR / "mnist",
-                        help="folder for mnist.xml and mnist_int8.xml (default models/mnist)")
+    parser.add_argument("--output", type=Path,
+                        help="folder for mnist.xml and mnist_int8.xml (default OVSTREAM_HOME/models/mnist)")
     parser.add_argument("--saved-model", type=Path, help="keep the TF SavedModel in this folder")
     parser.add_argument("--seconds", type=float, default=3.0, help="throughput measurement per precision")
 
@@ -195,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
     report = run_flow(args.epochs, args.output, saved_model=args.saved_model, seconds=args.seconds,
                       console=console)
     console.print(summary_table(report))
-    console.print(f"registered mnist ({report.fp32_xml}) and mnist_int8 ({report.int8_xml}) in {REGISTRY_PATH}; "
+    console.print(f"registered mnist ({report.fp32_xml}) and mnist_int8 ({report.int8_xml}) in {paths.user_registry()}; "
                   f"{time.perf_counter() - started:.0f} s in all")
     missed = report.failures()
     for line in missed:

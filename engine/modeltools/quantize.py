@@ -32,7 +32,8 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.adapters import create_adapter
-from engine.config import ADAPTERS, MODELS_DIR, REGISTRY_PATH, ModelConfig, load_registry
+from engine import paths
+from engine.config import ADAPTERS, ModelConfig, load_registry
 from engine.errors import ConfigError, ModelError
 from engine.model import output_shapes, read_model
 from engine.modeltools.convert import new_progress, save_ir, step
@@ -83,7 +84,7 @@ def load_data(data: str, prepare: InputPreparer, subset: int, labels_list: str |
     if labels_list:
         from engine.modeltools.evaluate import read_labels_list
 
-        truth = read_labels_list(Path(labels_list).expanduser(), Path(data).expanduser(), labels or [])
+        truth = read_labels_list(Path(labels_list).expanduser(), paths.resolve(data), labels or [])
         samples = []
         for path, label in sorted(truth.items()):
             frame = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -97,7 +98,7 @@ def load_data(data: str, prepare: InputPreparer, subset: int, labels_list: str |
         pick = np.random.default_rng(CALIBRATION_SEED).permutation(len(split.train_labels))[:subset]
         return (mnist_samples(split.train_images[pick], split.train_labels[pick], prepare),
                 mnist_samples(split.test_images, split.test_labels, prepare))
-    samples = folder_samples(Path(data).expanduser(), prepare, subset)
+    samples = folder_samples(paths.resolve(data), prepare, subset)
     return samples, samples
 
 
@@ -323,14 +324,16 @@ def report_table(name: str, report: QuantizeReport) -> Table:
     return table
 
 
-def int8_entry(cfg: ModelConfig, xml: Path, registry: Path = REGISTRY_PATH) -> dict[str, Any]:
-    """The registry entry of the INT8 copy: the source entry's settings with the new file."""
+def int8_entry(cfg: ModelConfig, xml: Path, registry: Path | None = None) -> dict[str, Any]:
+    """The registry entry of the INT8 copy (for ``registry``, default the user's): the source
+    entry's settings (from ``registry``, default the model registry) with the new file."""
     source = load_registry(registry).get(cfg.name)
     if source is None:
         raise ConfigError(f"--register copies the settings of a registered model; '{cfg.name}' is not "
                           f"registered (pass a registry name, or --like NAME for a file)")
     described = source.get("description") or cfg.name
-    return {**source, "description": f"{described} — INT8 (NNCF)", "file": file_value(xml, registry)}
+    return {**source, "description": f"{described} — INT8 (NNCF)",
+            "file": file_value(xml, registry or paths.user_registry())}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -357,7 +360,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "drop of FP32 (e.g. 0.01), reverting layers as needed")
     parser.add_argument("--metric", choices=METRICS, default="auto",
                         help="top1 (labelled data: mnist) or agreement with FP32; auto picks top1 when it can")
-    parser.add_argument("--output", type=Path, help="folder for the INT8 IR (default models/NAME)")
+    parser.add_argument("--output", type=Path, help="folder for the INT8 IR (default OVSTREAM_HOME/models/NAME)")
     parser.add_argument("--register", nargs="?", const="", metavar="NAME",
                         help="register the INT8 model (default name: MODEL_int8)")
     parser.add_argument("--like", metavar="NAME", help="a model file takes this registry entry's settings")
@@ -374,7 +377,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-drop is an absolute metric drop between 0 and 1, not {args.max_drop}")
     cfg = resolve(args.model, args.like, args.adapter)
     name = args.register or f"{cfg.name}_int8"
-    xml = (args.output or MODELS_DIR / name) / f"{name}.xml"
+    xml = (args.output or paths.home() / "models" / name) / f"{name}.xml"
     entry = int8_entry(cfg, xml) if args.register is not None else None
     if xml.resolve() == Path(cfg.path).resolve():
         raise ModelError(f"{xml} is the model being quantized: choose another --output or name")
@@ -386,6 +389,6 @@ def main(args: argparse.Namespace) -> int:
                       ignore_heads=args.ignore_heads, console=console)
     if entry is not None:
         register_model(name, entry)
-        console.print(f"registered '{name}' in {REGISTRY_PATH}")
+        console.print(f"registered '{name}' in {paths.user_registry()}")
     console.print(report_table(cfg.name, report))
     return 0

@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.config import ADAPTERS, REGISTRY_PATH, REPO_ROOT, RunConfig
+from engine import paths
+from engine.config import ADAPTERS, RunConfig
 from engine.errors import ConfigError
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
@@ -21,28 +22,26 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 
 
-def file_value(path: Path, registry: Path = REGISTRY_PATH) -> str:
-    """How the registry names a model file: relative to the registry's folder when inside it,
-    else relative to the repository root when inside that, else absolute."""
-    path = path.resolve()
-    for base in (registry.resolve().parent, REPO_ROOT):
-        if path.is_relative_to(base):
-            return path.relative_to(base).as_posix()
-    return str(path)
+def file_value(path: Path, registry: Path) -> str:
+    """How ``registry`` names a model file: relative to the registry's folder when inside it,
+    else as :func:`engine.paths.display` (``models/…`` for a bundled file, else absolute)."""
+    path, base = path.resolve(), registry.resolve().parent
+    return path.relative_to(base).as_posix() if path.is_relative_to(base) else paths.display(path)
 
 
 def labels_value(text: str) -> list[str] | str:
-    """``--labels``: an existing file (kept as a path relative to the repo root) or ``a,b,c``."""
-    candidate = Path(text).expanduser()
+    """``--labels``: an existing file (kept as ``data/…`` when bundled, else absolute) or ``a,b,c``."""
+    candidate = paths.resolve(text)
     if candidate.is_file():
-        resolved = candidate.resolve()
-        return resolved.relative_to(REPO_ROOT).as_posix() if resolved.is_relative_to(REPO_ROOT) else str(resolved)
+        return paths.display(candidate.resolve())
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def register_model(name: str, entry: dict[str, Any], registry: Path = REGISTRY_PATH) -> None:
+def register_model(name: str, entry: dict[str, Any], registry: Path | None = None) -> None:
     """Add or replace ``[name]`` in the registry with ``entry`` (keys of :class:`ModelConfig`
-    plus ``file``). The entry is validated first; the file is rewritten atomically."""
+    plus ``file``) of ``registry`` (default: the user's, in ``OVSTREAM_HOME``). The entry is
+    validated first; the file is rewritten atomically."""
+    registry = registry or paths.user_registry()
     if not _BARE_KEY.match(name):
         raise ConfigError(f"model name '{name}' must use only letters, digits, '_' and '-'")
     check_entry(name, entry, registry)
@@ -59,7 +58,7 @@ def register_model(name: str, entry: dict[str, Any], registry: Path = REGISTRY_P
     os.replace(tmp, registry)
 
 
-def check_entry(name: str, entry: dict[str, Any], registry: Path = REGISTRY_PATH) -> None:
+def check_entry(name: str, entry: dict[str, Any], registry: Path) -> None:
     """Raise :class:`ConfigError` unless ``entry`` reads back as a valid model section."""
     fields = {key: value for key, value in entry.items() if key != "file"}
     model = RunConfig.from_dict({"model": {**fields, "name": name}}, origin=str(registry)).model

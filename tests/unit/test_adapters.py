@@ -13,12 +13,13 @@ from engine.adapters.anchor_ssd import AnchorSSDAdapter, generate_anchors
 from engine.adapters.classification import ClassificationAdapter
 from engine.adapters.detection_output import DetectionOutputAdapter
 from engine.adapters.tf_od_api import TFObjectDetectionAdapter
-from engine.config import MODELS_DIR, REPO_ROOT, ModelConfig, load_registry
+from engine.config import ModelConfig, load_registry
 from engine.errors import ModelError
 from engine.geometry import Geometry
+from tests.conftest import REPO
 
 REGISTRY = load_registry()
-COCO_LABELS = (REPO_ROOT / "data" / "mscoco_labels.txt").read_text().splitlines()
+COCO_LABELS = (REPO / "data" / "mscoco_labels.txt").read_text().splitlines()
 LETTERBOX = Geometry.plan(640, 480, 192, 192, "letterbox")   # scale 0.3, 24 rows of padding above and below
 STRETCH = Geometry.plan(640, 480, 300, 300, "stretch")
 
@@ -172,12 +173,12 @@ def test_decode_is_fast():
 @pytest.fixture(scope="module")
 def face_model():
     ov = pytest.importorskip("openvino")
-    return ov.Core().compile_model(MODELS_DIR / REGISTRY["face"]["file"], "CPU")
+    return ov.Core().compile_model(REPO / "models" / REGISTRY["face"]["file"], "CPU")
 
 
 def detect_faces(face_model, image: str) -> list[dict]:
     """As the engine feeds it: BGR uint8 → letterbox into 192x192 → RGB, (x - 127.5) / 127.5, NHWC."""
-    frame = cv2.imread(str(REPO_ROOT / "data" / "coco100" / image))
+    frame = cv2.imread(str(REPO / "data" / "coco100" / image))
     geometry = Geometry.plan(frame.shape[1], frame.shape[0], 192, 192, "letterbox")
     canvas = np.empty((192, 192, 3), np.uint8)
     geometry.resize_into(frame, canvas)

@@ -16,9 +16,10 @@ from engine.bench.engine_runs import DEFAULT_GRID, EngineRun, engine_command, sw
 from engine.bench.soak import ProcessTrace, soak_frames_to_loop, stream_window
 from engine.bench.stats import Spread, fmt, percentile, ratio
 from engine.bench.transport import METHODS, make_frame, measure, touch
-from engine.config import REPO_ROOT, load_config
+from engine.config import load_config
+from tests.conftest import REPO
 
-COCO = REPO_ROOT / "data" / "coco100"
+COCO = REPO / "data" / "coco100"
 
 BENCHMARK_APP_SAMPLE = """\
 [Step 1/11] Parsing and validating input arguments

@@ -11,14 +11,15 @@ import openvino as ov
 import pytest
 
 from engine.cli import main as cli
-from engine.config import REGISTRY_PATH, REPO_ROOT, ModelConfig, PreprocessConfig, RunConfig
+from engine.config import ModelConfig, PreprocessConfig, RunConfig
 from engine.errors import ConfigError, ModelError
 from engine.model import prepare_model
 from engine.modeltools.convert import convert, default_name, inspect_source, per_channel
 from engine.modeltools.registry import register_model, render_entry
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
+from tests.conftest import REPO
 
-FACE = REPO_ROOT / "models" / "mediapipe" / "face_detection_full_range_sparse.tflite"
+FACE = REPO / "models" / "mediapipe" / "face_detection_full_range_sparse.tflite"
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}   # some CPUs default to bf16: compare like with like
 
 
@@ -29,7 +30,7 @@ def compiled(model: ov.Model | Path) -> ov.CompiledModel:
 @pytest.fixture
 def registry(tmp_path: Path) -> Path:
     path = tmp_path / "models.toml"
-    shutil.copy(REGISTRY_PATH, path)
+    shutil.copy(REPO / "models" / "models.toml", path)
     return path
 
 
@@ -102,7 +103,7 @@ def tflite_reference(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def face_ir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     registry = tmp_path_factory.mktemp("registry") / "models.toml"
-    shutil.copy(REGISTRY_PATH, registry)
+    shutil.copy(REPO / "models" / "models.toml", registry)
     return convert(FACE, "face", tmp_path_factory.mktemp("face"), registry=registry).xml
 
 
@@ -138,7 +139,7 @@ def test_embedded_preprocessing_equals_engine_ppp_and_numpy(face_ir: Path, tmp_p
     assert result.model.input().get_element_type() == ov.Type.u8
     assert result.entry["preprocess"] == {"resize": "letterbox", "color": "BGR", "mean": [0.0] * 3,
                                           "scale": [1.0] * 3}
-    bgr = cv2.resize(cv2.imread(str(REPO_ROOT / "data" / "coco100" / "000000000139.jpg")), (192, 192))
+    bgr = cv2.resize(cv2.imread(str(REPO / "data" / "coco100" / "000000000139.jpg")), (192, 192))
     embedded = compiled(result.xml)(bgr[None])
     # the raw IR with the engine's own PrePostProcessor at load time ...
     face = ModelConfig(name="face", path=str(face_ir), preprocess=PreprocessConfig(

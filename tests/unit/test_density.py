@@ -13,7 +13,8 @@ from rich.console import Console
 from engine.bench.density import SUSTAIN_FRACTION, Trial, engine_config, summarize
 from engine.bench.loops import list_images
 from engine.bench.soak import write_video
-from engine.config import REPO_ROOT, RunConfig, read_toml
+from engine.config import RunConfig, read_toml
+from tests.conftest import REPO
 
 
 def trial(variant: str, streams: int, delivered: list[int], drops: list[int] | None = None, error: str = "",
@@ -69,10 +70,10 @@ def test_engine_config_is_a_valid_run_config_with_camera_like_streams(tmp_path):
 
 
 def test_threaded_loop_serves_every_stream(tmp_path):
-    video = write_video(tmp_path / "clip", list_images(REPO_ROOT / "data" / "coco100")[:8], frames=30, fps=30)
+    video = write_video(tmp_path / "clip", list_images(REPO / "data" / "coco100")[:8], frames=30, fps=30)
     proc = subprocess.run([sys.executable, "-m", "engine.bench.density_loop", "--video", str(video), "--streams", "2",
                            "--seconds", "1", "--fps", "10", "--model", "face"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["streams"] == 2 and len(result["delivered"]) == 2
@@ -83,5 +84,5 @@ def test_threaded_loop_serves_every_stream(tmp_path):
 @pytest.mark.parametrize("bad", ["0", "1,x", ""])
 def test_density_rejects_bad_stream_counts(bad, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "engine.cli", "bench", "--density", "--density-streams", bad,
-                           "--output", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+                           "--output", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "--density-streams" in proc.stderr and "Traceback" not in proc.stderr

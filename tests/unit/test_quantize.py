@@ -12,9 +12,10 @@ import pytest
 from rich.console import Console
 
 from engine.cli import main as cli
-from engine.config import REGISTRY_PATH, REPO_ROOT, ModelConfig, PreprocessConfig
+from engine.config import ModelConfig, PreprocessConfig
 from engine.geometry import Geometry
 from engine.modeltools.datasets import InputPreparer, folder_samples, load_mnist
+from tests.conftest import REPO
 
 pytest.importorskip("nncf", reason="nncf not installed (pip install -e '.[tools]')")
 
@@ -22,7 +23,7 @@ from engine.modeltools.quantize import (head_layers, infer_all, int8_entry, quan
                                          resolve, throughput)
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
-COCO = REPO_ROOT / "data" / "coco100"
+COCO = REPO / "data" / "coco100"
 IMAGE = COCO / "000000000139.jpg"          # 640x426: letterbox pads top and bottom
 
 
@@ -130,7 +131,7 @@ def test_throughput_counts_frames(tiny_cfg: ModelConfig) -> None:
 
 def test_int8_entry_copies_the_source_settings(tmp_path: Path) -> None:
     registry = tmp_path / "models.toml"
-    shutil.copy(REGISTRY_PATH, registry)
+    shutil.copy(REPO / "models" / "models.toml", registry)
     entry = int8_entry(resolve("face"), tmp_path / "face_int8" / "face_int8.xml", registry)
     face = tomllib.loads(registry.read_text())["face"]
     assert entry["file"] == "face_int8/face_int8.xml"
