@@ -186,7 +186,7 @@ SOURCES = [   # [[sources]]: (TOML text, message words)
      "[[sources]] #2 loop must be an integer from 1 to 1000000, not 0"),
     ("[[sources]]\nuri = 'data/coco100'\nname = 'a'\n[[sources]]\nuri = 'data/mnist_samples'\nname = 'a'\n",
      "[[sources]] name 'a': used twice"),
-    ("[[sources]]\nuri = 'data/nothing/*.mp4'\n", "[[sources]] uri 'data/nothing/*.mp4': the pattern matches no file"),
+    ("[[sources]]\nuri = 'data/nothing/*.mp4'\n", "/data/nothing/*.mp4': the pattern matches no file"),
     ("[source]\nloop = -1\n[[sources]]\nuri = 'data/coco100'\n", "[source] loop must be an integer from 1"),
     ("[[sources]]\nuri = 'a'\nrealtime = 'yes'\n", "[[sources]] #1 realtime must be true or false, not 'yes'"),
 ]

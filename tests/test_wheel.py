@@ -1,0 +1,131 @@
+"""The built wheel works outside the checkout: installed in a fresh venv and run from another folder,
+it finds its bundled models, registry, configs and sample data, and writes only to the working
+directory and OVSTREAM_HOME (never into the installation).
+
+The venv borrows this environment's dependencies through a ``.pth`` file (no network, a few
+seconds); ovstream itself comes only from the wheel: the checkout is not importable there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SOURCES = ("pyproject.toml", "README.md", "engine", "workers", "models", "configs", "data")
+
+
+def _copy_sources(dest: Path) -> None:
+    """What the build reads, without caches or build leftovers (the checkout stays untouched)."""
+    dest.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "cache", "*.egg-info")
+    for name in SOURCES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(venv python, venv bin folder, environment for its commands) with the wheel installed."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    _copy_sources(tmp / "src")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                            "--no-index", "-q", "-w", str(tmp / "dist"), str(tmp / "src")],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = (tmp / "dist").glob("ovstream-*.whl")
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(purelib) / "_ovstream_test_deps.pth").write_text("\n".join(sorted(deps)) + "\n", encoding="utf-8")
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+                              "--no-index", "-q", str(wheel)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stdout + install.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XDG_DATA_HOME")}
+    env["OVSTREAM_HOME"] = str(tmp / "home")
+    work = tmp / "work"
+    work.mkdir()
+    return {"python": python, "bin": venv / "bin", "env": env, "work": work, "wheel": wheel,
+            "site": Path(purelib), "home": tmp / "home"}
+
+
+def _run(installed: dict, *cmd: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), cwd=installed["work"], env=installed["env"], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_the_wheel_holds_every_module_and_the_bundled_resources(installed):
+    names = set(zipfile.ZipFile(installed["wheel"]).namelist())
+    for package in ("engine", "workers"):
+        for path in (REPO / package).rglob("*.py"):
+            assert path.relative_to(REPO).as_posix() in names, f"{path} is not in the wheel (pyproject packages)"
+    for resource in ("models/models.toml", "configs/default.toml", "data/coco100/000000000139.jpg",
+                     "models/ssd_mobilenet_v1_coco/detect.tflite", "data/mscoco_labels.txt"):
+        assert f"engine/bundled/{resource}" in names
+    assert not any(name.startswith(("models/", "configs/", "data/", "bench/")) for name in names)
+
+
+def test_installed_package_runs_from_another_folder(installed):
+    """The bundled default config, model, labels and images, from a folder that is not the checkout."""
+    site_before = _tree(installed["site"])
+    where = _run(installed, str(installed["python"]), "-c",
+                 "import engine, engine.paths as p; print(engine.__file__); print(p.bundled_root())")
+    assert where.returncode == 0, where.stderr
+    module, root = where.stdout.split()
+    assert Path(module).is_relative_to(installed["site"]), module        # the wheel, not the checkout
+    assert Path(root) == installed["site"] / "engine" / "bundled"
+    run = _run(installed, str(installed["bin"] / "ovstream"), "run", "--no-dashboard")
+    assert run.returncode == 0, run.stderr
+    records = [json.loads(line) for line in
+               (installed["work"] / "runs" / "default" / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 100 and all(r["status"] == "ok" for r in records)
+    assert any(d["label"] == "person" for r in records for d in r["detections"])   # labels file found
+    assert _tree(installed["site"]) == site_before            # nothing written into the installation
+
+
+def test_converted_model_is_registered_in_ovstream_home(installed):
+    """`convert --register` writes the IR and the registry entry to OVSTREAM_HOME; the user registry
+    is read over the bundled one (the name stays, the file is the user's) and runs from anywhere."""
+    site_before = _tree(installed["site"])
+    tflite = installed["site"] / "engine" / "bundled" / "models" / "mediapipe" / "face_detection_short_range.tflite"
+    convert = _run(installed, str(installed["bin"] / "ovstream"), "convert", str(tflite), "--name", "face_short",
+                   "--register")
+    assert convert.returncode == 0, convert.stderr
+    home = installed["home"]
+    assert (home / "models" / "face_short" / "face_short.xml").is_file()
+    registry = (home / "models" / "models.toml").read_text()
+    assert 'file = "face_short/face_short.xml"' in registry and "anchor_ssd" in registry
+    script = ("from engine.config import load_config\n"
+              "cfg = load_config(overrides={'model': {'name': 'face_short'}, 'sources': [{'uri': 'data/coco100'}]})\n"
+              "print(cfg.model.path); print(cfg.sources[0].uri)")
+    api = _run(installed, str(installed["python"]), "-c", script)
+    assert api.returncode == 0, api.stderr
+    model_path, uri = api.stdout.split()
+    assert Path(model_path) == home / "models" / "face_short" / "face_short.xml"
+    assert Path(uri) == installed["site"] / "engine" / "bundled" / "data" / "coco100"
+    run = _run(installed, str(installed["bin"] / "ovstream"), "run", "--model", "face_short",
+               "--source", "data/coco100", "--output", "faces", "--no-dashboard")
+    assert run.returncode == 0, run.stderr
+    assert len((installed["work"] / "faces" / "results.jsonl").read_text().splitlines()) == 100
+    assert _tree(installed["site"]) == site_before
