@@ -129,3 +129,15 @@ def test_converted_model_is_registered_in_ovstream_home(installed):
     assert run.returncode == 0, run.stderr
     assert len((installed["work"] / "faces" / "results.jsonl").read_text().splitlines()) == 100
     assert _tree(installed["site"]) == site_before
+
+
+def test_bin_launcher_runs_the_checkout_from_another_folder(tmp_path):
+    """bin/ovstream: the checkout without installing it, from any folder, with its bundled names."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHON=sys.executable, OVSTREAM_HOME=str(tmp_path / "home"))
+    proc = subprocess.run([str(REPO / "bin" / "ovstream"), "run", "--model", "mnist", "--source", "data/mnist_samples",
+                           "--output", "out", "--no-dashboard"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=240, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["classes"][0]["label"] for r in records) == [str(d) for d in range(10)]
