@@ -16,6 +16,7 @@ import importlib  # noqa: E402
 import sys  # noqa: E402
 
 from engine.errors import EXIT_INTERRUPTED, OvstreamError
+from engine.logs import LEVELS, configure_cli
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("engine.runner", "stream a source through the models and devices of a config"),
@@ -87,7 +88,11 @@ def _dispatch(argv: list[str]) -> int:
         return 2
     sub = OneLineParser(prog=f"ovstream {name}", description=help_text)
     module.add_arguments(sub)
+    sub.add_argument("--log-level", type=str.upper, choices=LEVELS, default="WARNING",
+                     help="diagnostics on stderr from this level on (default WARNING); each stage's "
+                          "log in the output folder has INFO, or DEBUG with --log-level DEBUG")
     args = sub.parse_args(argv[1:])
+    configure_cli(args.log_level)
     if not getattr(module, "HANDLES_SIGNALS", False):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:

@@ -7,6 +7,19 @@ EXIT_USAGE = 2         # bad config, missing model, unknown device: fix the inpu
 EXIT_INTERRUPTED = 130
 
 
+def reason(exc: BaseException) -> str:
+    """The informative line of an exception's text, at most 300 characters: OpenVINO's own
+    ``Exception from src/…:LINE:`` and ``Check '…' failed at src/…`` lines are left out."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check "))]
+    return (useful or lines or [type(exc).__name__])[0][:300]
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: reason`` of an unexpected exception, for a record or a one-line report."""
+    return f"{type(exc).__name__}: {reason(exc)}"
+
+
 class OvstreamError(Exception):
     """An error the user can fix; printed as one line, never as a traceback."""
 

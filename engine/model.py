@@ -19,7 +19,7 @@ import openvino as ov
 from openvino.frontend import FrontEndManager
 
 from engine.config import InferenceConfig, ModelConfig, RunConfig, channels_of
-from engine.errors import ConfigError, DeviceError, ModelError
+from engine.errors import ConfigError, DeviceError, ModelError, reason
 from engine.tflite_ops import EXTENSIONS
 
 
@@ -52,13 +52,6 @@ def quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _reason(exc: Exception) -> str:
-    """The informative line of an OpenVINO exception (not its 'Exception from file:line')."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(("Exception from", "Check "))]
-    return (useful or lines or [type(exc).__name__])[0][:300]
-
-
 def read_model(core: ov.Core, path: str) -> ov.Model:
     """Read a model file with one clear error for anything OpenVINO cannot read. A ``.tflite`` file
     goes through the TFLite frontend with the engine's conversion extensions (:mod:`engine.tflite_ops`:
@@ -71,7 +64,7 @@ def read_model(core: ov.Core, path: str) -> ov.Model:
                 return read_tflite(path)
             return core.read_model(path)
     except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
-        raise ModelError(f"cannot read model {path}: {_reason(exc)}") from None
+        raise ModelError(f"cannot read model {path}: {reason(exc)}") from None
 
 
 def read_tflite(path: str) -> ov.Model:
@@ -85,7 +78,8 @@ def read_tflite(path: str) -> ov.Model:
 def input_info(model: ov.Model, params: dict | None = None) -> InputInfo:
     """The single image input: its name, layout and spatial size."""
     params = params or {}
-    images = [i for i in model.inputs if i.get_partial_shape().rank.get_length() == 4]
+    images = [i for i in model.inputs if i.get_partial_shape().rank.is_static
+              and i.get_partial_shape().rank.get_length() == 4]
     if len(images) != 1:
         raise ModelError(f"model needs exactly one 4-D image input, has "
                          f"{[str(i.get_partial_shape()) for i in model.inputs]}")
@@ -121,9 +115,9 @@ def prepare_model(model: ov.Model, cfg: ModelConfig, batch: int) -> tuple[ov.Mod
         model.reshape({info.name: shape})
     except Exception as exc:
         if batch == 1:
-            raise ModelError(f"cannot prepare {cfg.path} for input {shape}: {_reason(exc)}") from None
+            raise ModelError(f"cannot prepare {cfg.path} for input {shape}: {reason(exc)}") from None
         raise ModelError(f"cannot set batch {batch} on {cfg.path}: the graph fixes its batch size (use batch = 1; "
-                         f"OpenVINO says: {_reason(exc)})") from None
+                         f"OpenVINO says: {reason(exc)})") from None
     pre = cfg.preprocess
     ppp = ov.preprocess.PrePostProcessor(model)
     inp = ppp.input(info.name)
@@ -151,16 +145,26 @@ def prepare_model(model: ov.Model, cfg: ModelConfig, batch: int) -> tuple[ov.Mod
     try:
         return ppp.build(), info
     except Exception as exc:
-        raise ModelError(f"cannot fold preprocessing into {cfg.path}: {str(exc).splitlines()[0][:300]}") from None
+        raise ModelError(f"cannot fold preprocessing into {cfg.path}: {reason(exc)}") from None
 
 
 def check_preprocess(info: InputInfo, cfg: ModelConfig) -> None:
-    """``[model.preprocess]`` color (and so the mean/scale lengths) must fit the model's channels."""
+    """The model's input must be an image of 1 or 3 channels, and ``[model.preprocess]`` color (and
+    so the mean/scale lengths) must fit them."""
+    name = Path(cfg.path).name
+    if info.channels not in (1, 3):
+        size = f"{info.channels}×{info.height}×{info.width}" if info.layout == "NCHW" \
+            else f"{info.height}×{info.width}×{info.channels}"
+        layout = cfg.params.get("layout")
+        fix = (f"[model.params] layout = '{layout}' reads it so; remove it or use the other layout" if layout
+               else "set [model.params] layout = 'NCHW' or 'NHWC' if it was guessed wrong")
+        raise ModelError(f"the input of {name} read as {info.layout} is {size}, not an image of 1 or 3 "
+                         f"channels: {fix}")
     color = cfg.preprocess.color
     if channels_of(color) != info.channels:
         fit = "GRAY" if info.channels == 1 else "RGB or BGR"
         raise ConfigError(f"[model.preprocess] color {color} gives {channels_of(color)} channel(s), but the "
-                          f"input of {Path(cfg.path).name} has {info.channels}: use {fit}")
+                          f"input of {name} has {info.channels}: use {fit}")
 
 
 # The [inference] keys that become OpenVINO properties (for messages about them).
@@ -212,10 +216,10 @@ def preflight_compile(core: ov.Core, cfg: RunConfig, device: str) -> None:
     try:
         core.compile_model(model, device, props)
     except Exception as exc:
-        reason = _reason(exc)
-        named = [k for k in props if k in reason] or list(raw_properties(cfg.inference, device))
+        why = reason(exc)
+        named = [k for k in props if k in why] or list(raw_properties(cfg.inference, device))
         where = ", ".join(_config_key(cfg.inference, device, k) for k in named)
-        raise ConfigError(f"{where}: {device} refused it: {reason}") from None
+        raise ConfigError(f"{where}: {device} refused it: {why}") from None
 
 
 def compile_properties(cfg: InferenceConfig, device: str) -> dict:
@@ -259,7 +263,7 @@ def compile_model(core: ov.Core, model: ov.Model, device: str, cfg: InferenceCon
     try:
         return core.compile_model(model, device, compile_properties(cfg, device))
     except Exception as exc:
-        raise DeviceError(f"compiling on {device} failed: {_reason(exc)}") from None
+        raise DeviceError(f"compiling on {device} failed: {reason(exc)}") from None
 
 
 def device_info(compiled: ov.CompiledModel) -> dict[str, str]:

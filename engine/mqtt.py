@@ -40,7 +40,7 @@ from engine.errors import ConfigError
 from engine.metrics import DEFAULT_STREAM, stream_key
 from engine.sinks import Sink, encode_record
 
-log = logging.getLogger("ovstream.mqtt")
+log = logging.getLogger(__name__)
 RECONNECT_DELAY_S = (1, 5)          # paho's back-off between reconnect attempts (min, max)
 Mark = tuple[str, int]              # (stream, frame id) of a record
 

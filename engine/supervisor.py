@@ -13,6 +13,7 @@ ends when every stream has ended (a live stream ends only when it is lost for go
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from engine.config import RunConfig
 from engine.dashboard import Dashboard
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, OvstreamError
 from engine.ledger import FrameLedger
+from engine.logs import stage_level
 from engine.messages import AckMsg, ControlMsg, FatalMsg, Message, ReadyMsg, StatsMsg, decode, MessageError
 from engine.metrics import MetricsAggregator, split_stream_key
 from engine.model import InputInfo, check_devices, check_preprocess, check_properties, input_info, output_shapes, \
@@ -47,6 +49,8 @@ READY_TIMEOUT_S = 300.0       # compiling for a GPU can take minutes the first t
 STOP_GRACE_S = 1.0
 HANG_TIMEOUT_S = 30.0       # a live source may block this long while it reconnects
 PUBLISH_S = 0.5             # how often /metrics gets a fresh snapshot
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -210,7 +214,7 @@ class Supervisor:
             input={"height": self.info.height, "width": self.info.width, "batch": self.cfg.inference.batch},
             device=child.device, completed={str(sid): self.ledgers[sid].ranges() for sid in streams},
             supervisor_pid=os.getpid(), layout=self.layout.to_dict(), epoch=child.restarts, resume=resume,
-            replay_from=self.replay_from if child.role == "postprocessor" else {})
+            replay_from=self.replay_from if child.role == "postprocessor" else {}, log_level=stage_level())
 
     def _spawn(self, child: Child) -> None:
         ctx_path = self.run_dir.path / f"{child.name}.json"
@@ -220,6 +224,7 @@ class Supervisor:
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         log.close()
+        logger.debug("%s started: pid %d, generation %d", child.name, child.proc.pid, self.generation)
         child.ready = False
         child.last_seen = time.monotonic()
 
@@ -277,7 +282,7 @@ class Supervisor:
             if msg.usage:                  # restarting cannot fix a user mistake or a full disk
                 self.failure = self.failure or f"{child.name}: {first}"
             else:
-                print(f"[supervisor] {child.name}: {first}", file=sys.stderr, flush=True)
+                logger.warning("%s: %s", child.name, first)
 
     def _note_replay_marks(self, gauges: dict) -> None:
         """The MQTT sink's per-stream marks (``mqtt_replay_from@<stream>``): where a restarted
@@ -323,8 +328,7 @@ class Supervisor:
         if child.restarts > self.cfg.pipeline.max_restarts:
             raise StartFailure(f"{child.name} could not start: exited {child.restarts} times during start-up "
                                f"(last exit code {code}); see {log}")
-        print(f"[supervisor] {child.name} exited during start-up with code {code}; restarting",
-              file=sys.stderr, flush=True)
+        logger.warning("%s exited during start-up with code %s; restarting", child.name, code)
         self._spawn(child)
 
     def _stop_all(self, drain_s: float = 0.0) -> None:
@@ -351,7 +355,7 @@ class Supervisor:
         if child.restarts > self.cfg.pipeline.max_restarts:
             self.failure = f"{child.name} died {child.restarts} times (last exit code {code}); giving up"
             return
-        print(f"[supervisor] {child.name} exited with code {code}; restarting", file=sys.stderr, flush=True)
+        logger.warning("%s exited with code %s; restarting", child.name, code)
         if child.role == "inference":
             self._send("preprocessor", "worker_down", f"{child.name}@{child.proc.pid}")
             self._spawn(child)
@@ -405,7 +409,7 @@ class Supervisor:
             if child.proc.poll() is not None:
                 self._on_death(child)
             elif child.ready and now - child.last_seen > HANG_TIMEOUT_S:
-                print(f"[supervisor] {child.name} silent for {HANG_TIMEOUT_S:.0f}s; killing it", file=sys.stderr)
+                logger.warning("%s silent for %.0fs; killing it", child.name, HANG_TIMEOUT_S)
                 child.proc.kill()
                 child.proc.wait()
 

@@ -30,7 +30,7 @@ from engine.sources import Source, open_source
 from engine.streams import Layout, StreamSpec
 from workers.runtime import Stage, StageContext, stage_main
 
-log = logging.getLogger("decoder")
+log = logging.getLogger(__name__)
 
 
 def fit_into_slot(frame: np.ndarray, max_w: int, max_h: int, dst_pool: SlotPool, slot: int) -> tuple[int, int]:

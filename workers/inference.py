@@ -19,7 +19,7 @@ import zmq
 
 from engine.channels import make_socket
 from engine.config import InferenceConfig
-from engine.errors import DeviceError
+from engine.errors import DeviceError, describe
 from engine.messages import BatchMsg, CreditMsg, ResultMsg, encode_result
 from engine.model import compile_model, device_info, output_shapes, prepare_model, read_model
 from engine.shm import SlotPool
@@ -111,7 +111,7 @@ class RequestPool:
                 request.wait()                       # returns at once; raises if inference failed
                 arrays, error = [np.array(request.get_output_tensor(i).data) for i in range(outputs)], ""
             except Exception as exc:  # a failed inference becomes error records, the worker goes on
-                arrays, error = None, f"{type(exc).__name__}: {exc}"
+                arrays, error = None, describe(exc)
             self._idle.append(index)
             yield batch, arrays, error, started, ended
 

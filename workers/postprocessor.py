@@ -9,6 +9,7 @@ id is acknowledged to the supervisor, per stream, which keeps the ledgers used t
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ from engine.shm import SlotPool
 from engine.sinks import Sink, encode_record, open_sinks
 from engine.streams import Layout
 from workers.runtime import Stage, StageContext, stage_main
+
+log = logging.getLogger(__name__)
 
 LIVE_GAP_S = 2.0   # a live source's missing frame is given up after this long
 
@@ -258,7 +261,7 @@ def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, stre
             msg, tensors = stage.decode(buffers[0]), {}
     except MessageError as exc:
         stage.bad_messages += 1
-        print(f"[{ctx.name}] rejected message: {exc}", flush=True)
+        log.warning("rejected message: %s", exc)
         return
     if isinstance(msg, EndOfSource):
         if streams.valid(msg.stream):

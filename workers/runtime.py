@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,13 +21,16 @@ import zmq
 
 from engine.channels import make_socket
 from engine.config import RunConfig
-from engine.errors import OvstreamError
+from engine.errors import OvstreamError, describe
 from engine.ledger import FrameLedger
+from engine.logs import configure_stage
 from engine.messages import ControlMsg, FatalMsg, Message, MessageError, ReadyMsg, StatsMsg, decode
 from engine.metrics import LatencyRecorder
 from engine.shm import PoolSpec
 
 _PR_SET_PDEATHSIG = 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class StageContext:
     epoch: int = 0                                    # this instance's restart count (decoders)
     resume: dict[str, int] = field(default_factory=dict)   # live stream → first frame id to use
     replay_from: dict[str, int] = field(default_factory=dict)  # postprocessor: stream → first frame id to publish again
+    log_level: int = logging.INFO                     # of the stage's log file
 
     def to_json(self) -> str:
         return json.dumps({
@@ -57,7 +60,7 @@ class StageContext:
             "config": self.config.to_dict(), "input": self.input, "device": self.device,
             "completed": self.completed, "supervisor_pid": self.supervisor_pid,
             "layout": self.layout, "epoch": self.epoch, "resume": self.resume,
-            "replay_from": self.replay_from,
+            "replay_from": self.replay_from, "log_level": self.log_level,
         })
 
     @classmethod
@@ -143,7 +146,7 @@ class Stage:
             return decode(data)
         except MessageError as exc:
             self.bad_messages += 1
-            print(f"[{self.ctx.name}] rejected message: {exc}", file=sys.stderr)
+            log.warning("rejected message: %s", exc)
             return None
 
     def wait_for_start(self) -> None:
@@ -172,7 +175,8 @@ def stage_main(run: Callable[[StageContext, Stage], None]) -> None:
     _die_with_parent()
     with open(sys.argv[1], encoding="utf-8") as fh:
         ctx = StageContext.from_json(fh.read())
-    logging.basicConfig(level=logging.INFO, format=f"[{ctx.name}] %(message)s", stream=sys.stderr)
+    configure_stage(ctx.name, ctx.log_level)
+    log.debug("pid %d, generation %d, context %s", os.getpid(), ctx.generation, sys.argv[1])
     if os.getppid() != ctx.supervisor_pid:
         sys.exit(1)
     stage = Stage(ctx)
@@ -181,21 +185,13 @@ def stage_main(run: Callable[[StageContext, Stage], None]) -> None:
         run(ctx, stage)
     except OvstreamError as exc:    # told first: the log may be on the disk that just filled up
         stage.send(FatalMsg(ctx.name, str(exc), usage=True, generation=ctx.generation))
-        _log(f"[{ctx.name}] {exc}")
+        log.error("%s", exc)
         code = 2
     except Exception as exc:  # a bug: one line to the supervisor, which restarts it, and the trace to the log
-        stage.send(FatalMsg(ctx.name, f"{type(exc).__name__}: {exc}", generation=ctx.generation))
-        _log(traceback.format_exc())
+        stage.send(FatalMsg(ctx.name, describe(exc), generation=ctx.generation))
+        log.exception("%s failed", ctx.name)
         code = 1
     finally:
         stage.close()
         zmq.Context.instance().term()
     sys.exit(code)
-
-
-def _log(text: str) -> None:
-    """To this stage's log, if it can still be written."""
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except OSError:
-        pass

@@ -203,3 +203,35 @@ def test_source_file_of_an_unknown_kind(engine_env, tmp_path):
     line = _one_line(run_ovstream("--source", str(path), output=tmp_path / "out", env=engine_env,
                                   timeout=TIMEOUT))
     assert str(path) in line and "'.txt'" in line and "neither an image" in line
+
+
+MNIST = REPO / "models" / "mnist" / "mnist.xml"
+EFFICIENTNET = REPO / "models" / "efficientnet_lite0" / "efficientnet_lite0_fp16.xml"
+NANODET = REPO / "models" / "nanodet_m" / "nanodet_m_416.onnx"
+
+
+@pytest.mark.parametrize("args, toml, expected", [
+    # the 1-channel MNIST CNN as a file with the default colour (RGB): once a raw "Check … failed" in inference-0
+    (["--model", "models/mnist/mnist.xml", "--adapter", "classification"], "",
+     ["[model.preprocess] color RGB gives 3 channel(s)", "mnist.xml has 1: use GRAY"]),
+    ([], f"[model]\nname = 'digits'\npath = '{MNIST}'\nadapter = 'classification'\n[model.preprocess]\ncolor = 'BGR'\n",
+     ["color BGR gives 3 channel(s)", "use GRAY"]),
+    ([], f"[model]\nname = 'net'\npath = '{EFFICIENTNET}'\nadapter = 'classification'\n[model.preprocess]\n"
+         f"color = 'GRAY'\nmean = [0.0]\nscale = [1.0]\n",
+     ["color GRAY gives 1 channel(s)", "efficientnet_lite0_fp16.xml has 3: use RGB or BGR"]),
+    ([], f"[model]\nname = 'net'\npath = '{EFFICIENTNET}'\nadapter = 'classification'\n[model.params]\nlayout = 'NHWC'\n",
+     ["read as NHWC is 3×224×224, not an image of 1 or 3 channels", "layout = 'NHWC' reads it so"]),
+    (["--model", str(EFFICIENTNET), "--adapter", "tf_od_api"], "", ["tf_od_api expects", "logits [1, 1000]"]),
+    (["--model", str(NANODET), "--adapter", "yolo"], "", ["yolo expects one output", "[1, 2704, 80]"]),
+    (["--model", str(MNIST), "--adapter", "nanodet"], "[model.preprocess]\ncolor = 'GRAY'\nmean = [0.0]\nscale = [1.0]\n",
+     ["nanodet expects", "[1, 10]"]),
+], ids=["mnist-rgb", "mnist-bgr", "rgb-model-gray", "wrong-layout", "classifier-as-detector", "nanodet-as-yolo",
+        "classifier-as-nanodet"])
+def test_model_that_does_not_fit_its_adapter_is_found_before_start(engine_env, tmp_path, args, toml, expected):
+    """Input channels, colour, layout and output shapes are checked against the adapter in the
+    pre-flight: exit 2, one line, no stage started, and none of OpenVINO's own text."""
+    config = [_config(tmp_path, toml)] if toml else []
+    result = run_ovstream(*config, *args, output=tmp_path / "out", env=engine_env, timeout=TIMEOUT)
+    line = _one_line(result)
+    assert all(words in line for words in expected), line
+    assert "Exception from" not in line and "Check '" not in line and "src/" not in line, line
