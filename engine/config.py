@@ -498,9 +498,11 @@ def find_model(name: str) -> tuple[dict, Path] | None:
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
     """Load a config file (default: the bundled configs/default.toml), apply overrides, resolve the
     model. Relative paths are relative to the config file's folder, those of ``overrides`` (the
-    command line) to the working directory; either may name a bundled resource (``data/coco100``)."""
-    cfg_path = Path(path) if path else paths.bundled(paths.DEFAULT_CONFIG)
-    data = anchor_paths(read_toml(cfg_path), cfg_path.absolute().parent, writes_to_cwd=not path)
+    command line) to the working directory; either may name a bundled resource (``data/coco100``,
+    also ``path`` itself: ``configs/mnist.toml``). A bundled config writes to the working directory."""
+    cfg_path = paths.resolve(path) if path else paths.bundled(paths.DEFAULT_CONFIG)
+    bundled = cfg_path.resolve().is_relative_to(paths.bundled_root().resolve())
+    data = anchor_paths(read_toml(cfg_path), cfg_path.absolute().parent, writes_to_cwd=bundled)
     if overrides:
         RunConfig.from_dict(overrides, origin="command line")   # a bad option is named as such
         data = _merge(data, anchor_paths(overrides, Path.cwd()))
