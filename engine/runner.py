@@ -23,11 +23,12 @@ HANDLES_SIGNALS = True      # the supervisor installs its handlers, then lets Ct
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="TOML config (default: configs/default.toml)")
+    parser.add_argument("config", nargs="?", help="TOML config (default: the bundled configs/default.toml; "
+                                                  "bundled ones by name from any folder: configs/mnist.toml)")
     parser.add_argument("--source", action="append",
                         help="image folder, video file, camera index or rtsp/http URL; repeat for several "
                              "streams; a glob ('clips/*.mp4') is one stream per file")
-    parser.add_argument("--model", help="registry name (models/models.toml) or model file")
+    parser.add_argument("--model", help="registry name (bundled models/models.toml, or OVSTREAM_HOME's) or model file")
     parser.add_argument("--adapter", help="output adapter when --model is a file")
     parser.add_argument("--device", action="append", help="OpenVINO device; repeat for several workers")
     parser.add_argument("--nireq", type=int, help="async infer requests per worker (0: device optimum)")

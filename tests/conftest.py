@@ -19,6 +19,14 @@ REPO = Path(__file__).resolve().parent.parent
 COCO = REPO / "data" / "coco100"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_ovstream_home(tmp_path_factory):
+    """The tests' OVSTREAM_HOME: what they register stays out of the user's, and a user's registry
+    cannot change what the tests see (runs started by the tests inherit it)."""
+    os.environ["OVSTREAM_HOME"] = str(tmp_path_factory.mktemp("ovstream-home"))
+    yield
+
+
 @dataclass
 class RunResult:
     """What one `ovstream` invocation produced."""
