@@ -559,6 +559,8 @@ def _anchor_uri(uri: str, base: Path) -> str:
                 return str(root / pattern)
         return str(base / pattern)
     return str(paths.resolve(text, base))
+
+
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
