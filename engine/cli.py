@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+        return _dispatch(list(sys.argv[1:] if argv is None else argv), owns_process)
     except KeyboardInterrupt:
         print("ovstream: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(sig, signal.SIG_IGN)
 
 
-def _dispatch(argv: list[str]) -> int:
+def _dispatch(argv: list[str], owns_process: bool = False) -> int:
+    """Run one command; as the program (``owns_process``) it also sets up logging (--log-level),
+    which a Python caller of :func:`main` keeps configuring itself."""
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
         if argv and not argv[0].startswith("-"):
@@ -92,7 +94,8 @@ def _dispatch(argv: list[str]) -> int:
                      help="diagnostics on stderr from this level on (default WARNING); each stage's "
                           "log in the output folder has INFO, or DEBUG with --log-level DEBUG")
     args = sub.parse_args(argv[1:])
-    configure_cli(args.log_level)
+    if owns_process:
+        configure_cli(args.log_level)
     if not getattr(module, "HANDLES_SIGNALS", False):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
