@@ -54,8 +54,8 @@ def installed(tmp_path_factory):
                              capture_output=True, text=True, check=True).stdout.strip()
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(purelib) / "_ovstream_test_deps.pth").write_text("\n".join(sorted(deps)) + "\n", encoding="utf-8")
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                              "--no-index", "-q", str(wheel)], capture_output=True, text=True, timeout=300)
+    install = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
+                             capture_output=True, text=True, timeout=300)    # pip borrowed like the rest
     assert install.returncode == 0, install.stdout + install.stderr
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XDG_DATA_HOME")}
     env["OVSTREAM_HOME"] = str(tmp / "home")
