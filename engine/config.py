@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import json
 import math
 import os
 import re
@@ -87,6 +88,8 @@ class SourceConfig(Section):
     reconnect_attempts: int = Field(10, ge=0, le=10_000)  # live sources: retries (with backoff)
     max_fps: float = Field(0.0, ge=0, le=10_000)          # 0: as fast as the pipeline goes
     realtime: bool = False        # a file paced at its native rate (video FPS; images at max_fps or 30)
+    start: int = Field(0, ge=0, le=2**53)   # first frame id; those before it count as written elsewhere and
+    # are not read (a folder starts at that file, a video at that frame): how cluster mode resumes a stream
 
 
 class PreprocessConfig(Section):
@@ -223,6 +226,7 @@ class OutputConfig(Section):
     video: bool = False
     video_fps: float = Field(25.0, gt=0, le=1000)
     report: bool = True
+    status: bool = False          # status.json: the report so far, rewritten every 0.5 s while running
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
 
@@ -241,6 +245,25 @@ class MetricsConfig(Section):
     linger_s: float = Field(0.0, ge=0, le=3600)   # keep serving this long after the run, for a last scrape
 
 
+_CLUSTER_ADDRESS = re.compile(r"^(|auto|(ray://)?[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})$")
+
+
+class ClusterConfig(Section):
+    """``[cluster]``: the streams spread over the nodes of a Ray cluster (off while address is "")."""
+
+    address: str = ""                         # "auto" (the local cluster), HOST:PORT, or ray://HOST:PORT
+    resource: NonEmpty = "ovstream_streams"   # the node resource that says how many streams a node sustains
+    per_stream: float = Field(1.0, gt=0, le=1e6)   # how much of ``resource`` one stream takes
+    max_moves: int = Field(3, ge=0, le=1000)  # a stream whose engine died more often than this fails
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not _CLUSTER_ADDRESS.match(value.strip()):
+            raise ValueError('must be "auto", HOST:PORT or ray://HOST:PORT')
+        return value.strip()
+
+
 class RunConfig(Section):
     """Everything one ``ovstream run`` needs."""
 
@@ -252,6 +275,7 @@ class RunConfig(Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _across_sections(self) -> "RunConfig":
@@ -272,7 +296,7 @@ class RunConfig(Section):
         """Validate plain data (a parsed TOML file, a stage context) strictly; errors name ``origin``.
         Each ``[[sources]]`` entry takes the keys it does not set from ``[source]``."""
         if isinstance(data, dict) and isinstance(data.get("sources"), list):
-            base = {k: v for k, v in data.get("source", {}).items() if k not in ("uri", "name")} \
+            base = {k: v for k, v in data.get("source", {}).items() if k not in ("uri", "name", "start")} \
                 if isinstance(data.get("source"), dict) else {}
             data = {**data, "sources": [{**base, **entry} if isinstance(entry, dict) else entry
                                         for entry in data["sources"]]}
@@ -445,7 +469,8 @@ def _length(metadata: list | tuple) -> str:
 # ---- loading --------------------------------------------------------------------------------------
 
 def read_toml(path: Path) -> dict:
-    """Parse a TOML file; a missing, binary, non-UTF-8 or malformed file is a :class:`ConfigError`."""
+    """Parse a TOML file (or a ``.json`` one: the resolved form a cluster driver hands its
+    engines); a missing, binary, non-UTF-8 or malformed file is a :class:`ConfigError`."""
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
@@ -462,6 +487,14 @@ def read_toml(path: Path) -> dict:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
                           f"save it as UTF-8") from None
+    if Path(path).suffix == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a JSON config must be an object")
+        return data
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

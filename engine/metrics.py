@@ -533,7 +533,8 @@ class _Stream:
     kind: str = "file"
     ok: int = 0                     # acked results / error records (the supervisor's ledger)
     err: int = 0
-    ids: int = 0                    # decoder's high-water mark of frame ids produced
+    ids: int = 0                    # decoder's high-water mark of frame ids produced (from ``first``)
+    first: int = 0                  # the stream's first frame id in this run (``[source] start``)
     drops: int = 0
     cut: tuple[int, int, int, int] = (0, 0, 0, 0)   # (ids, drops, ok, err) at one instant
     state: str = "starting"
@@ -609,9 +610,10 @@ class MetricsAggregator:
         """The supervisor restarted ``process`` (its next stats come from a fresh instance)."""
         self._procs.setdefault(process, _Proc(name=process)).restarts_noted += 1
 
-    def add_stream(self, name: str, uri: str = "", kind: str = "file") -> int:
-        """Declare the next stream (index = declaration order); returns its index."""
-        self._streams.append(_Stream(name, uri, kind))
+    def add_stream(self, name: str, uri: str = "", kind: str = "file", first: int = 0) -> int:
+        """Declare the next stream (index = declaration order; ``first``: its first frame id in this
+        run, when it resumes where another run stopped); returns its index."""
+        self._streams.append(_Stream(name, uri, kind, first=first))
         return len(self._streams) - 1
 
     def set_stream_acks(self, stream: int, ok: int, errors: int, now: float | None = None) -> None:
@@ -740,14 +742,14 @@ class MetricsAggregator:
                 continue
             name, st = parsed[0], self._streams[parsed[1]]
             if proc.role == "decoder" and name == "next_frame_id":
-                st.ids = max(st.ids, int(value))
+                st.ids = max(st.ids, int(value) - st.first)
                 st.drops = proc.total(stream_key("drops", parsed[1]))
                 st.reconnects = proc.total(stream_key("reconnects", parsed[1]))
                 st.cut = (st.ids, st.drops, st.ok, st.err)
             elif proc.role == "decoder" and name == "state" and 0 <= int(value) < len(STREAM_STATES):
                 st.state = STREAM_STATES[int(value)]
             elif proc.role == "decoder" and name == "expected":
-                st.expected = int(value)
+                st.expected = max(0, int(value) - st.first) if int(value) else 0
         if proc.role == "postprocessor":
             for i, st in enumerate(self._streams):
                 st.duplicates = proc.total(stream_key("duplicates", i))

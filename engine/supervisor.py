@@ -142,9 +142,11 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self.layout: Layout = plan(cfg, self._slots_per_stream())
         check_memory(self._pool_sizes())          # before anything is allocated
-        for spec in self.layout.streams:
-            self.metrics.add_stream(spec.name, spec.uri, spec.kind)
-        self.ledgers = [FrameLedger() for _ in self.layout.streams]
+        for spec, src in zip(self.layout.streams, cfg.sources or [cfg.source]):
+            self.metrics.add_stream(spec.name, spec.uri, spec.kind, first=src.start)
+        # a stream that starts later ([source] start) has its earlier frames written elsewhere
+        self.ledgers = [FrameLedger.from_ranges([[0, src.start]] if src.start else [])
+                        for src in cfg.sources or [cfg.source]]
         self.acked = [[0, 0] for _ in self.layout.streams]     # per stream: results, error records
         self.ended: set[int] = set()
         self.resume: dict[str, int] = {}        # live stream → next frame id for a restarted decoder
@@ -441,14 +443,14 @@ class Supervisor:
                 if deadline is not None and now >= deadline:
                     break
                 draw = now >= next_draw
-                publish = self.exporter is not None and now >= next_publish
+                publish = (self.exporter is not None or self.cfg.output.status) and now >= next_publish
                 if draw or publish:
                     snapshot = self.metrics.snapshot()      # one snapshot for every view
                     if draw:
                         dashboard.update(snapshot)
                         next_draw = now + 1.0 / self.cfg.dashboard.refresh_hz
                     if publish:
-                        self.exporter.publish(snapshot)
+                        self._publish(snapshot)
                         next_publish = now + PUBLISH_S
             self.metrics.set_state("interrupted" if self.interrupted else "failed" if self.failure else "finished")
             normal_end = not (self.interrupted or self.failure)
@@ -465,8 +467,7 @@ class Supervisor:
             dashboard.stop()
             self._cleanup()
         snapshot = self.metrics.snapshot()
-        if self.exporter is not None:
-            self.exporter.publish(snapshot)               # the last scrape reads the report's figures
+        self._publish(snapshot)                           # the last scrape reads the report's figures
         report = snapshot.to_dict()
         report["restarts"] = {c.name: c.restarts for c in self.children.values()}
         if self.interrupted:
@@ -480,6 +481,20 @@ class Supervisor:
         if failed:                  # e.g. a reader that broke off: its stream ended early, maybe without a record
             problems.append(f"stream(s) {', '.join(failed)} failed (see the decoder logs)")
         return Outcome(EXIT_FAILED if problems else EXIT_OK, "; ".join(problems), report)
+
+    def _publish(self, snapshot) -> None:
+        """Hand the snapshot to /metrics and, with ``[output] status``, to ``status.json`` (written
+        whole, then renamed over the last one, so a reader never sees half of it)."""
+        if self.exporter is not None:
+            self.exporter.publish(snapshot)
+        if self.cfg.output.status:
+            path = self.output_dir / "status.json"
+            try:
+                tmp = path.with_name(".status.json.tmp")
+                tmp.write_text(json.dumps(snapshot.to_dict()), encoding="utf-8")
+                os.replace(tmp, path)
+            except OSError:
+                pass        # a monitor's view, never worth stopping the run for
 
     def _dashboard(self) -> Dashboard:
         """The live view on a terminal (stderr); otherwise, or with ``[dashboard] enabled = false``
