@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dashboard", action="store_true", help="plain progress lines instead of the live view")
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve Prometheus /metrics on this port (127.0.0.1 unless [metrics] host)")
+    parser.add_argument("--cluster", metavar="ADDRESS",
+                        help="spread the streams over a Ray cluster: auto (the local one), HOST:PORT or "
+                             "ray://HOST:PORT (needs the cluster extra)")
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
@@ -76,6 +79,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
     if args.no_dashboard:
         put("dashboard", "enabled", False)
     put("metrics", "port", args.metrics_port)
+    put("cluster", "address", args.cluster)
     return out
 
 
@@ -86,6 +90,9 @@ def main(args: argparse.Namespace) -> int:
             src.loop = args.loop
     if args.duration < 0:
         raise ConfigError(f"--duration must be >= 0, not {args.duration:g}")
+    if cfg.cluster.address:                    # Ray is imported only here
+        from engine.cluster.driver import run_cluster
+        return run_cluster(cfg, cfg.cluster.address, duration_s=args.duration)
     console = Console(stderr=False)
     supervisor = Supervisor(cfg, duration_s=args.duration)      # the pre-flight checks
     exporter = supervisor.exporter

@@ -1,0 +1,501 @@
+"""The cluster driver: place the streams, run an engine per node share, survive node failures.
+
+``ovstream run CONFIG --cluster ADDRESS`` connects to Ray, reads the alive nodes and their
+capacity (:mod:`~engine.cluster.placement`), and starts for each node's share of the streams one
+:class:`~engine.cluster.host.EngineHost` actor pinned to that node (``NodeAffinitySchedulingStrategy``,
+holding ``per_stream`` × streams of the capacity resource, so Ray's own accounting keeps other
+jobs from over-filling the node). Each engine writes into ``<output>/engines/<engine id>/``.
+
+Every ``POLL_S`` the driver asks each engine for its status. An engine whose actor or node died
+(Ray raises ``RayActorError``), or whose engine process was killed, is *lost*: the driver reads
+what it wrote (:func:`~engine.cluster.segments.read_segment`) and each unfinished stream waits to
+resume at the frame after its last complete record, on whichever node has room (a new engine;
+a node that joined the cluster meanwhile counts). At the end (or Ctrl-C) the segments are joined
+into ``<output>/results.jsonl`` and one ``report.json``. Ctrl-C stops every engine as Ctrl-C
+stops a local run, then the actors; the driver's death takes its actors with it (Ray), and an
+engine dies with its actor (see :mod:`~engine.cluster.host`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from engine.cluster.placement import Node, assign, capacity
+from engine.cluster.segments import Segment, merge, read_segment
+from engine.cluster.view import ClusterDashboard, ClusterView, engine_row, engines_table, stream_row, totals_of
+from engine.config import RunConfig
+from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
+from engine.metrics import REPORT_FORMAT, Snapshot, StreamRow, stage_row
+from engine.outdir import OutputDir
+from engine.sources import _existing, is_live_uri
+from engine.streams import is_live
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5                # status of every engine, and the dashboard
+NODES_S = 1.0               # how often the node list is read while streams wait for room
+STOP_S = 15.0               # Ctrl-C: how long the engines get to stop before their actors are killed
+
+
+@dataclass
+class Stream:
+    """One stream of the config, across the engines that ran it."""
+
+    name: str
+    source: dict            # its SourceConfig as a dict (uri made absolute)
+    live: bool
+    start: int = 0          # the frame id its next segment starts at
+    state: str = "waiting"  # waiting | running | done | failed
+    engine: str = ""        # the engine running it now
+    moves: int = 0
+    segments: list[tuple[str, int]] = field(default_factory=list)      # (engine id, first frame id)
+    past: dict[str, int] = field(default_factory=dict)                 # figures of finished segments
+    final_state: str = ""   # the last engine's word on it: ended | failed
+    moved_at: float = 0.0   # when it was last taken from a lost engine (monotonic)
+
+
+@dataclass
+class Engine:
+    """One engine actor and what the driver knows of it."""
+
+    eid: str
+    node_id: str
+    node: str
+    streams: list[str]
+    folder: Path
+    actor: Any
+    started: float
+    state: str = "starting"         # starting | running | finished | lost | stopped | failed
+    status: dict | None = None
+    ref: Any = None                 # the outstanding start / poll call
+    returncode: int | None = None
+    report: dict | None = None
+    tail: str = ""
+
+
+def import_ray():
+    """Ray, or one line saying how to install it (exit 2)."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("cluster mode needs Ray: pip install 'ovstream[cluster]' (or 'ray>=2.30')") from None
+    return ray
+
+
+def absolute_sources(cfg: RunConfig) -> list[dict]:
+    """The streams as dicts, with file paths made absolute (engines run elsewhere: every node
+    must see them at the same path, as it sees the output folder)."""
+    out = []
+    for src in cfg.sources:
+        d = src.to_dict()
+        if not is_live_uri(src.uri):
+            path = _existing(src.uri.strip())
+            if path is not None:
+                d["uri"] = str(path.resolve())
+        out.append(d)
+    return out
+
+
+class ClusterRun:
+    """One run of a config's streams over a Ray cluster (see the module docstring)."""
+
+    def __init__(self, ray: Any, cfg: RunConfig, address: str, output: Path, duration_s: float = 0.0) -> None:
+        self.ray = ray
+        self.cfg = cfg
+        self.address = address
+        self.output = output
+        self.duration_s = duration_s
+        self.streams = {src["name"]: Stream(src["name"], src, is_live(s)) for src, s in
+                        zip(absolute_sources(cfg), cfg.sources)}
+        self.order = list(self.streams)
+        self.engines: dict[str, Engine] = {}
+        self.nodes: dict[str, Node] = {}
+        self.events: list[dict] = []
+        self.interrupted = 0
+        self.t0 = time.monotonic()
+        self.t0_unix = time.time()
+        self._next_nodes = 0.0
+        from engine.cluster.host import EngineHost
+        self.remote_host = ray.remote(EngineHost)
+
+    # ---- nodes and placement ----------------------------------------------------------------
+    def refresh_nodes(self) -> list[Node]:
+        """The alive nodes with their capacity and the streams this run holds on each."""
+        cl = self.cfg.cluster
+        nodes = {}
+        for n in self.ray.nodes():
+            if not n.get("Alive"):
+                continue
+            nid = n["NodeID"]
+            label = f"{n.get('NodeManagerHostname') or n.get('NodeManagerAddress', '?')}:{nid[:6]}"
+            used = sum(len(e.streams) for e in self.engines.values()
+                       if e.node_id == nid and e.state in ("starting", "running"))
+            nodes[nid] = Node(nid, label, capacity(n.get("Resources", {}), cl.resource, cl.per_stream), used)
+        self.nodes = nodes
+        self._next_nodes = time.monotonic() + NODES_S
+        return list(nodes.values())
+
+    def place(self) -> None:
+        """Start engines for the streams that wait, on the nodes with room."""
+        waiting = [s for s in self.order if self.streams[s].state == "waiting"]
+        if not waiting or time.monotonic() < self._next_nodes:
+            return
+        nodes = self.refresh_nodes()
+        chosen = assign(waiting, [n for n in nodes if n.capacity > 0])
+        for node_id in dict.fromkeys(chosen.values()):
+            self.start_engine(self.nodes[node_id], [s for s in waiting if chosen.get(s) == node_id])
+
+    def start_engine(self, node: Node, names: list[str]) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        cl = self.cfg.cluster
+        eid = f"e{len(self.engines) + 1}-{node.node_id[:6]}"
+        amount = cl.per_stream * len(names)
+        options: dict[str, Any] = {"num_cpus": 0, "max_restarts": 0, "max_task_retries": 0,
+                                   "scheduling_strategy": NodeAffinitySchedulingStrategy(node.node_id, soft=False)}
+        if cl.resource == "CPU":
+            options["num_cpus"] = amount
+        elif cl.resource == "GPU":
+            options["num_gpus"] = amount
+        else:
+            options["resources"] = {cl.resource: amount}
+        folder = self.output / "engines" / eid
+        config = self.engine_config(names, folder)
+        actor = self.remote_host.options(**options).remote()
+        remaining = max(0.01, self.duration_s - (time.monotonic() - self.t0)) if self.duration_s > 0 else 0.0
+        env = {k: v for k, v in os.environ.items() if k == "OVSTREAM_TAG"}   # names a test's run files
+        engine = Engine(eid, node.node_id, node.label, names, folder, actor, time.monotonic())
+        engine.ref = actor.start.remote(config, str(folder), remaining, env)
+        self.engines[eid] = engine
+        for name in names:
+            st = self.streams[name]
+            st.state, st.engine = "running", eid
+            st.segments.append((eid, st.start))
+        log.info("engine %s on %s: %s", eid, node.label, ", ".join(f"{n}@{self.streams[n].start}" for n in names))
+
+    def engine_config(self, names: list[str], folder: Path) -> dict:
+        """The share's config: its streams (each from where it resumes), its own output folder,
+        a status file for the driver, no dashboard, no /metrics port, no cluster."""
+        data = self.cfg.to_dict()
+        data["sources"] = [{**self.streams[n].source, "start": self.streams[n].start} for n in names]
+        data["source"] = data["sources"][0]
+        data["output"] = {**data["output"], "dir": str(folder), "status": True, "report": True}
+        data["dashboard"] = {**data["dashboard"], "enabled": False}
+        data["metrics"] = {**data["metrics"], "port": 0, "linger_s": 0.0}
+        data["cluster"] = {**data["cluster"], "address": ""}
+        return data
+
+    # ---- watching -----------------------------------------------------------------------------
+    def poll(self, timeout_s: float) -> None:
+        """Collect the engines' answers (waiting up to ``timeout_s``) and ask again."""
+        pending = {e.ref: e for e in self.engines.values() if e.ref is not None}
+        if not pending:
+            time.sleep(timeout_s)
+            return
+        ready, _ = self.ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
+        for ref in ready:
+            engine = pending[ref]
+            engine.ref = None
+            try:
+                answer = self.ray.get(ref)
+            except self.ray.exceptions.RayError as exc:      # the actor or its node died
+                self.lose(engine, _first_line(exc))
+                continue
+            if engine.state == "starting":
+                engine.state = "running"
+            else:
+                self.on_status(engine, answer)
+            if engine.state == "running":
+                engine.ref = engine.actor.poll.remote()
+
+    def on_status(self, engine: Engine, answer: dict) -> None:
+        engine.status = answer.get("status") or engine.status
+        rows = (engine.status or {}).get("streams", {})
+        for name in engine.streams:
+            st = self.streams[name]
+            if st.engine == engine.eid and st.moved_at and rows.get(name, {}).get("out", 0) + \
+                    rows.get(name, {}).get("errors", 0) > 0:
+                self.note_resumed(st)
+            if rows.get(name, {}).get("state") in ("ended", "failed") and st.engine == engine.eid \
+                    and st.state == "running":
+                st.final_state = rows[name]["state"]
+        code = answer.get("returncode")
+        if code is None:
+            return
+        engine.returncode, engine.report, engine.tail = code, answer.get("report"), answer.get("tail", "")
+        if code in (EXIT_OK, EXIT_FAILED):
+            engine.state = "finished"
+            self.close_segments(engine, lost=False)
+        elif code == 2:                    # a mistake that another node would repeat
+            engine.state = "failed"
+            self.close_segments(engine, lost=False, failed=True)
+            self.events.append({"t": self.now(), "kind": "engine_failed", "engine": engine.eid,
+                                "node": engine.node, "why": engine.tail.splitlines()[-1] if engine.tail else ""})
+            print(f"ovstream run: engine {engine.eid} on {engine.node} stopped: "
+                  f"{engine.tail.splitlines()[-1] if engine.tail else 'exit code 2'}", file=sys.stderr, flush=True)
+        else:
+            self.lose(engine, f"engine exited with code {code}")
+
+    def lose(self, engine: Engine, why: str) -> None:
+        """An engine died with its actor or node, or its process was killed: its unfinished
+        streams wait to resume after their last complete record."""
+        if engine.state in ("lost", "finished", "failed", "stopped"):
+            return
+        engine.state = "lost"
+        try:
+            self.ray.kill(engine.actor)          # whatever is left of it
+        except Exception:  # noqa: BLE001 - already gone with its node
+            pass
+        moved = self.close_segments(engine, lost=True)
+        self.events.append({"t": self.now(), "kind": "engine_lost", "engine": engine.eid, "node": engine.node,
+                            "why": why, "streams": {n: self.streams[n].start for n in moved},
+                            "resumed_after_s": None})
+        print(f"ovstream run: engine {engine.eid} on {engine.node} lost ({why}); "
+              f"{len(moved)} stream(s) move: {', '.join(moved) or 'none'}", file=sys.stderr, flush=True)
+
+    def close_segments(self, engine: Engine, lost: bool, failed: bool = False, stopped: bool = False) -> list[str]:
+        """Fold the engine's figures into its streams' past; a lost engine's unfinished streams
+        wait again, from the frame after their last complete record (a ``stopped`` one's stay
+        stopped). Returns the streams that wait."""
+        written = read_segment(engine.folder / "results.jsonl") if lost else {}
+        rows = ((engine.report if not lost else None) or engine.status or {}).get("streams", {})
+        moved = []
+        for name in engine.streams:
+            st = self.streams[name]
+            if st.engine != engine.eid:
+                continue
+            row = rows.get(name, {})
+            seg_start = st.segments[-1][1]
+            if lost:
+                w = written.get(name)
+                out, errors = (w.ok, w.errors) if w else (0, 0)
+                st.start = max(st.start, w.last + 1) if w else st.start
+            else:
+                out, errors = int(row.get("out", 0)), int(row.get("errors", 0))
+            for key, value in (("out", out), ("errors", errors), ("drops", int(row.get("drops", 0))),
+                               ("reconnects", int(row.get("reconnects", 0))),
+                               ("duplicates", int(row.get("duplicates", 0)))):
+                st.past[key] = st.past.get(key, 0) + value
+            st.past["in"] = st.past.get("in", 0) + out + errors + int(row.get("drops", 0))
+            if row.get("expected"):
+                st.past["expected"] = max(st.past.get("expected", 0), seg_start + int(row["expected"]))
+            st.engine = ""
+            if failed:
+                st.state = "failed"
+            elif stopped:
+                st.state = "stopped"
+            elif not lost or st.final_state:     # ran to its end (or its engine said so before dying)
+                st.state = "failed" if (st.final_state or row.get("state")) == "failed" else "done"
+            else:
+                st.moves += 1
+                if st.moves > self.cfg.cluster.max_moves:
+                    st.state = "failed"
+                else:
+                    st.state, st.moved_at = "waiting", time.monotonic()
+                    moved.append(name)
+        return moved
+
+    def note_resumed(self, st: Stream) -> None:
+        """A moved stream wrote its first record on its new engine: the recovery time."""
+        took = round(time.monotonic() - st.moved_at, 3)
+        st.moved_at = 0.0
+        for event in reversed(self.events):
+            if event["kind"] == "engine_lost" and st.name in event["streams"]:
+                event.setdefault("resumed_s", {})[st.name] = took
+                event["resumed_after_s"] = max(event["resumed_after_s"] or 0.0, took)
+                break
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.t0, 3)
+
+    # ---- the run ------------------------------------------------------------------------------
+    def view(self, state: str = "running") -> ClusterView:
+        rows = []
+        for name in self.order:
+            st = self.streams[name]
+            engine = self.engines.get(st.engine)
+            current = ((engine.status or {}).get("streams", {}).get(name)) if engine else None
+            shown = {"waiting": "moving" if st.moves else "waiting", "done": "ended"}.get(st.state, st.state)
+            rows.append(stream_row(name, st.source["uri"], "live" if st.live else "file", shown, st.past,
+                                   st.segments[-1][1] if st.segments else 0, current))
+        elapsed = time.monotonic() - self.t0
+        snapshot = Snapshot(state=state, elapsed_s=elapsed, timestamp=time.time(), totals=totals_of(rows, elapsed),
+                            streams=tuple(rows))
+        engines = tuple(engine_row(e.eid, e.node, e.state, len(e.streams), e.status) for e in self.engines.values())
+        events = tuple(f"{e['t']:.1f}s engine {e['engine']} on {e['node']} {e['kind'].split('_')[1]}: {e['why']}"
+                       for e in self.events)
+        return ClusterView(snapshot, engines, nodes=len(self.nodes),
+                           waiting=sum(st.state == "waiting" for st in self.streams.values()), events=events)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.interrupted = signum
+
+    def run(self, dashboard: ClusterDashboard) -> str:
+        """Until every stream is done or failed, or Ctrl-C; returns the final state."""
+        nodes = self.refresh_nodes()
+        room = sum(n.capacity for n in nodes)
+        if room == 0:
+            cl = self.cfg.cluster
+            raise ConfigError(f"no alive node of the Ray cluster at {self.address} offers '{cl.resource}' "
+                              f"(start nodes with ray start --resources='{{\"{cl.resource}\": N}}', N = streams "
+                              f"the node sustains, or set [cluster] resource = \"CPU\")")
+        if room < len(self.order):
+            print(f"ovstream run: the cluster has room for {room} of {len(self.order)} streams; "
+                  f"the others wait for room", file=sys.stderr, flush=True)
+        self._next_nodes = 0.0
+        dashboard.start()
+        while not self.interrupted:
+            self.place()
+            self.poll(POLL_S)
+            dashboard.update(self.view())
+            if all(st.state in ("done", "failed") for st in self.streams.values()):
+                break
+        if self.interrupted:
+            self.stop_all()
+            for st in self.streams.values():
+                st.state = "stopped" if st.state in ("waiting", "running") else st.state
+        dashboard.update(self.view("interrupted" if self.interrupted else "finished"))
+        dashboard.stop()
+        return "interrupted" if self.interrupted else "finished"
+
+    def stop_all(self) -> None:
+        """Ctrl-C: every engine stops as on Ctrl-C (its stages, pools, run directory go), then
+        its actor; their results so far are kept."""
+        running = [e for e in self.engines.values() if e.state in ("starting", "running")]
+        refs = {e.actor.stop.remote(): e for e in running}
+        if refs:
+            ready, _ = self.ray.wait(list(refs), num_returns=len(refs), timeout=STOP_S)
+            for ref in ready:
+                try:
+                    refs[ref].returncode = self.ray.get(ref)
+                except self.ray.exceptions.RayError:
+                    pass
+        for e in running:
+            e.state = "stopped"
+            try:
+                e.status = self.ray.get(e.actor.poll.remote(), timeout=5).get("status") or e.status
+            except Exception:  # noqa: BLE001 - gone already: its last status stands
+                pass
+            self.close_segments(e, lost=True, stopped=True)      # counted from the files: exact
+            try:
+                self.ray.kill(e.actor)
+            except Exception:  # noqa: BLE001
+                pass
+
+    # ---- the end ------------------------------------------------------------------------------
+    def finish(self, state: str) -> dict:
+        """Join the segments into results.jsonl and build the cluster's report."""
+        segments = []
+        for eid, engine in self.engines.items():
+            ranges = {}
+            for name in engine.streams:
+                segs = self.streams[name].segments
+                for i, (seg_eid, start) in enumerate(segs):
+                    if seg_eid == eid:
+                        ranges[name] = (start, segs[i + 1][1] if i + 1 < len(segs) else None)
+            segments.append(Segment(engine.folder / "results.jsonl", ranges))
+        totals = merge(segments, self.order, self.output / "results.jsonl") if self.cfg.output.jsonl else {}
+        elapsed = time.monotonic() - self.t0
+        rows = {}
+        for row in self.view(state).snapshot.streams:
+            st, t = self.streams[row.name], totals.get(row.name)
+            d = row.to_dict()
+            if t is not None:                 # exact, from the records themselves
+                d.update({"out": t.ok, "errors": t.errors, "in_flight": 0, "in": t.ok + t.errors + row.drops})
+                d["avg_fps"] = d["fps"] = round((t.ok + t.errors) / elapsed, 2) if elapsed > 0 else 0.0
+                if t.latency.count:
+                    d["latency_ms"] = {"end_to_end": {"p50": stage_row("end_to_end", row.name, t.latency).p50_ms,
+                                                      **stage_row("end_to_end", row.name, t.latency).latency()}}
+            d["state"] = {"done": "ended", "failed": "failed"}.get(st.state, "interrupted")
+            d["moves"] = st.moves
+            d["segments"] = [{"engine": e, "start": s} for e, s in st.segments]
+            rows[row.name] = d
+        snap_rows = [StreamRow.from_dict(n, d) for n, d in rows.items()]
+        t = totals_of(snap_rows, elapsed)
+        report = Snapshot(state=state, elapsed_s=elapsed, timestamp=time.time(), totals=t).to_dict()
+        report["streams"] = rows
+        report["cluster"] = {
+            "address": self.address,
+            "nodes": {n.label: {"node_id": n.node_id, "capacity": n.capacity} for n in self.nodes.values()},
+            "engines": [{"engine": e.eid, "node": e.node, "streams": e.streams, "state": e.state,
+                         "exit_code": e.returncode, "folder": str(e.folder.relative_to(self.output)),
+                         "throughput_fps": (e.report or e.status or {}).get("throughput_fps", 0.0)}
+                        for e in self.engines.values()],
+            "events": self.events,
+        }
+        return report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
+def connect(ray: Any, address: str) -> None:
+    """Join the cluster as a driver; a cluster that is not there is one line (exit 2)."""
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    except Exception as exc:  # noqa: BLE001 - Ray raises many kinds (ConnectionError, RuntimeError, gRPC)
+        raise ConfigError(f"cannot join the Ray cluster at {address}: {_first_line(exc)}") from None
+
+
+def run_cluster(cfg: RunConfig, address: str, duration_s: float = 0.0) -> int:
+    """``ovstream run --cluster``: the whole run on the driver's side; returns the exit code."""
+    from engine.supervisor import preflight
+    ray = import_ray()
+    preflight(cfg)                       # a mistake in the config, model or sources: one line, here
+    console = Console()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    with OutputDir(cfg.output.dir, reserve_report=cfg.output.report) as output:
+        shutil.rmtree(output.path / "engines", ignore_errors=True)      # a previous run's segments
+        connect(ray, address)
+        try:
+            run = ClusterRun(ray, cfg, address, output.path.resolve(), duration_s)
+            for sig in (signal.SIGINT, signal.SIGTERM):        # after ray.init, which sets its own
+                signal.signal(sig, run._on_signal)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+            live = Console(stderr=True)
+            dashboard = ClusterDashboard(cfg.dashboard.refresh_hz,
+                                         console=live if cfg.dashboard.enabled and live.is_terminal else console,
+                                         plain=not (cfg.dashboard.enabled and live.is_terminal))
+            state = run.run(dashboard)
+            report = run.finish(state)
+        finally:
+            for engine in run.engines.values() if "run" in locals() else ():
+                try:
+                    ray.kill(engine.actor)
+                except Exception:  # noqa: BLE001
+                    pass
+            ray.shutdown()
+        from engine.dashboard import render_summary
+        console.print(render_summary(report))
+        console.print(engines_table(run.view(state)))
+        if cfg.output.report:
+            path = output.write_report(report)
+            console.print(f"report: {path}   results: {output.path / 'results.jsonl'}")
+        for engine in run.engines.values():            # joined into results.jsonl: the segments go
+            if cfg.output.jsonl:
+                try:
+                    os.unlink(engine.folder / "results.jsonl")
+                except OSError:
+                    pass
+    if state == "interrupted":
+        print(f"ovstream run: interrupted by signal {run.interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    failed = [n for n, d in report["streams"].items() if d["state"] == "failed"]
+    errors = report["accounting"]["errors"]
+    problems = ([f"{errors} frames failed"] if errors else []) + \
+        ([f"stream(s) {', '.join(failed)} failed"] if failed else [])
+    if problems:
+        print(f"ovstream run: {'; '.join(problems)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
