@@ -1,0 +1,87 @@
+"""Cluster mode's pure parts: placement by capacity, segments read back and joined, the config."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine.cluster.placement import Node, assign, capacity
+from engine.cluster.segments import Segment, merge, read_segment
+from engine.config import RunConfig
+from engine.errors import ConfigError
+from tests.conftest import REPO
+
+
+def test_capacity_counts_whole_streams_of_the_resource():
+    assert capacity({"ovstream_streams": 6.0}, "ovstream_streams", 1.0) == 6
+    assert capacity({"CPU": 2.0}, "CPU", 0.5) == 4
+    assert capacity({"CPU": 1.2}, "CPU", 0.4) == 3          # 1.2 / 0.4 is 2.9999… in floats
+    assert capacity({"CPU": 8.0}, "GPU", 0.25) == 0
+
+
+def test_streams_fill_nodes_in_proportion_and_never_beyond_capacity():
+    nodes = [Node("a", "a", 6), Node("b", "b", 2)]
+    placed = assign([f"s{i}" for i in range(10)], nodes)
+    counts = {n: list(placed.values()).count(n) for n in ("a", "b")}
+    assert counts == {"a": 6, "b": 2}                       # 8 fit, 2 wait
+    assert len(placed) == 8 and "s9" not in placed
+    placed = assign(["s0", "s1", "s2", "s3"], [Node("a", "a", 4), Node("b", "b", 4)])
+    assert sorted(placed.values()) == ["a", "a", "b", "b"]
+    assert assign(["s0", "s1"], [Node("a", "a", 4, used=3), Node("b", "b", 4, used=4)]) == {"s0": "a"}
+
+
+def _record(stream: str, fid: int, status: str = "ok") -> bytes:
+    return (json.dumps({"stream": stream, "frame_id": fid, "status": status,
+                        "latency_ms": {"end_to_end": 1.0 + fid}}) + "\n").encode()
+
+
+def test_a_torn_last_line_does_not_count(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b"".join(_record("a", i) for i in range(5)) + _record("b", 0, "error")
+                     + _record("a", 5)[:20])
+    written = read_segment(path)
+    assert (written["a"].last, written["a"].ok) == (4, 5)
+    assert (written["b"].last, written["b"].errors) == (0, 1)
+    assert read_segment(tmp_path / "missing.jsonl") == {}
+
+
+def test_merge_takes_each_frame_once_from_its_segment_in_stream_order(tmp_path):
+    first, second = tmp_path / "e1.jsonl", tmp_path / "e2.jsonl"
+    # e1 ran a and b, died after a's frame 6 (late records 4..6 beyond the resume point 4) with a torn line
+    first.write_bytes(b"".join(_record("a", i) + _record("b", i) for i in range(4))
+                      + b"".join(_record("a", i) for i in range(4, 7)) + b'{"stream": "b", "fr')
+    second.write_bytes(b"".join(_record("a", i) + _record("b", i) for i in range(4, 10)))
+    totals = merge([Segment(first, {"a": (0, 4), "b": (0, 4)}), Segment(second, {"a": (4, None), "b": (4, None)})],
+                   ["a", "b"], tmp_path / "results.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(r["stream"], r["frame_id"]) for r in lines] == \
+        [("a", i) for i in range(10)] + [("b", i) for i in range(10)]
+    assert totals["a"].ok == 10 and totals["a"].latency.count == 10
+    assert not (tmp_path / ".merge").exists()
+
+
+def test_cluster_section_is_validated_like_every_other():
+    cfg = RunConfig.from_dict({"cluster": {"address": "ray://10.0.0.5:10001", "per_stream": 0.5}})
+    assert cfg.cluster.address == "ray://10.0.0.5:10001"
+    for bad, words in (({"address": "not an address"}, "[cluster] address"), ({"per_stream": 0}, "per_stream"),
+                       ({"adress": "auto"}, "did you mean 'address'")):
+        with pytest.raises(ConfigError, match=None) as info:
+            RunConfig.from_dict({"cluster": bad})
+        assert words in str(info.value)
+    with pytest.raises(ConfigError, match="start"):
+        RunConfig.from_dict({"source": {"start": -1}})
+
+
+def test_missing_ray_is_one_line_and_exit_2(tmp_path):
+    fake = tmp_path / "noray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    env = {"PYTHONPATH": f"{fake.parent}:{REPO}", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--model", "face", "--cluster", "auto",
+                           "--output", str(tmp_path / "out"), "--no-dashboard"],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == \
+        ["ovstream run: error: cluster mode needs Ray: pip install 'ovstream[cluster]' (or 'ray>=2.30')"]
