@@ -35,6 +35,8 @@ MALFORMED = [
     ("source", "max_fps", "inf", "finite"),
     ("source", "name", "5", "a string"),
     ("source", "realtime", "1", "true or false"),
+    ("source", "start", "-1", "an integer from 0 to"),
+    ("source", "start", "1.5", "an integer"),
     # [model]
     ("model", "name", "''", "a non-empty string"),
     ("model", "name", "['face']", "a non-empty string"),
@@ -124,6 +126,7 @@ MALFORMED = [
     ("output", "video_fps", "0", "> 0"),
     ("output", "video_fps", "nan", "finite"),
     ("output", "report", "1", "true or false"),
+    ("output", "status", "'yes'", "true or false"),
     # [output.mqtt]
     ("output.mqtt", "host", "1", "a string"),
     ("output.mqtt", "port", "0", "from 1 to 65535"),
@@ -155,6 +158,13 @@ MALFORMED = [
     ("metrics", "host", "''", "a non-empty string"),
     ("metrics", "linger_s", "inf", "finite"),
     ("metrics", "linger_s", "-2", "from 0 to 3600"),
+    # [cluster]
+    ("cluster", "address", "'http://head:6379'", "auto\", HOST:PORT or ray://HOST:PORT"),
+    ("cluster", "address", "6379", "a string"),
+    ("cluster", "resource", "''", "a non-empty string"),
+    ("cluster", "per_stream", "0", "> 0"),
+    ("cluster", "per_stream", "nan", "finite"),
+    ("cluster", "max_moves", "-1", "from 0 to 1000"),
     # [dashboard]
     ("dashboard", "enabled", "'off'", "true or false"),
     ("dashboard", "refresh_hz", "-1", "from 0.5 to 60"),
