@@ -31,7 +31,8 @@ from rich.console import Console
 
 from engine.cluster.placement import Node, assign, capacity
 from engine.cluster.segments import Segment, merge, read_segment
-from engine.cluster.view import ClusterDashboard, ClusterView, engine_row, engines_table, stream_row, totals_of
+from engine.cluster.view import ClusterDashboard, ClusterView, engine_row, render_cluster_summary, stream_row, \
+    totals_of
 from engine.config import RunConfig
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
 from engine.metrics import REPORT_FORMAT, Snapshot, StreamRow, stage_row
@@ -476,9 +477,7 @@ def run_cluster(cfg: RunConfig, address: str, duration_s: float = 0.0) -> int:
                 except Exception:  # noqa: BLE001
                     pass
             ray.shutdown()
-        from engine.dashboard import render_summary
-        console.print(render_summary(report))
-        console.print(engines_table(run.view(state)))
+        console.print(render_cluster_summary(report, run.view(state)))
         if cfg.output.report:
             path = output.write_report(report)
             console.print(f"report: {path}   results: {output.path / 'results.jsonl'}")
