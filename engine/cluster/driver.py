@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5                # status of every engine, and the dashboard
 NODES_S = 1.0               # how often the node list is read while streams wait for room
 STOP_S = 15.0               # Ctrl-C: how long the engines get to stop before their actors are killed
+QUARANTINE_S = 30.0         # a node that lost an engine takes no streams for this long
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Engine:
     state: str = "starting"         # starting | running | finished | lost | stopped | failed
     status: dict | None = None
     ref: Any = None                 # the outstanding start / poll call
+    retry_at: float = 0.0           # when to ask again an engine that was unreachable
     returncode: int | None = None
     report: dict | None = None
     tail: str = ""
@@ -125,6 +127,7 @@ class ClusterRun:
         self.t0 = time.monotonic()
         self.t0_unix = time.time()
         self._next_nodes = 0.0
+        self.quarantine: dict[str, float] = {}      # node id → until when it takes no streams
         from engine.cluster.host import EngineHost
         self.remote_host = ray.remote(EngineHost)
 
@@ -151,7 +154,8 @@ class ClusterRun:
         if not waiting or time.monotonic() < self._next_nodes:
             return
         nodes = self.refresh_nodes()
-        chosen = assign(waiting, [n for n in nodes if n.capacity > 0])
+        now = time.monotonic()
+        chosen = assign(waiting, [n for n in nodes if n.capacity > 0 and self.quarantine.get(n.node_id, 0) <= now])
         for node_id in dict.fromkeys(chosen.values()):
             self.start_engine(self.nodes[node_id], [s for s in waiting if chosen.get(s) == node_id])
 
@@ -197,6 +201,9 @@ class ClusterRun:
     # ---- watching -----------------------------------------------------------------------------
     def poll(self, timeout_s: float) -> None:
         """Collect the engines' answers (waiting up to ``timeout_s``) and ask again."""
+        for e in self.engines.values():
+            if e.state == "running" and e.ref is None and 0 < e.retry_at <= time.monotonic():
+                e.ref, e.retry_at = e.actor.poll.remote(), 0.0
         pending = {e.ref: e for e in self.engines.values() if e.ref is not None}
         if not pending:
             time.sleep(timeout_s)
@@ -207,6 +214,14 @@ class ClusterRun:
             engine.ref = None
             try:
                 answer = self.ray.get(ref)
+            except self.ray.exceptions.ActorUnavailableError as exc:
+                # unreachable for now (a node going down, or a network blip): ask again shortly;
+                # Ray says ActorDiedError once it knows the actor is gone, and only then do its
+                # streams move (an engine that may not have started is given up at once)
+                if engine.state != "running":
+                    self.lose(engine, _first_line(exc))
+                engine.retry_at = time.monotonic() + POLL_S
+                continue
             except self.ray.exceptions.RayError as exc:      # the actor or its node died
                 self.lose(engine, _first_line(exc))
                 continue
@@ -251,6 +266,7 @@ class ClusterRun:
         if engine.state in ("lost", "finished", "failed", "stopped"):
             return
         engine.state = "lost"
+        self.quarantine[engine.node_id] = time.monotonic() + QUARANTINE_S
         try:
             self.ray.kill(engine.actor)          # whatever is left of it
         except Exception:  # noqa: BLE001 - already gone with its node

@@ -1,10 +1,11 @@
 """Cluster mode against a real two-node Ray cluster on 127.0.0.1 (started once for the module).
 
-Four file streams over two nodes, every frame exactly once and in order; a node removed mid-run
-(its raylet, its workers, the engine actor and the engine's processes killed) → its streams
-finish on the other node, still exactly once; Ctrl-C on the driver stops the engines on every
-node and leaves nothing behind. Ray runs in single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
-= 0), so every node, the GCS and the driver use the loopback address only.
+Ctrl-C on the driver stops the engines on every node and leaves nothing behind; four file
+streams over two nodes, every frame exactly once and in order, with one node removed mid-run (its
+raylet, its workers, the engine actor and the engine's processes killed): its streams finish on
+the other node, still exactly once (last: the cluster has one node after it). Ray runs in
+single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0), so every node, the GCS and the driver
+use the loopback address only.
 """
 from __future__ import annotations
 
@@ -94,38 +95,22 @@ def engine_hosts() -> list[psutil.Process]:
     return found
 
 
-def test_four_streams_over_two_nodes_every_frame_once(cluster, images, engine_env, tmp_path):
-    out = tmp_path / "out"
-    proc = start_driver(cluster, engine_env, out, images)
-    assert proc.wait(timeout=180) == 0, (tmp_path / "stderr.txt").read_text()
-    seen = frames_by_stream(out)
-    assert sorted(seen) == ["cams", "cams-2", "cams-3", "cams-4"]
-    for name, ids in seen.items():
-        assert ids == list(range(FRAMES)), f"{name}: not every frame exactly once, in order"
-    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    engines = report["cluster"]["engines"]
-    assert len({e["node"] for e in engines}) == 2, "both nodes take a share"
-    assert sorted(len(e["streams"]) for e in engines) == [2, 2]
-    assert all(e["exit_code"] == 0 for e in engines)
-    assert report["accounting"]["out"] == STREAMS * FRAMES and report["accounting"]["balanced"]
-    assert all(s["out"] == FRAMES and s["state"] == "ended" for s in report["streams"].values())
-    assert not list((out / "engines").glob("*/results.jsonl")), "segments are joined into results.jsonl"
-    assert not engine_hosts(), "the engine actors end with the run"
-
-
 def test_ctrl_c_stops_every_engine_and_leaves_nothing(cluster, images, engine_env, tmp_path):
     out = tmp_path / "out"
     proc = start_driver(cluster, engine_env, out, images, loop=50)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list((out / "engines").glob("*/status.json"))) < 2:
-        time.sleep(0.2)                      # both engines are running
+        time.sleep(0.2)                      # an engine runs on each node, its stages up
     assert len(list((out / "engines").glob("*/status.json"))) == 2, (tmp_path / "stderr.txt").read_text()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 130
     assert "interrupted" in (tmp_path / "stderr.txt").read_text()
-    for engine in (out / "engines").iterdir():     # each engine stopped as on Ctrl-C, with its report
-        report = json.loads((engine / "report.json").read_text(encoding="utf-8"))
-        assert report["state"] == "interrupted", engine.name
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    engines = report["cluster"]["engines"]
+    assert len({e["node"] for e in engines}) == 2
+    assert [(e["state"], e["exit_code"]) for e in engines] == [("stopped", 130)] * 2, "each stopped as on Ctrl-C"
+    for engine in (out / "engines").iterdir():     # and wrote its report, as a local run does
+        assert json.loads((engine / "report.json").read_text(encoding="utf-8"))["state"] == "interrupted"
     seen = frames_by_stream(out)                    # what was written so far, once each, in order
     assert all(ids == list(range(len(ids))) for ids in seen.values())
     deadline = time.monotonic() + 10
@@ -135,7 +120,9 @@ def test_ctrl_c_stops_every_engine_and_leaves_nothing(cluster, images, engine_en
     # engine_env's check: no engine or stage process, pool memfd or run directory is left
 
 
-def test_node_killed_mid_run_its_streams_finish_on_the_other_node(cluster, images, engine_env, tmp_path):
+def test_four_streams_over_two_nodes_every_frame_once_also_when_a_node_dies(cluster, images, engine_env, tmp_path):
+    """Both nodes take two streams; the worker node is removed mid-run; its two streams finish on
+    the head node; every frame of every stream exactly once, in order."""
     out = tmp_path / "out"
     proc = start_driver(cluster, engine_env, out, images, loop=3)
     worker_id = cluster.worker.node_id
@@ -152,7 +139,13 @@ def test_node_killed_mid_run_its_streams_finish_on_the_other_node(cluster, image
     seen = frames_by_stream(out)
     for name, ids in seen.items():
         assert ids == list(range(3 * FRAMES)), f"{name}: not every frame exactly once, in order"
+    assert sorted(seen) == ["cams", "cams-2", "cams-3", "cams-4"]
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    first = report["cluster"]["engines"][:2]
+    assert len({e["node"] for e in first}) == 2 and [len(e["streams"]) for e in first] == [2, 2]
+    assert report["accounting"]["out"] == STREAMS * 3 * FRAMES and report["accounting"]["balanced"]
+    assert all(s["state"] == "ended" for s in report["streams"].values())
+    assert not list((out / "engines").glob("*/results.jsonl")), "segments are joined into results.jsonl"
     lost = [e for e in report["cluster"]["events"] if e["kind"] == "engine_lost"]
     assert len(lost) == 1 and len(lost[0]["streams"]) == 2
     moved = report["cluster"]["engines"][-1]
@@ -162,3 +155,4 @@ def test_node_killed_mid_run_its_streams_finish_on_the_other_node(cluster, image
         assert report["streams"][name]["moves"] == 1 and 0 < start < 3 * FRAMES
     assert lost[0]["resumed_after_s"] is not None
     assert "lost" in (tmp_path / "stderr.txt").read_text()
+    assert not engine_hosts(), "the engine actors end with the run"
