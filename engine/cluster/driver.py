@@ -248,8 +248,8 @@ class ClusterRun:
             return
         engine.returncode, engine.report, engine.tail = code, answer.get("report"), answer.get("tail", "")
         if code in (EXIT_OK, EXIT_FAILED):
-            engine.state = "finished"
-            self.close_segments(engine, lost=False)
+            engine.state = "finished"      # (exit 1 with a "failure": a stage kept dying, its streams failed)
+            self.close_segments(engine, lost=False, failed=bool((engine.report or {}).get("failure")))
         elif code == 2:                    # a mistake that another node would repeat
             engine.state = "failed"
             self.close_segments(engine, lost=False, failed=True)
@@ -305,7 +305,7 @@ class ClusterRun:
             if row.get("expected"):
                 st.past["expected"] = max(st.past.get("expected", 0), seg_start + int(row["expected"]))
             st.engine = ""
-            if failed:
+            if failed and (st.final_state or row.get("state")) != "ended":
                 st.state = "failed"
             elif stopped:
                 st.state = "stopped"
@@ -475,6 +475,7 @@ def run_cluster(cfg: RunConfig, address: str, duration_s: float = 0.0) -> int:
     with OutputDir(cfg.output.dir, reserve_report=cfg.output.report) as output:
         shutil.rmtree(output.path / "engines", ignore_errors=True)      # a previous run's segments
         connect(ray, address)
+        run: ClusterRun | None = None
         try:
             run = ClusterRun(ray, cfg, address, output.path.resolve(), duration_s)
             for sig in (signal.SIGINT, signal.SIGTERM):        # after ray.init, which sets its own
@@ -487,7 +488,7 @@ def run_cluster(cfg: RunConfig, address: str, duration_s: float = 0.0) -> int:
             state = run.run(dashboard)
             report = run.finish(state)
         finally:
-            for engine in run.engines.values() if "run" in locals() else ():
+            for engine in run.engines.values() if run is not None else ():
                 try:
                     ray.kill(engine.actor)
                 except Exception:  # noqa: BLE001
