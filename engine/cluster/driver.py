@@ -35,7 +35,7 @@ from engine.cluster.view import ClusterDashboard, ClusterView, engine_row, rende
     totals_of
 from engine.config import RunConfig
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
-from engine.metrics import REPORT_FORMAT, Snapshot, StreamRow, stage_row
+from engine.metrics import Snapshot, StreamRow, stage_row
 from engine.outdir import OutputDir
 from engine.sources import _existing, is_live_uri
 from engine.streams import is_live
@@ -255,8 +255,8 @@ class ClusterRun:
             self.close_segments(engine, lost=False, failed=True)
             self.events.append({"t": self.now(), "kind": "engine_failed", "engine": engine.eid,
                                 "node": engine.node, "why": engine.tail.splitlines()[-1] if engine.tail else ""})
-            print(f"ovstream run: engine {engine.eid} on {engine.node} stopped: "
-                  f"{engine.tail.splitlines()[-1] if engine.tail else 'exit code 2'}", file=sys.stderr, flush=True)
+            log.error("engine %s on %s stopped: %s", engine.eid, engine.node,
+                      engine.tail.splitlines()[-1] if engine.tail else "exit code 2")
         else:
             self.lose(engine, f"engine exited with code {code}")
 
@@ -275,8 +275,8 @@ class ClusterRun:
         self.events.append({"t": self.now(), "kind": "engine_lost", "engine": engine.eid, "node": engine.node,
                             "why": why, "streams": {n: self.streams[n].start for n in moved},
                             "resumed_after_s": None})
-        print(f"ovstream run: engine {engine.eid} on {engine.node} lost ({why}); "
-              f"{len(moved)} stream(s) move: {', '.join(moved) or 'none'}", file=sys.stderr, flush=True)
+        log.warning("engine %s on %s lost (%s); %d stream(s) move: %s", engine.eid, engine.node, why, len(moved),
+                    ", ".join(moved) or "none")
 
     def close_segments(self, engine: Engine, lost: bool, failed: bool = False, stopped: bool = False) -> list[str]:
         """Fold the engine's figures into its streams' past; a lost engine's unfinished streams
@@ -365,8 +365,7 @@ class ClusterRun:
                               f"(start nodes with ray start --resources='{{\"{cl.resource}\": N}}', N = streams "
                               f"the node sustains, or set [cluster] resource = \"CPU\")")
         if room < len(self.order):
-            print(f"ovstream run: the cluster has room for {room} of {len(self.order)} streams; "
-                  f"the others wait for room", file=sys.stderr, flush=True)
+            log.warning("the cluster has room for %d of %d streams; the others wait for room", room, len(self.order))
         self._next_nodes = 0.0
         dashboard.start()
         while not self.interrupted:

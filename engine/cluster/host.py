@@ -22,8 +22,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.config import REPO_ROOT
-
 _PR_SET_PDEATHSIG = 1
 STOP_WAIT_S = 10.0          # the supervisor stops in about a second; a compile in progress may take longer
 
@@ -80,8 +78,7 @@ class EngineHost:
         cmd = [sys.executable, "-m", "engine.cli", "run", str(cfg_path), "--no-dashboard"]
         if duration_s > 0:
             cmd += ["--duration", f"{duration_s:.3f}"]
-        path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-        child_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
+        child_env = {**os.environ, **(env or {})}        # the same interpreter and ovstream as this actor
         with open(self.folder / "engine.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          env=child_env, cwd=self.folder, start_new_session=True,
