@@ -440,6 +440,7 @@ class ClusterRun:
         report["streams"] = rows
         report["cluster"] = {
             "address": self.address,
+            "started": self.t0_unix,          # unix time; events' "t" are seconds from here
             "nodes": {n.label: {"node_id": n.node_id, "capacity": n.capacity} for n in self.nodes.values()},
             "engines": [{"engine": e.eid, "node": e.node, "streams": e.streams, "state": e.state,
                          "exit_code": e.returncode, "folder": str(e.folder.relative_to(self.output)),
