@@ -85,3 +85,56 @@ def test_missing_ray_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == \
         ["ovstream run: error: cluster mode needs Ray: pip install 'ovstream[cluster]' (or 'ray>=2.30')"]
+
+
+class _FakeRay:
+    """Just what the driver's placement touches: the node list, and actors that record their start."""
+
+    def __init__(self, nodes: list[dict]) -> None:
+        self.node_list = nodes
+        self.started: list[tuple[str, list[str]]] = []
+
+    def nodes(self) -> list[dict]:
+        return self.node_list
+
+    def remote(self, cls):
+        fake = self
+
+        class Handle:
+            def options(self, **options):
+                node = options["scheduling_strategy"].node_id
+
+                class Actor:
+                    class start:        # noqa: N801 - Ray's method.remote(...) shape
+                        @staticmethod
+                        def remote(config, folder, duration, env):
+                            fake.started.append((node, [s["name"] for s in config["sources"]]))
+                            return object()
+
+                class Factory:
+                    @staticmethod
+                    def remote():
+                        return Actor()
+                return Factory()
+        return Handle()
+
+
+def _node(node_id: str, streams: float) -> dict:
+    return {"NodeID": node_id, "Alive": True, "NodeManagerHostname": "h", "Resources": {"ovstream_streams": streams}}
+
+
+def test_streams_that_wait_for_room_go_to_a_node_that_joins(tmp_path):
+    pytest.importorskip("ray")
+    from engine.cluster.driver import ClusterRun
+    cfg = RunConfig.from_dict({"sources": [{"uri": str(tmp_path), "name": f"s{i}"} for i in range(3)],
+                               "cluster": {"address": "auto"}})
+    fake = _FakeRay([_node("a" * 56, 2)])
+    run = ClusterRun(fake, cfg, "auto", tmp_path / "out")
+    run.place()
+    assert fake.started == [("a" * 56, ["s0", "s1"])]              # room for two: the third waits
+    assert run.streams["s2"].state == "waiting"
+    fake.node_list.append(_node("b" * 56, 4))                       # a node joins the cluster
+    run._next_nodes = 0.0
+    run.place()
+    assert fake.started[-1] == ("b" * 56, ["s2"])
+    assert [s.state for s in run.streams.values()] == ["running"] * 3
