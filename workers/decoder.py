@@ -99,6 +99,7 @@ class Feeder:
         # a restarted live stream goes on counting after the last frame that got through
         self.next_id = max(resume, int(ctx.resume.get(str(spec.sid), 0))) if self.source.live else resume
         self.read = self.emitted = self.decode_errors = self.reconnects = 0
+        self.work_ns = 0          # CPU time of this thread reading and decoding (the bench's profile)
         self.decode_ms: deque[float] = deque(maxlen=1024)   # samples for the main thread's stats
         self.state = "starting"
         self.thread = threading.Thread(target=self._run, name=f"feeder-{spec.name}", daemon=True)
@@ -130,8 +131,9 @@ class Feeder:
                         stopped = True
                         break
                     due = max(due + interval, time.monotonic())
-                t0 = time.monotonic_ns()
+                t0, c0 = time.monotonic_ns(), time.thread_time_ns()
                 item = next(items, None)
+                self.work_ns += time.thread_time_ns() - c0
                 if item is None:
                     self.budget.release(slot)
                     stopped = self.stop.is_set()
@@ -277,6 +279,7 @@ def _report(stage: Stage, feeders: list[Feeder]) -> None:
         free += f.budget.free
         slots += f.budget.hi - f.budget.lo
     stage.counters.update(totals)
+    stage.counters["work_cpu_us"] = sum(f.work_ns for f in feeders) // 1000
     stage.gauges.update(raw_slots=slots, raw_free=free)
 
 

@@ -285,7 +285,7 @@ def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, stre
         if msg.error:
             _queue({**base, "status": "error", "stage": "inference", "error": msg.error}, ref, stage, streams)
             continue
-        t0 = time.monotonic_ns()
+        t0, c0 = time.monotonic_ns(), time.thread_time_ns()
         record = {**base, "status": "ok", "device": msg.device, "worker": msg.worker}
         try:
             outputs = {name: np.ascontiguousarray(t[row:row + 1]) for name, t in tensors.items()}
@@ -295,6 +295,7 @@ def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, stre
             record = {**base, "status": "error", "stage": "postprocess", "error": f"{type(exc).__name__}: {exc}"}
         ref.stamps["post"] = time.monotonic_ns()
         stage.latency.record("postprocess", (ref.stamps["post"] - t0) / 1e6)
+        stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
         latencies = stage_latencies(ref.stamps)
         if "end_to_end" in latencies:
             stage.latency.record("end_to_end", latencies["end_to_end"])

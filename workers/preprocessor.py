@@ -261,7 +261,7 @@ def _preprocess(ref: FrameRef, batch: Batch, raw_pool: SlotPool, in_pool: SlotPo
                 pre: PreprocessConfig, batch_size: int, stage: Stage, results: zmq.Socket, generation: int) -> None:
     """Resize one raw frame into the next row of ``batch``; a failure becomes an error record."""
     in_h, in_w = size
-    t0 = time.monotonic_ns()
+    t0, c0 = time.monotonic_ns(), time.thread_time_ns()
     try:
         frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
         geometry = Geometry.plan(ref.width, ref.height, in_w, in_h, pre.resize, pre.crop)
@@ -274,6 +274,7 @@ def _preprocess(ref: FrameRef, batch: Batch, raw_pool: SlotPool, in_pool: SlotPo
     ref.geometry = geometry.to_list()
     ref.stamps["pre"] = time.monotonic_ns()
     stage.latency.record("preprocess", (ref.stamps["pre"] - t0) / 1e6)
+    stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
     batch.frames.append(ref)
     stage.count("frames")
 

@@ -11,7 +11,9 @@ median with its min–max:
 
 ``--sweep`` adds a nireq × streams × batch grid per device, ``--transport`` the one-hop transport
 micro-benchmark, ``--soak N`` a memory soak of N frames. Results: OUT/bench.json, OUT/bench.png.
-``--density`` instead measures how many real-time streams the engine, separate engine processes and
+``--versus`` instead runs the engine against the threaded single-process script a user would write
+(:mod:`engine.bench.versus`): whole job, time to first result, steady state and a CPU profile per
+process: OUT/versus.json. ``--density`` instead measures how many real-time streams the engine, separate engine processes and
 a threaded single-process loop sustain (:mod:`engine.bench.density`): OUT/density.json, OUT/density.png.
 """
 from __future__ import annotations
@@ -64,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soak", type=int, metavar="N", default=0, help="memory soak over N frames of video")
     parser.add_argument("--density", action="store_true",
                         help="streams sustained in real time: engine vs separate processes vs threaded loop")
+    parser.add_argument("--versus", action="store_true",
+                        help="engine vs the threaded single-process script: whole job, first result, steady "
+                             "state, CPU profile per process")
+    parser.add_argument("--steady-loops", type=int, default=10,
+                        help="versus: passes over the images for the steady-state runs (default 10)")
+    parser.add_argument("--probe-seconds", type=float, default=3.0,
+                        help="versus: seconds of the inference-only probe (core-ms per frame)")
     parser.add_argument("--fps", type=float, default=30.0, help="density: each stream's native frame rate")
     parser.add_argument("--density-streams", default=",".join(map(str, DEFAULT_SCHEDULE)),
                         help="density: stream counts to climb")
@@ -134,6 +143,8 @@ class Bench:
         self.result["machine"] = machine_info()
         if args.density:
             return self._density()
+        if args.versus:
+            return self._versus()
         self.result["settings"] = {
             "model": self.model_arg, "model_path": self.cfg.model.path, "adapter": self.cfg.model.adapter,
             "device": args.device, "images": str(args.images), "passes": args.passes, "repeats": args.repeats,
@@ -346,6 +357,39 @@ class Bench:
         self.console.print(f"results: {path}" + (f"   plot: {png}" if png else ""))
         return 0
 
+    def _versus(self) -> int:
+        from engine.bench.engine_runs import engine_command
+        from engine.bench.loops import list_images
+        from engine.bench.versus import compare, inference_probe, profile_summary, threaded_command, verdicts
+
+        a = self.args
+        if a.steady_loops < 1 or a.probe_seconds <= 0:
+            raise ConfigError("--steady-loops must be >= 1 and --probe-seconds > 0")
+        images = list_images(self.images_dir)
+        model = self.model_arg
+        self.result["settings"] = {"model": model, "device": a.device, "images": str(a.images), "frames": len(images),
+                                   "repeats": a.repeats, "steady_loops": a.steady_loops,
+                                   "config": a.config or "configs/default.toml"}
+        self.progress(f"versus: model {model}, {len(images)} images, {a.repeats} repeats; steady runs "
+                      f"{a.steady_loops} passes; engine and threaded script alternating")
+        self.progress(f"versus: inference-only probe, {a.probe_seconds:g} s")
+        probe = inference_probe(self.cfg.model, self.cfg.inference, a.device, images, a.probe_seconds)
+        result = compare(
+            lambda out, loops: engine_command(str(self.images_dir), model, out, a.config,
+                                              loop=loops if loops > 1 else None),
+            lambda out, loops: threaded_command(str(self.images_dir), model, out, a.config, loops, a.device),
+            self.out, len(images), a.repeats, a.steady_loops, self.progress)
+        profile = profile_summary(result.pop("engine_reports"), probe["core_ms_per_frame"])
+        self.result["versus"] = {**result, "probe": probe, "profile": profile,
+                                 "targets": verdicts(result["summary"], profile["overhead_ms_per_frame"])}
+        self.result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        path = self.out / "versus.json"
+        path.write_text(json.dumps(self.result, indent=2, default=str), encoding="utf-8")
+        render_versus(self.result, self.console)
+        self.console.print(f"results: {path}")
+        failed = any(r.get("errors") for side in result["runs"].values() for r in side)
+        return 1 if failed else 0
+
     # ---- output -------------------------------------------------------------------------------
     def _write(self) -> None:
         from engine.bench.plot import plot_bench
@@ -454,6 +498,57 @@ def render(result: dict, console: Console) -> None:
                           f"max {p['max_mib']:.1f}  after warm-up {p.get('after_warmup_mib', '—')}  "
                           f"stream end {p.get('end_mib', '—')}  drift {p.get('drift_pct', '—')}%  "
                           f"range {p.get('range_pct', '—')}%  {verdict}", highlight=False)
+
+
+def render_versus(result: dict, console: Console) -> None:
+    """The tables of a versus.json dict: engine vs threaded script, the CPU profile, the targets."""
+    v, m, s = result["versus"], result.get("machine", {}), result.get("settings", {})
+    console.print(f"[bold]ovstream bench --versus[/bold] — {m.get('cpu')}, {m.get('logical_cores')} logical cores, "
+                  f"OpenVINO {m.get('openvino')}; model {s.get('model')} on {s.get('device')}; {s.get('frames')} "
+                  f"images (steady: × {s.get('steady_loops')}); {s.get('repeats')} alternating repeats; machine "
+                  f"{fmt(m.get('cpu_busy_pct_before'), 0)}% busy before the start, load average "
+                  f"{m.get('load_avg_at_start', ['?'])[0]} → {m.get('load_avg_at_end', ['?'])[0]}")
+    table = Table(title="Engine vs threaded single-process script (median of repeats, min–max)")
+    for col in ("figure", "engine", "min–max", "threaded script", "min–max", "engine / threaded"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    labels = {"job_wall_s": ("whole job wall s", 2), "job_cpu_s": ("whole job CPU s", 2),
+              "first_result_s": ("time to first result s", 3), "steady_fps": ("steady-state FPS", 1),
+              "steady_cpu_ms_per_frame": ("steady CPU core-ms/frame", 2)}
+    for key, row in v["summary"].items():
+        label, digits = labels.get(key, (key, 2))
+        cells = [label]
+        for side in ("engine", "threaded"):
+            sp = row.get(side)
+            cells += [fmt(sp["median"], digits), f"{fmt(sp['min'], digits)}–{fmt(sp['max'], digits)}"] if sp \
+                else ["—", "—"]
+        cells.append(fmt(row.get("engine_over_threaded"), 3, "×"))
+        table.add_row(*cells)
+    console.print(table)
+    probe = v.get("probe") or {}
+    prof = v.get("profile") or {}
+    pt = Table(title=f"Engine CPU per frame in the steady state, per process (core-ms; inference work = "
+                     f"{fmt(probe.get('core_ms_per_frame'), 2)} core-ms/frame of an inference-only probe, "
+                     f"{fmt(probe.get('fps'))} FPS)")
+    for col in ("process", "core-ms/frame", "unavoidable work", "work ms", "engine overhead ms"):
+        pt.add_column(col, justify="left" if col in ("process", "unavoidable work") else "right")
+    for row in prof.get("rows", []):
+        pt.add_row(row["process"], fmt(row["core_ms_per_frame"], 2), row["work"] or "—", fmt(row["work_ms"], 2),
+                   fmt(row["overhead_ms"], 2))
+    pt.add_row("[bold]total[/bold]", fmt(prof.get("core_ms_per_frame"), 2), "", "",
+               f"[bold]{fmt(prof.get('overhead_ms_per_frame'), 2)}[/bold]")
+    console.print(pt)
+    tt = Table(title="Targets")
+    for col in ("target", "value", "wanted", "met"):
+        tt.add_column(col)
+    names = {"steady_fps": "steady FPS engine/threaded", "job_wall_s": "whole job wall engine/threaded",
+             "first_result_s": "engine time to first result s", "overhead_ms_per_frame": "engine overhead core-ms/frame"}
+    for key, t in v.get("targets", {}).items():
+        met = "—" if t["met"] is None else ("[green]yes[/green]" if t["met"] else "[red]no[/red]")
+        tt.add_row(names.get(key, key), fmt(t["value"], 3), t["target"], met)
+    console.print(tt)
+    errors = [f"{side}: {e}" for side, runs in v["runs"].items() for r in runs for e in r.get("errors", [])]
+    for e in errors:
+        console.print(f"[red]{e[:200]}[/red]")
 
 
 def render_density(result: dict, console: Console) -> None:

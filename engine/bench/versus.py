@@ -1,0 +1,343 @@
+"""``ovstream bench --versus``: the engine against the threaded single-process script, side by side.
+
+Each job is a subprocess started exactly as a user starts it: ``ovstream run --no-dashboard`` or
+``python -m engine.bench.threaded`` (:mod:`engine.bench.threaded`). The bench watches it from
+outside, the same way for both:
+
+- **whole process**: wall time from ``Popen`` to exit, CPU seconds of the process and every
+  process it started and reaped (``RUSAGE_CHILDREN``);
+- **time to first result**: from ``Popen`` until the first line of its ``results.jsonl`` is on
+  disk (both flush every result line as they write it);
+- **steady state**: the file's line count and every process's CPU time sampled every
+  :data:`SAMPLE_S`; the window runs from the sample where :data:`WARM_FRACTION` of the frames are
+  written to the last sample before the final count, so start-up and the pipeline's filling are
+  outside it: FPS = frames in the window / its length, CPU per frame per process likewise.
+
+The engine's CPU in the window is split per process into the work the script does too (decode,
+resize, the adapter's parsing: the stages' own mean busy time per frame from ``report.json``;
+inference: core-ms per frame that a benchmark_app-style probe of the same compiled model spends,
+:func:`inference_probe`) and the rest, the engine's own overhead (messages, copies, polling,
+stats, OpenVINO threads spinning while idle).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from engine.bench.stats import Spread, ratio
+from engine.config import REPO_ROOT
+
+SAMPLE_S = 0.05            # line count + per-process CPU sample period
+WARM_FRACTION = 0.1        # the steady window starts once this share of the frames is written
+WORK_STAGES = ("decoder", "preprocessor", "postprocessor")
+WORK_CPU = {"decoder": "read + decode", "preprocessor": "resize", "postprocessor": "parse (adapter)"}
+
+
+@dataclass
+class Sample:
+    """One look at a running job: seconds since start, lines written, CPU seconds per process."""
+
+    t: float
+    lines: int
+    cpu: dict[str, float]
+
+
+@dataclass
+class Job:
+    """One job run and watched: exit code, wall, CPU of the whole tree, the samples."""
+
+    name: str
+    exit_code: int
+    wall_s: float
+    cpu_s: float
+    first_result_s: float | None
+    samples: list[Sample] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def frames(self) -> int:
+        return self.samples[-1].lines if self.samples else 0
+
+    def steady(self, expected: int, warm: float = WARM_FRACTION) -> dict | None:
+        return steady_window(self.samples, expected, warm)
+
+
+def process_name(proc: psutil.Process, root_pid: int, root_name: str) -> str:
+    """``supervisor`` / a stage's name (its context file, e.g. decoder-0) / the script's name."""
+    if proc.pid == root_pid:
+        return root_name
+    try:
+        cmd = proc.cmdline()
+    except (psutil.Error, OSError):
+        return f"pid{proc.pid}"
+    if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2].startswith("workers."):
+        return Path(cmd[-1]).stem
+    return f"pid{proc.pid}"
+
+
+def count_lines(path: Path, state: dict) -> int:
+    """Lines of ``path`` so far, reading only what was appended since the last call (``state``)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(state.get("offset", 0))
+            data = fh.read()
+    except OSError:
+        return state.get("lines", 0)
+    complete = data.rfind(b"\n") + 1           # a half-written line waits for the next look
+    state["offset"] = state.get("offset", 0) + complete
+    state["lines"] = state.get("lines", 0) + data.count(b"\n", 0, complete)
+    return state["lines"]
+
+
+def run_job(name: str, cmd: list[str], results: Path, log: Path, root_name: str,
+            timeout_s: float = 900.0, sample_s: float = SAMPLE_S) -> Job:
+    """Run ``cmd``, watching ``results`` (removed first) and the CPU of every process of the tree."""
+    results.unlink(missing_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(log, "wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    samples: list[Sample] = []
+    first: list[float] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        state: dict = {}
+        root = psutil.Process(proc.pid)
+        procs: dict[int, tuple[psutil.Process, str]] = {}
+        cpu: dict[str, float] = {}
+        next_cpu = 0.0
+        while not stop.is_set():
+            now = time.perf_counter() - t0
+            lines = count_lines(results, state)
+            if lines and not first:
+                first.append(now)
+            if now >= next_cpu:            # CPU of every process, the last value kept after it exits
+                try:
+                    for p in [root, *root.children(recursive=True)]:
+                        if p.pid not in procs:
+                            procs[p.pid] = (p, process_name(p, proc.pid, root_name))
+                except (psutil.Error, OSError):
+                    pass
+                for pid, (p, pname) in list(procs.items()):
+                    try:
+                        times = p.cpu_times()
+                        cpu[pname] = times.user + times.system
+                    except (psutil.Error, OSError):
+                        procs.pop(pid)
+                samples.append(Sample(now, lines, dict(cpu)))
+                next_cpu = now + sample_s
+            stop.wait(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    error = ""
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+        error = f"timed out after {timeout_s:.0f} s"
+    wall = time.perf_counter() - t0
+    stop.set()
+    watcher.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    lines = count_lines(results, {})
+    if samples and samples[-1].lines != lines:            # lines flushed at the very end
+        samples.append(Sample(wall, lines, dict(samples[-1].cpu)))
+    if code != 0 and not error:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-2:]
+        error = f"exit code {code}: {' | '.join(tail)[:300]}"
+    return Job(name, code, wall, cpu_s, first[0] if first else None, samples, error)
+
+
+def steady_window(samples: list[Sample], expected: int, warm: float = WARM_FRACTION) -> dict | None:
+    """FPS and CPU per frame per process between the sample where ``warm`` of ``expected`` frames
+    were written and the first sample with the final count; None if the window is empty."""
+    if not samples:
+        return None
+    final = samples[-1].lines
+    start = next((s for s in samples if s.lines >= max(1, warm * expected)), None)
+    end = next((s for s in samples if s.lines == final), None)
+    if start is None or end is None or end.t <= start.t or end.lines <= start.lines:
+        return None
+    frames = end.lines - start.lines
+    seconds = end.t - start.t
+    cpu_ms = {name: (end.cpu.get(name, 0.0) - start.cpu.get(name, 0.0)) * 1000 / frames
+              for name in end.cpu}
+    return {"frames": frames, "seconds": round(seconds, 4), "fps": round(frames / seconds, 2),
+            "cpu_ms_per_frame": {k: round(v, 3) for k, v in sorted(cpu_ms.items())},
+            "cpu_ms_per_frame_total": round(sum(cpu_ms.values()), 3)}
+
+
+def engine_profile(steady: dict, report: dict, inference_core_ms: float | None) -> list[dict]:
+    """Per engine process: core-ms per frame in the steady window, the work the threaded script
+    does too, and the rest, the engine's overhead; all per frame of the run. Work is what the stage
+    itself counts (``work_cpu_us``: CPU time of reading + decoding, resizing, the adapter's
+    parsing); inference's is the probe's core-ms per frame. Processes that spent nothing are left
+    out."""
+    procs = {p.get("name"): p for p in report.get("processes", [])}
+    frames = int(report.get("accounting", {}).get("out", 0))      # every frame, of every process
+    rows = []
+    for name, total in steady.get("cpu_ms_per_frame", {}).items():
+        if name not in procs and total < 0.005:       # e.g. a helper process that only slept
+            continue
+        proc = procs.get(name, {})
+        role, counters = proc.get("role", name), proc.get("counters", {})
+        work_name, work = "", 0.0
+        if role in WORK_STAGES:
+            work_name = WORK_CPU[role]
+            work = int(counters.get("work_cpu_us", 0)) / 1000 / frames if frames else 0.0
+        elif role == "inference" and inference_core_ms is not None:
+            work_name = "inference (probe)"
+            total_frames = sum(int(p.get("counters", {}).get("frames", 0)) for p in procs.values()
+                               if p.get("role") == "inference")
+            work = inference_core_ms * (int(counters.get("frames", 0)) / total_frames if total_frames else 1.0)
+        rows.append({"process": name, "core_ms_per_frame": round(total, 3), "work": work_name,
+                     "work_ms": round(work, 3), "overhead_ms": round(total - work, 3)})
+    return rows
+
+
+def inference_probe(model_cfg, inference_cfg, device: str, images: list[Path], seconds: float = 3.0) -> dict:
+    """What inference alone costs per frame, as benchmark_app measures it: the model compiled as the
+    engine compiles it, every request kept busy on real letterboxed pixels; CPU seconds of this
+    process (OpenVINO's threads included) per frame."""
+    import numpy as np
+    import openvino as ov
+
+    from engine.geometry import Geometry
+    from engine.model import compile_model, prepare_model, read_model
+    from engine.sources import load_image
+
+    core = ov.Core()
+    model, info = prepare_model(read_model(core, model_cfg.path), model_cfg, 1)
+    compiled = compile_model(core, model, device, inference_cfg)
+    nireq = inference_cfg.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    frame, _, _ = load_image(images[0])
+    pixels = np.empty((1, info.height, info.width, 3), np.uint8)
+    pre = model_cfg.preprocess
+    Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, pre.resize, pre.crop) \
+        .resize_into(frame, pixels[0], pre.interpolation)
+    queue = ov.AsyncInferQueue(compiled, nireq)
+    for _ in range(nireq * 4):                    # warm-up
+        queue.start_async({0: pixels})
+    queue.wait_all()
+    frames = 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        queue.start_async({0: pixels})
+        frames += 1
+    queue.wait_all()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"frames": frames, "fps": round(frames / wall, 2), "core_ms_per_frame": round(cpu * 1000 / frames, 3),
+            "nireq": nireq, "seconds": round(wall, 3)}
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    """Median and min–max of each figure per side, and the engine/threaded ratio of the medians."""
+    keys = ("job_wall_s", "job_cpu_s", "first_result_s", "steady_fps", "steady_cpu_ms_per_frame")
+    out: dict = {}
+    for key in keys:
+        row = {}
+        for side in ("engine", "threaded"):
+            spread = Spread.of(r.get(key) for r in runs.get(side, []))
+            row[side] = spread.to_dict() if spread else None
+        e, t = (row[s]["median"] if row[s] else None for s in ("engine", "threaded"))
+        value = ratio(e, t)
+        row["engine_over_threaded"] = None if value is None else round(value, 3)
+        out[key] = row
+    return out
+
+
+TARGETS = {"steady_fps": (">=", 1.05), "job_wall_s": ("<", 1.0), "first_result_s": ("<=", 0.8),
+           "overhead_ms_per_frame": ("<=", 0.5)}
+
+
+def verdicts(summary: dict, overhead_ms: float | None) -> dict:
+    """Each of the issue's targets: the figure it is judged on and whether it is met."""
+    fps = summary.get("steady_fps", {}).get("engine_over_threaded")
+    wall = summary.get("job_wall_s", {}).get("engine_over_threaded")
+    first = ((summary.get("first_result_s") or {}).get("engine") or {}).get("median")
+    figures = {"steady_fps": fps, "job_wall_s": wall, "first_result_s": first, "overhead_ms_per_frame": overhead_ms}
+    out = {}
+    for key, (op, target) in TARGETS.items():
+        value = figures[key]
+        met = None if value is None else (value >= target if op == ">=" else value < target if op == "<"
+                                          else value <= target)
+        out[key] = {"value": value, "target": f"{op} {target}", "met": met}
+    return out
+
+
+def compare(engine_cmd: Callable[[Path, int], list[str]], threaded_cmd: Callable[[Path, int], list[str]],
+            out: Path, images: int, repeats: int, steady_loops: int, progress: Callable[[str], None]) -> dict:
+    """Alternate engine and script, ``repeats`` times: the whole job (one pass) and a steady run
+    (``steady_loops`` passes). ``*_cmd(output, loops)`` give the command lines."""
+    runs: dict[str, list[dict]] = {"engine": [], "threaded": []}
+    reports: list[tuple[dict, dict]] = []          # engine steady windows with their report
+    for r in range(repeats):
+        for side, make, root in (("engine", engine_cmd, "supervisor"), ("threaded", threaded_cmd, "threaded")):
+            figures: dict = {}
+            for kind, loops in (("job", 1), ("steady", steady_loops)):
+                folder = out / "versus" / f"{side}-{kind}-r{r + 1}"
+                progress(f"versus repeat {r + 1}/{repeats}: {side} {kind} ({images * loops} frames)")
+                job = run_job(side, make(folder, loops), folder / "results.jsonl", folder / "bench-run.log", root)
+                if job.error:
+                    figures.setdefault("errors", []).append(f"{kind}: {job.error}")
+                    progress(f"versus: {side} {kind} failed: {job.error}")
+                    continue
+                if kind == "job":
+                    figures.update(job_wall_s=round(job.wall_s, 3), job_cpu_s=round(job.cpu_s, 3),
+                                   first_result_s=None if job.first_result_s is None else round(job.first_result_s, 3),
+                                   job_frames=job.frames)
+                    continue
+                steady = job.steady(images * loops)
+                if steady is None:
+                    figures.setdefault("errors", []).append("steady: empty window")
+                    continue
+                figures.update(steady_fps=steady["fps"], steady_cpu_ms_per_frame=steady["cpu_ms_per_frame_total"],
+                               steady=steady)
+                if side == "engine":
+                    try:
+                        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+                    except (OSError, ValueError):
+                        report = {}
+                    reports.append((steady, report))
+            runs[side].append(figures)
+    return {"runs": runs, "summary": summarize(runs), "engine_reports": reports}
+
+
+def profile_summary(reports: list[tuple[dict, dict]], inference_core_ms: float | None) -> dict:
+    """The per-process profile, median over the repeats, and the engine's total overhead per frame."""
+    per: dict[str, list[dict]] = {}
+    for steady, report in reports:
+        for row in engine_profile(steady, report, inference_core_ms):
+            per.setdefault(row["process"], []).append(row)
+    rows = []
+    for name, items in per.items():
+        rows.append({"process": name, "work": items[0]["work"],
+                     **{k: round(Spread.of(i[k] for i in items).median, 3)
+                        for k in ("core_ms_per_frame", "work_ms", "overhead_ms")}})
+    order = ("supervisor", "decoder", "preprocessor", "inference", "postprocessor")
+    rows.sort(key=lambda r: next((i for i, o in enumerate(order) if r["process"].startswith(o)), len(order)))
+    overhead = round(sum(r["overhead_ms"] for r in rows), 3) if rows else None
+    return {"rows": rows, "overhead_ms_per_frame": overhead,
+            "core_ms_per_frame": round(sum(r["core_ms_per_frame"] for r in rows), 3) if rows else None}
+
+
+def threaded_command(images: str, model: str, output: Path, config: str | None, loops: int, device: str) -> list[str]:
+    cmd = [sys.executable, "-m", "engine.bench.threaded", "--images", images, "--model", model,
+           "--output", str(output), "--loop", str(loops), "--device", device]
+    return cmd + (["--config", str(config)] if config else [])
