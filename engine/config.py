@@ -154,7 +154,7 @@ class InferenceConfig(Section):
     hint: Hint = "THROUGHPUT"
     streams: int = Field(0, ge=0, le=256)         # 0: chosen by the hint
     threads: int = Field(0, ge=0, le=4096)        # 0: the device decides
-    cache_dir: str = ""
+    cache_dir: str = "auto"      # model cache (engine.modelcache): auto = the user cache dir, off = none
     properties: dict[str, dict[str, PropertyValue]] = Field(default_factory=dict)  # device → properties
 
 

@@ -10,7 +10,7 @@ import difflib
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -256,14 +256,42 @@ def check_devices(core: ov.Core, devices: list[str]) -> None:
                                   f"{', '.join(available) or 'none'})")
 
 
-def compile_model(core: ov.Core, model: ov.Model, device: str, cfg: InferenceConfig) -> ov.CompiledModel:
-    """Compile with the configured properties; failures become one :class:`DeviceError` line."""
-    if cfg.cache_dir:
-        core.set_property({"CACHE_DIR": cfg.cache_dir})
+def compile_model(core: ov.Core, model: ov.Model | str, device: str, cfg: InferenceConfig) -> ov.CompiledModel:
+    """Compile (a model, or an IR file by path) with the configured properties, OpenVINO's compiled
+    blobs cached under ``[inference] cache_dir``; failures become one :class:`DeviceError` line."""
+    from engine.modelcache import ModelCache, cache_root, writable
+
+    root = writable(cache_root(cfg.cache_dir))
+    if root is not None:
+        core.set_property({"CACHE_DIR": str(ModelCache(root).compiled_dir)})
     try:
         return core.compile_model(model, device, compile_properties(cfg, device))
     except Exception as exc:
         raise DeviceError(f"compiling on {device} failed: {reason(exc)}") from None
+
+
+def load_compiled(core: ov.Core, cfg: RunConfig, device: str, batch: int) -> ov.CompiledModel:
+    """The run's model prepared for ``batch`` and compiled on ``device``: from the model cache's
+    IR when the supervisor's checks stored it (no reading of the original file), else read,
+    prepared and stored now."""
+    from engine.modelcache import ModelCache, cache_root, writable
+
+    root = writable(cache_root(cfg.inference.cache_dir))
+    cache = ModelCache(root) if root is not None else None
+    hit = cache.lookup(cfg.model, batch) if cache is not None else None
+    if hit is not None:
+        return compile_model(core, str(hit[0]), device, cfg.inference)
+    original = read_model(core, cfg.model.path)
+    facts = model_facts(original, cfg.model)
+    model, _ = prepare_model(original, cfg.model, batch)
+    if cache is not None:
+        cache.store(cfg.model, batch, model, facts)
+    return compile_model(core, model, device, cfg.inference)
+
+
+def model_facts(model: ov.Model, cfg: ModelConfig) -> dict:
+    """What the start-up checks need of the original model: its input and output shapes."""
+    return {"input": asdict(input_info(model, cfg.params)), "outputs": output_shapes(model)}
 
 
 def device_info(compiled: ov.CompiledModel) -> dict[str, str]:

@@ -36,9 +36,9 @@ from engine.ledger import FrameLedger
 from engine.logs import stage_level
 from engine.messages import AckMsg, ControlMsg, FatalMsg, Message, ReadyMsg, StatsMsg, decode, MessageError
 from engine.metrics import MetricsAggregator, split_stream_key
-from engine.model import InputInfo, check_devices, check_preprocess, check_properties, input_info, output_shapes, \
-    prepare_model, \
+from engine.model import InputInfo, check_devices, check_preprocess, check_properties, model_facts, prepare_model, \
     preflight_compile, raw_properties, read_model
+from engine.modelcache import ModelCache, cache_root, writable
 from engine.shm import PoolSpec, SlotPool
 from engine.sinks import JsonlSink
 from engine.sources import is_live_uri, open_source
@@ -83,11 +83,23 @@ def preflight(cfg: RunConfig) -> InputInfo:
     check_devices(core, cfg.inference.devices)
     for device in cfg.inference.devices:
         check_properties(core, cfg.inference, device)
-    model = read_model(core, cfg.model.path)
-    info = input_info(model, cfg.model.params)
+    root = writable(cache_root(cfg.inference.cache_dir))
+    cache = ModelCache(root) if root is not None else None
+    batch = cfg.inference.batch
+    hit = cache.lookup(cfg.model, batch) if cache is not None else None
+    model = None
+    if hit is not None:       # checked and prepared by an earlier run: its facts, not a second read
+        facts = hit[1]
+    else:
+        model = read_model(core, cfg.model.path)
+        facts = model_facts(model, cfg.model)
+    info = InputInfo(**facts["input"])
     check_preprocess(info, cfg.model)
-    create_adapter(cfg.model).check_outputs(output_shapes(model))
-    prepare_model(model, cfg.model, cfg.inference.batch)   # e.g. a batch the graph cannot take: one line now
+    create_adapter(cfg.model).check_outputs(facts["outputs"])
+    if model is not None:
+        prepared, _ = prepare_model(model, cfg.model, batch)   # e.g. a batch the graph cannot take: one line now
+        if cache is not None:                                  # the inference workers compile it by path
+            cache.store(cfg.model, batch, prepared, facts)
     for device in cfg.inference.devices:       # raw OpenVINO properties: tried in a real compile
         if raw_properties(cfg.inference, device):
             preflight_compile(core, cfg, device)

@@ -21,7 +21,7 @@ from engine.channels import make_socket
 from engine.config import InferenceConfig
 from engine.errors import DeviceError, describe
 from engine.messages import BatchMsg, CreditMsg, ResultMsg, encode_result
-from engine.model import compile_model, device_info, output_shapes, prepare_model, read_model
+from engine.model import device_info, load_compiled, output_shapes
 from engine.shm import SlotPool
 from workers.runtime import Stage, StageContext, stage_main
 
@@ -54,9 +54,7 @@ def load(ctx: StageContext) -> tuple[ov.CompiledModel, int, float]:
     cfg = ctx.config
     inference: InferenceConfig = cfg.inference
     t0 = time.monotonic()
-    core = ov.Core()
-    model, _ = prepare_model(read_model(core, cfg.model.path), cfg.model, ctx.input["batch"])
-    compiled = compile_model(core, model, ctx.device, inference)
+    compiled = load_compiled(ov.Core(), cfg, ctx.device, ctx.input["batch"])
     nireq = inference.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     if nireq < 1:
         raise DeviceError(f"{ctx.device} reports {nireq} optimal infer requests")

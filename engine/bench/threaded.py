@@ -6,7 +6,8 @@ a fresh model-input array (the engine's :class:`~engine.geometry.Geometry`); the
 starts it on an OpenVINO ``AsyncInferQueue`` of 2 requests, whose callback parses the outputs
 with the model's own adapter and appends one JSON line per frame to ``results.jsonl`` (in
 completion order, flushed as it goes). The model is read, prepared and compiled as the engine
-does (uint8 BGR NHWC in, the config's hint), so both produce the same detections.
+does (uint8 BGR NHWC in, the config's hint), so both produce the same detections; without a
+compiled-model cache unless ``--cache-dir`` asks for one (the plain script compiles every time).
 
 Run as ``python -m engine.bench.threaded --images DIR [--model NAME] [--loop N] --output DIR``; it
 writes ``DIR/results.jsonl`` and ``DIR/summary.json`` (frames, the CPU seconds at the first
@@ -37,7 +38,7 @@ AHEAD = 4          # images read ahead of the inference queue
 
 
 def run(images: Path, output: Path, model: str | None = None, loop: int = 1, device: str = "CPU",
-        config: str | None = None, nireq: int = NIREQ, threads: int = THREADS) -> dict:
+        config: str | None = None, nireq: int = NIREQ, threads: int = THREADS, cache_dir: str = "off") -> dict:
     """Every image of ``images``, ``loop`` times, through the model; returns the summary dict."""
     overrides: dict = {"source": {"uri": str(images)}}
     if model:
@@ -45,7 +46,7 @@ def run(images: Path, output: Path, model: str | None = None, loop: int = 1, dev
     cfg = load_config(config, overrides)
     core = ov.Core()
     prepared, info = prepare_model(read_model(core, cfg.model.path), cfg.model, 1)
-    compiled = compile_model(core, prepared, device, cfg.inference.model_copy(update={"nireq": 0}))
+    compiled = compile_model(core, prepared, device, cfg.inference.model_copy(update={"nireq": 0, "cache_dir": cache_dir}))
     adapter = create_adapter(cfg.model)
     names = list(output_shapes(compiled))
     pre = cfg.model.preprocess
@@ -111,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="CPU")
     parser.add_argument("--nireq", type=int, default=NIREQ)
     parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--cache-dir", default="off",
+                        help="OpenVINO compiled-model cache: off (default, as the plain script), auto, or a folder")
     a = parser.parse_args(argv)
-    summary = run(Path(a.images), Path(a.output), a.model, max(1, a.loop), a.device, a.config, a.nireq, a.threads)
+    summary = run(Path(a.images), Path(a.output), a.model, max(1, a.loop), a.device, a.config, a.nireq, a.threads, a.cache_dir)
     return 0 if summary["frames"] and not summary["errors"] else 1
 
 
