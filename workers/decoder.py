@@ -215,7 +215,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
             wakes.append(make_socket(stage.zmq, zmq.PUSH, connect=wake_addr))
             feeders.append(Feeder(spec, cfg.sources[spec.sid], ctx, pool, outbox, wakes[-1], min_side))
         stage.declare("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects", "stale_releases")
-        _report(stage, feeders)
+        stage.before_stats.append(lambda: _report(stage, feeders))
         stage.ready(live=any(f.source.live for f in feeders), streams=[f.spec.name for f in feeders])
         stage.wait_for_start()
         for feeder in feeders:
@@ -243,7 +243,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
             while outbox:
                 edge, data = outbox.popleft()
                 sockets[edge].send(data)
-            _report(stage, feeders)
+            for feeder in feeders:
+                feeder.note_events()
     finally:
         for feeder in feeders:              # all at once, then one shared second to finish
             feeder.cancel()
@@ -260,7 +261,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
 
 
 def _report(stage: Stage, feeders: list[Feeder]) -> None:
-    """Per-stream counters and gauges (``name@stream``) and their totals for this process."""
+    """Per-stream counters and gauges (``name@stream``) and their totals for this process (before
+    every heartbeat's stats)."""
     totals = dict.fromkeys(("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects"), 0)
     free = slots = 0
     for f in feeders:

@@ -161,11 +161,13 @@ def run(ctx: StageContext, stage: Stage) -> None:
                     frame = None
                     if raw_pool is not None and ref.raw_slot >= 0:
                         frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
+                    c0 = time.thread_time_ns()
                     line = encode_record(record)
                     with output_errors(cfg.output.dir):
                         for sink in sinks:
                             sink.write(drawable(record, ref) if frame is not None and sink.draws else record,
                                        frame, line)
+                    stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
                     if raw_pool is not None and ref.raw_slot >= 0:
                         releases[layout.streams[sid].decoder].send(
                             ReleaseMsg([ref.raw_slot], epoch=ref.epoch, generation=ctx.generation).encode())
@@ -173,9 +175,11 @@ def run(ctx: StageContext, stage: Stage) -> None:
                     (streams.acked_errors if failed else streams.acked)[sid].append(ref.frame_id)
                     wrote = True
             if wrote:
+                c0 = time.thread_time_ns()
                 with output_errors(cfg.output.dir):
                     for sink in sinks:
                         sink.flush()
+                stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
                 for sid in range(len(streams.names)):
                     for name, ids in (("results", streams.acked[sid]), ("errors", streams.acked_errors[sid])):
                         stage.count(name, len(ids))                 # counted once written, not before

@@ -175,6 +175,10 @@ def run(ctx: StageContext, stage: Stage) -> None:
             stage.send(ControlMsg("decoder_fenced", json.dumps(reply), ctx.generation))
 
     stage.handler = on_control
+    stage.before_stats.append(lambda: stage.gauges.update(
+        input_slots=free.size, input_free=free.free, ready_batches=len(dispatcher.ready),
+        credits=sum(dispatcher.credits.values()), workers=len(dispatcher.credits),
+        held_batches=len(dispatcher.held), waiting_frames=len(waiting)))
     stage.declare("frames", "batches", "errors", "requeued_batches", "fenced_frames")
     stage.ready()
     poller = zmq.Poller()
@@ -247,9 +251,6 @@ def run(ctx: StageContext, stage: Stage) -> None:
                     stage.count("batches")
                 except zmq.ZMQError:              # that instance is gone: its batches go back
                     stage.count("requeued_batches", dispatcher.worker_down(worker))
-            stage.gauges.update(input_slots=free.size, input_free=free.free, ready_batches=len(dispatcher.ready),
-                                credits=sum(dispatcher.credits.values()), workers=len(dispatcher.credits),
-                                held_batches=len(dispatcher.held), waiting_frames=len(waiting))
     finally:
         for sock in (frames_in, dispatch, inputs, results, *releases):
             sock.close(0)

@@ -88,6 +88,7 @@ class Stage:
         self.stopping = False
         self.started = False
         self.handler: Callable[[ControlMsg], None] | None = None   # a stage's own control commands
+        self.before_stats: list[Callable[[], None]] = []   # fill counters/gauges once per heartbeat, not per frame
         self.bad_messages = 0
         self._next_stats = 0.0
         self._heartbeat = ctx.config.pipeline.heartbeat_s
@@ -114,6 +115,8 @@ class Stage:
         self.send_stats()
 
     def send_stats(self) -> None:
+        for fill in self.before_stats:
+            fill()
         self.counters["bad_messages"] = self.bad_messages
         self.gauges["cpu_s"] = round(time.process_time(), 3)     # exact CPU seconds, also after exit
         self.send(StatsMsg(self.ctx.name, self.ctx.role, os.getpid(), self.ctx.device, dict(self.counters),

@@ -509,7 +509,8 @@ def render_versus(result: dict, console: Console) -> None:
                   f"{fmt(m.get('cpu_busy_pct_before'), 0)}% busy before the start, load average "
                   f"{m.get('load_avg_at_start', ['?'])[0]} → {m.get('load_avg_at_end', ['?'])[0]}")
     table = Table(title="Engine vs threaded single-process script (median of repeats, min–max)")
-    for col in ("figure", "engine", "min–max", "threaded script", "min–max", "engine / threaded"):
+    for col in ("figure", "engine", "min–max", "threaded script", "min–max", "engine / threaded",
+                "paired ratios (min–max)"):
         table.add_column(col, justify="left" if col == "figure" else "right")
     labels = {"job_wall_s": ("whole job wall s", 2), "job_cpu_s": ("whole job CPU s", 2),
               "first_result_s": ("time to first result s", 3), "steady_fps": ("steady-state FPS", 1),
@@ -522,6 +523,8 @@ def render_versus(result: dict, console: Console) -> None:
             cells += [fmt(sp["median"], digits), f"{fmt(sp['min'], digits)}–{fmt(sp['max'], digits)}"] if sp \
                 else ["—", "—"]
         cells.append(fmt(row.get("engine_over_threaded"), 3, "×"))
+        pair = row.get("paired_ratio")
+        cells.append(f"{fmt(pair['median'], 3, '×')} ({fmt(pair['min'], 3)}–{fmt(pair['max'], 3)})" if pair else "—")
         table.add_row(*cells)
     console.print(table)
     probe = v.get("probe") or {}

@@ -40,7 +40,7 @@ from engine.config import REPO_ROOT
 SAMPLE_S = 0.05            # line count + per-process CPU sample period
 WARM_FRACTION = 0.1        # the steady window starts once this share of the frames is written
 WORK_STAGES = ("decoder", "preprocessor", "postprocessor")
-WORK_CPU = {"decoder": "read + decode", "preprocessor": "resize", "postprocessor": "parse (adapter)"}
+WORK_CPU = {"decoder": "read + decode", "preprocessor": "resize", "postprocessor": "parse + write JSONL"}
 
 
 @dataclass
@@ -187,7 +187,7 @@ def engine_profile(steady: dict, report: dict, inference_core_ms: float | None) 
     """Per engine process: core-ms per frame in the steady window, the work the threaded script
     does too, and the rest, the engine's overhead; all per frame of the run. Work is what the stage
     itself counts (``work_cpu_us``: CPU time of reading + decoding, resizing, the adapter's
-    parsing); inference's is the probe's core-ms per frame. Processes that spent nothing are left
+    parsing and writing the records, as the script writes its own); inference's is the probe's core-ms per frame. Processes that spent nothing are left
     out."""
     procs = {p.get("name"): p for p in report.get("processes", [])}
     frames = int(report.get("accounting", {}).get("out", 0))      # every frame, of every process
@@ -247,7 +247,9 @@ def inference_probe(model_cfg, inference_cfg, device: str, images: list[Path], s
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
-    """Median and min–max of each figure per side, and the engine/threaded ratio of the medians."""
+    """Median and min–max of each figure per side, the engine/threaded ratio of the medians, and
+    the ratios of each alternating pair (engine run *i* / script run *i*, measured back to back,
+    so a load that comes and goes moves both): their median and min–max."""
     keys = ("job_wall_s", "job_cpu_s", "first_result_s", "steady_fps", "steady_cpu_ms_per_frame")
     out: dict = {}
     for key in keys:
@@ -258,6 +260,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         e, t = (row[s]["median"] if row[s] else None for s in ("engine", "threaded"))
         value = ratio(e, t)
         row["engine_over_threaded"] = None if value is None else round(value, 3)
+        pairs = Spread.of(ratio(a.get(key), b.get(key)) for a, b in zip(runs.get("engine", []), runs.get("threaded", [])))
+        row["paired_ratio"] = pairs.to_dict() if pairs else None
         out[key] = row
     return out
 
