@@ -177,7 +177,9 @@ class Supervisor:
     # ---- set-up -----------------------------------------------------------------------------
     def _input_slots(self) -> int:
         cfg = self.cfg
-        return cfg.pipeline.input_slots or len(cfg.inference.devices) * (cfg.inference.nireq or 4) + 2
+        # nireq = 0: the worker picks (a CPU: 2 per stream), so leave room for 2 per core
+        return cfg.pipeline.input_slots or len(cfg.inference.devices) * (cfg.inference.nireq or
+                                                                           max(4, 2 * (os.cpu_count() or 1))) + 2
 
     def _pool_sizes(self) -> PoolSizes:
         cfg = self.cfg
