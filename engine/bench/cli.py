@@ -513,7 +513,8 @@ def render_versus(result: dict, console: Console) -> None:
                 "paired ratios (min–max)"):
         table.add_column(col, justify="left" if col == "figure" else "right")
     labels = {"job_wall_s": ("whole job wall s", 2), "job_cpu_s": ("whole job CPU s", 2),
-              "first_result_s": ("time to first result s", 3), "steady_fps": ("steady-state FPS", 1),
+              "first_result_s": ("time to first result s", 3), "job_stream_s": ("  first → last result s", 3),
+              "job_shutdown_s": ("  last result → exit s", 3), "steady_fps": ("steady-state FPS", 1),
               "steady_cpu_ms_per_frame": ("steady CPU core-ms/frame", 2)}
     for key, row in v["summary"].items():
         label, digits = labels.get(key, (key, 2))

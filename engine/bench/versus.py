@@ -61,6 +61,7 @@ class Job:
     wall_s: float
     cpu_s: float
     first_result_s: float | None
+    last_result_s: float | None = None        # the shutdown follows: wall_s - last_result_s
     samples: list[Sample] = field(default_factory=list)
     error: str = ""
 
@@ -111,6 +112,7 @@ def run_job(name: str, cmd: list[str], results: Path, log: Path, root_name: str,
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     samples: list[Sample] = []
     first: list[float] = []
+    last: list[float] = [0.0, 0]              # time the line count last grew, and that count
     stop = threading.Event()
 
     def watch() -> None:
@@ -124,6 +126,8 @@ def run_job(name: str, cmd: list[str], results: Path, log: Path, root_name: str,
             lines = count_lines(results, state)
             if lines and not first:
                 first.append(now)
+            if lines > last[1]:
+                last[:] = [now, lines]
             if now >= next_cpu:            # CPU of every process, the last value kept after it exits
                 try:
                     for p in [root, *root.children(recursive=True)]:
@@ -161,7 +165,9 @@ def run_job(name: str, cmd: list[str], results: Path, log: Path, root_name: str,
     if code != 0 and not error:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-2:]
         error = f"exit code {code}: {' | '.join(tail)[:300]}"
-    return Job(name, code, wall, cpu_s, first[0] if first else None, samples, error)
+    if lines > last[1]:
+        last[:] = [wall, lines]
+    return Job(name, code, wall, cpu_s, first[0] if first else None, last[0] if lines else None, samples, error)
 
 
 def steady_window(samples: list[Sample], expected: int, warm: float = WARM_FRACTION) -> dict | None:
@@ -250,7 +256,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     """Median and min–max of each figure per side, the engine/threaded ratio of the medians, and
     the ratios of each alternating pair (engine run *i* / script run *i*, measured back to back,
     so a load that comes and goes moves both): their median and min–max."""
-    keys = ("job_wall_s", "job_cpu_s", "first_result_s", "steady_fps", "steady_cpu_ms_per_frame")
+    keys = ("job_wall_s", "job_cpu_s", "first_result_s", "job_stream_s", "job_shutdown_s", "steady_fps",
+            "steady_cpu_ms_per_frame")
     out: dict = {}
     for key in keys:
         row = {}
@@ -305,6 +312,10 @@ def compare(engine_cmd: Callable[[Path, int], list[str]], threaded_cmd: Callable
                 if kind == "job":
                     figures.update(job_wall_s=round(job.wall_s, 3), job_cpu_s=round(job.cpu_s, 3),
                                    first_result_s=None if job.first_result_s is None else round(job.first_result_s, 3),
+                                   job_stream_s=None if job.last_result_s is None or job.first_result_s is None
+                                   else round(job.last_result_s - job.first_result_s, 3),
+                                   job_shutdown_s=None if job.last_result_s is None
+                                   else round(job.wall_s - job.last_result_s, 3),
                                    job_frames=job.frames)
                     continue
                 steady = job.steady(images * loops)

@@ -69,6 +69,7 @@ def test_run_job_measures_wall_cpu_first_result_and_samples(tmp_path):
     assert job.frames == 5
     assert job.cpu_s >= 0.2 and job.wall_s >= 0.45
     assert job.first_result_s is not None and 0.2 <= job.first_result_s < job.wall_s
+    assert job.first_result_s + 0.15 <= job.last_result_s <= job.wall_s          # 4 sleeps of 50 ms between
     assert job.samples[-1].lines == 5 and job.samples[-1].cpu.get("root", 0) >= 0.2
 
 
