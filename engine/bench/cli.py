@@ -73,6 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="versus: passes over the images for the steady-state runs (default 10)")
     parser.add_argument("--probe-seconds", type=float, default=3.0,
                         help="versus: seconds of the inference-only probe (core-ms per frame)")
+    parser.add_argument("--live-seconds", type=float, default=10.0,
+                        help="versus: seconds of the live-latency run per repeat (a video at --fps; 0: none)")
     parser.add_argument("--fps", type=float, default=30.0, help="density: each stream's native frame rate")
     parser.add_argument("--density-streams", default=",".join(map(str, DEFAULT_SCHEDULE)),
                         help="density: stream counts to climb")
@@ -363,8 +365,8 @@ class Bench:
         from engine.bench.versus import compare, inference_probe, profile_summary, threaded_command, verdicts
 
         a = self.args
-        if a.steady_loops < 1 or a.probe_seconds <= 0:
-            raise ConfigError("--steady-loops must be >= 1 and --probe-seconds > 0")
+        if a.steady_loops < 1 or a.probe_seconds <= 0 or a.live_seconds < 0 or a.fps <= 0:
+            raise ConfigError("--steady-loops must be >= 1, --probe-seconds and --fps > 0, --live-seconds >= 0")
         images = list_images(self.images_dir)
         model = self.model_arg
         self.result["settings"] = {"model": model, "device": a.device, "images": str(a.images), "frames": len(images),
@@ -380,8 +382,10 @@ class Bench:
             lambda out, loops: threaded_command(str(self.images_dir), model, out, a.config, loops, a.device),
             self.out, len(images), a.repeats, a.steady_loops, self.progress)
         profile = profile_summary(result.pop("engine_reports"), probe["core_ms_per_frame"])
-        self.result["versus"] = {**result, "probe": probe, "profile": profile,
-                                 "targets": verdicts(result["summary"], profile["overhead_ms_per_frame"])}
+        live = self._live(images) if a.live_seconds > 0 else None
+        self.result["versus"] = {**result, "probe": probe, "profile": profile, "live": live,
+                                 "targets": verdicts(result["summary"], profile["overhead_ms_per_frame"],
+                                                     (live or {}).get("ratio"))}
         self.result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         path = self.out / "versus.json"
         path.write_text(json.dumps(self.result, indent=2, default=str), encoding="utf-8")
@@ -389,6 +393,24 @@ class Bench:
         self.console.print(f"results: {path}")
         failed = any(r.get("errors") for side in result["runs"].values() for r in side)
         return 1 if failed else 0
+
+    def _live(self, images: list) -> dict:
+        """Live-source latency: one camera-like stream per repeat; medians over the repeats."""
+        from engine.bench.soak import write_video
+        from engine.bench.versus import live_latency
+
+        a = self.args
+        video = write_video(self.out / "live" / "clip", images, fps=a.fps)
+        runs = []
+        for r in range(a.repeats):
+            self.progress(f"versus: live latency {r + 1}/{a.repeats}, {a.live_seconds:g} s at {a.fps:g} FPS")
+            runs.append(live_latency(video, self.model_arg, a.device, self.out / "live" / f"r{r + 1}", a.live_seconds))
+        ok = [r for r in runs if "error" not in r]
+        out = {"fps": a.fps, "seconds": a.live_seconds, "runs": runs}
+        for key in ("ratio", "end_to_end_p50_ms", "sum_p50_ms", "queue_p50_ms"):
+            spread = Spread.of(r.get(key) for r in ok)
+            out[key] = round(spread.median, 3) if spread else None
+        return out
 
     # ---- output -------------------------------------------------------------------------------
     def _write(self) -> None:
@@ -541,11 +563,28 @@ def render_versus(result: dict, console: Console) -> None:
     pt.add_row("[bold]total[/bold]", fmt(prof.get("core_ms_per_frame"), 2), "", "",
                f"[bold]{fmt(prof.get('overhead_ms_per_frame'), 2)}[/bold]")
     console.print(pt)
+    live = v.get("live")
+    if live:
+        lt = Table(title=f"Live source: one stream at {fmt(live.get('fps'), 0)} FPS, realtime, "
+                         f"{fmt(live.get('seconds'), 0)} s per repeat (p50 ms per run)")
+        for col in ("run", "decode", "preprocess", "inference", "postprocess", "sum", "queue", "end-to-end",
+                    "e2e / sum"):
+            lt.add_column(col, justify="right")
+        for i, r in enumerate(live.get("runs", []), 1):
+            if "error" in r:
+                lt.add_row(str(i), f"[red]{r['error'][:80]}[/red]", *[""] * 7)
+                continue
+            st = r["stage_p50_ms"]
+            lt.add_row(str(i), *(fmt(st[k], 2) for k in ("decode", "preprocess", "inference", "postprocess")),
+                       fmt(r["sum_p50_ms"], 2), fmt(r.get("queue_p50_ms"), 2), fmt(r["end_to_end_p50_ms"], 2),
+                       fmt(r["ratio"], 2, "×"))
+        console.print(lt)
     tt = Table(title="Targets")
     for col in ("target", "value", "wanted", "met"):
         tt.add_column(col)
     names = {"steady_fps": "steady FPS engine/threaded", "job_wall_s": "whole job wall engine/threaded",
-             "first_result_s": "engine time to first result s", "overhead_ms_per_frame": "engine overhead core-ms/frame"}
+             "first_result_s": "engine time to first result s", "overhead_ms_per_frame": "engine overhead core-ms/frame",
+             "live_latency_ratio": "live e2e p50 / sum of stage p50s"}
     for key, t in v.get("targets", {}).items():
         met = "—" if t["met"] is None else ("[green]yes[/green]" if t["met"] else "[red]no[/red]")
         tt.add_row(names.get(key, key), fmt(t["value"], 3), t["target"], met)

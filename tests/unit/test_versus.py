@@ -151,3 +151,17 @@ def test_versus_rejects_bad_settings(flags, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "engine.cli", "bench", "--versus", *flags, "--output", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert proc.returncode == 2 and flags[0] in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_live_figures_compare_end_to_end_with_the_stage_medians():
+    from engine.bench.versus import live_figures
+
+    report = {"accounting": {"out": 300}, "latency_ms": {
+        "decode": {"median": 3.0}, "preprocess": {"median": 1.5}, "queue": {"median": 0.4},
+        "inference": {"median": 20.0}, "postprocess": {"median": 0.5}, "end_to_end": {"median": 30.0, "p95": 41.0}}}
+    figures = live_figures(report)
+    assert figures["sum_p50_ms"] == 25.0 and figures["ratio"] == 1.2 and figures["queue_p50_ms"] == 0.4
+    assert figures["frames"] == 300 and figures["end_to_end_p95_ms"] == 41.0
+    del report["latency_ms"]["inference"]
+    assert live_figures(report) is None                        # a stage without figures: no verdict
+    assert verdicts(summarize({}), None, 1.2)["live_latency_ratio"]["met"] is True
