@@ -223,6 +223,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
         poller = zmq.Poller()
         poller.register(releases, zmq.POLLIN)
         poller.register(wake_rx, zmq.POLLIN)
+        poller.register(stage.control, zmq.POLLIN)   # a stop wakes the loop at once
         sockets = {"frames": frames_out, "results": results_out}
         while not stage.stopping:
             stage.tick()

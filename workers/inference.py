@@ -151,6 +151,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
     poller = zmq.Poller()
     poller.register(dispatch, zmq.POLLIN)
     poller.register(wake_rx, zmq.POLLIN)
+    poller.register(stage.control, zmq.POLLIN)   # a stop wakes the loop at once
     try:
         while not stage.stopping:
             stage.tick()

@@ -149,10 +149,13 @@ def run(ctx: StageContext, stage: Stage) -> None:
     for sid in range(len(streams.names)):
         stage.declare(*(stream_key(name, sid) for name in ("results", "errors", "duplicates")))
     stage.ready()
+    poller = zmq.Poller()
+    poller.register(results, zmq.POLLIN)
+    poller.register(stage.control, zmq.POLLIN)      # a stop wakes the loop at once
     try:
         while not stage.stopping:
             stage.tick()
-            if results.poll(int(cfg.pipeline.heartbeat_s * 1000)):
+            if results in dict(poller.poll(int(cfg.pipeline.heartbeat_s * 1000))):
                 while results.poll(0):
                     _handle(results.recv_multipart(copy=False), ctx, stage, adapter, streams, in_w, in_h, inputs)
             wrote = False

@@ -185,6 +185,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
     poller.register(dispatch, zmq.POLLIN)
     poller.register(inputs, zmq.POLLIN)
     poller.register(frames_in, zmq.POLLIN)
+    poller.register(stage.control, zmq.POLLIN)   # a stop wakes the loop at once
     try:
         while not stage.stopping:
             stage.tick()
