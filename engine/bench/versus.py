@@ -131,7 +131,7 @@ def run_job(name: str, cmd: list[str], results: Path, log: Path, root_name: str,
             if now >= next_cpu:            # CPU of every process, the last value kept after it exits
                 try:
                     for p in [root, *root.children(recursive=True)]:
-                        if p.pid not in procs:
+                        if p.pid not in procs or procs[p.pid][1].startswith("pid"):   # seen before its exec
                             procs[p.pid] = (p, process_name(p, proc.pid, root_name))
                 except (psutil.Error, OSError):
                     pass
