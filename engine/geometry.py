@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 RESIZE_MODES = ("letterbox", "stretch", "crop")
-INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
-                  "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
+# names of cv2 flags: cv2 is imported where pixels are resized, so the stages that only map boxes
+# (inference, postprocessor) and the config do not pay its import at start-up
+INTERPOLATIONS = {"nearest": "INTER_NEAREST", "linear": "INTER_LINEAR", "cubic": "INTER_CUBIC",
+                  "area": "INTER_AREA", "lanczos": "INTER_LANCZOS4"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,7 @@ class Geometry:
 
     def resize_into(self, frame: np.ndarray, dst: np.ndarray, interpolation: str = "auto") -> None:
         """Resize ``frame`` (H×W×C uint8) into ``dst`` (input_h×input_w×C) per this plan."""
+        import cv2
         if self.pad_x < 0 or self.pad_y < 0:          # crop: the frame region that fills the input
             x0, y0 = round(-self.pad_x / self.sx), round(-self.pad_y / self.sy)
             region_w, region_h = round(self.input_w / self.sx), round(self.input_h / self.sy)
@@ -106,6 +108,8 @@ class Geometry:
 
 def _flag(interpolation: str, shrinking: bool) -> int:
     """The cv2 flag of an interpolation name (``auto``: area when shrinking, else bilinear)."""
+    import cv2
+
     if interpolation == "auto":
         return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return INTERPOLATIONS[interpolation]
+    return getattr(cv2, INTERPOLATIONS[interpolation])
