@@ -61,6 +61,11 @@ class Dashboard:
                               get_renderable=self._renderable)
             self._live.start()
 
+    def due(self) -> bool:
+        """Whether a fresh snapshot would be shown now: always for the live view, only when the
+        next line is due in plain mode (a snapshot costs the supervisor milliseconds)."""
+        return self.live_mode or self._last_plain is None or self._clock() - self._last_plain >= self.plain_interval_s
+
     def update(self, snapshot: Snapshot) -> None:
         """Hand over the newest snapshot (live: swapped in; plain: printed when due)."""
         self._snapshot = snapshot

@@ -456,7 +456,7 @@ class Supervisor:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
-                draw = now >= next_draw
+                draw = now >= next_draw and dashboard.due()
                 publish = (self.exporter is not None or self.cfg.output.status) and now >= next_publish
                 if draw or publish:
                     snapshot = self.metrics.snapshot()      # one snapshot for every view

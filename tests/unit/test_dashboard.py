@@ -138,3 +138,16 @@ def test_plain_lines_have_per_stream_summaries() -> None:
     assert any("cam01 live" in line for line in lines[1:])
     many = format_plain(many_streams_snapshot(40)).splitlines()
     assert len(many) == 6 and "cam07 failed" in many[1] and "36 more:" in many[-1]
+
+
+def test_plain_mode_wants_a_snapshot_only_when_a_line_is_due() -> None:
+    now = [100.0]
+    board = Dashboard(4, console=recording_console(), plain=True, clock=lambda: now[0])
+    assert board.due()                                  # the first line
+    board.update(make_snapshot())
+    assert not board.due()
+    now[0] += board.plain_interval_s - 0.01
+    assert not board.due()
+    now[0] += 0.02
+    assert board.due()
+    assert Dashboard(4, console=recording_console(terminal=True)).due()     # the live view: always
