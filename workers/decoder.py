@@ -247,6 +247,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
             for feeder in feeders:
                 feeder.note_events()
     finally:
+        _report(stage, feeders)             # the figures as the run left them (a stopped camera stays live),
+        stage.before_stats.clear()          # not as cancelling the readers leaves them
         for feeder in feeders:              # all at once, then one shared second to finish
             feeder.cancel()
         deadline = time.monotonic() + 1.0
