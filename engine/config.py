@@ -545,6 +545,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 
 _LIVE_URI = re.compile(r"^([0-9]+|/dev/video.*|(rtsps?|https?)://.*)$", re.IGNORECASE)
+CACHE_WORDS = ("auto", "off", "none", "false", "")     # [inference] cache_dir values that are not folders
 _INPUT_PATHS = (("model", "path"), ("model", "labels"), ("inference", "cache_dir"),
                 ("output", "mqtt", "ca"), ("output", "mqtt", "cert"), ("output", "mqtt", "key"))
 
@@ -565,6 +566,8 @@ def anchor_paths(data: dict, base: Path, writes_to_cwd: bool = False) -> dict:
 
     for *keys, key in _INPUT_PATHS:
         node = table(*keys)
+        if key == "cache_dir" and node is not None and str(node.get(key, "")).strip().lower() in CACHE_WORDS:
+            continue                                # auto / off: not a folder
         if node is not None and isinstance(node.get(key), str) and node[key]:
             node[key] = str(paths.resolve(node[key], base))
     output = table("output")

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import openvino as ov
 
-from engine.config import ModelConfig
+from engine.config import CACHE_WORDS, ModelConfig
 
-log = logging.getLogger("modelcache")
+log = logging.getLogger(__name__)
 
-OFF = ("", "off", "none", "false")
+OFF = tuple(word for word in CACHE_WORDS if word != "auto")
 _CODE = ("model.py", "tflite_ops.py")      # the engine's reading and preparation: part of every key
 
 

@@ -22,7 +22,6 @@ stats, OpenVINO threads spinning while idle).
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -35,7 +34,6 @@ from typing import Callable
 import psutil
 
 from engine.bench.stats import Spread, ratio
-from engine.config import REPO_ROOT
 
 SAMPLE_S = 0.05            # line count + per-process CPU sample period
 WARM_FRACTION = 0.1        # the steady window starts once this share of the frames is written
@@ -105,11 +103,10 @@ def run_job(name: str, cmd: list[str], results: Path, log: Path, root_name: str,
     """Run ``cmd``, watching ``results`` (removed first) and the CPU of every process of the tree."""
     results.unlink(missing_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "wb") as out:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     samples: list[Sample] = []
     first: list[float] = []
     last: list[float] = [0.0, 0]              # time the line count last grew, and that count

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import openvino as ov
+import pytest
 
 from engine.config import load_config
 from engine.model import load_compiled, model_facts, prepare_model, read_model
@@ -23,7 +25,16 @@ def test_cache_root_auto_off_and_folder(monkeypatch, tmp_path):
     assert cache_root(str(tmp_path / "mine")) == tmp_path / "mine"
 
 
-def test_an_unwritable_cache_is_skipped(tmp_path, caplog):
+@pytest.fixture
+def warnings_seen(caplog, monkeypatch):
+    """The warnings ovstream logs, also after a CLI test configured its loggers not to propagate."""
+    monkeypatch.setattr(logging.getLogger("engine"), "propagate", True)
+    caplog.set_level(logging.WARNING)
+    return caplog
+
+
+def test_an_unwritable_cache_is_skipped(tmp_path, warnings_seen):
+    caplog = warnings_seen
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert writable(blocker / "cache") is None
@@ -78,7 +89,8 @@ def test_cache_off_stores_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "xdg").exists()
 
 
-def test_a_failed_store_is_not_fatal(tmp_path, caplog):
+def test_a_failed_store_is_not_fatal(tmp_path, warnings_seen):
+    caplog = warnings_seen
     cfg = load_config(None, {"model": {"name": "face"}}).model
     root = tmp_path / "cache"
     root.mkdir()
@@ -96,3 +108,13 @@ def test_lookup_ignores_an_incomplete_entry(tmp_path):
     entry.mkdir(parents=True)
     (entry / "model.xml").write_text("<net/>")                  # no weights, no facts: not an entry
     assert cache.lookup(cfg, batch) is None
+
+
+def test_auto_and_off_are_words_not_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for word in ("auto", "off"):
+        cfg = load_config(None, {"model": {"name": "face"}, "inference": {"cache_dir": word}})
+        assert cfg.inference.cache_dir == word
+    config = tmp_path / "run.toml"
+    config.write_text('[model]\nname = "face"\n[inference]\ncache_dir = "mine"\n')
+    assert load_config(config).inference.cache_dir == str(tmp_path / "mine")     # a folder: beside the config

@@ -13,9 +13,10 @@ from rich.console import Console
 from engine.bench.loops import Prepared, list_images, sync_loop
 from engine.bench.versus import (Sample, count_lines, engine_profile, run_job, steady_window, summarize,
                                  threaded_command, verdicts)
-from engine.config import REPO_ROOT, load_config
+from engine.config import load_config
+from tests.conftest import REPO
 
-COCO = REPO_ROOT / "data" / "coco100"
+COCO = REPO / "data" / "coco100"
 
 
 def test_threaded_script_finds_what_the_engine_adapter_finds(tmp_path):
@@ -26,7 +27,7 @@ def test_threaded_script_finds_what_the_engine_adapter_finds(tmp_path):
         (images / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "out"
     proc = subprocess.run(threaded_command(str(images), "face", out, None, 2, "CPU"), capture_output=True, text=True,
-                          timeout=120, cwd=REPO_ROOT)
+                          timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted(r["frame_id"] for r in records) == list(range(12))          # 6 images × 2 loops, each once
@@ -149,7 +150,7 @@ def test_render_versus_shows_the_comparison_profile_and_targets():
 @pytest.mark.parametrize("flags", [["--steady-loops", "0"], ["--probe-seconds", "0"]])
 def test_versus_rejects_bad_settings(flags, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "engine.cli", "bench", "--versus", *flags, "--output", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and flags[0] in proc.stderr and "Traceback" not in proc.stderr
 
 
