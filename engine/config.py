@@ -165,7 +165,7 @@ class PipelineConfig(Section):
     decoders: int = Field(0, ge=0, le=64)   # decoder processes; 0 = min(streams, CPU cores // 4, 8), at least 1
     max_frame_width: int = Field(1920, ge=16, le=MAX_FRAME_SIDE)   # larger frames are downscaled
     max_frame_height: int = Field(1080, ge=16, le=MAX_FRAME_SIDE)
-    input_slots: int = Field(0, ge=0, le=MAX_SLOTS)     # 0: total infer requests + 2 per worker
+    input_slots: int = Field(0, ge=0, le=MAX_SLOTS)     # 0: nireq (0: 2 per core, at least 4) + 2, per worker
     reduced_decode: bool = True   # JPEGs far larger than the model input decode at 1/2..1/8 size
     batch_timeout_ms: float = Field(5.0, ge=0, le=60_000)
     heartbeat_s: float = Field(0.25, ge=0.01, le=5)    # a stage silent for 30 s counts as hung
