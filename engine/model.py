@@ -7,6 +7,7 @@ order, mean/scale and the element type conversion run inside OpenVINO.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from openvino.frontend import FrontEndManager
 from engine.config import InferenceConfig, ModelConfig, RunConfig, channels_of
 from engine.errors import ConfigError, DeviceError, ModelError, reason
 from engine.tflite_ops import EXTENSIONS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,10 @@ def load_compiled(core: ov.Core, cfg: RunConfig, device: str, batch: int) -> ov.
     cache = ModelCache(root) if root is not None else None
     hit = cache.lookup(cfg.model, batch) if cache is not None else None
     if hit is not None:
-        return compile_model(core, str(hit[0]), device, cfg.inference)
+        try:
+            return compile_model(core, str(hit[0]), device, cfg.inference)
+        except DeviceError as exc:    # a damaged entry: the original file still decides
+            log.warning("the cached model %s did not compile (%s): reading %s", hit[0].parent, exc, cfg.model.path)
     original = read_model(core, cfg.model.path)
     facts = model_facts(original, cfg.model)
     model, _ = prepare_model(original, cfg.model, batch)

@@ -29,7 +29,8 @@ from engine.config import CACHE_WORDS, ModelConfig
 log = logging.getLogger(__name__)
 
 OFF = tuple(word for word in CACHE_WORDS if word != "auto")
-_CODE = ("model.py", "tflite_ops.py")      # the engine's reading and preparation: part of every key
+_CODE = ("model.py", "tflite_ops.py")
+FACT_FIELDS = {"name", "layout", "height", "width", "channels"}     # engine.model.InputInfo      # the engine's reading and preparation: part of every key
 
 
 def cache_root(setting: str) -> Path | None:
@@ -94,7 +95,10 @@ class ModelCache:
         xml, facts = entry / "model.xml", entry / "facts.json"
         try:
             if xml.exists() and (entry / "model.bin").exists():
-                return xml, json.loads(facts.read_text(encoding="utf-8"))
+                found = json.loads(facts.read_text(encoding="utf-8"))
+                if isinstance(found, dict) and isinstance(found.get("outputs"), dict) and \
+                        isinstance(found.get("input"), dict) and set(found["input"]) == FACT_FIELDS:
+                    return xml, found
         except (OSError, ValueError):
             pass
         return None

@@ -118,3 +118,18 @@ def test_auto_and_off_are_words_not_folders(tmp_path, monkeypatch):
     config = tmp_path / "run.toml"
     config.write_text('[model]\nname = "face"\n[inference]\ncache_dir = "mine"\n')
     assert load_config(config).inference.cache_dir == str(tmp_path / "mine")     # a folder: beside the config
+
+
+def test_damaged_entries_fall_back_to_the_original(tmp_path, monkeypatch, warnings_seen):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cfg = load_config(None, {"model": {"name": "face"}})
+    preflight(cfg)
+    cache = ModelCache(tmp_path / "xdg" / "ovstream")
+    xml, facts = cache.lookup(cfg.model, 1)
+    (xml.parent / "facts.json").write_text(json.dumps({"input": {"name": "x"}, "outputs": {}}))
+    assert cache.lookup(cfg.model, 1) is None                   # facts that do not fit: not an entry
+    (xml.parent / "facts.json").write_text(json.dumps(facts))
+    xml.write_text("<net name='broken'>")                      # an IR OpenVINO cannot read
+    compiled = load_compiled(ov.Core(), cfg, "CPU", 1)          # read from the original file instead
+    assert len(compiled.outputs) == len(facts["outputs"])
+    assert "did not compile" in warnings_seen.text
