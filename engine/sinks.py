@@ -8,18 +8,17 @@ after a crash resume cleanly.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
 from engine.config import OutputConfig
+from engine.results import FrameResult, encode_record
 from engine.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 RED = (0, 0, 255)
@@ -63,20 +62,6 @@ class Sink(ABC):
 
 
 # ---- JSON lines ----------------------------------------------------------------------------------
-
-def _plain(value: Any) -> Any:
-    """JSON for the numpy values a record may carry."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"record value of type {type(value).__name__} is not JSON serialisable")
-
-
-def encode_record(record: dict) -> str:
-    """The one JSON form of a record: a results.jsonl line (without the newline), an MQTT payload."""
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_plain)
-
 
 class JsonlSink(Sink):
     """One JSON object per line, UTF-8; :meth:`flush` hands the lines written since the last flush
@@ -137,11 +122,11 @@ class JsonlSink(Sink):
                     break
                 kept += len(line)
                 try:
-                    record = json.loads(line)
-                    ok, errors = done.setdefault(str(record["stream"]), (set(), set()))
-                    (errors if record.get("status") == "error" else ok).add(int(record["frame_id"]))
-                except (ValueError, KeyError, TypeError, AttributeError):
+                    result = FrameResult.from_json(line)
+                except ValueError:
                     continue
+                ok, errors = done.setdefault(result.stream, (set(), set()))
+                (ok if result.ok else errors).add(result.frame_id)
             fh.truncate(kept)
         return done
 

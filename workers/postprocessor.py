@@ -8,7 +8,6 @@ id is acknowledged to the supervisor, per stream, which keeps the ledgers used t
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from engine.ledger import FrameLedger
 from engine.messages import AckMsg, EndOfSource, ErrorMsg, FrameRef, MessageError, ReleaseMsg, ResultMsg, \
     decode_result
 from engine.metrics import stream_key
+from engine.results import Classification, Detection, FrameResult
 from engine.shm import SlotPool
 from engine.sinks import Sink, encode_record, open_sinks
 from engine.streams import Layout
@@ -52,8 +52,8 @@ def frame_geometry(ref: FrameRef, input_w: int, input_h: int) -> Geometry:
     return geometry
 
 
-def base_record(ref: FrameRef, stream: str) -> dict:
-    return {"stream": stream, "frame_id": ref.frame_id, "source": ref.source, "frame_index": ref.index}
+def failed_record(ref: FrameRef, stream: str, stage: str, error: str) -> dict:
+    return FrameResult.failed(stream, ref.frame_id, ref.source, ref.index, stage, error).to_dict()
 
 
 def drawable(record: dict, ref: FrameRef) -> dict:
@@ -229,11 +229,11 @@ def replay(path: Path, marks: dict[str, int], sinks: list[Sink]) -> int:
         for line in fh:
             line = line.rstrip("\n")
             try:
-                record = json.loads(line)
+                result = FrameResult.from_json(line)
             except ValueError:
                 continue
-            if isinstance(record, dict) and \
-                    int(record.get("frame_id", -1)) >= marks.get(str(record.get("stream", "")), 0):
+            if result.frame_id >= marks.get(result.stream, 0):
+                record = result.to_dict()
                 for sink in sinks:
                     sink.write(record, None, line)
                 count += 1
@@ -276,8 +276,7 @@ def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, stre
         return
     if isinstance(msg, ErrorMsg):
         if streams.valid(msg.frame.stream):
-            record = {**base_record(msg.frame, streams.names[msg.frame.stream]), "status": "error",
-                      "stage": msg.stage, "error": msg.error}
+            record = failed_record(msg.frame, streams.names[msg.frame.stream], msg.stage, msg.error)
             _queue(record, msg.frame, stage, streams)
         return
     if not isinstance(msg, ResultMsg):
@@ -288,18 +287,20 @@ def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, stre
         if not streams.valid(ref.stream):
             stage.bad_messages += 1
             continue
-        base = base_record(ref, streams.names[ref.stream])
+        name = streams.names[ref.stream]
         if msg.error:
-            _queue({**base, "status": "error", "stage": "inference", "error": msg.error}, ref, stage, streams)
+            _queue(failed_record(ref, name, "inference", msg.error), ref, stage, streams)
             continue
         t0, c0 = time.monotonic_ns(), time.thread_time_ns()
-        record = {**base, "status": "ok", "device": msg.device, "worker": msg.worker}
         try:
-            outputs = {name: np.ascontiguousarray(t[row:row + 1]) for name, t in tensors.items()}
+            outputs = {key: np.ascontiguousarray(t[row:row + 1]) for key, t in tensors.items()}
             decoded = adapter.decode(outputs, frame_geometry(ref, in_w, in_h))
-            record["classes" if adapter.kind == "classification" else "detections"] = decoded
+            if adapter.kind == "classification":
+                found = {"classes": tuple(Classification.from_dict(c) for c in decoded)}
+            else:
+                found = {"detections": tuple(Detection.from_dict(d) for d in decoded)}
         except Exception as exc:  # a frame the adapter cannot decode becomes an error record
-            record = {**base, "status": "error", "stage": "postprocess", "error": f"{type(exc).__name__}: {exc}"}
+            found = {"error": f"{type(exc).__name__}: {exc}"}
         ref.stamps["post"] = time.monotonic_ns()
         stage.latency.record("postprocess", (ref.stamps["post"] - t0) / 1e6)
         stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
@@ -307,7 +308,11 @@ def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, stre
         if "end_to_end" in latencies:
             stage.latency.record("end_to_end", latencies["end_to_end"])
             stage.latency.record(stream_key("end_to_end", ref.stream), latencies["end_to_end"])
-        record["latency_ms"] = latencies
+        if "error" in found:
+            record = failed_record(ref, name, "postprocess", found["error"])
+        else:
+            record = FrameResult(name, ref.frame_id, ref.source, ref.index, device=msg.device, worker=msg.worker,
+                                 latency_ms=latencies, **found).to_dict()
         _queue(record, ref, stage, streams)
 
 

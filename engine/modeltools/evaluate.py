@@ -37,6 +37,7 @@ from engine.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, Ovstrea
 from engine.modeltools.conformance import open_reference, reference_records
 from engine.modeltools.metrics import (CATEGORY_MODES, Record, agreement_map, classification_agreement,
                                        coco_map, detection_conformance, topk_accuracy)
+from engine.results import read_results
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TOP_K = (1, 5)
@@ -217,8 +218,10 @@ def run_engine(config_path: Path, out_dir: Path) -> list[Record]:
     results = out_dir / "results.jsonl"
     if not results.is_file():
         raise RunFailed(f"engine run wrote no {results} (see {log})")
-    with open(results, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    try:
+        return [result.to_dict() for result in read_results(results, strict=True)]
+    except ValueError as exc:
+        raise RunFailed(f"engine run wrote an unreadable result: {exc}") from None
 
 
 # ---- the command ---------------------------------------------------------------------------------

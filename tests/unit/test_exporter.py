@@ -22,7 +22,8 @@ from engine.exporter import MetricsServer, SnapshotCollector, stream_rows
 from engine.messages import StatsMsg
 from engine.metrics import BUCKETS_MS, Histogram, MetricsAggregator, Snapshot, StreamRow
 from engine.mqtt import MqttSink
-from engine.sinks import JsonlSink, encode_record
+from engine.results import FrameResult
+from engine.sinks import JsonlSink
 from tests import servers
 from tests.unit.test_metrics import decoder, worker
 from workers.postprocessor import replay
@@ -180,7 +181,7 @@ def test_dashboard_and_summary_show_what_the_sink_delivered():
 
 def test_replay_hands_the_records_from_the_watermark_on_in_order(tmp_path):
     path = tmp_path / "results.jsonl"
-    lines = [encode_record({"stream": "a", "frame_id": i, "status": "ok"}) for i in range(6)]
+    lines = [FrameResult("a", i, "clip.mp4", i, detections=()).to_json() for i in range(6)]
     path.write_text("\n".join(lines[:3] + ["{torn"] + lines[3:]) + "\n", encoding="utf-8")
 
     class Collect(JsonlSink):
