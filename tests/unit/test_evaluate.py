@@ -10,6 +10,7 @@ import pytest
 
 from engine.errors import ConfigError, OvstreamError
 from engine.modeltools import evaluate
+from engine.results import FrameResult
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
 
@@ -138,7 +139,13 @@ def test_run_engine_exit_codes(monkeypatch, tmp_path):
     outcome.update(rc=-9, stderr="")
     with pytest.raises(evaluate.RunFailed, match="exit -9"):
         evaluate.run_engine(config, tmp_path)
-    (tmp_path / "results.jsonl").write_text('{"frame_id": 0, "status": "error"}\n\n{"frame_id": 1}\n')
+    (tmp_path / "results.jsonl").write_text(
+        FrameResult.failed("s", 0, "a.jpg", 0, "decode", "unreadable").to_json() + "\n\n"
+        + FrameResult("s", 1, "b.jpg", 0, detections=()).to_json() + "\n")
     outcome.update(rc=1)
     assert [r["frame_id"] for r in evaluate.run_engine(config, tmp_path)] == [0, 1]
+    with open(tmp_path / "results.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"frame_id": 2}\n')                  # not a result: named, not skipped
+    with pytest.raises(evaluate.RunFailed, match="results.jsonl:4: not a frame result"):
+        evaluate.run_engine(config, tmp_path)
     assert (tmp_path / "run.log").exists()

@@ -22,7 +22,7 @@ from engine.exporter import MetricsServer, SnapshotCollector, stream_rows
 from engine.messages import StatsMsg
 from engine.metrics import BUCKETS_MS, Histogram, MetricsAggregator, Snapshot, StreamRow
 from engine.mqtt import MqttSink
-from engine.results import FrameResult
+from engine.results import FrameResult, encode_record
 from engine.sinks import JsonlSink
 from tests import servers
 from tests.unit.test_metrics import decoder, worker
