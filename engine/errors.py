@@ -43,3 +43,10 @@ class OutputError(OvstreamError):
     restarting the stage cannot fix it, so the run stops with what was written whole."""
 
     exit_code = EXIT_FAILED
+
+
+class PipelineError(OvstreamError):
+    """A pipeline run from Python could not go on (a stage kept dying, its supervisor died, it
+    was interrupted); the results it had written before came out first."""
+
+    exit_code = EXIT_FAILED

@@ -340,6 +340,36 @@ class ControlMsg(Message):
     generation: int = 0
 
 
+# ---- library pipelines (engine/api.py) ---------------------------------------------------------
+
+@dataclass(slots=True)
+class RecordMsg(Message):
+    """postprocessor → API: one written result (:meth:`engine.results.FrameResult.to_dict`), in
+    its stream's order; ``record`` is empty on the end marker sent after the last one."""
+
+    TYPE: ClassVar[str] = "record"
+    record: dict
+    end: bool = False
+
+
+@dataclass(slots=True)
+class ApiMsg(Message):
+    """API ⇄ the supervisor of a library pipeline.
+
+    API → supervisor: ``stop``; ``drained`` (every result is in the API's hands); ``add_source``
+    (``arg``: a ``[[sources]]`` entry); ``remove_source`` (``arg``: ``{"name"}``).
+    Supervisor → API: ``started`` (``arg``: ``{"streams": [names]}``); ``snapshot`` (``arg``:
+    ``Snapshot.to_dict()``, every 0.5 s); ``done`` / ``refused`` answering request ``request``
+    (``arg``: ``{"name"}`` / ``{"error"}``); ``outcome`` (``arg``: ``{"exit_code", "message",
+    "report", "usage"}``), the last message.
+    """
+
+    TYPE: ClassVar[str] = "api"
+    kind: str
+    arg: dict = field(default_factory=dict)
+    request: int = 0
+
+
 def encode_result(msg: ResultMsg, tensors: list) -> list:
     """Multipart frames for a result: the header, then each tensor's buffer (not copied)."""
     msg.outputs = [[name, str(t.dtype), list(t.shape)] for name, t in tensors]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 
 from engine.config import OutputConfig
+from engine.messages import RecordMsg
 from engine.results import FrameResult, encode_record
 from engine.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
@@ -301,6 +303,67 @@ class PerStream(Sink):
         for sink in self._sinks.values():
             sink.close()
         self._sinks.clear()
+
+
+# ---- a library pipeline's iterator ---------------------------------------------------------------
+
+class ApiSink(Sink):
+    """Every record to the :class:`engine.api.Pipeline` that runs this pipeline, as a
+    :class:`~engine.messages.RecordMsg` on a ZeroMQ PUSH socket, in order, then an end marker
+    when the run has written its last record (:meth:`close`).
+
+    It never blocks the postprocessor: records the consumer's queue cannot take yet wait in a
+    FIFO, sent on the next :meth:`poll`; while more than ``limit`` wait, :attr:`backlogged` tells
+    the postprocessor to take no more results, so a slow consumer slows the pipeline down (input
+    slots stay held, file streams wait, live streams drop, counted) instead of filling memory.
+    """
+
+    def __init__(self, endpoint: str, limit: int = 256) -> None:
+        import zmq
+
+        from engine.channels import make_socket
+        self._zmq = zmq
+        self._socket = make_socket(zmq.Context.instance(), zmq.PUSH, connect=endpoint, hwm=limit)
+        self._fifo: deque[bytes] = deque()
+        self._limit = limit
+        self._ended = False
+        self.sent = 0
+
+    @property
+    def backlogged(self) -> bool:
+        return len(self._fifo) >= self._limit
+
+    @property
+    def pending(self) -> int:
+        """Messages not yet handed to ZeroMQ."""
+        return len(self._fifo)
+
+    def write(self, record: dict, frame: np.ndarray | None, line: str | None = None) -> None:
+        self._fifo.append(RecordMsg(record).encode())
+        self.poll()
+
+    def poll(self) -> None:
+        while self._fifo and self._socket is not None:
+            try:
+                self._socket.send(self._fifo[0], self._zmq.NOBLOCK)
+            except self._zmq.Again:
+                return
+            self._fifo.popleft()
+            self.sent += 1
+
+    def close(self) -> None:
+        """Queue the end marker; :meth:`poll` hands it over once the consumer takes it (the
+        supervisor keeps the stages up until the API says it has every record)."""
+        if self._socket is not None and not self._ended:
+            self._ended = True
+            self._fifo.append(RecordMsg({}, end=True).encode())
+            self.poll()
+
+    def shutdown(self) -> None:
+        """Close the socket (the process is stopping); what is left is dropped with it."""
+        if self._socket is not None:
+            self._socket.close(0)
+            self._socket = None
 
 
 def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = False,

@@ -43,6 +43,7 @@ from engine.shm import PoolSpec, SlotPool
 from engine.sinks import JsonlSink
 from engine.sources import is_live_uri, open_source
 from engine.streams import Layout, plan
+from engine.apilink import ServiceLink
 from workers.runtime import StageContext
 
 READY_TIMEOUT_S = 300.0       # compiling for a GPU can take minutes the first time
@@ -141,11 +142,19 @@ class StartFailure(OvstreamError):
     exit_code = EXIT_FAILED
 
 
+class Stopped(OvstreamError):
+    """The library pipeline that owns the run stopped it before it had started."""
+
+    exit_code = EXIT_OK
+
+
 class Supervisor:
     """Runs one pipeline to completion (or interruption)."""
 
-    def __init__(self, cfg: RunConfig, dashboard: bool = True, duration_s: float = 0.0) -> None:
+    def __init__(self, cfg: RunConfig, dashboard: bool = True, duration_s: float = 0.0,
+                 link: ServiceLink | None = None) -> None:
         self.cfg = cfg
+        self.link = link            # a library pipeline (engine/api.py) that owns this run
         self.info = preflight(cfg)
         self.live_view = dashboard and cfg.dashboard.enabled     # else plain progress lines
         self.duration_s = duration_s
@@ -167,6 +176,7 @@ class Supervisor:
         self.started = False        # every stage said READY and was told to start
         self.finished = False
         self.interrupted = 0
+        self.stop_requested = False     # the library pipeline said stop
         self.failure = ""
         self.output_dir = Path(cfg.output.dir)
         self.exporter = None
@@ -224,9 +234,12 @@ class Supervisor:
             resume = {str(s.sid): self.resume[str(s.sid)] for s in mine if str(s.sid) in self.resume}
         else:
             streams, resume = [s.sid for s in self.layout.streams], {}
+        endpoints = self.run_dir.endpoints(self.layout.decoders)
+        if self.link is not None and child.role == "postprocessor":
+            endpoints["api"] = self.link.results_endpoint
         return StageContext(
             role=child.role, name=child.name, generation=self.generation,
-            endpoints=self.run_dir.endpoints(self.layout.decoders), pools=self.pools, config=self.cfg,
+            endpoints=endpoints, pools=self.pools, config=self.cfg,
             input={"height": self.info.height, "width": self.info.width, "batch": self.cfg.inference.batch},
             device=child.device, completed={str(sid): self.ledgers[sid].ranges() for sid in streams},
             supervisor_pid=os.getpid(), layout=self.layout.to_dict(), epoch=child.restarts, resume=resume,
@@ -321,8 +334,11 @@ class Supervisor:
             for child in self.children.values():
                 if child.proc is not None and child.proc.poll() is not None and not child.ready:
                     self._on_start_death(child)
+            self._serve_link()
             if self.interrupted:
                 raise OvstreamError("interrupted during start-up")
+            if self.stop_requested:
+                raise Stopped("stopped during start-up")
             if time.monotonic() > deadline:
                 raise StartFailure(f"stages not ready after {READY_TIMEOUT_S:.0f}s: "
                                    f"{', '.join(c.name for c in self.children.values() if not c.ready)}")
@@ -330,6 +346,8 @@ class Supervisor:
         self.metrics.start()
         for child in self.children.values():
             self._send(child.name, "start")
+        if self.link is not None:
+            self.link.send("started", {"streams": [s.name for s in self.layout.streams]})
 
     def _on_start_death(self, child: Child) -> None:
         """A stage died before it was ready: a user mistake it reported stops the run (exit 2);
@@ -432,6 +450,24 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.interrupted = signum
 
+    # ---- a library pipeline -----------------------------------------------------------------
+    def _serve_link(self) -> None:
+        """The commands of the library pipeline that owns this run (engine/api.py)."""
+        if self.link is None:
+            return
+        for msg in self.link.receive():
+            if msg.kind == "stop":
+                self.stop_requested = True
+            elif msg.kind == "drained":
+                self.link.drained = True
+        if self.link.orphaned:             # the Python process that owned the pipeline is gone
+            self.interrupted = self.interrupted or signal.SIGTERM
+
+    def _done(self) -> bool:
+        """Every stream has ended and, for a library pipeline, its iterator holds every result
+        (the postprocessor keeps handing them over until then)."""
+        return self.finished and (self.link is None or self.link.drained)
+
     def run(self) -> Outcome:
         """Run the pipeline; always stops every process and removes pools and sockets.
 
@@ -450,14 +486,16 @@ class Supervisor:
             dashboard.start()
             next_draw = next_publish = 0.0
             deadline = time.monotonic() + self.duration_s if self.duration_s > 0 else None
-            while not self.finished and not self.interrupted and not self.failure:
+            while not self._done() and not self.interrupted and not self.failure and not self.stop_requested:
                 self._receive(50)
                 self._watch()
+                self._serve_link()
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
                 draw = now >= next_draw and dashboard.due()
-                publish = (self.exporter is not None or self.cfg.output.status) and now >= next_publish
+                publish = (self.exporter is not None or self.cfg.output.status or self.link is not None) \
+                    and now >= next_publish
                 if draw or publish:
                     snapshot = self.metrics.snapshot()      # one snapshot for every view
                     if draw:
@@ -466,11 +504,15 @@ class Supervisor:
                     if publish:
                         self._publish(snapshot)
                         next_publish = now + PUBLISH_S
-            self.metrics.set_state("interrupted" if self.interrupted else "failed" if self.failure else "finished")
+            self.metrics.set_state("interrupted" if self.interrupted else "failed" if self.failure
+                                   else "finished" if self.finished else "stopped")
             normal_end = not (self.interrupted or self.failure)
             self._stop_all(drain_s=self.cfg.output.mqtt.flush_timeout_s if normal_end and self.cfg.output.mqtt.host
                            else 0.0)
             dashboard.update(self.metrics.snapshot())       # the last line shows the final count
+        except Stopped as exc:
+            self._stop_all()
+            return Outcome(EXIT_OK, str(exc))
         except OvstreamError as exc:
             self._stop_all()
             code = EXIT_INTERRUPTED if self.interrupted else exc.exit_code
@@ -497,10 +539,13 @@ class Supervisor:
         return Outcome(EXIT_FAILED if problems else EXIT_OK, "; ".join(problems), report)
 
     def _publish(self, snapshot) -> None:
-        """Hand the snapshot to /metrics and, with ``[output] status``, to ``status.json`` (written
+        """Hand the snapshot to /metrics, to the library pipeline that owns the run and, with
+        ``[output] status``, to ``status.json`` (written
         whole, then renamed over the last one, so a reader never sees half of it)."""
         if self.exporter is not None:
             self.exporter.publish(snapshot)
+        if self.link is not None:
+            self.link.send("snapshot", snapshot.to_dict())
         if self.cfg.output.status:
             path = self.output_dir / "status.json"
             try:

@@ -27,7 +27,7 @@ from engine.messages import AckMsg, EndOfSource, ErrorMsg, FrameRef, MessageErro
 from engine.metrics import stream_key
 from engine.results import Classification, Detection, FrameResult
 from engine.shm import SlotPool
-from engine.sinks import Sink, encode_record, open_sinks
+from engine.sinks import ApiSink, Sink, encode_record, open_sinks
 from engine.streams import Layout
 from workers.runtime import Stage, StageContext, stage_main
 
@@ -142,6 +142,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
     inputs = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["inputs"])
     with output_errors(cfg.output.dir):
         sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams])
+    outlet = ApiSink(ctx.endpoints["api"]) if "api" in ctx.endpoints else None   # a library pipeline
     if ctx.generation > 0 and cfg.output.jsonl:
         replay(Path(cfg.output.dir) / "results.jsonl", ctx.replay_from, [s for s in sinks if s.replays])
     streams = StreamOutputs(ctx, layout)
@@ -155,7 +156,10 @@ def run(ctx: StageContext, stage: Stage) -> None:
     try:
         while not stage.stopping:
             stage.tick()
-            if results in dict(poller.poll(int(cfg.pipeline.heartbeat_s * 1000))):
+            if outlet is not None and outlet.backlogged:     # the consumer is behind: let it catch up
+                time.sleep(0.005)
+                outlet.poll()
+            elif results in dict(poller.poll(int(cfg.pipeline.heartbeat_s * 1000))):
                 while results.poll(0):
                     _handle(results.recv_multipart(copy=False), ctx, stage, adapter, streams, in_w, in_h, inputs)
             wrote = False
@@ -170,6 +174,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
                         for sink in sinks:
                             sink.write(drawable(record, ref) if frame is not None and sink.draws else record,
                                        frame, line)
+                    if outlet is not None:
+                        outlet.write(record, None, line)
                     stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
                     if raw_pool is not None and ref.raw_slot >= 0:
                         releases[layout.streams[sid].decoder].send(
@@ -195,6 +201,11 @@ def run(ctx: StageContext, stage: Stage) -> None:
             for sid in ended:
                 streams.finished[sid] = True
             _poll_sinks(sinks, stage)
+            if outlet is not None:
+                if all(streams.finished):
+                    outlet.close()                  # the end marker (once), after the last record
+                outlet.poll()
+                stage.gauges["api_pending"] = outlet.pending
             if all(streams.finished) and sinks:     # the run ends on the last "finished": flush first
                 closing, sinks = sinks, []
                 with output_errors(cfg.output.dir):
@@ -212,6 +223,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
             except OSError:        # already on the way out with the error that caused it
                 pass
         _poll_sinks(sinks, stage)            # the last figures (unsent records at close) go out
+        if outlet is not None:
+            outlet.shutdown()
         for sock in (results, inputs, *releases):
             sock.close(0)
         if raw_pool is not None:

@@ -1,0 +1,58 @@
+"""The supervisor's end of a library pipeline: the socket to the :class:`engine.api.Pipeline`.
+
+The supervisor of a pipeline that Python code runs (``python -m engine.service``, started by
+:mod:`engine.api`) takes its commands (stop, drained, add or remove a source) and sends its
+snapshots, answers and outcome over one DEALER socket connected to the API's endpoint in the
+API's private run directory; the records themselves go from the postprocessor to the API on their
+own socket (``results_endpoint``). Every message is an :class:`~engine.messages.ApiMsg`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import zmq
+
+from engine.channels import make_socket
+from engine.messages import ApiMsg, MessageError, decode
+
+log = logging.getLogger(__name__)
+
+LAST_WORD_MS = 2000      # how long the outcome may take to reach the API when the link closes
+
+
+class ServiceLink:
+    """Commands in, snapshots / answers / outcome out; ``orphaned`` once the API's process is gone."""
+
+    def __init__(self, context: zmq.Context, control: str, results: str, owner_pid: int) -> None:
+        self.socket = make_socket(context, zmq.DEALER, connect=control, hwm=10_000)
+        self.results_endpoint = results
+        self.owner_pid = owner_pid
+        self.drained = False         # the API has the end marker: every record is in its hands
+
+    @property
+    def orphaned(self) -> bool:
+        return os.getppid() != self.owner_pid
+
+    def receive(self) -> list[ApiMsg]:
+        out = []
+        while self.socket.poll(0):
+            try:
+                msg = decode(self.socket.recv())
+            except MessageError as exc:
+                log.warning("rejected message from the API: %s", exc)
+                continue
+            if isinstance(msg, ApiMsg):
+                out.append(msg)
+        return out
+
+    def send(self, kind: str, arg: dict | None = None, request: int = 0) -> None:
+        try:
+            self.socket.send(ApiMsg(kind, arg or {}, request).encode(), zmq.NOBLOCK)
+        except zmq.Again:           # the API reads nothing for a long while: a snapshot less
+            log.warning("the API is not reading; %s message dropped", kind)
+
+    def close(self) -> None:
+        """Close the socket, giving the last messages (the outcome) time to reach the API."""
+        self.socket.setsockopt(zmq.LINGER, LAST_WORD_MS)
+        self.socket.close()

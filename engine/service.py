@@ -1,0 +1,69 @@
+"""``python -m engine.service SPEC.json``: the supervisor of a pipeline that Python code runs.
+
+:class:`engine.api.Pipeline` starts this process with a JSON spec (the resolved config, its two
+endpoints, its own pid) and talks to it through :class:`~engine.apilink.ServiceLink`. It is
+``ovstream run`` without a terminal: the same pre-flight checks, output folder, supervisor and
+report.json, and its own session, so the Ctrl-C of a terminal or a notebook reaches only the
+Python process, which stops the pipeline through the link. Its last message is the outcome.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+
+import zmq
+
+from engine.apilink import ServiceLink
+from engine.config import RunConfig
+from engine.errors import EXIT_FAILED, EXIT_USAGE, OvstreamError
+from engine.outdir import OutputDir
+from engine.supervisor import Supervisor
+
+log = logging.getLogger("engine.service")
+
+
+def serve(spec: dict, link: ServiceLink) -> dict:
+    """Run the pipeline of ``spec``; the outcome to send (``exit_code``, ``message``, ``report``,
+    ``usage``: a mistake found before start)."""
+    try:
+        cfg = RunConfig.from_dict(spec["config"], origin="pipeline config")
+        supervisor = Supervisor(cfg, dashboard=False, link=link)
+        with OutputDir(cfg.output.dir, reserve_report=cfg.output.report) as output:
+            outcome = supervisor.run()
+            message, code = outcome.message, outcome.exit_code
+            if outcome.report and cfg.output.report:
+                try:
+                    output.write_report(outcome.report)
+                except OSError as exc:
+                    message = message or f"cannot write {output.path / 'report.json'}: {exc.strerror}"
+                    code = max(code, EXIT_FAILED)
+        return {"exit_code": code, "message": message, "report": outcome.report, "usage": False}
+    except OvstreamError as exc:        # found before start: the API raises it as it is
+        return {"exit_code": exc.exit_code, "message": str(exc), "report": {}, "usage": exc.exit_code == EXIT_USAGE,
+                "error": type(exc).__name__}
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="[supervisor] %(message)s", stream=sys.stderr)
+    with open(argv[0], encoding="utf-8") as fh:
+        spec = json.load(fh)
+    context = zmq.Context()
+    link = ServiceLink(context, spec["control"], spec["results"], int(spec["owner_pid"]))
+    try:
+        try:
+            outcome = serve(spec, link)
+        except Exception as exc:  # a bug: the trace into the log, one line to the API
+            log.error("%s", traceback.format_exc())
+            outcome = {"exit_code": EXIT_FAILED, "message": f"{type(exc).__name__}: {exc}", "report": {},
+                       "usage": False}
+        link.send("outcome", outcome)
+    finally:
+        link.close()
+        context.term()
+    return int(outcome["exit_code"])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

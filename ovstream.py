@@ -1,0 +1,28 @@
+"""ovstream: streaming inference on OpenVINO, as a Python library.
+
+::
+
+    import ovstream
+
+    with ovstream.Pipeline(source="data/coco100", model="face", output="runs/api") as pipe:
+        for result in pipe:
+            for det in result.detections or ():
+                print(result.stream, result.frame_id, det.label, det.score, det.box)
+        print(pipe.stats().totals.avg_fps)
+
+The implementation lives in the ``engine`` package (:mod:`engine.api`, :mod:`engine.results`);
+this module is its public face. The ``ovstream`` command is :func:`engine.cli.main`.
+"""
+from __future__ import annotations
+
+from engine.api import Pipeline, build_config
+from engine.config import RunConfig, SourceConfig, load_config
+from engine.errors import (ConfigError, DeviceError, ModelError, OutputError, OvstreamError, PipelineError)
+from engine.metrics import Snapshot, StreamRow
+from engine.results import Classification, Detection, FrameResult, read_results
+
+__all__ = [
+    "Pipeline", "build_config", "FrameResult", "Detection", "Classification", "read_results",
+    "Snapshot", "StreamRow", "RunConfig", "SourceConfig", "load_config",
+    "OvstreamError", "ConfigError", "ModelError", "DeviceError", "OutputError", "PipelineError",
+]
