@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 10.0       # a stopping supervisor stops its stages within ~1 s and reports
 POLL_MS = 100
+SPARE_STREAMS = 4           # streams a pipeline can add beyond its configured ones, by default
+REQUEST_TIMEOUT_S = 30.0
 
 # keyword → the `ovstream run` option it stands for (engine.runner.overrides_from)
 _OPTIONS = {"source": None, "model": None, "adapter": None, "device": None, "nireq": None, "batch": None,
@@ -105,9 +107,15 @@ class Pipeline:
     ``ModelError``, ``DeviceError``, ...).
     """
 
-    def __init__(self, config: str | Path | RunConfig | dict | None = None, **options: Any) -> None:
+    def __init__(self, config: str | Path | RunConfig | dict | None = None, *, max_streams: int = 0,
+                 **options: Any) -> None:
         self.config = build_config(config, **options)
         self.streams: list[str] = [s.name for s in self.config.sources]
+        # streams open at once, counting those added later (raw slots are set aside for them)
+        self.max_streams = max_streams or len(self.streams) + SPARE_STREAMS
+        if self.max_streams < len(self.streams):
+            raise ConfigError(f"max_streams = {max_streams} is fewer than the {len(self.streams)} streams configured")
+        self._requests = 0
         self.outcome: dict | None = None       # exit_code, message, report: once the run is over
         self._proc: subprocess.Popen | None = None
         self._snapshot: Snapshot | None = None
@@ -132,7 +140,8 @@ class Pipeline:
         self._control = make_socket(self._zmq, zmq.DEALER, bind=control, hwm=10_000)
         spec_path = self._run_dir.path / "pipeline.json"
         spec_path.write_text(json.dumps({"config": self.config.to_dict(), "results": results, "control": control,
-                                         "owner_pid": os.getpid()}), encoding="utf-8")
+                                         "owner_pid": os.getpid(), "max_streams": self.max_streams}),
+                             encoding="utf-8")
         logs = Path(self.config.output.dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / "supervisor.log", "ab") as log_file:
@@ -230,7 +239,7 @@ class Pipeline:
                 raise MessageError(f"expected a record, got {msg.TYPE}")
             if msg.end:
                 self._end_seen = True
-                self._command("drained")
+                self._command("drained", {"streams": int(msg.record.get("streams", 0))})
                 return None
             result = FrameResult.from_dict(msg.record)
         except (MessageError, ValueError) as exc:
@@ -259,6 +268,43 @@ class Pipeline:
         if report:
             return Snapshot.from_dict(report)
         return self._snapshot
+
+    def add_source(self, uri: str | os.PathLike, name: str = "", **keys: Any) -> str:
+        """Open another stream in the running pipeline: a folder, file, camera index or URL, with
+        the keys of a ``[[sources]]`` entry (``loop``, ``live``, ``max_fps``, ``realtime``, ...;
+        those not given come from the config's ``[source]``). Returns its name (``name``, else
+        one made from the uri; a name stays with its stream for the pipeline's life). Its results
+        come in the same iteration, in its frame order. Raises :class:`ConfigError` if the entry
+        is wrong, the file is missing, or ``max_streams`` streams are open."""
+        entry = {"uri": str(uri), **({"name": name} if name else {}), **keys}
+        reply = self._request("add_source", entry)
+        self.streams.append(reply.arg["name"])
+        return reply.arg["name"]
+
+    def remove_source(self, name: str) -> None:
+        """Stop reading stream ``name``: the frames it has read still come out (in order), then it
+        ends; its figures in :meth:`stats` are final from then on. Raises :class:`ConfigError` if
+        no open stream has that name."""
+        self._request("remove_source", {"name": name})
+
+    def _request(self, kind: str, arg: dict) -> ApiMsg:
+        if not self.running:
+            self.start()
+            if not self.running:
+                raise PipelineError("the pipeline is not running")
+        self._requests += 1
+        self._command(kind, arg, self._requests)
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        while self.outcome is None and time.monotonic() < deadline:
+            for msg in self._read_control(POLL_MS):
+                if msg.request == self._requests and msg.kind in ("done", "refused"):
+                    if msg.kind == "refused":
+                        raise ConfigError(str(msg.arg.get("error", f"{kind} refused")))
+                    return msg
+            if self._proc.poll() is not None:
+                break
+        raise PipelineError(f"{kind}: the pipeline " + ("has ended" if self.outcome is not None or
+                                                        self._proc.poll() is not None else "did not answer"))
 
     @property
     def running(self) -> bool:

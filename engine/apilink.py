@@ -28,7 +28,7 @@ class ServiceLink:
         self.socket = make_socket(context, zmq.DEALER, connect=control, hwm=10_000)
         self.results_endpoint = results
         self.owner_pid = owner_pid
-        self.drained = False         # the API has the end marker: every record is in its hands
+        self.drained = -1     # the API has every record of this many streams (their end marker)
 
     @property
     def orphaned(self) -> bool:

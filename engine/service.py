@@ -29,7 +29,7 @@ def serve(spec: dict, link: ServiceLink) -> dict:
     ``usage``: a mistake found before start)."""
     try:
         cfg = RunConfig.from_dict(spec["config"], origin="pipeline config")
-        supervisor = Supervisor(cfg, dashboard=False, link=link)
+        supervisor = Supervisor(cfg, dashboard=False, link=link, max_streams=int(spec.get("max_streams", 0)))
         with OutputDir(cfg.output.dir, reserve_report=cfg.output.report) as output:
             outcome = supervisor.run()
             message, code = outcome.message, outcome.exit_code

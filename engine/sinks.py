@@ -351,13 +351,18 @@ class ApiSink(Sink):
             self._fifo.popleft()
             self.sent += 1
 
-    def close(self) -> None:
-        """Queue the end marker; :meth:`poll` hands it over once the consumer takes it (the
-        supervisor keeps the stages up until the API says it has every record)."""
+    def close(self, streams: int = 0) -> None:
+        """Queue the end marker, naming how many ``streams`` have ended; :meth:`poll` hands it
+        over once the consumer takes it (the supervisor keeps the stages up until the API says
+        it has every record of every stream)."""
         if self._socket is not None and not self._ended:
             self._ended = True
-            self._fifo.append(RecordMsg({}, end=True).encode())
+            self._fifo.append(RecordMsg({"streams": streams}, end=True).encode())
             self.poll()
+
+    def reopen(self) -> None:
+        """A stream was added after the end marker: another one follows its last record."""
+        self._ended = False
 
     def shutdown(self) -> None:
         """Close the socket (the process is stopping); what is left is dropped with it."""

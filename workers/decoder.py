@@ -10,6 +10,7 @@ shrunk to fit; the original size travels with the frame so boxes map back to it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -23,7 +24,8 @@ import zmq
 
 from engine.channels import make_socket
 from engine.config import SourceConfig
-from engine.messages import EndOfSource, ErrorMsg, FrameMsg, FrameRef, ReleaseMsg
+from engine.errors import OvstreamError
+from engine.messages import ControlMsg, EndOfSource, ErrorMsg, FrameMsg, FrameRef, ReleaseMsg
 from engine.metrics import stream_key, stream_state_code
 from engine.shm import SlotPool
 from engine.sources import Source, open_source
@@ -95,6 +97,7 @@ class Feeder:
                                           min_side=min_side)
         self.budget = SlotBudget(spec.slot_lo, spec.slot_hi)
         self.stop = threading.Event()
+        self.closing = False        # removed from a running pipeline: ends with an EndOfSource
         resume = self.done.end()
         # a restarted live stream goes on counting after the last frame that got through
         self.next_id = max(resume, int(ctx.resume.get(str(spec.sid), 0))) if self.source.live else resume
@@ -143,7 +146,7 @@ class Feeder:
             log.error("stream %s failed:\n%s", self.spec.name, traceback.format_exc())
             self.source.failed = self.source.failed or "reader failed (see the decoder log)"
         self.state = "failed" if self.source.failed else "ended"
-        if not stopped:
+        if not stopped or self.closing:
             eos = EndOfSource(self.next_id, self.source.drops, self.spec.sid, self.ctx.generation).encode()
             self._post(("frames", eos), ("results", eos))
 
@@ -192,11 +195,21 @@ class Feeder:
         self.stop.set()
         self.source.cancel()
 
+    def close_stream(self) -> None:
+        """End the stream here (it was removed): what was read goes on downstream, then its end."""
+        self.closing = True
+        self.cancel()
+
+    @property
+    def closed(self) -> bool:
+        """Removed, its thread done and every one of its raw slots back: its range is free."""
+        return self.closing and not self.thread.is_alive() and self.budget.free == self.budget.hi - self.budget.lo
+
 
 def run(ctx: StageContext, stage: Stage) -> None:
     cfg = ctx.config
     layout = Layout.from_dict(ctx.layout)
-    mine = layout.owned_by(int(ctx.name.rsplit("-", 1)[-1]))
+    mine = layout.open_streams(int(ctx.name.rsplit("-", 1)[-1]))
     pool = SlotPool(ctx.pools["raw"])
     releases = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints[ctx.name])
     frames_out = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["frames"], hwm=10_000)
@@ -208,14 +221,42 @@ def run(ctx: StageContext, stage: Stage) -> None:
     if cfg.model.preprocess.resize == "crop":                # the input sees only the centre crop fraction
         min_side = math.ceil(min_side / cfg.model.preprocess.crop)
     feeders: list[Feeder] = []
+    retired: dict[str, int] = {}         # the counts of removed streams' feeders
     wakes: list[zmq.Socket] = []
     outbox: deque[tuple[str, bytes]] = deque()
+
+    def open_feeder(spec: StreamSpec, src: SourceConfig) -> Feeder:
+        wakes.append(make_socket(stage.zmq, zmq.PUSH, connect=wake_addr))
+        feeder = Feeder(spec, src, ctx, pool, outbox, wakes[-1], min_side)
+        feeders.append(feeder)
+        return feeder
+
+    def on_control(msg: ControlMsg) -> None:
+        """A library pipeline adds a stream to this decoder or removes one of its streams."""
+        try:
+            if msg.command == "open_stream":
+                arg = json.loads(msg.arg)
+                spec = StreamSpec(**arg["stream"])
+                if not any(f.spec.sid == spec.sid for f in feeders):
+                    open_feeder(spec, SourceConfig.model_validate(arg["source"])).thread.start()
+            elif msg.command == "close_stream":
+                for feeder in feeders:
+                    if feeder.spec.sid == int(msg.arg) and not feeder.closing:
+                        feeder.close_stream()
+        except (ValueError, KeyError, TypeError) as exc:   # a malformed command: counted, never fatal
+            stage.bad_messages += 1
+            log.warning("bad %s command: %s", msg.command, exc)
+        except OvstreamError as exc:      # the source cannot be opened now: the stream ends as failed
+            log.error("cannot open stream: %s", exc)
+            stage.send(ControlMsg("stream_failed", json.dumps({"stream": msg.arg, "error": str(exc)}),
+                                  ctx.generation))
+
+    stage.handler = on_control
     try:
         for spec in mine:
-            wakes.append(make_socket(stage.zmq, zmq.PUSH, connect=wake_addr))
-            feeders.append(Feeder(spec, cfg.sources[spec.sid], ctx, pool, outbox, wakes[-1], min_side))
+            open_feeder(spec, cfg.sources[spec.sid])
         stage.declare("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects", "stale_releases")
-        stage.before_stats.append(lambda: _report(stage, feeders))
+        stage.before_stats.append(lambda: _report(stage, feeders, retired))
         stage.ready(live=any(f.source.live for f in feeders), streams=[f.spec.name for f in feeders])
         stage.wait_for_start()
         for feeder in feeders:
@@ -246,8 +287,20 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 sockets[edge].send(data)
             for feeder in feeders:
                 feeder.note_events()
+            closed = [f for f in feeders if f.closed]       # removed streams whose ranges are free
+            if closed:
+                _report(stage, feeders, retired)            # their last figures, per stream
+            for feeder in closed:
+                feeder.source.close()
+                feeders.remove(feeder)
+                wakes.remove(feeder.wake)
+                feeder.wake.close(0)
+                for name, value in _stream_counters(feeder).items():     # its counts stay in the totals
+                    retired[name] = retired.get(name, 0) + value
+                retired["work_ns"] = retired.get("work_ns", 0) + feeder.work_ns
+                stage.send(ControlMsg("stream_closed", str(feeder.spec.sid), ctx.generation))
     finally:
-        _report(stage, feeders)             # the figures as the run left them (a stopped camera stays live),
+        _report(stage, feeders, retired)    # the figures as the run left them (a stopped camera stays live),
         stage.before_stats.clear()          # not as cancelling the readers leaves them
         for feeder in feeders:              # all at once, then one shared second to finish
             feeder.cancel()
@@ -263,19 +316,23 @@ def run(ctx: StageContext, stage: Stage) -> None:
         pool.close()
 
 
-def _report(stage: Stage, feeders: list[Feeder]) -> None:
-    """Per-stream counters and gauges (``name@stream``) and their totals for this process (before
-    every heartbeat's stats)."""
-    totals = dict.fromkeys(("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects"), 0)
+def _stream_counters(f: Feeder) -> dict[str, int]:
+    return {"frames_read": f.read, "frames_emitted": f.emitted, "decode_errors": f.decode_errors,
+            "drops": f.source.drops, "reconnects": f.reconnects}
+
+
+def _report(stage: Stage, feeders: list[Feeder], retired: dict[str, int]) -> None:
+    """Per-stream counters and gauges (``name@stream``) and their totals for this process (with
+    those of the removed streams, ``retired``), before every heartbeat's stats."""
+    totals = {name: retired.get(name, 0)
+              for name in ("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects")}
     free = slots = 0
     for f in feeders:
         f.note_events()
         while f.decode_ms:
             stage.latency.record("decode", f.decode_ms.popleft())
         sid = f.spec.sid
-        per = {"frames_read": f.read, "frames_emitted": f.emitted, "decode_errors": f.decode_errors,
-               "drops": f.source.drops, "reconnects": f.reconnects}
-        for name, value in per.items():
+        for name, value in _stream_counters(f).items():
             stage.counters[stream_key(name, sid)] = value
             totals[name] += value
         stage.gauges[stream_key("next_frame_id", sid)] = f.next_id
@@ -284,7 +341,7 @@ def _report(stage: Stage, feeders: list[Feeder]) -> None:
         free += f.budget.free
         slots += f.budget.hi - f.budget.lo
     stage.counters.update(totals)
-    stage.counters["work_cpu_us"] = sum(f.work_ns for f in feeders) // 1000
+    stage.counters["work_cpu_us"] = (retired.get("work_ns", 0) + sum(f.work_ns for f in feeders)) // 1000
     stage.gauges.update(raw_slots=slots, raw_free=free)
 
 

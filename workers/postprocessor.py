@@ -8,6 +8,7 @@ id is acknowledged to the supervisor, per stream, which keeps the ledgers used t
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -22,13 +23,13 @@ from engine.channels import make_socket
 from engine.errors import OutputError
 from engine.geometry import Geometry
 from engine.ledger import FrameLedger
-from engine.messages import AckMsg, EndOfSource, ErrorMsg, FrameRef, MessageError, ReleaseMsg, ResultMsg, \
+from engine.messages import AckMsg, ControlMsg, EndOfSource, ErrorMsg, FrameRef, MessageError, ReleaseMsg, ResultMsg, \
     decode_result
 from engine.metrics import stream_key
 from engine.results import Classification, Detection, FrameResult
 from engine.shm import SlotPool
 from engine.sinks import ApiSink, Sink, encode_record, open_sinks
-from engine.streams import Layout
+from engine.streams import Layout, StreamSpec
 from workers.runtime import Stage, StageContext, stage_main
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,27 @@ class StreamOutputs:
         self.acked: list[list[int]] = [[] for _ in layout.streams]
         self.acked_errors: list[list[int]] = [[] for _ in layout.streams]
         self.finished = [False] * len(layout.streams)
+        for spec in layout.streams:
+            if spec.removed:                # removed before this instance: nothing more comes
+                self.drop(spec.sid)
 
     def valid(self, stream: int) -> bool:
         return 0 <= stream < len(self.names)
+
+    def add(self, spec: StreamSpec) -> None:
+        """A stream a library pipeline added while it runs."""
+        self.names.append(spec.name)
+        self.live.append(spec.live)
+        self.reorder.append(Reorder(FrameLedger()))
+        self.acked.append([])
+        self.acked_errors.append([])
+        self.finished.append(False)
+
+    def drop(self, stream: int) -> None:
+        """End a stream that lost its frames with a crashed decoder after it was removed."""
+        reorder = self.reorder[stream]
+        reorder.pending.clear()
+        reorder.total = 0
 
 
 def run(ctx: StageContext, stage: Stage) -> None:
@@ -146,6 +165,25 @@ def run(ctx: StageContext, stage: Stage) -> None:
     if ctx.generation > 0 and cfg.output.jsonl:
         replay(Path(cfg.output.dir) / "results.jsonl", ctx.replay_from, [s for s in sinks if s.replays])
     streams = StreamOutputs(ctx, layout)
+
+    def on_control(msg: ControlMsg) -> None:
+        """A library pipeline adds a stream (known here before its first frame) or ends one."""
+        try:
+            if msg.command == "stream_added":
+                spec = StreamSpec(**json.loads(msg.arg))
+                if spec.sid == len(streams.names):
+                    streams.add(spec)
+                    stage.declare(*(stream_key(name, spec.sid) for name in ("results", "errors", "duplicates")))
+                    if outlet is not None:
+                        outlet.reopen()
+                stage.send(ControlMsg("stream_added", str(spec.sid), ctx.generation))
+            elif msg.command == "end_stream" and streams.valid(int(msg.arg)):
+                streams.drop(int(msg.arg))
+        except (ValueError, KeyError, TypeError) as exc:
+            stage.bad_messages += 1
+            print(f"[{ctx.name}] bad {msg.command} command: {exc}", flush=True)
+
+    stage.handler = on_control
     stage.declare("results", "errors", "duplicates")
     for sid in range(len(streams.names)):
         stage.declare(*(stream_key(name, sid) for name in ("results", "errors", "duplicates")))
@@ -203,10 +241,11 @@ def run(ctx: StageContext, stage: Stage) -> None:
             _poll_sinks(sinks, stage)
             if outlet is not None:
                 if all(streams.finished):
-                    outlet.close()                  # the end marker (once), after the last record
+                    outlet.close(len(streams.names))   # the end marker (once), after the last record
                 outlet.poll()
                 stage.gauges["api_pending"] = outlet.pending
-            if all(streams.finished) and sinks:     # the run ends on the last "finished": flush first
+            if all(streams.finished) and sinks and outlet is None:   # the run ends on the last "finished": flush
+                # first (a library pipeline may add a stream yet: its sinks close when it stops)
                 closing, sinks = sinks, []
                 with output_errors(cfg.output.dir):
                     for sink in closing:

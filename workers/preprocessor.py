@@ -24,7 +24,7 @@ from engine.geometry import Geometry
 from engine.messages import (BatchMsg, ControlMsg, CreditMsg, EndOfSource, ErrorMsg, FrameMsg, FrameRef,
                              ReleaseMsg)
 from engine.shm import FreeList, SlotPool
-from engine.streams import Layout
+from engine.streams import Layout, StreamSpec
 from workers.runtime import Stage, StageContext, stage_main
 
 
@@ -173,6 +173,12 @@ def run(ctx: StageContext, stage: Stage) -> None:
             stage.count("fenced_frames", waiting.drop(streams, epoch))
             reply = {"decoder": decoder, "next": {str(sid): kept_next[sid] for sid in streams}}
             stage.send(ControlMsg("decoder_fenced", json.dumps(reply), ctx.generation))
+        elif msg.command == "stream_added":          # a library pipeline's new stream: known before
+            spec = StreamSpec(**json.loads(msg.arg))   # its decoder sends its first frame
+            if spec.sid == len(layout.streams):
+                layout.streams.append(spec)
+                kept_next[spec.sid] = 0
+            stage.send(ControlMsg("stream_added", str(spec.sid), ctx.generation))
 
     stage.handler = on_control
     stage.before_stats.append(lambda: stage.gauges.update(
