@@ -64,16 +64,15 @@ def build_config(config: str | Path | RunConfig | dict | None = None, **options:
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise TypeError(f"Pipeline() got unknown option(s) {', '.join(unknown)} (known: {', '.join(_OPTIONS)})")
-    values = {**_OPTIONS, **options}
+    values = {key: os.fspath(v) if isinstance(v, os.PathLike) else v for key, v in {**_OPTIONS, **options}.items()}
     for key in ("source", "device"):
-        if isinstance(values[key], (str, os.PathLike)):
+        if isinstance(values[key], str):
             values[key] = [values[key]]
-    if values["source"] is not None:
-        values["source"] = [str(v) for v in values["source"]]
-    if isinstance(values["model"], os.PathLike):
-        values["model"] = str(values["model"])
+        elif values[key] is not None:
+            values[key] = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in values[key]]
     overrides = overrides_from(argparse.Namespace(**values, no_dashboard=True))
     overrides.setdefault("dashboard", {})["enabled"] = False
+    RunConfig.from_dict(overrides, origin="Pipeline options")      # a bad option is named as such
     if isinstance(config, RunConfig):
         config = config.to_dict()
     if isinstance(config, dict):
