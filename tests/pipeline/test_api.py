@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import signal
 from collections import defaultdict
 
 import pytest
@@ -74,6 +75,17 @@ def test_an_exception_in_the_block_stops_everything_and_goes_on_up(tag, tmp_path
             for result in pipe:
                 1 / 0
     assert pipe.outcome is not None and leftovers(tag) == []
+
+
+def test_ctrl_c_in_the_loop_stops_everything(tag, tmp_path):
+    """A notebook's Ctrl-C is SIGINT to the Python process: KeyboardInterrupt in the loop. The
+    supervisor runs in its own session, so it is the `with` block that stops it, cleanly."""
+    with pytest.raises(KeyboardInterrupt):
+        with ovstream.Pipeline(source=COCO, loop=50, output=tmp_path / "out", **FACE) as pipe:
+            for result in pipe:
+                signal.raise_signal(signal.SIGINT)
+    assert pipe.outcome["exit_code"] == 0 and pipe.outcome["report"]["state"] == "stopped"
+    assert leftovers(tag) == []
 
 
 def test_a_pipeline_dropped_without_closing_is_stopped_by_the_garbage_collector(tag, tmp_path):
