@@ -30,15 +30,19 @@ def serve(spec: dict, link: ServiceLink) -> dict:
     try:
         cfg = RunConfig.from_dict(spec["config"], origin="pipeline config")
         supervisor = Supervisor(cfg, dashboard=False, link=link, max_streams=int(spec.get("max_streams", 0)))
-        with OutputDir(cfg.output.dir, reserve_report=cfg.output.report) as output:
-            outcome = supervisor.run()
-            message, code = outcome.message, outcome.exit_code
-            if outcome.report and cfg.output.report:
-                try:
-                    output.write_report(outcome.report)
-                except OSError as exc:
-                    message = message or f"cannot write {output.path / 'report.json'}: {exc.strerror}"
-                    code = max(code, EXIT_FAILED)
+        try:
+            with OutputDir(cfg.output.dir, reserve_report=cfg.output.report) as output:
+                outcome = supervisor.run()
+                message, code = outcome.message, outcome.exit_code
+                if outcome.report and cfg.output.report:
+                    try:
+                        output.write_report(outcome.report)
+                    except OSError as exc:
+                        message = message or f"cannot write {output.path / 'report.json'}: {exc.strerror}"
+                        code = max(code, EXIT_FAILED)
+        finally:
+            if supervisor.exporter is not None:
+                supervisor.exporter.close()
         return {"exit_code": code, "message": message, "report": outcome.report, "usage": False}
     except OvstreamError as exc:        # found before start: the API raises it as it is
         return {"exit_code": exc.exit_code, "message": str(exc), "report": {}, "usage": exc.exit_code == EXIT_USAGE,

@@ -14,6 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from engine.results import read_results
+
 
 REPO = Path(__file__).resolve().parent.parent
 COCO = REPO / "data" / "coco100"
@@ -38,8 +40,8 @@ class RunResult:
 
     @property
     def records(self) -> list[dict]:
-        path = self.output / "results.jsonl"
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+        path = self.output / "results.jsonl"      # every line must be a whole FrameResult
+        return [result.to_dict() for result in read_results(path, strict=True)] if path.exists() else []
 
     @property
     def report(self) -> dict:

@@ -130,6 +130,8 @@ def test_sources_added_and_removed_while_it_runs(tag, tmp_path):
                 assert pipe.add_source(COCO, name="short", loop=1) == "short"   # plays to its end
                 assert pipe.add_source(COCO, name="cut", loop=100) == "cut"  # removed part-way
             if result.stream == "cut" and result.frame_id == 19:
+                running = pipe.stats()                  # the dashboard's snapshot, while it runs
+                assert running.state == "running" and "coco100" in {r.name for r in running.streams}
                 pipe.remove_source("cut")
         stats = {row.name: row for row in pipe.stats().streams}
     assert ids["coco100"] == list(range(300))
