@@ -68,8 +68,8 @@ class Layout:
         """A new stream in a spare range, owned by the decoder with the fewest open streams."""
         if not self.spare:
             open_now = sum(not s.removed for s in self.streams)
-            raise ConfigError(f"no room for another stream: {open_now} are open and the pipeline was started "
-                              f"for at most that many (Pipeline(max_streams=...))")
+            raise ConfigError(f"no room for another stream: {open_now} open, the most this pipeline was started "
+                              f"for (Pipeline(max_streams=...))")
         if len(self.streams) >= MAX_STREAMS:
             raise ConfigError(f"a pipeline takes at most {MAX_STREAMS} streams over its life")
         lo, hi = self.spare.pop(0)

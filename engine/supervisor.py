@@ -35,7 +35,7 @@ from engine.dashboard import Dashboard
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, OvstreamError
 from engine.ledger import FrameLedger
 from engine.logs import stage_level
-from engine.messages import AckMsg, ControlMsg, FatalMsg, Message, ReadyMsg, StatsMsg, decode, MessageError
+from engine.messages import AckMsg, ApiMsg, ControlMsg, FatalMsg, Message, ReadyMsg, StatsMsg, decode, MessageError
 from engine.metrics import MetricsAggregator, split_stream_key
 from engine.model import InputInfo, check_devices, check_preprocess, check_properties, model_facts, prepare_model, \
     preflight_compile, raw_properties, read_model
@@ -179,6 +179,7 @@ class Supervisor:
         self.resume: dict[str, int] = {}        # live stream → next frame id for a restarted decoder
         self.replay_from: dict[str, int] = {}   # MQTT: stream → lowest frame id the broker has not confirmed
         self.adding: dict[int, set[str]] = {}  # added stream → stages yet to confirm they know it
+        self.waiting_adds: list[ApiMsg] = []   # add_source requests waiting for a range to come free
         self.generation = 0
         self.started = False        # every stage said READY and was told to start
         self.finished = False
@@ -473,15 +474,30 @@ class Supervisor:
                 self.stop_requested = True
             elif msg.kind == "drained":
                 self.link.drained = max(self.link.drained, int(msg.arg.get("streams", 0)))
+            elif msg.kind == "add_source" and self._draining() and not self.layout.spare:
+                self.waiting_adds.append(msg)       # a removed stream's range comes free soon
             elif msg.kind in ("add_source", "remove_source"):
-                try:
-                    name = self._add_source(msg.arg) if msg.kind == "add_source" else self._remove_source(msg.arg)
-                except OvstreamError as exc:
-                    self.link.send("refused", {"error": str(exc)}, msg.request)
-                else:
-                    self.link.send("done", {"name": name}, msg.request)
+                self._answer(msg)
         if self.link.orphaned:             # the Python process that owned the pipeline is gone
             self.interrupted = self.interrupted or signal.SIGTERM
+
+    def _answer(self, msg: ApiMsg) -> None:
+        try:
+            name = self._add_source(msg.arg) if msg.kind == "add_source" else self._remove_source(msg.arg)
+        except OvstreamError as exc:
+            self.link.send("refused", {"error": str(exc)}, msg.request)
+        else:
+            self.link.send("done", {"name": name}, msg.request)
+
+    def _draining(self) -> bool:
+        """Some removed stream's slot range is not back yet."""
+        return any(s.removed and s.slot_hi > s.slot_lo for s in self.layout.streams)
+
+    def _retry_adds(self) -> None:
+        """Adds that waited for a removed stream's range: answered once one is spare (or none
+        will come)."""
+        while self.waiting_adds and (self.layout.spare or not self._draining()):
+            self._answer(self.waiting_adds.pop(0))
 
     def _done(self) -> bool:
         """Every stream has ended and, for a library pipeline, its iterator holds every result
@@ -564,6 +580,7 @@ class Supervisor:
             self._open_added()
         elif msg.command == "stream_closed":            # every raw slot of it is back
             self.layout.release(sid)
+            self._retry_adds()
         elif msg.command == "stream_failed":            # its decoder could not open it: it ends here
             log.error("stream %s: %s", self.layout.streams[sid].name, json.loads(msg.arg).get("error"))
             self.layout.remove(sid)
@@ -579,6 +596,7 @@ class Supervisor:
                 self._send("postprocessor", "end_stream", str(spec.sid))
                 self._end_stream(spec.sid)
             self.layout.release(spec.sid)
+        self._retry_adds()
 
     def run(self) -> Outcome:
         """Run the pipeline; always stops every process and removes pools and sockets.

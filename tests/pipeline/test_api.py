@@ -119,7 +119,7 @@ def test_a_mistake_is_one_line_before_anything_starts(tag, tmp_path):
 
 def test_sources_added_and_removed_while_it_runs(tag, tmp_path):
     ids: dict[str, list[int]] = defaultdict(list)
-    with ovstream.Pipeline(source=COCO, loop=3, output=tmp_path / "out", **FACE) as pipe:
+    with ovstream.Pipeline(source=COCO, loop=3, output=tmp_path / "out", max_streams=3, **FACE) as pipe:
         with pytest.raises(ovstream.ConfigError, match="no such file"):
             pipe.add_source(tmp_path / "missing")
         with pytest.raises(ovstream.ConfigError, match="no open stream named 'nope'"):
@@ -133,9 +133,11 @@ def test_sources_added_and_removed_while_it_runs(tag, tmp_path):
                 running = pipe.stats()                  # the dashboard's snapshot, while it runs
                 assert running.state == "running" and "coco100" in {r.name for r in running.streams}
                 pipe.remove_source("cut")
+                # every range is taken: the new stream gets cut's once cut's slots are all back
+                assert pipe.add_source(COCO, name="swap", loop=1) == "swap"
         stats = {row.name: row for row in pipe.stats().streams}
     assert ids["coco100"] == list(range(300))
-    assert ids["short"] == list(range(100))          # every frame of the added stream, in order
+    assert ids["short"] == ids["swap"] == list(range(100))     # every frame of an added stream, in order
     cut = ids["cut"]
     assert cut == list(range(len(cut))) and 20 <= len(cut) < 10_000       # in order, and it stopped
     row = stats["cut"]                                # what it had read came out: accounted exactly
