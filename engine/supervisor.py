@@ -635,7 +635,7 @@ class Supervisor:
                         self._publish(snapshot)
                         next_publish = now + PUBLISH_S
             self.metrics.set_state("interrupted" if self.interrupted else "failed" if self.failure
-                                   else "finished" if self.finished else "stopped")
+                                   else "stopped" if self.stop_requested and not self.finished else "finished")
             normal_end = not (self.interrupted or self.failure)
             self._stop_all(drain_s=self.cfg.output.mqtt.flush_timeout_s if normal_end and self.cfg.output.mqtt.host
                            else 0.0)

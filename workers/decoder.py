@@ -226,8 +226,13 @@ def run(ctx: StageContext, stage: Stage) -> None:
     outbox: deque[tuple[str, bytes]] = deque()
 
     def open_feeder(spec: StreamSpec, src: SourceConfig) -> Feeder:
-        wakes.append(make_socket(stage.zmq, zmq.PUSH, connect=wake_addr))
-        feeder = Feeder(spec, src, ctx, pool, outbox, wakes[-1], min_side)
+        wake = make_socket(stage.zmq, zmq.PUSH, connect=wake_addr)
+        try:
+            feeder = Feeder(spec, src, ctx, pool, outbox, wake, min_side)
+        except BaseException:
+            wake.close(0)
+            raise
+        wakes.append(wake)
         feeders.append(feeder)
         return feeder
 
@@ -237,8 +242,14 @@ def run(ctx: StageContext, stage: Stage) -> None:
             if msg.command == "open_stream":
                 arg = json.loads(msg.arg)
                 spec = StreamSpec(**arg["stream"])
+                src = SourceConfig.model_validate(arg["source"])
                 if not any(f.spec.sid == spec.sid for f in feeders):
-                    open_feeder(spec, SourceConfig.model_validate(arg["source"])).thread.start()
+                    try:
+                        open_feeder(spec, src).thread.start()
+                    except OvstreamError as exc:   # gone since the supervisor checked it: it ends here
+                        log.error("cannot open stream %s: %s", spec.name, exc)
+                        stage.send(ControlMsg("stream_failed", json.dumps({"stream": spec.sid, "error": str(exc)}),
+                                              ctx.generation))
             elif msg.command == "close_stream":
                 for feeder in feeders:
                     if feeder.spec.sid == int(msg.arg) and not feeder.closing:
@@ -246,10 +257,6 @@ def run(ctx: StageContext, stage: Stage) -> None:
         except (ValueError, KeyError, TypeError) as exc:   # a malformed command: counted, never fatal
             stage.bad_messages += 1
             log.warning("bad %s command: %s", msg.command, exc)
-        except OvstreamError as exc:      # the source cannot be opened now: the stream ends as failed
-            log.error("cannot open stream: %s", exc)
-            stage.send(ControlMsg("stream_failed", json.dumps({"stream": msg.arg, "error": str(exc)}),
-                                  ctx.generation))
 
     stage.handler = on_control
     try:
