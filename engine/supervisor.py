@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import openvino as ov
@@ -30,7 +29,7 @@ from rich.console import Console
 
 from engine.adapters import create_adapter
 from engine.channels import RunDir, make_socket
-from engine.config import RunConfig, stream_name
+from engine.config import RunConfig
 from engine.dashboard import Dashboard
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, OvstreamError
 from engine.ledger import FrameLedger
@@ -43,14 +42,13 @@ from engine.modelcache import ModelCache, cache_root, writable
 from engine.shm import PoolSpec, SlotPool
 from engine.sinks import JsonlSink
 from engine.sources import is_live_uri, open_source
-from engine.streams import Layout, is_live, plan
+from engine.streams import Layout, plan
 from engine.apilink import ServiceLink
+from engine.stream_changes import REPLIES, StreamChanges
 from workers.runtime import StageContext
 
 log = logging.getLogger("engine.supervisor")
 
-STREAM_REPLIES = ("stream_added", "stream_closed", "stream_failed")
-STREAM_NAME = re.compile(r"[A-Za-z0-9._-]+")
 READY_TIMEOUT_S = 300.0       # compiling for a GPU can take minutes the first time
 STOP_GRACE_S = 1.0
 HANG_TIMEOUT_S = 30.0       # a live source may block this long while it reconnects
@@ -153,7 +151,7 @@ class Stopped(OvstreamError):
     exit_code = EXIT_OK
 
 
-class Supervisor:
+class Supervisor(StreamChanges):
     """Runs one pipeline to completion (or interruption)."""
 
     def __init__(self, cfg: RunConfig, dashboard: bool = True, duration_s: float = 0.0,
@@ -315,8 +313,8 @@ class Supervisor:
                 self._end_stream(msg.stream)
         elif isinstance(msg, ControlMsg) and msg.command == "decoder_fenced" and child is not None:
             self._on_fenced(msg.arg)
-        elif isinstance(msg, ControlMsg) and child is not None and msg.command in STREAM_REPLIES:
-            self._on_stream_reply(child, msg)
+        elif isinstance(msg, ControlMsg) and child is not None and msg.command in REPLIES:
+            self._on_stream_reply(child.name, msg)
         elif isinstance(msg, FatalMsg) and child is not None:
             first = msg.error.strip().splitlines()[0] if msg.error.strip() else "unknown error"
             if msg.usage:                  # restarting cannot fix a user mistake or a full disk
@@ -481,24 +479,6 @@ class Supervisor:
         if self.link.orphaned:             # the Python process that owned the pipeline is gone
             self.interrupted = self.interrupted or signal.SIGTERM
 
-    def _answer(self, msg: ApiMsg) -> None:
-        try:
-            name = self._add_source(msg.arg) if msg.kind == "add_source" else self._remove_source(msg.arg)
-        except OvstreamError as exc:
-            self.link.send("refused", {"error": str(exc)}, msg.request)
-        else:
-            self.link.send("done", {"name": name}, msg.request)
-
-    def _draining(self) -> bool:
-        """Some removed stream's slot range is not back yet."""
-        return any(s.removed and s.slot_hi > s.slot_lo for s in self.layout.streams)
-
-    def _retry_adds(self) -> None:
-        """Adds that waited for a removed stream's range: answered once one is spare (or none
-        will come)."""
-        while self.waiting_adds and (self.layout.spare or not self._draining()):
-            self._answer(self.waiting_adds.pop(0))
-
     def _done(self) -> bool:
         """Every stream has ended and, for a library pipeline, its iterator holds every result
         (the postprocessor keeps handing them over until then)."""
@@ -508,95 +488,6 @@ class Supervisor:
         self.ended.add(sid)
         self.metrics.end_stream(sid)
         self.finished = len(self.ended) == len(self.ledgers)
-
-    def _add_source(self, entry: dict) -> str:
-        """Validate a new stream, give it a slot range and a decoder, and tell the preprocessor and
-        postprocessor; its decoder opens it once both know it (so no frame of it can arrive
-        before they do). Returns its name."""
-        if self.finished:
-            raise ConfigError("the pipeline has ended: every stream is done")
-        if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
-            raise ConfigError("add_source needs a uri")
-        base = {k: v for k, v in self.cfg.source.to_dict().items() if k not in ("uri", "name")}
-        src = RunConfig.from_dict({"sources": [{**base, **entry}]}, origin="add_source").sources[0]
-        taken = {s.name for s in self.layout.streams}
-        if src.name and (src.name in taken or not STREAM_NAME.fullmatch(src.name)):
-            raise ConfigError(f"stream name '{src.name}': " + ("taken (a name stays with its stream for the "
-                                                                "pipeline's life)" if src.name in taken
-                                                                else "use only letters, digits, '.', '_', '-'"))
-        if not src.name:
-            base_name = src.name = stream_name(src.uri)
-            n = 1
-            while src.name in taken:
-                n += 1
-                src.name = f"{base_name}-{n}"
-        if not is_live_uri(src.uri):
-            open_source(src).close()          # a missing file, an empty folder: one line now
-        spec = self.layout.add(src.name, src.uri, is_live(src))
-        self.cfg.sources.append(src)
-        self.ledgers.append(FrameLedger())
-        self.acked.append([0, 0])
-        self.metrics.add_stream(spec.name, spec.uri, spec.kind)
-        self.adding[spec.sid] = {"preprocessor", "postprocessor"}
-        for name in self.adding[spec.sid]:
-            self._send(name, "stream_added", json.dumps(asdict(spec)))
-        log.info("stream %s added (%s, %s)", spec.name, spec.uri, self.layout.decoder_name(spec.decoder))
-        return spec.name
-
-    def _remove_source(self, arg: dict) -> str:
-        """Close a stream: its decoder stops reading and sends its end; what it had read still
-        comes out. Its slot range is reused once the decoder has every slot back."""
-        name = arg.get("name") if isinstance(arg, dict) else None
-        spec = next((s for s in self.layout.streams if s.name == name and not s.removed), None)
-        if spec is None:
-            raise ConfigError(f"no open stream named '{name}' (open: "
-                              f"{', '.join(s.name for s in self.layout.streams if not s.removed) or 'none'})")
-        spec = self.layout.remove(spec.sid)
-        if spec.sid in self.adding:          # not opened yet: nothing was read
-            del self.adding[spec.sid]
-            self._forget_removed([spec])
-        else:                                # (an ended stream's decoder still gets its slots back)
-            self._send(self.layout.decoder_name(spec.decoder), "close_stream", str(spec.sid))
-        log.info("stream %s removed", spec.name)
-        return spec.name
-
-    def _open_added(self) -> None:
-        """Added streams that the preprocessor and postprocessor both know: their decoder opens them."""
-        for sid in [sid for sid, waiting in self.adding.items() if not waiting]:
-            del self.adding[sid]
-            spec = self.layout.streams[sid]
-            arg = {"stream": asdict(spec), "source": self.cfg.sources[sid].to_dict()}
-            self._send(self.layout.decoder_name(spec.decoder), "open_stream", json.dumps(arg))
-
-    def _on_stream_reply(self, child: Child, msg: ControlMsg) -> None:
-        try:
-            sid = int(json.loads(msg.arg)["stream"]) if msg.command == "stream_failed" else int(msg.arg)
-        except (ValueError, KeyError, TypeError):
-            return
-        if not 0 <= sid < len(self.layout.streams):
-            return
-        if msg.command == "stream_added":
-            self.adding.get(sid, set()).discard(child.name)
-            self._open_added()
-        elif msg.command == "stream_closed":            # every raw slot of it is back
-            self.layout.release(sid)
-            self._retry_adds()
-        elif msg.command == "stream_failed":            # its decoder could not open it: it ends here
-            log.error("stream %s: %s", self.layout.streams[sid].name, json.loads(msg.arg).get("error"))
-            self.layout.remove(sid)
-            self._forget_removed([self.layout.streams[sid]])
-
-    def _forget_removed(self, specs: list) -> None:
-        """Removed streams whose decoder is gone (or never read them): they end now, with what was
-        written (their decoder's successor opens them no more), and their ranges are free."""
-        for spec in specs:
-            if not spec.removed:
-                continue
-            if spec.sid not in self.ended:
-                self._send("postprocessor", "end_stream", str(spec.sid))
-                self._end_stream(spec.sid)
-            self.layout.release(spec.sid)
-        self._retry_adds()
 
     def run(self) -> Outcome:
         """Run the pipeline; always stops every process and removes pools and sockets.
