@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import traceback
+from pathlib import Path
 
 import zmq
 
@@ -66,6 +68,8 @@ def main(argv: list[str]) -> int:
     finally:
         link.close()
         context.term()
+        if link.orphaned:           # the Python process died without closing: its run directory too
+            shutil.rmtree(Path(argv[0]).parent, ignore_errors=True)
     return int(outcome["exit_code"])
 
 

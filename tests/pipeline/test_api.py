@@ -9,12 +9,14 @@ from __future__ import annotations
 import gc
 import json
 import signal
+import subprocess
+import sys
 from collections import defaultdict
 
 import pytest
 
 import ovstream
-from tests.conftest import COCO, leftovers, run_ovstream
+from tests.conftest import COCO, REPO, leftovers, run_ovstream
 
 FACE = dict(model="face")        # the small detector: 100 COCO images in about a second
 
@@ -94,6 +96,20 @@ def test_a_pipeline_dropped_without_closing_is_stopped_by_the_garbage_collector(
     del pipe
     gc.collect()
     assert leftovers(tag) == []
+
+
+def test_a_python_process_killed_with_its_pipeline_running_leaves_nothing(tag, engine_env, tmp_path):
+    script = (f"import sys, time, ovstream\n"
+              f"pipe = ovstream.Pipeline(source={str(COCO)!r}, loop=50, model='face', output={str(tmp_path)!r})\n"
+              f"next(iter(pipe.start()))\nprint('running', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=engine_env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+    finally:
+        proc.kill()                     # no finalizer, no `with`: the supervisor notices by itself
+        proc.wait()
+        proc.stdout.close()
+    assert leftovers(tag, wait_s=15) == []
 
 
 def test_two_pipelines_in_one_process(tag, tmp_path):
