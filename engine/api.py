@@ -34,10 +34,11 @@ import zmq
 
 from engine import errors
 from engine.channels import RunDir, make_socket
-from engine.config import RunConfig, load_config
+from engine.config import RunConfig, load_config, resolve_model, resolve_streams
 from engine.errors import ConfigError, OvstreamError, PipelineError
 from engine.messages import ApiMsg, MessageError, RecordMsg, decode
 from engine.metrics import Snapshot
+from engine.options import overrides_from
 from engine.results import FrameResult
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ POLL_MS = 100
 SPARE_STREAMS = 4           # streams a pipeline can add beyond its configured ones, by default
 REQUEST_TIMEOUT_S = 30.0
 
-# keyword → the `ovstream run` option it stands for (engine.runner.overrides_from)
+# keyword → the `ovstream run` option it stands for (engine.options.overrides_from), and its default
 _OPTIONS = {"source": None, "model": None, "adapter": None, "device": None, "nireq": None, "batch": None,
             "streams": None, "hint": None, "loop": None, "decoders": None, "output": None, "annotate": False,
             "video": False, "metrics_port": None}
@@ -59,8 +60,6 @@ def build_config(config: str | Path | RunConfig | dict | None = None, **options:
     options of ``ovstream run`` mean (``source`` a uri or a list of them, ``model``, ``adapter``,
     ``device`` one or a list, ``nireq``, ``batch``, ``streams``, ``hint``, ``loop``, ``decoders``,
     ``output``, ``annotate``, ``video``, ``metrics_port``)."""
-    from engine.runner import overrides_from
-
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise TypeError(f"Pipeline() got unknown option(s) {', '.join(unknown)} (known: {', '.join(_OPTIONS)})")
@@ -70,20 +69,21 @@ def build_config(config: str | Path | RunConfig | dict | None = None, **options:
             values[key] = [values[key]]
         elif values[key] is not None:
             values[key] = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in values[key]]
-    overrides = overrides_from(argparse.Namespace(**values, no_dashboard=True))
+    overrides = overrides_from(argparse.Namespace(**values, no_dashboard=True, cluster=None))
     overrides.setdefault("dashboard", {})["enabled"] = False
     RunConfig.from_dict(overrides, origin="Pipeline options")      # a bad option is named as such
     if isinstance(config, RunConfig):
         config = config.to_dict()
     if isinstance(config, dict):
-        cfg = RunConfig.from_dict(_merge(config, overrides), origin="Pipeline config")
-        from engine.config import resolve_model, resolve_streams
-        cfg = resolve_model(resolve_streams(cfg))
+        cfg = resolve_model(resolve_streams(RunConfig.from_dict(_merge(config, overrides), origin="Pipeline config")))
     else:
         cfg = load_config(config, overrides)
     if values["loop"] is not None:
         for src in cfg.sources:
             src.loop = values["loop"]
+    if cfg.cluster.address:
+        raise ConfigError("[cluster] address: a Pipeline runs on this machine; spread streams over a Ray "
+                          "cluster with `ovstream run --cluster`")
     return cfg
 
 

@@ -9,13 +9,13 @@ import argparse
 import signal
 import sys
 import threading
-from pathlib import Path
 
 from rich.console import Console
 
-from engine.config import HINTS, MODEL_SUFFIXES, load_config
+from engine.config import HINTS, load_config
 from engine.dashboard import render_summary
 from engine.errors import EXIT_FAILED, ConfigError
+from engine.options import overrides_from
 from engine.outdir import OutputDir
 from engine.supervisor import Supervisor
 
@@ -48,39 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", metavar="ADDRESS",
                         help="spread the streams over a Ray cluster: auto (the local one), HOST:PORT or "
                              "ray://HOST:PORT (needs the cluster extra)")
-
-
-def overrides_from(args: argparse.Namespace) -> dict:
-    """The config overrides named on the command line."""
-    out: dict = {}
-
-    def put(section: str, key: str, value: object) -> None:
-        if value is not None:
-            out.setdefault(section, {})[key] = value
-
-    if args.source:
-        out["sources"] = [{"uri": uri} for uri in args.source]   # globs expand when the config resolves
-    put("source", "loop", args.loop)
-    if args.model:
-        is_file = Path(args.model).suffix in MODEL_SUFFIXES
-        put("model", "path" if is_file else "name", args.model)
-    put("model", "adapter", args.adapter)
-    put("inference", "devices", args.device)
-    put("inference", "nireq", args.nireq)
-    put("inference", "batch", args.batch)
-    put("inference", "streams", args.streams)
-    put("inference", "hint", args.hint)
-    put("pipeline", "decoders", args.decoders)
-    put("output", "dir", args.output)
-    if args.annotate:
-        put("output", "images", True)
-    if args.video:
-        put("output", "video", True)
-    if args.no_dashboard:
-        put("dashboard", "enabled", False)
-    put("metrics", "port", args.metrics_port)
-    put("cluster", "address", args.cluster)
-    return out
 
 
 def main(args: argparse.Namespace) -> int:
