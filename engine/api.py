@@ -131,6 +131,12 @@ class Pipeline:
             if self._closed:
                 raise PipelineError("this pipeline is closed; make a new one")
             return self
+        logs = Path(self.config.output.dir) / "logs"
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"output folder {self.config.output.dir}: cannot create {logs}: "
+                              f"{exc.strerror or exc}") from None
         self._run_dir = RunDir()
         self._zmq = zmq.Context()
         results = self._run_dir.endpoint("api-results")
@@ -141,12 +147,18 @@ class Pipeline:
         spec_path.write_text(json.dumps({"config": self.config.to_dict(), "results": results, "control": control,
                                          "owner_pid": os.getpid(), "max_streams": self.max_streams}),
                              encoding="utf-8")
-        logs = Path(self.config.output.dir) / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        with open(logs / "supervisor.log", "ab") as log_file:
-            self._proc = subprocess.Popen([sys.executable, "-m", "engine.service", str(spec_path)],
-                                          stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+        try:
+            with open(logs / "supervisor.log", "ab") as log_file:
+                self._proc = subprocess.Popen([sys.executable, "-m", "engine.service", str(spec_path)],
+                                              stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                              start_new_session=True)
+        except OSError:
+            self._closed = True
+            for sock in (self._results, self._control):
+                sock.close(0)
+            self._zmq.term()
+            self._run_dir.remove()
+            raise
         self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._zmq,
                                            (self._results, self._control), self._run_dir)
         try:
