@@ -181,7 +181,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 streams.drop(int(msg.arg))
         except (ValueError, KeyError, TypeError) as exc:
             stage.bad_messages += 1
-            print(f"[{ctx.name}] bad {msg.command} command: {exc}", flush=True)
+            log.warning("bad %s command: %s", msg.command, exc)
 
     stage.handler = on_control
     stage.declare("results", "errors", "duplicates")
