@@ -36,6 +36,7 @@ from engine import errors
 from engine.channels import RunDir, make_socket
 from engine.config import RunConfig, load_config, resolve_model, resolve_streams
 from engine.errors import ConfigError, OvstreamError, PipelineError
+from engine.logs import stage_level
 from engine.messages import ApiMsg, MessageError, RecordMsg, decode
 from engine.metrics import Snapshot
 from engine.options import overrides_from
@@ -145,7 +146,8 @@ class Pipeline:
         self._control = make_socket(self._zmq, zmq.DEALER, bind=control, hwm=10_000)
         spec_path = self._run_dir.path / "pipeline.json"
         spec_path.write_text(json.dumps({"config": self.config.to_dict(), "results": results, "control": control,
-                                         "owner_pid": os.getpid(), "max_streams": self.max_streams}),
+                                         "owner_pid": os.getpid(), "max_streams": self.max_streams,
+                                         "log_level": stage_level()}),
                              encoding="utf-8")
         try:
             with open(logs / "supervisor.log", "ab") as log_file:

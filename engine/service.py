@@ -20,10 +20,11 @@ import zmq
 from engine.apilink import ServiceLink
 from engine.config import RunConfig
 from engine.errors import EXIT_FAILED, EXIT_USAGE, OvstreamError
+from engine.logs import configure_stage
 from engine.outdir import OutputDir
 from engine.supervisor import Supervisor
 
-log = logging.getLogger("engine.service")
+log = logging.getLogger(__name__)
 
 
 def serve(spec: dict, link: ServiceLink) -> dict:
@@ -52,9 +53,9 @@ def serve(spec: dict, link: ServiceLink) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="[supervisor] %(message)s", stream=sys.stderr)
     with open(argv[0], encoding="utf-8") as fh:
         spec = json.load(fh)
+    configure_stage("supervisor", int(spec.get("log_level", logging.INFO)))   # into logs/supervisor.log
     context = zmq.Context()
     link = ServiceLink(context, spec["control"], spec["results"], int(spec["owner_pid"]))
     try:

@@ -47,8 +47,6 @@ from engine.apilink import ServiceLink
 from engine.stream_changes import REPLIES, StreamChanges
 from workers.runtime import StageContext
 
-log = logging.getLogger("engine.supervisor")
-
 READY_TIMEOUT_S = 300.0       # compiling for a GPU can take minutes the first time
 STOP_GRACE_S = 1.0
 HANG_TIMEOUT_S = 30.0       # a live source may block this long while it reconnects

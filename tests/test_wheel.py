@@ -22,7 +22,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-SOURCES = ("pyproject.toml", "README.md", "engine", "workers", "models", "configs", "data")
+SOURCES = ("pyproject.toml", "README.md", "ovstream.py", "engine", "workers", "models", "configs", "data")
 
 
 def _copy_sources(dest: Path) -> None:
@@ -83,6 +83,7 @@ def test_the_wheel_holds_every_module_and_the_bundled_resources(installed):
     for resource in ("models/models.toml", "configs/default.toml", "data/coco100/000000000139.jpg",
                      "models/ssd_mobilenet_v1_coco/detect.tflite", "data/mscoco_labels.txt"):
         assert f"engine/bundled/{resource}" in names
+    assert "ovstream.py" in names                               # the public module: `import ovstream`
     assert not any(name.startswith(("models/", "configs/", "data/", "bench/")) for name in names)
 
 
@@ -102,6 +103,23 @@ def test_installed_package_runs_from_another_folder(installed):
     assert len(records) == 100 and all(r["status"] == "ok" for r in records)
     assert any(d["label"] == "person" for r in records for d in r["detections"])   # labels file found
     assert _tree(installed["site"]) == site_before            # nothing written into the installation
+
+
+def test_the_python_api_runs_from_another_folder(installed):
+    """`import ovstream` from the wheel: a Pipeline over the bundled images, results in order,
+    the same run's results.jsonl line for line; nothing written into the installation."""
+    site_before = _tree(installed["site"])
+    script = ("import ovstream\n"
+              "with ovstream.Pipeline(source='data/coco100', model='face', output='api') as pipe:\n"
+              "    lines = [r.to_json() for r in pipe]\n"
+              "assert ovstream.__file__.startswith(__import__('sysconfig').get_paths()['purelib'])\n"
+              "assert lines == open('api/results.jsonl').read().splitlines(), 'results differ'\n"
+              "print(len(lines), sum(len(r.detections) for r in ovstream.read_results('api/results.jsonl')))\n")
+    api = _run(installed, str(installed["python"]), "-c", script)
+    assert api.returncode == 0, api.stderr
+    frames, faces = map(int, api.stdout.split())
+    assert frames == 100 and faces > 0
+    assert _tree(installed["site"]) == site_before
 
 
 def test_converted_model_is_registered_in_ovstream_home(installed):
