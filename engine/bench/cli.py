@@ -373,13 +373,17 @@ class Bench:
                                    "repeats": a.repeats, "steady_loops": a.steady_loops,
                                    "config": a.config or "configs/default.toml"}
         self.progress(f"versus: model {model}, {len(images)} images, {a.repeats} repeats; steady runs "
-                      f"{a.steady_loops} passes; engine and threaded script alternating")
+                      f"{a.steady_loops} passes; engine, threaded script (engine's OpenVINO settings) and plain "
+                      f"script (OpenVINO's defaults) alternating")
         self.progress(f"versus: inference-only probe, {a.probe_seconds:g} s")
         probe = inference_probe(self.cfg.model, self.cfg.inference, a.device, images, a.probe_seconds)
+        images_dir = str(self.images_dir)
         result = compare(
-            lambda out, loops: engine_command(str(self.images_dir), model, out, a.config,
-                                              loop=loops if loops > 1 else None),
-            lambda out, loops: threaded_command(str(self.images_dir), model, out, a.config, loops, a.device),
+            {"engine": lambda out, loops: engine_command(images_dir, model, out, a.config,
+                                                         loop=loops if loops > 1 else None),
+             "threaded": lambda out, loops: threaded_command(images_dir, model, out, a.config, loops, a.device),
+             "plain": lambda out, loops: threaded_command(images_dir, model, out, a.config, loops, a.device,
+                                                          settings="default")},
             self.out, len(images), a.repeats, a.steady_loops, self.progress)
         profile = profile_summary(result.pop("engine_reports"), probe["core_ms_per_frame"])
         live = self._live(images) if a.live_seconds > 0 else None
@@ -530,9 +534,10 @@ def render_versus(result: dict, console: Console) -> None:
                   f"images (steady: × {s.get('steady_loops')}); {s.get('repeats')} alternating repeats; machine "
                   f"{fmt(m.get('cpu_busy_pct_before'), 0)}% busy before the start, load average "
                   f"{m.get('load_avg_at_start', ['?'])[0]} → {m.get('load_avg_at_end', ['?'])[0]}")
-    table = Table(title="Engine vs threaded single-process script (median of repeats, min–max)")
-    for col in ("figure", "engine", "min–max", "threaded script", "min–max", "engine / threaded",
-                "paired ratios (min–max)"):
+    table = Table(title="Engine vs the threaded single-process script with the engine's OpenVINO settings "
+                        "(threaded) and with OpenVINO's defaults (plain); median of repeats, min–max")
+    for col in ("figure", "engine", "min–max", "threaded", "min–max", "plain", "min–max", "engine / threaded",
+                "paired (min–max)", "engine / plain", "paired (min–max)"):
         table.add_column(col, justify="left" if col == "figure" else "right")
     labels = {"job_wall_s": ("whole job wall s", 2), "job_cpu_s": ("whole job CPU s", 2),
               "first_result_s": ("time to first result s", 3), "job_stream_s": ("  first → last result s", 3),
@@ -541,13 +546,15 @@ def render_versus(result: dict, console: Console) -> None:
     for key, row in v["summary"].items():
         label, digits = labels.get(key, (key, 2))
         cells = [label]
-        for side in ("engine", "threaded"):
+        for side in ("engine", "threaded", "plain"):
             sp = row.get(side)
             cells += [fmt(sp["median"], digits), f"{fmt(sp['min'], digits)}–{fmt(sp['max'], digits)}"] if sp \
                 else ["—", "—"]
-        cells.append(fmt(row.get("engine_over_threaded"), 3, "×"))
-        pair = row.get("paired_ratio")
-        cells.append(f"{fmt(pair['median'], 3, '×')} ({fmt(pair['min'], 3)}–{fmt(pair['max'], 3)})" if pair else "—")
+        for script, pair_key in (("threaded", "paired_ratio"), ("plain", "paired_ratio_plain")):
+            cells.append(fmt(row.get(f"engine_over_{script}"), 3, "×"))
+            pair = row.get(pair_key)
+            cells.append(f"{fmt(pair['median'], 3, '×')} ({fmt(pair['min'], 3)}–{fmt(pair['max'], 3)})" if pair
+                         else "—")
         table.add_row(*cells)
     console.print(table)
     probe = v.get("probe") or {}
@@ -582,7 +589,8 @@ def render_versus(result: dict, console: Console) -> None:
     tt = Table(title="Targets")
     for col in ("target", "value", "wanted", "met"):
         tt.add_column(col)
-    names = {"steady_fps": "steady FPS engine/threaded", "job_wall_s": "whole job wall engine/threaded",
+    names = {"steady_fps": "steady FPS engine/threaded", "steady_fps_plain": "steady FPS engine/plain",
+             "job_wall_s": "whole job wall engine/threaded", "job_wall_s_plain": "whole job wall engine/plain",
              "first_result_s": "engine time to first result s", "overhead_ms_per_frame": "engine overhead core-ms/frame",
              "live_latency_ratio": "live e2e p50 / sum of stage p50s"}
     for key, t in v.get("targets", {}).items():

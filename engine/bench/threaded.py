@@ -6,7 +6,8 @@ a fresh model-input array (the engine's :class:`~engine.geometry.Geometry`); the
 starts it on an OpenVINO ``AsyncInferQueue`` of 2 requests, whose callback parses the outputs
 with the model's own adapter and appends one JSON line per frame to ``results.jsonl`` (in
 completion order, flushed as it goes). The model is read, prepared and compiled as the engine
-does (uint8 BGR NHWC in, the config's hint), so both produce the same detections; without a
+does (uint8 BGR NHWC in, the config's hint; or, with ``--settings default``, OpenVINO's own defaults
+as a plain ``core.compile_model(model, device)`` gives), so both produce the same detections; without a
 compiled-model cache unless ``--cache-dir`` asks for one (the plain script compiles every time).
 
 Run as ``python -m engine.bench.threaded --images DIR [--model NAME] [--loop N] --output DIR``; it
@@ -38,7 +39,8 @@ AHEAD = 4          # images read ahead of the inference queue
 
 
 def run(images: Path, output: Path, model: str | None = None, loop: int = 1, device: str = "CPU",
-        config: str | None = None, nireq: int = NIREQ, threads: int = THREADS, cache_dir: str = "off") -> dict:
+        config: str | None = None, nireq: int = NIREQ, threads: int = THREADS, cache_dir: str = "off",
+        settings: str = "engine") -> dict:
     """Every image of ``images``, ``loop`` times, through the model; returns the summary dict."""
     overrides: dict = {"source": {"uri": str(images)}}
     if model:
@@ -46,7 +48,8 @@ def run(images: Path, output: Path, model: str | None = None, loop: int = 1, dev
     cfg = load_config(config, overrides)
     core = ov.Core()
     prepared, info = prepare_model(read_model(core, cfg.model.path), cfg.model, 1)
-    compiled = compile_model(core, prepared, device, cfg.inference.model_copy(update={"nireq": 0, "cache_dir": cache_dir}))
+    own = {"nireq": 0, "cache_dir": cache_dir} | ({"hint": "NONE", "streams": 0, "threads": 0} if settings == "default" else {})
+    compiled = compile_model(core, prepared, device, cfg.inference.model_copy(update=own))
     adapter = create_adapter(cfg.model)
     names = list(output_shapes(compiled))
     pre = cfg.model.preprocess
@@ -97,7 +100,8 @@ def run(images: Path, output: Path, model: str | None = None, loop: int = 1, dev
     queue.wait_all()
     out.close()
     summary = {**counts, "cpu_s_start": round(cpu_start, 4), "cpu_s_end": round(time.process_time(), 4),
-               "nireq": nireq, "threads": threads, "model": cfg.model.name or cfg.model.path}
+               "nireq": nireq, "threads": threads, "model": cfg.model.name or cfg.model.path,
+               "hint": str(compiled.get_property("PERFORMANCE_HINT")), "ov_streams": int(compiled.get_property("NUM_STREAMS"))}
     (output / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     return summary
 
@@ -114,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=THREADS)
     parser.add_argument("--cache-dir", default="off",
                         help="OpenVINO compiled-model cache: off (default, as the plain script), auto, or a folder")
+    parser.add_argument("--settings", choices=("engine", "default"), default="engine",
+                        help="OpenVINO compile settings: the engine's (config hint) or OpenVINO's defaults")
     a = parser.parse_args(argv)
-    summary = run(Path(a.images), Path(a.output), a.model, max(1, a.loop), a.device, a.config, a.nireq, a.threads, a.cache_dir)
+    summary = run(Path(a.images), Path(a.output), a.model, max(1, a.loop), a.device, a.config, a.nireq, a.threads,
+                  a.cache_dir, a.settings)
     return 0 if summary["frames"] and not summary["errors"] else 1
 
 

@@ -34,6 +34,7 @@ def test_threaded_script_finds_what_the_engine_adapter_finds(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 12 and summary["errors"] == 0 and summary["nireq"] == 2
     assert 0 < summary["cpu_s_start"] <= summary["cpu_s_end"]
+    assert summary["hint"] == "THROUGHPUT"                                    # the engine's settings
     # the same detections as the codelab's sync loop through the engine's adapter
     reference = sync_loop(Prepared(load_config(None, {"model": {"name": "face"}}).model, "CPU"), chosen, keep=True)
     by_id = {r["frame_id"]: r["detections"] for r in records}
@@ -110,11 +111,21 @@ def test_engine_profile_splits_work_from_overhead():
     assert rows["postprocessor"]["work_ms"] == 0.3 and rows["postprocessor"]["overhead_ms"] == 0.7
 
 
+def test_plain_script_compiles_with_openvinos_defaults(tmp_path):
+    out = tmp_path / "out"
+    cmd = threaded_command(str(COCO), "face", out, None, 1, "CPU", settings="default")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["hint"] == "LATENCY" and summary["frames"] == len(list_images(COCO))
+
+
 def test_summary_ratios_pairs_and_targets():
     runs = {"engine": [{"job_wall_s": 2.0, "steady_fps": 110.0, "first_result_s": 0.7},
                        {"job_wall_s": 3.0, "steady_fps": 90.0, "first_result_s": 0.9}],
             "threaded": [{"job_wall_s": 2.5, "steady_fps": 100.0, "first_result_s": 1.0},
-                         {"job_wall_s": 2.5, "steady_fps": 100.0, "first_result_s": 1.0}]}
+                         {"job_wall_s": 2.5, "steady_fps": 100.0, "first_result_s": 1.0}],
+            "plain": [{"job_wall_s": 4.0, "steady_fps": 80.0}, {"job_wall_s": 4.0, "steady_fps": 75.0}]}
     summary = summarize(runs)
     assert summary["steady_fps"]["engine"]["median"] == 100.0
     assert summary["steady_fps"]["engine_over_threaded"] == 1.0
@@ -122,6 +133,9 @@ def test_summary_ratios_pairs_and_targets():
     assert summary["job_cpu_s"]["engine"] is None and summary["job_cpu_s"]["paired_ratio"] is None
     targets = verdicts(summary, overhead_ms=0.4)
     assert targets["steady_fps"]["met"] is False                # 1.0 < 1.05
+    assert summary["steady_fps"]["engine_over_plain"] == round(100.0 / 77.5, 3)
+    assert summary["steady_fps"]["paired_ratio_plain"]["min"] == 1.2      # 90 / 75 and 110 / 80
+    assert targets["steady_fps_plain"]["met"] is True and targets["job_wall_s_plain"]["met"] is True
     assert targets["job_wall_s"]["met"] is False                # 2.5 / 2.5 = 1.0 is not < 1
     assert targets["first_result_s"]["value"] == 0.8 and targets["first_result_s"]["met"] is True
     assert targets["overhead_ms_per_frame"]["met"] is True
@@ -132,7 +146,8 @@ def test_render_versus_shows_the_comparison_profile_and_targets():
     from engine.bench.cli import render_versus
 
     summary = summarize({"engine": [{"steady_fps": 50.0, "job_wall_s": 3.0}],
-                         "threaded": [{"steady_fps": 60.0, "job_wall_s": 2.0}]})
+                         "threaded": [{"steady_fps": 60.0, "job_wall_s": 2.0}],
+                         "plain": [{"steady_fps": 40.0, "job_wall_s": 4.0}]})
     result = {"machine": {"cpu": "test cpu", "logical_cores": 2}, "settings": {"model": "face", "frames": 100},
               "versus": {"summary": summary, "runs": {"engine": [{"errors": ["steady: exit code 1"]}], "threaded": []},
                          "probe": {"core_ms_per_frame": 4.5, "fps": 400.0},
@@ -143,7 +158,7 @@ def test_render_versus_shows_the_comparison_profile_and_targets():
     out = io.StringIO()
     render_versus(result, Console(file=out, width=200))
     text = out.getvalue()
-    for expected in ("steady-state FPS", "0.833×", "inference-0", "engine overhead", "Targets", "exit code 1"):
+    for expected in ("steady-state FPS", "0.833×", "1.250×", "inference-0", "engine overhead", "Targets", "exit code 1"):
         assert expected in text, expected
 
 
