@@ -12,7 +12,7 @@ same stages, pools, ledgers and sinks as ``ovstream run``; records come from the
 a ZeroMQ socket (msgpack, :class:`~engine.messages.RecordMsg`), commands and snapshots travel on
 a second one (:class:`~engine.messages.ApiMsg`), both in a private (0700) run directory. Leaving
 the ``with`` block, an exception or Ctrl-C in it, :meth:`Pipeline.close`, the end of a ``for``
-loop over a pipeline that no ``with`` holds (a ``break`` included), garbage collection and the
+loop that itself started a pipeline no ``with`` holds (a ``break`` included), garbage collection and the
 interpreter's exit all stop every process of the run. A pipeline is used from one thread.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import zmq
 
 from engine import errors
 from engine.channels import RunDir, make_socket
-from engine.config import RunConfig, load_config, resolve_model, resolve_streams
+from engine.config import RunConfig, load_config, merge_tables, resolve_model, resolve_streams
 from engine.errors import ConfigError, OvstreamError, PipelineError
 from engine.logs import stage_level
 from engine.messages import ApiMsg, MessageError, RecordMsg, decode
@@ -76,7 +76,7 @@ def build_config(config: str | Path | RunConfig | dict | None = None, **options:
     if isinstance(config, RunConfig):
         config = config.to_dict()
     if isinstance(config, dict):
-        cfg = resolve_model(resolve_streams(RunConfig.from_dict(_merge(config, overrides), origin="Pipeline config")))
+        cfg = resolve_model(resolve_streams(RunConfig.from_dict(merge_tables(config, overrides), origin="Pipeline config")))
     else:
         cfg = load_config(config, overrides)
     if values["loop"] is not None:
@@ -88,11 +88,6 @@ def build_config(config: str | Path | RunConfig | dict | None = None, **options:
     return cfg
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 class Pipeline:

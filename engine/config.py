@@ -501,11 +501,12 @@ def read_toml(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge_tables(base: dict, override: dict) -> dict:
+    """``override`` over ``base``, tables merged key by key (neither is changed)."""
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_tables(out[key], value)
         else:
             out[key] = value
     return out
@@ -538,7 +539,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     data = anchor_paths(read_toml(cfg_path), cfg_path.absolute().parent, writes_to_cwd=bundled)
     if overrides:
         RunConfig.from_dict(overrides, origin="command line")   # a bad option is named as such
-        data = _merge(data, anchor_paths(overrides, Path.cwd()))
+        data = merge_tables(data, anchor_paths(overrides, Path.cwd()))
     cfg = RunConfig.from_dict(data, origin=str(cfg_path))
     resolve_streams(cfg)
     return resolve_model(cfg)
@@ -554,7 +555,7 @@ def anchor_paths(data: dict, base: Path, writes_to_cwd: bool = False) -> dict:
     """A copy of raw config ``data`` whose relative paths are made absolute: what is read (sources,
     model, labels, certificates) by :func:`engine.paths.resolve` from ``base``; the output folder
     from ``base`` too, or from the working directory for a bundled config (``writes_to_cwd``)."""
-    data = _merge({}, data)                         # tables copied: the caller's stay as they were
+    data = merge_tables({}, data)                         # tables copied: the caller's stay as they were
     if isinstance(data.get("sources"), list):
         data["sources"] = [dict(entry) if isinstance(entry, dict) else entry for entry in data["sources"]]
 

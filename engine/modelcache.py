@@ -29,8 +29,8 @@ from engine.config import CACHE_WORDS, ModelConfig
 log = logging.getLogger(__name__)
 
 OFF = tuple(word for word in CACHE_WORDS if word != "auto")
-_CODE = ("model.py", "tflite_ops.py")
-FACT_FIELDS = {"name", "layout", "height", "width", "channels"}     # engine.model.InputInfo      # the engine's reading and preparation: part of every key
+_CODE = ("model.py", "tflite_ops.py")                               # the engine's reading and preparation: part of every key
+FACT_FIELDS = {"name", "layout", "height", "width", "channels"}     # engine.model.InputInfo
 
 
 def cache_root(setting: str) -> Path | None:
@@ -57,16 +57,32 @@ def writable(root: Path | None) -> Path | None:
     return None
 
 
+WEIGHTS = {".xml": ".bin", ".pdmodel": ".pdiparams"}     # graph file → the weights file beside it
+
+
+def _neighbours(path: Path) -> bytes:
+    """Name, size and modification time of the other files beside an ONNX model: its external
+    data, which ONNX names freely (read by metadata, not content: the folder may be large)."""
+    if path.suffix.lower() != ".onnx" or not path.parent.is_dir():
+        return b""
+    stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.parent.iterdir()
+                   if p.is_file() and p != path)
+    return json.dumps(stats).encode()
+
+
 def entry_key(cfg: ModelConfig, batch: int) -> str:
-    """What the prepared model depends on, hashed: file contents (and an IR's weights), params,
+    """What the prepared model depends on, hashed: file contents (and its weights file; an ONNX
+    model's neighbours by size and time), params,
     preprocessing, batch, OpenVINO version and the engine's reading code."""
     h = hashlib.sha256()
     path = Path(cfg.path)
-    for part in (path, path.with_suffix(".bin") if path.suffix.lower() == ".xml" else None):
+    weights = path.with_suffix(WEIGHTS[path.suffix.lower()]) if path.suffix.lower() in WEIGHTS else None
+    for part in (path, weights):
         if part is not None and part.exists():
             with open(part, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
+    h.update(_neighbours(path))
     here = Path(__file__).parent
     for name in _CODE:
         h.update((here / name).read_bytes())
@@ -102,6 +118,10 @@ class ModelCache:
         except (OSError, ValueError):
             pass
         return None
+
+    def discard(self, cfg: ModelConfig, batch: int) -> None:
+        """Remove a damaged entry, so the next :meth:`store` writes it again."""
+        shutil.rmtree(self._entry(cfg, batch), ignore_errors=True)
 
     def store(self, cfg: ModelConfig, batch: int, prepared: ov.Model, facts: dict) -> Path | None:
         """Write an entry (atomically: a temporary folder renamed into place); None on failure."""

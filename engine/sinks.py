@@ -327,7 +327,6 @@ class ApiSink(Sink):
         self._fifo: deque[bytes] = deque()
         self._limit = limit
         self._ended = False
-        self.sent = 0
 
     @property
     def backlogged(self) -> bool:
@@ -349,7 +348,6 @@ class ApiSink(Sink):
             except self._zmq.Again:
                 return
             self._fifo.popleft()
-            self.sent += 1
 
     def close(self, streams: int = 0) -> None:
         """Queue the end marker, naming how many ``streams`` have ended; :meth:`poll` hands it

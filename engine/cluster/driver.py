@@ -192,7 +192,9 @@ class ClusterRun:
         data = self.cfg.to_dict()
         data["sources"] = [{**self.streams[n].source, "start": self.streams[n].start} for n in names]
         data["source"] = data["sources"][0]
-        data["output"] = {**data["output"], "dir": str(folder), "status": True, "report": True}
+        # results.jsonl is the resume record of a lost engine: written even when the user's config
+        # has jsonl off (then the segments are removed after the run instead of joined)
+        data["output"] = {**data["output"], "dir": str(folder), "status": True, "report": True, "jsonl": True}
         data["dashboard"] = {**data["dashboard"], "enabled": False}
         data["metrics"] = {**data["metrics"], "port": 0, "linger_s": 0.0}
         data["cluster"] = {**data["cluster"], "address": ""}
@@ -498,12 +500,11 @@ def run_cluster(cfg: RunConfig, address: str, duration_s: float = 0.0) -> int:
         if cfg.output.report:
             path = output.write_report(report)
             console.print(f"report: {path}   results: {output.path / 'results.jsonl'}")
-        for engine in run.engines.values():            # joined into results.jsonl: the segments go
-            if cfg.output.jsonl:
-                try:
-                    os.unlink(engine.folder / "results.jsonl")
-                except OSError:
-                    pass
+        for engine in run.engines.values():            # joined into results.jsonl (or not asked for): the segments go
+            try:
+                os.unlink(engine.folder / "results.jsonl")
+            except OSError:
+                pass
     if state == "interrupted":
         print(f"ovstream run: interrupted by signal {run.interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -56,6 +56,23 @@ def test_entry_key_follows_the_file_preprocessing_and_batch(tmp_path):
     assert entry_key(moved, 1) == key                           # contents, not the path
     copy.write_bytes(copy.read_bytes() + b"\0")
     assert entry_key(moved, 1) != key
+    # weights beside the graph file count too: an IR's .bin, an ONNX model's external data
+    ir = load_config(None, {"model": {"name": "mnist"}}).model
+    xml = tmp_path / "ir" / "m.xml"
+    xml.parent.mkdir()
+    xml.write_bytes(open(ir.path, "rb").read())
+    xml.with_suffix(".bin").write_bytes(open(str(ir.path)[:-4] + ".bin", "rb").read())
+    ir_moved = ir.model_copy(update={"path": str(xml)})
+    before = entry_key(ir_moved, 1)
+    xml.with_suffix(".bin").write_bytes(xml.with_suffix(".bin").read_bytes()[:-4] + b"\1\2\3\4")
+    assert entry_key(ir_moved, 1) != before
+    onnx = cfg.model_copy(update={"path": str(tmp_path / "onnx" / "m.onnx")})
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "m.onnx").write_bytes(b"graph")
+    (tmp_path / "onnx" / "weights.data").write_bytes(b"1234")
+    before = entry_key(onnx, 1)
+    (tmp_path / "onnx" / "weights.data").write_bytes(b"123456")
+    assert entry_key(onnx, 1) != before
 
 
 def test_stored_model_gives_the_same_outputs_and_facts(tmp_path, monkeypatch):
@@ -133,3 +150,5 @@ def test_damaged_entries_fall_back_to_the_original(tmp_path, monkeypatch, warnin
     compiled = load_compiled(ov.Core(), cfg, "CPU", 1)          # read from the original file instead
     assert len(compiled.outputs) == len(facts["outputs"])
     assert "did not compile" in warnings_seen.text
+    again, _ = cache.lookup(cfg.model, 1)                       # the damaged entry was written anew
+    assert ov.Core().compile_model(str(again), "CPU") is not None
