@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 10.0       # a stopping supervisor stops its stages within ~1 s and reports
 POLL_MS = 100
+SEEN_INTERVAL_S = 0.5       # how often the supervisor hears what the iterator has received
 SPARE_STREAMS = 4           # streams a pipeline can add beyond its configured ones, by default
 REQUEST_TIMEOUT_S = 30.0
 
@@ -115,6 +116,7 @@ class Pipeline:
         self._proc: subprocess.Popen | None = None
         self._snapshot: Snapshot | None = None
         self._last: dict[str, int] = {}        # per stream: the last frame id handed out
+        self._seen_due = 0.0                    # when the supervisor next hears self._last
         self._end_seen = False
         self._in_with = False
         self._closed = False
@@ -256,6 +258,9 @@ class Pipeline:
         if result.frame_id <= self._last.get(result.stream, -1):
             return None                 # a record sent again by a restarted postprocessor
         self._last[result.stream] = result.frame_id
+        if time.monotonic() >= self._seen_due:          # where a restarted postprocessor resends from
+            self._seen_due = time.monotonic() + SEEN_INTERVAL_S
+            self._command("seen", {"marks": {name: last + 1 for name, last in self._last.items()}})
         return result
 
     def _raise_failure(self) -> None:

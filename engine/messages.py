@@ -356,7 +356,9 @@ class RecordMsg(Message):
 class ApiMsg(Message):
     """API ⇄ the supervisor of a library pipeline.
 
-    API → supervisor: ``stop``; ``drained`` (every result is in the API's hands); ``add_source``
+    API → supervisor: ``stop``; ``drained`` (every result is in the API's hands); ``seen`` (``arg``:
+    ``{"marks": {stream: the first frame id the iterator has not received}}``, every 0.5 s while
+    results come: where a restarted postprocessor hands results.jsonl over again); ``add_source``
     (``arg``: a ``[[sources]]`` entry); ``remove_source`` (``arg``: ``{"name"}``).
     Supervisor → API: ``started`` (``arg``: ``{"streams": [names]}``); ``snapshot`` (``arg``:
     ``Snapshot.to_dict()``, every 0.5 s); ``done`` / ``refused`` answering request ``request``

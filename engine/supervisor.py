@@ -174,6 +174,7 @@ class Supervisor(StreamChanges):
         self.ended: set[int] = set()
         self.resume: dict[str, int] = {}        # live stream → next frame id for a restarted decoder
         self.replay_from: dict[str, int] = {}   # MQTT: stream → lowest frame id the broker has not confirmed
+        self.api_seen: dict[str, int] = {}      # library pipeline: stream → first frame id its iterator lacks
         self.adding: dict[int, set[str]] = {}  # added stream → stages yet to confirm they know it
         self.waiting_adds: list[ApiMsg] = []   # add_source requests waiting for a range to come free
         self.generation = 0
@@ -247,7 +248,8 @@ class Supervisor(StreamChanges):
             input={"height": self.info.height, "width": self.info.width, "batch": self.cfg.inference.batch},
             device=child.device, completed={str(sid): self.ledgers[sid].ranges() for sid in streams},
             supervisor_pid=os.getpid(), layout=self.layout.to_dict(), epoch=child.restarts, resume=resume,
-            replay_from=self.replay_from if child.role == "postprocessor" else {}, log_level=stage_level())
+            replay_from=self.replay_from if child.role == "postprocessor" else {},
+            api_from=self.api_seen if child.role == "postprocessor" else {}, log_level=stage_level())
 
     def _spawn(self, child: Child) -> None:
         ctx_path = self.run_dir.path / f"{child.name}.json"
@@ -468,6 +470,10 @@ class Supervisor(StreamChanges):
         for msg in self.link.receive():
             if msg.kind == "stop":
                 self.stop_requested = True
+            elif msg.kind == "seen" and isinstance(msg.arg.get("marks"), dict):
+                for name, mark in msg.arg["marks"].items():
+                    if isinstance(name, str) and isinstance(mark, int):
+                        self.api_seen[name] = max(self.api_seen.get(name, 0), mark)
             elif msg.kind == "drained":
                 self.link.drained = max(self.link.drained, int(msg.arg.get("streams", 0)))
             elif msg.kind == "add_source" and self._draining() and not self.layout.spare:

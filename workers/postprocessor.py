@@ -162,8 +162,10 @@ def run(ctx: StageContext, stage: Stage) -> None:
     with output_errors(cfg.output.dir):
         sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams])
     outlet = ApiSink(ctx.endpoints["api"]) if "api" in ctx.endpoints else None   # a library pipeline
-    if ctx.generation > 0 and cfg.output.jsonl:
+    if ctx.generation > 0 and cfg.output.jsonl:     # what the previous postprocessor held undelivered
         replay(Path(cfg.output.dir) / "results.jsonl", ctx.replay_from, [s for s in sinks if s.replays])
+        if outlet is not None:                      # the iterator drops what it already has
+            replay(Path(cfg.output.dir) / "results.jsonl", ctx.api_from, [outlet])
     streams = StreamOutputs(ctx, layout)
 
     def on_control(msg: ControlMsg) -> None:

@@ -51,6 +51,7 @@ class StageContext:
     epoch: int = 0                                    # this instance's restart count (decoders)
     resume: dict[str, int] = field(default_factory=dict)   # live stream → first frame id to use
     replay_from: dict[str, int] = field(default_factory=dict)  # postprocessor: stream → first frame id to publish again
+    api_from: dict[str, int] = field(default_factory=dict)     # … and to hand a library pipeline's iterator again
     log_level: int = logging.INFO                     # of the stage's log file
 
     def to_json(self) -> str:
@@ -60,7 +61,7 @@ class StageContext:
             "config": self.config.to_dict(), "input": self.input, "device": self.device,
             "completed": self.completed, "supervisor_pid": self.supervisor_pid,
             "layout": self.layout, "epoch": self.epoch, "resume": self.resume,
-            "replay_from": self.replay_from, "log_level": self.log_level,
+            "replay_from": self.replay_from, "api_from": self.api_from, "log_level": self.log_level,
         })
 
     @classmethod

@@ -11,8 +11,10 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 
+import psutil
 import pytest
 
 import ovstream
@@ -69,6 +71,27 @@ def test_break_out_of_the_loop_stops_everything(tag, tmp_path):
         if n == 3:
             break
     assert leftovers(tag) == []
+
+
+def test_a_restarted_postprocessor_hands_the_iterator_every_result_once(tag, tmp_path):
+    """Records the dead postprocessor held for a slow loop (acknowledged, not yet delivered) come
+    again from results.jsonl; the iterator drops the ones it already had: no gap, no repeat."""
+    frames = 2000
+    with ovstream.Pipeline(source=COCO, loop=20, output=tmp_path / "out", **FACE) as pipe:
+        ids = []
+        for result in pipe:
+            ids.append(result.frame_id)
+            if len(ids) == 1:
+                time.sleep(5)                        # a slow loop: records queue up for it (the outlet's too)
+            if len(ids) == 2:
+                post = [p for p in psutil.Process().children(recursive=True)
+                        if "workers.postprocessor" in " ".join(p.cmdline())]
+                assert len(post) == 1
+                post[0].kill()
+        final = pipe.stats()
+    assert ids == list(range(frames))
+    assert final.totals.frames_out == frames
+    assert sum(p.restarts for p in final.processes if p.name.startswith("postprocessor")) == 1
 
 
 def test_an_exception_in_the_block_stops_everything_and_goes_on_up(tag, tmp_path):
