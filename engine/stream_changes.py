@@ -70,6 +70,11 @@ class StreamChanges:
         while self.waiting_adds and (self.layout.spare or not self._draining()):
             self._answer(self.waiting_adds.pop(0))
 
+    def _refuse_waiting(self) -> None:
+        """The run is over: adds still waiting for a range are answered now, not left to time out."""
+        while self.waiting_adds:
+            self.link.send("refused", {"error": "the pipeline has ended"}, self.waiting_adds.pop(0).request)
+
     def _add_source(self, entry: dict) -> str:
         """Validate a new stream, give it a slot range and a decoder, and tell the preprocessor and
         postprocessor; its decoder opens it once both know it (so no frame of it can arrive

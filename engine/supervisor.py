@@ -545,6 +545,8 @@ class Supervisor(StreamChanges):
                 return Outcome(code, f"interrupted by signal {self.interrupted}")
             return Outcome(code, str(exc))
         finally:
+            if self.link is not None:
+                self._refuse_waiting()
             dashboard.stop()
             self._cleanup()
         snapshot = self.metrics.snapshot()
