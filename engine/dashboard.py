@@ -223,15 +223,10 @@ def streams_table(snap: Snapshot, limit: int = STREAM_ROWS) -> Table:
     return table
 
 
-def render_summary(snap: Snapshot | dict) -> RenderableType:
-    """Printed once at exit: totals, throughput per device, latency per stage, processes.
-
-    Takes the final snapshot or its run report (``Snapshot.to_dict()``).
-    """
-    if isinstance(snap, dict):
-        snap = Snapshot.from_dict(snap)
+def summary_head(snap: Snapshot, title: str) -> Table:
+    """The first table of an exit summary: state, duration, throughput, frames, accounting."""
     t = snap.totals
-    head = Table(box=box.SIMPLE_HEAD, show_header=False, title="run summary", title_justify="left")
+    head = Table(box=box.SIMPLE_HEAD, show_header=False, title=title, title_justify="left")
     head.add_column(style="bold")
     head.add_column()
     head.add_row("state", snap.state)
@@ -240,6 +235,17 @@ def render_summary(snap: Snapshot | dict) -> RenderableType:
     head.add_row("frames", f"in {t.frames_in}  out {t.frames_out}  errors {t.errors}  "
                            f"drops {t.drops}  duplicates {t.duplicates}")
     head.add_row("accounting", accounting_text(t))
+    return head
+
+
+def render_summary(snap: Snapshot | dict) -> RenderableType:
+    """Printed once at exit: totals, throughput per device, latency per stage, processes.
+
+    Takes the final snapshot or its run report (``Snapshot.to_dict()``).
+    """
+    if isinstance(snap, dict):
+        snap = Snapshot.from_dict(snap)
+    head = summary_head(snap, "run summary")
     for k in snap.sinks:
         head.add_row("publish", sink_text(k))
     parts: list[RenderableType] = [head]

@@ -15,7 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from engine.dashboard import PREFIX, Dashboard, accounting_text, format_plain, progress_view, streams_table
+from engine.dashboard import PREFIX, Dashboard, format_plain, progress_view, streams_table, summary_head
 from engine.metrics import Snapshot, StreamRow, Totals
 
 
@@ -142,15 +142,7 @@ class ClusterDashboard(Dashboard):
 def render_cluster_summary(report: dict, view: ClusterView) -> RenderableType:
     """Printed once at exit: the cluster's totals, the streams and the engines."""
     snap = Snapshot.from_dict(report)
-    t = snap.totals
-    head = Table(box=box.SIMPLE_HEAD, show_header=False, title="cluster run summary", title_justify="left")
-    head.add_column(style="bold")
-    head.add_column()
-    head.add_row("state", snap.state)
-    head.add_row("duration", f"{snap.elapsed_s:.2f} s")
-    head.add_row("throughput", f"{t.avg_fps:.2f} FPS")
-    head.add_row("frames", f"in {t.frames_in}  out {t.frames_out}  errors {t.errors}  drops {t.drops}")
-    head.add_row("accounting", accounting_text(t))
+    head = summary_head(snap, "cluster run summary")
     lost = [e for e in report.get("cluster", {}).get("events", []) if e.get("kind") == "engine_lost"]
     for e in lost:
         resumed = e.get("resumed_after_s")
