@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,12 @@ import psutil
 import pytest
 
 from engine.results import read_results
+
+# A test runner started in the background (`cmd &` in a script, as CI may do) inherits SIGINT
+# ignored, and so would every engine it starts: Ctrl-C tests would then test nothing. Give this
+# process a terminal's Ctrl-C; children it execs get the default disposition from that.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 REPO = Path(__file__).resolve().parent.parent
