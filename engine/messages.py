@@ -196,15 +196,12 @@ class BatchMsg(Message):
 
 @dataclass(slots=True)
 class CreditMsg(Message):
-    """inference → preprocessor: ``credits`` more free infer requests.
-
-    The first message of a worker (``hello`` true) announces its capacity after compile.
-    """
+    """inference → preprocessor, once per worker instance after compile: its ``credits`` (infer
+    requests). A credit comes back when the postprocessor releases the batch that used it."""
 
     TYPE: ClassVar[str] = "credit"
     worker: str                      # instance identity "name@pid"
     credits: int
-    hello: bool = False
     generation: int = 0
 
 
@@ -373,7 +370,7 @@ class ApiMsg(Message):
 
 
 def encode_result(msg: ResultMsg, tensors: list) -> list:
-    """Multipart frames for a result: the header, then each tensor's buffer (not copied)."""
+    """Multipart frames for a result: the header, then each tensor's buffer (not copied here)."""
     msg.outputs = [[name, str(t.dtype), list(t.shape)] for name, t in tensors]
     return [msg.encode(), *[memoryview(t).cast("B") if t.flags.c_contiguous else t.tobytes()
                             for _, t in tensors]]

@@ -30,6 +30,7 @@ from engine.metrics import stream_key, stream_state_code
 from engine.shm import SlotPool
 from engine.sources import Source, open_source
 from engine.streams import Layout, StreamSpec
+from engine.wakeup import Wakeup
 from workers.runtime import Stage, StageContext, stage_main
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class Feeder:
     """One stream's reader thread: slot, item, pixels into the slot, message into the outbox."""
 
     def __init__(self, spec: StreamSpec, src_cfg: SourceConfig, ctx: StageContext, pool: SlotPool,
-                 outbox: deque, wake: zmq.Socket, min_side: int) -> None:
+                 outbox: deque, wake: Wakeup, min_side: int) -> None:
         self.spec = spec
         self.cfg = src_cfg
         self.ctx = ctx
@@ -114,10 +115,7 @@ class Feeder:
 
     def _post(self, *parts: tuple[str, bytes]) -> None:
         self.outbox.extend(parts)
-        try:
-            self.wake.send(b"", zmq.NOBLOCK)
-        except zmq.Again:       # the main thread has plenty of wake-ups queued already
-            pass
+        self.wake.set()
 
     def _run(self) -> None:
         interval, due = self._pace_interval(), time.monotonic()
@@ -214,25 +212,17 @@ def run(ctx: StageContext, stage: Stage) -> None:
     releases = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints[ctx.name])
     frames_out = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["frames"], hwm=10_000)
     results_out = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"], hwm=10_000)
-    wake_addr = f"inproc://feeders-{ctx.name}"
-    wake_rx = make_socket(stage.zmq, zmq.PULL, bind=wake_addr)
+    wake = Wakeup()                     # a feeder has queued messages
     annotating = cfg.output.images or cfg.output.video      # annotated frames keep full resolution
     min_side = max(ctx.input["height"], ctx.input["width"]) if cfg.pipeline.reduced_decode and not annotating else 0
     if cfg.model.preprocess.resize == "crop":                # the input sees only the centre crop fraction
         min_side = math.ceil(min_side / cfg.model.preprocess.crop)
     feeders: list[Feeder] = []
     retired: dict[str, int] = {}         # the counts of removed streams' feeders
-    wakes: list[zmq.Socket] = []
     outbox: deque[tuple[str, bytes]] = deque()
 
     def open_feeder(spec: StreamSpec, src: SourceConfig) -> Feeder:
-        wake = make_socket(stage.zmq, zmq.PUSH, connect=wake_addr)
-        try:
-            feeder = Feeder(spec, src, ctx, pool, outbox, wake, min_side)
-        except BaseException:
-            wake.close(0)
-            raise
-        wakes.append(wake)
+        feeder = Feeder(spec, src, ctx, pool, outbox, wake, min_side)
         feeders.append(feeder)
         return feeder
 
@@ -270,15 +260,14 @@ def run(ctx: StageContext, stage: Stage) -> None:
             feeder.thread.start()
         poller = zmq.Poller()
         poller.register(releases, zmq.POLLIN)
-        poller.register(wake_rx, zmq.POLLIN)
+        poller.register(wake.fileno(), zmq.POLLIN)
         poller.register(stage.control, zmq.POLLIN)   # a stop wakes the loop at once
         sockets = {"frames": frames_out, "results": results_out}
         while not stage.stopping:
             stage.tick()
             events = dict(poller.poll(int(cfg.pipeline.heartbeat_s * 1000)))
-            if wake_rx in events:
-                while wake_rx.poll(0):
-                    wake_rx.recv()
+            if wake.fileno() in events:
+                wake.clear()
             if releases in events:
                 while releases.poll(0):
                     msg = stage.decode(releases.recv())
@@ -300,8 +289,6 @@ def run(ctx: StageContext, stage: Stage) -> None:
             for feeder in closed:
                 feeder.source.close()
                 feeders.remove(feeder)
-                wakes.remove(feeder.wake)
-                feeder.wake.close(0)
                 for name, value in _stream_counters(feeder).items():     # its counts stay in the totals
                     retired[name] = retired.get(name, 0) + value
                 retired["work_ns"] = retired.get("work_ns", 0) + feeder.work_ns
@@ -318,8 +305,10 @@ def run(ctx: StageContext, stage: Stage) -> None:
         for feeder in feeders:
             if not feeder.thread.is_alive():
                 feeder.source.close()       # releases the file or device (a live reader: its own thread)
-        for sock in (releases, frames_out, results_out, wake_rx, *wakes):
+        for sock in (releases, frames_out, results_out):
             sock.close(0)
+        if not any(f.thread.is_alive() for f in feeders):
+            wake.close()
         pool.close()
 
 

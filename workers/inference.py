@@ -1,14 +1,15 @@
 """Inference stage: one device, N async infer requests, input tensors that are views of shm.
 
 Every input slot gets one ``ov.Tensor`` wrapping its shared memory (no copy). The worker
-announces one credit per infer request; each completed batch returns its credit (its input slot
-is freed by the postprocessor once it holds the result, see the README's design). The completion callback only notes which request finished and wakes the main loop;
-the main loop reads the outputs and sends them as zero-copy frames beside the msgpack header.
+announces one credit per infer request once; a credit comes back to the preprocessor when the
+postprocessor releases the batch's input slot (see the README's design). The completion callback
+only notes which request finished and wakes the main loop; the main loop sends the outputs
+beside the msgpack header, copied once by ZeroMQ straight from the request's output memory,
+before the request is used again.
 """
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import deque
 from typing import Callable, Iterator
@@ -23,6 +24,7 @@ from engine.errors import DeviceError, describe
 from engine.messages import BatchMsg, CreditMsg, ResultMsg, encode_result
 from engine.model import device_info, load_compiled, output_shapes
 from engine.shm import SlotPool
+from engine.wakeup import Wakeup
 from workers.runtime import Stage, StageContext, stage_main
 
 
@@ -72,15 +74,10 @@ def load(ctx: StageContext) -> tuple[ov.CompiledModel, int, float]:
     return compiled, nireq, (time.monotonic() - t0) * 1000
 
 
-def _wake(sock: zmq.Socket, lock: threading.Lock) -> None:
-    with lock:                     # completion callbacks may run on several OpenVINO threads
-        sock.send(b"")
-
-
 class RequestPool:
     """N infer requests owned by the main loop: a request is reused only after the main loop has
-    read its outputs, so a returned credit always finds an idle request. The completion callback
-    only records the request and the time, then wakes the main loop."""
+    sent its outputs, so a returned credit always finds an idle request. The completion callback
+    (on any OpenVINO thread) only records the request and the time, then wakes the main loop."""
 
     def __init__(self, compiled: ov.CompiledModel, nireq: int, wake: Callable[[], None]) -> None:
         self._requests = [compiled.create_infer_request() for _ in range(nireq)]
@@ -111,18 +108,19 @@ class RequestPool:
         return True
 
     def collect(self, outputs: int) -> Iterator[tuple[BatchMsg, list[np.ndarray] | None, str, int, int]]:
-        """Finished batches: (batch, output copies or None, error, started_ns, ended_ns)."""
+        """Finished batches: (batch, outputs or None, error, started_ns, ended_ns). The outputs
+        are views of the request's memory, valid until the caller asks for the next batch."""
         while self._done:
             index, ended = self._done.popleft()
             batch, started = self._busy.pop(index)
             request = self._requests[index]
             try:
                 request.wait()                       # returns at once; raises if inference failed
-                arrays, error = [np.array(request.get_output_tensor(i).data) for i in range(outputs)], ""
+                arrays, error = [request.get_output_tensor(i).data for i in range(outputs)], ""
             except Exception as exc:  # a failed inference becomes error records, the worker goes on
                 arrays, error = None, describe(exc)
-            self._idle.append(index)
             yield batch, arrays, error, started, ended
+            self._idle.append(index)
 
     def wait_all(self) -> None:
         for index in list(self._busy):
@@ -139,29 +137,24 @@ def run(ctx: StageContext, stage: Stage) -> None:
     instance = f"{ctx.name}@{os.getpid()}"       # a restarted worker is a new instance to the dispatcher
     dispatch = make_socket(stage.zmq, zmq.DEALER, identity=instance, connect=ctx.endpoints["dispatch"], hwm=10_000)
     results = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"], hwm=10_000)
-    wake_addr = f"inproc://done-{ctx.name}"
-    wake_rx = make_socket(stage.zmq, zmq.PULL, bind=wake_addr)
-    wake_tx = make_socket(stage.zmq, zmq.PUSH, connect=wake_addr)
-    wake_lock = threading.Lock()
-    requests = RequestPool(compiled, nireq, lambda: _wake(wake_tx, wake_lock))
+    wake = Wakeup()                  # a request finished
+    requests = RequestPool(compiled, nireq, wake.set)
     stage.declare("frames", "batches", "errors")
     stage.gauges.update(nireq=nireq, in_flight=0)
     stage.ready(device=ctx.device, nireq=nireq, compile_ms=round(compile_ms, 1), **device_info(compiled))
-    dispatch.send(CreditMsg(instance, nireq, hello=True, generation=ctx.generation).encode())
+    dispatch.send(CreditMsg(instance, nireq, generation=ctx.generation).encode())
     poller = zmq.Poller()
     poller.register(dispatch, zmq.POLLIN)
-    poller.register(wake_rx, zmq.POLLIN)
+    poller.register(wake.fileno(), zmq.POLLIN)
     poller.register(stage.control, zmq.POLLIN)   # a stop wakes the loop at once
     try:
         while not stage.stopping:
             stage.tick()
             events = dict(poller.poll(int(ctx.config.pipeline.heartbeat_s * 1000)))
-            if wake_rx in events:
-                while wake_rx.poll(0):
-                    wake_rx.recv()
+            if wake.fileno() in events:
+                wake.clear()
             for batch, outputs, error, started, ended in requests.collect(len(names)):
                 _send_results(ctx, stage, results, batch, names, outputs, error, started, ended, batch_size)
-                dispatch.send(CreditMsg(instance, 1, generation=ctx.generation).encode())
             if dispatch in events:
                 while dispatch.poll(0):
                     msg = stage.decode(dispatch.recv())
@@ -172,8 +165,9 @@ def run(ctx: StageContext, stage: Stage) -> None:
             stage.gauges["in_flight"] = requests.in_flight
     finally:
         requests.wait_all()
-        for sock in (dispatch, results, wake_rx, wake_tx):
+        for sock in (dispatch, results):
             sock.close(0)
+        wake.close()
         del tensors
         pool.close()
 
@@ -195,7 +189,7 @@ def _send_results(ctx: StageContext, stage: Stage, results: zmq.Socket, batch: B
         stage.count("errors", len(batch.frames))
         results.send(msg.encode())
         return
-    results.send_multipart(encode_result(msg, list(zip(names, outputs))), copy=False)
+    results.send_multipart(encode_result(msg, list(zip(names, outputs))))   # copied here: no buffer to track
     stage.count("frames", len(batch.frames))
     stage.count("batches")
 

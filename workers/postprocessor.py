@@ -200,8 +200,12 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 time.sleep(0.005)
                 outlet.poll()
             elif results in dict(poller.poll(int(cfg.pipeline.heartbeat_s * 1000))):
+                held: list[ResultMsg] = []           # results now here: their input slots may be reused
                 while results.poll(0):
-                    _handle(results.recv_multipart(copy=False), ctx, stage, adapter, streams, in_w, in_h, inputs)
+                    _handle(results.recv_multipart(copy=False), stage, adapter, streams, in_w, in_h, held)
+                if held:
+                    inputs.send(ReleaseMsg([m.slot for m in held], [m.batch_id for m in held],
+                                           generation=ctx.generation).encode())
             wrote = False
             for sid, reorder in enumerate(streams.reorder):
                 for record, ref in reorder.pop_ready(streams.live[sid]):
@@ -311,9 +315,10 @@ def output_errors(directory: str) -> Iterator[None]:
         raise OutputError(f"cannot write to output folder {directory}: {exc.strerror or exc}") from None
 
 
-def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, streams: StreamOutputs, in_w: int,
-            in_h: int, inputs: zmq.Socket) -> None:
-    """One message on the results socket: a result batch, an error record or the end of a stream."""
+def _handle(parts: list, stage: Stage, adapter: Adapter, streams: StreamOutputs, in_w: int, in_h: int,
+            held: list[ResultMsg]) -> None:
+    """One message on the results socket: a result batch (appended to ``held`` when it used an
+    input slot), an error record or the end of a stream."""
     buffers = [p.buffer for p in parts]
     try:
         if len(buffers) > 1:
@@ -335,8 +340,8 @@ def _handle(parts: list, ctx: StageContext, stage: Stage, adapter: Adapter, stre
         return
     if not isinstance(msg, ResultMsg):
         return
-    if msg.slot >= 0:                       # the result is here: the input slot may be reused
-        inputs.send(ReleaseMsg([msg.slot], [msg.batch_id], generation=ctx.generation).encode())
+    if msg.slot >= 0:
+        held.append(msg)
     for row, ref in enumerate(msg.frames):
         if not streams.valid(ref.stream):
             stage.bad_messages += 1

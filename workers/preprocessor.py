@@ -2,11 +2,13 @@
 dispatches batches by credit.
 
 Raw frames wait in one FIFO per stream and are taken round-robin (:class:`FairQueue`), so a fast
-file stream cannot starve a camera; a batch may hold frames of several streams. Each inference worker announces one credit per free infer request; a batch goes only to a
-worker holding a credit (the one holding the most), so a faster device gets more frames and a
-slow one never builds a queue. A dispatched batch stays held, pixels intact in its input slot,
-until the postprocessor confirms it has the result; if its worker dies first, the batch goes
-back to the front of the queue. So a result lost in a dying worker's socket is never lost.
+file stream cannot starve a camera; a batch may hold frames of several streams. Each inference
+worker announces one credit per infer request; a batch goes only to a worker holding a credit
+(the one holding the most), so a faster device gets more frames and a slow one never builds a
+queue. A dispatched batch stays held, pixels intact in its input slot, until the postprocessor
+confirms it has the result, which also gives its worker the credit back; if its worker dies
+first, the batch goes back to the front of the queue. So a result lost in a dying worker's socket
+is never lost.
 """
 from __future__ import annotations
 
@@ -94,23 +96,26 @@ class Dispatcher:
         self._ids = itertools.count(1)
 
     def on_credit(self, msg: CreditMsg) -> None:
-        """Apply a worker's credit message.
+        """A worker instance is up with ``msg.credits`` requests.
 
         ``msg.worker`` is an instance identity, ``name@pid``: a restarted worker is a new
         instance, and whatever an older instance of the same name held is lost with it.
         """
-        if msg.hello:
-            name = msg.worker.split("@")[0]
-            for old in [w for w in self.credits if w.split("@")[0] == name]:
-                self.worker_down(old)
-            self.credits[msg.worker] = 0
-        if msg.worker in self.credits:            # else: a late message from a worker declared down
-            self.credits[msg.worker] += msg.credits
+        name = msg.worker.split("@")[0]
+        for old in [w for w in self.credits if w.split("@")[0] == name]:
+            self.worker_down(old)
+        self.credits[msg.worker] = msg.credits
 
     def release(self, batch_id: int) -> int | None:
-        """The postprocessor holds this dispatch's result: its input slot, or None if stale."""
+        """The postprocessor holds this dispatch's result: its worker gets the credit back (the
+        request was free again before the result left it); returns the input slot, or None if stale."""
         held = self.held.pop(batch_id, None)
-        return held[1].slot if held is not None else None
+        if held is None:
+            return None
+        worker, batch = held
+        if worker in self.credits:          # else: declared down since
+            self.credits[worker] += 1
+        return batch.slot
 
     def worker_down(self, worker: str) -> int:
         """Requeue every batch ``worker`` held whose result has not arrived; returns how many."""
@@ -157,9 +162,13 @@ def run(ctx: StageContext, stage: Stage) -> None:
     flush_on_empty = False
     timeout_s = cfg.pipeline.batch_timeout_ms / 1000.0
 
-    def release_raw(ref: FrameRef) -> None:
-        decoder = layout.streams[ref.stream].decoder
-        releases[decoder].send(ReleaseMsg([ref.raw_slot], epoch=ref.epoch, generation=ctx.generation).encode())
+    freed_raw: dict[tuple[int, int], list[int]] = {}     # (decoder, its epoch) → raw slots done this turn
+
+    def send_raw_releases() -> None:
+        """One ReleaseMsg per decoder instance for the raw slots resized this loop turn."""
+        for (decoder, epoch), slots in freed_raw.items():
+            releases[decoder].send(ReleaseMsg(slots, epoch=epoch, generation=ctx.generation).encode())
+        freed_raw.clear()
 
     def on_control(msg: ControlMsg) -> None:
         if msg.command == "worker_down":
@@ -236,10 +245,11 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 _preprocess(ref, filling, raw_pool, in_pool, (in_h, in_w), pre,
                             batch_size, stage, results, ctx.generation)
                 if not keep_raw:                # otherwise the postprocessor releases it
-                    release_raw(ref)
+                    freed_raw.setdefault((layout.streams[ref.stream].decoder, ref.epoch), []).append(ref.raw_slot)
                 if len(filling.frames) == batch_size:
                     dispatcher.ready.append(filling)
                     filling = None
+            send_raw_releases()
             if flush_on_empty and not waiting:
                 flush_on_empty = False
                 if filling is not None:

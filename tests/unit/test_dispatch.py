@@ -14,17 +14,31 @@ def test_no_credit_no_work_and_the_faster_worker_gets_more():
     d = Dispatcher()
     d.ready.extend(_batch(i, i) for i in range(6))
     assert d.next_assignment() is None                      # nobody has announced a request yet
-    d.on_credit(CreditMsg("fast@1", 2, hello=True))
-    d.on_credit(CreditMsg("slow@2", 1, hello=True))
+    d.on_credit(CreditMsg("fast@1", 2))
+    d.on_credit(CreditMsg("slow@2", 1))
     sent = [d.next_assignment() for _ in range(3)]
     assert [w for w, _ in sent].count("fast@1") == 2 and d.next_assignment() is None
-    d.on_credit(CreditMsg("fast@1", 2))                     # fast finished both before slow finished one
+    for worker, batch in sent:                              # fast's two results reached the postprocessor
+        if worker == "fast@1":                              # before slow's one: fast gets the next two
+            d.release(batch.batch_id)
     assert [d.next_assignment()[0] for _ in range(2)] == ["fast@1", "fast@1"]
+    assert d.next_assignment() is None
+
+
+def test_a_credit_comes_back_with_the_release_of_its_batch_only_once():
+    d = Dispatcher()
+    d.on_credit(CreditMsg("a@1", 1))
+    d.ready.extend([_batch(1, 0), _batch(2, 1)])
+    _, first = d.next_assignment()
+    assert d.next_assignment() is None                      # its one request is busy
+    d.release(first.batch_id)
+    d.release(first.batch_id)                               # a duplicate release returns no second credit
+    assert d.next_assignment() is not None and d.credits["a@1"] == 0
 
 
 def test_slots_come_back_only_by_their_dispatch_id():
     d = Dispatcher()
-    d.on_credit(CreditMsg("a@1", 2, hello=True))
+    d.on_credit(CreditMsg("a@1", 2))
     d.ready.extend([_batch(7, 0), _batch(8, 1)])
     (_, first), (_, second) = d.next_assignment(), d.next_assignment()
     assert first.batch_id != second.batch_id
@@ -34,25 +48,25 @@ def test_slots_come_back_only_by_their_dispatch_id():
 
 def test_worker_down_requeues_unconfirmed_batches_first_in_frame_order():
     d = Dispatcher()
-    d.on_credit(CreditMsg("a@1", 3, hello=True))
-    d.on_credit(CreditMsg("b@2", 1, hello=True))
+    d.on_credit(CreditMsg("a@1", 3))
+    d.on_credit(CreditMsg("b@2", 1))
     d.ready.extend(_batch(i, i) for i in range(5))
     held = [d.next_assignment() for _ in range(4)]
     on_a = [b for w, b in held if w == "a@1"]
     d.release(on_a[0].batch_id)                             # that result reached the postprocessor
     assert d.worker_down("a@1") == 2
     assert [b.frames[0].frame_id for b in list(d.ready)[:2]] == sorted(b.frames[0].frame_id for b in on_a[1:])
-    d.on_credit(CreditMsg("a@1", 1))                        # a late message from the dead instance
+    d.release(on_a[1].batch_id)                             # a late release of a requeued batch
     assert "a@1" not in d.credits
 
 
 def test_a_requeued_batch_is_released_only_by_its_new_dispatch():
     d = Dispatcher()
-    d.on_credit(CreditMsg("inference-0@100", 1, hello=True))
+    d.on_credit(CreditMsg("inference-0@100", 1))
     d.ready.append(_batch(3, 3))
     _, batch = d.next_assignment()
     old_id = batch.batch_id
-    d.on_credit(CreditMsg("inference-0@200", 2, hello=True))     # restarted before the down arrived
+    d.on_credit(CreditMsg("inference-0@200", 2))     # restarted before the down arrived
     assert [b.slot for b in d.ready] == [3]
     assert d.worker_down("inference-0@100") == 0                 # the supervisor's late notice
     worker, again = d.next_assignment()

@@ -16,7 +16,7 @@ def _ref(i: int = 7) -> FrameRef:
 @pytest.mark.parametrize("msg", [
     FrameMsg(_ref()),
     BatchMsg(2, [_ref(1), _ref(2)], generation=3),
-    CreditMsg("inference-0@7", 4, hello=True),
+    CreditMsg("inference-0@7", 4),
     ErrorMsg(_ref(), "decode", "truncated JPEG: data/x.jpg"),
     AckMsg([1, 2, 3], [4], finished=True),
 ])
