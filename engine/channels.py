@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import zmq
@@ -93,3 +94,14 @@ def make_socket(ctx: zmq.Context, kind: int, *, hwm: int = 1000, identity: str |
     if connect:
         sock.connect(connect)
     return sock
+
+
+def pending(sock: zmq.Socket, multipart: bool = False, copy: bool = True) -> Iterator:
+    """The messages ``sock`` holds now, without waiting: ``recv(NOBLOCK)`` until there are none
+    (a ``poll(0)`` before each would build a poller per message)."""
+    recv = sock.recv_multipart if multipart else sock.recv
+    while True:
+        try:
+            yield recv(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return

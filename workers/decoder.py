@@ -3,10 +3,12 @@
 Each stream has its own raw slots and its own feeder thread. A feeder takes one of its stream's
 free slots (a file stream waits when none is free, so it never drops; a live source's reader
 keeps only the newest frame meanwhile, drop-oldest, counted), takes the next item from the
-source, writes the frame into the slot and queues the message for the main thread, which alone
-touches the sockets. OpenCV decodes with the GIL released, so the streams of one process decode
-in parallel and a camera never waits behind a file's decode. Frames larger than a slot are
-shrunk to fit; the original size travels with the frame so boxes map back to it.
+source, writes the frame into the slot and sends the message on its own sockets (created by the
+main thread, used only by the feeder until it ends, then closed by the main thread). The main
+thread takes the slots' releases and the supervisor's commands. OpenCV decodes with the GIL
+released, so the streams of one process decode in parallel and a camera never waits behind a
+file's decode. Frames larger than a slot are shrunk to fit; the original size travels with the
+frame so boxes map back to it.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import cv2
 import numpy as np
 import zmq
 
-from engine.channels import make_socket
+from engine.channels import make_socket, pending
 from engine.config import SourceConfig
 from engine.errors import OvstreamError
 from engine.messages import ControlMsg, EndOfSource, ErrorMsg, FrameMsg, FrameRef, ReleaseMsg
@@ -30,7 +32,6 @@ from engine.metrics import stream_key, stream_state_code
 from engine.shm import SlotPool
 from engine.sources import Source, open_source
 from engine.streams import Layout, StreamSpec
-from engine.wakeup import Wakeup
 from workers.runtime import Stage, StageContext, stage_main
 
 log = logging.getLogger(__name__)
@@ -83,16 +84,15 @@ class SlotBudget:
 
 
 class Feeder:
-    """One stream's reader thread: slot, item, pixels into the slot, message into the outbox."""
+    """One stream's reader thread: slot, item, pixels into the slot, message onto its socket."""
 
     def __init__(self, spec: StreamSpec, src_cfg: SourceConfig, ctx: StageContext, pool: SlotPool,
-                 outbox: deque, wake: Wakeup, min_side: int) -> None:
+                 sockets: dict[str, zmq.Socket], min_side: int) -> None:
         self.spec = spec
         self.cfg = src_cfg
         self.ctx = ctx
         self.pool = pool
-        self.outbox = outbox
-        self.wake = wake
+        self.sockets = sockets        # "frames" → the preprocessor, "results" → the postprocessor
         self.done = ctx.completed_ids(spec.sid)
         self.source: Source = open_source(src_cfg, skip=self.done.__contains__ if self.done else None,
                                           min_side=min_side)
@@ -114,8 +114,13 @@ class Feeder:
         return 1.0 / self.cfg.max_fps if self.cfg.max_fps > 0 and not self.cfg.realtime else 0.0
 
     def _post(self, *parts: tuple[str, bytes]) -> None:
-        self.outbox.extend(parts)
-        self.wake.set()
+        for edge, data in parts:
+            self.sockets[edge].send(data)
+
+    def close_sockets(self, linger_ms: int = 0) -> None:
+        """Only once the thread has ended; ``linger_ms`` for what it sent last (a stream's end)."""
+        for sock in self.sockets.values():
+            sock.close(linger_ms)
 
     def _run(self) -> None:
         interval, due = self._pace_interval(), time.monotonic()
@@ -210,19 +215,22 @@ def run(ctx: StageContext, stage: Stage) -> None:
     mine = layout.open_streams(int(ctx.name.rsplit("-", 1)[-1]))
     pool = SlotPool(ctx.pools["raw"])
     releases = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints[ctx.name])
-    frames_out = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["frames"], hwm=10_000)
-    results_out = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"], hwm=10_000)
-    wake = Wakeup()                     # a feeder has queued messages
     annotating = cfg.output.images or cfg.output.video      # annotated frames keep full resolution
     min_side = max(ctx.input["height"], ctx.input["width"]) if cfg.pipeline.reduced_decode and not annotating else 0
     if cfg.model.preprocess.resize == "crop":                # the input sees only the centre crop fraction
         min_side = math.ceil(min_side / cfg.model.preprocess.crop)
     feeders: list[Feeder] = []
     retired: dict[str, int] = {}         # the counts of removed streams' feeders
-    outbox: deque[tuple[str, bytes]] = deque()
 
     def open_feeder(spec: StreamSpec, src: SourceConfig) -> Feeder:
-        feeder = Feeder(spec, src, ctx, pool, outbox, wake, min_side)
+        sockets = {edge: make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints[edge], hwm=10_000)
+                   for edge in ("frames", "results")}
+        try:
+            feeder = Feeder(spec, src, ctx, pool, sockets, min_side)
+        except BaseException:
+            for sock in sockets.values():
+                sock.close(0)
+            raise
         feeders.append(feeder)
         return feeder
 
@@ -260,17 +268,13 @@ def run(ctx: StageContext, stage: Stage) -> None:
             feeder.thread.start()
         poller = zmq.Poller()
         poller.register(releases, zmq.POLLIN)
-        poller.register(wake.fileno(), zmq.POLLIN)
         poller.register(stage.control, zmq.POLLIN)   # a stop wakes the loop at once
-        sockets = {"frames": frames_out, "results": results_out}
         while not stage.stopping:
             stage.tick()
             events = dict(poller.poll(int(cfg.pipeline.heartbeat_s * 1000)))
-            if wake.fileno() in events:
-                wake.clear()
             if releases in events:
-                while releases.poll(0):
-                    msg = stage.decode(releases.recv())
+                for data in pending(releases):
+                    msg = stage.decode(data)
                     if not isinstance(msg, ReleaseMsg):
                         continue
                     if msg.epoch != ctx.epoch:      # for an earlier instance of this decoder: not ours
@@ -278,9 +282,6 @@ def run(ctx: StageContext, stage: Stage) -> None:
                         continue
                     for slot in msg.slots:
                         any(f.budget.release(slot) for f in feeders if f.budget.owns(slot))
-            while outbox:
-                edge, data = outbox.popleft()
-                sockets[edge].send(data)
             for feeder in feeders:
                 feeder.note_events()
             closed = [f for f in feeders if f.closed]       # removed streams whose ranges are free
@@ -288,6 +289,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 _report(stage, feeders, retired)            # their last figures, per stream
             for feeder in closed:
                 feeder.source.close()
+                feeder.close_sockets(linger_ms=1000)       # its end of stream may still be on its way
                 feeders.remove(feeder)
                 for name, value in _stream_counters(feeder).items():     # its counts stay in the totals
                     retired[name] = retired.get(name, 0) + value
@@ -305,10 +307,9 @@ def run(ctx: StageContext, stage: Stage) -> None:
         for feeder in feeders:
             if not feeder.thread.is_alive():
                 feeder.source.close()       # releases the file or device (a live reader: its own thread)
-        for sock in (releases, frames_out, results_out):
-            sock.close(0)
-        if not any(f.thread.is_alive() for f in feeders):
-            wake.close()
+        for feeder in feeders:              # a thread still stuck in a read finds its sockets closed
+            feeder.close_sockets()
+        releases.close(0)
         pool.close()
 
 

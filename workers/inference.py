@@ -18,7 +18,7 @@ import numpy as np
 import openvino as ov
 import zmq
 
-from engine.channels import make_socket
+from engine.channels import make_socket, pending
 from engine.config import InferenceConfig
 from engine.errors import DeviceError, describe
 from engine.messages import BatchMsg, CreditMsg, ResultMsg, encode_result
@@ -156,8 +156,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
             for batch, outputs, error, started, ended in requests.collect(len(names)):
                 _send_results(ctx, stage, results, batch, names, outputs, error, started, ended, batch_size)
             if dispatch in events:
-                while dispatch.poll(0):
-                    msg = stage.decode(dispatch.recv())
+                for data in pending(dispatch):
+                    msg = stage.decode(data)
                     if isinstance(msg, BatchMsg) and 0 <= msg.slot < len(tensors):
                         if not requests.start(tensors[msg.slot], msg):    # credits make this impossible
                             _send_results(ctx, stage, results, msg, names, None,

@@ -19,7 +19,7 @@ import numpy as np
 import zmq
 
 from engine.adapters import Adapter, create_adapter
-from engine.channels import make_socket
+from engine.channels import make_socket, pending
 from engine.errors import OutputError
 from engine.geometry import Geometry
 from engine.ledger import FrameLedger
@@ -35,6 +35,7 @@ from workers.runtime import Stage, StageContext, stage_main
 log = logging.getLogger(__name__)
 
 LIVE_GAP_S = 2.0   # a live source's missing frame is given up after this long
+ACK_INTERVAL_S = 0.02   # written frame ids go to the supervisor at most this often (a stream's end: at once)
 
 
 def stage_latencies(stamps: dict[str, int]) -> dict[str, float]:
@@ -122,8 +123,8 @@ class StreamOutputs:
         self.names = [s.name for s in layout.streams]
         self.live = [s.live for s in layout.streams]
         self.reorder = [Reorder(ctx.completed_ids(s.sid)) for s in layout.streams]
-        self.acked: list[list[int]] = [[] for _ in layout.streams]
-        self.acked_errors: list[list[int]] = [[] for _ in layout.streams]
+        self.to_ack: list[list[int]] = [[] for _ in layout.streams]          # flushed ids the supervisor lacks
+        self.to_ack_errors: list[list[int]] = [[] for _ in layout.streams]
         self.finished = [False] * len(layout.streams)
         for spec in layout.streams:
             if spec.removed:                # removed before this instance: nothing more comes
@@ -137,8 +138,8 @@ class StreamOutputs:
         self.names.append(spec.name)
         self.live.append(spec.live)
         self.reorder.append(Reorder(FrameLedger()))
-        self.acked.append([])
-        self.acked_errors.append([])
+        self.to_ack.append([])
+        self.to_ack_errors.append([])
         self.finished.append(False)
 
     def drop(self, stream: int) -> None:
@@ -193,20 +194,21 @@ def run(ctx: StageContext, stage: Stage) -> None:
     poller = zmq.Poller()
     poller.register(results, zmq.POLLIN)
     poller.register(stage.control, zmq.POLLIN)      # a stop wakes the loop at once
+    ack_due = 0.0
     try:
         while not stage.stopping:
             stage.tick()
             if outlet is not None and outlet.backlogged:     # the consumer is behind: let it catch up
                 time.sleep(0.005)
                 outlet.poll()
-            elif results in dict(poller.poll(int(cfg.pipeline.heartbeat_s * 1000))):
+            elif results in dict(poller.poll(_wait_ms(cfg.pipeline.heartbeat_s, streams, ack_due))):
                 held: list[ResultMsg] = []           # results now here: their input slots may be reused
-                while results.poll(0):
-                    _handle(results.recv_multipart(copy=False), stage, adapter, streams, in_w, in_h, held)
+                for parts in pending(results, multipart=True, copy=False):
+                    _handle(parts, stage, adapter, streams, in_w, in_h, held)
                 if held:
                     inputs.send(ReleaseMsg([m.slot for m in held], [m.batch_id for m in held],
                                            generation=ctx.generation).encode())
-            wrote = False
+            wrote: dict[int, tuple[list[int], list[int]]] = {}   # stream → (result ids, error ids) this turn
             for sid, reorder in enumerate(streams.reorder):
                 for record, ref in reorder.pop_ready(streams.live[sid]):
                     frame = None
@@ -224,24 +226,23 @@ def run(ctx: StageContext, stage: Stage) -> None:
                     if raw_pool is not None and ref.raw_slot >= 0:
                         releases[layout.streams[sid].decoder].send(
                             ReleaseMsg([ref.raw_slot], epoch=ref.epoch, generation=ctx.generation).encode())
-                    failed = record["status"] == "error"
-                    (streams.acked_errors if failed else streams.acked)[sid].append(ref.frame_id)
-                    wrote = True
+                    wrote.setdefault(sid, ([], []))[record["status"] == "error"].append(ref.frame_id)
             if wrote:
                 c0 = time.thread_time_ns()
                 with output_errors(cfg.output.dir):
                     for sink in sinks:
                         sink.flush()
                 stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
-                for sid in range(len(streams.names)):
-                    for name, ids in (("results", streams.acked[sid]), ("errors", streams.acked_errors[sid])):
-                        stage.count(name, len(ids))                 # counted once written, not before
+                for sid, (ok, failed) in wrote.items():         # counted and acked once flushed, not before
+                    streams.to_ack[sid] += ok
+                    streams.to_ack_errors[sid] += failed
+                    for name, ids in (("results", ok), ("errors", failed)):
+                        stage.count(name, len(ids))
                         stage.count(stream_key(name, sid), len(ids))
-                    if streams.acked[sid] or streams.acked_errors[sid]:
-                        stage.send(AckMsg(streams.acked[sid], streams.acked_errors[sid], sid,
-                                          generation=ctx.generation))
-                        streams.acked[sid], streams.acked_errors[sid] = [], []
             ended = [sid for sid, r in enumerate(streams.reorder) if r.finished and not streams.finished[sid]]
+            if ended or time.monotonic() >= ack_due:
+                _send_acks(stage, streams, ctx.generation)
+                ack_due = time.monotonic() + ACK_INTERVAL_S
             for sid in ended:
                 streams.finished[sid] = True
             _poll_sinks(sinks, stage)
@@ -262,6 +263,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 stage.send(AckMsg([], [], sid, finished=True, generation=ctx.generation))
             stage.gauges["reorder"] = sum(len(r.pending) for r in streams.reorder)
     finally:
+        _send_acks(stage, streams, ctx.generation)   # what was flushed and not yet acked: the report counts it
         for sink in sinks:
             try:
                 sink.close()
@@ -274,6 +276,21 @@ def run(ctx: StageContext, stage: Stage) -> None:
             sock.close(0)
         if raw_pool is not None:
             raw_pool.close()
+
+
+def _send_acks(stage: Stage, streams: StreamOutputs, generation: int) -> None:
+    """The frame ids written and flushed since the last acks, one AckMsg per stream that has any."""
+    for sid in range(len(streams.names)):
+        if streams.to_ack[sid] or streams.to_ack_errors[sid]:
+            stage.send(AckMsg(streams.to_ack[sid], streams.to_ack_errors[sid], sid, generation=generation))
+            streams.to_ack[sid], streams.to_ack_errors[sid] = [], []
+
+
+def _wait_ms(heartbeat_s: float, streams: StreamOutputs, ack_due: float) -> int:
+    """How long the loop may sleep: a heartbeat, or until acks that wait are due."""
+    if any(streams.to_ack) or any(streams.to_ack_errors):
+        return max(0, int((ack_due - time.monotonic()) * 1000) + 1)
+    return int(heartbeat_s * 1000)
 
 
 def replay(path: Path, marks: dict[str, int], sinks: list[Sink]) -> int:

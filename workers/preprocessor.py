@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from engine.channels import make_socket
+from engine.channels import make_socket, pending
 from engine.config import PreprocessConfig
 from engine.geometry import Geometry
 from engine.messages import (BatchMsg, ControlMsg, CreditMsg, EndOfSource, ErrorMsg, FrameMsg, FrameRef,
@@ -211,22 +211,21 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 wait = 0.0
             events = dict(poller.poll(int(wait * 1000)))
             if dispatch in events:
-                while dispatch.poll(0):
-                    _, data = dispatch.recv_multipart()
+                for _, data in pending(dispatch, multipart=True):
                     msg = stage.decode(data)
                     if isinstance(msg, CreditMsg):
                         dispatcher.on_credit(msg)
             if inputs in events:
-                while inputs.poll(0):
-                    msg = stage.decode(inputs.recv())
+                for data in pending(inputs):
+                    msg = stage.decode(data)
                     if isinstance(msg, ReleaseMsg):
                         for batch_id in msg.batch_ids:
                             slot = dispatcher.release(batch_id)
                             if slot is not None:
                                 free.release(slot)
             if frames_in in events:      # raw frames are bounded by the raw slots: take them all
-                while frames_in.poll(0):
-                    msg = stage.decode(frames_in.recv())
+                for data in pending(frames_in):
+                    msg = stage.decode(data)
                     if isinstance(msg, FrameMsg):
                         ref = msg.frame
                         if not 0 <= ref.stream < len(layout.streams):

@@ -19,7 +19,7 @@ from typing import Callable
 
 import zmq
 
-from engine.channels import make_socket
+from engine.channels import make_socket, pending
 from engine.config import RunConfig
 from engine.errors import OvstreamError, describe
 from engine.ledger import FrameLedger
@@ -131,8 +131,8 @@ class Stage:
             self.send_stats()
             if os.getppid() != self.ctx.supervisor_pid:   # orphaned: the supervisor is gone
                 self.stopping = True
-        while self.control.poll(0):
-            msg = self.decode(self.control.recv())
+        for data in pending(self.control):
+            msg = self.decode(data)
             if isinstance(msg, ControlMsg):
                 self.on_control(msg)
 
