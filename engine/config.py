@@ -150,7 +150,7 @@ class InferenceConfig(Section):
 
     devices: list[NonEmpty] = Field(default_factory=lambda: ["CPU"], min_length=1, max_length=16)
     nireq: int = Field(0, ge=0, le=MAX_NIREQ)     # 0: the device's OPTIMAL_NUMBER_OF_INFER_REQUESTS
-    batch: int = Field(1, ge=1, le=MAX_BATCH)
+    batch: int = Field(0, ge=0, le=MAX_BATCH)       # 0: auto (engine.model.AUTO_BATCH for file sources)
     hint: Hint = "THROUGHPUT"
     streams: int = Field(0, ge=0, le=256)         # 0: chosen by the hint
     threads: int = Field(0, ge=0, le=4096)        # 0: the device decides

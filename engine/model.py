@@ -25,6 +25,8 @@ from engine.tflite_ops import EXTENSIONS
 
 log = logging.getLogger(__name__)
 
+AUTO_BATCH = 4   # [inference] batch = 0: frames per request when every source is a file and the graph takes it
+
 
 @dataclass(frozen=True)
 class InputInfo:
@@ -211,10 +213,10 @@ def check_properties(core: ov.Core, cfg: InferenceConfig, device: str) -> None:
             raise ConfigError(f"{where} {what} {base} ({hint})")
 
 
-def preflight_compile(core: ov.Core, cfg: RunConfig, device: str) -> None:
+def preflight_compile(core: ov.Core, cfg: RunConfig, device: str, batch: int) -> None:
     """Compile the prepared model once with the configured properties, so that a value the device
     refuses is a one-line error before any process starts."""
-    model, _ = prepare_model(read_model(core, cfg.model.path), cfg.model, cfg.inference.batch)
+    model, _ = prepare_model(read_model(core, cfg.model.path), cfg.model, batch)
     props = compile_properties(cfg.inference, device)
     try:
         core.compile_model(model, device, props)
@@ -297,8 +299,19 @@ def load_compiled(core: ov.Core, cfg: RunConfig, device: str, batch: int) -> ov.
 
 
 def model_facts(model: ov.Model, cfg: ModelConfig) -> dict:
-    """What the start-up checks need of the original model: its input and output shapes."""
-    return {"input": asdict(input_info(model, cfg.params)), "outputs": output_shapes(model)}
+    """What the start-up checks need of the original model: its input and output shapes, and
+    whether its graph takes :data:`AUTO_BATCH` frames per request."""
+    return {"input": asdict(input_info(model, cfg.params)), "outputs": output_shapes(model),
+            "batchable": takes_batch(model, cfg)}
+
+
+def takes_batch(model: ov.Model, cfg: ModelConfig, batch: int = AUTO_BATCH) -> bool:
+    """Whether ``model`` can be prepared for ``batch`` frames (tried on a copy)."""
+    try:
+        prepare_model(model.clone(), cfg, batch)
+    except ModelError:
+        return False
+    return True
 
 
 def device_info(compiled: ov.CompiledModel) -> dict[str, str]:

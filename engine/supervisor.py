@@ -36,7 +36,7 @@ from engine.ledger import FrameLedger
 from engine.logs import stage_level
 from engine.messages import AckMsg, ApiMsg, ControlMsg, FatalMsg, Message, ReadyMsg, StatsMsg, decode, MessageError
 from engine.metrics import MetricsAggregator, split_stream_key
-from engine.model import InputInfo, check_devices, check_preprocess, check_properties, model_facts, prepare_model, \
+from engine.model import AUTO_BATCH, InputInfo, check_devices, check_preprocess, check_properties, model_facts, prepare_model, \
     preflight_compile, raw_properties, read_model
 from engine.modelcache import ModelCache, cache_root, writable
 from engine.shm import PoolSpec, SlotPool
@@ -78,23 +78,30 @@ class Outcome:
     report: dict = field(default_factory=dict)
 
 
-def preflight(cfg: RunConfig) -> InputInfo:
+def preflight(cfg: RunConfig) -> tuple[InputInfo, int]:
     """Everything that can be wrong before a process starts: devices and their properties, model,
-    preprocessing, adapter, sources."""
+    preprocessing, adapter, sources. Returns the model's input and the frames per request."""
     core = ov.Core()
     check_devices(core, cfg.inference.devices)
     for device in cfg.inference.devices:
         check_properties(core, cfg.inference, device)
     root = writable(cache_root(cfg.inference.cache_dir))
     cache = ModelCache(root) if root is not None else None
-    batch = cfg.inference.batch
+    auto = cfg.inference.batch == 0
+    batch = cfg.inference.batch or (AUTO_BATCH if files_only(cfg) else 1)
     hit = cache.lookup(cfg.model, batch) if cache is not None else None
+    if hit is None and auto and batch > 1 and cache is not None:
+        known = cache.lookup(cfg.model, 1)        # an earlier run found that the graph fixes its batch
+        if known is not None and not known[1].get("batchable", True):
+            hit, batch = known, 1
     model = None
     if hit is not None:       # checked and prepared by an earlier run: its facts, not a second read
         facts = hit[1]
     else:
         model = read_model(core, cfg.model.path)
         facts = model_facts(model, cfg.model)
+        if auto and not facts["batchable"]:
+            batch = 1
     info = InputInfo(**facts["input"])
     check_preprocess(info, cfg.model)
     create_adapter(cfg.model).check_outputs(facts["outputs"])
@@ -104,11 +111,16 @@ def preflight(cfg: RunConfig) -> InputInfo:
             cache.store(cfg.model, batch, prepared, facts)
     for device in cfg.inference.devices:       # raw OpenVINO properties: tried in a real compile
         if raw_properties(cfg.inference, device):
-            preflight_compile(core, cfg, device)
+            preflight_compile(core, cfg, device, batch)
     for src in cfg.sources or [cfg.source]:
         if not is_live_uri(src.uri):
             open_source(src).close()     # a missing or empty folder, a bad file type: one line now
-    return info
+    return info, batch
+
+
+def files_only(cfg: RunConfig) -> bool:
+    """Every source is a file read as fast as it goes: nobody waits for a batch to fill."""
+    return all(not is_live_uri(src.uri) and not src.realtime for src in cfg.sources or [cfg.source])
 
 
 @dataclass(frozen=True)
@@ -156,7 +168,7 @@ class Supervisor(StreamChanges):
                  link: ServiceLink | None = None, max_streams: int = 0) -> None:
         self.cfg = cfg
         self.link = link            # a library pipeline (engine/api.py) that owns this run
-        self.info = preflight(cfg)
+        self.info, self.batch = preflight(cfg)     # batch: [inference] batch, or chosen when 0
         self.live_view = dashboard and cfg.dashboard.enabled     # else plain progress lines
         self.duration_s = duration_s
         self.metrics = MetricsAggregator()
@@ -199,7 +211,7 @@ class Supervisor(StreamChanges):
     def _pool_sizes(self) -> PoolSizes:
         cfg = self.cfg
         return PoolSizes(cfg.pipeline.max_frame_width * cfg.pipeline.max_frame_height * 3, self.layout.raw_slots,
-                         cfg.inference.batch * self.info.frame_bytes, self._input_slots())
+                         self.batch * self.info.frame_bytes, self._input_slots())
 
     def _slots_per_stream(self) -> int:
         """Raw slots each stream owns: ``max(3, raw_slots // streams)``; when annotating, raw
@@ -208,7 +220,7 @@ class Supervisor(StreamChanges):
         n = len(cfg.sources or [cfg.source])
         per = max(3, cfg.pipeline.raw_slots // n)
         if cfg.output.images or cfg.output.video:
-            per = max(per, -(-(self._input_slots() * cfg.inference.batch + 4) // n))
+            per = max(per, -(-(self._input_slots() * self.batch + 4) // n))
         return per
 
     def _allocate(self) -> None:
@@ -245,7 +257,7 @@ class Supervisor(StreamChanges):
         return StageContext(
             role=child.role, name=child.name, generation=self.generation,
             endpoints=endpoints, pools=self.pools, config=self.cfg,
-            input={"height": self.info.height, "width": self.info.width, "batch": self.cfg.inference.batch},
+            input={"height": self.info.height, "width": self.info.width, "batch": self.batch},
             device=child.device, completed={str(sid): self.ledgers[sid].ranges() for sid in streams},
             supervisor_pid=os.getpid(), layout=self.layout.to_dict(), epoch=child.restarts, resume=resume,
             replay_from=self.replay_from if child.role == "postprocessor" else {},

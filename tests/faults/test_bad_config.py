@@ -35,7 +35,7 @@ def _config(tmp_path: Path, text: str) -> str:
 @pytest.mark.parametrize("toml, expected", [
     ("[pipeline]\nheartbeat_s = 0\n", ["[pipeline] heartbeat_s must be a finite number from 0.01 to 5, not 0"]),
     ("[pipeline]\ninput_slots = -1\n", ["[pipeline] input_slots must be an integer from 0 to 1024, not -1"]),
-    ("[inference]\nbatch = 4096\n", ["[inference] batch must be an integer from 1 to 256, not 4096"]),
+    ("[inference]\nbatch = 4096\n", ["[inference] batch must be an integer from 0 to 256, not 4096"]),
     ("[model]\nscore_threshold = nan\n", ["[model] score_threshold must be a finite number, not nan"]),
     ("[model.preprocess]\nscale = [1.0, 0.0, 1.0]\n", ["[model.preprocess] scale", "> 0", "[1.0, 0.0, 1.0]"]),
     ("[inference]\nnreq = 2\n", ["[inference] unknown key 'nreq' (did you mean 'nireq'?)"]),

@@ -83,8 +83,8 @@ MALFORMED = [
     ("inference", "nireq", "-1", "from 0 to 64"),
     ("inference", "nireq", "100000", "from 0 to 64"),
     ("inference", "nireq", "'4'", "an integer"),
-    ("inference", "batch", "0", "from 1 to 256"),
-    ("inference", "batch", "4096", "from 1 to 256"),
+    ("inference", "batch", "-1", "from 0 to 256"),
+    ("inference", "batch", "4096", "from 0 to 256"),
     ("inference", "batch", "1.5", "an integer"),
     ("inference", "hint", "'FAST'", "one of 'THROUGHPUT', 'LATENCY', 'CUMULATIVE_THROUGHPUT', 'NONE'"),
     ("inference", "hint", "1", "one of 'THROUGHPUT'"),
@@ -322,7 +322,7 @@ def test_config_file_that_is_not_utf8_toml(tmp_path, content, words):
 
 
 def test_a_bad_command_line_value_is_named_as_such():
-    with pytest.raises(ConfigError, match=r"^command line: \[inference\] batch must be an integer from 1 to 256, not 4096$"):
+    with pytest.raises(ConfigError, match=r"^command line: \[inference\] batch must be an integer from 0 to 256, not 4096$"):
         load_config(overrides={"inference": {"batch": 4096}})
 
 

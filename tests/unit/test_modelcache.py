@@ -77,7 +77,7 @@ def test_entry_key_follows_the_file_preprocessing_and_batch(tmp_path):
 
 def test_stored_model_gives_the_same_outputs_and_facts(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    cfg = load_config(None, {"model": {"name": "face"}})
+    cfg = load_config(None, {"model": {"name": "face"}, "inference": {"batch": 1}})
     assert cfg.inference.cache_dir == "auto"                    # on by default
     cache = ModelCache(tmp_path / "xdg" / "ovstream")
     assert cache.lookup(cfg.model, 1) is None
@@ -88,7 +88,7 @@ def test_stored_model_gives_the_same_outputs_and_facts(tmp_path, monkeypatch):
     preflight(cfg)                                              # the run's checks store the entry
     hit = cache.lookup(cfg.model, 1)
     assert hit is not None and hit[1] == json.loads(json.dumps(facts))
-    assert preflight(cfg) == info                               # and check from it the second time
+    assert preflight(cfg) == (info, 1)                          # and check from it the second time
     cached = load_compiled(core, cfg, "CPU", 1)
     assert any(cache.compiled_dir.iterdir())                    # OpenVINO's compiled blob beside it
     pixels = np.random.default_rng(0).integers(0, 255, (1, info.height, info.width, 3), dtype=np.uint8)
@@ -139,7 +139,7 @@ def test_auto_and_off_are_words_not_folders(tmp_path, monkeypatch):
 
 def test_damaged_entries_fall_back_to_the_original(tmp_path, monkeypatch, warnings_seen):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    cfg = load_config(None, {"model": {"name": "face"}})
+    cfg = load_config(None, {"model": {"name": "face"}, "inference": {"batch": 1}})
     preflight(cfg)
     cache = ModelCache(tmp_path / "xdg" / "ovstream")
     xml, facts = cache.lookup(cfg.model, 1)
