@@ -311,17 +311,18 @@ def stages_table(snap: Snapshot, all_scopes: bool = False) -> Table:
 
 
 def devices_table(snap: Snapshot, summary: bool = False) -> Table:
-    """Throughput per inference worker, frames, in-flight requests against nireq."""
+    """Throughput per inference worker, frames, in-flight requests against nireq, frames per request."""
     table = Table(title="devices", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("device")
     table.add_column("worker")
     table.add_column("avg FPS" if summary else "FPS", justify="right")
     table.add_column("frames", justify="right")
     table.add_column("in-flight/nireq", justify="right")
+    table.add_column("batch", justify="right")
     table.add_column("errors", justify="right")
     for d in snap.devices:
         table.add_row(d.label, d.worker, f"{d.avg_fps if summary else d.fps:.1f}", str(d.frames),
-                      f"{d.in_flight}/{d.nireq}", str(d.errors),
+                      f"{d.in_flight}/{d.nireq}", str(d.batch), str(d.errors),
                       style=None if d.alive else "red")
     return table
 

@@ -290,6 +290,7 @@ class DeviceRow:
     errors: int
     in_flight: int
     nireq: int
+    batch: int                  # frames per request
     alive: bool
 
 
@@ -445,7 +446,7 @@ class Snapshot:
                       fps=d.get("throughput_fps_recent", 0.0), avg_fps=d["throughput_fps"],
                       frames=d["frames"], batches=d.get("batches", 0), errors=d.get("errors", 0),
                       in_flight=d.get("in_flight", 0), nireq=d.get("nireq", 0),
-                      alive=d.get("alive", True))
+                      batch=d.get("batch", 1), alive=d.get("alive", True))
             for d in report.get("devices", []))
         return cls(state=report.get("state", ""), elapsed_s=report.get("duration_s", 0.0),
                    timestamp=report.get("timestamp", 0.0), totals=totals,
@@ -478,7 +479,7 @@ class Snapshot:
             "devices": [{"name": d.label, "device": d.device, "worker": d.worker,
                          "throughput_fps": d.avg_fps, "throughput_fps_recent": d.fps,
                          "frames": d.frames, "batches": d.batches, "errors": d.errors,
-                         "in_flight": d.in_flight, "nireq": d.nireq, "alive": d.alive}
+                         "in_flight": d.in_flight, "nireq": d.nireq, "batch": d.batch, "alive": d.alive}
                         for d in self.devices],
             "processes": [asdict(p) for p in self.processes],
             "queues": [asdict(e) for e in self.edges],
@@ -825,7 +826,7 @@ class MetricsAggregator:
             fps=self._rate(p, now), avg_fps=self._avg_rate([p], frames), frames=frames,
             batches=p.total("batches"), errors=p.total("errors"),
             in_flight=int(p.gauges.get("in_flight", 0)), nireq=int(p.gauges.get("nireq", 0)),
-            alive=p.alive)
+            batch=int(p.gauges.get("batch", 1)), alive=p.alive)
 
     def _process_row(self, p: _Proc, now: float) -> ProcessRow:
         return ProcessRow(

@@ -140,8 +140,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
     wake = Wakeup()                  # a request finished
     requests = RequestPool(compiled, nireq, wake.set)
     stage.declare("frames", "batches", "errors")
-    stage.gauges.update(nireq=nireq, in_flight=0)
-    stage.ready(device=ctx.device, nireq=nireq, batch=batch_size, compile_ms=round(compile_ms, 1), **device_info(compiled))
+    stage.gauges.update(nireq=nireq, batch=batch_size, in_flight=0)
+    stage.ready(device=ctx.device, nireq=nireq, compile_ms=round(compile_ms, 1), **device_info(compiled))
     dispatch.send(CreditMsg(instance, nireq, generation=ctx.generation).encode())
     poller = zmq.Poller()
     poller.register(dispatch, zmq.POLLIN)
