@@ -375,8 +375,10 @@ class Bench:
         self.progress(f"versus: model {model}, {len(images)} images, {a.repeats} repeats; steady runs "
                       f"{a.steady_loops} passes; engine, threaded script (engine's OpenVINO settings) and plain "
                       f"script (OpenVINO's defaults) alternating")
-        self.progress(f"versus: inference-only probe, {a.probe_seconds:g} s")
-        probe = inference_probe(self.cfg.model, self.cfg.inference, a.device, images, a.probe_seconds)
+        from engine.supervisor import preflight
+        _, batch = preflight(self.cfg)              # the frames per request the engine will use
+        self.progress(f"versus: inference-only probe, batch {batch}, {a.probe_seconds:g} s")
+        probe = inference_probe(self.cfg.model, self.cfg.inference, a.device, images, a.probe_seconds, batch)
         images_dir = str(self.images_dir)
         result = compare(
             {"engine": lambda out, loops: engine_command(images_dir, model, out, a.config,

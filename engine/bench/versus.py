@@ -214,10 +214,11 @@ def engine_profile(steady: dict, report: dict, inference_core_ms: float | None) 
     return rows
 
 
-def inference_probe(model_cfg, inference_cfg, device: str, images: list[Path], seconds: float = 3.0) -> dict:
+def inference_probe(model_cfg, inference_cfg, device: str, images: list[Path], seconds: float = 3.0,
+                    batch: int = 1) -> dict:
     """What inference alone costs per frame, as benchmark_app measures it: the model compiled as the
-    engine compiles it, every request kept busy on real letterboxed pixels; CPU seconds of this
-    process (OpenVINO's threads included) per frame."""
+    engine compiles it for ``batch`` frames per request, every request kept busy on real
+    letterboxed pixels; CPU seconds of this process (OpenVINO's threads included) per frame."""
     import numpy as np
     import openvino as ov
 
@@ -226,14 +227,15 @@ def inference_probe(model_cfg, inference_cfg, device: str, images: list[Path], s
     from engine.sources import load_image
 
     core = ov.Core()
-    model, info = prepare_model(read_model(core, model_cfg.path), model_cfg, 1)
+    model, info = prepare_model(read_model(core, model_cfg.path), model_cfg, batch)
     compiled = compile_model(core, model, device, inference_cfg)
     nireq = inference_cfg.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     frame, _, _ = load_image(images[0])
-    pixels = np.empty((1, info.height, info.width, 3), np.uint8)
+    pixels = np.empty((batch, info.height, info.width, 3), np.uint8)
     pre = model_cfg.preprocess
     Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, pre.resize, pre.crop) \
         .resize_into(frame, pixels[0], pre.interpolation)
+    pixels[1:] = pixels[0]
     queue = ov.AsyncInferQueue(compiled, nireq)
     for _ in range(nireq * 4):                    # warm-up
         queue.start_async({0: pixels})
@@ -242,11 +244,11 @@ def inference_probe(model_cfg, inference_cfg, device: str, images: list[Path], s
     cpu0, t0 = time.process_time(), time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         queue.start_async({0: pixels})
-        frames += 1
+        frames += batch
     queue.wait_all()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     return {"frames": frames, "fps": round(frames / wall, 2), "core_ms_per_frame": round(cpu * 1000 / frames, 3),
-            "nireq": nireq, "seconds": round(wall, 3)}
+            "nireq": nireq, "batch": batch, "seconds": round(wall, 3)}
 
 
 SCRIPTS = ("threaded", "plain")      # the script with the engine's OpenVINO settings; with OpenVINO's defaults
