@@ -28,7 +28,7 @@ import zmq
 from rich.console import Console
 
 from engine.adapters import create_adapter
-from engine.channels import RunDir, make_socket
+from engine.channels import RunDir, make_socket, pending
 from engine.config import RunConfig
 from engine.dashboard import Dashboard
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, OvstreamError
@@ -286,8 +286,7 @@ class Supervisor(StreamChanges):
     def _receive(self, timeout_ms: int) -> None:
         if not self.control.poll(timeout_ms):
             return
-        while self.control.poll(0):
-            frames = self.control.recv_multipart()
+        for frames in pending(self.control, multipart=True):
             if len(frames) != 2:
                 continue
             try:

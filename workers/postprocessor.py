@@ -35,7 +35,7 @@ from workers.runtime import Stage, StageContext, stage_main
 log = logging.getLogger(__name__)
 
 LIVE_GAP_S = 2.0   # a live source's missing frame is given up after this long
-ACK_INTERVAL_S = 0.02   # written frame ids go to the supervisor at most this often (a stream's end: at once)
+ACK_INTERVAL_S = 0.1    # written frame ids go to the supervisor at most this often (a stream's end: at once)
 
 
 def stage_latencies(stamps: dict[str, int]) -> dict[str, float]:
