@@ -112,6 +112,7 @@ class Stage:
 
     def ready(self, **info: object) -> None:
         """The handshake: tell the supervisor this stage is up, with what it learned."""
+        self.gauges["ready_cpu_s"] = round(time.process_time(), 3)   # start-up's CPU (imports, compile)
         self.send(ReadyMsg(self.ctx.name, os.getpid(), dict(info), self.ctx.generation))
         self.send_stats()
 

@@ -561,7 +561,8 @@ def render_versus(result: dict, console: Console) -> None:
     console.print(table)
     probe = v.get("probe") or {}
     prof = v.get("profile") or {}
-    pt = Table(title=f"Engine CPU per frame in the steady state, per process (core-ms; inference work = "
+    pt = Table(title=f"Engine CPU per frame, per process, from its start-up done to its exit (core-ms; "
+                     f"the supervisor: steady window; inference work = "
                      f"{fmt(probe.get('core_ms_per_frame'), 2)} core-ms/frame of an inference-only probe, "
                      f"{fmt(probe.get('fps'))} FPS)")
     for col in ("process", "core-ms/frame", "unavoidable work", "work ms", "engine overhead ms"):

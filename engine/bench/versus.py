@@ -13,11 +13,12 @@ outside, the same way for both:
   written to the last sample before the final count, so start-up and the pipeline's filling are
   outside it: FPS = frames in the window / its length, CPU per frame per process likewise.
 
-The engine's CPU in the window is split per process into the work the script does too (decode,
-resize, the adapter's parsing: the stages' own mean busy time per frame from ``report.json``;
-inference: core-ms per frame that a benchmark_app-style probe of the same compiled model spends,
-:func:`inference_probe`) and the rest, the engine's own overhead (messages, copies, polling,
-stats, OpenVINO threads spinning while idle).
+The engine's CPU per frame is split per process (:func:`engine_profile`, from each stage's
+start-up done to its exit, as ``report.json`` counts it) into the work the script does too
+(decode, resize, the adapter's parsing: the stages' own busy time; inference: core-ms per frame
+that a benchmark_app-style probe of the same compiled model spends, :func:`inference_probe`) and
+the rest, the engine's own overhead (messages, copies, polling, stats, OpenVINO threads spinning
+while idle).
 """
 from __future__ import annotations
 
@@ -187,28 +188,37 @@ def steady_window(samples: list[Sample], expected: int, warm: float = WARM_FRACT
 
 
 def engine_profile(steady: dict, report: dict, inference_core_ms: float | None) -> list[dict]:
-    """Per engine process: core-ms per frame in the steady window, the work the threaded script
-    does too, and the rest, the engine's overhead; all per frame of the run. Work is what the stage
-    itself counts (``work_cpu_us``: CPU time of reading + decoding, resizing, the adapter's
-    parsing and writing the records, as the script writes its own); inference's is the probe's core-ms per frame. Processes that spent nothing are left
-    out."""
-    procs = {p.get("name"): p for p in report.get("processes", [])}
+    """Per engine process, per frame of the run: its CPU from the end of its start-up (the
+    ``ready_cpu_s`` a stage reports at its handshake: imports, compile) to its exit, the work the
+    threaded script does too, and the rest, the engine's overhead. Work and total cover the same
+    span, so one cannot drift from the other. Work is what the stage itself counts
+    (``work_cpu_us``: CPU time of reading + decoding, resizing, the adapter's parsing and writing
+    the records, as the script writes its own); inference's is the probe's core-ms per frame. The
+    supervisor, which reports no stats of its own, counts with its steady-window CPU (``steady``).
+    Processes that spent nothing are left out."""
     frames = int(report.get("accounting", {}).get("out", 0))      # every frame, of every process
+    inference_frames = sum(int(p.get("counters", {}).get("frames", 0)) for p in report.get("processes", [])
+                           if p.get("role") == "inference")
     rows = []
-    for name, total in steady.get("cpu_ms_per_frame", {}).items():
-        if name not in procs and total < 0.005:       # e.g. a helper process that only slept
+    for proc in report.get("processes", []):
+        name, role = proc.get("name", ""), proc.get("role", "")
+        counters, gauges = proc.get("counters", {}), proc.get("gauges", {})
+        if role == "supervisor":
+            total = steady.get("cpu_ms_per_frame", {}).get(name)
+        elif frames and proc.get("cpu_s") is not None and "ready_cpu_s" in gauges:
+            total = (proc["cpu_s"] - gauges["ready_cpu_s"]) * 1000 / frames
+        else:
+            total = None
+        if total is None:
             continue
-        proc = procs.get(name, {})
-        role, counters = proc.get("role", name), proc.get("counters", {})
         work_name, work = "", 0.0
         if role in WORK_STAGES:
             work_name = WORK_CPU[role]
-            work = int(counters.get("work_cpu_us", 0)) / 1000 / frames if frames else 0.0
+            work = int(counters.get("work_cpu_us", 0)) / 1000 / frames
         elif role == "inference" and inference_core_ms is not None:
             work_name = "inference (probe)"
-            total_frames = sum(int(p.get("counters", {}).get("frames", 0)) for p in procs.values()
-                               if p.get("role") == "inference")
-            work = inference_core_ms * (int(counters.get("frames", 0)) / total_frames if total_frames else 1.0)
+            share = int(counters.get("frames", 0)) / inference_frames if inference_frames else 1.0
+            work = inference_core_ms * share
         rows.append({"process": name, "core_ms_per_frame": round(total, 3), "work": work_name,
                      "work_ms": round(work, 3), "overhead_ms": round(total - work, 3)})
     return rows

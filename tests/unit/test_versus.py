@@ -93,18 +93,25 @@ def test_steady_window_excludes_start_up_and_counts_cpu_per_process():
     assert steady_window([], 100) is None
 
 
-def test_engine_profile_splits_work_from_overhead():
-    steady = {"cpu_ms_per_frame": {"supervisor": 0.4, "decoder-0": 3.0, "preprocessor": 2.0, "inference-0": 18.0,
-                                   "postprocessor": 1.0, "pid99": 0.0}}
+def test_engine_profile_splits_work_from_overhead_over_one_span():
+    """Each stage's CPU from its start-up done (``ready_cpu_s``) to exit against the work it
+    counted over the same frames; the supervisor's from the steady window."""
+    steady = {"cpu_ms_per_frame": {"supervisor": 0.4, "decoder-0": 9.9}}
     report = {"accounting": {"out": 1000}, "processes": [
-        {"name": "supervisor", "role": "supervisor", "counters": {}},
-        {"name": "decoder-0", "role": "decoder", "counters": {"work_cpu_us": 2_500_000, "frames_read": 1000}},
-        {"name": "preprocessor", "role": "preprocessor", "counters": {"work_cpu_us": 1_500_000, "frames": 1000}},
-        {"name": "inference-0", "role": "inference", "counters": {"frames": 1000}},
-        {"name": "postprocessor", "role": "postprocessor", "counters": {"work_cpu_us": 300_000, "results": 1000}}]}
+        {"name": "supervisor", "role": "supervisor", "counters": {}, "gauges": {}, "cpu_s": 1.5},
+        {"name": "decoder-0", "role": "decoder", "cpu_s": 3.5, "gauges": {"ready_cpu_s": 0.5},
+         "counters": {"work_cpu_us": 2_500_000, "frames_read": 1000}},
+        {"name": "preprocessor", "role": "preprocessor", "cpu_s": 2.4, "gauges": {"ready_cpu_s": 0.4},
+         "counters": {"work_cpu_us": 1_500_000, "frames": 1000}},
+        {"name": "inference-0", "role": "inference", "cpu_s": 19.0, "gauges": {"ready_cpu_s": 1.0},
+         "counters": {"frames": 1000}},
+        {"name": "postprocessor", "role": "postprocessor", "cpu_s": 1.3, "gauges": {"ready_cpu_s": 0.3},
+         "counters": {"work_cpu_us": 300_000, "results": 1000}},
+        {"name": "decoder-1", "role": "decoder", "cpu_s": 0.5, "gauges": {}, "counters": {}}]}   # never ready
     rows = {r["process"]: r for r in engine_profile(steady, report, inference_core_ms=17.0)}
-    assert "pid99" not in rows                                  # a helper that spent nothing
+    assert "decoder-1" not in rows
     assert rows["supervisor"]["work_ms"] == 0 and rows["supervisor"]["overhead_ms"] == 0.4
+    assert rows["decoder-0"]["core_ms_per_frame"] == 3.0                  # not the steady window's 9.9
     assert rows["decoder-0"]["work_ms"] == 2.5 and rows["decoder-0"]["overhead_ms"] == 0.5
     assert rows["preprocessor"]["overhead_ms"] == 0.5
     assert rows["inference-0"]["work_ms"] == 17.0 and rows["inference-0"]["overhead_ms"] == 1.0
