@@ -1,8 +1,8 @@
 """A thread's wake-up call to a loop that sleeps in ``zmq.Poller.poll``: one eventfd.
 
-Reader threads and OpenVINO's completion callbacks wake their stage's main loop this way. An
-eventfd costs one ``write`` to set and one ``read`` to clear; a ZeroMQ inproc socket pair did the
-same job through ZeroMQ's pipes and mailboxes at several times the CPU per frame.
+OpenVINO's completion callbacks wake the inference worker's main loop this way. An eventfd costs
+one ``write`` to set and one ``read`` to clear; a ZeroMQ inproc socket pair did the same job
+through ZeroMQ's pipes and mailboxes at several times the CPU.
 """
 from __future__ import annotations
 
