@@ -19,9 +19,12 @@ class Wakeup:
         return self._fd
 
     def set(self) -> None:
+        fd = self._fd
+        if fd < 0:                           # closed: a callback that came after the end
+            return
         try:
-            os.eventfd_write(self._fd, 1)
-        except (BlockingIOError, OSError):   # the counter is full (it is set) or the fd is closed
+            os.eventfd_write(fd, 1)
+        except OSError:                      # the counter is full: it is set already
             pass
 
     def clear(self) -> None:
