@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import openvino as ov
 from rich.console import Console
 from rich.table import Table
+
+from engine.ovruntime import ov
 
 PROPERTIES = ("FULL_DEVICE_NAME", "DEVICE_ARCHITECTURE", "OPTIMIZATION_CAPABILITIES",
               "RANGE_FOR_STREAMS", "RANGE_FOR_ASYNC_INFER_REQUESTS", "INFERENCE_NUM_THREADS",

@@ -49,5 +49,11 @@ def stage_level() -> int:
 
 
 def configure_stage(name: str, level: int) -> None:
-    """A stage process's logging: every record to its stderr (its log file), as ``[name] message``."""
+    """A stage process's logging: every record to its stderr (its log file), as ``[name] message``.
+    What a forked stage inherits of the command's set-up (:func:`configure_cli`) is undone."""
+    for package in PACKAGES:
+        logger = logging.getLogger(package)
+        logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
     logging.basicConfig(level=level, format=f"[{name}] %(message)s", stream=sys.stderr, force=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import openvino as ov
+
+from engine.ovruntime import ov  # before any other openvino import: see its docstring
 from openvino.frontend import FrontEndManager
 
 from engine.config import InferenceConfig, ModelConfig, RunConfig, channels_of

@@ -22,9 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import openvino as ov
-
 from engine.config import CACHE_WORDS, ModelConfig
+from engine.ovruntime import ov
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,11 @@ import signal
 import sys
 import threading
 
-from rich.console import Console
-
-from engine.config import HINTS, load_config
-from engine.dashboard import render_summary
+from engine.config import HINTS, RunConfig, load_config
 from engine.errors import EXIT_FAILED, ConfigError
+from engine.launch import Launcher
 from engine.options import overrides_from
 from engine.outdir import OutputDir
-from engine.supervisor import Supervisor
 
 HANDLES_SIGNALS = True      # the supervisor installs its handlers, then lets Ctrl-C / SIGTERM through
 
@@ -60,8 +57,19 @@ def main(args: argparse.Namespace) -> int:
     if cfg.cluster.address:                    # Ray is imported only here
         from engine.cluster.driver import run_cluster
         return run_cluster(cfg, cfg.cluster.address, duration_s=args.duration)
+    with Launcher() as launcher:
+        launcher.prestart(len(cfg.inference.devices))     # they import OpenVINO while this process does
+        return _run(cfg, args, launcher)
+
+
+def _run(cfg: RunConfig, args: argparse.Namespace, launcher: Launcher) -> int:
+    from rich.console import Console             # imported after the inference workers were started
+
+    from engine.dashboard import render_summary
+    from engine.supervisor import Supervisor
+
     console = Console(stderr=False)
-    supervisor = Supervisor(cfg, duration_s=args.duration)      # the pre-flight checks
+    supervisor = Supervisor(cfg, duration_s=args.duration, launcher=launcher)      # the pre-flight checks
     exporter = supervisor.exporter
     try:
         with OutputDir(cfg.output.dir, reserve_report=cfg.output.report) as output:

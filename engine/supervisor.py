@@ -16,13 +16,10 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import openvino as ov
 import psutil
 import zmq
 from rich.console import Console
@@ -32,6 +29,7 @@ from engine.channels import RunDir, make_socket, pending
 from engine.config import RunConfig
 from engine.dashboard import Dashboard
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, OvstreamError
+from engine.launch import Launcher, StageProcess, inference_name
 from engine.ledger import FrameLedger
 from engine.logs import stage_level
 from engine.messages import AckMsg, ApiMsg, ControlMsg, FatalMsg, Message, ReadyMsg, StatsMsg, decode, MessageError
@@ -39,6 +37,7 @@ from engine.metrics import MetricsAggregator, split_stream_key
 from engine.model import AUTO_BATCH, InputInfo, check_devices, check_preprocess, check_properties, model_facts, prepare_model, \
     preflight_compile, raw_properties, read_model
 from engine.modelcache import ModelCache, cache_root, writable
+from engine.ovruntime import ov
 from engine.shm import PoolSpec, SlotPool
 from engine.sinks import JsonlSink
 from engine.sources import is_live_uri, open_source
@@ -62,7 +61,7 @@ class Child:
     name: str
     role: str
     device: str = ""
-    proc: subprocess.Popen | None = None
+    proc: StageProcess | None = None
     ready: bool = False
     restarts: int = 0
     last_seen: float = field(default_factory=time.monotonic)
@@ -165,9 +164,10 @@ class Supervisor(StreamChanges):
     """Runs one pipeline to completion (or interruption)."""
 
     def __init__(self, cfg: RunConfig, dashboard: bool = True, duration_s: float = 0.0,
-                 link: ServiceLink | None = None, max_streams: int = 0) -> None:
+                 link: ServiceLink | None = None, max_streams: int = 0, launcher: Launcher | None = None) -> None:
         self.cfg = cfg
         self.link = link            # a library pipeline (engine/api.py) that owns this run
+        self.launcher = launcher or Launcher()     # the caller's may hold inference workers started ahead
         self.info, self.batch = preflight(cfg)     # batch: [inference] batch, or chosen when 0
         self.live_view = dashboard and cfg.dashboard.enabled     # else plain progress lines
         self.duration_s = duration_s
@@ -239,7 +239,7 @@ class Supervisor(StreamChanges):
         self.children = {"postprocessor": Child("postprocessor", "postprocessor"),
                          "preprocessor": Child("preprocessor", "preprocessor")}
         for i, device in enumerate(cfg.inference.devices):
-            self.children[f"inference-{i}"] = Child(f"inference-{i}", "inference", device)
+            self.children[inference_name(i)] = Child(inference_name(i), "inference", device)
         for d in range(self.layout.decoders):
             name = self.layout.decoder_name(d)
             self.children[name] = Child(name, "decoder")
@@ -261,16 +261,11 @@ class Supervisor(StreamChanges):
             device=child.device, completed={str(sid): self.ledgers[sid].ranges() for sid in streams},
             supervisor_pid=os.getpid(), layout=self.layout.to_dict(), epoch=child.restarts, resume=resume,
             replay_from=self.replay_from if child.role == "postprocessor" else {},
-            api_from=self.api_seen if child.role == "postprocessor" else {}, log_level=stage_level())
+            api_from=self.api_seen if child.role == "postprocessor" else {}, log_level=stage_level(),
+            log_file=str(self.log_dir / f"{child.name}.log"))
 
     def _spawn(self, child: Child) -> None:
-        ctx_path = self.run_dir.path / f"{child.name}.json"
-        ctx_path.write_text(self._context(child).to_json(), encoding="utf-8")
-        log = open(self.log_dir / f"{child.name}.log", "ab")
-        child.proc = subprocess.Popen([sys.executable, "-m", f"workers.{child.role}", str(ctx_path)],
-                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        log.close()
+        child.proc = self.launcher.start(self._context(child), self.run_dir.path / f"{child.name}.json")
         logger.debug("%s started: pid %d, generation %d", child.name, child.proc.pid, self.generation)
         child.ready = False
         child.last_seen = time.monotonic()
@@ -344,7 +339,7 @@ class Supervisor(StreamChanges):
 
     # ---- lifecycle --------------------------------------------------------------------------
     def _start_all(self) -> None:
-        for child in self.children.values():
+        for child in sorted(self.children.values(), key=lambda c: c.role != "inference"):   # the slowest first
             self._spawn(child)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not all(c.ready for c in self.children.values()):
@@ -606,6 +601,7 @@ class Supervisor(StreamChanges):
             if child.proc is not None and child.proc.poll() is None:
                 child.proc.kill()
                 child.proc.wait()
+        self.launcher.close()
         if hasattr(self, "control"):
             self.control.close(0)
             self.zmq.term()

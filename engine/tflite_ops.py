@@ -27,7 +27,8 @@ anchor are refused with a clear message rather than translated approximately.
 from __future__ import annotations
 
 import numpy as np
-import openvino as ov
+
+from engine.ovruntime import ov  # before any other openvino import: see its docstring
 import openvino.opset13 as ops
 from openvino.frontend import ConversionExtension, NodeContext
 

@@ -15,7 +15,6 @@ from collections import deque
 from typing import Callable, Iterator
 
 import numpy as np
-import openvino as ov
 import zmq
 
 from engine.channels import make_socket, pending
@@ -23,6 +22,7 @@ from engine.config import InferenceConfig
 from engine.errors import DeviceError, describe
 from engine.messages import BatchMsg, CreditMsg, ResultMsg, encode_result
 from engine.model import device_info, load_compiled, output_shapes
+from engine.ovruntime import ov
 from engine.shm import SlotPool
 from engine.wakeup import Wakeup
 from workers.runtime import Stage, StageContext, stage_main

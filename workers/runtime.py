@@ -1,9 +1,11 @@
 """What every stage process shares: its context, the control channel, stats and shutdown.
 
-A stage is started as ``python -m workers.<role> CONTEXT.json``. The context (JSON, no pickle)
-holds the run config, endpoints, pool specs and, after a crash, what to resume. The stage talks
-to the supervisor over one DEALER socket: READY once started, STATS every heartbeat, and it
-receives ControlMsg (start / stop / worker_down) on the same socket.
+A stage is forked from the supervisor (decoders, preprocessor, postprocessor) or started as
+``python -m workers.<role> NAME`` (inference workers), which reads the path of its context file
+on stdin (see :mod:`engine.launch`). The context (JSON across an exec, no pickle) holds the run
+config, endpoints, pool specs, the stage's log file and, after a crash, what to resume. The
+stage talks to the supervisor over one DEALER socket: READY once started, STATS every heartbeat,
+and it receives ControlMsg (start / stop / worker_down) on the same socket.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ class StageContext:
     replay_from: dict[str, int] = field(default_factory=dict)  # postprocessor: stream → first frame id to publish again
     api_from: dict[str, int] = field(default_factory=dict)     # … and to hand a library pipeline's iterator again
     log_level: int = logging.INFO                     # of the stage's log file
+    log_file: str = ""                                # stdout and stderr go there ("": left as they are)
 
     def to_json(self) -> str:
         return json.dumps({
@@ -62,6 +65,7 @@ class StageContext:
             "completed": self.completed, "supervisor_pid": self.supervisor_pid,
             "layout": self.layout, "epoch": self.epoch, "resume": self.resume,
             "replay_from": self.replay_from, "api_from": self.api_from, "log_level": self.log_level,
+            "log_file": self.log_file,
         })
 
     @classmethod
@@ -168,23 +172,35 @@ class Stage:
         self.control.close(0)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass  # not Linux: the stage still notices a changed parent pid at its next heartbeat
 
 
-def stage_main(run: Callable[[StageContext, Stage], None]) -> None:
-    """Entry of ``python -m workers.<role> CONTEXT.json``: run the stage, report a fatal error."""
-    _die_with_parent()
-    with open(sys.argv[1], encoding="utf-8") as fh:
-        ctx = StageContext.from_json(fh.read())
+def redirect_output(log_file: str) -> None:
+    """Make ``log_file`` (appended to) this process's stdout and stderr, file descriptors and
+    ``sys`` streams alike, so that whatever a library prints lands there too."""
+    if not log_file:
+        return
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for target in (1, 2):
+        os.dup2(fd, target)
+    os.close(fd)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)
+
+
+def serve(ctx: StageContext, run: Callable[[StageContext, Stage], None]) -> int:
+    """Run a stage in this process, however it was started; its exit code. A fatal error is told
+    to the supervisor (a user mistake: code 2; a bug: 1, and the trace to the log)."""
     configure_stage(ctx.name, ctx.log_level)
-    log.debug("pid %d, generation %d, context %s", os.getpid(), ctx.generation, sys.argv[1])
-    if os.getppid() != ctx.supervisor_pid:
-        sys.exit(1)
+    log.debug("pid %d, generation %d", os.getpid(), ctx.generation)
+    if os.getppid() != ctx.supervisor_pid:       # the supervisor died before this stage was set to die with it
+        return 1
     stage = Stage(ctx)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())   # the command held Ctrl-C / SIGTERM back at start
     code = 0
     try:
         run(ctx, stage)
@@ -199,12 +215,26 @@ def stage_main(run: Callable[[StageContext, Stage], None]) -> None:
     finally:
         stage.close()
         zmq.Context.instance().term()
-    # Everything is closed and flushed: skip the interpreter's teardown (unloading OpenVINO's
-    # plugins, collecting every module), which took longer than the stage's own shutdown.
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(code)
+    return code
+
+
+def stage_main(run: Callable[[StageContext, Stage], None]) -> None:
+    """Entry of ``python -m workers.<role> NAME``: wait for the path of the context file on
+    stdin (the process may be started before the supervisor's checks, while they run), then
+    serve. Without one (stdin closed: the run ended first) it leaves quietly."""
+    die_with_parent()
+    path = sys.stdin.readline().strip()
+    if not path:
+        os._exit(0)
+    with open(path, encoding="utf-8") as fh:
+        ctx = StageContext.from_json(fh.read())
+    redirect_output(ctx.log_file)
+    # Everything is closed and flushed: skip the interpreter's teardown (unloading OpenVINO's
+    # plugins, collecting every module), which took longer than the stage's own shutdown.
+    os._exit(serve(ctx, run))

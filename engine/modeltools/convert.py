@@ -25,6 +25,7 @@ from pathlib import Path
 
 import openvino as ov
 from openvino.frontend import FrontEndManager
+from openvino.tools.ovc import convert_model   # not openvino.convert_model: see engine/ovruntime.py
 from rich.console import Console, RenderableType
 from rich.progress import Progress, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
@@ -111,7 +112,7 @@ def read_model(source: Source, input_shape: list[int] | None = None) -> ov.Model
             options = {"input": ov.PartialShape(shape)} if shape else {}
             if source.framework == "tflite":      # custom ops the frontend cannot translate alone
                 options["extension"] = list(EXTENSIONS)
-            model = ov.convert_model(source.path, **options)
+            model = convert_model(source.path, **options)
     except Exception as exc:  # the converters raise many types; all mean "this model does not convert"
         raise ModelError(f"{source.path}: cannot convert: {_one_line(exc)}") from None
     if not model.inputs or not model.outputs:

@@ -1,0 +1,184 @@
+"""How stage processes start: forked from the supervisor, or (inference workers) exec'd early.
+
+Start-up is mostly imports, paid once per interpreter: numpy, ZeroMQ, pydantic, OpenCV and the
+engine's own modules cost each stage ~0.25 core-s, which on a small machine is most of the time
+to the first result. So:
+
+- **decoders, the preprocessor and the postprocessor are forked** from the supervisor, which has
+  imported all they need already (they use no OpenVINO): a fork costs milliseconds. The child
+  gets its own session, its log file as stdout and stderr, the title ``python -m workers.ROLE
+  NAME`` (so ``ps`` names it), its own ZeroMQ context, and leaves with ``os._exit``, never
+  returning into the supervisor's code.
+- **inference workers are exec'd** (``python -m workers.inference NAME``): the supervisor has
+  used OpenVINO (the pre-flight checks), whose thread pools are not fork-safe. They can be
+  started as soon as the config is known (:meth:`Launcher.prestart`), so that their imports
+  overlap the supervisor's own imports and checks; a worker waits for the path of its context
+  file on stdin. One that is never needed (the checks failed) is killed unseen: it has no log
+  file yet and sees only a closed stdin.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:                  # the runner imports this module before the heavy ones
+    from workers.runtime import StageContext
+
+EXEC_ROLES = ("inference",)        # roles that load OpenVINO: never forked
+
+
+def inference_name(index: int) -> str:
+    """The name of the inference worker of ``[inference] devices[index]``."""
+    return f"inference-{index}"
+
+
+def stage_title(role: str, name: str) -> str:
+    """What ``ps`` shows for a stage, forked or exec'd alike."""
+    return f"{sys.executable} -m workers.{role} {name}"
+
+
+def stage_of(cmdline: list[str]) -> str | None:
+    """The stage name (``decoder-0``) in a process's command line, or None if not a stage.
+    A forked stage's title comes back as one string (with NUL padding), an exec'd one's as
+    arguments: both read the same once joined."""
+    words = " ".join(cmdline).split()
+    for i, word in enumerate(words[:-1]):
+        if word == "-m" and words[i + 1].startswith("workers.") and i + 2 < len(words):
+            return Path(words[i + 2]).stem      # a context file path in older engines: its stem
+    return None
+
+
+class ForkedProcess:
+    """A stage forked from this process, with what the supervisor uses of :class:`subprocess.Popen`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            if self.returncode is None:
+                self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(stage_title("?", str(self.pid)), timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:            # never a pid that was reaped and may be reused
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
+StageProcess = Union[subprocess.Popen, ForkedProcess]
+
+
+def fork_stage(ctx: "StageContext") -> ForkedProcess:
+    """Fork the stage of ``ctx`` (not an inference worker) from this process."""
+    assert ctx.role not in EXEC_ROLES, ctx.role
+    from setproctitle import setproctitle
+
+    from workers.runtime import die_with_parent, redirect_output, serve
+
+    run = importlib.import_module(f"workers.{ctx.role}").run    # imported here once, shared by every fork
+    pid = os.fork()
+    if pid:
+        return ForkedProcess(pid)
+    code = 1
+    try:                                   # the child: never returns into the caller's code
+        os.setsid()                        # a terminal's Ctrl-C reaches only the supervisor
+        die_with_parent()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        redirect_output(ctx.log_file)
+        setproctitle(stage_title(ctx.role, ctx.name))
+        code = serve(ctx, run)
+    except BaseException:  # noqa: B036 — whatever happens, the trace goes to the log and the child exits here
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+class Launcher:
+    """Starts one run's stage processes; inference workers may be started ahead of their context.
+
+    Use it as a context manager (or call :meth:`close`): workers started ahead and never handed a
+    context are killed and reaped on the way out.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, subprocess.Popen] = {}
+
+    def prestart(self, count: int) -> None:
+        """Start ``count`` inference workers now (``inference-0`` …): they import OpenVINO while
+        the caller does its own work, then wait for :meth:`start`."""
+        for i in range(count):
+            name = inference_name(i)
+            if name not in self._waiting:
+                self._waiting[name] = self._exec("inference", name, log=None)
+
+    def start(self, ctx: "StageContext", ctx_path: Path) -> StageProcess:
+        """Start the stage of ``ctx``: fork it, or hand an exec'd one (waiting, or started now)
+        the context written to ``ctx_path``."""
+        if ctx.role not in EXEC_ROLES:
+            return fork_stage(ctx)
+        proc = self._waiting.pop(ctx.name, None)
+        if proc is None or proc.poll() is not None:
+            proc = self._exec(ctx.role, ctx.name, log=Path(ctx.log_file) if ctx.log_file else None)
+        ctx_path.write_text(ctx.to_json(), encoding="utf-8")
+        try:
+            proc.stdin.write(f"{ctx_path}\n".encode())
+            proc.stdin.close()
+        except OSError:
+            pass                   # it died already: the caller sees it exit like any stage
+        return proc
+
+    @staticmethod
+    def _exec(role: str, name: str, log: Path | None) -> subprocess.Popen:
+        """``python -m workers.ROLE NAME`` in its own session; its output goes to ``log`` until it
+        reads its context (which names the log), or nowhere for a worker started ahead."""
+        out = open(log, "ab") if log is not None else subprocess.DEVNULL
+        try:
+            return subprocess.Popen([sys.executable, "-m", f"workers.{role}", name], stdin=subprocess.PIPE,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            if log is not None:
+                out.close()
+
+    def close(self) -> None:
+        """Kill and reap every worker started ahead that never got a context."""
+        waiting, self._waiting = self._waiting, {}
+        for proc in waiting.values():
+            proc.kill()
+        for proc in waiting.values():
+            proc.wait()
+            proc.stdin.close()
+
+    def __enter__(self) -> "Launcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
