@@ -145,8 +145,8 @@ class Launcher:
         the context written to ``ctx_path``."""
         if ctx.role not in EXEC_ROLES:
             return fork_stage(ctx)
-        proc = self._waiting.pop(ctx.name, None)
-        if proc is None or proc.poll() is not None:
+        proc = self._waiting.pop(ctx.name, None)     # one that died meanwhile is handed over dead, a crash like any
+        if proc is None:
             proc = self._exec(ctx.role, ctx.name, log=Path(ctx.log_file) if ctx.log_file else None)
         ctx_path.write_text(ctx.to_json(), encoding="utf-8")
         try:

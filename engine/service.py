@@ -20,9 +20,9 @@ import zmq
 from engine.apilink import ServiceLink
 from engine.config import RunConfig
 from engine.errors import EXIT_FAILED, EXIT_USAGE, OvstreamError
+from engine.launch import Launcher
 from engine.logs import configure_stage
 from engine.outdir import OutputDir
-from engine.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +32,33 @@ def serve(spec: dict, link: ServiceLink) -> dict:
     ``usage``: a mistake found before start)."""
     try:
         cfg = RunConfig.from_dict(spec["config"], origin="pipeline config")
-        supervisor = Supervisor(cfg, dashboard=False, link=link, max_streams=int(spec.get("max_streams", 0)))
-        try:
-            with OutputDir(cfg.output.dir, reserve_report=cfg.output.report) as output:
-                outcome = supervisor.run()
-                message, code = outcome.message, outcome.exit_code
-                if outcome.report and cfg.output.report:
-                    try:
-                        output.write_report(outcome.report)
-                    except OSError as exc:
-                        message = message or f"cannot write {output.path / 'report.json'}: {exc.strerror}"
-                        code = max(code, EXIT_FAILED)
-        finally:
-            if supervisor.exporter is not None:
-                supervisor.exporter.close()
-        return {"exit_code": code, "message": message, "report": outcome.report, "usage": False}
+        with Launcher() as launcher:
+            launcher.prestart(len(cfg.inference.devices))    # they import OpenVINO while this process does
+            return _serve(cfg, spec, link, launcher)
     except OvstreamError as exc:        # found before start: the API raises it as it is
         return {"exit_code": exc.exit_code, "message": str(exc), "report": {}, "usage": exc.exit_code == EXIT_USAGE,
                 "error": type(exc).__name__}
+
+
+def _serve(cfg: RunConfig, spec: dict, link: ServiceLink, launcher: Launcher) -> dict:
+    from engine.supervisor import Supervisor     # imported after the inference workers were started
+
+    supervisor = Supervisor(cfg, dashboard=False, link=link, max_streams=int(spec.get("max_streams", 0)),
+                            launcher=launcher)
+    try:
+        with OutputDir(cfg.output.dir, reserve_report=cfg.output.report) as output:
+            outcome = supervisor.run()
+            message, code = outcome.message, outcome.exit_code
+            if outcome.report and cfg.output.report:
+                try:
+                    output.write_report(outcome.report)
+                except OSError as exc:
+                    message = message or f"cannot write {output.path / 'report.json'}: {exc.strerror}"
+                    code = max(code, EXIT_FAILED)
+    finally:
+        if supervisor.exporter is not None:
+            supervisor.exporter.close()
+    return {"exit_code": code, "message": message, "report": outcome.report, "usage": False}
 
 
 def main(argv: list[str]) -> int:

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import psutil
 
+from engine.launch import stage_of
 
 VIDEO_FRAMES = 200
 WARMUP_FRACTION = 0.10
@@ -81,16 +82,11 @@ class ProcessTrace:
 
 
 def _engine_name(proc: psutil.Process) -> str | None:
-    """``inference-0`` for ``python -m workers.inference …/inference-0.json``; None if not a stage."""
+    """``inference-0`` for a stage process (``python -m workers.inference inference-0``); None if not a stage."""
     try:
-        cmdline = proc.cmdline()
+        return stage_of(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    module = next((arg for arg in cmdline if arg.startswith("workers.")), None)
-    if module is None:
-        return None
-    ctx = cmdline[-1]
-    return Path(ctx).stem if ctx.endswith(".json") else module.split(".", 1)[1]
 
 
 def sample_tree(root: psutil.Process) -> dict[str, tuple[int, int]]:

@@ -35,6 +35,7 @@ from typing import Callable
 import psutil
 
 from engine.bench.stats import Spread, ratio
+from engine.launch import stage_of
 
 SAMPLE_S = 0.05            # line count + per-process CPU sample period
 WARM_FRACTION = 0.1        # the steady window starts once this share of the frames is written
@@ -80,9 +81,7 @@ def process_name(proc: psutil.Process, root_pid: int, root_name: str) -> str:
         cmd = proc.cmdline()
     except (psutil.Error, OSError):
         return f"pid{proc.pid}"
-    if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2].startswith("workers."):
-        return Path(cmd[-1]).stem
-    return f"pid{proc.pid}"
+    return stage_of(cmd) or f"pid{proc.pid}"
 
 
 def count_lines(path: Path, state: dict) -> int:

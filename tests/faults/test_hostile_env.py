@@ -198,24 +198,52 @@ def test_disk_that_fills_during_the_run(engine_env, tmp_path):
 
 # ---- a stage that cannot start -------------------------------------------------------------------
 
+# A stage that exits with code 3 as it starts (once, with CRASH_ONCE_MARKER: the marker file
+# remembers it did). Forked stages run the ``run`` of the module the supervisor imported, so the
+# postprocessor's is wrapped there; an inference worker is its own interpreter and exits at once.
 _CRASH_AT_START = """
-import os, sys
-if any(a.endswith("postprocessor.json") for a in sys.argv):
+import importlib.abc, importlib.machinery, os, sys
+
+def _crash_now():
     marker = os.environ.get("CRASH_ONCE_MARKER")
-    if not marker or not os.path.exists(marker):
-        if marker:
-            open(marker, "w").close()
-        os._exit(3)
+    if marker and os.path.exists(marker):
+        return False
+    if marker:
+        open(marker, "w").close()
+    os._exit(3)
+
+if os.environ["CRASH_ROLE"] == "inference" and "workers.inference" in sys.orig_argv:
+    _crash_now()
+
+class _WrapRun(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "workers." + os.environ["CRASH_ROLE"]:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            real = module.run
+            module.run = lambda ctx, stage: _crash_now() or real(ctx, stage)
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _WrapRun())
 """
 
 
+@pytest.mark.parametrize("role", ["postprocessor", "inference"], ids=["forked", "execd"])
 @pytest.mark.parametrize("once", [True, False], ids=["crashes-once", "crashes-always"])
-def test_stage_that_dies_during_start_up_is_retried(engine_env, tmp_path, once):
-    """Not a user mistake: retried like a crash; it recovers (0), or the run gives up with exit 1."""
+def test_stage_that_dies_during_start_up_is_retried(engine_env, tmp_path, once, role):
+    """Not a user mistake: retried like a crash, a forked stage and an exec'd inference worker
+    alike; it recovers (0), or the run gives up with exit 1."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(_CRASH_AT_START)
-    env = dict(engine_env, PYTHONPATH=os.pathsep.join(filter(None, [str(hook), engine_env.get("PYTHONPATH")])))
+    env = dict(engine_env, PYTHONPATH=os.pathsep.join(filter(None, [str(hook), engine_env.get("PYTHONPATH")])),
+               CRASH_ROLE=role)
     if once:
         env["CRASH_ONCE_MARKER"] = str(tmp_path / "crashed")
     config = tmp_path / "c.toml"
@@ -223,16 +251,17 @@ def test_stage_that_dies_during_start_up_is_retried(engine_env, tmp_path, once):
     result = run_ovstream(str(config), output=tmp_path / "out", env=env, timeout=TIMEOUT)
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
-    retry = "[supervisor] postprocessor exited during start-up with code 3; restarting"
+    name = "inference-0" if role == "inference" else role
+    retry = f"[supervisor] {name} exited during start-up with code 3; restarting"
     if once:
         assert result.code == 0, result.stderr
         assert lines == [retry]
         assert [r["frame_id"] for r in result.records] == list(range(100))
-        assert result.report["restarts"]["postprocessor"] == 1 and result.report["accounting"]["balanced"]
+        assert result.report["restarts"][name] == 1 and result.report["accounting"]["balanced"]
     else:
         assert result.code == 1, result.stderr
         assert lines[:2] == [retry, retry] and len(lines) == 3, result.stderr
-        assert lines[2].startswith("ovstream run: postprocessor could not start: exited 3 times during start-up "
+        assert lines[2].startswith(f"ovstream run: {name} could not start: exited 3 times during start-up "
                                    "(last exit code 3); see "), lines[2]
 
 
