@@ -271,7 +271,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
         poller.register(stage.control, zmq.POLLIN)   # a stop wakes the loop at once
         while not stage.stopping:
             stage.tick()
-            events = dict(poller.poll(int(cfg.pipeline.heartbeat_s * 1000)))
+            events = dict(poller.poll(stage.poll_ms(cfg.pipeline.heartbeat_s)))
             if releases in events:
                 for data in pending(releases):
                     msg = stage.decode(data)

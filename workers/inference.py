@@ -150,7 +150,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
     try:
         while not stage.stopping:
             stage.tick()
-            events = dict(poller.poll(int(ctx.config.pipeline.heartbeat_s * 1000)))
+            events = dict(poller.poll(stage.poll_ms(ctx.config.pipeline.heartbeat_s)))
             if wake.fileno() in events:
                 wake.clear()
             for batch, outputs, error, started, ended in requests.collect(len(names)):

@@ -201,7 +201,8 @@ def run(ctx: StageContext, stage: Stage) -> None:
             if outlet is not None and outlet.backlogged:     # the consumer is behind: let it catch up
                 time.sleep(0.005)
                 outlet.poll()
-            elif results in dict(poller.poll(_wait_ms(cfg.pipeline.heartbeat_s, streams, ack_due))):
+            elif results in dict(poller.poll(0 if stage.stopping else   # the last turn: see Stage.poll_ms
+                                             _wait_ms(cfg.pipeline.heartbeat_s, streams, ack_due))):
                 held: list[ResultMsg] = []           # results now here: their input slots may be reused
                 for parts in pending(results, multipart=True, copy=False):
                     _handle(parts, stage, adapter, streams, in_w, in_h, held)

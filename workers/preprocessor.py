@@ -209,7 +209,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
                 wait = max(0.0, min(wait, filling.deadline - time.monotonic()))
             if waiting and (filling is not None or free.free > 0):
                 wait = 0.0
-            events = dict(poller.poll(int(wait * 1000)))
+            events = dict(poller.poll(stage.poll_ms(wait)))
             if dispatch in events:
                 for _, data in pending(dispatch, multipart=True):
                     msg = stage.decode(data)

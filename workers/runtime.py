@@ -141,6 +141,12 @@ class Stage:
             if isinstance(msg, ControlMsg):
                 self.on_control(msg)
 
+    def poll_ms(self, seconds: float) -> int:
+        """A loop's poll timeout: ``seconds``, or 0 once stopping. The loops read a stop in
+        :meth:`tick`, just before they poll: their last turn must not wait a heartbeat for
+        nothing (it cost every stage 0.25 s at the end of each run)."""
+        return 0 if self.stopping else int(seconds * 1000)
+
     def on_control(self, msg: ControlMsg) -> None:
         if msg.command == "stop":
             self.stopping = True
