@@ -36,17 +36,16 @@ except ModuleNotFoundError:  # Python 3.10
 from engine import paths
 from engine.errors import ConfigError, ModelError
 from engine.geometry import INTERPOLATIONS, RESIZE_MODES
+from engine.options import HINTS, MODEL_SUFFIXES
 
 ADAPTERS = ("anchor_ssd", "ssd_detection_output", "tf_od_api", "classification", "nanodet", "yolo")
-MODEL_SUFFIXES = (".xml", ".onnx", ".tflite", ".pb", ".pdmodel")
 
-# Enumerations, defined once (the command line's choices come from here too).
-Hint = Literal["THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT", "NONE"]
+# Enumerations, defined once (those the command line offers in engine/options.py, light to import).
+Hint = Literal[HINTS]
 Resize = Literal[RESIZE_MODES]                                  # letterbox | stretch | crop
 Interpolation = Literal[("auto", *INTERPOLATIONS)]
 Color = Literal["RGB", "BGR", "GRAY"]
 Live = Literal["auto", "yes", "no"]
-HINTS: tuple[str, ...] = typing.get_args(Hint)
 
 # Engine limits.
 MAX_BATCH = 256

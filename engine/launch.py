@@ -11,14 +11,18 @@ to the first result. So:
   returning into the supervisor's code.
 - **inference workers are exec'd** (``python -m workers.inference NAME``): the supervisor has
   used OpenVINO (the pre-flight checks), whose thread pools are not fork-safe. They can be
-  started as soon as the config is known (:meth:`Launcher.prestart`), so that their imports
-  overlap the supervisor's own imports and checks; a worker waits for the path of its context
-  file on stdin. One that is never needed (the checks failed) is killed unseen: it has no log
-  file yet and sees only a closed stdin.
+  started before anything is known (:meth:`Launcher.prestart`), so that their imports overlap
+  the supervisor's. A worker reads two lines on stdin: the run's config with its device and the
+  batch, as soon as the supervisor's checks have chosen the batch (:meth:`Launcher.configure`:
+  it compiles the model while the supervisor makes the pools and forks the other stages), then
+  the path of its context file. One that is never needed (the config or the checks failed) is
+  killed unseen: it has no log file yet.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:                  # the runner imports this module before the heavy ones
+    from engine.config import RunConfig
     from workers.runtime import StageContext
 
 EXEC_ROLES = ("inference",)        # roles that load OpenVINO: never forked
@@ -122,6 +127,10 @@ def fork_stage(ctx: "StageContext") -> ForkedProcess:
         os._exit(code)
 
 
+def _config_line(cfg: "RunConfig", device: str, batch: int) -> str:
+    return json.dumps({"config": cfg.to_dict(), "device": device, "batch": batch})
+
+
 class Launcher:
     """Starts one run's stage processes; inference workers may be started ahead of their context.
 
@@ -131,14 +140,24 @@ class Launcher:
 
     def __init__(self) -> None:
         self._waiting: dict[str, subprocess.Popen] = {}
+        self._configured: set[str] = set()      # waiting workers that have their config
 
     def prestart(self, count: int) -> None:
-        """Start ``count`` inference workers now (``inference-0`` …): they import OpenVINO while
-        the caller does its own work, then wait for :meth:`start`."""
+        """Start inference workers ``inference-0`` … ``inference-{count-1}`` not started yet:
+        they import OpenVINO while the caller does its own work, then wait for their config."""
         for i in range(count):
             name = inference_name(i)
             if name not in self._waiting:
                 self._waiting[name] = self._exec("inference", name, log=None)
+
+    def configure(self, cfg: "RunConfig", batch: int) -> None:
+        """Tell every waiting worker the run's config, its device and the frames per request the
+        checks chose: it compiles the model now."""
+        for i, device in enumerate(cfg.inference.devices):
+            proc = self._waiting.get(inference_name(i))
+            if proc is not None and inference_name(i) not in self._configured:
+                self._configured.add(inference_name(i))
+                self._tell(proc, _config_line(cfg, device, batch))
 
     def start(self, ctx: "StageContext", ctx_path: Path) -> StageProcess:
         """Start the stage of ``ctx``: fork it, or hand an exec'd one (waiting, or started now)
@@ -148,13 +167,23 @@ class Launcher:
         proc = self._waiting.pop(ctx.name, None)     # one that died meanwhile is handed over dead, a crash like any
         if proc is None:
             proc = self._exec(ctx.role, ctx.name, log=Path(ctx.log_file) if ctx.log_file else None)
+        if ctx.name not in self._configured:
+            self._tell(proc, _config_line(ctx.config, ctx.device, ctx.input["batch"]))
+        self._configured.discard(ctx.name)
         ctx_path.write_text(ctx.to_json(), encoding="utf-8")
+        self._tell(proc, str(ctx_path), last=True)
+        return proc
+
+    @staticmethod
+    def _tell(proc: subprocess.Popen, line: str, last: bool = False) -> None:
+        """One line on a worker's stdin (``last``: then close it)."""
         try:
-            proc.stdin.write(f"{ctx_path}\n".encode())
-            proc.stdin.close()
+            proc.stdin.write(f"{line}\n".encode())
+            proc.stdin.flush()
+            if last:
+                proc.stdin.close()
         except OSError:
             pass                   # it died already: the caller sees it exit like any stage
-        return proc
 
     @staticmethod
     def _exec(role: str, name: str, log: Path | None) -> subprocess.Popen:
@@ -171,11 +200,13 @@ class Launcher:
     def close(self) -> None:
         """Kill and reap every worker started ahead that never got a context."""
         waiting, self._waiting = self._waiting, {}
+        self._configured.clear()
         for proc in waiting.values():
             proc.kill()
         for proc in waiting.values():
             proc.wait()
-            proc.stdin.close()
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
 
     def __enter__(self) -> "Launcher":
         return self

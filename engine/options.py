@@ -1,12 +1,15 @@
 """The config overrides that the options of ``ovstream run`` name (and the keywords of
-:class:`engine.api.Pipeline`, which mean the same): one mapping for both, light to import.
+:class:`engine.api.Pipeline`, which mean the same): one mapping for both, light to import
+(``ovstream run`` parses its options before it imports anything heavy; engine.config takes the
+values the options offer from here).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from engine.config import MODEL_SUFFIXES
+MODEL_SUFFIXES = (".xml", ".onnx", ".tflite", ".pb", ".pdmodel")
+HINTS = ("THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT", "NONE")     # [inference] hint
 
 
 def overrides_from(args: argparse.Namespace) -> dict:

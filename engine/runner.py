@@ -2,6 +2,11 @@
 
 Exit codes: 0 every frame processed; 1 the run finished but some frames are error records (or a
 stage kept dying); 2 a user mistake found before start (config, model, device); 130 interrupted.
+
+An inference worker is started first thing, before this module imports anything heavy: its
+interpreter imports OpenVINO while this one reads the config and checks it, and compiles the
+model while this one makes the pools and forks the other stages (engine/launch.py). Nearly every
+run has one; one not needed is killed unseen.
 """
 from __future__ import annotations
 
@@ -9,12 +14,15 @@ import argparse
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
-from engine.config import HINTS, RunConfig, load_config
 from engine.errors import EXIT_FAILED, ConfigError
 from engine.launch import Launcher
-from engine.options import overrides_from
+from engine.options import HINTS, overrides_from
 from engine.outdir import OutputDir
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
 
 HANDLES_SIGNALS = True      # the supervisor installs its handlers, then lets Ctrl-C / SIGTERM through
 
@@ -48,17 +56,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, overrides_from(args))
-    if args.loop is not None:                  # every stream, also those a config lists (checked as
-        for src in cfg.sources:                # [source] loop with the other overrides)
-            src.loop = args.loop
-    if args.duration < 0:
-        raise ConfigError(f"--duration must be >= 0, not {args.duration:g}")
-    if cfg.cluster.address:                    # Ray is imported only here
-        from engine.cluster.driver import run_cluster
-        return run_cluster(cfg, cfg.cluster.address, duration_s=args.duration)
     with Launcher() as launcher:
-        launcher.prestart(len(cfg.inference.devices))     # they import OpenVINO while this process does
+        launcher.prestart(1)
+        from engine.config import load_config      # pydantic, numpy: while the worker imports OpenVINO
+
+        cfg = load_config(args.config, overrides_from(args))
+        if args.loop is not None:                  # every stream, also those a config lists (checked as
+            for src in cfg.sources:                # [source] loop with the other overrides)
+                src.loop = args.loop
+        if args.duration < 0:
+            raise ConfigError(f"--duration must be >= 0, not {args.duration:g}")
+        if cfg.cluster.address:                    # Ray is imported only here; the engines start their own
+            launcher.close()
+            from engine.cluster.driver import run_cluster
+            return run_cluster(cfg, cfg.cluster.address, duration_s=args.duration)
+        launcher.prestart(len(cfg.inference.devices))
         return _run(cfg, args, launcher)
 
 

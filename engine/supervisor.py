@@ -169,6 +169,7 @@ class Supervisor(StreamChanges):
         self.link = link            # a library pipeline (engine/api.py) that owns this run
         self.launcher = launcher or Launcher()     # the caller's may hold inference workers started ahead
         self.info, self.batch = preflight(cfg)     # batch: [inference] batch, or chosen when 0
+        self.launcher.configure(cfg, self.batch)   # workers started ahead compile while the pools are made
         self.live_view = dashboard and cfg.dashboard.enabled     # else plain progress lines
         self.duration_s = duration_s
         self.metrics = MetricsAggregator()

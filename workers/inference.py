@@ -18,7 +18,7 @@ import numpy as np
 import zmq
 
 from engine.channels import make_socket, pending
-from engine.config import InferenceConfig
+from engine.config import InferenceConfig, RunConfig
 from engine.errors import DeviceError, describe
 from engine.messages import BatchMsg, CreditMsg, ResultMsg, encode_result
 from engine.model import device_info, load_compiled, output_shapes
@@ -62,16 +62,29 @@ def auto_nireq(optimal: int, device: str) -> int:
     return optimal * QUEUED_PER_REQUEST if device.split(".")[0].split(":")[0] == "CPU" else optimal
 
 
-def load(ctx: StageContext) -> tuple[ov.CompiledModel, int, float]:
+Loaded = tuple[ov.CompiledModel, int, float]        # compiled model, nireq, compile ms
+
+
+def load(cfg: RunConfig, device: str, batch: int) -> Loaded:
     """Read, prepare and compile the model on this worker's device; returns (compiled, nireq, ms)."""
-    cfg = ctx.config
     inference: InferenceConfig = cfg.inference
     t0 = time.monotonic()
-    compiled = load_compiled(ov.Core(), cfg, ctx.device, ctx.input["batch"])
-    nireq = inference.nireq or auto_nireq(int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")), ctx.device)
+    compiled = load_compiled(ov.Core(), cfg, device, batch)
+    nireq = inference.nireq or auto_nireq(int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")), device)
     if nireq < 1:
-        raise DeviceError(f"{ctx.device} reports {nireq} optimal infer requests")
+        raise DeviceError(f"{device} reports {nireq} optimal infer requests")
     return compiled, nireq, (time.monotonic() - t0) * 1000
+
+
+def prepare(cfg: RunConfig, device: str, batch: int) -> Callable[[StageContext, Stage], None]:
+    """Compile as soon as the supervisor has chosen the batch, before this worker's context
+    (pools, sockets) exists: :func:`run` starts with the result. A failure is raised there, to be
+    reported like any, once the worker can tell the supervisor."""
+    try:
+        loaded: Loaded | Exception = load(cfg, device, batch)
+    except Exception as exc:  # noqa: BLE001 — reported by run(), through the control channel
+        loaded = exc
+    return lambda ctx, stage: run(ctx, stage, loaded)
 
 
 class RequestPool:
@@ -127,9 +140,11 @@ class RequestPool:
             self._requests[index].wait()
 
 
-def run(ctx: StageContext, stage: Stage) -> None:
+def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = None) -> None:
     batch_size, in_h, in_w = ctx.input["batch"], ctx.input["height"], ctx.input["width"]
-    compiled, nireq, compile_ms = load(ctx)
+    if isinstance(loaded, Exception):
+        raise loaded
+    compiled, nireq, compile_ms = loaded or load(ctx.config, ctx.device, batch_size)
     pool = SlotPool(ctx.pools["input"])
     tensors = [ov.Tensor(pool.view(slot, (batch_size, in_h, in_w, 3)), shared_memory=True)
                for slot in range(pool.spec.slots)]
@@ -195,4 +210,4 @@ def _send_results(ctx: StageContext, stage: Stage, results: zmq.Socket, batch: B
 
 
 if __name__ == "__main__":
-    stage_main(run)
+    stage_main(run, prepare)

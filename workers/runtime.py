@@ -198,10 +198,15 @@ def redirect_output(log_file: str) -> None:
     sys.stderr = open(2, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)
 
 
-def serve(ctx: StageContext, run: Callable[[StageContext, Stage], None]) -> int:
+def serve(ctx: StageContext, run: Callable[[StageContext, Stage], None],
+          held: list[logging.LogRecord] = ()) -> int:
     """Run a stage in this process, however it was started; its exit code. A fatal error is told
-    to the supervisor (a user mistake: code 2; a bug: 1, and the trace to the log)."""
+    to the supervisor (a user mistake: code 2; a bug: 1, and the trace to the log). ``held``:
+    records logged before the log file was known, written to it first."""
     configure_stage(ctx.name, ctx.log_level)
+    for record in held:
+        if record.levelno >= ctx.log_level:
+            logging.getLogger(record.name).handle(record)
     log.debug("pid %d, generation %d", os.getpid(), ctx.generation)
     if os.getppid() != ctx.supervisor_pid:       # the supervisor died before this stage was set to die with it
         return 1
@@ -230,11 +235,36 @@ def serve(ctx: StageContext, run: Callable[[StageContext, Stage], None]) -> int:
     return code
 
 
-def stage_main(run: Callable[[StageContext, Stage], None]) -> None:
-    """Entry of ``python -m workers.<role> NAME``: wait for the path of the context file on
-    stdin (the process may be started before the supervisor's checks, while they run), then
-    serve. Without one (stdin closed: the run ended first) it leaves quietly."""
+class _Held(logging.Handler):
+    """Keeps the records of a stage's work before its log file is known."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+Prepare = Callable[[RunConfig, str, int], Callable[[StageContext, Stage], None]]
+
+
+def stage_main(run: Callable[[StageContext, Stage], None], prepare: Prepare | None = None) -> None:
+    """Entry of ``python -m workers.<role> NAME`` (see engine/launch.py). Two lines come on
+    stdin: the run's config with this stage's device and batch, then the path of its context
+    file, which the supervisor writes a little later: ``prepare(config, device, batch)`` does
+    what needs no context meanwhile (an inference worker compiles its model) and returns the
+    stage's run function. Without a line (stdin closed: the run ended first) it leaves quietly."""
     die_with_parent()
+    early = sys.stdin.readline()
+    if not early:
+        os._exit(0)
+    held = _Held()
+    logging.getLogger().addHandler(held)
+    logging.getLogger().setLevel(logging.DEBUG)
+    if prepare is not None:
+        told = json.loads(early)
+        run = prepare(RunConfig.from_dict(told["config"], origin="stage config"), told["device"], told["batch"])
     path = sys.stdin.readline().strip()
     if not path:
         os._exit(0)
@@ -243,4 +273,4 @@ def stage_main(run: Callable[[StageContext, Stage], None]) -> None:
     redirect_output(ctx.log_file)
     # Everything is closed and flushed: skip the interpreter's teardown (unloading OpenVINO's
     # plugins, collecting every module), which took longer than the stage's own shutdown.
-    os._exit(serve(ctx, run))
+    os._exit(serve(ctx, run, held.records))

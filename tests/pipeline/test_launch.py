@@ -39,3 +39,19 @@ def test_a_failed_check_leaves_no_inference_worker_started_ahead(engine_env, tmp
     assert "no such file or folder" in result.stderr
     assert not _tagged_processes(engine_env["OVSTREAM_TAG"])       # no grace: killed and reaped, not left to exit
     assert not (tmp_path / "out").exists()
+
+
+def test_what_a_worker_logs_before_its_context_lands_in_its_log(engine_env, tmp_path):
+    """The worker compiles as soon as it has the config, before it knows its log file: a warning
+    then (a damaged model-cache entry, read again from the original) is kept and written there."""
+    config = tmp_path / "c.toml"
+    config.write_text("[model]\nname = 'face'\n[inference]\ncache_dir = 'cache'\n")
+    first = run_ovstream(str(config), output=tmp_path / "first", env=engine_env, timeout=120)
+    assert first.code == 0, first.stderr
+    (entry,) = (tmp_path / "cache" / "models").iterdir()
+    (entry / "model.xml").write_text("<net>damaged</net>")
+    second = run_ovstream(str(config), output=tmp_path / "second", env=engine_env, timeout=120)
+    assert second.code == 0, second.stderr
+    log = (tmp_path / "second" / "logs" / "inference-0.log").read_text(encoding="utf-8")
+    assert "[inference-0] the cached model" in log and "did not compile" in log, log
+    assert len(second.records) == 100
