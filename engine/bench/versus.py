@@ -74,7 +74,7 @@ class Job:
 
 
 def process_name(proc: psutil.Process, root_pid: int, root_name: str) -> str:
-    """``supervisor`` / a stage's name (its context file, e.g. decoder-0) / the script's name."""
+    """``supervisor`` / a stage's name (e.g. decoder-0) / the script's name."""
     if proc.pid == root_pid:
         return root_name
     try:

@@ -21,6 +21,7 @@ import numpy as np
 import psutil
 import pytest
 
+from engine.launch import stage_of
 from tests.conftest import COCO, REPO, ovstream_command, run_ovstream
 from tests.pipeline.test_run import FACE_IMAGE, _MjpegHandler, write_config
 
@@ -191,7 +192,7 @@ def test_sigkill_of_one_decoder_restarts_it_alone_and_every_stream_is_exactly_on
     proc = _start(["--source", str(clip_a), "--source", str(clip_b), "--source", str(folder), "--loop", "2",
                    "--decoders", "2", "--model", "face"], out, engine_env)
     _wait(lambda: len(_records(out)) >= 40, proc, "40 results")
-    decoders = [c for c in psutil.Process(proc.pid).children() if "decoder-0.json" in " ".join(c.cmdline())]
+    decoders = [c for c in psutil.Process(proc.pid).children() if stage_of(c.cmdline()) == "decoder-0"]
     decoders[0].kill()
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stderr
@@ -296,7 +297,7 @@ def test_sigkill_of_a_cameras_decoder_the_camera_goes_on_numbering_without_a_rep
         proc = _start(["--source", url(camera), "--source", str(clip), "--loop", "2", "--decoders", "2",
                        "--model", "face", "--duration", "8"], out, engine_env)
         _wait(lambda: sum(r["stream"] == "stream" for r in _records(out)) >= 20, proc, "20 camera results")
-        owner = [c for c in psutil.Process(proc.pid).children() if "decoder-0.json" in " ".join(c.cmdline())]
+        owner = [c for c in psutil.Process(proc.pid).children() if stage_of(c.cmdline()) == "decoder-0"]
         owner[0].kill()                                    # cameras are dealt out first: decoder-0 has it
         _, stderr = proc.communicate(timeout=60)
     finally:
