@@ -56,7 +56,7 @@ def stage_of(cmdline: list[str]) -> str | None:
     words = " ".join(cmdline).split()
     for i, word in enumerate(words[:-1]):
         if word == "-m" and words[i + 1].startswith("workers.") and i + 2 < len(words):
-            return Path(words[i + 2]).stem      # a context file path in older engines: its stem
+            return words[i + 2]
     return None
 
 
@@ -82,7 +82,7 @@ class ForkedProcess:
         deadline = time.monotonic() + timeout
         while self.poll() is None:
             if time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(stage_title("?", str(self.pid)), timeout)
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
             time.sleep(0.005)
         return self.returncode
 
