@@ -69,15 +69,13 @@ class ForkedProcess:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+            self._reap(os.WNOHANG)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         if timeout is None:
             if self.returncode is None:
-                self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+                self._reap(0)
             return self.returncode
         deadline = time.monotonic() + timeout
         while self.poll() is None:
@@ -85,6 +83,15 @@ class ForkedProcess:
                 raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
             time.sleep(0.005)
         return self.returncode
+
+    def _reap(self, flags: int) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:          # reaped already (SIGCHLD ignored by whoever started us): as Popen does
+            self.returncode = 0
+            return
+        if pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
 
     def send_signal(self, signum: int) -> None:
         if self.poll() is None:            # never a pid that was reaped and may be reused
@@ -167,10 +174,15 @@ class Launcher:
         proc = self._waiting.pop(ctx.name, None)     # one that died meanwhile is handed over dead, a crash like any
         if proc is None:
             proc = self._exec(ctx.role, ctx.name, log=Path(ctx.log_file) if ctx.log_file else None)
-        if ctx.name not in self._configured:
-            self._tell(proc, _config_line(ctx.config, ctx.device, ctx.input["batch"]))
-        self._configured.discard(ctx.name)
-        ctx_path.write_text(ctx.to_json(), encoding="utf-8")
+        try:
+            if ctx.name not in self._configured:
+                self._tell(proc, _config_line(ctx.config, ctx.device, ctx.input["batch"]))
+            self._configured.discard(ctx.name)
+            ctx_path.write_text(ctx.to_json(), encoding="utf-8")
+        except BaseException:              # e.g. a full disk: nobody holds it but us
+            proc.kill()
+            proc.wait()
+            raise
         self._tell(proc, str(ctx_path), last=True)
         return proc
 

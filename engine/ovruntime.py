@@ -18,7 +18,7 @@ _CONVERSION_API = "openvino.tools.ovc"
 if "openvino" not in sys.modules and _CONVERSION_API not in sys.modules:
     sys.modules[_CONVERSION_API] = None     # type: ignore[assignment]  # ImportError for this import only
     try:
-        import openvino
+        import openvino  # noqa: F401  (imported now, with the conversion API held back)
     finally:
         del sys.modules[_CONVERSION_API]
 

@@ -41,7 +41,7 @@ from engine.ovruntime import ov
 from engine.shm import PoolSpec, SlotPool
 from engine.sinks import JsonlSink
 from engine.sources import is_live_uri, open_source
-from engine.streams import Layout, plan
+from engine.streams import Layout, is_live, plan
 from engine.apilink import ServiceLink
 from engine.stream_changes import REPLIES, StreamChanges
 from workers.runtime import StageContext
@@ -77,9 +77,10 @@ class Outcome:
     report: dict = field(default_factory=dict)
 
 
-def preflight(cfg: RunConfig) -> tuple[InputInfo, int]:
+def preflight(cfg: RunConfig, streams_may_join: bool = False) -> tuple[InputInfo, int]:
     """Everything that can be wrong before a process starts: devices and their properties, model,
-    preprocessing, adapter, sources. Returns the model's input and the frames per request."""
+    preprocessing, adapter, sources. Returns the model's input and the frames per request
+    (``batch = 0``: one when ``streams_may_join``, as a library pipeline's camera may)."""
     core = ov.Core()
     check_devices(core, cfg.inference.devices)
     for device in cfg.inference.devices:
@@ -87,7 +88,7 @@ def preflight(cfg: RunConfig) -> tuple[InputInfo, int]:
     root = writable(cache_root(cfg.inference.cache_dir))
     cache = ModelCache(root) if root is not None else None
     auto = cfg.inference.batch == 0
-    batch = cfg.inference.batch or (AUTO_BATCH if files_only(cfg) else 1)
+    batch = cfg.inference.batch or (AUTO_BATCH if files_only(cfg) and not streams_may_join else 1)
     hit = cache.lookup(cfg.model, batch) if cache is not None else None
     if hit is None and auto and batch > 1 and cache is not None:
         known = cache.lookup(cfg.model, 1)        # an earlier run found that the graph fixes its batch
@@ -118,8 +119,9 @@ def preflight(cfg: RunConfig) -> tuple[InputInfo, int]:
 
 
 def files_only(cfg: RunConfig) -> bool:
-    """Every source is a file read as fast as it goes: nobody waits for a batch to fill."""
-    return all(not is_live_uri(src.uri) and not src.realtime for src in cfg.sources or [cfg.source])
+    """Every source is a file read as fast as it goes (not live, not paced): nobody waits for a
+    batch to fill."""
+    return all(not is_live(src) and not src.realtime and not src.max_fps for src in cfg.sources or [cfg.source])
 
 
 @dataclass(frozen=True)
@@ -168,14 +170,15 @@ class Supervisor(StreamChanges):
         self.cfg = cfg
         self.link = link            # a library pipeline (engine/api.py) that owns this run
         self.launcher = launcher or Launcher()     # the caller's may hold inference workers started ahead
-        self.info, self.batch = preflight(cfg)     # batch: [inference] batch, or chosen when 0
+        sources = len(cfg.sources or [cfg.source])
+        self.info, self.batch = preflight(cfg, streams_may_join=max_streams > sources)   # batch: chosen when 0
         self.launcher.configure(cfg, self.batch)   # workers started ahead compile while the pools are made
         self.live_view = dashboard and cfg.dashboard.enabled     # else plain progress lines
         self.duration_s = duration_s
         self.metrics = MetricsAggregator()
         self.metrics.watch("supervisor", os.getpid(), "supervisor")
         self.children: dict[str, Child] = {}
-        spare = max(0, max_streams - len(cfg.sources or [cfg.source]))   # ranges for streams added later
+        spare = max(0, max_streams - sources)     # ranges for streams added later
         self.layout: Layout = plan(cfg, self._slots_per_stream(), spare=spare)
         check_memory(self._pool_sizes())          # before anything is allocated
         for spec, src in zip(self.layout.streams, cfg.sources or [cfg.source]):
@@ -393,7 +396,8 @@ class Supervisor(StreamChanges):
             if child.proc is not None and child.proc.poll() is None:
                 child.proc.kill()
                 child.proc.wait()
-        self._receive(0)
+        while self.control.poll(20):         # what the stages sent on their way out: last acks and stats
+            self._receive(0)
 
     def _on_death(self, child: Child) -> None:
         self._receive(0)                                # a FatalMsg sent just before it exited

@@ -32,7 +32,7 @@ from engine.metrics import stream_key, stream_state_code
 from engine.shm import SlotPool
 from engine.sources import Source, open_source
 from engine.streams import Layout, StreamSpec
-from workers.runtime import Stage, StageContext, stage_main
+from workers.runtime import Stage, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class Feeder:
         self.ctx = ctx
         self.pool = pool
         self.sockets = sockets        # "frames" → the preprocessor, "results" → the postprocessor
+        self._sending = threading.Lock()      # a send and the main thread's close never overlap
         self.done = ctx.completed_ids(spec.sid)
         self.source: Source = open_source(src_cfg, skip=self.done.__contains__ if self.done else None,
                                           min_side=min_side)
@@ -114,12 +115,20 @@ class Feeder:
         return 1.0 / self.cfg.max_fps if self.cfg.max_fps > 0 and not self.cfg.realtime else 0.0
 
     def _post(self, *parts: tuple[str, bytes]) -> None:
-        for edge, data in parts:
-            self.sockets[edge].send(data)
+        """Send on this feeder's sockets; nothing once they are closed (the stage is stopping).
+        Sends never block: the raw slots bound what is queued far below the high-water mark."""
+        with self._sending:
+            if self.sockets is None:
+                return
+            for edge, data in parts:
+                self.sockets[edge].send(data)
 
     def close_sockets(self, linger_ms: int = 0) -> None:
-        """Only once the thread has ended; ``linger_ms`` for what it sent last (a stream's end)."""
-        for sock in self.sockets.values():
+        """Close the sockets (``linger_ms`` for what was sent last, a stream's end), even under a
+        thread still stuck in a read: it finds them closed and sends nothing."""
+        with self._sending:
+            sockets, self.sockets = self.sockets, None
+        for sock in (sockets or {}).values():
             sock.close(linger_ms)
 
     def _run(self) -> None:
@@ -307,7 +316,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
         for feeder in feeders:
             if not feeder.thread.is_alive():
                 feeder.source.close()       # releases the file or device (a live reader: its own thread)
-        for feeder in feeders:              # a thread still stuck in a read finds its sockets closed
+        for feeder in feeders:
             feeder.close_sockets()
         releases.close(0)
         pool.close()
@@ -340,7 +349,3 @@ def _report(stage: Stage, feeders: list[Feeder], retired: dict[str, int]) -> Non
     stage.counters.update(totals)
     stage.counters["work_cpu_us"] = (retired.get("work_ns", 0) + sum(f.work_ns for f in feeders)) // 1000
     stage.gauges.update(raw_slots=slots, raw_free=free)
-
-
-if __name__ == "__main__":
-    stage_main(run)

@@ -210,4 +210,4 @@ def _send_results(ctx: StageContext, stage: Stage, results: zmq.Socket, batch: B
 
 
 if __name__ == "__main__":
-    stage_main(run, prepare)
+    stage_main(prepare)

@@ -30,12 +30,13 @@ from engine.results import Classification, Detection, FrameResult
 from engine.shm import SlotPool
 from engine.sinks import ApiSink, Sink, encode_record, open_sinks
 from engine.streams import Layout, StreamSpec
-from workers.runtime import Stage, StageContext, stage_main
+from workers.runtime import Stage, StageContext
 
 log = logging.getLogger(__name__)
 
 LIVE_GAP_S = 2.0   # a live source's missing frame is given up after this long
-ACK_INTERVAL_S = 0.1    # written frame ids go to the supervisor at most this often (a stream's end: at once)
+ACK_INTERVAL_S = 0.1    # written frame ids go to the supervisor at most this often (a stream's end: at once),
+                        # when results.jsonl keeps them for a restart to read back; else after every flush
 
 
 def stage_latencies(stamps: dict[str, int]) -> dict[str, float]:
@@ -195,6 +196,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
     poller.register(results, zmq.POLLIN)
     poller.register(stage.control, zmq.POLLIN)      # a stop wakes the loop at once
     ack_due = 0.0
+    ack_interval = ACK_INTERVAL_S if cfg.output.jsonl else 0.0   # without the file, a restart relies on acks alone
     try:
         while not stage.stopping:
             stage.tick()
@@ -243,7 +245,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
             ended = [sid for sid, r in enumerate(streams.reorder) if r.finished and not streams.finished[sid]]
             if ended or time.monotonic() >= ack_due:
                 _send_acks(stage, streams, ctx.generation)
-                ack_due = time.monotonic() + ACK_INTERVAL_S
+                ack_due = time.monotonic() + ack_interval
             for sid in ended:
                 streams.finished[sid] = True
             _poll_sinks(sinks, stage)
@@ -399,7 +401,3 @@ def _queue(record: dict, ref: FrameRef, stage: Stage, streams: StreamOutputs) ->
     if not streams.reorder[ref.stream].add(record, ref):
         stage.count("duplicates")
         stage.count(stream_key("duplicates", ref.stream))
-
-
-if __name__ == "__main__":
-    stage_main(run)

@@ -27,7 +27,7 @@ from engine.messages import (BatchMsg, ControlMsg, CreditMsg, EndOfSource, Error
                              ReleaseMsg)
 from engine.shm import FreeList, SlotPool
 from engine.streams import Layout, StreamSpec
-from workers.runtime import Stage, StageContext, stage_main
+from workers.runtime import Stage, StageContext
 
 
 class FairQueue:
@@ -108,7 +108,8 @@ class Dispatcher:
 
     def release(self, batch_id: int) -> int | None:
         """The postprocessor holds this dispatch's result: its worker gets the credit back (the
-        request was free again before the result left it); returns the input slot, or None if stale."""
+        request went idle before the worker read its next batch); returns the input slot, or None
+        if stale."""
         held = self.held.pop(batch_id, None)
         if held is None:
             return None
@@ -294,7 +295,3 @@ def _preprocess(ref: FrameRef, batch: Batch, raw_pool: SlotPool, in_pool: SlotPo
     stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
     batch.frames.append(ref)
     stage.count("frames")
-
-
-if __name__ == "__main__":
-    stage_main(run)

@@ -175,7 +175,7 @@ class Stage:
             self.send_stats()
         except zmq.ZMQError:
             pass
-        self.control.close(0)
+        self.control.close(linger=1000)      # the last acks and stats reach the supervisor before the exit
 
 
 def die_with_parent() -> None:
@@ -249,12 +249,13 @@ class _Held(logging.Handler):
 Prepare = Callable[[RunConfig, str, int], Callable[[StageContext, Stage], None]]
 
 
-def stage_main(run: Callable[[StageContext, Stage], None], prepare: Prepare | None = None) -> None:
-    """Entry of ``python -m workers.<role> NAME`` (see engine/launch.py). Two lines come on
-    stdin: the run's config with this stage's device and batch, then the path of its context
-    file, which the supervisor writes a little later: ``prepare(config, device, batch)`` does
-    what needs no context meanwhile (an inference worker compiles its model) and returns the
-    stage's run function. Without a line (stdin closed: the run ended first) it leaves quietly."""
+def stage_main(prepare: Prepare) -> None:
+    """Entry of an exec'd stage, ``python -m workers.inference NAME`` (see engine/launch.py; the
+    other roles are forked). Two lines come on stdin: the run's config with this stage's device
+    and batch, then the path of its context file, which the supervisor writes a little later:
+    ``prepare(config, device, batch)`` does what needs no context meanwhile (compiles the model)
+    and returns the stage's run function. Without a line (stdin closed: the run ended first) it
+    leaves quietly."""
     die_with_parent()
     early = sys.stdin.readline()
     if not early:
@@ -262,9 +263,8 @@ def stage_main(run: Callable[[StageContext, Stage], None], prepare: Prepare | No
     held = _Held()
     logging.getLogger().addHandler(held)
     logging.getLogger().setLevel(logging.DEBUG)
-    if prepare is not None:
-        told = json.loads(early)
-        run = prepare(RunConfig.from_dict(told["config"], origin="stage config"), told["device"], told["batch"])
+    told = json.loads(early)
+    run = prepare(RunConfig.from_dict(told["config"], origin="stage config"), told["device"], told["batch"])
     path = sys.stdin.readline().strip()
     if not path:
         os._exit(0)

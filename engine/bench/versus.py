@@ -194,6 +194,7 @@ def engine_profile(steady: dict, report: dict, inference_core_ms: float | None) 
     (``work_cpu_us``: CPU time of reading + decoding, resizing, the adapter's parsing and writing
     the records, as the script writes its own); inference's is the probe's core-ms per frame. The
     supervisor, which reports no stats of its own, counts with its steady-window CPU (``steady``).
+    A stage that restarted counts its last instance's CPU only (the bench's runs have none).
     Processes that spent nothing are left out."""
     frames = int(report.get("accounting", {}).get("out", 0))      # every frame, of every process
     inference_frames = sum(int(p.get("counters", {}).get("frames", 0)) for p in report.get("processes", [])

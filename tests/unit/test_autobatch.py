@@ -16,6 +16,8 @@ def _cfg(tmp_path, model: str, **source):
 def test_files_take_the_auto_batch_live_or_paced_sources_take_one(tmp_path):
     assert files_only(_cfg(tmp_path, "face"))
     assert not files_only(_cfg(tmp_path, "face", realtime=True))     # paced like a camera: latency counts
+    assert not files_only(_cfg(tmp_path, "face", max_fps=15))        # paced by the config
+    assert not files_only(_cfg(tmp_path, "face", live="yes"))        # a folder a camera fills
     assert not files_only(load_config(overrides={"source": {"uri": "rtsp://127.0.0.1:1/x"}}))
 
 
@@ -24,6 +26,7 @@ def test_a_graph_that_takes_a_batch_gets_it_and_the_cache_remembers(tmp_path):
     assert preflight(cfg)[1] == AUTO_BATCH
     assert preflight(cfg)[1] == AUTO_BATCH                          # from the cache's entry
     assert preflight(_cfg(tmp_path, "face", realtime=True))[1] == 1
+    assert preflight(cfg, streams_may_join=True)[1] == 1           # a library pipeline may add a camera
 
 
 def test_a_graph_that_fixes_its_batch_runs_one_frame_per_request(tmp_path):

@@ -38,6 +38,13 @@ def test_forked_process_killed_reads_minus_the_signal_and_is_not_signalled_once_
     assert proc.returncode == -signal.SIGKILL
 
 
+def test_a_stage_reaped_by_someone_else_reads_as_ended_not_an_error():
+    """Started by a parent that ignores SIGCHLD, the kernel reaps children itself; Popen says 0."""
+    proc = _fork_sleeper(0.01, code=5)
+    os.waitpid(proc.pid, 0)                   # gone before the handle looked
+    assert proc.poll() == 0 and proc.wait() == 0
+
+
 def test_stage_of_reads_forked_titles_and_exec_command_lines():
     title = stage_title("decoder", "decoder-1")
     assert stage_of([title] + [""] * 20) == "decoder-1"                      # setproctitle: one string, NUL-padded
