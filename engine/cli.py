@@ -19,7 +19,7 @@ import sys  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
 from engine.errors import EXIT_INTERRUPTED, OvstreamError
-from engine.logs import LEVELS, configure_cli
+from engine.logs import LEVELS, configure_cli, flush_output
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("engine.runner", "stream a source through the models and devices of a config"),
@@ -82,11 +82,7 @@ def _exit_without_teardown(code: int) -> NoReturn:
     teardown (destroying every module; OpenVINO unloading its plugins) is skipped. It took ~0.2 s
     after ``ovstream run`` had finished, and a run has closed everything of its own by then."""
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    flush_output()
     os._exit(code)
 
 

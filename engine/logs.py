@@ -57,3 +57,13 @@ def configure_stage(name: str, level: int) -> None:
         logger.setLevel(logging.NOTSET)
         logger.propagate = True
     logging.basicConfig(level=level, format=f"[{name}] %(message)s", stream=sys.stderr, force=True)
+
+
+def flush_output() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr`` as they are (closed or broken ones are skipped):
+    the last step of a process that leaves with ``os._exit``."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass

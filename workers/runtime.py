@@ -25,7 +25,7 @@ from engine.channels import make_socket, pending
 from engine.config import RunConfig
 from engine.errors import OvstreamError, describe
 from engine.ledger import FrameLedger
-from engine.logs import configure_stage
+from engine.logs import configure_stage, flush_output
 from engine.messages import ControlMsg, FatalMsg, Message, MessageError, ReadyMsg, StatsMsg, decode
 from engine.metrics import LatencyRecorder
 from engine.shm import PoolSpec
@@ -227,11 +227,7 @@ def serve(ctx: StageContext, run: Callable[[StageContext, Stage], None],
         stage.close()
         zmq.Context.instance().term()
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    flush_output()
     return code
 
 
