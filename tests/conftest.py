@@ -103,9 +103,11 @@ def _run_dirs(tag: str) -> list[Path]:
 
 def leftovers(tag: str, wait_s: float = 3.0) -> list[str]:
     """What the runs tagged ``tag`` left behind: live processes, held pool memfds, run directories.
-    Processes get ``wait_s`` to finish exiting; the others are checked once they are gone."""
+    Processes get ``wait_s`` to finish exiting (a dying process drops its memory, and with it the
+    tag that identifies it, before its files: its pools' memfds go a moment later); the run
+    directories are checked once they are gone."""
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and _tagged_processes(tag):
+    while time.monotonic() < deadline and (_tagged_processes(tag) or _held_memfds(tag)):
         time.sleep(0.1)
     problems = [f"process left running: {' '.join(p.cmdline())}" for p in _tagged_processes(tag)]
     problems += [f"pool memory still held by pid {held}" for held in _held_memfds(tag)]

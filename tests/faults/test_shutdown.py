@@ -205,7 +205,9 @@ def test_sigkill_of_the_supervisor_leaves_no_stage_running(engine_env, tmp_path,
         killed = time.monotonic()
         run.proc.kill()
         run.proc.wait()
-    while time.monotonic() - killed < 5 and _tagged_processes(tag):
+    # a dying process drops its memory (and with it what identifies it here) before its files:
+    # wait for both, so a stage still in the kernel's exit is not taken for a leak
+    while time.monotonic() - killed < 5 and (_tagged_processes(tag) or _held_memfds(tag)):
         time.sleep(0.05)
     survivors = _tagged_processes(tag)
     assert not survivors, f"alive 5 s after the supervisor's SIGKILL: {[p.cmdline() for p in survivors]}"
