@@ -33,6 +33,7 @@ from typing import Any
 import zmq
 
 from engine import errors
+from engine.apilink import api_messages
 from engine.channels import RunDir, make_socket
 from engine.config import RunConfig, load_config, merge_tables, resolve_model, resolve_streams
 from engine.errors import ConfigError, OvstreamError, PipelineError
@@ -334,14 +335,7 @@ class Pipeline:
         out = []
         if not self._control.poll(timeout_ms):
             return out
-        while self._control.poll(0):
-            try:
-                msg = decode(self._control.recv())
-            except MessageError as exc:
-                log.warning("rejected control message: %s", exc)
-                continue
-            if not isinstance(msg, ApiMsg):
-                continue
+        for msg in api_messages(self._control, "the pipeline's supervisor"):
             if msg.kind == "snapshot":
                 self._snapshot = Snapshot.from_dict(msg.arg)
             elif msg.kind == "outcome":

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 import zmq
 
-from engine.channels import make_socket
+from engine.channels import make_socket, pending
 from engine.messages import ApiMsg, MessageError, decode
 
 log = logging.getLogger(__name__)
@@ -35,16 +36,7 @@ class ServiceLink:
         return os.getppid() != self.owner_pid
 
     def receive(self) -> list[ApiMsg]:
-        out = []
-        while self.socket.poll(0):
-            try:
-                msg = decode(self.socket.recv())
-            except MessageError as exc:
-                log.warning("rejected message from the API: %s", exc)
-                continue
-            if isinstance(msg, ApiMsg):
-                out.append(msg)
-        return out
+        return list(api_messages(self.socket, "the API"))
 
     def send(self, kind: str, arg: dict | None = None, request: int = 0) -> None:
         try:
@@ -56,3 +48,16 @@ class ServiceLink:
         """Close the socket, giving the last messages (the outcome) time to reach the API."""
         self.socket.setsockopt(zmq.LINGER, LAST_WORD_MS)
         self.socket.close()
+
+
+def api_messages(sock: zmq.Socket, sender: str) -> Iterator[ApiMsg]:
+    """The :class:`ApiMsg` s waiting on ``sock`` now; other messages are dropped, a malformed one
+    with a warning naming ``sender``."""
+    for data in pending(sock):
+        try:
+            msg = decode(data)
+        except MessageError as exc:
+            log.warning("rejected message from %s: %s", sender, exc)
+            continue
+        if isinstance(msg, ApiMsg):
+            yield msg
