@@ -203,8 +203,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
             if outlet is not None and outlet.backlogged:     # the consumer is behind: let it catch up
                 time.sleep(0.005)
                 outlet.poll()
-            elif results in dict(poller.poll(0 if stage.stopping else   # the last turn: see Stage.poll_ms
-                                             _wait_ms(cfg.pipeline.heartbeat_s, streams, ack_due))):
+            elif results in dict(poller.poll(stage.poll_ms(_wait_s(cfg.pipeline.heartbeat_s, streams, ack_due)))):
                 held: list[ResultMsg] = []           # results now here: their input slots may be reused
                 for parts in pending(results, multipart=True, copy=False):
                     _handle(parts, stage, adapter, streams, in_w, in_h, held)
@@ -289,11 +288,11 @@ def _send_acks(stage: Stage, streams: StreamOutputs, generation: int) -> None:
             streams.to_ack[sid], streams.to_ack_errors[sid] = [], []
 
 
-def _wait_ms(heartbeat_s: float, streams: StreamOutputs, ack_due: float) -> int:
+def _wait_s(heartbeat_s: float, streams: StreamOutputs, ack_due: float) -> float:
     """How long the loop may sleep: a heartbeat, or until acks that wait are due."""
     if any(streams.to_ack) or any(streams.to_ack_errors):
-        return max(0, int((ack_due - time.monotonic()) * 1000) + 1)
-    return int(heartbeat_s * 1000)
+        return max(0.0, ack_due - time.monotonic()) + 0.001
+    return heartbeat_s
 
 
 def replay(path: Path, marks: dict[str, int], sinks: list[Sink]) -> int:
