@@ -25,7 +25,7 @@ from engine.model import device_info, load_compiled, output_shapes
 from engine.ovruntime import ov
 from engine.shm import SlotPool
 from engine.wakeup import Wakeup
-from workers.runtime import Stage, StageContext, stage_main
+from workers.runtime import Stage, StageContext, native_threads_cpu_s, stage_main
 
 
 def split_batch_axis(array: np.ndarray, batch: int) -> np.ndarray:
@@ -155,7 +155,11 @@ def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = Non
     wake = Wakeup()                  # a request finished
     requests = RequestPool(compiled, nireq, wake.set)
     stage.declare("frames", "batches", "errors")
-    stage.gauges.update(nireq=nireq, batch=batch_size, in_flight=0)
+    stage.gauges.update(nireq=nireq, batch=batch_size, in_flight=0, ready_native_cpu_s=round(native_threads_cpu_s(), 3))
+
+    def count_native_cpu() -> None:
+        stage.gauges["native_cpu_s"] = round(native_threads_cpu_s(), 3)
+    stage.before_stats.append(count_native_cpu)
     stage.ready(device=ctx.device, nireq=nireq, compile_ms=round(compile_ms, 1), **device_info(compiled))
     dispatch.send(CreditMsg(instance, nireq, generation=ctx.generation).encode())
     poller = zmq.Poller()
@@ -180,6 +184,8 @@ def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = Non
             stage.gauges["in_flight"] = requests.in_flight
     finally:
         requests.wait_all()
+        stage.before_stats.remove(count_native_cpu)    # the last figure, while OpenVINO's threads live
+        count_native_cpu()
         for sock in (dispatch, results):
             sock.close(0)
         wake.close()

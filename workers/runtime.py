@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -33,6 +34,26 @@ from engine.shm import PoolSpec
 _PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger(__name__)
+
+
+def native_threads_cpu_s() -> float:
+    """CPU seconds of this process's live threads that neither Python nor ZeroMQ started: a native
+    library's pool (OpenVINO's streams in an inference worker). The rest of the process's CPU is
+    the stage's own loop, messaging included."""
+    python_threads = {t.native_id for t in threading.enumerate()}
+    ticks = 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) in python_threads:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as f:
+                stat = f.read()
+        except OSError:                    # the thread has just ended
+            continue
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if not name.startswith("ZMQbg/"):
+            ticks += int(fields[11]) + int(fields[12])     # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -362,7 +362,8 @@ class Bench:
     def _versus(self) -> int:
         from engine.bench.engine_runs import engine_command
         from engine.bench.loops import list_images
-        from engine.bench.versus import compare, inference_probe, profile_summary, threaded_command, verdicts
+        from engine.bench.versus import (compare, inference_probe, profile_summary, threaded_command, verdicts,
+                                         zero_overhead_ceiling)
 
         a = self.args
         if a.steady_loops < 1 or a.probe_seconds <= 0 or a.live_seconds < 0 or a.fps <= 0:
@@ -388,6 +389,7 @@ class Bench:
                                                           settings="default")},
             self.out, len(images), a.repeats, a.steady_loops, self.progress)
         profile = profile_summary(result.pop("engine_reports"), probe["core_ms_per_frame"])
+        profile["zero_overhead_ceiling"] = zero_overhead_ceiling(profile, result["summary"])
         live = self._live(images) if a.live_seconds > 0 else None
         self.result["versus"] = {**result, "probe": probe, "profile": profile, "live": live,
                                  "targets": verdicts(result["summary"], profile["overhead_ms_per_frame"],
@@ -570,9 +572,11 @@ def render_versus(result: dict, console: Console) -> None:
     for row in prof.get("rows", []):
         pt.add_row(row["process"], fmt(row["core_ms_per_frame"], 2), row["work"] or "—", fmt(row["work_ms"], 2),
                    fmt(row["overhead_ms"], 2))
-    pt.add_row("[bold]total[/bold]", fmt(prof.get("core_ms_per_frame"), 2), "", "",
+    pt.add_row("[bold]total[/bold]", fmt(prof.get("core_ms_per_frame"), 2), "", fmt(prof.get("work_ms_per_frame"), 2),
                f"[bold]{fmt(prof.get('overhead_ms_per_frame'), 2)}[/bold]")
     console.print(pt)
+    for line in profile_notes(prof):
+        console.print(line)
     live = v.get("live")
     if live:
         lt = Table(title=f"Live source: one stream at {fmt(live.get('fps'), 0)} FPS, realtime, "
@@ -603,6 +607,20 @@ def render_versus(result: dict, console: Console) -> None:
     errors = [f"{side}: {e}" for side, runs in v["runs"].items() for r in runs for e in r.get("errors", [])]
     for e in errors:
         console.print(f"[red]{e[:200]}[/red]")
+
+
+def profile_notes(profile: dict) -> list[str]:
+    """What the profile's totals mean: the overhead's parts, and the ceiling it leaves."""
+    notes = []
+    beyond, overhead = profile.get("openvino_beyond_probe_ms_per_frame"), profile.get("overhead_ms_per_frame")
+    if beyond is not None and overhead is not None:
+        notes.append(f"of the overhead, {fmt(beyond, 2)} core-ms/frame is OpenVINO's threads spending more in the "
+                     f"engine than in the probe alone (sharing the cores), {fmt(overhead - beyond, 2)} the stages' "
+                     f"own loops (messages, polling, stats)")
+    for script, ceiling in (profile.get("zero_overhead_ceiling") or {}).items():
+        notes.append(f"zero-overhead ceiling, steady FPS engine/{script} on busy cores: {fmt(ceiling, 3, '×')} "
+                     f"(the {script} script's core-ms/frame over the unavoidable work's)")
+    return notes
 
 
 def render_density(result: dict, console: Console) -> None:

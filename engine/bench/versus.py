@@ -18,7 +18,11 @@ start-up done to its exit, as ``report.json`` counts it) into the work the scrip
 (decode, resize, the adapter's parsing: the stages' own busy time; inference: core-ms per frame
 that a benchmark_app-style probe of the same compiled model spends, :func:`inference_probe`) and
 the rest, the engine's own overhead (messages, copies, polling, stats, OpenVINO threads spinning
-while idle).
+while idle). The inference worker also counts its OpenVINO threads' CPU apart from its own
+loop's, so its overhead splits into the loop's and what OpenVINO spends beyond the probe, alone
+on the machine, when it shares the cores with the other stages. The sum of the work is the floor
+a single process would reach with no overhead at all: where the script's CPU per frame is at that
+floor and every core is busy, the engine's steady FPS can at most equal the script's.
 """
 from __future__ import annotations
 
@@ -194,7 +198,8 @@ def engine_profile(steady: dict, report: dict, inference_core_ms: float | None) 
     (``work_cpu_us``: CPU time of reading + decoding, resizing, the adapter's parsing and writing
     the records, as the script writes its own); inference's is the probe's core-ms per frame. The
     supervisor, which reports no stats of its own, counts with its steady-window CPU (``steady``).
-    A stage that restarted counts its last instance's CPU only (the bench's runs have none).
+    An inference row also says how much more its OpenVINO threads spent than the probe
+    (``openvino_beyond_probe_ms``; the rest of its overhead is its own loop). A stage that restarted counts its last instance's CPU only (the bench's runs have none).
     Processes that spent nothing are left out."""
     frames = int(report.get("accounting", {}).get("out", 0))      # every frame, of every process
     inference_frames = sum(int(p.get("counters", {}).get("frames", 0)) for p in report.get("processes", [])
@@ -219,8 +224,12 @@ def engine_profile(steady: dict, report: dict, inference_core_ms: float | None) 
             work_name = "inference (probe)"
             share = int(counters.get("frames", 0)) / inference_frames if inference_frames else 1.0
             work = inference_core_ms * share
-        rows.append({"process": name, "core_ms_per_frame": round(total, 3), "work": work_name,
-                     "work_ms": round(work, 3), "overhead_ms": round(total - work, 3)})
+        row = {"process": name, "core_ms_per_frame": round(total, 3), "work": work_name,
+               "work_ms": round(work, 3), "overhead_ms": round(total - work, 3)}
+        if role == "inference" and work_name and {"native_cpu_s", "ready_native_cpu_s"} <= set(gauges):
+            native = (gauges["native_cpu_s"] - gauges["ready_native_cpu_s"]) * 1000 / frames
+            row["openvino_beyond_probe_ms"] = round(native - work, 3)
+        rows.append(row)
     return rows
 
 
@@ -362,14 +371,29 @@ def profile_summary(reports: list[tuple[dict, dict]], inference_core_ms: float |
             per.setdefault(row["process"], []).append(row)
     rows = []
     for name, items in per.items():
+        keys = ("core_ms_per_frame", "work_ms", "overhead_ms") + \
+            (("openvino_beyond_probe_ms",) if all("openvino_beyond_probe_ms" in i for i in items) else ())
         rows.append({"process": name, "work": items[0]["work"],
-                     **{k: round(Spread.of(i[k] for i in items).median, 3)
-                        for k in ("core_ms_per_frame", "work_ms", "overhead_ms")}})
+                     **{k: round(Spread.of(i[k] for i in items).median, 3) for k in keys}})
     order = ("supervisor", "decoder", "preprocessor", "inference", "postprocessor")
     rows.sort(key=lambda r: next((i for i, o in enumerate(order) if r["process"].startswith(o)), len(order)))
-    overhead = round(sum(r["overhead_ms"] for r in rows), 3) if rows else None
-    return {"rows": rows, "overhead_ms_per_frame": overhead,
-            "core_ms_per_frame": round(sum(r["core_ms_per_frame"] for r in rows), 3) if rows else None}
+    if not rows:
+        return {"rows": [], "overhead_ms_per_frame": None, "core_ms_per_frame": None, "work_ms_per_frame": None}
+    beyond = [r["openvino_beyond_probe_ms"] for r in rows if "openvino_beyond_probe_ms" in r]
+    return {"rows": rows, "overhead_ms_per_frame": round(sum(r["overhead_ms"] for r in rows), 3),
+            "openvino_beyond_probe_ms_per_frame": round(sum(beyond), 3) if beyond else None,
+            "work_ms_per_frame": round(sum(r["work_ms"] for r in rows), 3),
+            "core_ms_per_frame": round(sum(r["core_ms_per_frame"] for r in rows), 3)}
+
+
+def zero_overhead_ceiling(profile: dict, summary: dict) -> dict[str, float]:
+    """Per script, the most the engine's steady FPS could be over the script's with no overhead at
+    all, while every core is busy: the script's CPU per frame over the unavoidable work's (no frame
+    costs less than its work)."""
+    work = profile.get("work_ms_per_frame")
+    spent = summary.get("steady_cpu_ms_per_frame", {})
+    return {script: round(value, 3) for script in SCRIPTS
+            if (value := ratio((spent.get(script) or {}).get("median"), work)) is not None}
 
 
 LIVE_STAGES = ("decode", "preprocess", "inference", "postprocess")

@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 
 from engine.bench.loops import Prepared, list_images, sync_loop
-from engine.bench.versus import (Sample, count_lines, engine_profile, run_job, steady_window, summarize,
-                                 threaded_command, verdicts)
+from engine.bench.versus import (Sample, count_lines, engine_profile, profile_summary, run_job, steady_window,
+                                 summarize, threaded_command, verdicts, zero_overhead_ceiling)
 from engine.config import load_config
 from tests.conftest import REPO
 
@@ -103,7 +103,8 @@ def test_engine_profile_splits_work_from_overhead_over_one_span():
          "counters": {"work_cpu_us": 2_500_000, "frames_read": 1000}},
         {"name": "preprocessor", "role": "preprocessor", "cpu_s": 2.4, "gauges": {"ready_cpu_s": 0.4},
          "counters": {"work_cpu_us": 1_500_000, "frames": 1000}},
-        {"name": "inference-0", "role": "inference", "cpu_s": 19.0, "gauges": {"ready_cpu_s": 1.0},
+        {"name": "inference-0", "role": "inference", "cpu_s": 19.0,
+         "gauges": {"ready_cpu_s": 1.0, "ready_native_cpu_s": 0.8, "native_cpu_s": 18.3},
          "counters": {"frames": 1000}},
         {"name": "postprocessor", "role": "postprocessor", "cpu_s": 1.3, "gauges": {"ready_cpu_s": 0.3},
          "counters": {"work_cpu_us": 300_000, "results": 1000}},
@@ -115,6 +116,14 @@ def test_engine_profile_splits_work_from_overhead_over_one_span():
     assert rows["decoder-0"]["work_ms"] == 2.5 and rows["decoder-0"]["overhead_ms"] == 0.5
     assert rows["preprocessor"]["overhead_ms"] == 0.5
     assert rows["inference-0"]["work_ms"] == 17.0 and rows["inference-0"]["overhead_ms"] == 1.0
+    assert rows["inference-0"]["openvino_beyond_probe_ms"] == 0.5       # 17.5 in OpenVINO's threads; 0.5 its loop
+    assert "openvino_beyond_probe_ms" not in rows["decoder-0"]
+    profile = profile_summary([(steady, report)], inference_core_ms=17.0)
+    assert profile["work_ms_per_frame"] == 2.5 + 1.5 + 17.0 + 0.3
+    assert profile["openvino_beyond_probe_ms_per_frame"] == 0.5
+    # a script spending exactly the work per frame leaves the engine no room; one spending 10% more, 10%
+    summary = {"steady_cpu_ms_per_frame": {"threaded": {"median": 21.3}, "plain": {"median": 23.43}}}
+    assert zero_overhead_ceiling(profile, summary) == {"threaded": 1.0, "plain": 1.1}
     assert rows["postprocessor"]["work_ms"] == 0.3 and rows["postprocessor"]["overhead_ms"] == 0.7
 
 

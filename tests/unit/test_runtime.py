@@ -1,0 +1,42 @@
+"""The stage runtime's CPU split between its own threads and a native library's."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from engine.ovruntime import ov
+from tests.conftest import REPO
+from workers.runtime import native_threads_cpu_s
+
+MNIST = REPO / "models" / "mnist" / "mnist.xml"
+
+
+def _busy_for(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_python_threads_do_not_count_as_native():
+    before = native_threads_cpu_s()
+    worker = threading.Thread(target=_busy_for, args=(0.3,))
+    worker.start()
+    _busy_for(0.2)
+    worker.join()
+    assert native_threads_cpu_s() - before < 0.05
+
+
+def test_openvino_streams_count_as_native():
+    compiled = ov.Core().compile_model(str(MNIST), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+    queue = ov.AsyncInferQueue(compiled, 2)
+    pixels = np.zeros(tuple(compiled.input(0).shape), np.float32)
+    before, main_before = native_threads_cpu_s(), time.thread_time()
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        queue.start_async({0: pixels})
+    queue.wait_all()
+    native = native_threads_cpu_s() - before
+    assert native > 0.05
+    assert native > (time.thread_time() - main_before) / 10    # the streams' work, not the feeding loop's
