@@ -216,10 +216,12 @@ class TensorSpec:
 
 @dataclass(slots=True)
 class ResultMsg(Message):
-    """inference → postprocessor: header; each output tensor follows as its own frame.
+    """inference → postprocessor: header; each output tensor follows as its own frame, or lies in
+    slot ``slot`` of the worker's output pool ``pool`` (:class:`~engine.shm.PoolSpec` fields; laid
+    out by :func:`~engine.shm.tensor_offsets`), where the request wrote it.
 
-    ``outputs`` lists ``[name, dtype, shape]`` for each following frame; the first dimension is
-    the batch, of which the first ``len(frames)`` rows are real. ``error`` set: the batch failed
+    ``outputs`` lists ``[name, dtype, shape]`` for each tensor, as the graph returns it for the
+    batch (the postprocessor finds each frame's rows). ``error`` set: the batch failed
     and no tensors follow. ``slot``/``batch_id`` name the input slot the postprocessor releases
     once it holds the result (so a worker that dies before its result is delivered loses nothing).
     """
@@ -233,6 +235,7 @@ class ResultMsg(Message):
     batch_id: int = 0
     error: str = ""
     generation: int = 0
+    pool: dict = field(default_factory=dict)
 
     def tensor_specs(self) -> list[TensorSpec]:
         specs = []

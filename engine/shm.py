@@ -20,6 +20,19 @@ import numpy as np
 SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(os.environ.get("TMPDIR", "/tmp"))
 SHM_PREFIX = "ovstream-"
 _ALIGN = 4096
+TENSOR_ALIGN = 64          # each tensor of a slot starts at a multiple of this (SIMD loads)
+
+TensorLayout = list[tuple[str, list[int]]]     # (numpy dtype name, shape) of each tensor, in order
+
+
+def tensor_offsets(layout: TensorLayout) -> tuple[list[int], int]:
+    """Where each tensor of ``layout`` starts in a slot, in order, and the bytes they all take."""
+    offsets, end = [], 0
+    for dtype, shape in layout:
+        offsets.append(end)
+        nbytes = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+        end = (end + nbytes + TENSOR_ALIGN - 1) // TENSOR_ALIGN * TENSOR_ALIGN
+    return offsets, end
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,17 @@ class SlotPool:
             raise ValueError(f"{shape} {dtype} needs {nbytes} bytes, slot holds {self.spec.slot_bytes}")
         start = slot * self.spec.slot_bytes
         return self._buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+    def tensors(self, slot: int, layout: TensorLayout) -> list[np.ndarray]:
+        """Writable views of the tensors of ``layout`` in ``slot`` (see :func:`tensor_offsets`)."""
+        offsets, total = tensor_offsets(layout)
+        if total > self.spec.slot_bytes:
+            raise ValueError(f"tensors of {total} bytes do not fit a slot of {self.spec.slot_bytes}")
+        if not 0 <= slot < self.spec.slots:
+            raise IndexError(f"slot {slot} outside pool of {self.spec.slots}")
+        base = slot * self.spec.slot_bytes
+        return [self._buffer[base + offset:base + offset + np.dtype(dtype).itemsize * int(np.prod(shape))]
+                .view(dtype).reshape(shape) for offset, (dtype, shape) in zip(offsets, layout)]
 
     def close(self) -> None:
         """Drop this process's mapping (views must not be used afterwards)."""

@@ -266,7 +266,7 @@ class Supervisor(StreamChanges):
             supervisor_pid=os.getpid(), layout=self.layout.to_dict(), epoch=child.restarts, resume=resume,
             replay_from=self.replay_from if child.role == "postprocessor" else {},
             api_from=self.api_seen if child.role == "postprocessor" else {}, log_level=stage_level(),
-            log_file=str(self.log_dir / f"{child.name}.log"))
+            log_file=str(self.log_dir / f"{child.name}.log"), run_id=self.run_dir.run_id)
 
     def _spawn(self, child: Child) -> None:
         child.proc = self.launcher.start(self._context(child), self.run_dir.path / f"{child.name}.json")

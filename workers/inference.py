@@ -2,10 +2,12 @@
 
 Every input slot gets one ``ov.Tensor`` wrapping its shared memory (no copy). The worker
 announces one credit per infer request once; a credit comes back to the preprocessor when the
-postprocessor releases the batch's input slot (see the README's design). The completion callback
-only notes which request finished and wakes the main loop; the main loop sends the outputs
-beside the msgpack header, copied once by ZeroMQ straight from the request's output memory,
-before the request is used again.
+postprocessor releases the batch's input slot (see the README's design). Outputs go the same way: the
+worker makes an output pool with one slot per input slot, and each request writes its outputs
+straight into the slot of its batch's input, which stays the batch's until the postprocessor
+releases it; the result message only names the slot. (A graph whose outputs have no fixed size
+sends them beside the msgpack header instead, copied once by ZeroMQ from the request's memory.)
+The completion callback only notes which request finished and wakes the main loop.
 """
 from __future__ import annotations
 
@@ -23,32 +25,9 @@ from engine.errors import DeviceError, describe
 from engine.messages import BatchMsg, CreditMsg, ResultMsg, encode_result
 from engine.model import device_info, load_compiled, output_shapes
 from engine.ovruntime import ov
-from engine.shm import SlotPool
+from engine.shm import SlotPool, TensorLayout, tensor_offsets
 from engine.wakeup import Wakeup
 from workers.runtime import Stage, StageContext, native_threads_cpu_s, stage_main
-
-
-def split_batch_axis(array: np.ndarray, batch: int) -> np.ndarray:
-    """One row per frame along axis 0, whatever the graph did with the batch.
-
-    Graphs that hard-code batch 1 in a Reshape return [1, B*N, ...]; SSD DetectionOutput returns
-    [1, 1, B*N, 7] rows tagged by image id (padded per frame with id -1, its terminator).
-    """
-    if batch == 1 or (array.shape[0] == batch and array.ndim != 4):
-        return array
-    if array.ndim == 4 and array.shape[:2] == (1, 1) and array.shape[3] == 7:
-        rows = array[0, 0]
-        out = np.full((batch, 1, rows.shape[0], 7), -1, dtype=array.dtype)
-        for b in range(batch):
-            mine = rows[rows[:, 0] == b]
-            out[b, 0, :len(mine)] = mine
-            out[b, 0, :len(mine), 0] = 0
-        return out
-    if array.shape[0] == batch:
-        return array
-    if array.shape[0] == 1 and array.ndim >= 2 and array.shape[1] % batch == 0:
-        return array.reshape(batch, array.shape[1] // batch, *array.shape[2:])
-    raise ValueError(f"output of shape {array.shape} cannot be split into batch {batch}")
 
 
 QUEUED_PER_REQUEST = 2    # nireq = 0 on a CPU: this many requests per one the device finds optimal
@@ -60,6 +39,41 @@ def auto_nireq(optimal: int, device: str) -> int:
     instead of idling (its threads spinning) while the finished request's credit travels to the
     preprocessor and the next batch comes back. Other devices queue internally already."""
     return optimal * QUEUED_PER_REQUEST if device.split(".")[0].split(":")[0] == "CPU" else optimal
+
+
+MAX_OUTPUT_POOL_BYTES = 1 << 30     # larger outputs × slots go beside the result message instead
+
+
+def output_layout(compiled: ov.CompiledModel) -> TensorLayout | None:
+    """(dtype, shape) of each output, or None when one has no fixed shape (known after inference)."""
+    layout = []
+    for port in compiled.outputs:
+        shape = port.get_partial_shape()
+        if shape.is_dynamic:
+            return None
+        layout.append((str(port.get_element_type().to_dtype()), [int(d) for d in shape.to_shape()]))
+    return layout
+
+
+class OutputSlots:
+    """This worker's output pool: per input slot, one OpenVINO tensor per output over shared
+    memory, which a request writes its outputs into (no copy, no socket)."""
+
+    def __init__(self, run_id: str, name: str, layout: TensorLayout, slots: int) -> None:
+        self.layout = layout
+        self.spec = SlotPool.create(run_id, f"{name}-outputs", tensor_offsets(layout)[1], slots)
+        self._pool = SlotPool(self.spec)
+        self.tensors = [[ov.Tensor(a, shared_memory=True) for a in self._pool.tensors(slot, layout)]
+                        for slot in range(slots)]
+
+    @staticmethod
+    def fits(layout: TensorLayout | None, slots: int) -> bool:
+        return layout is not None and tensor_offsets(layout)[1] * slots <= MAX_OUTPUT_POOL_BYTES
+
+    def close(self) -> None:
+        self.tensors = []
+        self._pool.close()
+        SlotPool.unlink(self.spec)
 
 
 Loaded = tuple[ov.CompiledModel, int, float]        # compiled model, nireq, compile ms
@@ -109,13 +123,15 @@ class RequestPool:
     def in_flight(self) -> int:
         return len(self._busy)
 
-    def start(self, tensor: ov.Tensor, batch: BatchMsg) -> bool:
-        """Start ``batch`` on an idle request; False if none is idle."""
+    def start(self, tensor: ov.Tensor, batch: BatchMsg, outputs: list[ov.Tensor] | None = None) -> bool:
+        """Start ``batch`` on an idle request, writing into ``outputs`` if given; False if none is idle."""
         if not self._idle:
             return False
         index = self._idle.popleft()
         request = self._requests[index]
         request.set_input_tensor(tensor)
+        for i, output in enumerate(outputs or ()):
+            request.set_output_tensor(i, output)
         self._busy[index] = (batch, time.monotonic_ns())
         request.start_async()
         return True
@@ -149,6 +165,9 @@ def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = Non
     tensors = [ov.Tensor(pool.view(slot, (batch_size, in_h, in_w, 3)), shared_memory=True)
                for slot in range(pool.spec.slots)]
     names = list(output_shapes(compiled))
+    layout = output_layout(compiled)
+    outputs = OutputSlots(ctx.run_id, ctx.name, layout, pool.spec.slots) \
+        if OutputSlots.fits(layout, pool.spec.slots) else None
     instance = f"{ctx.name}@{os.getpid()}"       # a restarted worker is a new instance to the dispatcher
     dispatch = make_socket(stage.zmq, zmq.DEALER, identity=instance, connect=ctx.endpoints["dispatch"], hwm=10_000)
     results = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"], hwm=10_000)
@@ -172,15 +191,15 @@ def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = Non
             events = dict(poller.poll(stage.poll_ms(ctx.config.pipeline.heartbeat_s)))
             if wake.fileno() in events:
                 wake.clear()
-            for batch, outputs, error, started, ended in requests.collect(len(names)):
-                _send_results(ctx, stage, results, batch, names, outputs, error, started, ended, batch_size)
+            for batch, arrays, error, started, ended in requests.collect(len(names)):
+                _send_results(ctx, stage, results, batch, names, arrays, error, started, ended, outputs)
             if dispatch in events:
                 for data in pending(dispatch):
                     msg = stage.decode(data)
                     if isinstance(msg, BatchMsg) and 0 <= msg.slot < len(tensors):
-                        if not requests.start(tensors[msg.slot], msg):    # credits make this impossible
-                            _send_results(ctx, stage, results, msg, names, None,
-                                          "no free infer request (credit protocol violated)", 0, 0, batch_size)
+                        if not requests.start(tensors[msg.slot], msg, outputs and outputs.tensors[msg.slot]):
+                            _send_results(ctx, stage, results, msg, names, None,   # credits make this impossible
+                                          "no free infer request (credit protocol violated)", 0, 0, None)
             stage.gauges["in_flight"] = requests.in_flight
     finally:
         requests.wait_all()
@@ -191,26 +210,29 @@ def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = Non
         wake.close()
         del tensors
         pool.close()
+        if outputs is not None:
+            outputs.close()
 
 
 def _send_results(ctx: StageContext, stage: Stage, results: zmq.Socket, batch: BatchMsg, names: list[str],
-                  outputs: list[np.ndarray] | None, error: str, started: int, ended: int, batch_size: int) -> None:
+                  arrays: list[np.ndarray] | None, error: str, started: int, ended: int,
+                  outputs: OutputSlots | None) -> None:
     for ref in batch.frames:
         ref.stamps["inf0"], ref.stamps["inf1"] = started, ended
         stage.latency.record("queue", (started - ref.stamps.get("pre", started)) / 1e6)
     stage.latency.record("inference", (ended - started) / 1e6)
-    if outputs is not None:
-        try:
-            outputs = [split_batch_axis(o, batch_size) for o in outputs]
-        except ValueError as exc:
-            outputs, error = None, str(exc)
     msg = ResultMsg(batch.frames, ctx.name, ctx.device, slot=batch.slot, batch_id=batch.batch_id,
-                    error=error if outputs is None else "", generation=ctx.generation)
-    if outputs is None:                     # every frame of the batch becomes an error record
+                    error=error if arrays is None else "", generation=ctx.generation)
+    if arrays is None:                      # every frame of the batch becomes an error record
         stage.count("errors", len(batch.frames))
         results.send(msg.encode())
         return
-    results.send_multipart(encode_result(msg, list(zip(names, outputs))))   # copied here: no buffer to track
+    if outputs is not None:                 # the request wrote them into the batch's output slot
+        msg.outputs = [[name, dtype, shape] for name, (dtype, shape) in zip(names, outputs.layout)]
+        msg.pool = outputs.spec.to_dict()
+        results.send(msg.encode())
+    else:
+        results.send_multipart(encode_result(msg, list(zip(names, arrays))))   # copied here: no buffer to track
     stage.count("frames", len(batch.frames))
     stage.count("batches")
 

@@ -77,6 +77,7 @@ class StageContext:
     api_from: dict[str, int] = field(default_factory=dict)     # … and to hand a library pipeline's iterator again
     log_level: int = logging.INFO                     # of the stage's log file
     log_file: str = ""                                # stdout and stderr go there ("": left as they are)
+    run_id: str = ""                                  # names the pools a stage creates itself
 
     def to_json(self) -> str:
         return json.dumps({
@@ -86,7 +87,7 @@ class StageContext:
             "completed": self.completed, "supervisor_pid": self.supervisor_pid,
             "layout": self.layout, "epoch": self.epoch, "resume": self.resume,
             "replay_from": self.replay_from, "api_from": self.api_from, "log_level": self.log_level,
-            "log_file": self.log_file,
+            "log_file": self.log_file, "run_id": self.run_id,
         })
 
     @classmethod

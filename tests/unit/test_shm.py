@@ -6,7 +6,9 @@ import uuid
 
 import pytest
 
-from engine.shm import FreeList, SlotPool, leftover_segments
+import numpy as np
+
+from engine.shm import TENSOR_ALIGN, FreeList, SlotPool, leftover_segments, tensor_offsets
 
 
 @pytest.fixture
@@ -38,6 +40,23 @@ def test_view_refuses_what_does_not_fit(spec):
         pool.view(0, (200, 200, 3))
     with pytest.raises(IndexError):
         pool.view(4, (1,))
+
+
+def test_tensors_of_a_slot_are_aligned_views_that_do_not_overlap(spec):
+    layout = [("float32", [1, 10, 4]), ("int64", [1, 3]), ("uint8", [5])]
+    offsets, total = tensor_offsets(layout)
+    assert offsets == [0, 192, 256] and total == 320 and all(o % TENSOR_ALIGN == 0 for o in offsets)
+    pool = SlotPool(spec)
+    boxes, counts, flags = pool.tensors(3, layout)
+    boxes[...], counts[...], flags[...] = 1.5, -7, 255
+    again = SlotPool(spec).tensors(3, layout)                 # another mapping sees the same memory
+    assert (again[0] == 1.5).all() and (again[1] == -7).all() and (again[2] == 255).all()
+    assert again[1].dtype == np.int64 and again[0].shape == (1, 10, 4)
+    assert (pool.view(2, (spec.slot_bytes,)) == 0).all()      # the neighbouring slot untouched
+    with pytest.raises(ValueError, match="do not fit"):
+        pool.tensors(0, [("float32", [spec.slot_bytes])])
+    with pytest.raises(IndexError):
+        pool.tensors(4, layout)
 
 
 def test_pool_has_no_name_in_dev_shm_and_unlink_frees_it(spec):
