@@ -27,7 +27,7 @@ from engine.model import device_info, load_compiled, output_shapes
 from engine.ovruntime import ov
 from engine.shm import SlotPool, TensorLayout, tensor_offsets
 from engine.wakeup import Wakeup
-from workers.runtime import Stage, StageContext, native_threads_cpu_s, stage_main
+from workers.runtime import Stage, StageContext, own_threads_cpu_s, stage_main
 
 
 QUEUED_PER_REQUEST = 2    # nireq = 0 on a CPU: this many requests per one the device finds optimal
@@ -174,11 +174,8 @@ def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = Non
     wake = Wakeup()                  # a request finished
     requests = RequestPool(compiled, nireq, wake.set)
     stage.declare("frames", "batches", "errors")
-    stage.gauges.update(nireq=nireq, batch=batch_size, in_flight=0, ready_native_cpu_s=round(native_threads_cpu_s(), 3))
-
-    def count_native_cpu() -> None:
-        stage.gauges["native_cpu_s"] = round(native_threads_cpu_s(), 3)
-    stage.before_stats.append(count_native_cpu)
+    stage.gauges.update(nireq=nireq, batch=batch_size, in_flight=0, ready_own_cpu_s=round(own_threads_cpu_s(), 3))
+    stage.before_stats.append(lambda: stage.gauges.update(own_cpu_s=round(own_threads_cpu_s(), 3)))   # not OpenVINO's
     stage.ready(device=ctx.device, nireq=nireq, compile_ms=round(compile_ms, 1), **device_info(compiled))
     dispatch.send(CreditMsg(instance, nireq, generation=ctx.generation).encode())
     poller = zmq.Poller()
@@ -203,8 +200,6 @@ def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = Non
             stage.gauges["in_flight"] = requests.in_flight
     finally:
         requests.wait_all()
-        stage.before_stats.remove(count_native_cpu)    # the last figure, while OpenVINO's threads live
-        count_native_cpu()
         for sock in (dispatch, results):
             sock.close(0)
         wake.close()

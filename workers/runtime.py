@@ -36,22 +36,20 @@ _PR_SET_PDEATHSIG = 1
 log = logging.getLogger(__name__)
 
 
-def native_threads_cpu_s() -> float:
-    """CPU seconds of this process's live threads that neither Python nor ZeroMQ started: a native
-    library's pool (OpenVINO's streams in an inference worker). The rest of the process's CPU is
-    the stage's own loop, messaging included."""
+def own_threads_cpu_s() -> float:
+    """CPU seconds of this process's live threads that Python or ZeroMQ started: the stage's own
+    loop and its messaging. The rest is a native library's pool (OpenVINO's streams in an
+    inference worker), counted apart so that its threads' coming and going cannot blur this."""
     python_threads = {t.native_id for t in threading.enumerate()}
     ticks = 0
     for tid in os.listdir("/proc/self/task"):
-        if int(tid) in python_threads:
-            continue
         try:
             with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as f:
                 stat = f.read()
         except OSError:                    # the thread has just ended
             continue
         name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        if not name.startswith("ZMQbg/"):
+        if int(tid) in python_threads or name.startswith("ZMQbg/"):
             ticks += int(fields[11]) + int(fields[12])     # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
 

@@ -226,9 +226,9 @@ def engine_profile(steady: dict, report: dict, inference_core_ms: float | None) 
             work = inference_core_ms * share
         row = {"process": name, "core_ms_per_frame": round(total, 3), "work": work_name,
                "work_ms": round(work, 3), "overhead_ms": round(total - work, 3)}
-        if role == "inference" and work_name and {"native_cpu_s", "ready_native_cpu_s"} <= set(gauges):
-            native = (gauges["native_cpu_s"] - gauges["ready_native_cpu_s"]) * 1000 / frames
-            row["openvino_beyond_probe_ms"] = round(native - work, 3)
+        if role == "inference" and work_name and {"own_cpu_s", "ready_own_cpu_s"} <= set(gauges):
+            own = (gauges["own_cpu_s"] - gauges["ready_own_cpu_s"]) * 1000 / frames
+            row["openvino_beyond_probe_ms"] = round(total - own - work, 3)
         rows.append(row)
     return rows
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from engine.ovruntime import ov
 from tests.conftest import REPO
-from workers.runtime import native_threads_cpu_s
+from workers.runtime import own_threads_cpu_s
 
 MNIST = REPO / "models" / "mnist" / "mnist.xml"
 
@@ -19,24 +19,23 @@ def _busy_for(seconds: float) -> None:
         pass
 
 
-def test_python_threads_do_not_count_as_native():
-    before = native_threads_cpu_s()
+def test_python_threads_count_as_own():
+    before = own_threads_cpu_s()
     worker = threading.Thread(target=_busy_for, args=(0.3,))
     worker.start()
     _busy_for(0.2)
-    worker.join()
-    assert native_threads_cpu_s() - before < 0.05
+    worker.join()          # an ended thread's CPU is no longer listed: only the main thread's 0.2 s stays
+    assert 0.15 < own_threads_cpu_s() - before < 0.35
 
 
-def test_openvino_streams_count_as_native():
+def test_openvino_streams_do_not_count_as_own():
     compiled = ov.Core().compile_model(str(MNIST), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
     queue = ov.AsyncInferQueue(compiled, 2)
     pixels = np.zeros(tuple(compiled.input(0).shape), np.float32)
-    before, main_before = native_threads_cpu_s(), time.thread_time()
+    before, cpu_before = own_threads_cpu_s(), time.process_time()
     end = time.monotonic() + 0.5
     while time.monotonic() < end:
         queue.start_async({0: pixels})
     queue.wait_all()
-    native = native_threads_cpu_s() - before
-    assert native > 0.05
-    assert native > (time.thread_time() - main_before) / 10    # the streams' work, not the feeding loop's
+    own, total = own_threads_cpu_s() - before, time.process_time() - cpu_before
+    assert total - own > 0.05          # the streams' work, outside the feeding loop

@@ -104,7 +104,7 @@ def test_engine_profile_splits_work_from_overhead_over_one_span():
         {"name": "preprocessor", "role": "preprocessor", "cpu_s": 2.4, "gauges": {"ready_cpu_s": 0.4},
          "counters": {"work_cpu_us": 1_500_000, "frames": 1000}},
         {"name": "inference-0", "role": "inference", "cpu_s": 19.0,
-         "gauges": {"ready_cpu_s": 1.0, "ready_native_cpu_s": 0.8, "native_cpu_s": 18.3},
+         "gauges": {"ready_cpu_s": 1.0, "ready_own_cpu_s": 0.1, "own_cpu_s": 0.6},
          "counters": {"frames": 1000}},
         {"name": "postprocessor", "role": "postprocessor", "cpu_s": 1.3, "gauges": {"ready_cpu_s": 0.3},
          "counters": {"work_cpu_us": 300_000, "results": 1000}},
