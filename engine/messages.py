@@ -1,8 +1,9 @@
 """Every message that crosses an engine socket, defined once for both ends.
 
 Headers are msgpack maps with a ``t`` (type) key. Pixels never travel here: frames live in
-shared-memory slots and a message only names the slot. Output tensors of inference travel as
-separate zero-copy ZeroMQ frames beside the header (see :class:`ResultMsg`), never inside it.
+shared-memory slots and a message only names the slot. Output tensors of inference lie in the
+worker's output slot, or travel as ZeroMQ frames beside the header (see :class:`ResultMsg`),
+never inside it.
 Decoding is bounded: oversized or malformed input raises :class:`MessageError`, never crashes.
 """
 from __future__ import annotations
@@ -207,7 +208,8 @@ class CreditMsg(Message):
 
 @dataclass(slots=True)
 class TensorSpec:
-    """Describes one output tensor frame that follows a :class:`ResultMsg` header."""
+    """Describes one output tensor of a :class:`ResultMsg`: in its output slot, or the frame that
+    follows the header."""
 
     name: str
     dtype: str
@@ -243,7 +245,9 @@ class ResultMsg(Message):
             if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], str)
                     or not isinstance(item[1], str) or not isinstance(item[2], list)):
                 raise MessageError("result output spec must be [name, dtype, shape]")
-            specs.append(TensorSpec(item[0], item[1], [int(d) for d in item[2]]))
+            if not all(isinstance(d, int) and d >= 0 for d in item[2]):
+                raise MessageError("result output shape must be non-negative integers")
+            specs.append(TensorSpec(item[0], item[1], list(item[2])))
         return specs
 
 

@@ -1,11 +1,12 @@
 """SlotPool: fixed-size slots in one shared-memory file, and the owner's free list.
 
-The supervisor creates every pool before the stage processes start. On Linux a pool is an
-anonymous ``memfd`` that has no name in ``/dev/shm`` at all: stages attach through
-``/proc/<supervisor>/fd/<n>``, and the memory is freed by the kernel when the last process
-holding it exits, so no crash (not even SIGKILL of the supervisor) can leak a segment. Elsewhere
-it is a file in /dev/shm (or the temp dir) that the supervisor unlinks at exit. Stages take numpy
-views of slots; pixels are written once into a slot and never copied through a socket.
+The supervisor creates the raw and input pools before the stage processes start; each inference
+worker creates its own output pool. On Linux a pool is an anonymous ``memfd`` that has no name in
+``/dev/shm`` at all: other processes attach through ``/proc/<creator>/fd/<n>``, and the memory is
+freed by the kernel when the last process holding it exits, so no crash (not even SIGKILL of the
+supervisor) can leak a segment. Elsewhere it is a file in /dev/shm (or the temp dir) that its
+creator unlinks at exit (and the supervisor, every file of its run). Stages take numpy views of
+slots; pixels are written once into a slot and never copied through a socket.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ import numpy as np
 
 SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(os.environ.get("TMPDIR", "/tmp"))
 SHM_PREFIX = "ovstream-"
-_ALIGN = 4096
+PAGE_BYTES = 4096
 TENSOR_ALIGN = 64          # each tensor of a slot starts at a multiple of this (SIMD loads)
 
+MAX_OUTPUT_POOL_BYTES = 1 << 30     # an inference worker's output pool, at most
 TensorLayout = list[tuple[str, list[int]]]     # (numpy dtype name, shape) of each tensor, in order
 
 
@@ -50,19 +52,20 @@ class PoolSpec:
 class SlotPool:
     """A shared-memory file cut into ``slots`` slots of ``slot_bytes`` (page aligned)."""
 
-    def __init__(self, spec: PoolSpec) -> None:
+    def __init__(self, spec: PoolSpec, writable: bool = True) -> None:
         self.spec = spec
-        fd = os.open(spec.path, os.O_RDWR)
+        fd = os.open(spec.path, os.O_RDWR if writable else os.O_RDONLY)
         try:
-            self._map = mmap.mmap(fd, spec.slot_bytes * spec.slots)
+            self._map = mmap.mmap(fd, spec.slot_bytes * spec.slots,
+                                  access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
         finally:
             os.close(fd)
         self._buffer = np.frombuffer(self._map, dtype=np.uint8)
 
     @staticmethod
     def create(run_id: str, name: str, slot_bytes: int, slots: int) -> PoolSpec:
-        """Create the backing memory (owner: the supervisor, which keeps it open) and its spec."""
-        slot_bytes = (slot_bytes + _ALIGN - 1) // _ALIGN * _ALIGN
+        """Create the backing memory (its creator keeps it open) and its spec."""
+        slot_bytes = (slot_bytes + PAGE_BYTES - 1) // PAGE_BYTES * PAGE_BYTES
         if hasattr(os, "memfd_create") and Path(f"/proc/{os.getpid()}/fd").is_dir():
             fd = os.memfd_create(f"{SHM_PREFIX}{run_id}-{name}", os.MFD_CLOEXEC)
             os.ftruncate(fd, slot_bytes * slots)
@@ -74,6 +77,12 @@ class SlotPool:
         finally:
             os.close(fd)
         return PoolSpec(str(path), slot_bytes, slots)
+
+    @staticmethod
+    def remove_run(run_id: str) -> None:
+        """Remove every pool file of run ``run_id`` that a killed creator left (not for memfds)."""
+        for path in SHM_DIR.glob(f"{SHM_PREFIX}{run_id}-*"):
+            path.unlink(missing_ok=True)
 
     @staticmethod
     def unlink(spec: PoolSpec) -> None:

@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ BACKOFF_START_S = 0.5       # first reconnect delay; doubles per failed attempt
 BACKOFF_MAX_S = 8.0
 MAX_DECODE_FAILURES = 8     # consecutive failed video reads taken as the end of the file
 REALTIME_IMAGE_FPS = 30.0   # a realtime image folder without max_fps delivers this many per second
+DECODE_THREADS = min(4, os.cpu_count() or 1)   # images of one unpaced folder decoded at once
 
 Skip = Callable[[int], bool]
 
@@ -50,6 +52,7 @@ class SourceItem:
     error: str | None          # one line: what and where
     original_size: tuple[int, int] | None = None   # (width, height) when decoded at a reduced size
     t_ns: int = 0              # monotonic ns: reading began (files) or the frame arrived (streams)
+    cpu_ns: int = 0            # CPU time another thread spent reading it (a folder's decoding threads)
 
 
 class Source(ABC):
@@ -326,22 +329,48 @@ class FolderSource(Source):
         self._min_side = min_side
         self._period = 1.0 / fps if fps > 0 else 0.0    # realtime: one image per period
 
-    def _read(self) -> Iterator[SourceItem]:
+    def _images(self) -> Iterator[tuple[int, Path]]:
+        """(index, path) of every image still to read, in order."""
         n = len(self.paths)
-        due = time.monotonic()
         for loop in range(self._loop):
             for i, path in enumerate(self.paths):
-                index = loop * n + i
-                if self._skip is not None and self._skip(index):
-                    continue
-                if self._period:
-                    self._closed.wait(max(0.0, due - time.monotonic()))
-                    due = max(due + self._period, time.monotonic())
-                if self._closed.is_set():
-                    return
-                t_ns = time.monotonic_ns()
-                frame, error, original = load_image(path, self._min_side)
-                yield SourceItem(index, str(path), 0, frame, error, original, t_ns)
+                if self._skip is None or not self._skip(loop * n + i):
+                    yield loop * n + i, path
+
+    def _load(self, index: int, path: Path, in_pool: bool = False) -> SourceItem:
+        """Read one image; ``in_pool``: on a decoding thread, whose CPU time the item carries."""
+        t_ns, c_ns = time.monotonic_ns(), time.thread_time_ns()
+        frame, error, original = load_image(path, self._min_side)
+        cpu_ns = time.thread_time_ns() - c_ns if in_pool else 0
+        return SourceItem(index, str(path), 0, frame, error, original, t_ns, cpu_ns)
+
+    def _read(self) -> Iterator[SourceItem]:
+        if self._period or DECODE_THREADS < 2:
+            yield from self._read_paced()
+            return
+        # unpaced: several images decode at once (OpenCV releases the GIL), yielded in order
+        with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode") as pool:
+            images, ahead = self._images(), deque()
+            try:
+                while not self._closed.is_set():
+                    while len(ahead) < 2 * DECODE_THREADS and (image := next(images, None)) is not None:
+                        ahead.append(pool.submit(self._load, *image, True))
+                    if not ahead:
+                        return
+                    yield ahead.popleft().result()
+            finally:
+                for future in ahead:
+                    future.cancel()
+
+    def _read_paced(self) -> Iterator[SourceItem]:
+        due = time.monotonic()
+        for index, path in self._images():
+            if self._period:
+                self._closed.wait(max(0.0, due - time.monotonic()))
+                due = max(due + self._period, time.monotonic())
+            if self._closed.is_set():
+                return
+            yield self._load(index, path)
 
 
 # ---- video files -------------------------------------------------------------------------------

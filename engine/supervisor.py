@@ -613,4 +613,5 @@ class Supervisor(StreamChanges):
         for spec in getattr(self, "pools", {}).values():
             SlotPool.unlink(spec)
         if hasattr(self, "run_dir"):
+            SlotPool.remove_run(self.run_dir.run_id)     # a killed worker's output pool file
             self.run_dir.remove()

@@ -148,7 +148,7 @@ class Feeder:
                     due = max(due + interval, time.monotonic())
                 t0, c0 = time.monotonic_ns(), time.thread_time_ns()
                 item = next(items, None)
-                self.work_ns += time.thread_time_ns() - c0
+                self.work_ns += time.thread_time_ns() - c0 + (item.cpu_ns if item is not None else 0)
                 if item is None:
                     self.budget.release(slot)
                     stopped = self.stop.is_set()

@@ -11,6 +11,7 @@ The completion callback only notes which request finished and wakes the main loo
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -25,9 +26,11 @@ from engine.errors import DeviceError, describe
 from engine.messages import BatchMsg, CreditMsg, ResultMsg, encode_result
 from engine.model import device_info, load_compiled, output_shapes
 from engine.ovruntime import ov
-from engine.shm import SlotPool, TensorLayout, tensor_offsets
+from engine.shm import MAX_OUTPUT_POOL_BYTES, SlotPool, TensorLayout, tensor_offsets
 from engine.wakeup import Wakeup
 from workers.runtime import Stage, StageContext, own_threads_cpu_s, stage_main
+
+log = logging.getLogger(__name__)
 
 
 QUEUED_PER_REQUEST = 2    # nireq = 0 on a CPU: this many requests per one the device finds optimal
@@ -41,17 +44,18 @@ def auto_nireq(optimal: int, device: str) -> int:
     return optimal * QUEUED_PER_REQUEST if device.split(".")[0].split(":")[0] == "CPU" else optimal
 
 
-MAX_OUTPUT_POOL_BYTES = 1 << 30     # larger outputs × slots go beside the result message instead
+POOLED_TYPES = {"f64", "f32", "f16", "i64", "i32", "i16", "i8", "u64", "u32", "u16", "u8", "boolean"}
 
 
 def output_layout(compiled: ov.CompiledModel) -> TensorLayout | None:
-    """(dtype, shape) of each output, or None when one has no fixed shape (known after inference)."""
+    """(dtype, shape) of each output, or None when one has no fixed shape (known after inference)
+    or an element type numpy has no plain dtype for (bf16, packed 4-bit, strings)."""
     layout = []
     for port in compiled.outputs:
-        shape = port.get_partial_shape()
-        if shape.is_dynamic:
+        shape, element = port.get_partial_shape(), port.get_element_type()
+        if shape.is_dynamic or element.get_type_name() not in POOLED_TYPES:
             return None
-        layout.append((str(port.get_element_type().to_dtype()), [int(d) for d in shape.to_shape()]))
+        layout.append((str(element.to_dtype()), [int(d) for d in shape.to_shape()]))
     return layout
 
 
@@ -61,7 +65,7 @@ class OutputSlots:
 
     def __init__(self, run_id: str, name: str, layout: TensorLayout, slots: int) -> None:
         self.layout = layout
-        self.spec = SlotPool.create(run_id, f"{name}-outputs", tensor_offsets(layout)[1], slots)
+        self.spec = SlotPool.create(run_id, f"{name}-{os.getpid()}-outputs", tensor_offsets(layout)[1], slots)
         self._pool = SlotPool(self.spec)
         self.tensors = [[ov.Tensor(a, shared_memory=True) for a in self._pool.tensors(slot, layout)]
                         for slot in range(slots)]
@@ -71,9 +75,13 @@ class OutputSlots:
         return layout is not None and tensor_offsets(layout)[1] * slots <= MAX_OUTPUT_POOL_BYTES
 
     def close(self) -> None:
+        """Drop the mapping. A memfd stays open until the process exits: the postprocessor may
+        still have to map it for results sent last, and may tell a pool it cannot open from a
+        dead worker's (see :func:`engine.outputs.owner_gone`)."""
         self.tensors = []
         self._pool.close()
-        SlotPool.unlink(self.spec)
+        if not self.spec.path.startswith("/proc/"):
+            SlotPool.unlink(self.spec)
 
 
 Loaded = tuple[ov.CompiledModel, int, float]        # compiled model, nireq, compile ms
@@ -137,8 +145,9 @@ class RequestPool:
         return True
 
     def collect(self, outputs: int) -> Iterator[tuple[BatchMsg, list[np.ndarray] | None, str, int, int]]:
-        """Finished batches: (batch, outputs or None, error, started_ns, ended_ns). The outputs
-        are views of the request's memory, valid until the caller asks for the next batch."""
+        """Finished batches: (batch, its first ``outputs`` outputs or None if it failed, error,
+        started_ns, ended_ns). The outputs are views of the request's memory (or of the output
+        slot it wrote into), valid until the caller asks for the next batch."""
         while self._done:
             index, ended = self._done.popleft()
             batch, started = self._busy.pop(index)
@@ -165,9 +174,7 @@ def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = Non
     tensors = [ov.Tensor(pool.view(slot, (batch_size, in_h, in_w, 3)), shared_memory=True)
                for slot in range(pool.spec.slots)]
     names = list(output_shapes(compiled))
-    layout = output_layout(compiled)
-    outputs = OutputSlots(ctx.run_id, ctx.name, layout, pool.spec.slots) \
-        if OutputSlots.fits(layout, pool.spec.slots) else None
+    outputs = _output_slots(ctx, compiled, pool.spec.slots)
     instance = f"{ctx.name}@{os.getpid()}"       # a restarted worker is a new instance to the dispatcher
     dispatch = make_socket(stage.zmq, zmq.DEALER, identity=instance, connect=ctx.endpoints["dispatch"], hwm=10_000)
     results = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"], hwm=10_000)
@@ -188,7 +195,7 @@ def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = Non
             events = dict(poller.poll(stage.poll_ms(ctx.config.pipeline.heartbeat_s)))
             if wake.fileno() in events:
                 wake.clear()
-            for batch, arrays, error, started, ended in requests.collect(len(names)):
+            for batch, arrays, error, started, ended in requests.collect(0 if outputs else len(names)):
                 _send_results(ctx, stage, results, batch, names, arrays, error, started, ended, outputs)
             if dispatch in events:
                 for data in pending(dispatch):
@@ -207,6 +214,25 @@ def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = Non
         pool.close()
         if outputs is not None:
             outputs.close()
+
+
+def _output_slots(ctx: StageContext, compiled: ov.CompiledModel, slots: int) -> OutputSlots | None:
+    """The output pool, or None when the outputs must go beside the result message instead."""
+    layout = output_layout(compiled)
+    if not OutputSlots.fits(layout, slots):
+        return None
+    outputs = None
+    try:
+        outputs = OutputSlots(ctx.run_id, ctx.name, layout, slots)
+        trial = compiled.create_infer_request()          # a device refusing host tensors says so now
+        for i, tensor in enumerate(outputs.tensors[0]):
+            trial.set_output_tensor(i, tensor)
+        return outputs
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:
+        log.warning("outputs go beside the result messages: no output pool (%s)", exc)
+        if outputs is not None:
+            outputs.close()
+        return None
 
 
 def _send_results(ctx: StageContext, stage: Stage, results: zmq.Socket, batch: BatchMsg, names: list[str],

@@ -26,8 +26,9 @@ from engine.ledger import FrameLedger
 from engine.messages import AckMsg, ControlMsg, EndOfSource, ErrorMsg, FrameRef, MessageError, ReleaseMsg, ResultMsg, \
     decode_result
 from engine.metrics import stream_key
+from engine.outputs import OutputPools, owner_gone, split_batch_axis
 from engine.results import Classification, Detection, FrameResult
-from engine.shm import SHM_DIR, SHM_PREFIX, PoolSpec, SlotPool
+from engine.shm import SlotPool
 from engine.sinks import ApiSink, Sink, encode_record, open_sinks
 from engine.streams import Layout, StreamSpec
 from workers.runtime import Stage, StageContext
@@ -57,73 +58,6 @@ def frame_geometry(ref: FrameRef, input_w: int, input_h: int) -> Geometry:
 
 def failed_record(ref: FrameRef, stream: str, stage: str, error: str) -> dict:
     return FrameResult.failed(stream, ref.frame_id, ref.source, ref.index, stage, error).to_dict()
-
-
-def split_batch_axis(array: np.ndarray, batch: int) -> np.ndarray:
-    """One row per frame along axis 0, whatever the graph did with the batch.
-
-    Graphs that hard-code batch 1 in a Reshape return [1, B*N, ...]; SSD DetectionOutput returns
-    [1, 1, B*N, 7] rows tagged by image id (padded per frame with id -1, its terminator).
-    """
-    if batch == 1 or (array.shape[0] == batch and array.ndim != 4):
-        return array
-    if array.ndim == 4 and array.shape[:2] == (1, 1) and array.shape[3] == 7:
-        rows = array[0, 0]
-        out = np.full((batch, 1, rows.shape[0], 7), -1, dtype=array.dtype)
-        for b in range(batch):
-            mine = rows[rows[:, 0] == b]
-            out[b, 0, :len(mine)] = mine
-            out[b, 0, :len(mine), 0] = 0
-        return out
-    if array.shape[0] == batch:
-        return array
-    if array.shape[0] == 1 and array.ndim >= 2 and array.shape[1] % batch == 0:
-        return array.reshape(batch, array.shape[1] // batch, *array.shape[2:])
-    raise ValueError(f"output of shape {array.shape} cannot be split into batch {batch}")
-
-
-def owner_gone(path: str) -> bool:
-    """Whether the process whose descriptor ``/proc/PID/fd/N`` is has exited (or is a zombie)."""
-    parts = path.split("/")
-    if len(parts) < 3 or parts[1] != "proc" or not parts[2].isdigit():
-        return False
-    try:
-        with open(f"/proc/{parts[2]}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-
-
-class OutputPools:
-    """The inference workers' output pools (:class:`workers.inference.OutputSlots`), each mapped
-    at its worker's first result that names it; a restarted worker's new pool replaces its old."""
-
-    def __init__(self) -> None:
-        self._pools: dict[str, SlotPool] = {}
-
-    def tensors(self, msg: ResultMsg) -> dict[str, np.ndarray]:
-        """Views of the result's tensors in its slot of its worker's pool. Raises OSError (the pool
-        cannot be opened), ValueError or MessageError (a pool or layout that does not fit)."""
-        try:
-            spec = PoolSpec(str(msg.pool["path"]), int(msg.pool["slot_bytes"]), int(msg.pool["slots"]))
-        except (KeyError, TypeError, ValueError):
-            raise MessageError(f"bad output pool {msg.pool!r}") from None
-        if not spec.path.startswith(("/proc/", str(SHM_DIR / SHM_PREFIX))):
-            raise MessageError(f"output pool outside shared memory: {spec.path}")
-        pool = self._pools.get(msg.worker)
-        if pool is None or pool.spec != spec:
-            if pool is not None:
-                pool.close()
-            pool = self._pools[msg.worker] = SlotPool(spec)
-        specs = msg.tensor_specs()
-        if any(np.dtype(s.dtype).hasobject for s in specs):
-            raise MessageError("object tensors are not allowed")
-        return {s.name: t for s, t in zip(specs, pool.tensors(msg.slot, [(s.dtype, s.shape) for s in specs]))}
-
-    def close(self) -> None:
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
 
 
 def drawable(record: dict, ref: FrameRef) -> dict:
@@ -235,7 +169,7 @@ def run(ctx: StageContext, stage: Stage) -> None:
         if outlet is not None:                      # the iterator drops what it already has
             replay(Path(cfg.output.dir) / "results.jsonl", ctx.api_from, [outlet])
     streams = StreamOutputs(ctx, layout)
-    output_pools = OutputPools()
+    output_pools = OutputPools(ctx.run_id)
 
     def on_control(msg: ControlMsg) -> None:
         """A library pipeline adds a stream (known here before its first frame) or ends one."""
@@ -434,10 +368,15 @@ def _handle(parts: list, stage: Stage, adapter: Adapter, streams: StreamOutputs,
                 tensors = output_pools.tensors(msg)
             tensors = {name: split_batch_axis(t, model_input["batch"]) for name, t in tensors.items()}
         except OSError as exc:
-            if owner_gone(str(msg.pool.get("path", ""))):   # the worker died: its batch, unreleased, is sent again
+            if owner_gone(str(msg.pool.get("path", ""))):   # its batch, not released, is sent again
+                log.warning("result of batch %d dropped: %s is gone before its outputs were read",
+                            msg.batch_id, msg.worker)
                 return
             msg.error = f"outputs of {msg.worker} unreadable: {exc}"          # every frame: an error record
-        except (ValueError, IndexError, MessageError) as exc:
+        except MessageError as exc:
+            stage.bad_messages += 1
+            msg.error = str(exc)
+        except (ValueError, IndexError) as exc:
             msg.error = str(exc)
     if msg.slot >= 0:
         held.append(msg)

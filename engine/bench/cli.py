@@ -388,7 +388,8 @@ class Bench:
              "plain": lambda out, loops: threaded_command(images_dir, model, out, a.config, loops, a.device,
                                                           settings="default")},
             self.out, len(images), a.repeats, a.steady_loops, self.progress)
-        profile = profile_summary(result.pop("engine_reports"), probe["core_ms_per_frame"])
+        profile = profile_summary(result.pop("engine_reports"), probe["core_ms_per_frame"],
+                                  probe["openvino_core_ms_per_frame"])
         profile["zero_overhead_ceiling"] = zero_overhead_ceiling(profile, result["summary"])
         live = self._live(images) if a.live_seconds > 0 else None
         self.result["versus"] = {**result, "probe": probe, "profile": profile, "live": live,

@@ -190,7 +190,8 @@ def steady_window(samples: list[Sample], expected: int, warm: float = WARM_FRACT
             "cpu_ms_per_frame_total": round(sum(cpu_ms.values()), 3)}
 
 
-def engine_profile(steady: dict, report: dict, inference_core_ms: float | None) -> list[dict]:
+def engine_profile(steady: dict, report: dict, inference_core_ms: float | None,
+                   inference_openvino_ms: float | None = None) -> list[dict]:
     """Per engine process, per frame of the run: its CPU from the end of its start-up (the
     ``ready_cpu_s`` a stage reports at its handshake: imports, compile) to its exit, the work the
     threaded script does too, and the rest, the engine's overhead. Work and total cover the same
@@ -198,9 +199,11 @@ def engine_profile(steady: dict, report: dict, inference_core_ms: float | None) 
     (``work_cpu_us``: CPU time of reading + decoding, resizing, the adapter's parsing and writing
     the records, as the script writes its own); inference's is the probe's core-ms per frame. The
     supervisor, which reports no stats of its own, counts with its steady-window CPU (``steady``).
-    An inference row also says how much more its OpenVINO threads spent than the probe
-    (``openvino_beyond_probe_ms``; the rest of its overhead is its own loop). A stage that restarted counts its last instance's CPU only (the bench's runs have none).
-    Processes that spent nothing are left out."""
+    An inference row also says how much more its OpenVINO threads spent than the probe's
+    (``inference_openvino_ms``: the probe's CPU outside its own Python thread) as
+    ``openvino_beyond_probe_ms``; the rest of its overhead is its own loop's. A stage that
+    restarted counts its last instance's CPU only (the bench's runs have none). Processes that
+    spent nothing are left out."""
     frames = int(report.get("accounting", {}).get("out", 0))      # every frame, of every process
     inference_frames = sum(int(p.get("counters", {}).get("frames", 0)) for p in report.get("processes", [])
                            if p.get("role") == "inference")
@@ -220,15 +223,16 @@ def engine_profile(steady: dict, report: dict, inference_core_ms: float | None) 
         if role in WORK_STAGES:
             work_name = WORK_CPU[role]
             work = int(counters.get("work_cpu_us", 0)) / 1000 / frames
-        elif role == "inference" and inference_core_ms is not None:
+        share = int(counters.get("frames", 0)) / inference_frames if inference_frames else 1.0
+        if role == "inference" and inference_core_ms is not None:
             work_name = "inference (probe)"
-            share = int(counters.get("frames", 0)) / inference_frames if inference_frames else 1.0
             work = inference_core_ms * share
         row = {"process": name, "core_ms_per_frame": round(total, 3), "work": work_name,
                "work_ms": round(work, 3), "overhead_ms": round(total - work, 3)}
-        if role == "inference" and work_name and {"own_cpu_s", "ready_own_cpu_s"} <= set(gauges):
+        if role == "inference" and work_name and inference_openvino_ms is not None \
+                and {"own_cpu_s", "ready_own_cpu_s"} <= set(gauges):
             own = (gauges["own_cpu_s"] - gauges["ready_own_cpu_s"]) * 1000 / frames
-            row["openvino_beyond_probe_ms"] = round(total - own - work, 3)
+            row["openvino_beyond_probe_ms"] = round(total - own - inference_openvino_ms * share, 3)
         rows.append(row)
     return rows
 
@@ -244,6 +248,7 @@ def inference_probe(model_cfg, inference_cfg, device: str, images: list[Path], s
     from engine.geometry import Geometry
     from engine.model import compile_model, prepare_model, read_model
     from engine.sources import load_image
+    from workers.runtime import own_threads_cpu_s
 
     core = ov.Core()
     model, info = prepare_model(read_model(core, model_cfg.path), model_cfg, batch)
@@ -260,13 +265,14 @@ def inference_probe(model_cfg, inference_cfg, device: str, images: list[Path], s
         queue.start_async({0: pixels})
     queue.wait_all()
     frames = 0
-    cpu0, t0 = time.process_time(), time.perf_counter()
+    cpu0, own0, t0 = time.process_time(), own_threads_cpu_s(), time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         queue.start_async({0: pixels})
         frames += batch
     queue.wait_all()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    wall, cpu, own = time.perf_counter() - t0, time.process_time() - cpu0, own_threads_cpu_s() - own0
     return {"frames": frames, "fps": round(frames / wall, 2), "core_ms_per_frame": round(cpu * 1000 / frames, 3),
+            "openvino_core_ms_per_frame": round((cpu - own) * 1000 / frames, 3),
             "nireq": nireq, "batch": batch, "seconds": round(wall, 3)}
 
 
@@ -363,11 +369,12 @@ def compare(commands: dict[str, Callable[[Path, int], list[str]]], out: Path, im
     return {"runs": runs, "summary": summarize(runs), "engine_reports": reports}
 
 
-def profile_summary(reports: list[tuple[dict, dict]], inference_core_ms: float | None) -> dict:
+def profile_summary(reports: list[tuple[dict, dict]], inference_core_ms: float | None,
+                    inference_openvino_ms: float | None = None) -> dict:
     """The per-process profile, median over the repeats, and the engine's total overhead per frame."""
     per: dict[str, list[dict]] = {}
     for steady, report in reports:
-        for row in engine_profile(steady, report, inference_core_ms):
+        for row in engine_profile(steady, report, inference_core_ms, inference_openvino_ms):
             per.setdefault(row["process"], []).append(row)
     rows = []
     for name, items in per.items():

@@ -109,18 +109,18 @@ def test_engine_profile_splits_work_from_overhead_over_one_span():
         {"name": "postprocessor", "role": "postprocessor", "cpu_s": 1.3, "gauges": {"ready_cpu_s": 0.3},
          "counters": {"work_cpu_us": 300_000, "results": 1000}},
         {"name": "decoder-1", "role": "decoder", "cpu_s": 0.5, "gauges": {}, "counters": {}}]}   # never ready
-    rows = {r["process"]: r for r in engine_profile(steady, report, inference_core_ms=17.0)}
+    rows = {r["process"]: r for r in engine_profile(steady, report, inference_core_ms=17.0, inference_openvino_ms=16.8)}
     assert "decoder-1" not in rows
     assert rows["supervisor"]["work_ms"] == 0 and rows["supervisor"]["overhead_ms"] == 0.4
     assert rows["decoder-0"]["core_ms_per_frame"] == 3.0                  # not the steady window's 9.9
     assert rows["decoder-0"]["work_ms"] == 2.5 and rows["decoder-0"]["overhead_ms"] == 0.5
     assert rows["preprocessor"]["overhead_ms"] == 0.5
     assert rows["inference-0"]["work_ms"] == 17.0 and rows["inference-0"]["overhead_ms"] == 1.0
-    assert rows["inference-0"]["openvino_beyond_probe_ms"] == 0.5       # 17.5 in OpenVINO's threads; 0.5 its loop
+    assert rows["inference-0"]["openvino_beyond_probe_ms"] == 0.7       # 17.5 in OpenVINO's threads, the probe's 16.8
     assert "openvino_beyond_probe_ms" not in rows["decoder-0"]
-    profile = profile_summary([(steady, report)], inference_core_ms=17.0)
+    profile = profile_summary([(steady, report)], inference_core_ms=17.0, inference_openvino_ms=16.8)
     assert profile["work_ms_per_frame"] == 2.5 + 1.5 + 17.0 + 0.3
-    assert profile["openvino_beyond_probe_ms_per_frame"] == 0.5
+    assert profile["openvino_beyond_probe_ms_per_frame"] == 0.7
     # a script spending exactly the work per frame leaves the engine no room; one spending 10% more, 10%
     summary = {"steady_cpu_ms_per_frame": {"threaded": {"median": 21.3}, "plain": {"median": 23.43}}}
     assert zero_overhead_ceiling(profile, summary) == {"threaded": 1.0, "plain": 1.1}
