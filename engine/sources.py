@@ -317,7 +317,8 @@ def load_image(path: Path, min_side: int = 0) -> tuple[np.ndarray | None, str | 
 
 
 class FolderSource(Source):
-    """Images of a folder (or one image file), in natural path order, ``loop`` times."""
+    """Images of a folder (or one image file), in natural path order, ``loop`` times. Read at full
+    speed, :data:`DECODE_THREADS` images decode at once, a few ahead, and come out in order."""
 
     def __init__(self, paths: list[Path], loop: int, skip: Skip | None, live: bool, min_side: int = 0,
                  fps: float = 0.0) -> None:

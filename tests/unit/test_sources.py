@@ -73,6 +73,31 @@ def test_folder_loop_and_skip_do_not_read_skipped_files(tmp_path: Path, monkeypa
     assert [p.name for p in loaded] == ["f0.png", "f2.png"]
 
 
+def test_unpaced_folder_decodes_on_several_threads_and_keeps_its_order(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(12):
+        (tmp_path / f"f{i:02d}.png").write_bytes(encode(".png", pattern(seed=i)))
+    threads: set[str] = set()
+    real_load = sources.load_image
+
+    def slow_load(path, min_side=0):        # each image takes a while: decodes must overlap
+        threads.add(threading.current_thread().name)
+        time.sleep(0.02)
+        return real_load(path, min_side)
+
+    monkeypatch.setattr(sources, "DECODE_THREADS", 3)
+    monkeypatch.setattr(sources, "load_image", slow_load)
+    items = _read_all(_cfg(tmp_path))
+    assert [Path(i.locator).name for i in items] == [f"f{i:02d}.png" for i in range(12)]
+    assert [i.index for i in items] == list(range(12))
+    assert len(threads) == 3 and all(name.startswith("decode") for name in threads)
+    assert all(i.cpu_ns > 0 for i in items)           # the decoding threads' CPU, for the profile
+    threads.clear()
+    paced = _read_all(_cfg(tmp_path, realtime=True, max_fps=1000))
+    assert [i.index for i in paced] == list(range(12)) and all(i.cpu_ns == 0 for i in paced)
+    assert threads == {threading.current_thread().name}      # paced: read by the caller, one by one
+
+
 @pytest.mark.parametrize("orientation, shape, top_left", [
     (1, (20, 40), "red"), (3, (20, 40), "blue"), (6, (40, 20), "red"), (8, (40, 20), "blue")])
 def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, shape: tuple, top_left: str) -> None:
