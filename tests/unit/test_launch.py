@@ -69,3 +69,10 @@ def test_a_worker_whose_stdin_closes_without_a_context_leaves_quietly():
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, _ = proc.communicate(b"", timeout=60)
     assert proc.returncode == 0 and out == b""
+
+
+def test_forked_stages_run_opencv_without_a_thread_pool():
+    code = ("import cv2; cv2.setNumThreads(4); from engine.launch import single_threaded_opencv; "
+            "single_threaded_opencv(); print(cv2.getNumThreads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.stdout.strip() == "1", out.stderr
