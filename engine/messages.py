@@ -215,6 +215,18 @@ class TensorSpec:
     dtype: str
     shape: list[int]
 
+    def numpy_dtype(self) -> Any:
+        """Its numpy dtype; MessageError for an unknown one or one that holds objects."""
+        import numpy as np
+
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            raise MessageError(f"unknown tensor dtype {self.dtype!r}") from None
+        if dtype.hasobject:
+            raise MessageError("object tensors are not allowed")
+        return dtype
+
 
 @dataclass(slots=True)
 class ResultMsg(Message):
@@ -395,12 +407,7 @@ def decode_result(parts: list) -> tuple[ResultMsg, dict]:
         raise MessageError(f"result announces {len(specs)} tensors, carries {len(parts) - 1}")
     tensors = {}
     for spec, buf in zip(specs, parts[1:]):
-        try:
-            dtype = np.dtype(spec.dtype)
-        except TypeError:
-            raise MessageError(f"unknown tensor dtype {spec.dtype!r}") from None
-        if dtype.hasobject:
-            raise MessageError("object tensors are not allowed")
+        dtype = spec.numpy_dtype()
         expected = dtype.itemsize * int(np.prod(spec.shape, dtype=np.int64))
         size = len(buf)
         if size != expected or size > MAX_TENSOR_BYTES:

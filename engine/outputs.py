@@ -102,12 +102,7 @@ class OutputPools:
             entry = self._pools[spec.path] = (msg.worker, pool)
         specs = msg.tensor_specs()
         for s in specs:
-            try:
-                dtype = np.dtype(s.dtype)
-            except TypeError:
-                raise MessageError(f"unknown tensor dtype {s.dtype!r}") from None
-            if dtype.hasobject:
-                raise MessageError("object tensors are not allowed")
+            s.numpy_dtype()                                 # MessageError for a bad one
         arrays = entry[1].tensors(msg.slot, [(s.dtype, s.shape) for s in specs])
         return {s.name: a for s, a in zip(specs, arrays)}
 
