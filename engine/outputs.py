@@ -66,12 +66,8 @@ class OutputPools:
         self._run_id = run_id
         self._pools: dict[str, tuple[str, SlotPool]] = {}     # path → (worker, pool)
 
-    def _spec(self, msg: ResultMsg) -> PoolSpec:
-        """The pool the result names, checked: MessageError if it is not one of this run's."""
-        try:
-            spec = PoolSpec(str(msg.pool["path"]), int(msg.pool["slot_bytes"]), int(msg.pool["slots"]))
-        except (KeyError, TypeError, ValueError):
-            raise MessageError(f"bad output pool {msg.pool!r}") from None
+    def _check(self, spec: PoolSpec, msg: ResultMsg) -> None:
+        """MessageError unless ``spec`` is an output pool of this run's worker ``msg.worker``."""
         if not (0 < spec.slots <= MAX_SLOTS and 0 < spec.slot_bytes
                 and spec.slot_bytes * spec.slots <= MAX_OUTPUT_POOL_BYTES + spec.slots * PAGE_BYTES):
             raise MessageError(f"output pool of {spec.slots} × {spec.slot_bytes} bytes refused")
@@ -85,15 +81,18 @@ class OutputPools:
                 raise MessageError(f"output pool {spec.path} is not an output pool of this run")
         elif not (os.path.dirname(spec.path) == str(SHM_DIR) and name.fullmatch(os.path.basename(spec.path))):
             raise MessageError(f"output pool outside shared memory: {spec.path}")
-        return spec
 
     def tensors(self, msg: ResultMsg) -> dict[str, np.ndarray]:
         """Read-only views of the result's tensors in its slot of its worker's pool. Raises
         OSError (the pool cannot be opened), MessageError or ValueError (a pool or a layout that
         is not acceptable or does not fit); a failed open changes nothing."""
-        spec = self._spec(msg)
+        try:
+            spec = PoolSpec(str(msg.pool["path"]), int(msg.pool["slot_bytes"]), int(msg.pool["slots"]))
+        except (KeyError, TypeError, ValueError):
+            raise MessageError(f"bad output pool {msg.pool!r}") from None
         entry = self._pools.get(spec.path)
-        if entry is None or entry[1].spec != spec:
+        if entry is None or entry[1].spec != spec or entry[0] != msg.worker:
+            self._check(spec, msg)                    # once per pool: mapped, it stays what it was
             pool = SlotPool(spec, writable=False)
             for path, (worker, old) in list(self._pools.items()):
                 if worker == msg.worker or path == spec.path:
