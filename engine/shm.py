@@ -99,23 +99,25 @@ class SlotPool:
 
     def view(self, slot: int, shape: tuple[int, ...], dtype: np.dtype | type = np.uint8) -> np.ndarray:
         """A writable numpy view of ``slot`` with ``shape`` (must fit in the slot)."""
-        if not 0 <= slot < self.spec.slots:
-            raise IndexError(f"slot {slot} outside pool of {self.spec.slots}")
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape)) * dtype.itemsize
         if nbytes > self.spec.slot_bytes:
             raise ValueError(f"{shape} {dtype} needs {nbytes} bytes, slot holds {self.spec.slot_bytes}")
-        start = slot * self.spec.slot_bytes
+        start = self._start(slot)
         return self._buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+    def _start(self, slot: int) -> int:
+        """Where ``slot`` begins in the pool; IndexError outside it."""
+        if not 0 <= slot < self.spec.slots:
+            raise IndexError(f"slot {slot} outside pool of {self.spec.slots}")
+        return slot * self.spec.slot_bytes
 
     def tensors(self, slot: int, layout: TensorLayout) -> list[np.ndarray]:
         """Writable views of the tensors of ``layout`` in ``slot`` (see :func:`tensor_offsets`)."""
         offsets, total = tensor_offsets(layout)
         if total > self.spec.slot_bytes:
             raise ValueError(f"tensors of {total} bytes do not fit a slot of {self.spec.slot_bytes}")
-        if not 0 <= slot < self.spec.slots:
-            raise IndexError(f"slot {slot} outside pool of {self.spec.slots}")
-        base = slot * self.spec.slot_bytes
+        base = self._start(slot)
         return [self._buffer[base + offset:base + offset + np.dtype(dtype).itemsize * int(np.prod(shape))]
                 .view(dtype).reshape(shape) for offset, (dtype, shape) in zip(offsets, layout)]
 

@@ -3,12 +3,12 @@
 Each stream has its own raw slots and its own feeder thread (an unpaced image folder decodes
 ahead on a few threads of its own: :class:`engine.sources.FolderSource`). A feeder takes one of
 its stream's free slots (a file stream waits when none is free, so it never drops; a live
-source's reader keeps only the newest frame meanwhile, drop-oldest, counted), takes the next item from the
-source, writes the frame into the slot and sends the message on its own sockets (created by the
-main thread, used only by the feeder until it ends, then closed by the main thread). The main
-thread takes the slots' releases and the supervisor's commands. OpenCV decodes with the GIL
-released, so the streams of one process decode in parallel and a camera never waits behind a
-file's decode. Frames larger than a slot are shrunk to fit; the original size travels with the
+source's reader keeps only the newest frame meanwhile, drop-oldest, counted), takes the next
+item from the source, writes the frame into the slot and sends the message on its own sockets
+(created by the main thread, used only by the feeder until it ends, then closed by the main
+thread). The main thread takes the slots' releases and the supervisor's commands. OpenCV decodes
+with the GIL released, so the streams of one process decode in parallel and a camera never waits
+behind a file's decode. Frames larger than a slot are shrunk to fit; the original size travels with the
 frame so boxes map back to it.
 """
 from __future__ import annotations
