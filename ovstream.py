@@ -4,7 +4,7 @@
 
     import ovstream
 
-    with ovstream.Pipeline(source="data/coco100", model="face", output="runs/api") as pipe:
+    with ovstream.Pipeline(source="data/samples", model="face", output="runs/api") as pipe:
         for result in pipe:
             for det in result.detections or ():
                 print(result.stream, result.frame_id, det.label, det.score, det.box)

@@ -79,7 +79,7 @@ class SourceConfig(Section):
     the keys it does not set from ``[source]``.
     """
 
-    uri: NonEmpty = "data/coco100"
+    uri: NonEmpty = "data/samples"
     name: str = ""                                         # "" = derived from the uri (made unique)
     recursive: bool = False
     loop: int = Field(1, ge=1, le=1_000_000)              # play a video/folder this many times
@@ -114,7 +114,7 @@ class PreprocessConfig(Section):
 class ModelConfig(Section):
     """The model: a registry name, or a file with its adapter."""
 
-    name: NonEmpty = "ssd_mobilenet_v1_coco"
+    name: NonEmpty = "ssd_mobilenet_v2_coco"
     path: str = ""                # model file; overrides the registry's file
     adapter: str = ""             # overrides the registry's adapter (one of ADAPTERS)
     labels: list[str] | str = Field(default_factory=list)
@@ -531,7 +531,7 @@ def find_model(name: str) -> tuple[dict, Path] | None:
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
     """Load a config file (default: the bundled configs/default.toml), apply overrides, resolve the
     model. Relative paths are relative to the config file's folder, those of ``overrides`` (the
-    command line) to the working directory; either may name a bundled resource (``data/coco100``,
+    command line) to the working directory; either may name a bundled resource (``data/samples``,
     also ``path`` itself: ``configs/mnist.toml``). A bundled config writes to the working directory."""
     cfg_path = paths.resolve(path) if path else paths.bundled(paths.DEFAULT_CONFIG)
     bundled = cfg_path.resolve().is_relative_to(paths.bundled_root().resolve())
@@ -670,8 +670,9 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
         merged = RunConfig.from_dict({"model": {**entry, "name": model.name}}, origin=str(registry)).model
         if isinstance(merged.labels, str) and merged.labels:
             merged.labels = str(paths.resolve(merged.labels, registry.parent))
-        if not model.path:
-            model.path = str(paths.resolve(file, registry.parent))
+        searched = not model.path
+        if searched:
+            model.path = str(paths.resolve_model_file(file, registry.parent))
         same_adapter = model.adapter in ("", merged.adapter)
         model.adapter = model.adapter or merged.adapter
         model.labels = model.labels or merged.labels
@@ -686,10 +687,13 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
         if same_adapter:                    # another adapter's parameters would not apply
             model.params = {**merged.params, **model.params}
     else:
+        searched = False
         model.path = str(paths.resolve(model.path))
     path = Path(model.path)
     if not path.exists():
-        raise ModelError(f"model file not found: {path}")
+        where = f" (nor in the model search path: {', '.join(str(p) for p in paths.model_search_path())}; " \
+            f"model '{model.name}' is not bundled)" if searched else ""
+        raise ModelError(f"model file not found: {path}{where}")
     if path.is_file() and path.suffix not in MODEL_SUFFIXES:
         raise ModelError(f"{path}: unsupported model format '{path.suffix}' "
                          f"(use {', '.join(MODEL_SUFFIXES)}, or `ovstream convert` first)")

@@ -8,9 +8,16 @@
   ``~/.local/share/ovstream``): what the tools write (``convert --register``, ``train-mnist``) goes to
   ``OVSTREAM_HOME/models/`` and its registry, which is read over the bundled one. Nothing is ever
   written into the installation.
+* **Models not bundled** (their files may not be redistributed here, e.g. NanoDet-m or SSD MobileNet v1):
+  the registry still describes them, and their relative ``file`` is looked up in the registry's own
+  folder, then in the **model search path** (:func:`model_search_path`): ``OVSTREAM_HOME/models``,
+  the folders of ``OVSTREAM_MODEL_PATH`` (``:``-separated), and ``models/`` of the shared folder.
+* **The shared folder** (:func:`shared_root`): ``OVSTREAM_SHARED``, else ``../shared`` beside a source
+  checkout when it exists: models and data that may be used but not shipped (the codelab's 100 COCO
+  val2017 images and their COCO ground truth, see :func:`coco100_images`).
 * **Relative paths** (:func:`resolve`) are relative to where they were written: a config file's
   folder (the command line's: the working directory); a path that names nothing there but names a
-  bundled resource (``data/coco100``, ``models/mnist/mnist.xml``) is that resource.
+  bundled resource (``data/samples``, ``models/mnist/mnist.xml``) is that resource.
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ def bundled_root() -> Path:
 
 
 def bundled(relative: str) -> Path:
-    """A bundled resource by its path in the source tree, e.g. ``data/coco100``."""
+    """A bundled resource by its path in the source tree, e.g. ``data/samples``."""
     return bundled_root() / relative
 
 
@@ -58,6 +65,70 @@ def user_registry() -> Path:
 def registries() -> list[Path]:
     """The registries to read, lowest priority first: the bundled one, then the user's."""
     return [bundled(REGISTRY), user_registry()]
+
+
+def shared_root() -> Path | None:
+    """The shared folder of models and data that are used but not shipped (``OVSTREAM_SHARED``, else
+    ``../shared`` beside a source checkout), or None when there is none."""
+    explicit = os.environ.get("OVSTREAM_SHARED")
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    beside = Path(__file__).resolve().parent.parent.parent / "shared"
+    return beside if beside.is_dir() else None
+
+
+def shared(relative: str) -> Path:
+    """``relative`` inside the shared folder; a :class:`FileNotFoundError` that says how to provide it
+    when it is not there."""
+    root = shared_root()
+    path = root / relative if root is not None else None
+    if path is None or not path.exists():
+        where = f"{root}" if root is not None else "no shared folder (../shared beside the checkout)"
+        raise FileNotFoundError(f"{relative} is not in the shared folder ({where}); set OVSTREAM_SHARED to the "
+                                f"folder that holds it")
+    return path
+
+
+def coco100_images() -> Path:
+    """The codelab's 100 COCO val2017 images (file name = COCO image id), from the shared folder."""
+    return shared("data/coco_val2017_first100")
+
+
+def coco100_annotations() -> Path:
+    """Their real COCO ground truth (``instances_val2017_first100.json``), from the shared folder."""
+    return shared("data/coco_val2017_first100_annotations/instances_val2017_first100.json")
+
+
+def default_images() -> Path:
+    """The images the tools measure on by default: the codelab's 100 COCO images where the shared
+    folder has them, else the bundled sample photos."""
+    try:
+        return coco100_images()
+    except FileNotFoundError:
+        return bundled("data/samples")
+
+
+def model_search_path() -> list[Path]:
+    """Folders where a registry entry's relative model file is looked for after its registry's own."""
+    found = [home() / "models"]
+    found += [Path(p).expanduser() for p in os.environ.get("OVSTREAM_MODEL_PATH", "").split(os.pathsep) if p]
+    root = shared_root()
+    if root is not None:
+        found.append(root / "models")
+    return found
+
+
+def resolve_model_file(value: str | Path, registry_dir: Path) -> Path:
+    """A registry entry's model file: absolute as written; else in the registry's folder (or the
+    bundled resources), else in the first folder of :func:`model_search_path` that has it, else the
+    registry-relative path (for the error message)."""
+    first = resolve(value, registry_dir)
+    if os.path.lexists(first) or Path(value).expanduser().is_absolute():
+        return first
+    for folder in model_search_path():
+        if os.path.lexists(folder / value):
+            return (folder / value).absolute()
+    return first
 
 
 def resolve(value: str | Path, base: Path | None = None) -> Path:

@@ -14,9 +14,12 @@ The translation follows the TFLite kernel (``detection_postprocess.cc``), fast-N
   dequantized by the frontend (``Convert`` to f32 after its quantize node);
 - decode: ``yc = ty / y_scale · ha + yca``, ``xc = tx / x_scale · wa + xca``, ``h = exp(th / h_scale)
   · ha``, ``w = exp(tw / w_scale) · wa``, box = (yc − h/2, xc − w/2, yc + h/2, xc + w/2);
-- each anchor keeps its best class (``max_classes_per_detection`` = 1), then one class-agnostic
-  greedy NMS (OpenVINO ``NonMaxSuppression``, IoU ``nms_iou_threshold``, scores ≥
-  ``nms_score_threshold``) keeps at most ``max_detections`` boxes, best first;
+- each anchor keeps its best class (``max_classes_per_detection`` = 1; of equal scores the lowest
+  class, as the kernel's ArgMax), then one class-agnostic greedy NMS (OpenVINO
+  ``NonMaxSuppression``) keeps at most ``max_detections`` boxes, best first (equal scores: lowest
+  anchor first, as the kernel's stable sort). The kernel keeps scores ≥ ``nms_score_threshold`` and
+  suppresses IoU > ``nms_iou_threshold``, where OpenVINO keeps scores > and suppresses IoU ≥ its
+  thresholds: each is handed the adjacent float32 so that ties fall as in TFLite;
 - outputs, as TFLite defines them: boxes ``[1, D, 4]`` (ymin, xmin, ymax, xmax, normalised), classes
   ``[1, D]`` (float, class index without the background: COCO id − 1), scores ``[1, D]`` and the
   count ``[1]``; rows past the count are zero.
@@ -43,6 +46,13 @@ def _attribute(node: NodeContext, name: str, default: object) -> object:
 def _const(value: object, dtype: type = np.float32) -> ov.Node:
     """A constant node of ``value`` (a number or a list) as ``dtype``."""
     return ops.constant(np.array(value, dtype=dtype))
+
+
+def _next_float(value: float, up: bool) -> float:
+    """The float32 next to ``value`` (above if ``up``), never a subnormal one (the CPU may flush it)."""
+    tiny = np.finfo(np.float32).tiny
+    step = np.nextafter(np.float32(value), np.float32(np.inf if up else -np.inf))
+    return float(step if abs(step) >= tiny or step == 0 else np.copysign(tiny, step))
 
 
 def translate_detection_postprocess(node: NodeContext) -> list[ov.Output]:
@@ -73,11 +83,14 @@ def translate_detection_postprocess(node: NodeContext) -> list[ov.Output]:
     # the classes are the last num_classes columns (the first ones are background)
     columns = ops.slice(class_scores, _const([-num_classes], np.int64), _const([np.iinfo(np.int64).max], np.int64),
                         _const([1], np.int64), _const([2], np.int64))
-    best = ops.topk(columns, _const(1, np.int64), axis=2, mode="max", sort="none", index_element_type="i32")
-    best_score = ops.squeeze(best.output(0), _const([0, 2], np.int64))                  # [A]
-    best_class = ops.squeeze(best.output(1), _const([0, 2], np.int64))
+    # the best class, the lowest of equal scores (TopK's unstable sort picks any; a stable one is slower)
+    top = ops.reduce_max(columns, _const([2], np.int64), keep_dims=True)                 # [1, A, 1]
+    ties = ops.select(ops.equal(columns, top), _const(np.arange(num_classes), np.int32), _const(num_classes, np.int32))
+    best_score = ops.squeeze(top, _const([0, 2], np.int64))                              # [A]
+    best_class = ops.squeeze(ops.reduce_min(ties, _const([2], np.int64), keep_dims=True), _const([0, 2], np.int64))
     nms = ops.non_max_suppression(boxes, ops.unsqueeze(best_score, _const([0, 1], np.int64)),
-                                  _const([max_detections], np.int64), _const([iou]), _const([min_score]),
+                                  _const([max_detections], np.int64), _const([_next_float(iou, up=True)]),
+                                  _const([_next_float(min_score, up=False)]),
                                   box_encoding="corner", sort_result_descending=True, output_type="i32")
     keep = ops.gather(nms.output(0), _const(2, np.int64), _const(1, np.int64))          # [N] anchor indices
     count = ops.gather(ops.shape_of(keep, "i64"), _const([0], np.int64), _const(0, np.int64))  # [1]

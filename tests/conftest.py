@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from engine import paths
 from engine.results import read_results
 
 # A test runner started in the background (`cmd &` in a script, as CI may do) inherits SIGINT
@@ -25,7 +26,21 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 
 REPO = Path(__file__).resolve().parent.parent
-COCO = REPO / "data" / "coco100"
+
+
+def shared(relative: str) -> Path:
+    """``relative`` in the shared folder (``../shared`` beside the checkout, or ``OVSTREAM_SHARED``): the
+    models and data the tests use but the project may not ship. Missing, the session stops at once
+    with a line that says what is missing and how to provide it (never a silent skip)."""
+    try:
+        return paths.shared(relative)
+    except FileNotFoundError as exc:
+        pytest.exit(f"the tests need the shared folder: {exc}", returncode=4)
+
+
+COCO = shared("data/coco_val2017_first100")      # the codelab's 100 COCO val2017 images (name = image id)
+COCO_ANNOTATIONS = shared("data/coco_val2017_first100_annotations/instances_val2017_first100.json")
+SAMPLES = REPO / "data" / "samples"              # the bundled sample photos
 
 
 @pytest.fixture(autouse=True, scope="session")

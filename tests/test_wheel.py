@@ -80,8 +80,9 @@ def test_the_wheel_holds_every_module_and_the_bundled_resources(installed):
     for package in ("engine", "workers"):
         for path in (REPO / package).rglob("*.py"):
             assert path.relative_to(REPO).as_posix() in names, f"{path} is not in the wheel (pyproject packages)"
-    for resource in ("models/models.toml", "configs/default.toml", "data/coco100/000000000139.jpg",
-                     "models/ssd_mobilenet_v1_coco/detect.tflite", "data/mscoco_labels.txt"):
+    for resource in ("models/models.toml", "configs/default.toml", "data/samples/chelsea.png", "data/clip.mp4",
+                     "models/ssd_mobilenet_v2_coco/mobilenet_ssd_v2_coco_quant_postprocess.tflite",
+                     "data/coco91_labels.txt"):
         assert f"engine/bundled/{resource}" in names
     assert "ovstream.py" in names                               # the public module: `import ovstream`
     assert not any(name.startswith(("models/", "configs/", "data/", "bench/")) for name in names)
@@ -100,8 +101,8 @@ def test_installed_package_runs_from_another_folder(installed):
     assert run.returncode == 0, run.stderr
     records = [json.loads(line) for line in
                (installed["work"] / "runs" / "default" / "results.jsonl").read_text().splitlines()]
-    assert len(records) == 100 and all(r["status"] == "ok" for r in records)
-    assert any(d["label"] == "person" for r in records for d in r["detections"])   # labels file found
+    assert len(records) == 6 + 360 and all(r["status"] == "ok" for r in records)   # the photos and the clip
+    assert any(d["label"] == "cat" for r in records for d in r["detections"])      # labels file found
     assert _tree(installed["site"]) == site_before            # nothing written into the installation
 
 
@@ -110,7 +111,7 @@ def test_the_python_api_runs_from_another_folder(installed):
     the same run's results.jsonl line for line; nothing written into the installation."""
     site_before = _tree(installed["site"])
     script = ("import ovstream\n"
-              "with ovstream.Pipeline(source='data/coco100', model='face', output='api') as pipe:\n"
+              "with ovstream.Pipeline(source='data/samples', model='face', output='api', loop=10) as pipe:\n"
               "    lines = [r.to_json() for r in pipe]\n"
               "assert ovstream.__file__.startswith(__import__('sysconfig').get_paths()['purelib'])\n"
               "assert lines == open('api/results.jsonl').read().splitlines(), 'results differ'\n"
@@ -118,7 +119,7 @@ def test_the_python_api_runs_from_another_folder(installed):
     api = _run(installed, str(installed["python"]), "-c", script)
     assert api.returncode == 0, api.stderr
     frames, faces = map(int, api.stdout.split())
-    assert frames == 100 and faces > 0
+    assert frames == 60 and faces > 0
     assert _tree(installed["site"]) == site_before
 
 
@@ -135,17 +136,17 @@ def test_converted_model_is_registered_in_ovstream_home(installed):
     registry = (home / "models" / "models.toml").read_text()
     assert 'file = "face_short/face_short.xml"' in registry and "anchor_ssd" in registry
     script = ("from engine.config import load_config\n"
-              "cfg = load_config(overrides={'model': {'name': 'face_short'}, 'sources': [{'uri': 'data/coco100'}]})\n"
+              "cfg = load_config(overrides={'model': {'name': 'face_short'}, 'sources': [{'uri': 'data/samples'}]})\n"
               "print(cfg.model.path); print(cfg.sources[0].uri)")
     api = _run(installed, str(installed["python"]), "-c", script)
     assert api.returncode == 0, api.stderr
     model_path, uri = api.stdout.split()
     assert Path(model_path) == home / "models" / "face_short" / "face_short.xml"
-    assert Path(uri) == installed["site"] / "engine" / "bundled" / "data" / "coco100"
+    assert Path(uri) == installed["site"] / "engine" / "bundled" / "data" / "samples"
     run = _run(installed, str(installed["bin"] / "ovstream"), "run", "--model", "face_short",
-               "--source", "data/coco100", "--output", "faces", "--no-dashboard")
+               "--source", "data/samples", "--output", "faces", "--no-dashboard")
     assert run.returncode == 0, run.stderr
-    assert len((installed["work"] / "faces" / "results.jsonl").read_text().splitlines()) == 100
+    assert len((installed["work"] / "faces" / "results.jsonl").read_text().splitlines()) == 6
     assert _tree(installed["site"]) == site_before
 
 

@@ -47,7 +47,8 @@ RATIOS = (("c/a", "c", "a", None), ("c/b", "c", "b", 1.5), ("c/e", "c", "e", Non
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="TOML config (default: configs/default.toml)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats of every variant (>= 1)")
-    parser.add_argument("--images", default="data/coco100", help="image folder (default: data/coco100)")
+    parser.add_argument("--images", default="", help="image folder (default: the codelab's 100 COCO images from "
+                                                     "the shared folder, else data/samples)")
     parser.add_argument("--model", help="registry name or model file (default: the config's model)")
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
     parser.add_argument("--output", default="runs/bench", help="output folder (bench.json, bench.png, runs/)")
@@ -119,14 +120,15 @@ class Bench:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ConfigError(f"--variants: unknown {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
-        overrides: dict = {"source": {"uri": args.images}}
+        images = args.images or str(paths.default_images())
+        overrides: dict = {"sources": [{"uri": images}]}
         if args.model:
             key = "path" if Path(args.model).suffix else "name"
             overrides["model"] = {key: args.model}
         self.cfg = load_config(args.config, overrides)
-        self.images_dir = paths.resolve(args.images)
+        self.images_dir = paths.resolve(images)
         if not self.images_dir.is_dir():
-            raise ConfigError(f"--images: no such folder {args.images}")
+            raise ConfigError(f"--images: no such folder {images}")
         self.model_arg = args.model or self.cfg.model.name
         self.out = Path(args.output)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -149,10 +151,10 @@ class Bench:
             return self._versus()
         self.result["settings"] = {
             "model": self.model_arg, "model_path": self.cfg.model.path, "adapter": self.cfg.model.adapter,
-            "device": args.device, "images": str(args.images), "passes": args.passes, "repeats": args.repeats,
+            "device": args.device, "images": str(self.images_dir), "passes": args.passes, "repeats": args.repeats,
             "variants": self.variants, "config": args.config or "configs/default.toml"}
         self.progress(f"{self.result['machine']['cpu']}, {os.cpu_count()} logical cores; model "
-                      f"{self.model_arg}; {args.repeats} repeats × {args.passes} passes over {args.images}")
+                      f"{self.model_arg}; {args.repeats} repeats × {args.passes} passes over {self.images_dir}")
         if args.sweep:
             self.result["sweep"] = self._sweep()
         tuned, source = self._tuned()
@@ -370,7 +372,7 @@ class Bench:
             raise ConfigError("--steady-loops must be >= 1, --probe-seconds and --fps > 0, --live-seconds >= 0")
         images = list_images(self.images_dir)
         model = self.model_arg
-        self.result["settings"] = {"model": model, "device": a.device, "images": str(a.images), "frames": len(images),
+        self.result["settings"] = {"model": model, "device": a.device, "images": str(self.images_dir), "frames": len(images),
                                    "repeats": a.repeats, "steady_loops": a.steady_loops,
                                    "config": a.config or "configs/default.toml"}
         self.progress(f"versus: model {model}, {len(images)} images, {a.repeats} repeats; steady runs "

@@ -42,7 +42,7 @@ def run(images: Path, output: Path, model: str | None = None, loop: int = 1, dev
         config: str | None = None, nireq: int = NIREQ, threads: int = THREADS, cache_dir: str = "off",
         settings: str = "engine") -> dict:
     """Every image of ``images``, ``loop`` times, through the model; returns the summary dict."""
-    overrides: dict = {"source": {"uri": str(images)}}
+    overrides: dict = {"sources": [{"uri": str(images)}]}
     if model:
         overrides["model"] = {"path" if Path(model).suffix else "name": model}
     cfg = load_config(config, overrides)

@@ -41,7 +41,7 @@ from engine.tflite_ops import EXTENSIONS, OP_TYPE
 FRAMEWORKS = {".onnx": "onnx", ".tflite": "tflite", ".pdmodel": "paddle", ".pb": "tf", ".xml": "ir"}
 FRAMEWORK_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "paddle": "PaddlePaddle", "tf": "TensorFlow",
                    "ir": "OpenVINO IR"}
-COCO_LABELS = "data/mscoco_labels.txt"       # bundled
+COCO_LABELS = "data/coco91_labels.txt"       # bundled
 
 
 @dataclass(frozen=True)

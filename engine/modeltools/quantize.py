@@ -338,8 +338,9 @@ def int8_entry(cfg: ModelConfig, xml: Path, registry: Path | None = None) -> dic
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registry name (models/models.toml) or model file")
-    parser.add_argument("--data", default="data/coco100", help="calibration images: a folder, or 'mnist' "
-                                                               "(the MNIST training split); default data/coco100")
+    parser.add_argument("--data", default="", help="calibration images: a folder, or 'mnist' (the MNIST training "
+                                                   "split); default: the codelab's 100 COCO images from the shared "
+                                                   "folder, else data/samples")
     parser.add_argument("--labels-list", metavar="FILE",
                         help="labelled folder (ImageNet-format data): lines 'relative/path label' under --data; "
                              "classifiers are then scored by top-1/top-5")
@@ -382,7 +383,7 @@ def main(args: argparse.Namespace) -> int:
     if xml.resolve() == Path(cfg.path).resolve():
         raise ModelError(f"{xml} is the model being quantized: choose another --output or name")
     console = Console()
-    report = quantize(cfg, args.data, xml, subset=args.subset, preset=args.preset,
+    report = quantize(cfg, args.data or str(paths.default_images()), xml, subset=args.subset, preset=args.preset,
                       fast_bias_correction=args.fast_bias_correction, max_drop=args.max_drop,
                       metric=args.metric, seconds=args.seconds, labels_list=args.labels_list,
                       ignored_scope=args.ignored_scope, ignored_types=args.ignored_type,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, RunResult, ovstream_command, run_ovstream
+from tests.conftest import REPO, RunResult, ovstream_command, run_ovstream, shared
 
 FACE_MODEL = REPO / "models" / "mediapipe" / "face_detection_full_range_sparse.tflite"
 TIMEOUT = 45        # these fail in preflight, in about 2 s
@@ -51,7 +51,7 @@ def test_bad_config_file(engine_env, tmp_path, toml, expected):
 
 
 @pytest.mark.parametrize("content, expected", [
-    ("[source]\nuri = 'data/coco100'\n".encode("utf-16"), "UTF-16"),
+    ("[source]\nuri = 'data/samples'\n".encode("utf-16"), "UTF-16"),
     (bytes(range(256)) * 4, "binary"),
 ], ids=["utf16", "binary"])
 def test_config_file_that_is_not_text(engine_env, tmp_path, content, expected):
@@ -207,7 +207,7 @@ def test_source_file_of_an_unknown_kind(engine_env, tmp_path):
 
 MNIST = REPO / "models" / "mnist" / "mnist.xml"
 EFFICIENTNET = REPO / "models" / "efficientnet_lite0" / "efficientnet_lite0_fp16.xml"
-NANODET = REPO / "models" / "nanodet_m" / "nanodet_m_416.onnx"
+NANODET = shared("models/nanodet_m/nanodet_m_416.onnx")
 
 
 @pytest.mark.parametrize("args, toml, expected", [

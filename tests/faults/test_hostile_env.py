@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, RunResult, ovstream_command, run_ovstream
+from tests.conftest import COCO, REPO, RunResult, ovstream_command, run_ovstream
 
 TIMEOUT = 60
 
@@ -32,7 +32,7 @@ def _one_line(result: RunResult, code: int) -> str:
 
 
 def _start(out: Path, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(ovstream_command("run", "--model", "face", *args, "--output", str(out), "--no-dashboard"),
+    return subprocess.Popen(ovstream_command("run", "--model", "face", "--source", str(COCO), *args, "--output", str(out), "--no-dashboard"),
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -53,7 +53,7 @@ def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: flo
 def test_output_path_that_is_a_file(engine_env, tmp_path):
     out = tmp_path / "results"
     out.write_text("keep me")
-    line = _one_line(run_ovstream("--model", "face", output=out, env=engine_env, timeout=TIMEOUT), 2)
+    line = _one_line(run_ovstream("--model", "face", "--source", str(COCO), output=out, env=engine_env, timeout=TIMEOUT), 2)
     assert f"output folder {out} is a file" in line, line
     assert out.read_text() == "keep me"
 
@@ -61,7 +61,7 @@ def test_output_path_that_is_a_file(engine_env, tmp_path):
 def test_output_path_below_a_file(engine_env, tmp_path):
     (tmp_path / "notes").write_text("a file")
     out = tmp_path / "notes" / "run1"
-    line = _one_line(run_ovstream("--model", "face", output=out, env=engine_env, timeout=TIMEOUT), 2)
+    line = _one_line(run_ovstream("--model", "face", "--source", str(COCO), output=out, env=engine_env, timeout=TIMEOUT), 2)
     assert f"output folder {out} is below {tmp_path / 'notes'}, which is a file" in line, line
 
 
@@ -85,7 +85,7 @@ def test_output_folder_that_is_not_writable(engine_env, tmp_path, inside):
     locked.chmod(0o555)
     out = locked / "run1" if inside else locked
     try:
-        cmd = [*_without_dac_override(), *ovstream_command("run", "--model", "face", "--output", str(out),
+        cmd = [*_without_dac_override(), *ovstream_command("run", "--model", "face", "--source", str(COCO), "--output", str(out),
                                                            "--no-dashboard")]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT, env=engine_env)
         line = _one_line(RunResult(proc.returncode, proc.stdout, proc.stderr, out), 2)
@@ -101,12 +101,12 @@ def test_two_runs_on_one_folder(engine_env, tmp_path):
     first = _start(out, engine_env, "--loop", "50")
     try:
         _wait_for_lines(out / "results.jsonl", 20, first)
-        line = _one_line(run_ovstream("--model", "face", output=out, env=engine_env, timeout=TIMEOUT), 2)
+        line = _one_line(run_ovstream("--model", "face", "--source", str(COCO), output=out, env=engine_env, timeout=TIMEOUT), 2)
         assert f"output folder {out} is in use by another ovstream run (pid {first.pid})" in line, line
     finally:
         first.kill()                       # SIGKILL: no chance to release anything
         first.communicate()
-    again = run_ovstream("--model", "face", output=out, env=engine_env, timeout=TIMEOUT)
+    again = run_ovstream("--model", "face", "--source", str(COCO), output=out, env=engine_env, timeout=TIMEOUT)
     assert again.code == 0, again.stderr
     assert [r["frame_id"] for r in again.records] == list(range(100))
     assert not (out / ".ovstream.lock").exists()
@@ -247,7 +247,7 @@ def test_stage_that_dies_during_start_up_is_retried(engine_env, tmp_path, once, 
     if once:
         env["CRASH_ONCE_MARKER"] = str(tmp_path / "crashed")
     config = tmp_path / "c.toml"
-    config.write_text("[model]\nname = 'face'\n[pipeline]\nmax_restarts = 2\n")
+    config.write_text(f"[source]\nuri = '{COCO}'\n[model]\nname = 'face'\n[pipeline]\nmax_restarts = 2\n")
     result = run_ovstream(str(config), output=tmp_path / "out", env=env, timeout=TIMEOUT)
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -30,7 +30,7 @@ class _Run:
         self.out = tmp_path / "out"
         self.stdout_path, self.stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         with open(self.stdout_path, "wb") as so, open(self.stderr_path, "wb") as se:
-            self.proc = subprocess.Popen(ovstream_command("run", "--model", "face", *args, "--output", str(self.out), "--no-dashboard"),
+            self.proc = subprocess.Popen(ovstream_command("run", "--model", "face", "--source", str(COCO), *args, "--output", str(self.out), "--no-dashboard"),
                                          cwd=REPO, stdout=so, stderr=se, env=env)
         self.started = time.monotonic()
 

@@ -165,17 +165,17 @@ def test_sources_added_and_removed_while_it_runs(tag, tmp_path):
             pipe.remove_source("nope")
         for result in pipe:
             ids[result.stream].append(result.frame_id)
-            if len(ids["coco100"]) == 10 and "short" not in pipe.streams:
+            if len(ids[COCO.name]) == 10 and "short" not in pipe.streams:
                 assert pipe.add_source(COCO, name="short", loop=1) == "short"   # plays to its end
                 assert pipe.add_source(COCO, name="cut", loop=100) == "cut"  # removed part-way
             if result.stream == "cut" and result.frame_id == 19:
                 running = pipe.stats()                  # the dashboard's snapshot, while it runs
-                assert running.state == "running" and "coco100" in {r.name for r in running.streams}
+                assert running.state == "running" and COCO.name in {r.name for r in running.streams}
                 pipe.remove_source("cut")
                 # every range is taken: the new stream gets cut's once cut's slots are all back
                 assert pipe.add_source(COCO, name="swap", loop=1) == "swap"
         stats = {row.name: row for row in pipe.stats().streams}
-    assert ids["coco100"] == list(range(300))
+    assert ids[COCO.name] == list(range(300))
     assert ids["short"] == ids["swap"] == list(range(100))     # every frame of an added stream, in order
     cut = ids["cut"]
     assert cut == list(range(len(cut))) and 20 <= len(cut) < 10_000       # in order, and it stopped

@@ -15,8 +15,8 @@ import openvino.opset13 as ops
 import pytest
 
 from engine.config import load_registry
+from tests.conftest import COCO, REPO
 
-REPO = Path(__file__).resolve().parents[2]
 FACE_IMAGES = ("000000005193.jpg", "000000006954.jpg", "000000008690.jpg")  # COCO val2017, with faces
 MNIST_SAMPLES = REPO / "data" / "mnist_samples"
 
@@ -30,7 +30,7 @@ def test_face_detector_agrees_with_itself(engine_env, tmp_path):
     data = tmp_path / "coco"
     data.mkdir()
     for name in FACE_IMAGES:
-        shutil.copy(REPO / "data" / "coco100" / name, data)
+        shutil.copy(COCO / name, data)
     (data / "000000000000.jpg").write_text("not an image")
     out = tmp_path / "out"
     proc = ovstream_eval("face", "--agreement", "face", "--data", str(data), "--output", str(out), "--json",
@@ -84,21 +84,22 @@ def test_mnist_top1_from_a_labels_list(engine_env, tmp_path):
 
 
 def test_usage_error_is_one_line(engine_env, tmp_path):
-    proc = ovstream_eval("face", "--data", str(REPO / "data" / "coco100"), "--output", str(tmp_path),
+    proc = ovstream_eval("face", "--data", str(COCO), "--output", str(tmp_path),
                          env=engine_env)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "nothing to measure" in proc.stderr
 
 
-def test_conformance_of_the_coco_ssd_with_the_tflite_interpreter(engine_env, tmp_path):
-    """The engine's SSD against LiteRT on the same pixels: nearly every reference detection reproduced."""
+@pytest.mark.parametrize("model", ["ssd_mobilenet_v2_coco", "ssd_mobilenet_v1_coco"])
+def test_conformance_of_the_coco_ssd_with_the_tflite_interpreter(engine_env, tmp_path, model):
+    """The engine's SSDs against LiteRT on the same pixels: nearly every reference detection reproduced."""
     if os.environ.get("CI") != "true":             # in CI a missing reference runtime fails
         pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (the tools extra has it)")
     data = tmp_path / "coco"
     data.mkdir()
     for name in ("000000000285.jpg", "000000000724.jpg", "000000000139.jpg", "000000008021.jpg"):
-        shutil.copy(REPO / "data" / "coco100" / name, data)
-    proc = ovstream_eval("ssd_mobilenet_v1_coco", "--data", str(data), "--conformance", "--output",
+        shutil.copy(COCO / name, data)
+    proc = ovstream_eval(model, "--data", str(data), "--conformance", "--output",
                          str(tmp_path / "out"), "--json", env=engine_env)
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout)["conformance"]

@@ -7,7 +7,7 @@ import subprocess
 import psutil
 
 from engine.launch import stage_of
-from tests.conftest import REPO, _tagged_processes, ovstream_command, run_ovstream
+from tests.conftest import COCO, REPO, _tagged_processes, ovstream_command, run_ovstream
 from tests.pipeline.test_run import _wait_for_lines
 
 STAGES = {"decoder-0", "preprocessor", "inference-0", "postprocessor"}
@@ -15,7 +15,7 @@ STAGES = {"decoder-0", "preprocessor", "inference-0", "postprocessor"}
 
 def test_stages_are_named_children_that_log_to_the_output_folder(engine_env, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(ovstream_command("run", "--model", "face", "--loop", "5", "--output", str(out),
+    proc = subprocess.Popen(ovstream_command("run", "--model", "face", "--source", str(COCO), "--loop", "5", "--output", str(out),
                                              "--no-dashboard", "--log-level", "DEBUG"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=engine_env)
     _wait_for_lines(out / "results.jsonl", 20, proc)
@@ -45,7 +45,7 @@ def test_what_a_worker_logs_before_its_context_lands_in_its_log(engine_env, tmp_
     """The worker compiles as soon as it has the config, before it knows its log file: a warning
     then (a damaged model-cache entry, read again from the original) is kept and written there."""
     config = tmp_path / "c.toml"
-    config.write_text("[model]\nname = 'face'\n[inference]\ncache_dir = 'cache'\n")
+    config.write_text(f"[source]\nuri = '{COCO}'\n[model]\nname = 'face'\n[inference]\ncache_dir = 'cache'\n")
     first = run_ovstream(str(config), output=tmp_path / "first", env=engine_env, timeout=120)
     assert first.code == 0, first.stderr
     (entry,) = (tmp_path / "cache" / "models").iterdir()

@@ -22,6 +22,7 @@ from tests.conftest import COCO, REPO, ovstream_command, run_ovstream
 from tests.servers import Mosquitto, Subscriber, free_port, tls_files
 
 MODEL = ("--model", "face")             # fast; named so a change of default model changes nothing here
+FACE_ON_COCO = (*MODEL, "--source", str(COCO))   # the codelab's 100 images, one stream
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -74,7 +75,7 @@ def test_metrics_scraped_during_the_run_match_the_report(engine_env, tmp_path):
     out = tmp_path / "out"
     config = tmp_path / "metrics.toml"
     config.write_text("[metrics]\nlinger_s = 120\n", encoding="utf-8")
-    proc = subprocess.Popen(ovstream_command("run", str(config), *MODEL, "--loop", "6", "--metrics-port", str(port),
+    proc = subprocess.Popen(ovstream_command("run", str(config), *FACE_ON_COCO, "--loop", "6", "--metrics-port", str(port),
                                              "--output", str(out), "--no-dashboard"),
                             cwd=REPO, env=engine_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stderr = Stderr(proc)
@@ -99,21 +100,21 @@ def test_metrics_scraped_during_the_run_match_the_report(engine_env, tmp_path):
     assert running, "no scrape saw the run in progress"
     previous = 0.0
     for samples in running:                         # every mid-run scrape is consistent
-        read = value(samples, "ovstream_frames_read_total", stream="coco100")
-        done = sum(value(samples, "ovstream_frames_total", stream="coco100", outcome=o)
+        read = value(samples, "ovstream_frames_read_total", stream=COCO.name)
+        done = sum(value(samples, "ovstream_frames_total", stream=COCO.name, outcome=o)
                    for o in ("ok", "error", "drop"))
-        assert value(samples, "ovstream_frames_in_flight", stream="coco100") == read - done >= 0
+        assert value(samples, "ovstream_frames_in_flight", stream=COCO.name) == read - done >= 0
         assert done >= previous                     # counters never go back
         previous = done
     assert previous <= 600
 
     acc = report["accounting"]
     assert value(final, "ovstream_state", ovstream_state="finished") == 1
-    assert value(final, "ovstream_frames_read_total", stream="coco100") == acc["in"] == 600
-    assert value(final, "ovstream_frames_total", stream="coco100", outcome="ok") == acc["out"] == 600
-    assert value(final, "ovstream_frames_total", stream="coco100", outcome="error") == acc["errors"] == 0
-    assert value(final, "ovstream_frames_total", stream="coco100", outcome="drop") == acc["drops"] == 0
-    assert value(final, "ovstream_frames_in_flight", stream="coco100") == 0
+    assert value(final, "ovstream_frames_read_total", stream=COCO.name) == acc["in"] == 600
+    assert value(final, "ovstream_frames_total", stream=COCO.name, outcome="ok") == acc["out"] == 600
+    assert value(final, "ovstream_frames_total", stream=COCO.name, outcome="error") == acc["errors"] == 0
+    assert value(final, "ovstream_frames_total", stream=COCO.name, outcome="drop") == acc["drops"] == 0
+    assert value(final, "ovstream_frames_in_flight", stream=COCO.name) == 0
     assert value(final, "ovstream_average_frames_per_second") == report["throughput_fps"] > 0
     for stage, lat in report["latency_ms"].items():      # histograms: the report's exact buckets
         assert value(final, "ovstream_stage_latency_seconds_count", stage=stage) == lat["count"] > 0
@@ -123,7 +124,7 @@ def test_metrics_scraped_during_the_run_match_the_report(engine_env, tmp_path):
                          le=f"{float(bound_ms) / 1000:g}") == n
         assert value(final, "ovstream_stage_latency_seconds_bucket", stage=stage, le="+Inf") == lat["count"]
     assert value(final, "ovstream_stage_latency_seconds_count", stage="end_to_end") == 600
-    assert value(final, "ovstream_stream_latency_seconds_count", stream="coco100") == 600
+    assert value(final, "ovstream_stream_latency_seconds_count", stream=COCO.name) == 600
     for stage, lat in report["latency_ms_by_device"]["CPU"].items():
         assert value(final, "ovstream_device_stage_latency_seconds_count", device="CPU", stage=stage) == lat["count"]
     (device,) = report["devices"]
@@ -144,7 +145,7 @@ def test_a_busy_metrics_port_is_a_usage_error(engine_env, tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_ovstream(*MODEL, "--metrics-port", str(port), output=tmp_path / "out", env=engine_env)
+        result = run_ovstream(*FACE_ON_COCO, "--metrics-port", str(port), output=tmp_path / "out", env=engine_env)
     assert result.code == 2
     assert f"[metrics] cannot serve on 127.0.0.1:{port}" in result.stderr
 
@@ -163,7 +164,7 @@ def test_every_record_is_published_in_order(engine_env, tmp_path, qos):
     subscriber = Subscriber(broker.port)
     try:
         config = mqtt_config(tmp_path, broker.port, qos=qos)
-        result = run_ovstream(str(config), *MODEL, output=tmp_path / "out", env=engine_env)
+        result = run_ovstream(str(config), *FACE_ON_COCO, output=tmp_path / "out", env=engine_env)
         assert result.code == 0, result.stderr
         lines = (result.output / "results.jsonl").read_text(encoding="utf-8").splitlines()
         assert len(lines) == 100
@@ -171,7 +172,7 @@ def test_every_record_is_published_in_order(engine_env, tmp_path, qos):
     finally:
         subscriber.close()
         broker.stop()
-    assert {topic for topic, _ in subscriber.messages} == {"ovstream/coco100/results"}
+    assert {topic for topic, _ in subscriber.messages} == {f"ovstream/{COCO.name}/results"}
     assert [payload.decode() for _, payload in subscriber.messages] == lines      # the same JSON, in order
     (sink,) = result.report["sinks"]
     assert (sink["name"], sink["published"], sink["dropped"], sink["buffered"]) == ("mqtt", 100, 0, 0)
@@ -183,12 +184,12 @@ def test_tls_and_password_are_used_and_a_refused_login_never_blocks(engine_env, 
     subscriber = Subscriber(broker.port, ca=tls["ca.crt"], username="ops", password="s3cret")
     try:
         good = mqtt_config(tmp_path, broker.port, tls=True, ca=str(tls["ca.crt"]), username="ops", password="s3cret")
-        result = run_ovstream(str(good), *MODEL, output=tmp_path / "good", env=engine_env)
+        result = run_ovstream(str(good), *FACE_ON_COCO, output=tmp_path / "good", env=engine_env)
         assert result.code == 0, result.stderr
         assert subscriber.wait_for(100, timeout=10)
         bad = mqtt_config(tmp_path, broker.port, tls=True, ca=str(tls["ca.crt"]), username="ops",
                           password="wrong", flush_timeout_s=0.5)
-        refused = run_ovstream(str(bad), *MODEL, output=tmp_path / "bad", env=engine_env)
+        refused = run_ovstream(str(bad), *FACE_ON_COCO, output=tmp_path / "bad", env=engine_env)
     finally:
         subscriber.close()
         broker.stop()
@@ -257,7 +258,7 @@ def test_broker_restarted_mid_run_loses_no_record(engine_env, tmp_path):
 
 def test_broker_away_never_blocks_the_stream_and_overflow_is_counted(engine_env, tmp_path):
     config = mqtt_config(tmp_path, free_port(), buffer=20, flush_timeout_s=0.5)   # nothing listens there
-    result = run_ovstream(str(config), *MODEL, output=tmp_path / "out", env=engine_env)
+    result = run_ovstream(str(config), *FACE_ON_COCO, output=tmp_path / "out", env=engine_env)
     assert result.code == 0, result.stderr
     assert len(result.records) == 100 and result.report["accounting"]["balanced"]
     (sink,) = result.report["sinks"]

@@ -16,10 +16,10 @@ from engine.adapters.tf_od_api import TFObjectDetectionAdapter
 from engine.config import ModelConfig, load_registry
 from engine.errors import ModelError
 from engine.geometry import Geometry
-from tests.conftest import REPO
+from tests.conftest import COCO, REPO
 
 REGISTRY = load_registry()
-COCO_LABELS = (REPO / "data" / "mscoco_labels.txt").read_text().splitlines()
+COCO_LABELS = (REPO / "data" / "coco91_labels.txt").read_text().splitlines()
 LETTERBOX = Geometry.plan(640, 480, 192, 192, "letterbox")   # scale 0.3, 24 rows of padding above and below
 STRETCH = Geometry.plan(640, 480, 300, 300, "stretch")
 
@@ -178,7 +178,7 @@ def face_model():
 
 def detect_faces(face_model, image: str) -> list[dict]:
     """As the engine feeds it: BGR uint8 → letterbox into 192x192 → RGB, (x - 127.5) / 127.5, NHWC."""
-    frame = cv2.imread(str(REPO / "data" / "coco100" / image))
+    frame = cv2.imread(str(COCO / image))
     geometry = Geometry.plan(frame.shape[1], frame.shape[0], 192, 192, "letterbox")
     canvas = np.empty((192, 192, 3), np.uint8)
     geometry.resize_into(frame, canvas)

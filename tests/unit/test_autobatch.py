@@ -8,7 +8,7 @@ from engine.supervisor import files_only, preflight
 
 
 def _cfg(tmp_path, model: str, **source):
-    return load_config(overrides={"model": {"name": model}, "source": {"uri": "data/coco100", **source},
+    return load_config(overrides={"model": {"name": model}, "sources": [{"uri": "data/samples", **source}],
                                   "inference": {"batch": 0, "cache_dir": str(tmp_path / "cache")},
                                   "output": {"dir": str(tmp_path / "out")}})
 
@@ -18,7 +18,7 @@ def test_files_take_the_auto_batch_live_or_paced_sources_take_one(tmp_path):
     assert not files_only(_cfg(tmp_path, "face", realtime=True))     # paced like a camera: latency counts
     assert not files_only(_cfg(tmp_path, "face", max_fps=15))        # paced by the config
     assert not files_only(_cfg(tmp_path, "face", live="yes"))        # a folder a camera fills
-    assert not files_only(load_config(overrides={"source": {"uri": "rtsp://127.0.0.1:1/x"}}))
+    assert not files_only(load_config(overrides={"sources": [{"uri": "rtsp://127.0.0.1:1/x"}]}))
 
 
 def test_a_graph_that_takes_a_batch_gets_it_and_the_cache_remembers(tmp_path):
@@ -32,6 +32,6 @@ def test_a_graph_that_takes_a_batch_gets_it_and_the_cache_remembers(tmp_path):
 def test_a_graph_that_fixes_its_batch_runs_one_frame_per_request(tmp_path):
     """The SSD's TFLite graph hard-codes batch 1 in a Reshape: auto falls back to 1 instead of
     failing as an explicit ``batch = 4`` does; the second start knows it from the cache."""
-    cfg = _cfg(tmp_path, "ssd_mobilenet_v1_coco")
+    cfg = _cfg(tmp_path, "ssd_mobilenet_v2_coco")
     assert preflight(cfg)[1] == 1
     assert preflight(cfg)[1] == 1

@@ -17,9 +17,8 @@ from engine.bench.soak import ProcessTrace, soak_frames_to_loop, stream_window
 from engine.bench.stats import Spread, fmt, percentile, ratio
 from engine.bench.transport import METHODS, make_frame, measure, touch
 from engine.config import load_config
-from tests.conftest import REPO
+from tests.conftest import COCO, REPO
 
-COCO = REPO / "data" / "coco100"
 
 BENCHMARK_APP_SAMPLE = """\
 [Step 1/11] Parsing and validating input arguments
@@ -168,10 +167,10 @@ def test_ratio_percentile_and_format():
 
 
 def test_engine_command_and_tuned_setting():
-    cmd = engine_command("data/coco100", "face", Path("out"), devices=["CPU", "CPU"], nireq=4, streams=1, batch=2)
+    cmd = engine_command("data/samples", "face", Path("out"), devices=["CPU", "CPU"], nireq=4, streams=1, batch=2)
     assert cmd[1:4] == ["-m", "engine.cli", "run"]
     joined = " ".join(cmd)
-    assert "--source data/coco100 --model face --output out --no-dashboard" in joined
+    assert "--source data/samples --model face --output out --no-dashboard" in joined
     assert "--nireq 4 --streams 1 --batch 2" in joined and joined.count("--device CPU") == 2
     assert "--loop" not in joined
     assert len(sweep_grid(*DEFAULT_GRID.values())) == 12
@@ -217,7 +216,7 @@ def _fake_result() -> dict:
     spread = {"median": 100.0, "min": 90.0, "max": 110.0, "n": 3}
     return {
         "machine": {"cpu": "test CPU", "logical_cores": 2, "physical_cores": 2, "openvino": "x"},
-        "settings": {"model": "face", "device": "CPU", "repeats": 3, "passes": 1, "images": "data/coco100"},
+        "settings": {"model": "face", "device": "CPU", "repeats": 3, "passes": 1, "images": "data/samples"},
         "tuned": {"nireq": 4, "streams": 1, "batch": 1, "workers": 2, "source": "fixed"},
         "variants": {
             "a": {"short": "sync loop", "fps": spread, "p50_ms": spread, "p95_ms": spread, "runs": [{}], "errors": []},

@@ -191,13 +191,13 @@ UNKNOWN = [   # (TOML text, where, message words)
 
 SOURCES = [   # [[sources]]: (TOML text, message words)
     ("sources = 1\n", "top level sources must be a list of at most 256 items, each a table, not 1"),
-    ("[[sources]]\nuri = 'data/coco100'\nlop = 2\n", "[[sources]] #1 unknown key 'lop' (did you mean 'loop'?)"),
-    ("[[sources]]\nuri = 'data/coco100'\n[[sources]]\nuri = 'x'\nloop = 0\n",
+    ("[[sources]]\nuri = 'data/samples'\nlop = 2\n", "[[sources]] #1 unknown key 'lop' (did you mean 'loop'?)"),
+    ("[[sources]]\nuri = 'data/samples'\n[[sources]]\nuri = 'x'\nloop = 0\n",
      "[[sources]] #2 loop must be an integer from 1 to 1000000, not 0"),
-    ("[[sources]]\nuri = 'data/coco100'\nname = 'a'\n[[sources]]\nuri = 'data/mnist_samples'\nname = 'a'\n",
+    ("[[sources]]\nuri = 'data/samples'\nname = 'a'\n[[sources]]\nuri = 'data/mnist_samples'\nname = 'a'\n",
      "[[sources]] name 'a': used twice"),
     ("[[sources]]\nuri = 'data/nothing/*.mp4'\n", "/data/nothing/*.mp4': the pattern matches no file"),
-    ("[source]\nloop = -1\n[[sources]]\nuri = 'data/coco100'\n", "[source] loop must be an integer from 1"),
+    ("[source]\nloop = -1\n[[sources]]\nuri = 'data/samples'\n", "[source] loop must be an integer from 1"),
     ("[[sources]]\nuri = 'a'\nrealtime = 'yes'\n", "[[sources]] #1 realtime must be true or false, not 'yes'"),
 ]
 
@@ -333,8 +333,9 @@ def test_config_path_that_is_a_folder(tmp_path):
 
 def test_default_config_resolves_the_bundled_coco_ssd():
     cfg = load_config()
-    assert cfg.model.name == "ssd_mobilenet_v1_coco" and cfg.model.adapter == "tf_od_api"
-    assert cfg.model.path.endswith("detect.tflite") and cfg.model.preprocess.resize == "stretch"
+    assert cfg.model.name == "ssd_mobilenet_v2_coco" and cfg.model.adapter == "tf_od_api"
+    assert cfg.model.path.endswith("mobilenet_ssd_v2_coco_quant_postprocess.tflite")
+    assert cfg.model.preprocess.resize == "stretch"
     assert cfg.model.labels[1] == "person" and cfg.model.labels[13] == "stop sign"   # index = COCO id
     assert cfg.model.params["class_offset"] == 1 and cfg.inference.devices == ["CPU"]
 
@@ -380,9 +381,9 @@ loop = 3
 [[sources]]
 uri = "{tmp_path}/*.mp4"
 [[sources]]
-uri = "data/coco100"
+uri = "data/samples"
 [[sources]]
-uri = "data/coco100"
+uri = "data/samples"
 loop = 1
 [[sources]]
 uri = "rtsp://127.0.0.1:8554/live/cam1?x=1"
@@ -391,7 +392,7 @@ uri = "0"
 realtime = true
 """)
     cfg = load_config(path)
-    assert [(s.name, s.loop) for s in cfg.sources] == [("a", 3), ("b", 3), ("coco100", 3), ("coco100-2", 1),
+    assert [(s.name, s.loop) for s in cfg.sources] == [("a", 3), ("b", 3), ("samples", 3), ("samples-2", 1),
                                                        ("cam1", 3), ("cam0", 3)]
     assert cfg.sources[-1].realtime and cfg.sources[0].uri.endswith("a.mp4")
-    assert [s.name for s in load_config().sources] == ["coco100"]      # [source] alone: one stream
+    assert [s.name for s in load_config().sources] == ["samples", "clip"]      # the default: two streams

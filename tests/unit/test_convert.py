@@ -17,7 +17,7 @@ from engine.model import prepare_model
 from engine.modeltools.convert import convert, default_name, inspect_source, per_channel
 from engine.modeltools.registry import register_model, render_entry
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
-from tests.conftest import REPO
+from tests.conftest import COCO, REPO
 
 FACE = REPO / "models" / "mediapipe" / "face_detection_full_range_sparse.tflite"
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}   # some CPUs default to bf16: compare like with like
@@ -139,7 +139,7 @@ def test_embedded_preprocessing_equals_engine_ppp_and_numpy(face_ir: Path, tmp_p
     assert result.model.input().get_element_type() == ov.Type.u8
     assert result.entry["preprocess"] == {"resize": "letterbox", "color": "BGR", "mean": [0.0] * 3,
                                           "scale": [1.0] * 3}
-    bgr = cv2.resize(cv2.imread(str(REPO / "data" / "coco100" / "000000000139.jpg")), (192, 192))
+    bgr = cv2.resize(cv2.imread(str(COCO / "000000000139.jpg")), (192, 192))
     embedded = compiled(result.xml)(bgr[None])
     # the raw IR with the engine's own PrePostProcessor at load time ...
     face = ModelConfig(name="face", path=str(face_ir), preprocess=PreprocessConfig(
@@ -237,7 +237,7 @@ def test_tf2_od_api_layout(tmp_path: Path, registry: Path) -> None:
     result = convert(export, default_name(export), tmp_path / "ir", registry=registry)
     port = result.model.input()
     assert list(port.get_shape()) == [1, 320, 320, 3] and port.get_element_type() == ov.Type.u8
-    assert result.entry["adapter"] == "tf_od_api" and result.entry["labels"] == "data/mscoco_labels.txt"
+    assert result.entry["adapter"] == "tf_od_api" and result.entry["labels"] == "data/coco91_labels.txt"
     assert result.entry["preprocess"]["resize"] == "stretch" and result.entry["preprocess"]["color"] == "RGB"
     names = {name for out in result.model.outputs for name in out.get_names()}
     assert {"detection_boxes", "detection_scores", "detection_classes"} <= names

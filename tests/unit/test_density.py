@@ -14,7 +14,7 @@ from engine.bench.density import SUSTAIN_FRACTION, Trial, engine_config, summari
 from engine.bench.loops import list_images
 from engine.bench.soak import write_video
 from engine.config import RunConfig, read_toml
-from tests.conftest import REPO
+from tests.conftest import COCO, REPO
 
 
 def trial(variant: str, streams: int, delivered: list[int], drops: list[int] | None = None, error: str = "",
@@ -70,7 +70,7 @@ def test_engine_config_is_a_valid_run_config_with_camera_like_streams(tmp_path):
 
 
 def test_threaded_loop_serves_every_stream(tmp_path):
-    video = write_video(tmp_path / "clip", list_images(REPO / "data" / "coco100")[:8], frames=30, fps=30)
+    video = write_video(tmp_path / "clip", list_images(COCO)[:8], frames=30, fps=30)
     proc = subprocess.run([sys.executable, "-m", "engine.bench.density_loop", "--video", str(video), "--streams", "2",
                            "--seconds", "1", "--fps", "10", "--model", "face"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)

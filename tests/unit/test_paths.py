@@ -10,7 +10,7 @@ from engine import paths
 from engine.config import load_config, load_registry
 from engine.errors import ModelError
 from engine.modeltools.registry import register_model
-from tests.conftest import REPO
+from tests.conftest import COCO, REPO
 
 
 @pytest.fixture
@@ -40,17 +40,17 @@ def test_relative_paths_in_a_config_are_relative_to_it(home, tmp_path, monkeypat
     paths from the working directory."""
     project = tmp_path / "project"
     (project / "imgs").mkdir(parents=True)
-    shutil.copy(REPO / "data" / "coco100" / "000000000139.jpg", project / "imgs")
+    shutil.copy(COCO / "000000000139.jpg", project / "imgs")
     shutil.copy(REPO / "models" / "mnist" / "mnist.xml", project / "digits.xml")
     shutil.copy(REPO / "models" / "mnist" / "mnist.bin", project / "digits.bin")
     (project / "run.toml").write_text(
-        "[[sources]]\nuri = 'imgs'\n[[sources]]\nuri = 'data/coco100'\n[[sources]]\nuri = 'imgs/*.jpg'\n"
+        "[[sources]]\nuri = 'imgs'\n[[sources]]\nuri = 'data/samples'\n[[sources]]\nuri = 'imgs/*.jpg'\n"
         "[model]\nname = 'mnist'\npath = 'digits.xml'\n[output]\ndir = 'out'\n", encoding="utf-8")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     cfg = load_config(project / "run.toml")
-    assert [s.uri for s in cfg.sources] == [str(project / "imgs"), str(REPO / "data" / "coco100"),
+    assert [s.uri for s in cfg.sources] == [str(project / "imgs"), str(REPO / "data" / "samples"),
                                             str(project / "imgs" / "000000000139.jpg")]
     assert cfg.model.path == str(project / "digits.xml") and cfg.output.dir == str(project / "out")
     assert cfg.model.preprocess.color == "GRAY"          # the registry entry's settings, the user's file
@@ -67,7 +67,8 @@ def test_bundled_configs_are_found_by_name_and_write_to_the_working_directory(ho
     assert cfg.sources[0].uri == str(REPO / "data" / "mnist_samples")
     assert cfg.output.dir == str(tmp_path / "runs" / "mnist")
     assert load_config().output.dir == str(tmp_path / "runs" / "default")
-    assert load_config().model.path == str(REPO / "models" / "ssd_mobilenet_v1_coco" / "detect.tflite")
+    assert load_config().model.path == str(REPO / "models" / "ssd_mobilenet_v2_coco" /
+                                           "mobilenet_ssd_v2_coco_quant_postprocess.tflite")
 
 
 def test_the_user_registry_is_read_over_the_bundled_one(home, tmp_path):
@@ -78,13 +79,32 @@ def test_the_user_registry_is_read_over_the_bundled_one(home, tmp_path):
     shutil.copy(REPO / "models" / "mediapipe" / "face_detection_short_range.tflite", home / "models" / "face" / "f.tflite")
     entry = {**load_registry(paths.bundled(paths.REGISTRY))["face_short"], "file": "face/f.tflite"}
     register_model("face", entry)                         # the user's 'face' is the short-range model
-    register_model("coco_thing", {**entry, "labels": "data/mscoco_labels.txt"})
+    register_model("coco_thing", {**entry, "labels": "data/coco91_labels.txt"})
     assert paths.user_registry().is_file() and paths.bundled(paths.REGISTRY).read_bytes() == bundled_before
     registry = load_registry()
     assert registry["face"]["file"] == "face/f.tflite" and "ssd_mobilenet_v1_coco" in registry
     face = load_config(overrides={"model": {"name": "face"}}).model
     assert face.path == str(home / "models" / "face" / "f.tflite") and face.params["num_layers"] == 4
     thing = load_config(overrides={"model": {"name": "coco_thing"}}).model
-    assert thing.labels[:2] == (REPO / "data" / "mscoco_labels.txt").read_text().splitlines()[:2]
+    assert thing.labels[:2] == (REPO / "data" / "coco91_labels.txt").read_text().splitlines()[:2]
     ssd = load_config().model                             # bundled entries keep their bundled files
     assert ssd.labels[1] == "person" and Path(ssd.path).is_relative_to(REPO / "models")
+
+
+def test_models_that_are_not_bundled_are_found_in_the_model_search_path(home, tmp_path, monkeypatch):
+    """A registry entry whose file is not bundled (NanoDet-m) is looked for in OVSTREAM_HOME/models,
+    OVSTREAM_MODEL_PATH and the shared folder's models/; missing everywhere, the error says where it looked."""
+    nanodet = load_config(overrides={"model": {"name": "nanodet_m"}}).model
+    assert Path(nanodet.path) == paths.shared("models/nanodet_m/nanodet_m_416.onnx")
+    assert nanodet.labels[0] == "person" and len(nanodet.labels) == 80
+    mine = tmp_path / "mine"
+    (mine / "nanodet_m").mkdir(parents=True)
+    shutil.copy(nanodet.path, mine / "nanodet_m" / "nanodet_m_416.onnx")
+    monkeypatch.setenv("OVSTREAM_MODEL_PATH", str(mine))
+    assert load_config(overrides={"model": {"name": "nanodet_m"}}).model.path == str(mine / "nanodet_m" /
+                                                                                      "nanodet_m_416.onnx")
+    monkeypatch.setenv("OVSTREAM_MODEL_PATH", "")
+    monkeypatch.setenv("OVSTREAM_SHARED", str(tmp_path / "no-shared"))
+    with pytest.raises(ModelError, match=r"model file not found: .*nanodet_m_416.onnx \(nor in the model search "
+                                         r"path: .*; model 'nanodet_m' is not bundled\)"):
+        load_config(overrides={"model": {"name": "nanodet_m"}})

@@ -15,7 +15,7 @@ from engine.cli import main as cli
 from engine.config import ModelConfig, PreprocessConfig
 from engine.geometry import Geometry
 from engine.modeltools.datasets import InputPreparer, folder_samples, load_mnist
-from tests.conftest import REPO
+from tests.conftest import COCO, REPO
 
 pytest.importorskip("nncf", reason="nncf not installed (pip install -e '.[tools]')")
 
@@ -23,7 +23,6 @@ from engine.modeltools.quantize import (head_layers, infer_all, int8_entry, quan
                                          resolve, throughput)
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 
-COCO = REPO / "data" / "coco100"
 IMAGE = COCO / "000000000139.jpg"          # 640x426: letterbox pads top and bottom
 
 

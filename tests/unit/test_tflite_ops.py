@@ -1,7 +1,8 @@
-"""The TFLite_Detection_PostProcess conversion extension on the shipped SSD MobileNet v1 COCO.
+"""The TFLite_Detection_PostProcess conversion extension on SSD MobileNet v1 COCO (the shared folder's).
 
 The converted model must reproduce the reference TFLite interpreter (LiteRT) on real images, both
-when the engine reads the .tflite directly and through `ovstream convert` to an IR.
+when the engine reads the .tflite directly and through `ovstream convert` to an IR; on crafted
+inputs, the translation alone must settle ties as the TFLite kernel does.
 """
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import openvino as ov
+import openvino.opset13 as ops
 import pytest
 
 from engine.errors import ModelError
 from engine.model import read_model
 from engine.modeltools.metrics import box_iou
-from tests.conftest import COCO, REPO
+from engine.tflite_ops import translate_detection_postprocess
+from tests.conftest import COCO, shared
 
-DETECT = REPO / "models" / "ssd_mobilenet_v1_coco" / "detect.tflite"
+DETECT = shared("models/ssd_mobilenet_v1_coco_quant/detect.tflite")
 IMAGES = ("000000000285.jpg", "000000000724.jpg", "000000000139.jpg", "000000000802.jpg")
 
 
@@ -96,3 +99,52 @@ def test_without_the_extension_openvino_cannot_read_it():
     assert read_model(ov.Core(), str(DETECT)) is not None
     with pytest.raises(ModelError, match="not found"):
         read_model(ov.Core(), str(DETECT.with_name("missing.tflite")))
+
+
+class _Node:
+    """Stands in for the frontend's NodeContext: the op's (dequantized) inputs and its custom options."""
+
+    def __init__(self, inputs: list[ov.Output], options: dict) -> None:
+        self.inputs, self.options = inputs, options
+
+    def get_input(self, index: int) -> ov.Output:
+        return self.inputs[index]
+
+    def get_attribute(self, name: str, default_value: object = None) -> object:
+        return self.options.get(name, default_value)
+
+
+def _postprocess(encodings: np.ndarray, scores: np.ndarray, anchors: np.ndarray, **options) -> list[np.ndarray]:
+    """The translation alone, compiled and run on float inputs (what the frontend hands it)."""
+    params = [ops.parameter(list(a.shape), np.float32) for a in (encodings, scores)]
+    node = _Node([params[0].output(0), params[1].output(0), ops.constant(anchors).output(0)], options)
+    compiled = ov.Core().compile_model(ov.Model(translate_detection_postprocess(node), params), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled([encodings, scores])
+    return [result[i] for i in range(4)]
+
+
+def test_ties_fall_as_in_the_tflite_kernel():
+    """Quantized scores tie often. The kernel takes the lowest of equally scored classes (ArgMax),
+    keeps scores >= nms_score_threshold, suppresses only IoU > nms_iou_threshold and ranks equal
+    scores by anchor (stable sort); OpenVINO's TopK and NonMaxSuppression left alone do otherwise."""
+    anchors = np.array([[0.5, 0.5, 1, 1],          # (yc, xc, h, w): box (0, 0, 1, 1)
+                        [0.5, 0.25, 1, 0.5],       # box (0, 0, 1, 0.5): IoU with the first exactly 0.5
+                        [2.5, 2.5, 1, 1],          # apart from the others
+                        [4.5, 4.5, 1, 1],
+                        [6.5, 6.5, 1, 1]], np.float32)
+    scores = np.full((1, 5, 17), 0.1, np.float32)  # column 0: background, then 16 classes
+    scores[0, 0, [3, 5, 7, 12, 15]] = 0.8          # classes 2, 4, 6, 11, 14 tie
+    scores[0, 1, 1:] = 0.6                         # all tie
+    scores[0, 2, [2, 9]] = 0.25                    # exactly the score threshold
+    scores[0, 3, 1:] = 0.2                         # below it
+    scores[0, 4, [2, 3, 7, 8, 11, 13, 16]] = 0.6   # ties anchor 1's score: ranked after it
+    boxes, classes, out_scores, count = _postprocess(
+        np.zeros((1, 5, 4), np.float32), scores, anchors, max_detections=6, max_classes_per_detection=1,
+        nms_score_threshold=0.25, nms_iou_threshold=0.5, num_classes=16, y_scale=10.0, x_scale=10.0,
+        h_scale=5.0, w_scale=5.0)
+    assert count.tolist() == [4.0]
+    assert classes[0].tolist() == [2, 0, 1, 1, 0, 0]
+    assert out_scores[0].tolist() == pytest.approx([0.8, 0.6, 0.6, 0.25, 0, 0])
+    assert boxes[0, :4].tolist() == [[0, 0, 1, 1], [0, 0, 1, 0.5], [6, 6, 7, 7], [2, 2, 3, 3]]
+    assert not boxes[0, 4:].any()

@@ -14,9 +14,8 @@ from engine.bench.loops import Prepared, list_images, sync_loop
 from engine.bench.versus import (Sample, count_lines, engine_profile, profile_summary, run_job, steady_window,
                                  summarize, threaded_command, verdicts, zero_overhead_ceiling)
 from engine.config import load_config
-from tests.conftest import REPO
+from tests.conftest import COCO, REPO
 
-COCO = REPO / "data" / "coco100"
 
 
 def test_threaded_script_finds_what_the_engine_adapter_finds(tmp_path):
