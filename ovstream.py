@@ -10,16 +10,16 @@
                 print(result.stream, result.frame_id, det.label, det.score, det.box)
         print(pipe.stats().totals.avg_fps)
 
-The implementation lives in the ``engine`` package (:mod:`engine.api`, :mod:`engine.results`);
+The implementation lives in the ``engine`` package (:mod:`engine.api.pipeline`, :mod:`engine.core.results`);
 this module is its public face. The ``ovstream`` command is :func:`engine.cli.main`.
 """
 from __future__ import annotations
 
-from engine.api import Pipeline, build_config
+from engine.api.pipeline import Pipeline, build_config
 from engine.config import RunConfig, SourceConfig, load_config
-from engine.errors import (ConfigError, DeviceError, ModelError, OutputError, OvstreamError, PipelineError)
-from engine.metrics import Snapshot, StreamRow
-from engine.results import Classification, Detection, FrameResult, read_results
+from engine.core.errors import ConfigError, DeviceError, ModelError, OutputError, OvstreamError, PipelineError
+from engine.core.results import Classification, Detection, FrameResult, read_results
+from engine.observe.metrics import Snapshot, StreamRow
 
 __all__ = [
     "Pipeline", "build_config", "FrameResult", "Detection", "Classification", "read_results",

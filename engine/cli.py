@@ -18,17 +18,17 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
-from engine.errors import EXIT_INTERRUPTED, OvstreamError
-from engine.logs import LEVELS, configure_cli, flush_output
+from engine.core.errors import EXIT_INTERRUPTED, OvstreamError
+from engine.observe.logs import LEVELS, configure_cli, flush_output
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("engine.runner", "stream a source through the models and devices of a config"),
-    "devices": ("engine.devices", "list the devices OpenVINO sees, with their properties"),
-    "convert": ("engine.modeltools.convert", "convert a TF/ONNX/TFLite/Paddle model to OpenVINO IR"),
-    "quantize": ("engine.modeltools.quantize", "INT8 post-training quantization with NNCF"),
-    "eval": ("engine.modeltools.evaluate", "accuracy: top-1/top-5, COCO mAP, or agreement of two models"),
-    "train-mnist": ("engine.modeltools.mnist", "train the codelab's MNIST CNN in TF2 and run it on OpenVINO"),
-    "bench": ("engine.bench.cli", "benchmarks: codelab loops, benchmark_app, engine, transport"),
+    "run": ("engine.tools.run", "stream a source through the models and devices of a config"),
+    "devices": ("engine.tools.devices", "list the devices OpenVINO sees, with their properties"),
+    "convert": ("engine.tools.modeltools.convert", "convert a TF/ONNX/TFLite/Paddle model to OpenVINO IR"),
+    "quantize": ("engine.tools.modeltools.quantize", "INT8 post-training quantization with NNCF"),
+    "eval": ("engine.tools.modeltools.evaluate", "accuracy: top-1/top-5, COCO mAP, or agreement of two models"),
+    "train-mnist": ("engine.tools.modeltools.mnist", "train the codelab's MNIST CNN in TF2 and run it on OpenVINO"),
+    "bench": ("engine.tools.bench.cli", "benchmarks: codelab loops, benchmark_app, engine, transport"),
 }
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import paths
-from engine.results import read_results
+from engine.core import paths
+from engine.core.results import read_results
 
 # A test runner started in the background (`cmd &` in a script, as CI may do) inherits SIGINT
 # ignored, and so would every engine it starts: Ctrl-C tests would then test nothing. Give this

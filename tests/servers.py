@@ -80,7 +80,7 @@ class Mosquitto:
         self.conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 10.0) -> "Mosquitto":
+    def start(self, timeout: float = 10.0) -> Mosquitto:
         log = open(self.directory / "mosquitto.log", "ab")
         self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
         log.close()

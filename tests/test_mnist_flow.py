@@ -10,14 +10,14 @@ import openvino as ov
 import pytest
 
 from engine.config import ModelConfig, PreprocessConfig
-from engine.model import prepare_model
+from engine.model.prepare import prepare_model
 from tests.conftest import REPO
 
 pytest.importorskip("tensorflow", reason="tensorflow not installed (pip install -e '.[train]')")
 pytest.importorskip("nncf", reason="nncf not installed (pip install -e '.[tools]')")
 
-from engine.modeltools.mnist import run_flow  # noqa: E402
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
+from engine.tools.modeltools.mnist import run_flow  # noqa: E402
 
 SAMPLES = REPO / "data" / "mnist_samples"
 

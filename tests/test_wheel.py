@@ -92,7 +92,7 @@ def test_installed_package_runs_from_another_folder(installed):
     """The bundled default config, model, labels and images, from a folder that is not the checkout."""
     site_before = _tree(installed["site"])
     where = _run(installed, str(installed["python"]), "-c",
-                 "import engine, engine.paths as p; print(engine.__file__); print(p.bundled_root())")
+                 "import engine, engine.core.paths as p; print(engine.__file__); print(p.bundled_root())")
     assert where.returncode == 0, where.stderr
     module, root = where.stdout.split()
     assert Path(module).is_relative_to(installed["site"]), module        # the wheel, not the checkout

@@ -1,7 +1,7 @@
 """Decoder stage: reads the streams this process owns, one reader thread per stream, into raw slots.
 
 Each stream has its own raw slots and its own feeder thread (an unpaced image folder decodes
-ahead on a few threads of its own: :class:`engine.sources.FolderSource`). A feeder takes one of
+ahead on a few threads of its own: :class:`engine.io.sources.FolderSource`). A feeder takes one of
 its stream's free slots (a file stream waits when none is free, so it never drops; a live
 source's reader keeps only the newest frame meanwhile, drop-oldest, counted), takes the next
 item from the source, writes the frame into the slot and sends the message on its own sockets
@@ -25,15 +25,16 @@ import cv2
 import numpy as np
 import zmq
 
-from engine.channels import make_socket, pending
 from engine.config import SourceConfig
-from engine.errors import OvstreamError
-from engine.messages import ControlMsg, EndOfSource, ErrorMsg, FrameMsg, FrameRef, ReleaseMsg
-from engine.metrics import stream_key, stream_state_code
-from engine.shm import SlotPool
-from engine.sources import Source, open_source
-from engine.streams import Layout, StreamSpec
-from workers.runtime import Stage, StageContext
+from engine.core.errors import OvstreamError
+from engine.io.sources import Source, open_source
+from engine.io.streams import Layout, StreamSpec
+from engine.observe.metrics import stream_key, stream_state_code
+from engine.protocol.channels import make_socket, pending
+from engine.protocol.context import StageContext
+from engine.protocol.messages import ControlMsg, EndOfSource, ErrorMsg, FrameMsg, FrameRef, ReleaseMsg
+from engine.protocol.shm import SlotPool
+from workers.runtime import Stage
 
 log = logging.getLogger(__name__)
 

@@ -15,20 +15,21 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import zmq
 
-from engine.channels import make_socket, pending
 from engine.config import InferenceConfig, RunConfig
-from engine.errors import DeviceError, describe
-from engine.messages import BatchMsg, CreditMsg, ResultMsg, encode_result
-from engine.model import device_info, load_compiled, output_shapes
-from engine.ovruntime import ov
-from engine.shm import MAX_OUTPUT_POOL_BYTES, SlotPool, TensorLayout, tensor_offsets
-from engine.wakeup import Wakeup
-from workers.runtime import Stage, StageContext, own_threads_cpu_s, stage_main
+from engine.core.errors import DeviceError, describe
+from engine.model.prepare import device_info, load_compiled, output_shapes
+from engine.model.runtime import ov
+from engine.protocol.channels import make_socket, pending
+from engine.protocol.context import StageContext
+from engine.protocol.messages import BatchMsg, CreditMsg, ResultMsg, encode_result
+from engine.protocol.shm import MAX_OUTPUT_POOL_BYTES, SlotPool, TensorLayout, tensor_offsets
+from engine.protocol.wakeup import Wakeup
+from workers.runtime import Stage, own_threads_cpu_s, stage_main
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class OutputSlots:
     def close(self) -> None:
         """Drop the mapping. A memfd stays open until the process exits: the postprocessor may
         still have to map it for results sent last, and may tell a pool it cannot open from a
-        dead worker's (see :func:`engine.outputs.owner_gone`)."""
+        dead worker's (see :func:`engine.protocol.output_pools.owner_gone`)."""
         self.tensors = []
         self._pool.close()
         if not self.spec.path.startswith("/proc/"):

@@ -18,20 +18,30 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from engine.adapters import Adapter, create_adapter
-from engine.channels import make_socket, pending
-from engine.errors import OutputError
-from engine.geometry import Geometry
-from engine.ledger import FrameLedger
-from engine.messages import AckMsg, ControlMsg, EndOfSource, ErrorMsg, FrameRef, MessageError, ReleaseMsg, ResultMsg, \
-    decode_result
-from engine.metrics import stream_key
-from engine.outputs import OutputPools, owner_gone, split_batch_axis
-from engine.results import Classification, Detection, FrameResult
-from engine.shm import SlotPool
-from engine.sinks import ApiSink, Sink, encode_record, open_sinks
-from engine.streams import Layout, StreamSpec
-from workers.runtime import Stage, StageContext
+from engine.core.errors import OutputError
+from engine.core.geometry import Geometry
+from engine.core.results import Classification, Detection, FrameResult
+from engine.io.sinks import ApiSink, Sink, encode_record, open_sinks
+from engine.io.streams import Layout, StreamSpec
+from engine.model.adapters import Adapter, create_adapter
+from engine.observe.metrics import stream_key
+from engine.protocol.channels import make_socket, pending
+from engine.protocol.context import StageContext
+from engine.protocol.ledger import FrameLedger
+from engine.protocol.messages import (
+    AckMsg,
+    ControlMsg,
+    EndOfSource,
+    ErrorMsg,
+    FrameRef,
+    MessageError,
+    ReleaseMsg,
+    ResultMsg,
+    decode_result,
+)
+from engine.protocol.output_pools import OutputPools, owner_gone, split_batch_axis
+from engine.protocol.shm import SlotPool
+from workers.runtime import Stage
 
 log = logging.getLogger(__name__)
 

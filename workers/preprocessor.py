@@ -20,14 +20,23 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from engine.channels import make_socket, pending
 from engine.config import PreprocessConfig
-from engine.geometry import Geometry
-from engine.messages import (BatchMsg, ControlMsg, CreditMsg, EndOfSource, ErrorMsg, FrameMsg, FrameRef,
-                             ReleaseMsg)
-from engine.shm import FreeList, SlotPool
-from engine.streams import Layout, StreamSpec
-from workers.runtime import Stage, StageContext
+from engine.core.geometry import Geometry
+from engine.io.streams import Layout, StreamSpec
+from engine.protocol.channels import make_socket, pending
+from engine.protocol.context import StageContext
+from engine.protocol.messages import (
+    BatchMsg,
+    ControlMsg,
+    CreditMsg,
+    EndOfSource,
+    ErrorMsg,
+    FrameMsg,
+    FrameRef,
+    ReleaseMsg,
+)
+from engine.protocol.shm import FreeList, SlotPool
+from workers.runtime import Stage
 
 
 class FairQueue:

@@ -2,7 +2,7 @@
 
 A stage is forked from the supervisor (decoders, preprocessor, postprocessor) or started as
 ``python -m workers.<role> NAME`` (inference workers), which reads the path of its context file
-on stdin (see :mod:`engine.launch`). The context (JSON across an exec, no pickle) holds the run
+on stdin (see :mod:`engine.control.launch`). The context (JSON across an exec, no pickle) holds the run
 config, endpoints, pool specs, the stage's log file and, after a crash, what to resume. The
 stage talks to the supervisor over one DEALER socket: READY once started, STATS every heartbeat,
 and it receives ControlMsg (start / stop / worker_down) on the same socket.
@@ -17,19 +17,17 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 
-from engine.channels import make_socket, pending
 from engine.config import RunConfig
-from engine.errors import OvstreamError, describe
-from engine.ledger import FrameLedger
-from engine.logs import configure_stage, flush_output
-from engine.messages import ControlMsg, FatalMsg, Message, MessageError, ReadyMsg, StatsMsg, decode
-from engine.metrics import LatencyRecorder
-from engine.shm import PoolSpec
+from engine.core.errors import OvstreamError, describe
+from engine.observe.logs import configure_stage, flush_output
+from engine.observe.metrics import LatencyRecorder
+from engine.protocol.channels import make_socket, pending
+from engine.protocol.context import StageContext
+from engine.protocol.messages import ControlMsg, FatalMsg, Message, MessageError, ReadyMsg, StatsMsg, decode
 
 _PR_SET_PDEATHSIG = 1
 
@@ -52,52 +50,6 @@ def own_threads_cpu_s() -> float:
         if int(tid) in python_threads or name.startswith("ZMQbg/"):
             ticks += int(fields[11]) + int(fields[12])     # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class StageContext:
-    """Everything a stage process is told at start."""
-
-    role: str
-    name: str
-    generation: int
-    endpoints: dict[str, str]
-    pools: dict[str, PoolSpec]
-    config: RunConfig
-    input: dict = field(default_factory=dict)        # model input: height, width, batch
-    device: str = ""
-    completed: dict[str, list[list[int]]] = field(default_factory=dict)  # stream → id ranges [a, b) done
-    supervisor_pid: int = 0
-    layout: dict = field(default_factory=dict)       # engine.streams.Layout.to_dict()
-    epoch: int = 0                                    # this instance's restart count (decoders)
-    resume: dict[str, int] = field(default_factory=dict)   # live stream → first frame id to use
-    replay_from: dict[str, int] = field(default_factory=dict)  # postprocessor: stream → first frame id to publish again
-    api_from: dict[str, int] = field(default_factory=dict)     # … and to hand a library pipeline's iterator again
-    log_level: int = logging.INFO                     # of the stage's log file
-    log_file: str = ""                                # stdout and stderr go there ("": left as they are)
-    run_id: str = ""                                  # names the pools a stage creates itself
-
-    def to_json(self) -> str:
-        return json.dumps({
-            "role": self.role, "name": self.name, "generation": self.generation,
-            "endpoints": self.endpoints, "pools": {k: v.to_dict() for k, v in self.pools.items()},
-            "config": self.config.to_dict(), "input": self.input, "device": self.device,
-            "completed": self.completed, "supervisor_pid": self.supervisor_pid,
-            "layout": self.layout, "epoch": self.epoch, "resume": self.resume,
-            "replay_from": self.replay_from, "api_from": self.api_from, "log_level": self.log_level,
-            "log_file": self.log_file, "run_id": self.run_id,
-        })
-
-    @classmethod
-    def from_json(cls, text: str) -> "StageContext":
-        data = json.loads(text)
-        data["pools"] = {k: PoolSpec(**v) for k, v in data["pools"].items()}
-        data["config"] = RunConfig.from_dict(data["config"], origin="stage context")
-        return cls(**data)
-
-    def completed_ids(self, stream: int) -> FrameLedger:
-        """Frame ids of ``stream`` already written (skipped on resume), as compact as the ledger."""
-        return FrameLedger.from_ranges(self.completed.get(str(stream), []))
 
 
 class Stage:
@@ -266,7 +218,7 @@ Prepare = Callable[[RunConfig, str, int], Callable[[StageContext, Stage], None]]
 
 
 def stage_main(prepare: Prepare) -> None:
-    """Entry of an exec'd stage, ``python -m workers.inference NAME`` (see engine/launch.py; the
+    """Entry of an exec'd stage, ``python -m workers.inference NAME`` (see engine/control/launch.py; the
     other roles are forked). Two lines come on stdin: the run's config with this stage's device
     and batch, then the path of its context file, which the supervisor writes a little later:
     ``prepare(config, device, batch)`` does what needs no context meanwhile (compiles the model)

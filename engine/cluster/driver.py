@@ -31,14 +31,14 @@ from rich.console import Console
 
 from engine.cluster.placement import Node, assign, capacity
 from engine.cluster.segments import Segment, merge, read_segment
-from engine.cluster.view import ClusterDashboard, ClusterView, engine_row, render_cluster_summary, stream_row, \
-    totals_of
+from engine.cluster.view import ClusterDashboard, ClusterView, engine_row, render_cluster_summary, stream_row, totals_of
 from engine.config import RunConfig
-from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
-from engine.metrics import Snapshot, StreamRow, stage_row
-from engine.outdir import OutputDir
-from engine.sources import _existing, is_live_uri
-from engine.streams import is_live
+from engine.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
+from engine.io.run_folder import OutputDir
+from engine.config.streams import is_live_uri
+from engine.io.sources import _existing
+from engine.io.streams import is_live
+from engine.observe.metrics import Snapshot, StreamRow, stage_row
 
 log = logging.getLogger(__name__)
 
@@ -469,7 +469,7 @@ def connect(ray: Any, address: str) -> None:
 
 def run_cluster(cfg: RunConfig, address: str, duration_s: float = 0.0) -> int:
     """``ovstream run --cluster``: the whole run on the driver's side; returns the exit code."""
-    from engine.supervisor import preflight
+    from engine.control.supervisor import preflight
     ray = import_ray()
     preflight(cfg)                       # a mistake in the config, model or sources: one line, here
     console = Console()

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.metrics import Histogram
+from engine.observe.metrics import Histogram
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The driver's one dashboard for the whole cluster: a row per engine (node) and per stream.
 
 :func:`stream_row` folds a stream's finished segments and its running engine's latest status
-into one :class:`~engine.metrics.StreamRow`; :class:`ClusterView` holds those rows, the engines'
+into one :class:`~engine.observe.metrics.StreamRow`; :class:`ClusterView` holds those rows, the engines'
 rows and the totals, and the existing dashboard helpers draw the streams (table, plain lines,
 file progress). Nothing here computes while drawing.
 """
@@ -15,8 +15,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from engine.dashboard import PREFIX, Dashboard, format_plain, progress_view, streams_table, summary_head
-from engine.metrics import Snapshot, StreamRow, Totals
+from engine.observe.dashboard import PREFIX, Dashboard, format_plain, progress_view, streams_table, summary_head
+from engine.observe.metrics import Snapshot, StreamRow, Totals
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ class _Run:
             raise AssertionError(f"still running 30 s after signal {signum}: {self.stderr}") from None
         return time.monotonic() - sent
 
-    def __enter__(self) -> "_Run":
+    def __enter__(self) -> _Run:
         return self
 
     def __exit__(self, *exc: object) -> None:

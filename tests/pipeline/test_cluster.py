@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
-
-import shutil
 
 import psutil
 import pytest

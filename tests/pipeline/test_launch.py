@@ -1,4 +1,4 @@
-"""How the stage processes start (engine/launch.py): forked or exec'd, named, logging to the output
+"""How the stage processes start (engine/control/launch.py): forked or exec'd, named, logging to the output
 folder, and nothing left of an inference worker started ahead when the checks fail."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import subprocess
 
 import psutil
 
-from engine.launch import stage_of
+from engine.control.launch import stage_of
 from tests.conftest import COCO, REPO, _tagged_processes, ovstream_command, run_ovstream
 from tests.pipeline.test_run import _wait_for_lines
 

@@ -17,7 +17,6 @@ import pytest
 
 from tests.conftest import COCO, REPO, ovstream_command, run_ovstream
 
-
 FACE_IMAGE = "000000009378.jpg"          # one face near [355, 81, 426, 152] (checked by eye)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 
-from engine.launch import stage_of
+from engine.control.launch import stage_of
 from tests.conftest import COCO, REPO, ovstream_command, run_ovstream
 from tests.pipeline.test_run import FACE_IMAGE, _MjpegHandler, write_config
 

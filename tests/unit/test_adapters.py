@@ -8,14 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.adapters import create_adapter
-from engine.adapters.anchor_ssd import AnchorSSDAdapter, generate_anchors
-from engine.adapters.classification import ClassificationAdapter
-from engine.adapters.detection_output import DetectionOutputAdapter
-from engine.adapters.tf_od_api import TFObjectDetectionAdapter
 from engine.config import ModelConfig, load_registry
-from engine.errors import ModelError
-from engine.geometry import Geometry
+from engine.core.errors import ModelError
+from engine.core.geometry import Geometry
+from engine.model.adapters import create_adapter
+from engine.model.adapters.anchor_ssd import AnchorSSDAdapter, generate_anchors
+from engine.model.adapters.classification import ClassificationAdapter
+from engine.model.adapters.detection_output import DetectionOutputAdapter
+from engine.model.adapters.tf_od_api import TFObjectDetectionAdapter
 from tests.conftest import COCO, REPO
 
 REGISTRY = load_registry()
@@ -101,7 +101,7 @@ def test_params_are_checked():
         AnchorSSDAdapter(ModelConfig(name="x", params={"strides": [8], "min_scale": 0.1, "max_scale": 0.7}))
     with pytest.raises(ModelError, match="num_layers is 2 but 1 strides"):
         AnchorSSDAdapter(registry_model("face", params={"num_layers": 2}))
-    engine_keys = {"layout": "NHWC", "input_size": [192, 192]}       # read by engine/model.py
+    engine_keys = {"layout": "NHWC", "input_size": [192, 192]}       # read by engine/model/prepare.py
     assert "layout" not in AnchorSSDAdapter(registry_model("face", params=engine_keys)).params
 
 

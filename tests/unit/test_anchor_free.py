@@ -9,11 +9,11 @@ import openvino as ov
 import openvino.opset13 as ops
 import pytest
 
-from engine.adapters import create_adapter
 from engine.config import ModelConfig, PreprocessConfig, RunConfig, resolve_model
-from engine.errors import ModelError
-from engine.geometry import Geometry
-from engine.model import output_shapes, prepare_model, read_model
+from engine.core.errors import ModelError
+from engine.core.geometry import Geometry
+from engine.model.adapters import create_adapter
+from engine.model.prepare import output_shapes, prepare_model, read_model
 from tests.conftest import COCO
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from engine.config import load_config
-from engine.model import AUTO_BATCH
-from engine.supervisor import files_only, preflight
+from engine.control.supervisor import files_only, preflight
+from engine.model.prepare import AUTO_BATCH
 
 
 def _cfg(tmp_path, model: str, **source):

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from engine.bench.ceiling import parse_output
-from engine.bench.engine_runs import DEFAULT_GRID, EngineRun, engine_command, sweep_grid, tuned_setting
-from engine.bench.soak import ProcessTrace, soak_frames_to_loop, stream_window
-from engine.bench.stats import Spread, fmt, percentile, ratio
-from engine.bench.transport import METHODS, make_frame, measure, touch
 from engine.config import load_config
-from tests.conftest import COCO, REPO
-
+from engine.tools.bench.ceiling import parse_output
+from engine.tools.bench.engine_runs import DEFAULT_GRID, EngineRun, engine_command, sweep_grid, tuned_setting
+from engine.tools.bench.soak import ProcessTrace, soak_frames_to_loop, stream_window
+from engine.tools.bench.stats import Spread, fmt, percentile, ratio
+from engine.tools.bench.transport import METHODS, make_frame, measure, touch
+from tests.conftest import COCO
 
 BENCHMARK_APP_SAMPLE = """\
 [Step 1/11] Parsing and validating input arguments
@@ -57,14 +56,14 @@ BENCHMARK_APP_SAMPLE = """\
 
 @pytest.fixture(scope="module")
 def prepared():
-    from engine.bench.loops import Prepared
+    from engine.tools.bench.loops import Prepared
 
     return Prepared(load_config(None, {"model": {"name": "face"}}).model, "CPU")
 
 
 @pytest.fixture(scope="module")
 def images():
-    from engine.bench.loops import list_images
+    from engine.tools.bench.loops import list_images
 
     found = list_images(COCO)
     assert len(found) == 100
@@ -83,7 +82,7 @@ def _same(a: list[list[dict]], b: list[list[dict]]) -> None:
 
 
 def test_sync_and_async_loops_process_every_image_and_agree(prepared, images):
-    from engine.bench.loops import async_loop, sync_loop
+    from engine.tools.bench.loops import async_loop, sync_loop
 
     sync = sync_loop(prepared, images, keep=True)
     assert sync.frames == len(images) and sync.failures == 0
@@ -98,7 +97,7 @@ def test_sync_and_async_loops_process_every_image_and_agree(prepared, images):
 
 
 def test_loops_repeat_passes_and_count_unreadable_images(prepared, images, tmp_path):
-    from engine.bench.loops import async_loop, sync_loop
+    from engine.tools.bench.loops import async_loop, sync_loop
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
@@ -233,14 +232,14 @@ def _fake_result() -> dict:
 
 
 def test_render_and_plot(tmp_path):
-    from engine.bench.cli import render
+    from engine.tools.bench.cli import render
 
     out = io.StringIO()
     render(_fake_result(), Console(file=out, width=200))
     text = out.getvalue()
     assert "sync loop" in text and "1 failed: boom" in text and "300x300" in text
     pytest.importorskip("matplotlib")
-    from engine.bench.plot import plot_bench
+    from engine.tools.bench.plot import plot_bench
 
     path = plot_bench(_fake_result(), tmp_path / "bench.png")
     assert path is not None and path.stat().st_size > 1000

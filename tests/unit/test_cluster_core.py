@@ -10,7 +10,7 @@ import pytest
 from engine.cluster.placement import Node, assign, capacity
 from engine.cluster.segments import Segment, merge, read_segment
 from engine.config import RunConfig
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 from tests.conftest import REPO
 
 

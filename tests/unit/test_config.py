@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine.config import RunConfig, load_config
-from engine.errors import ConfigError, ModelError
+from engine.core.errors import ConfigError, ModelError
 
 # (section, key, TOML value, words the message must contain besides file, section and key)
 MALFORMED = [

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from engine.config import RunConfig, resolve_model
-from engine.modeltools.conformance import OnnxReference, model_input, reference_records
-from engine.modeltools.metrics import detection_conformance
+from engine.tools.modeltools.conformance import OnnxReference, model_input, reference_records
+from engine.tools.modeltools.metrics import detection_conformance
 from tests.conftest import COCO
 
 

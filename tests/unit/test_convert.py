@@ -11,12 +11,16 @@ import openvino as ov
 import pytest
 
 from engine.cli import main as cli
-from engine.config import ModelConfig, PreprocessConfig, RunConfig
-from engine.errors import ConfigError, ModelError
-from engine.model import prepare_model
-from engine.modeltools.convert import convert, default_name, inspect_source, per_channel
-from engine.modeltools.registry import register_model, render_entry
-from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
+from engine.config import (
+    ModelConfig,
+    PreprocessConfig,
+    RunConfig,
+    tomllib,  # the stdlib module, or tomli on Python 3.10
+)
+from engine.core.errors import ConfigError, ModelError
+from engine.model.prepare import prepare_model
+from engine.tools.modeltools.convert import convert, default_name, inspect_source, per_channel
+from engine.tools.modeltools.registry import register_model, render_entry
 from tests.conftest import COCO, REPO
 
 FACE = REPO / "models" / "mediapipe" / "face_detection_full_range_sparse.tflite"

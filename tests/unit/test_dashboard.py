@@ -1,4 +1,4 @@
-"""engine.dashboard: rich views of a snapshot, and the plain-line mode used off a terminal."""
+"""engine.observe.dashboard: rich views of a snapshot, and the plain-line mode used off a terminal."""
 from __future__ import annotations
 
 import io
@@ -6,9 +6,9 @@ import re
 
 from rich.console import Console
 
-from engine.dashboard import Dashboard, format_plain, render, render_summary
-from engine.messages import StatsMsg
-from engine.metrics import MetricsAggregator, Snapshot
+from engine.observe.dashboard import Dashboard, format_plain, render, render_summary
+from engine.observe.metrics import MetricsAggregator, Snapshot
+from engine.protocol.messages import StatsMsg
 
 
 def make_snapshot(now: float = 3.2) -> Snapshot:

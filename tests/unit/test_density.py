@@ -10,10 +10,10 @@ import sys
 import pytest
 from rich.console import Console
 
-from engine.bench.density import SUSTAIN_FRACTION, Trial, engine_config, summarize
-from engine.bench.loops import list_images
-from engine.bench.soak import write_video
 from engine.config import RunConfig, read_toml
+from engine.tools.bench.density import SUSTAIN_FRACTION, Trial, engine_config, summarize
+from engine.tools.bench.loops import list_images
+from engine.tools.bench.soak import write_video
 from tests.conftest import COCO, REPO
 
 
@@ -49,7 +49,7 @@ def test_summary_takes_the_largest_count_sustained_by_a_majority_of_repeats():
 
 
 def test_render_density_shows_every_variant_and_the_verdict():
-    from engine.bench.cli import render_density
+    from engine.tools.bench.cli import render_density
 
     out = summarize([trial("engine", 2, [300, 300]), trial("separate", 2, [250, 250])], ("engine", "separate"),
                     30.0, 10.0, (2,), 1)
@@ -71,7 +71,7 @@ def test_engine_config_is_a_valid_run_config_with_camera_like_streams(tmp_path):
 
 def test_threaded_loop_serves_every_stream(tmp_path):
     video = write_video(tmp_path / "clip", list_images(COCO)[:8], frames=30, fps=30)
-    proc = subprocess.run([sys.executable, "-m", "engine.bench.density_loop", "--video", str(video), "--streams", "2",
+    proc = subprocess.run([sys.executable, "-m", "engine.tools.bench.density_loop", "--video", str(video), "--streams", "2",
                            "--seconds", "1", "--fps", "10", "--model", "face"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr

@@ -2,7 +2,7 @@
 postprocessor has its result, and a dead worker's unconfirmed batches return to the queue."""
 from __future__ import annotations
 
-from engine.messages import CreditMsg, FrameRef
+from engine.protocol.messages import CreditMsg, FrameRef
 from workers.preprocessor import Batch, Dispatcher, FairQueue
 
 

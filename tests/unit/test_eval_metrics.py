@@ -9,10 +9,9 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from engine.errors import ConfigError
-from engine.modeltools.evaluate import read_class_folders, read_labels_list
-from engine.modeltools.metrics import (COCO_STATS, agreement_map, classification_agreement, coco_map,
-                                       topk_accuracy)
+from engine.core.errors import ConfigError
+from engine.tools.modeltools.evaluate import read_class_folders, read_labels_list
+from engine.tools.modeltools.metrics import COCO_STATS, agreement_map, classification_agreement, coco_map, topk_accuracy
 
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]
 IMAGES = {139: (640, 426), 285: (586, 640), 632: (640, 483), 724: (375, 500), 776: (428, 640)}

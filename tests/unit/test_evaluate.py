@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ConfigError, OvstreamError
-from engine.modeltools import evaluate
-from engine.results import FrameResult
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
+from engine.core.errors import ConfigError, OvstreamError
+from engine.core.results import FrameResult
+from engine.tools.modeltools import evaluate
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -16,14 +16,14 @@ from prometheus_client.registry import CollectorRegistry
 from rich.console import Console
 
 from engine.config import MqttConfig
-from engine.dashboard import format_plain, render_summary
-from engine.errors import ConfigError
-from engine.exporter import MetricsServer, SnapshotCollector, stream_rows
-from engine.messages import StatsMsg
-from engine.metrics import BUCKETS_MS, Histogram, MetricsAggregator, Snapshot, StreamRow
-from engine.mqtt import MqttSink
-from engine.results import FrameResult, encode_record
-from engine.sinks import JsonlSink
+from engine.core.errors import ConfigError
+from engine.core.results import FrameResult, encode_record
+from engine.io.mqtt import MqttSink
+from engine.io.sinks import JsonlSink
+from engine.observe.dashboard import format_plain, render_summary
+from engine.observe.exporter import MetricsServer, SnapshotCollector, stream_rows
+from engine.observe.metrics import BUCKETS_MS, Histogram, MetricsAggregator, Snapshot, StreamRow
+from engine.protocol.messages import StatsMsg
 from tests import servers
 from tests.unit.test_metrics import decoder, worker
 from workers.postprocessor import replay

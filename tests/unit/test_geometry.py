@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.geometry import Geometry
+from engine.core.geometry import Geometry
 
 
 def to_model(g: Geometry, xy: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""engine/launch.py: the handle of a forked stage, stage names in command lines, workers started ahead."""
+"""engine/control/launch.py: the handle of a forked stage, stage names in command lines, workers started ahead."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from engine.launch import ForkedProcess, Launcher, stage_of, stage_title
+from engine.control.launch import ForkedProcess, Launcher, stage_of, stage_title
 from tests.conftest import REPO
 
 
@@ -72,7 +72,7 @@ def test_a_worker_whose_stdin_closes_without_a_context_leaves_quietly():
 
 
 def test_forked_stages_run_opencv_without_a_thread_pool():
-    code = ("import cv2; cv2.setNumThreads(4); from engine.launch import single_threaded_opencv; "
+    code = ("import cv2; cv2.setNumThreads(4); from engine.control.launch import single_threaded_opencv; "
             "single_threaded_opencv(); print(cv2.getNumThreads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.strip() == "1", out.stderr

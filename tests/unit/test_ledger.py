@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 
-from engine.ledger import FrameLedger
+from engine.protocol.ledger import FrameLedger
 
 
 def test_out_of_order_ids_collapse_into_the_watermark():

@@ -7,7 +7,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from engine.shm import SlotPool
+from engine.protocol.shm import SlotPool
 from tests.conftest import leftovers
 
 

@@ -12,8 +12,8 @@ import pytest
 from rich.console import Console
 from rich.live import Live
 
-from engine.errors import describe, reason
-from engine.logs import PACKAGES, configure_cli
+from engine.core.errors import describe, reason
+from engine.observe.logs import PACKAGES, configure_cli
 from tests.conftest import REPO, ovstream_command, run_ovstream
 
 
@@ -30,12 +30,12 @@ def restore_logging():
 
 def test_importing_the_library_configures_no_logging():
     code = ("import logging\n"
-            "import engine.cli, engine.config, engine.supervisor, engine.runner, engine.mqtt, engine.sources\n"
+            "import engine.cli, engine.config, engine.control.supervisor, engine.tools.run, engine.io.mqtt, engine.io.sources\n"
             "import workers.runtime, workers.decoder, workers.inference, workers.postprocessor, workers.preprocessor\n"
             "loggers = [logging.getLogger(), logging.getLogger('engine'), logging.getLogger('workers')]\n"
             "assert not any(logger.handlers for logger in loggers), [l.handlers for l in loggers]\n"
             "assert logging.getLogger().level == logging.WARNING\n"
-            "assert logging.getLogger('engine.supervisor').getEffectiveLevel() == logging.WARNING\n")
+            "assert logging.getLogger('engine.control.supervisor').getEffectiveLevel() == logging.WARNING\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -50,8 +50,8 @@ def test_log_lines_go_above_the_live_dashboard(restore_logging):
     sys.stderr = terminal = io.StringIO()          # what the terminal would get directly
     try:
         with Live("the dashboard", console=console, auto_refresh=False):
-            logging.getLogger("engine.supervisor").warning("inference-0 exited with code -9; restarting")
-            logging.getLogger("engine.supervisor").info("not shown at WARNING")
+            logging.getLogger("engine.control.supervisor").warning("inference-0 exited with code -9; restarting")
+            logging.getLogger("engine.control.supervisor").info("not shown at WARNING")
     finally:
         sys.stderr = real_stderr
     assert "[supervisor] inference-0 exited with code -9; restarting" in screen.getvalue()

@@ -5,8 +5,20 @@ import msgpack
 import numpy as np
 import pytest
 
-from engine.messages import (MAX_HEADER_BYTES, AckMsg, BatchMsg, CreditMsg, ErrorMsg, FrameMsg, FrameRef, MessageError,
-                             ResultMsg, decode, decode_result, encode_result)
+from engine.protocol.messages import (
+    MAX_HEADER_BYTES,
+    AckMsg,
+    BatchMsg,
+    CreditMsg,
+    ErrorMsg,
+    FrameMsg,
+    FrameRef,
+    MessageError,
+    ResultMsg,
+    decode,
+    decode_result,
+    encode_result,
+)
 
 
 def _ref(i: int = 7) -> FrameRef:

@@ -1,4 +1,4 @@
-"""engine.metrics: histogram accuracy, bounded recorder, aggregation of synthetic stats streams."""
+"""engine.observe.metrics: histogram accuracy, bounded recorder, aggregation of synthetic stats streams."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,17 @@ import os
 import numpy as np
 import pytest
 
-from engine.messages import StatsMsg, decode
-from engine.metrics import (Histogram, LatencyRecorder, MetricsAggregator, Snapshot, split_stream_key, stream_key,
-                            stream_state_code, worker_label)
+from engine.observe.metrics import (
+    Histogram,
+    LatencyRecorder,
+    MetricsAggregator,
+    Snapshot,
+    split_stream_key,
+    stream_key,
+    stream_state_code,
+    worker_label,
+)
+from engine.protocol.messages import StatsMsg, decode
 
 
 def decoder(read: int, *, drops: int = 0, errors: int = 0, pid: int = 101, gen: int = 0,

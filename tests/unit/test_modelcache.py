@@ -9,9 +9,9 @@ import openvino as ov
 import pytest
 
 from engine.config import load_config
-from engine.model import load_compiled, model_facts, prepare_model, read_model
-from engine.modelcache import ModelCache, cache_root, entry_key, writable
-from engine.supervisor import preflight
+from engine.control.supervisor import preflight
+from engine.model.cache import ModelCache, cache_root, entry_key, writable
+from engine.model.prepare import load_compiled, model_facts, prepare_model, read_model
 
 
 def test_cache_root_auto_off_and_folder(monkeypatch, tmp_path):

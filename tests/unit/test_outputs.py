@@ -13,9 +13,9 @@ import numpy as np
 import openvino.opset13 as ops
 import pytest
 
-from engine.messages import FrameRef, MessageError, ResultMsg
-from engine.outputs import OutputPools, owner_gone, split_batch_axis
-from engine.ovruntime import ov
+from engine.model.runtime import ov
+from engine.protocol.messages import FrameRef, MessageError, ResultMsg
+from engine.protocol.output_pools import OutputPools, owner_gone, split_batch_axis
 from workers.inference import OutputSlots, output_layout
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import paths
 from engine.config import load_config, load_registry
-from engine.errors import ModelError
-from engine.modeltools.registry import register_model
+from engine.core import paths
+from engine.core.errors import ModelError
+from engine.tools.modeltools.registry import register_model
 from tests.conftest import COCO, REPO
 
 

@@ -3,10 +3,10 @@ package registry (package, version, path) or made by the project, with its licen
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 UNLISTED = {"PROVENANCE.toml", "models.toml"}          # the lists themselves: the project's source
@@ -40,10 +40,10 @@ def test_every_bundled_file_has_provenance(folder):
 
 
 def test_made_files_are_what_the_project_makes(tmp_path):
-    """The COCO label files and MNIST digits are what ``python -m engine.modeltools.samples`` writes."""
+    """The COCO label files and MNIST digits are what ``python -m engine.tools.modeltools.samples`` writes."""
     import cv2
 
-    from engine.modeltools.samples import coco_label_files, write_mnist_digits
+    from engine.tools.modeltools.samples import coco_label_files, write_mnist_digits
 
     for name, text in coco_label_files().items():
         assert (REPO / "data" / name).read_text(encoding="utf-8") == text, name

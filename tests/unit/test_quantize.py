@@ -13,15 +13,22 @@ from rich.console import Console
 
 from engine.cli import main as cli
 from engine.config import ModelConfig, PreprocessConfig
-from engine.geometry import Geometry
-from engine.modeltools.datasets import InputPreparer, folder_samples, load_mnist
+from engine.core.geometry import Geometry
+from engine.tools.modeltools.datasets import InputPreparer, folder_samples, load_mnist
 from tests.conftest import COCO, REPO
 
 pytest.importorskip("nncf", reason="nncf not installed (pip install -e '.[tools]')")
 
-from engine.modeltools.quantize import (head_layers, infer_all, int8_entry, quantize, report_table,  # noqa: E402
-                                         resolve, throughput)
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
+from engine.tools.modeltools.quantize import (  # noqa: E402
+    head_layers,
+    infer_all,
+    int8_entry,
+    quantize,
+    report_table,
+    resolve,
+    throughput,
+)
 
 IMAGE = COCO / "000000000139.jpg"          # 640x426: letterbox pads top and bottom
 

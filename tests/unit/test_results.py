@@ -9,11 +9,11 @@ import pytest
 import zmq
 
 from engine.config import RunConfig, SourceConfig
-from engine.errors import ConfigError
-from engine.messages import RecordMsg, decode
-from engine.results import Classification, Detection, FrameResult, read_results
-from engine.sinks import ApiSink, JsonlSink
-from engine.streams import plan
+from engine.core.errors import ConfigError
+from engine.core.results import Classification, Detection, FrameResult, read_results
+from engine.io.sinks import ApiSink, JsonlSink
+from engine.io.streams import plan
+from engine.protocol.messages import RecordMsg, decode
 
 # lines as the postprocessor writes them (keys in its order, ints where the adapter gave ints)
 LINES = [

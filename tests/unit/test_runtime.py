@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from engine.ovruntime import ov
+from engine.model.runtime import ov
 from tests.conftest import REPO
 from workers.runtime import own_threads_cpu_s
 

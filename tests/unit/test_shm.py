@@ -4,11 +4,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import uuid
 
+import numpy as np
 import pytest
 
-import numpy as np
-
-from engine.shm import TENSOR_ALIGN, FreeList, SlotPool, leftover_segments, tensor_offsets
+from engine.protocol.shm import TENSOR_ALIGN, FreeList, SlotPool, leftover_segments, tensor_offsets
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engine.config import OutputConfig
-from engine.sinks import ImageSink, JsonlSink, PerStream, VideoSink, draw, open_sinks
+from engine.io.sinks import ImageSink, JsonlSink, PerStream, VideoSink, draw, open_sinks
 
 
 def _record(frame_id: int, **extra) -> dict:
@@ -86,7 +86,7 @@ def test_jsonl_full_disk_leaves_only_whole_records(tmp_path: Path, monkeypatch) 
             return real_write(fd, bytes(data[:len(data) // 2]))     # a short write, then ENOSPC
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("engine.sinks.os.write", write_until_full)
+    monkeypatch.setattr("engine.io.sinks.os.write", write_until_full)
     for frame_id in (1, 2, 3):
         sink.write(_record(frame_id), None)
     with pytest.raises(OSError) as err:

@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import sources
 from engine.config import SourceConfig
-from engine.errors import ConfigError
-from engine.sources import CaptureSource, FolderSource, SourceItem, VideoSource, open_source
+from engine.core.errors import ConfigError
+from engine.io import sources
+from engine.io.sources import CaptureSource, FolderSource, SourceItem, VideoSource, open_source
 from tests.faults.badfiles import encode, exif_jpeg, pattern
 
 
@@ -445,7 +445,7 @@ def test_url_that_never_answers_fails_in_bounded_time(monkeypatch: pytest.Monkey
 
 
 def test_large_jpeg_decodes_at_reduced_size_with_its_original_size(tmp_path: Path) -> None:
-    from engine.sources import jpeg_size, load_image
+    from engine.io.sources import jpeg_size, load_image
     image = np.zeros((480, 640, 3), np.uint8)
     cv2.rectangle(image, (100, 100), (300, 200), (255, 255, 255), -1)
     path = tmp_path / "big.jpg"

@@ -15,10 +15,10 @@ import openvino as ov
 import openvino.opset13 as ops
 import pytest
 
-from engine.errors import ModelError
-from engine.model import read_model
-from engine.modeltools.metrics import box_iou
-from engine.tflite_ops import translate_detection_postprocess
+from engine.core.errors import ModelError
+from engine.model.prepare import read_model
+from engine.model.tflite_ops import translate_detection_postprocess
+from engine.tools.modeltools.metrics import box_iou
 from tests.conftest import COCO, shared
 
 DETECT = shared("models/ssd_mobilenet_v1_coco_quant/detect.tflite")
@@ -82,7 +82,7 @@ def test_engine_reads_detect_tflite_through_the_extension():
 
 
 def test_convert_writes_an_ir_that_matches_the_reference(tmp_path: Path):
-    from engine.modeltools.convert import convert
+    from engine.tools.modeltools.convert import convert
 
     result = convert(DETECT, "ssd_test", tmp_path, registry=tmp_path / "models.toml")
     entry = result.entry                        # recognised as a TF OD API export

@@ -10,12 +10,21 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from engine.bench.loops import Prepared, list_images, sync_loop
-from engine.bench.versus import (Sample, count_lines, engine_profile, profile_summary, run_job, steady_window,
-                                 summarize, threaded_command, verdicts, zero_overhead_ceiling)
 from engine.config import load_config
+from engine.tools.bench.loops import Prepared, list_images, sync_loop
+from engine.tools.bench.versus import (
+    Sample,
+    count_lines,
+    engine_profile,
+    profile_summary,
+    run_job,
+    steady_window,
+    summarize,
+    threaded_command,
+    verdicts,
+    zero_overhead_ceiling,
+)
 from tests.conftest import COCO, REPO
-
 
 
 def test_threaded_script_finds_what_the_engine_adapter_finds(tmp_path):
@@ -158,7 +167,7 @@ def test_summary_ratios_pairs_and_targets():
 
 
 def test_render_versus_shows_the_comparison_profile_and_targets():
-    from engine.bench.cli import render_versus
+    from engine.tools.bench.cli import render_versus
 
     summary = summarize({"engine": [{"steady_fps": 50.0, "job_wall_s": 3.0}],
                          "threaded": [{"steady_fps": 60.0, "job_wall_s": 2.0}],
@@ -185,7 +194,7 @@ def test_versus_rejects_bad_settings(flags, tmp_path):
 
 
 def test_live_figures_compare_end_to_end_with_the_stage_medians():
-    from engine.bench.versus import live_figures
+    from engine.tools.bench.versus import live_figures
 
     report = {"accounting": {"out": 300}, "latency_ms": {
         "decode": {"median": 3.0}, "preprocess": {"median": 1.5}, "queue": {"median": 0.4},

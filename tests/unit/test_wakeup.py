@@ -6,8 +6,8 @@ import threading
 
 import zmq
 
-from engine.channels import make_socket, pending
-from engine.wakeup import Wakeup
+from engine.protocol.channels import make_socket, pending
+from engine.protocol.wakeup import Wakeup
 
 
 def test_a_set_from_another_thread_wakes_the_poller_once_until_cleared():

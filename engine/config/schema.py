@@ -1,0 +1,292 @@
+"""RunConfig: one run's settings, loaded from TOML and validated in one place, with one-line errors.
+
+Every section is a pydantic model whose fields carry their type, range and finiteness; cross-field
+rules are validators next to the fields they relate. A config file is validated strictly (no
+``"4"`` for 4, no ``1`` for true, no NaN or inf), and every mistake becomes one
+:class:`ConfigError` line naming the file, the section, the key, what is allowed and what was
+given (with a "did you mean" for a near-miss key). The bounds below are the engine's limits, not
+OpenVINO's: values beyond them are mistakes (and would allocate without end). The resolved config
+travels to every worker process as JSON (``to_dict`` / ``from_dict``).
+
+To add a key: add a field with its bounds (``Field(default, ge=.., le=..)``) to its section; the
+error message, the JSON round trip and the tests' malformed-value table follow from the field.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from engine.config.explain import explain
+from engine.config.options import HINTS
+from engine.core.errors import ConfigError
+from engine.core.geometry import INTERPOLATIONS, RESIZE_MODES
+
+ADAPTERS = ("anchor_ssd", "ssd_detection_output", "tf_od_api", "classification", "nanodet", "yolo")
+
+# Enumerations, defined once (those the command line offers in engine/config/options.py, light to import).
+Hint = Literal[HINTS]
+Resize = Literal[RESIZE_MODES]                                  # letterbox | stretch | crop
+Interpolation = Literal[("auto", *INTERPOLATIONS)]
+Color = Literal["RGB", "BGR", "GRAY"]
+Live = Literal["auto", "yes", "no"]
+
+# Engine limits.
+MAX_BATCH = 256
+MAX_NIREQ = 64
+MAX_SLOTS = 1024
+MAX_FRAME_SIDE = 16384
+MAX_STREAMS = 256
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+PropertyValue = str | int | float | bool
+
+
+def channels_of(color: str) -> int:
+    """Channels of the model input for a ``[model.preprocess] color``."""
+    return 1 if color == "GRAY" else 3
+
+
+class Section(BaseModel):
+    """A config table: unknown keys and NaN/inf are errors; attributes stay assignable."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+
+class SourceConfig(Section):
+    """One stream: a folder, a video file, a camera index or an RTSP/HTTP URL.
+
+    ``[source]`` is the one-stream shorthand; ``[[sources]]`` lists several streams, each taking
+    the keys it does not set from ``[source]``.
+    """
+
+    uri: NonEmpty = "data/samples"
+    name: str = ""                                         # "" = derived from the uri (made unique)
+    recursive: bool = False
+    loop: int = Field(1, ge=1, le=1_000_000)              # play a video/folder this many times
+    live: Live = "auto"                                    # live sources drop oldest frames when behind
+    reconnect_attempts: int = Field(10, ge=0, le=10_000)  # live sources: retries (with backoff)
+    max_fps: float = Field(0.0, ge=0, le=10_000)          # 0: as fast as the pipeline goes
+    realtime: bool = False        # a file paced at its native rate (video FPS; images at max_fps or 30)
+    start: int = Field(0, ge=0, le=2**53)   # first frame id; those before it count as written elsewhere and
+    # are not read (a folder starts at that file, a video at that frame): how cluster mode resumes a stream
+
+
+class PreprocessConfig(Section):
+    """Input conventions folded into the model with PrePostProcessor."""
+
+    resize: Resize = "letterbox"
+    crop: float = Field(0.875, gt=0, le=1)   # crop: the centre fraction of the (scaled) shorter side kept
+    interpolation: Interpolation = "auto"    # auto: area shrinking, linear enlarging
+    color: Color = "RGB"                     # what the model expects
+    mean: list[Annotated[float, Field(ge=-1e6, le=1e6)]] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    scale: list[Annotated[float, Field(gt=0, le=1e6)]] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+    @field_validator("mean", "scale")
+    @classmethod
+    def _per_channel(cls, value: list[float], info: ValidationInfo) -> list[float]:
+        channels = channels_of(info.data.get("color", "RGB"))
+        if len(value) not in (1, channels):
+            need = "1 value" if channels == 1 else f"1 or {channels} values"
+            raise ValueError(f"needs {need} for color {info.data.get('color', 'RGB')}")
+        return value
+
+
+class ModelConfig(Section):
+    """The model: a registry name, or a file with its adapter."""
+
+    name: NonEmpty = "ssd_mobilenet_v2_coco"
+    path: str = ""                # model file; overrides the registry's file
+    adapter: str = ""             # overrides the registry's adapter (one of ADAPTERS)
+    labels: list[str] | str = Field(default_factory=list)
+    description: str = ""
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    params: dict[str, Any] = Field(default_factory=dict)
+    score_threshold: float = -1.0                        # overrides the adapter's default when >= 0
+    top_k: int = Field(5, ge=1, le=10_000)               # classification: how many classes per frame
+
+    @field_validator("params")
+    @classmethod
+    def _finite_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        def finite(v: Any) -> bool:
+            if isinstance(v, float):
+                return math.isfinite(v)
+            return all(map(finite, v.values() if isinstance(v, dict) else v)) if isinstance(v, (list, dict)) else True
+        bad = [k for k, v in value.items() if not finite(v)]
+        if bad:
+            raise ValueError(f"{bad[0]} must be finite (no nan or inf)")
+        return value
+
+    @field_validator("score_threshold")
+    @classmethod
+    def _threshold(cls, value: float) -> float:
+        if not (0 <= value <= 1 or value == -1):
+            raise ValueError("must be from 0 to 1 (or -1: the adapter's default)")
+        return value
+
+
+class InferenceConfig(Section):
+    """Devices and how each compiles the model."""
+
+    devices: list[NonEmpty] = Field(default_factory=lambda: ["CPU"], min_length=1, max_length=16)
+    nireq: int = Field(0, ge=0, le=MAX_NIREQ)     # 0: the device's OPTIMAL_NUMBER_OF_INFER_REQUESTS
+    batch: int = Field(0, ge=0, le=MAX_BATCH)       # 0: auto (engine.model.prepare.AUTO_BATCH for file sources)
+    hint: Hint = "THROUGHPUT"
+    streams: int = Field(0, ge=0, le=256)         # 0: chosen by the hint
+    threads: int = Field(0, ge=0, le=4096)        # 0: the device decides
+    cache_dir: str = "auto"      # model cache (engine.model.cache): auto = the user cache dir, off = none
+    properties: dict[str, dict[str, PropertyValue]] = Field(default_factory=dict)  # device → properties
+
+
+class PipelineConfig(Section):
+    """Pool sizes and timing: memory is fixed at start by these numbers."""
+
+    raw_slots: int = Field(8, ge=2, le=MAX_SLOTS)      # at least; every stream gets max(3, raw_slots // streams)
+    decoders: int = Field(0, ge=0, le=64)   # decoder processes; 0 = min(streams, CPU cores // 4, 8), at least 1
+    max_frame_width: int = Field(1920, ge=16, le=MAX_FRAME_SIDE)   # larger frames are downscaled
+    max_frame_height: int = Field(1080, ge=16, le=MAX_FRAME_SIDE)
+    input_slots: int = Field(0, ge=0, le=MAX_SLOTS)     # 0: nireq (0: 2 per core, at least 4) + 2, per worker
+    reduced_decode: bool = True   # JPEGs far larger than the model input decode at 1/2..1/8 size
+    batch_timeout_ms: float = Field(5.0, ge=0, le=60_000)
+    heartbeat_s: float = Field(0.25, ge=0.01, le=5)    # a stage silent for 30 s counts as hung
+    max_restarts: int = Field(5, ge=0, le=1000)        # per process, before the run gives up
+
+
+class MqttConfig(Section):
+    """``[output.mqtt]``: every result record published to an MQTT broker (off while host is "")."""
+
+    host: str = ""
+    port: int = Field(1883, ge=1, le=65535)
+    topic: NonEmpty = "ovstream/{stream}/results"   # {stream}: the stream's name
+    qos: Literal[0, 1] = 1        # 0 at most once, 1 at least once
+    client_id: str = ""           # "": a random one
+    clean_session: bool = True    # false: the broker keeps this client id's session across reconnects
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    ca: str = ""                  # CA file ("": the system's)
+    cert: str = ""                # client certificate and key (mutual TLS)
+    key: str = ""
+    insecure: bool = False        # TLS without checking the broker's host name
+    keepalive_s: int = Field(30, ge=1, le=65535)
+    buffer: int = Field(10000, ge=1, le=10_000_000)   # records held while the broker is away; beyond: dropped
+    max_inflight: int = Field(100, ge=1, le=65535)    # records sent but not yet confirmed by the broker
+    flush_timeout_s: float = Field(5.0, ge=0, le=20)  # at the end of a run: how long the buffer may drain
+    # (bounded well below the supervisor's 30 s hang timeout: a sink that drains sends no heartbeat)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        try:
+            topic = value.format(stream="s")
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+            raise ValueError("must be a topic with no placeholder but {stream}") from None
+        if "+" in topic or "#" in topic:
+            raise ValueError("must be a topic name without + or # wildcards")
+        return value
+
+    @model_validator(mode="after")
+    def _session(self) -> MqttConfig:
+        for key in ("ca", "cert", "key"):
+            path = getattr(self, key)
+            if self.host and self.tls and path and not Path(path).expanduser().is_file():
+                raise ValueError(f"{key}: no such file {path}")
+        if self.host and not self.client_id and not self.clean_session:
+            raise ValueError("clean_session = false needs a client_id (the session's name)")
+        return self
+
+
+
+class OutputConfig(Section):
+    """Sinks: JSON lines, annotated images, annotated video, the run report, MQTT."""
+
+    dir: NonEmpty = "runs/default"
+    jsonl: bool = True
+    images: bool = False
+    video: bool = False
+    video_fps: float = Field(25.0, gt=0, le=1000)
+    report: bool = True
+    status: bool = False          # status.json: the report so far, rewritten every 0.5 s while running
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+
+
+class DashboardConfig(Section):
+    """The live view."""
+
+    enabled: bool = True
+    refresh_hz: float = Field(4.0, ge=0.5, le=60)
+
+
+class MetricsConfig(Section):
+    """``[metrics]``: Prometheus ``/metrics`` served by the supervisor (off while port is 0)."""
+
+    port: int = Field(0, ge=0, le=65535)
+    host: NonEmpty = "127.0.0.1"
+    linger_s: float = Field(0.0, ge=0, le=3600)   # keep serving this long after the run, for a last scrape
+
+
+_CLUSTER_ADDRESS = re.compile(r"^(|auto|(ray://)?[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})$")
+
+
+class ClusterConfig(Section):
+    """``[cluster]``: the streams spread over the nodes of a Ray cluster (off while address is "")."""
+
+    address: str = ""                         # "auto" (the local cluster), HOST:PORT, or ray://HOST:PORT
+    resource: NonEmpty = "ovstream_streams"   # the node resource that says how many streams a node sustains
+    per_stream: float = Field(1.0, gt=0, le=1e6)   # how much of ``resource`` one stream takes
+    max_moves: int = Field(3, ge=0, le=1000)  # a stream whose engine died more often than this fails
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not _CLUSTER_ADDRESS.match(value.strip()):
+            raise ValueError('must be "auto", HOST:PORT or ray://HOST:PORT')
+        return value.strip()
+
+
+class RunConfig(Section):
+    """Everything one ``ovstream run`` needs."""
+
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    sources: list[SourceConfig] = Field(default_factory=list, max_length=MAX_STREAMS)  # resolved: never empty
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> RunConfig:
+        devices = self.inference.devices
+        names = {n for d in devices for n in (d, d.split(".")[0].split(":")[0], *d.partition(":")[2].split(",")) if n}
+        for name in self.inference.properties:
+            if name not in names:
+                raise ValueError(f"[inference.properties.{name}] names no device of [inference] devices "
+                                 f"({', '.join(devices)})")
+        if 0 < self.pipeline.input_slots < len(devices):
+            raise ValueError(f"[pipeline] input_slots = {self.pipeline.input_slots} leaves some of the "
+                             f"{len(devices)} inference workers of [inference] devices without a slot; "
+                             f"use 0 (automatic) or at least {len(devices)}")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str = "config") -> RunConfig:
+        """Validate plain data (a parsed TOML file, a stage context) strictly; errors name ``origin``.
+        Each ``[[sources]]`` entry takes the keys it does not set from ``[source]``."""
+        if isinstance(data, dict) and isinstance(data.get("sources"), list):
+            base = {k: v for k, v in data.get("source", {}).items() if k not in ("uri", "name", "start")} \
+                if isinstance(data.get("source"), dict) else {}
+            data = {**data, "sources": [{**base, **entry} if isinstance(entry, dict) else entry
+                                        for entry in data["sources"]]}
+        try:
+            return cls.model_validate(data, strict=True)
+        except ValidationError as exc:
+            raise ConfigError(explain(exc, cls, data, origin)) from None

@@ -1,0 +1,166 @@
+"""Streams added to and removed from a running pipeline: the supervisor's side.
+
+A library pipeline (:meth:`engine.api.pipeline.Pipeline.add_source` / ``remove_source``) changes the streams
+of a run while it goes on. A new stream is checked like a configured one (a missing file is one
+line), takes a spare raw-slot range of the :class:`~engine.io.streams.Layout` and the decoder with the
+fewest open streams, and is announced to the preprocessor and the postprocessor first: only when
+both have confirmed does its decoder open it, so no frame of it reaches a stage that does not know
+it. A removed stream's decoder stops its reader and sends its end, so the frames it had read come
+out and its figures become final; its range is spare again once the decoder has every slot of it
+back (``stream_closed``), and an add that finds no spare range meanwhile waits for that one. A
+removed stream whose decoder dies before its end ends there, with what was written.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict
+
+from engine.config import RunConfig, stream_name
+from engine.core.errors import ConfigError, OvstreamError
+from engine.config.streams import is_live_uri
+from engine.io.sources import open_source
+from engine.io.streams import Layout, StreamSpec, is_live
+from engine.observe.metrics import MetricsAggregator
+from engine.protocol.apilink import ServiceLink
+from engine.protocol.ledger import FrameLedger
+from engine.protocol.messages import ApiMsg, ControlMsg
+
+log = logging.getLogger("engine.control.supervisor")
+
+REPLIES = ("stream_added", "stream_closed", "stream_failed")   # what stages answer
+STREAM_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class StreamChanges:
+    """Mixin of :class:`engine.control.supervisor.Supervisor`: ``add_source`` / ``remove_source`` requests
+    of its :class:`~engine.protocol.apilink.ServiceLink`, and the stages' answers (:data:`REPLIES`)."""
+
+    # the supervisor's, used here
+    cfg: RunConfig
+    layout: Layout
+    link: ServiceLink
+    ledgers: list[FrameLedger]
+    acked: list[list[int]]
+    metrics: MetricsAggregator
+    ended: set[int]
+    finished: bool
+    adding: dict[int, set[str]]       # added stream → stages yet to confirm they know it
+    waiting_adds: list[ApiMsg]        # add_source requests waiting for a range to come free
+
+    def _send(self, name: str, command: str, arg: str = "") -> None: ...
+
+    def _end_stream(self, sid: int) -> None: ...
+
+    def _answer(self, msg: ApiMsg) -> None:
+        try:
+            name = self._add_source(msg.arg) if msg.kind == "add_source" else self._remove_source(msg.arg)
+        except OvstreamError as exc:
+            self.link.send("refused", {"error": str(exc)}, msg.request)
+        else:
+            self.link.send("done", {"name": name}, msg.request)
+
+    def _draining(self) -> bool:
+        """Some removed stream's slot range is not back yet."""
+        return any(s.removed and s.slot_hi > s.slot_lo for s in self.layout.streams)
+
+    def _retry_adds(self) -> None:
+        """Adds that waited for a removed stream's range: answered once one is spare (or none
+        will come)."""
+        while self.waiting_adds and (self.layout.spare or not self._draining()):
+            self._answer(self.waiting_adds.pop(0))
+
+    def _refuse_waiting(self) -> None:
+        """The run is over: adds still waiting for a range are answered now, not left to time out."""
+        while self.waiting_adds:
+            self.link.send("refused", {"error": "the pipeline has ended"}, self.waiting_adds.pop(0).request)
+
+    def _add_source(self, entry: dict) -> str:
+        """Validate a new stream, give it a slot range and a decoder, and tell the preprocessor and
+        postprocessor; its decoder opens it once both know it (so no frame of it can arrive
+        before they do). Returns its name."""
+        if self.finished:
+            raise ConfigError("the pipeline has ended: every stream is done")
+        if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
+            raise ConfigError("add_source needs a uri")
+        base = {k: v for k, v in self.cfg.source.to_dict().items() if k not in ("uri", "name")}
+        src = RunConfig.from_dict({"sources": [{**base, **entry}]}, origin="add_source").sources[0]
+        taken = {s.name for s in self.layout.streams}
+        if src.name and (src.name in taken or not STREAM_NAME.fullmatch(src.name)):
+            raise ConfigError(f"stream name '{src.name}': " + ("taken (a name stays with its stream for the "
+                                                                "pipeline's life)" if src.name in taken
+                                                                else "use only letters, digits, '.', '_', '-'"))
+        if not src.name:
+            base_name = src.name = stream_name(src.uri)
+            n = 1
+            while src.name in taken:
+                n += 1
+                src.name = f"{base_name}-{n}"
+        if not is_live_uri(src.uri):
+            open_source(src).close()          # a missing file, an empty folder: one line now
+        spec = self.layout.add(src.name, src.uri, is_live(src))
+        self.cfg.sources.append(src)
+        self.ledgers.append(FrameLedger())
+        self.acked.append([0, 0])
+        self.metrics.add_stream(spec.name, spec.uri, spec.kind)
+        self.adding[spec.sid] = {"preprocessor", "postprocessor"}
+        for name in self.adding[spec.sid]:
+            self._send(name, "stream_added", json.dumps(asdict(spec)))
+        log.info("stream %s added (%s, %s)", spec.name, spec.uri, self.layout.decoder_name(spec.decoder))
+        return spec.name
+
+    def _remove_source(self, arg: dict) -> str:
+        """Close a stream: its decoder stops reading and sends its end; what it had read still
+        comes out. Its slot range is reused once the decoder has every slot back."""
+        name = arg.get("name") if isinstance(arg, dict) else None
+        spec = next((s for s in self.layout.streams if s.name == name and not s.removed), None)
+        if spec is None:
+            raise ConfigError(f"no open stream named '{name}' (open: "
+                              f"{', '.join(s.name for s in self.layout.streams if not s.removed) or 'none'})")
+        spec = self.layout.remove(spec.sid)
+        if spec.sid in self.adding:          # not opened yet: nothing was read
+            del self.adding[spec.sid]
+            self._forget_removed([spec])
+        else:                                # (an ended stream's decoder still gets its slots back)
+            self._send(self.layout.decoder_name(spec.decoder), "close_stream", str(spec.sid))
+        log.info("stream %s removed", spec.name)
+        return spec.name
+
+    def _open_added(self) -> None:
+        """Added streams that the preprocessor and postprocessor both know: their decoder opens them."""
+        for sid in [sid for sid, waiting in self.adding.items() if not waiting]:
+            del self.adding[sid]
+            spec = self.layout.streams[sid]
+            arg = {"stream": asdict(spec), "source": self.cfg.sources[sid].to_dict()}
+            self._send(self.layout.decoder_name(spec.decoder), "open_stream", json.dumps(arg))
+
+    def _on_stream_reply(self, stage: str, msg: ControlMsg) -> None:
+        try:
+            sid = int(json.loads(msg.arg)["stream"]) if msg.command == "stream_failed" else int(msg.arg)
+        except (ValueError, KeyError, TypeError):
+            return
+        if not 0 <= sid < len(self.layout.streams):
+            return
+        if msg.command == "stream_added":
+            self.adding.get(sid, set()).discard(stage)
+            self._open_added()
+        elif msg.command == "stream_closed":            # every raw slot of it is back
+            self.layout.release(sid)
+            self._retry_adds()
+        elif msg.command == "stream_failed":            # its decoder could not open it: it ends here
+            log.error("stream %s: %s", self.layout.streams[sid].name, json.loads(msg.arg).get("error"))
+            self.layout.remove(sid)
+            self._forget_removed([self.layout.streams[sid]])
+
+    def _forget_removed(self, specs: list[StreamSpec]) -> None:
+        """Removed streams whose decoder is gone (or never read them): they end now, with what was
+        written (their decoder's successor opens them no more), and their ranges are free."""
+        for spec in specs:
+            if not spec.removed:
+                continue
+            if spec.sid not in self.ended:
+                self._send("postprocessor", "end_stream", str(spec.sid))
+                self._end_stream(spec.sid)
+            self.layout.release(spec.sid)
+        self._retry_adds()

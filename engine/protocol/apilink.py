@@ -1,0 +1,63 @@
+"""The supervisor's end of a library pipeline: the socket to the :class:`engine.api.pipeline.Pipeline`.
+
+The supervisor of a pipeline that Python code runs (``python -m engine.api.service``, started by
+:mod:`engine.api.pipeline`) takes its commands (stop, drained, add or remove a source) and sends its
+snapshots, answers and outcome over one DEALER socket connected to the API's endpoint in the
+API's private run directory; the records themselves go from the postprocessor to the API on their
+own socket (``results_endpoint``). Every message is an :class:`~engine.protocol.messages.ApiMsg`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+import zmq
+
+from engine.protocol.channels import make_socket, pending
+from engine.protocol.messages import ApiMsg, MessageError, decode
+
+log = logging.getLogger(__name__)
+
+LAST_WORD_MS = 2000      # how long the outcome may take to reach the API when the link closes
+
+
+class ServiceLink:
+    """Commands in, snapshots / answers / outcome out; ``orphaned`` once the API's process is gone."""
+
+    def __init__(self, context: zmq.Context, control: str, results: str, owner_pid: int) -> None:
+        self.socket = make_socket(context, zmq.DEALER, connect=control, hwm=10_000)
+        self.results_endpoint = results
+        self.owner_pid = owner_pid
+        self.drained = -1     # the API has every record of this many streams (their end marker)
+
+    @property
+    def orphaned(self) -> bool:
+        return os.getppid() != self.owner_pid
+
+    def receive(self) -> list[ApiMsg]:
+        return list(api_messages(self.socket, "the API"))
+
+    def send(self, kind: str, arg: dict | None = None, request: int = 0) -> None:
+        try:
+            self.socket.send(ApiMsg(kind, arg or {}, request).encode(), zmq.NOBLOCK)
+        except zmq.Again:           # the API reads nothing for a long while: a snapshot less
+            log.warning("the API is not reading; %s message dropped", kind)
+
+    def close(self) -> None:
+        """Close the socket, giving the last messages (the outcome) time to reach the API."""
+        self.socket.setsockopt(zmq.LINGER, LAST_WORD_MS)
+        self.socket.close()
+
+
+def api_messages(sock: zmq.Socket, sender: str) -> Iterator[ApiMsg]:
+    """The :class:`ApiMsg` s waiting on ``sock`` now; other messages are dropped, a malformed one
+    with a warning naming ``sender``."""
+    for data in pending(sock):
+        try:
+            msg = decode(data)
+        except MessageError as exc:
+            log.warning("rejected message from %s: %s", sender, exc)
+            continue
+        if isinstance(msg, ApiMsg):
+            yield msg

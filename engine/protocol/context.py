@@ -1,0 +1,59 @@
+"""The stage context: everything the supervisor tells a stage process at start, as JSON.
+
+The supervisor (:mod:`engine.control.launch`) writes it; each stage (``workers/``) reads it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+from engine.config import RunConfig
+from engine.protocol.ledger import FrameLedger
+from engine.protocol.shm import PoolSpec
+
+
+@dataclass
+class StageContext:
+    """Everything a stage process is told at start."""
+
+    role: str
+    name: str
+    generation: int
+    endpoints: dict[str, str]
+    pools: dict[str, PoolSpec]
+    config: RunConfig
+    input: dict = field(default_factory=dict)        # model input: height, width, batch
+    device: str = ""
+    completed: dict[str, list[list[int]]] = field(default_factory=dict)  # stream → id ranges [a, b) done
+    supervisor_pid: int = 0
+    layout: dict = field(default_factory=dict)       # engine.io.streams.Layout.to_dict()
+    epoch: int = 0                                    # this instance's restart count (decoders)
+    resume: dict[str, int] = field(default_factory=dict)   # live stream → first frame id to use
+    replay_from: dict[str, int] = field(default_factory=dict)  # postprocessor: stream → first frame id to publish again
+    api_from: dict[str, int] = field(default_factory=dict)     # … and to hand a library pipeline's iterator again
+    log_level: int = logging.INFO                     # of the stage's log file
+    log_file: str = ""                                # stdout and stderr go there ("": left as they are)
+    run_id: str = ""                                  # names the pools a stage creates itself
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "role": self.role, "name": self.name, "generation": self.generation,
+            "endpoints": self.endpoints, "pools": {k: v.to_dict() for k, v in self.pools.items()},
+            "config": self.config.to_dict(), "input": self.input, "device": self.device,
+            "completed": self.completed, "supervisor_pid": self.supervisor_pid,
+            "layout": self.layout, "epoch": self.epoch, "resume": self.resume,
+            "replay_from": self.replay_from, "api_from": self.api_from, "log_level": self.log_level,
+            "log_file": self.log_file, "run_id": self.run_id,
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> StageContext:
+        data = json.loads(text)
+        data["pools"] = {k: PoolSpec(**v) for k, v in data["pools"].items()}
+        data["config"] = RunConfig.from_dict(data["config"], origin="stage context")
+        return cls(**data)
+
+    def completed_ids(self, stream: int) -> FrameLedger:
+        """Frame ids of ``stream`` already written (skipped on resume), as compact as the ledger."""
+        return FrameLedger.from_ranges(self.completed.get(str(stream), []))

@@ -1,0 +1,421 @@
+"""Every message that crosses an engine socket, defined once for both ends.
+
+Headers are msgpack maps with a ``t`` (type) key. Pixels never travel here: frames live in
+shared-memory slots and a message only names the slot. Output tensors of inference lie in the
+worker's output slot, or travel as ZeroMQ frames beside the header (see :class:`ResultMsg`),
+never inside it.
+Decoding is bounded: oversized or malformed input raises :class:`MessageError`, never crashes.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+MAX_HEADER_BYTES = 1 << 20          # a header larger than 1 MiB is refused
+MAX_TENSOR_BYTES = 256 << 20        # one output tensor frame
+_UNPACK_LIMITS = dict(
+    max_str_len=64 << 10,
+    max_bin_len=64 << 10,
+    max_array_len=1 << 16,
+    max_map_len=1 << 12,
+    max_ext_len=0,
+)
+
+
+class MessageError(ValueError):
+    """A frame on an engine socket that is not a valid message."""
+
+
+@dataclass(slots=True)
+class FrameRef:
+    """One frame travelling through the pipeline (no pixels, only where they are).
+
+    ``frame_id`` is the frame's sequence number within its stream, deterministic for file
+    sources (its position in the source, counting loops), so a replay after a crash yields the
+    same ids and the sinks can deduplicate. ``stream`` is the stream's index in the run's
+    resolved source list; ``epoch`` the restart count of the decoder instance that read it
+    (its raw slot is released to that instance only).
+    """
+
+    frame_id: int
+    source: str                      # file path or stream URI
+    index: int                       # frame index inside ``source`` (0 for a still image)
+    raw_slot: int = -1               # slot in the decoder's raw pool; -1 once released
+    height: int = 0                  # frame as stored in the raw slot
+    width: int = 0
+    orig_height: int = 0             # frame as it came from the source (before any fit-to-slot)
+    orig_width: int = 0
+    geometry: list[float] = field(default_factory=list)  # [sx, sy, pad_x, pad_y] model→slot
+    stamps: dict[str, int] = field(default_factory=dict)  # stage name → time.monotonic_ns()
+    stream: int = 0
+    epoch: int = 0
+
+    def to_wire(self) -> list:
+        return [self.frame_id, self.source, self.index, self.raw_slot, self.height, self.width,
+                self.orig_height, self.orig_width, self.geometry, self.stamps, self.stream, self.epoch]
+
+    @classmethod
+    def from_wire(cls, item: Any) -> FrameRef:
+        if not isinstance(item, list) or len(item) != 12:
+            raise MessageError("frame reference must be a 12-item list")
+        ref = cls(*item)
+        ints = (ref.frame_id, ref.index, ref.raw_slot, ref.height, ref.width, ref.orig_height, ref.orig_width,
+                ref.stream, ref.epoch)
+        if (not all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
+                or not isinstance(ref.source, str) or not isinstance(ref.stamps, dict)
+                or not isinstance(ref.geometry, list)
+                or not all(isinstance(v, (int, float)) for v in ref.geometry)
+                or not all(isinstance(k, str) and isinstance(v, int) for k, v in ref.stamps.items())):
+            raise MessageError("frame reference has wrong field types")
+        return ref
+
+
+class Message:
+    """Base of all header messages: msgpack map with the type tag ``t``."""
+
+    TYPE: ClassVar[str] = ""
+    _registry: ClassVar[dict[str, type[Message]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.TYPE:
+            Message._registry[cls.TYPE] = cls
+
+    def _fields(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, FrameRef):
+                value = value.to_wire()
+            elif isinstance(value, list) and value and isinstance(value[0], FrameRef):
+                value = [v.to_wire() for v in value]
+            out[f.name] = value
+        return out
+
+    def encode(self) -> bytes:
+        """Serialise to one msgpack frame."""
+        body = self._fields()
+        body["t"] = self.TYPE
+        data = msgpack.packb(body, use_bin_type=True)
+        if len(data) > MAX_HEADER_BYTES:
+            raise MessageError(f"{self.TYPE} message of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
+        return data
+
+
+def decode(data: bytes | memoryview) -> Message:
+    """Decode one header frame into its message class, with size and shape checks."""
+    if len(data) > MAX_HEADER_BYTES:
+        raise MessageError(f"message of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise MessageError(f"undecodable message: {exc.__class__.__name__}: {exc}") from None
+    if not isinstance(body, dict):
+        raise MessageError("message is not a map")
+    cls = Message._registry.get(body.pop("t", None))
+    if cls is None:
+        raise MessageError("message has an unknown type tag")
+    names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    if set(body) - set(names):
+        raise MessageError(f"{cls.TYPE} message has unknown fields {sorted(set(body) - set(names))}")
+    try:
+        if "frame" in body:
+            body["frame"] = FrameRef.from_wire(body["frame"])
+        if "frames" in body:
+            if not isinstance(body["frames"], list):
+                raise MessageError("frames must be a list")
+            body["frames"] = [FrameRef.from_wire(f) for f in body["frames"]]
+        msg = cls(**body)
+    except TypeError as exc:
+        raise MessageError(f"{cls.TYPE} message is incomplete: {exc}") from None
+    _check_types(msg)
+    return msg
+
+
+_SCALARS = {"int": int, "str": str, "bool": bool, "dict": dict, "float": (int, float)}
+
+
+def _check_types(msg: Message) -> None:
+    """Every field has the type its class declares (so a peer cannot smuggle in a crash)."""
+    for f in fields(msg):  # type: ignore[arg-type]
+        value, declared = getattr(msg, f.name), str(f.type)
+        outer, _, inner = declared.partition("[")
+        if outer in _SCALARS:
+            ok = isinstance(value, _SCALARS[outer]) and not (outer == "int" and isinstance(value, bool))
+        elif outer == "list":
+            item = inner.rstrip("]")
+            ok = isinstance(value, list) and (item not in _SCALARS or all(
+                isinstance(v, _SCALARS[item]) and not isinstance(v, bool) for v in value))
+        else:
+            ok = True                       # FrameRef fields were checked by from_wire
+        if not ok:
+            raise MessageError(f"{msg.TYPE} message: field '{f.name}' is not {declared}")
+
+
+# ---- data plane -------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class FrameMsg(Message):
+    """decoder → preprocessor: a decoded BGR uint8 frame sits in ``frame.raw_slot``."""
+
+    TYPE: ClassVar[str] = "frame"
+    frame: FrameRef
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class EndOfSource(Message):
+    """decoder → preprocessor and postprocessor: stream ``stream`` is exhausted.
+
+    ``total`` is the number of frame ids emitted (0..total-1, errors included); ``drops`` the
+    frames read but dropped under backpressure (live sources only).
+    """
+
+    TYPE: ClassVar[str] = "eos"
+    total: int
+    drops: int = 0
+    stream: int = 0
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class BatchMsg(Message):
+    """preprocessor → one inference worker: ``frames`` are packed in input slot ``slot``.
+
+    ``batch_id`` is unique per dispatch: the slot is released only by a release naming it, so a
+    late release of an earlier dispatch of the same slot can never free a slot in use.
+    """
+
+    TYPE: ClassVar[str] = "batch"
+    slot: int
+    frames: list[FrameRef]
+    batch_id: int = 0
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class CreditMsg(Message):
+    """inference → preprocessor, once per worker instance after compile: its ``credits`` (infer
+    requests). A credit comes back when the postprocessor releases the batch that used it."""
+
+    TYPE: ClassVar[str] = "credit"
+    worker: str                      # instance identity "name@pid"
+    credits: int
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class TensorSpec:
+    """Describes one output tensor of a :class:`ResultMsg`: in its output slot, or the frame that
+    follows the header."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+
+    def numpy_dtype(self) -> Any:
+        """Its numpy dtype; MessageError for an unknown one or one that holds objects."""
+        import numpy as np
+
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            raise MessageError(f"unknown tensor dtype {self.dtype!r}") from None
+        if dtype.hasobject:
+            raise MessageError("object tensors are not allowed")
+        return dtype
+
+
+@dataclass(slots=True)
+class ResultMsg(Message):
+    """inference → postprocessor: header; each output tensor follows as its own frame, or lies in
+    slot ``slot`` of the worker's output pool ``pool`` (:class:`~engine.protocol.shm.PoolSpec` fields; laid
+    out by :func:`~engine.protocol.shm.tensor_offsets`), where the request wrote it.
+
+    ``outputs`` lists ``[name, dtype, shape]`` for each tensor, as the graph returns it for the
+    batch (the postprocessor finds each frame's rows). ``error`` set: the batch failed
+    and no tensors follow. ``slot``/``batch_id`` name the input slot the postprocessor releases
+    once it holds the result (so a worker that dies before its result is delivered loses nothing).
+    """
+
+    TYPE: ClassVar[str] = "result"
+    frames: list[FrameRef]
+    worker: str
+    device: str
+    outputs: list[list] = field(default_factory=list)
+    slot: int = -1
+    batch_id: int = 0
+    error: str = ""
+    generation: int = 0
+    pool: dict = field(default_factory=dict)
+
+    def tensor_specs(self) -> list[TensorSpec]:
+        specs = []
+        for item in self.outputs:
+            if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], str)
+                    or not isinstance(item[1], str) or not isinstance(item[2], list)):
+                raise MessageError("result output spec must be [name, dtype, shape]")
+            if not all(isinstance(d, int) and d >= 0 for d in item[2]):
+                raise MessageError("result output shape must be non-negative integers")
+            specs.append(TensorSpec(item[0], item[1], list(item[2])))
+        return specs
+
+
+@dataclass(slots=True)
+class ErrorMsg(Message):
+    """any stage → postprocessor: this frame failed; it becomes an error record."""
+
+    TYPE: ClassVar[str] = "error"
+    frame: FrameRef
+    stage: str
+    error: str
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class ReleaseMsg(Message):
+    """Slots free again: raw slots (→ the decoder instance ``epoch`` that owns them), or input
+    slots of dispatches ``batch_ids`` (postprocessor → preprocessor)."""
+
+    TYPE: ClassVar[str] = "release"
+    slots: list[int]
+    batch_ids: list[int] = field(default_factory=list)
+    epoch: int = 0
+    generation: int = 0
+
+
+# ---- control plane ----------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ReadyMsg(Message):
+    """child → supervisor: start-up finished (the handshake); ``info`` is what it learned."""
+
+    TYPE: ClassVar[str] = "ready"
+    process: str
+    pid: int
+    info: dict = field(default_factory=dict)
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class FatalMsg(Message):
+    """child → supervisor: start-up or run failed in a way a restart cannot fix."""
+
+    TYPE: ClassVar[str] = "fatal"
+    process: str
+    error: str
+    usage: bool = False              # a user mistake (model, device, config): restarting won't help
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class StatsMsg(Message):
+    """child → supervisor, periodically: counters, gauges and latency samples since last time.
+
+    ``latency_ms`` maps a stage name (``decode``, ``preprocess``, ``queue``, ``inference``,
+    ``postprocess``, ``end_to_end``) to the samples (milliseconds) gathered since the last
+    message; ``counters`` are cumulative totals for this process instance; ``gauges`` are
+    instantaneous values (queue depths, free slots, in-flight requests).
+    """
+
+    TYPE: ClassVar[str] = "stats"
+    process: str
+    role: str
+    pid: int
+    device: str = ""
+    counters: dict = field(default_factory=dict)
+    gauges: dict = field(default_factory=dict)
+    latency_ms: dict = field(default_factory=dict)
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class AckMsg(Message):
+    """postprocessor → supervisor: these frame ids of stream ``stream`` are written to every
+    sink; ``finished``: every frame of that stream is written (it has ended)."""
+
+    TYPE: ClassVar[str] = "ack"
+    frame_ids: list[int]                                       # written as results
+    error_ids: list[int] = field(default_factory=list)         # written as error records
+    stream: int = 0
+    finished: bool = False
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class ControlMsg(Message):
+    """supervisor ⇄ children: ``start``, ``stop``, ``worker_down`` (``arg`` = worker instance),
+    ``decoder_down`` (``arg`` = decoder name, to the preprocessor, which fences that decoder's
+    frames and answers ``decoder_fenced`` with ``arg`` = JSON ``{"decoder", "next": {stream: id}}``)."""
+
+    TYPE: ClassVar[str] = "control"
+    command: str
+    arg: str = ""
+    generation: int = 0
+
+
+# ---- library pipelines (engine/api/pipeline.py) ---------------------------------------------------------
+
+@dataclass(slots=True)
+class RecordMsg(Message):
+    """postprocessor → API: one written result (:meth:`engine.core.results.FrameResult.to_dict`), in
+    its stream's order; ``record`` is empty on the end marker sent after the last one."""
+
+    TYPE: ClassVar[str] = "record"
+    record: dict
+    end: bool = False
+
+
+@dataclass(slots=True)
+class ApiMsg(Message):
+    """API ⇄ the supervisor of a library pipeline.
+
+    API → supervisor: ``stop``; ``drained`` (every result is in the API's hands); ``seen`` (``arg``:
+    ``{"marks": {stream: the first frame id the iterator has not received}}``, every 0.5 s while
+    results come: where a restarted postprocessor hands results.jsonl over again); ``add_source``
+    (``arg``: a ``[[sources]]`` entry); ``remove_source`` (``arg``: ``{"name"}``).
+    Supervisor → API: ``started`` (``arg``: ``{"streams": [names]}``); ``snapshot`` (``arg``:
+    ``Snapshot.to_dict()``, every 0.5 s); ``done`` / ``refused`` answering request ``request``
+    (``arg``: ``{"name"}`` / ``{"error"}``); ``outcome`` (``arg``: ``{"exit_code", "message",
+    "report", "usage"}``), the last message.
+    """
+
+    TYPE: ClassVar[str] = "api"
+    kind: str
+    arg: dict = field(default_factory=dict)
+    request: int = 0
+
+
+def encode_result(msg: ResultMsg, tensors: list) -> list:
+    """Multipart frames for a result: the header, then each tensor's buffer (not copied here)."""
+    msg.outputs = [[name, str(t.dtype), list(t.shape)] for name, t in tensors]
+    return [msg.encode(), *[memoryview(t).cast("B") if t.flags.c_contiguous else t.tobytes()
+                            for _, t in tensors]]
+
+
+def decode_result(parts: list) -> tuple[ResultMsg, dict]:
+    """Inverse of :func:`encode_result`: the header and ``{name: ndarray}`` views of the frames."""
+    import numpy as np
+
+    msg = decode(parts[0])
+    if not isinstance(msg, ResultMsg):
+        raise MessageError(f"expected a result, got {msg.TYPE}")
+    specs = msg.tensor_specs()
+    if len(specs) != len(parts) - 1:
+        raise MessageError(f"result announces {len(specs)} tensors, carries {len(parts) - 1}")
+    tensors = {}
+    for spec, buf in zip(specs, parts[1:]):
+        dtype = spec.numpy_dtype()
+        expected = dtype.itemsize * int(np.prod(spec.shape, dtype=np.int64))
+        size = len(buf)
+        if size != expected or size > MAX_TENSOR_BYTES:
+            raise MessageError(f"tensor {spec.name!r}: {size} bytes, expected {expected}")
+        tensors[spec.name] = np.frombuffer(buf, dtype=dtype).reshape(spec.shape)
+    return msg, tensors
+
+
+def as_dict(msg: Message) -> dict:
+    """Plain-dict view of a message (for logs and tests)."""
+    return asdict(msg)  # type: ignore[call-overload]

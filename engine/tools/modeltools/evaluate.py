@@ -1,0 +1,388 @@
+"""`ovstream eval`: a model's accuracy on a data set, or its agreement with a reference model.
+
+The model runs through the engine (``ovstream run`` in a subprocess, results in
+``OUTPUT/model/results.jsonl``); :mod:`engine.tools.modeltools.metrics` scores the records:
+
+- classifier: top-1/top-5 against a labels list (``relative/path label`` per line, as flowers102's
+  ``val_list.txt``) or a folder-per-class tree;
+- detector: COCO mAP@[.5:.95] and mAP@.5 against COCO ``instances_*.json`` annotations;
+- ``--agreement REFERENCE``: both models run, and the candidate is scored with the reference's
+  answers as ground truth (agreement mAP for detectors, top-1 agreement for classifiers).
+- ``--conformance [ORIGINAL]``: the original model (the registry's file when it is a ``.tflite``,
+  ``.onnx`` or SavedModel, else ORIGINAL) runs in its own framework's runtime
+  (:mod:`engine.tools.modeltools.conformance`) on the pixels the engine feeds, and the report says how many
+  of its detections (score >= ``--min-score``, default 0.3) the engine reproduces: same class,
+  IoU >= 0.9, score within 0.05; top-1 agreement for classifiers. The engine runs without reduced
+  JPEG decoding so that both see the same frames.
+
+Frames that failed are counted and reported; the exit code is 1 when any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from engine.config import ADAPTERS, MODEL_SUFFIXES, ModelConfig, RunConfig, load_config, load_registry, resolve_model
+from engine.core import paths
+from engine.core.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, OvstreamError
+from engine.core.results import read_results
+from engine.tools.modeltools.conformance import open_reference, reference_records
+from engine.tools.modeltools.metrics import (
+    CATEGORY_MODES,
+    Record,
+    agreement_map,
+    classification_agreement,
+    coco_map,
+    detection_conformance,
+    topk_accuracy,
+)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+TOP_K = (1, 5)
+SCORE_TOLERANCE = 0.05     # conformance: a reproduced detection's score is within this of the reference's
+
+
+class RunFailed(OvstreamError):
+    """The engine run behind an evaluation crashed or wrote no results."""
+
+    exit_code = EXIT_FAILED
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="registry name (models/models.toml) or model file")
+    parser.add_argument("--data", required=True, help="folder of images to evaluate on")
+    parser.add_argument("--labels-list", metavar="FILE",
+                        help="classifier truth: lines 'relative/path label' (label: class index or name); "
+                             "without it a folder-per-class --data is used (class = sorted folder order, "
+                             "or the folder's position in the model's labels)")
+    parser.add_argument("--annotations", metavar="JSON", help="detector truth: COCO instances annotations")
+    parser.add_argument("--categories", choices=CATEGORY_MODES, default="id",
+                        help="how a class_id maps to a COCO category: id (91-id COCO label space, as TF OD "
+                             "API/SSD models), index (into the sorted categories), label (by name); default id")
+    parser.add_argument("--agreement", metavar="REFERENCE",
+                        help="reference model (name or file): score MODEL against its answers")
+    parser.add_argument("--conformance", nargs="?", const="", metavar="ORIGINAL",
+                        help="check the engine against the original model in its own runtime (LiteRT for "
+                             ".tflite, onnxruntime for .onnx, TensorFlow for a SavedModel); ORIGINAL: that "
+                             "file when MODEL is a converted IR")
+    parser.add_argument("--min-score", type=float,
+                        help="agreement: reference detections below this score are not ground truth "
+                             "(default 0); conformance: reference detections counted (default 0.3)")
+    parser.add_argument("--like", metavar="NAME",
+                        help="a model file (MODEL or REFERENCE) takes this registry entry's adapter, labels, "
+                             "preprocessing and params (e.g. an INT8 copy of 'face')")
+    parser.add_argument("--adapter", choices=ADAPTERS, help="a model file's output adapter (without --like)")
+    parser.add_argument("--device", action="append", metavar="D", help="device (repeatable; default CPU)")
+    parser.add_argument("--nireq", type=int, default=0, help="infer requests per device (0: device optimum)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--output", metavar="DIR", help="runs and metrics.json go here (default runs/eval/MODEL)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+
+
+# ---- truth ---------------------------------------------------------------------------------------
+
+def read_labels_list(path: Path, data: Path, labels: list[str]) -> dict[str, int]:
+    """``{image path: class index}`` from ``relative/path label`` lines; a label may be a class name."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"labels list {path}: {exc.strerror}") from None
+    truth: dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2:
+            raise ConfigError(f"{path}:{number}: expected 'relative/path label', got {line!r}")
+        relative, label = parts
+        try:
+            index = int(label)
+        except ValueError:
+            if label not in labels:
+                raise ConfigError(f"{path}:{number}: label {label!r} is neither a class index "
+                                  f"nor one of the model's labels") from None
+            index = labels.index(label)
+        truth[str(data / relative)] = index
+    if not truth:
+        raise ConfigError(f"{path}: no 'relative/path label' lines")
+    missing = [p for p in truth if not Path(p).is_file()]
+    if missing:
+        raise ConfigError(f"{path}: {len(missing)} listed images are not under {data} (first: {missing[0]})")
+    return truth
+
+
+def read_class_folders(data: Path, labels: list[str]) -> dict[str, int]:
+    """``{image path: class index}`` of a folder-per-class tree (empty when ``data`` has no subfolders).
+
+    A class is the folder's position in the model's ``labels`` when every folder is named there,
+    else its position in sorted folder order.
+    """
+    classes = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if labels and all(name in labels for name in classes):
+        index = {name: labels.index(name) for name in classes}
+    else:
+        index = {name: i for i, name in enumerate(classes)}
+    return {str(f): index[name] for name in classes for f in sorted((data / name).rglob("*"))
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()}
+
+
+def read_annotations(path: Path) -> dict:
+    """A COCO annotation file, read once up front so a bad file fails before anything runs."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"--annotations {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"--annotations {path}: not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ConfigError(f"--annotations {path}: not COCO annotations (no 'images' list)")
+    return data
+
+
+# ---- running the engine --------------------------------------------------------------------------
+
+def model_section(spec: str, like: str | None = None, adapter: str | None = None) -> dict[str, Any]:
+    """The ``[model]`` table for a registry name, or for a model file (``like``/``adapter`` describe it)."""
+    path, registry = Path(spec).expanduser(), load_registry()
+    if spec in registry or not (path.suffix in MODEL_SUFFIXES or path.exists()):
+        return {"name": spec}
+    name = like or path.stem
+    if not adapter and name not in registry:
+        raise ConfigError(f"{spec} is a model file: give its adapter (--adapter) or the registry entry "
+                          f"it shares settings with (--like NAME)")
+    section = {"name": name, "path": str(path.resolve())}
+    if adapter:
+        section["adapter"] = adapter
+    return section
+
+
+def resolve_section(model: dict[str, Any]) -> ModelConfig:
+    """The resolved model of a ``[model]`` table (registry merged, file and adapter checked)."""
+    return resolve_model(RunConfig.from_dict({"model": model}, origin="ovstream eval")).model
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def write_run_config(out_dir: Path, model: dict[str, Any], data: Path, *, recursive: bool = False,
+                     devices: list[str] | None = None, nireq: int = 0, batch: int = 1,
+                     pipeline: dict[str, Any] | None = None) -> Path:
+    """Write and check ``out_dir/run.toml``: one ``ovstream run`` of ``model`` over ``data``, no dashboard."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = {
+        "source": {"uri": str(data), "recursive": recursive},
+        "model": model,
+        "inference": {"devices": devices or ["CPU"], "nireq": nireq, "batch": batch},
+        "output": {"dir": str(out_dir), "jsonl": True, "images": False, "video": False},
+        "dashboard": {"enabled": False},
+        **({"pipeline": pipeline} if pipeline else {}),
+    }
+    text = "".join(f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in table.items()) + "\n"
+                   for name, table in sections.items())
+    path = out_dir / "run.toml"
+    path.write_text(text, encoding="utf-8")
+    load_config(path)
+    return path
+
+
+def run_engine(config_path: Path, out_dir: Path) -> list[Record]:
+    """Run ``ovstream run CONFIG`` in a subprocess and return its ``results.jsonl`` records.
+
+    The run's output goes to ``out_dir/run.log``. Exit 1 (some frames failed) still returns the
+    records; exit 2 is the run's own usage error, re-raised; anything else is :class:`RunFailed`.
+    """
+    command = [sys.executable, "-m", "engine.cli", "run", str(config_path), "--output", str(out_dir),
+               "--no-dashboard"]
+    proc = subprocess.run(command, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True)
+    log = out_dir / "run.log"
+    log.write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    last = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "no message")
+    if proc.returncode == EXIT_USAGE:
+        raise ConfigError(f"{last} (config {config_path})")
+    if proc.returncode not in (EXIT_OK, EXIT_FAILED):
+        raise RunFailed(f"engine run failed (exit {proc.returncode}): {last} (see {log})")
+    results = out_dir / "results.jsonl"
+    if not results.is_file():
+        raise RunFailed(f"engine run wrote no {results} (see {log})")
+    try:
+        return [result.to_dict() for result in read_results(results, strict=True)]
+    except ValueError as exc:
+        raise RunFailed(f"engine run wrote an unreadable result: {exc}") from None
+
+
+# ---- the command ---------------------------------------------------------------------------------
+
+def _summary(name: str, records: list[Record]) -> dict[str, Any]:
+    failed = [r for r in records if r.get("status", "ok") != "ok"]
+    summary: dict[str, Any] = {"model": name, "frames": len(records), "errors": len(failed)}
+    if failed:
+        source, error = str(failed[0].get("source")), str(failed[0].get("error") or "failed")
+        summary["first_error"] = error if source in error else f"{source}: {error}"
+    return summary
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the model (and the reference) on ``--data`` and return the metrics report."""
+    data = paths.resolve(args.data)
+    if not data.is_dir():
+        raise ConfigError(f"--data {args.data}: not a folder")
+    out = Path(args.output or Path("runs") / "eval" / Path(args.model).stem).expanduser().resolve()
+    engine_opts = dict(devices=args.device, nireq=args.nireq, batch=args.batch)
+
+    candidate = model_section(args.model, args.like, args.adapter)
+    model = resolve_section(candidate)
+    kind = "classification" if model.adapter == "classification" else "detection"
+    truth: dict[str, int] = {}
+    if kind == "classification":
+        if args.annotations:
+            raise ConfigError(f"--annotations scores detectors; {args.model} is a classifier")
+        candidate["top_k"] = max(TOP_K)
+        labels = list(model.labels)
+        truth = (read_labels_list(Path(args.labels_list).expanduser(), data, labels) if args.labels_list
+                 else read_class_folders(data, labels))
+    elif args.labels_list:
+        raise ConfigError(f"--labels-list scores classifiers; {args.model} is a detector")
+    annotations = read_annotations(Path(args.annotations).expanduser()) if args.annotations else None
+    conformance = args.conformance is not None
+    if not (truth or annotations or args.agreement or conformance):
+        raise ConfigError("nothing to measure: give --labels-list or a folder-per-class --data (classifier), "
+                          "--annotations (detector), --agreement REFERENCE or --conformance")
+    original = None
+    if conformance:
+        original = Path(args.conformance).expanduser() if args.conformance else Path(model.path)
+        if not original.exists():
+            raise ConfigError(f"--conformance {original}: no such file or folder")
+        reference_runtime = open_reference(original)
+        min_score = 0.3 if args.min_score is None else args.min_score
+        if kind == "detection":     # both sides report down to the tolerance below the counted scores
+            candidate["score_threshold"] = max(0.0, min_score - SCORE_TOLERANCE)
+    reference = model_section(args.agreement, args.like, args.adapter) if args.agreement else None
+    if reference:
+        if (resolve_section(reference).adapter == "classification") != (kind == "classification"):
+            raise ConfigError(f"--agreement {args.agreement} and {args.model} must both be detectors "
+                              f"or both classifiers")
+        if kind == "classification":
+            reference["top_k"] = max(TOP_K)
+    recursive = bool(truth)  # class folders and listed paths can be nested
+    config = write_run_config(out / "model", candidate, data, recursive=recursive, **engine_opts,
+                              pipeline={"reduced_decode": False} if conformance else None)
+    ref_config = (write_run_config(out / "reference", reference, data, recursive=recursive, **engine_opts)
+                  if reference else None)
+
+    records = run_engine(config, out / "model")
+    report: dict[str, Any] = {"kind": kind, "data": str(data), "candidate": _summary(args.model, records)}
+    runs = [(report["candidate"], records)]
+    if ref_config:
+        ref_records = run_engine(ref_config, out / "reference")
+        report["reference"] = _summary(args.agreement, ref_records)
+        runs.append((report["reference"], ref_records))
+        report["agreement"] = (classification_agreement(ref_records, records) if kind == "classification"
+                               else agreement_map(ref_records, records, min_score=args.min_score or 0.0))
+    if conformance:
+        images = [Path(r["source"]) for r in records if r.get("frame_index", 0) == 0]
+        ref_records = reference_records(resolve_section(candidate), reference_runtime, images)
+        report["conformance"] = {"original": str(original), "runtime": reference_runtime.runtime,
+                                 **(classification_agreement(ref_records, records) if kind == "classification"
+                                    else detection_conformance(ref_records, records, min_score=min_score,
+                                                               score_tolerance=SCORE_TOLERANCE))}
+    for summary, recs in runs:
+        if truth:
+            summary["metrics"] = topk_accuracy(recs, truth, TOP_K)
+        elif annotations:
+            try:
+                summary["metrics"] = coco_map(annotations, recs, categories=args.categories)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"--annotations {args.annotations}: {exc}") from None
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    report["output"] = str(out)
+    return report
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+ROWS = {
+    "classification": [("top1", "top-1 accuracy"), ("top5", "top-5 accuracy"), ("images", "labelled images"),
+                       ("unanswered", "labelled images without answer")],
+    "detection": [("map", "mAP@[.5:.95]"), ("map50", "mAP@.5"), ("map75", "mAP@.75"), ("mar100", "mAR@100"),
+                  ("images", "images"), ("detections", "detections scored")],
+}
+AGREEMENT_ROWS = {
+    "classification": [("top1_agreement", "top-1 agreement"), ("frames", "frames compared")],
+    "detection": [("map", "agreement mAP@[.5:.95]"), ("map50", "agreement mAP@.5"),
+                  ("reference_boxes", "reference boxes"), ("candidate_boxes", "candidate boxes")],
+}
+
+
+CONFORMANCE_ROWS = {
+    "classification": [("top1_agreement", "top-1 agreement with the reference runtime"), ("frames", "frames compared")],
+    "detection": [("reference_detections", "reference detections (score ≥ {min_score:g})"),
+                  ("reproduced", "reproduced (same class, IoU ≥ {min_iou:g}, score ± {score_tolerance:g})"),
+                  ("rate", "reproduced fraction"), ("same_count_frames", "frames with the same count")],
+}
+
+
+def render(report: dict[str, Any]) -> Table:
+    """The report as a rich table: one column per model, agreement rows last."""
+    runs = [report["candidate"]] + ([report["reference"]] if "reference" in report else [])
+    table = Table(title=f"ovstream eval: {report['kind']}", caption=f"data: {report['data']}")
+    table.add_column("metric")
+    for role, run in zip(("model", "reference"), runs):
+        table.add_column(f"{role} {escape(Path(run['model']).name)}", justify="right")
+    table.add_row("frames", *(_fmt(r["frames"]) for r in runs))
+    table.add_row("failed frames", *(_fmt(r["errors"]) for r in runs))
+    if "metrics" in runs[0]:
+        table.add_section()
+        for key, title in ROWS[report["kind"]]:
+            table.add_row(title, *(_fmt(r["metrics"].get(key)) for r in runs))
+    if "agreement" in report:
+        table.add_section()
+        for key, title in AGREEMENT_ROWS[report["kind"]]:
+            table.add_row(title, _fmt(report["agreement"].get(key)), *([""] * (len(runs) - 1)))
+    if "conformance" in report:
+        found = report["conformance"]
+        table.add_section()
+        table.add_row("reference runtime", escape(found["runtime"]), *([""] * (len(runs) - 1)))
+        for key, title in CONFORMANCE_ROWS[report["kind"]]:
+            label = title.format(**found)
+            table.add_row(label, _fmt(found.get(key)), *([""] * (len(runs) - 1)))
+    return table
+
+
+def main(args: argparse.Namespace) -> int:
+    report = evaluate(args)
+    runs = [report["candidate"]] + ([report["reference"]] if "reference" in report else [])
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        console = Console()
+        console.print(render(report))
+        for run in runs:
+            if run["errors"]:
+                console.print(f"[red]{escape(run['model'])}: {run['errors']} frames failed[/], "
+                              f"first: {escape(run['first_error'])}")
+        console.print(f"metrics: {report['output']}/metrics.json")
+    return EXIT_FAILED if any(r["errors"] for r in runs) else EXIT_OK
