@@ -18,8 +18,8 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
-from engine.core.errors import EXIT_INTERRUPTED, OvstreamError
-from engine.observe.logs import LEVELS, configure_cli, flush_output
+from engine.core.errors import EXIT_INTERRUPTED, OvstreamError  # noqa: E402
+from engine.observe.logs import LEVELS, configure_cli, flush_output  # noqa: E402
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("engine.tools.run", "stream a source through the models and devices of a config"),

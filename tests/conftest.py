@@ -41,6 +41,18 @@ def shared(relative: str) -> Path:
 COCO = shared("data/coco_val2017_first100")      # the codelab's 100 COCO val2017 images (name = image id)
 COCO_ANNOTATIONS = shared("data/coco_val2017_first100_annotations/instances_val2017_first100.json")
 SAMPLES = REPO / "data" / "samples"              # the bundled sample photos
+FACE_ON_COCO = ("--model", "face", "--source", str(COCO))   # the fast detector on the codelab's images
+
+
+E2E_FOLDERS = ("pipeline", "faults")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark as ``e2e`` what starts engines, servers or clusters: the fast tier is ``-m 'not e2e'``."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
+        if parts[0] in E2E_FOLDERS or len(parts) == 1 or "engine_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(autouse=True, scope="session")

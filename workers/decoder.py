@@ -13,7 +13,6 @@ frame so boxes map back to it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -32,9 +31,19 @@ from engine.io.streams import Layout, StreamSpec
 from engine.observe.metrics import stream_key, stream_state_code
 from engine.protocol.channels import make_socket, pending
 from engine.protocol.context import StageContext
-from engine.protocol.messages import ControlMsg, EndOfSource, ErrorMsg, FrameMsg, FrameRef, ReleaseMsg
+from engine.protocol.messages import (
+    CloseStreamMsg,
+    EndOfSource,
+    ErrorMsg,
+    FrameMsg,
+    FrameRef,
+    OpenStreamMsg,
+    ReleaseMsg,
+    StreamClosedMsg,
+    StreamFailedMsg,
+)
 from engine.protocol.shm import SlotPool
-from workers.runtime import Stage
+from workers.runtime import Stage, StageLoop
 
 log = logging.getLogger(__name__)
 
@@ -220,134 +229,145 @@ class Feeder:
         return self.closing and not self.thread.is_alive() and self.budget.free == self.budget.hi - self.budget.lo
 
 
-def run(ctx: StageContext, stage: Stage) -> None:
-    cfg = ctx.config
-    layout = Layout.from_dict(ctx.layout)
-    mine = layout.open_streams(int(ctx.name.rsplit("-", 1)[-1]))
-    pool = SlotPool(ctx.pools["raw"])
-    releases = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints[ctx.name])
-    annotating = cfg.output.images or cfg.output.video      # annotated frames keep full resolution
-    min_side = max(ctx.input["height"], ctx.input["width"]) if cfg.pipeline.reduced_decode and not annotating else 0
-    if cfg.model.preprocess.resize == "crop":                # the input sees only the centre crop fraction
-        min_side = math.ceil(min_side / cfg.model.preprocess.crop)
-    feeders: list[Feeder] = []
-    retired: dict[str, int] = {}         # the counts of removed streams' feeders
+class Decoder(StageLoop):
+    """A decoder's loop: its feeders read; the loop takes the raw slots' releases and the
+    supervisor's stream commands, and retires removed streams."""
 
-    def open_feeder(spec: StreamSpec, src: SourceConfig) -> Feeder:
-        sockets = {edge: make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints[edge], hwm=10_000)
+    def __init__(self, ctx: StageContext, stage: Stage) -> None:
+        super().__init__(ctx, stage)
+        cfg = self.cfg
+        self.layout = Layout.from_dict(ctx.layout)
+        self.pool = SlotPool(ctx.pools["raw"])
+        self.releases = self.socket(zmq.PULL, bind=ctx.endpoints[ctx.name])
+        annotating = cfg.output.images or cfg.output.video      # annotated frames keep full resolution
+        min_side = max(ctx.input["height"], ctx.input["width"]) if cfg.pipeline.reduced_decode and not annotating else 0
+        if cfg.model.preprocess.resize == "crop":                # the input sees only the centre crop fraction
+            min_side = math.ceil(min_side / cfg.model.preprocess.crop)
+        self.min_side = min_side
+        self.feeders: list[Feeder] = []
+        self.retired: dict[str, int] = {}         # the counts of removed streams' feeders
+        self.watch(self.releases, self.on_releases)
+        self.on_command(OpenStreamMsg, self.on_open_stream)
+        self.on_command(CloseStreamMsg, self.on_close_stream)
+
+    def open_feeder(self, spec: StreamSpec, src: SourceConfig) -> Feeder:
+        sockets = {edge: make_socket(self.stage.zmq, zmq.PUSH, connect=self.ctx.endpoints[edge], hwm=10_000)
                    for edge in ("frames", "results")}
         try:
-            feeder = Feeder(spec, src, ctx, pool, sockets, min_side)
+            feeder = Feeder(spec, src, self.ctx, self.pool, sockets, self.min_side)
         except BaseException:
             for sock in sockets.values():
                 sock.close(0)
             raise
-        feeders.append(feeder)
+        self.feeders.append(feeder)
         return feeder
 
-    def on_control(msg: ControlMsg) -> None:
-        """A library pipeline adds a stream to this decoder or removes one of its streams."""
-        try:
-            if msg.command == "open_stream":
-                arg = json.loads(msg.arg)
-                spec = StreamSpec(**arg["stream"])
-                src = SourceConfig.model_validate(arg["source"])
-                if not any(f.spec.sid == spec.sid for f in feeders):
-                    try:
-                        open_feeder(spec, src).thread.start()
-                    except OvstreamError as exc:   # gone since the supervisor checked it: it ends here
-                        log.error("cannot open stream %s: %s", spec.name, exc)
-                        stage.send(ControlMsg("stream_failed", json.dumps({"stream": spec.sid, "error": str(exc)}),
-                                              ctx.generation))
-            elif msg.command == "close_stream":
-                for feeder in feeders:
-                    if feeder.spec.sid == int(msg.arg) and not feeder.closing:
-                        feeder.close_stream()
-        except (ValueError, KeyError, TypeError) as exc:   # a malformed command: counted, never fatal
-            stage.bad_messages += 1
-            log.warning("bad %s command: %s", msg.command, exc)
-
-    stage.handler = on_control
-    try:
-        for spec in mine:
-            open_feeder(spec, cfg.sources[spec.sid])
-        stage.declare("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects", "stale_releases")
-        stage.before_stats.append(lambda: _report(stage, feeders, retired))
-        stage.ready(live=any(f.source.live for f in feeders), streams=[f.spec.name for f in feeders])
-        stage.wait_for_start()
-        for feeder in feeders:
+    def start(self) -> None:
+        """Open this decoder's streams, say ready, and start reading once every stage is up."""
+        for spec in self.layout.open_streams(int(self.ctx.name.rsplit("-", 1)[-1])):
+            self.open_feeder(spec, self.cfg.sources[spec.sid])
+        self.stage.declare("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects", "stale_releases")
+        self.stage.ready(live=any(f.source.live for f in self.feeders), streams=[f.spec.name for f in self.feeders])
+        self.stage.wait_for_start()
+        for feeder in self.feeders:
             feeder.thread.start()
-        poller = zmq.Poller()
-        poller.register(releases, zmq.POLLIN)
-        poller.register(stage.control, zmq.POLLIN)   # a stop wakes the loop at once
-        while not stage.stopping:
-            stage.tick()
-            events = dict(poller.poll(stage.poll_ms(cfg.pipeline.heartbeat_s)))
-            if releases in events:
-                for data in pending(releases):
-                    msg = stage.decode(data)
-                    if not isinstance(msg, ReleaseMsg):
-                        continue
-                    if msg.epoch != ctx.epoch:      # for an earlier instance of this decoder: not ours
-                        stage.count("stale_releases")
-                        continue
-                    for slot in msg.slots:
-                        any(f.budget.release(slot) for f in feeders if f.budget.owns(slot))
-            for feeder in feeders:
-                feeder.note_events()
-            closed = [f for f in feeders if f.closed]       # removed streams whose ranges are free
-            if closed:
-                _report(stage, feeders, retired)            # their last figures, per stream
-            for feeder in closed:
-                feeder.source.close()
-                feeder.close_sockets(linger_ms=1000)       # its end of stream may still be on its way
-                feeders.remove(feeder)
-                for name, value in _stream_counters(feeder).items():     # its counts stay in the totals
-                    retired[name] = retired.get(name, 0) + value
-                retired["work_ns"] = retired.get("work_ns", 0) + feeder.work_ns
-                stage.send(ControlMsg("stream_closed", str(feeder.spec.sid), ctx.generation))
-    finally:
-        _report(stage, feeders, retired)    # the figures as the run left them (a stopped camera stays live),
-        stage.before_stats.clear()          # not as cancelling the readers leaves them
-        for feeder in feeders:              # all at once, then one shared second to finish
+
+    # ---- commands: a library pipeline adds a stream to this decoder or removes one of its streams ----
+    def on_open_stream(self, msg: OpenStreamMsg) -> None:
+        spec = StreamSpec(**msg.stream_fields())
+        try:
+            src = SourceConfig.model_validate(msg.source)
+            if not any(f.spec.sid == spec.sid for f in self.feeders):
+                self.open_feeder(spec, src).thread.start()
+        except OvstreamError as exc:   # gone since the supervisor checked it: it ends here
+            log.error("cannot open stream %s: %s", spec.name, exc)
+            self.stage.send(StreamFailedMsg(spec.sid, str(exc), self.ctx.generation))
+        except (ValueError, KeyError, TypeError) as exc:   # a malformed command: counted, never fatal
+            self.stage.bad_messages += 1
+            log.warning("bad %s command: %s", msg.TYPE, exc)
+
+    def on_close_stream(self, msg: CloseStreamMsg) -> None:
+        for feeder in self.feeders:
+            if feeder.spec.sid == msg.stream and not feeder.closing:
+                feeder.close_stream()
+
+    # ---- a turn ---------------------------------------------------------------------------------
+    def on_releases(self) -> None:
+        for data in pending(self.releases):
+            msg = self.stage.decode(data)
+            if not isinstance(msg, ReleaseMsg):
+                continue
+            if msg.epoch != self.ctx.epoch:      # for an earlier instance of this decoder: not ours
+                self.stage.count("stale_releases")
+                continue
+            for slot in msg.slots:
+                any(f.budget.release(slot) for f in self.feeders if f.budget.owns(slot))
+
+    def after_poll(self) -> None:
+        for feeder in self.feeders:
+            feeder.note_events()
+        closed = [f for f in self.feeders if f.closed]       # removed streams whose ranges are free
+        if closed:
+            self.fill_stats()                                # their last figures, per stream
+        for feeder in closed:
+            self._retire(feeder)
+
+    def _retire(self, feeder: Feeder) -> None:
+        """A removed stream's feeder is done: closed, its counts kept in the totals, its range free."""
+        feeder.source.close()
+        feeder.close_sockets(linger_ms=1000)       # its end of stream may still be on its way
+        self.feeders.remove(feeder)
+        for name, value in _stream_counters(feeder).items():     # its counts stay in the totals
+            self.retired[name] = self.retired.get(name, 0) + value
+        self.retired["work_ns"] = self.retired.get("work_ns", 0) + feeder.work_ns
+        self.stage.send(StreamClosedMsg(feeder.spec.sid, self.ctx.generation))
+
+    def fill_stats(self) -> None:
+        """Per-stream counters and gauges (``name@stream``) and their totals for this process (with
+        those of the removed streams), before every heartbeat's stats."""
+        stage, retired = self.stage, self.retired
+        totals = {name: retired.get(name, 0)
+                  for name in ("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects")}
+        free = slots = 0
+        for f in self.feeders:
+            f.note_events()
+            while f.decode_ms:
+                stage.latency.record("decode", f.decode_ms.popleft())
+            sid = f.spec.sid
+            for name, value in _stream_counters(f).items():
+                stage.counters[stream_key(name, sid)] = value
+                totals[name] += value
+            stage.gauges[stream_key("next_frame_id", sid)] = f.next_id
+            stage.gauges[stream_key("state", sid)] = stream_state_code(f.current_state())
+            stage.gauges[stream_key("expected", sid)] = f.source.expected
+            free += f.budget.free
+            slots += f.budget.hi - f.budget.lo
+        stage.counters.update(totals)
+        stage.counters["work_cpu_us"] = (retired.get("work_ns", 0) + sum(f.work_ns for f in self.feeders)) // 1000
+        stage.gauges.update(raw_slots=slots, raw_free=free)
+
+    def close(self) -> None:
+        self.fill_stats()                   # the figures as the run left them (a stopped camera stays live),
+        self.stage.before_stats.clear()     # not as cancelling the readers leaves them
+        for feeder in self.feeders:         # all at once, then one shared second to finish
             feeder.cancel()
         deadline = time.monotonic() + 1.0
-        for feeder in feeders:
+        for feeder in self.feeders:
             if feeder.thread.is_alive():
                 feeder.thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        for feeder in feeders:
+        for feeder in self.feeders:
             if not feeder.thread.is_alive():
                 feeder.source.close()       # releases the file or device (a live reader: its own thread)
-        for feeder in feeders:
+        for feeder in self.feeders:
             feeder.close_sockets()
-        releases.close(0)
-        pool.close()
+        super().close()
+        self.pool.close()
+
+
+def run(ctx: StageContext, stage: Stage) -> None:
+    Decoder(ctx, stage).run()
 
 
 def _stream_counters(f: Feeder) -> dict[str, int]:
     return {"frames_read": f.read, "frames_emitted": f.emitted, "decode_errors": f.decode_errors,
             "drops": f.source.drops, "reconnects": f.reconnects}
-
-
-def _report(stage: Stage, feeders: list[Feeder], retired: dict[str, int]) -> None:
-    """Per-stream counters and gauges (``name@stream``) and their totals for this process (with
-    those of the removed streams, ``retired``), before every heartbeat's stats."""
-    totals = {name: retired.get(name, 0)
-              for name in ("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects")}
-    free = slots = 0
-    for f in feeders:
-        f.note_events()
-        while f.decode_ms:
-            stage.latency.record("decode", f.decode_ms.popleft())
-        sid = f.spec.sid
-        for name, value in _stream_counters(f).items():
-            stage.counters[stream_key(name, sid)] = value
-            totals[name] += value
-        stage.gauges[stream_key("next_frame_id", sid)] = f.next_id
-        stage.gauges[stream_key("state", sid)] = stream_state_code(f.current_state())
-        stage.gauges[stream_key("expected", sid)] = f.source.expected
-        free += f.budget.free
-        slots += f.budget.hi - f.budget.lo
-    stage.counters.update(totals)
-    stage.counters["work_cpu_us"] = (retired.get("work_ns", 0) + sum(f.work_ns for f in feeders)) // 1000
-    stage.gauges.update(raw_slots=slots, raw_free=free)

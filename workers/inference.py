@@ -16,6 +16,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import zmq
@@ -24,12 +25,12 @@ from engine.config import InferenceConfig, RunConfig
 from engine.core.errors import DeviceError, describe
 from engine.model.prepare import device_info, load_compiled, output_shapes
 from engine.model.runtime import ov
-from engine.protocol.channels import make_socket, pending
+from engine.protocol.channels import pending
 from engine.protocol.context import StageContext
 from engine.protocol.messages import BatchMsg, CreditMsg, ResultMsg, encode_result
 from engine.protocol.shm import MAX_OUTPUT_POOL_BYTES, SlotPool, TensorLayout, tensor_offsets
 from engine.protocol.wakeup import Wakeup
-from workers.runtime import Stage, own_threads_cpu_s, stage_main
+from workers.runtime import Stage, StageLoop, own_threads_cpu_s, stage_main
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +102,24 @@ def load(cfg: RunConfig, device: str, batch: int) -> Loaded:
 
 def prepare(cfg: RunConfig, device: str, batch: int) -> Callable[[StageContext, Stage], None]:
     """Compile as soon as the supervisor has chosen the batch, before this worker's context
-    (pools, sockets) exists: :func:`run` starts with the result. A failure is raised there, to be
+    (pools, sockets) exists: :class:`InferenceWorker` starts with the result. A failure is raised there, to be
     reported like any, once the worker can tell the supervisor."""
     try:
         loaded: Loaded | Exception = load(cfg, device, batch)
     except Exception as exc:  # noqa: BLE001 — reported by run(), through the control channel
         loaded = exc
     return lambda ctx, stage: run(ctx, stage, loaded)
+
+
+class Finished(NamedTuple):
+    """A batch whose request finished: its outputs (views, valid until the next one is asked for),
+    or None and the error if it failed; when its inference started and ended (monotonic ns)."""
+
+    batch: BatchMsg
+    arrays: list[np.ndarray] | None
+    error: str
+    started: int
+    ended: int
 
 
 class RequestPool:
@@ -145,10 +157,9 @@ class RequestPool:
         request.start_async()
         return True
 
-    def collect(self, outputs: int) -> Iterator[tuple[BatchMsg, list[np.ndarray] | None, str, int, int]]:
-        """Finished batches: (batch, its first ``outputs`` outputs or None if it failed, error,
-        started_ns, ended_ns). The outputs are views of the request's memory (or of the output
-        slot it wrote into), valid until the caller asks for the next batch."""
+    def collect(self, outputs: int) -> Iterator[Finished]:
+        """Finished batches, each with its first ``outputs`` outputs (views of the request's
+        memory, or of the output slot it wrote into), valid until the caller asks for the next."""
         while self._done:
             index, ended = self._done.popleft()
             batch, started = self._busy.pop(index)
@@ -158,7 +169,7 @@ class RequestPool:
                 arrays, error = [request.get_output_tensor(i).data for i in range(outputs)], ""
             except Exception as exc:  # a failed inference becomes error records, the worker goes on
                 arrays, error = None, describe(exc)
-            yield batch, arrays, error, started, ended
+            yield Finished(batch, arrays, error, started, ended)
             self._idle.append(index)
 
     def wait_all(self) -> None:
@@ -166,55 +177,91 @@ class RequestPool:
             self._requests[index].wait()
 
 
+class InferenceWorker(StageLoop):
+    """An inference worker's loop: batches in (one per credit), results out."""
+
+    def __init__(self, ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = None) -> None:
+        super().__init__(ctx, stage)
+        batch_size, in_h, in_w = ctx.input["batch"], ctx.input["height"], ctx.input["width"]
+        if isinstance(loaded, Exception):
+            raise loaded
+        self.compiled, self.nireq, self.compile_ms = loaded or load(ctx.config, ctx.device, batch_size)
+        compiled = self.compiled
+        self.pool = SlotPool(ctx.pools["input"])
+        self.tensors = [ov.Tensor(self.pool.view(slot, (batch_size, in_h, in_w, 3)), shared_memory=True)
+                        for slot in range(self.pool.spec.slots)]
+        self.names = list(output_shapes(compiled))
+        self.outputs = _output_slots(ctx, compiled, self.pool.spec.slots)
+        self.instance = f"{ctx.name}@{os.getpid()}"    # a restarted worker is a new instance to the dispatcher
+        self.dispatch = self.socket(zmq.DEALER, identity=self.instance, connect=ctx.endpoints["dispatch"],
+                                    hwm=10_000)
+        self.results = self.socket(zmq.PUSH, connect=ctx.endpoints["results"], hwm=10_000)
+        self.wake = Wakeup()                  # a request finished
+        self.requests = RequestPool(compiled, self.nireq, self.wake.set)
+        self.watch(self.wake.fileno(), self.on_finished)
+        self.watch(self.dispatch, self.on_batches)
+        stage.declare("frames", "batches", "errors")
+        stage.gauges.update(nireq=self.nireq, batch=batch_size, in_flight=0,
+                            ready_own_cpu_s=round(own_threads_cpu_s(), 3))
+
+    def start(self) -> None:
+        self.stage.ready(device=self.ctx.device, nireq=self.nireq, compile_ms=round(self.compile_ms, 1),
+                         **device_info(self.compiled))
+        self.dispatch.send(CreditMsg(self.instance, self.nireq, generation=self.ctx.generation).encode())
+
+    def fill_stats(self) -> None:
+        self.stage.gauges.update(own_cpu_s=round(own_threads_cpu_s(), 3))   # not OpenVINO's
+
+    def on_finished(self) -> None:
+        """Requests finished (their callbacks woke the loop): their results go out."""
+        self.wake.clear()
+        for done in self.requests.collect(0 if self.outputs else len(self.names)):
+            self._send_result(done)
+
+    def on_batches(self) -> None:
+        for data in pending(self.dispatch):
+            msg = self.stage.decode(data)
+            if isinstance(msg, BatchMsg) and 0 <= msg.slot < len(self.tensors):
+                outputs = self.outputs.tensors[msg.slot] if self.outputs is not None else None
+                if not self.requests.start(self.tensors[msg.slot], msg, outputs):   # credits make this impossible
+                    self._send_result(Finished(msg, None, "no free infer request (credit protocol violated)", 0, 0))
+
+    def after_poll(self) -> None:
+        self.stage.gauges["in_flight"] = self.requests.in_flight
+
+    def _send_result(self, done: Finished) -> None:
+        stage, batch, outputs = self.stage, done.batch, self.outputs
+        for ref in batch.frames:
+            ref.stamps["inf0"], ref.stamps["inf1"] = done.started, done.ended
+            stage.latency.record("queue", (done.started - ref.stamps.get("pre", done.started)) / 1e6)
+        stage.latency.record("inference", (done.ended - done.started) / 1e6)
+        msg = ResultMsg(batch.frames, self.ctx.name, self.ctx.device, slot=batch.slot, batch_id=batch.batch_id,
+                        error=done.error if done.arrays is None else "", generation=self.ctx.generation)
+        if done.arrays is None:                 # every frame of the batch becomes an error record
+            stage.count("errors", len(batch.frames))
+            self.results.send(msg.encode())
+            return
+        if outputs is not None:                 # the request wrote them into the batch's output slot
+            msg.outputs = [[name, dtype, shape] for name, (dtype, shape) in zip(self.names, outputs.layout)]
+            msg.pool = outputs.spec.to_dict()
+            self.results.send(msg.encode())
+        else:                                   # copied here: no buffer to track
+            self.results.send_multipart(encode_result(msg, list(zip(self.names, done.arrays))))
+        stage.count("frames", len(batch.frames))
+        stage.count("batches")
+
+    def close(self) -> None:
+        self.requests.wait_all()
+        super().close()
+        self.wake.close()
+        self.tensors = []
+        self.pool.close()
+        if self.outputs is not None:
+            self.outputs.close()
+
+
 def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = None) -> None:
-    batch_size, in_h, in_w = ctx.input["batch"], ctx.input["height"], ctx.input["width"]
-    if isinstance(loaded, Exception):
-        raise loaded
-    compiled, nireq, compile_ms = loaded or load(ctx.config, ctx.device, batch_size)
-    pool = SlotPool(ctx.pools["input"])
-    tensors = [ov.Tensor(pool.view(slot, (batch_size, in_h, in_w, 3)), shared_memory=True)
-               for slot in range(pool.spec.slots)]
-    names = list(output_shapes(compiled))
-    outputs = _output_slots(ctx, compiled, pool.spec.slots)
-    instance = f"{ctx.name}@{os.getpid()}"       # a restarted worker is a new instance to the dispatcher
-    dispatch = make_socket(stage.zmq, zmq.DEALER, identity=instance, connect=ctx.endpoints["dispatch"], hwm=10_000)
-    results = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"], hwm=10_000)
-    wake = Wakeup()                  # a request finished
-    requests = RequestPool(compiled, nireq, wake.set)
-    stage.declare("frames", "batches", "errors")
-    stage.gauges.update(nireq=nireq, batch=batch_size, in_flight=0, ready_own_cpu_s=round(own_threads_cpu_s(), 3))
-    stage.before_stats.append(lambda: stage.gauges.update(own_cpu_s=round(own_threads_cpu_s(), 3)))   # not OpenVINO's
-    stage.ready(device=ctx.device, nireq=nireq, compile_ms=round(compile_ms, 1), **device_info(compiled))
-    dispatch.send(CreditMsg(instance, nireq, generation=ctx.generation).encode())
-    poller = zmq.Poller()
-    poller.register(dispatch, zmq.POLLIN)
-    poller.register(wake.fileno(), zmq.POLLIN)
-    poller.register(stage.control, zmq.POLLIN)   # a stop wakes the loop at once
-    try:
-        while not stage.stopping:
-            stage.tick()
-            events = dict(poller.poll(stage.poll_ms(ctx.config.pipeline.heartbeat_s)))
-            if wake.fileno() in events:
-                wake.clear()
-            for batch, arrays, error, started, ended in requests.collect(0 if outputs else len(names)):
-                _send_results(ctx, stage, results, batch, names, arrays, error, started, ended, outputs)
-            if dispatch in events:
-                for data in pending(dispatch):
-                    msg = stage.decode(data)
-                    if isinstance(msg, BatchMsg) and 0 <= msg.slot < len(tensors):
-                        if not requests.start(tensors[msg.slot], msg, outputs and outputs.tensors[msg.slot]):
-                            _send_results(ctx, stage, results, msg, names, None,   # credits make this impossible
-                                          "no free infer request (credit protocol violated)", 0, 0, None)
-            stage.gauges["in_flight"] = requests.in_flight
-    finally:
-        requests.wait_all()
-        for sock in (dispatch, results):
-            sock.close(0)
-        wake.close()
-        del tensors
-        pool.close()
-        if outputs is not None:
-            outputs.close()
+    InferenceWorker(ctx, stage, loaded).run()
 
 
 def _output_slots(ctx: StageContext, compiled: ov.CompiledModel, slots: int) -> OutputSlots | None:
@@ -234,29 +281,6 @@ def _output_slots(ctx: StageContext, compiled: ov.CompiledModel, slots: int) -> 
         if outputs is not None:
             outputs.close()
         return None
-
-
-def _send_results(ctx: StageContext, stage: Stage, results: zmq.Socket, batch: BatchMsg, names: list[str],
-                  arrays: list[np.ndarray] | None, error: str, started: int, ended: int,
-                  outputs: OutputSlots | None) -> None:
-    for ref in batch.frames:
-        ref.stamps["inf0"], ref.stamps["inf1"] = started, ended
-        stage.latency.record("queue", (started - ref.stamps.get("pre", started)) / 1e6)
-    stage.latency.record("inference", (ended - started) / 1e6)
-    msg = ResultMsg(batch.frames, ctx.name, ctx.device, slot=batch.slot, batch_id=batch.batch_id,
-                    error=error if arrays is None else "", generation=ctx.generation)
-    if arrays is None:                      # every frame of the batch becomes an error record
-        stage.count("errors", len(batch.frames))
-        results.send(msg.encode())
-        return
-    if outputs is not None:                 # the request wrote them into the batch's output slot
-        msg.outputs = [[name, dtype, shape] for name, (dtype, shape) in zip(names, outputs.layout)]
-        msg.pool = outputs.spec.to_dict()
-        results.send(msg.encode())
-    else:
-        results.send_multipart(encode_result(msg, list(zip(names, arrays))))   # copied here: no buffer to track
-    stage.count("frames", len(batch.frames))
-    stage.count("batches")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ id is acknowledged to the supervisor, per stream, which keeps the ledgers used t
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -20,28 +19,30 @@ import zmq
 
 from engine.core.errors import OutputError
 from engine.core.geometry import Geometry
-from engine.core.results import Classification, Detection, FrameResult
-from engine.io.sinks import ApiSink, Sink, encode_record, open_sinks
+from engine.core.results import STATUS_ERROR, FrameResult
+from engine.io.sinks import ApiSink, Sink, open_sinks
 from engine.io.streams import Layout, StreamSpec
 from engine.model.adapters import Adapter, create_adapter
 from engine.observe.metrics import stream_key
-from engine.protocol.channels import make_socket, pending
+from engine.protocol.channels import pending
 from engine.protocol.context import StageContext
 from engine.protocol.ledger import FrameLedger
 from engine.protocol.messages import (
     AckMsg,
-    ControlMsg,
+    AddStreamMsg,
     EndOfSource,
+    EndStreamMsg,
     ErrorMsg,
     FrameRef,
     MessageError,
     ReleaseMsg,
     ResultMsg,
+    StreamAddedMsg,
     decode_result,
 )
 from engine.protocol.output_pools import OutputPools, owner_gone, split_batch_axis
 from engine.protocol.shm import SlotPool
-from workers.runtime import Stage
+from workers.runtime import Source, Stage, StageLoop
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +67,15 @@ def frame_geometry(ref: FrameRef, input_w: int, input_h: int) -> Geometry:
     return geometry
 
 
-def failed_record(ref: FrameRef, stream: str, stage: str, error: str) -> dict:
-    return FrameResult.failed(stream, ref.frame_id, ref.source, ref.index, stage, error).to_dict()
+def failed_record(ref: FrameRef, stream: str, stage: str, error: str) -> FrameResult:
+    return FrameResult.failed(stream, ref.frame_id, ref.source, ref.index, stage, error)
 
 
-def drawable(record: dict, ref: FrameRef) -> dict:
-    """The record with boxes scaled to the stored frame (smaller than the original if shrunk)."""
+def drawable(record: FrameResult, ref: FrameRef) -> FrameResult:
+    """The result with boxes scaled to the stored frame (smaller than the original if shrunk)."""
     if not ref.orig_width or (ref.orig_width, ref.orig_height) == (ref.width, ref.height):
         return record
-    kx, ky = ref.width / ref.orig_width, ref.height / ref.orig_height
-    scaled = []
-    for det in record.get("detections", []):
-        det = dict(det)
-        x1, y1, x2, y2 = det["box"]
-        det["box"] = [x1 * kx, y1 * ky, x2 * kx, y2 * ky]
-        det["keypoints"] = [[x * kx, y * ky] for x, y in det.get("keypoints", [])]
-        scaled.append(det)
-    return {**record, "detections": scaled}
+    return record.scaled(ref.width / ref.orig_width, ref.height / ref.orig_height)
 
 
 class Reorder:
@@ -90,7 +83,7 @@ class Reorder:
 
     def __init__(self, done: FrameLedger) -> None:
         self.done = done
-        self.pending: dict[int, tuple[dict, FrameRef, float]] = {}
+        self.pending: dict[int, tuple[FrameResult, FrameRef, float]] = {}
         self.next_id = 0
         self.total: int | None = None
         self._skip_done()
@@ -100,7 +93,7 @@ class Reorder:
         while self.next_id in self.done:
             self.next_id += 1
 
-    def add(self, record: dict, ref: FrameRef) -> bool:
+    def add(self, record: FrameResult, ref: FrameRef) -> bool:
         """Queue a record; False if its id was already written (a duplicate)."""
         fid = ref.frame_id
         if fid < self.next_id or fid in self.done or fid in self.pending:
@@ -108,7 +101,7 @@ class Reorder:
         self.pending[fid] = (record, ref, time.monotonic())
         return True
 
-    def pop_ready(self, live: bool) -> list[tuple[dict, FrameRef]]:
+    def pop_ready(self, live: bool) -> list[tuple[FrameResult, FrameRef]]:
         """Records that can be written now, in frame order."""
         out = []
         while True:
@@ -161,135 +154,220 @@ class StreamOutputs:
         reorder.total = 0
 
 
-def run(ctx: StageContext, stage: Stage) -> None:
-    cfg = ctx.config
-    layout = Layout.from_dict(ctx.layout)
-    keep_raw = cfg.output.images or cfg.output.video
-    adapter = create_adapter(cfg.model)
-    raw_pool = SlotPool(ctx.pools["raw"]) if keep_raw else None
-    results = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints["results"], hwm=10_000)
-    releases = [make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints[layout.decoder_name(d)])
-                for d in range(layout.decoders)] if keep_raw else []
-    inputs = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["inputs"])
-    with output_errors(cfg.output.dir):
-        sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams])
-    outlet = ApiSink(ctx.endpoints["api"]) if "api" in ctx.endpoints else None   # a library pipeline
-    if ctx.generation > 0 and cfg.output.jsonl:     # what the previous postprocessor held undelivered
-        replay(Path(cfg.output.dir) / "results.jsonl", ctx.replay_from, [s for s in sinks if s.replays])
-        if outlet is not None:                      # the iterator drops what it already has
-            replay(Path(cfg.output.dir) / "results.jsonl", ctx.api_from, [outlet])
-    streams = StreamOutputs(ctx, layout)
-    output_pools = OutputPools(ctx.run_id)
+class Postprocessor(StageLoop):
+    """The postprocessor's loop: results from any worker in, records out to the sinks in each
+    stream's order, the written ids acked to the supervisor."""
 
-    def on_control(msg: ControlMsg) -> None:
-        """A library pipeline adds a stream (known here before its first frame) or ends one."""
+    def __init__(self, ctx: StageContext, stage: Stage) -> None:
+        super().__init__(ctx, stage)
+        cfg = self.cfg
+        self.layout = layout = Layout.from_dict(ctx.layout)
+        keep_raw = cfg.output.images or cfg.output.video
+        self.adapter = create_adapter(cfg.model)
+        self.raw_pool = SlotPool(ctx.pools["raw"]) if keep_raw else None
+        self.results = self.socket(zmq.PULL, bind=ctx.endpoints["results"], hwm=10_000)
+        self.releases = [self.socket(zmq.PUSH, connect=ctx.endpoints[layout.decoder_name(d)])
+                         for d in range(layout.decoders)] if keep_raw else []
+        self.inputs = self.socket(zmq.PUSH, connect=ctx.endpoints["inputs"])
+        with output_errors(cfg.output.dir):
+            self.sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams])
+        self.outlet = ApiSink(ctx.endpoints["api"]) if "api" in ctx.endpoints else None   # a library pipeline
+        if ctx.generation > 0 and cfg.output.jsonl:     # what the previous postprocessor held undelivered
+            replay(Path(cfg.output.dir) / "results.jsonl", ctx.replay_from, [s for s in self.sinks if s.replays])
+            if self.outlet is not None:                 # the iterator drops what it already has
+                replay(Path(cfg.output.dir) / "results.jsonl", ctx.api_from, [self.outlet])
+        self.streams = StreamOutputs(ctx, layout)
+        self.output_pools = OutputPools(ctx.run_id)
+        self.ack_due = 0.0
+        self.ack_interval = ACK_INTERVAL_S if cfg.output.jsonl else 0.0   # without the file, a restart relies on acks
+        self.watch(self.results, self.on_results)
+        self.on_command(AddStreamMsg, self.on_add_stream)
+        self.on_command(EndStreamMsg, self.on_end_stream)
+        stage.declare("results", "errors", "duplicates")
+        for sid in range(len(self.streams.names)):
+            stage.declare(*(stream_key(name, sid) for name in ("results", "errors", "duplicates")))
+
+    # ---- commands: a library pipeline adds a stream (known here before its first frame) or ends one ----
+    def on_add_stream(self, msg: AddStreamMsg) -> None:
+        spec = StreamSpec(**msg.stream_fields())
+        if spec.sid == len(self.streams.names):
+            self.streams.add(spec)
+            self.stage.declare(*(stream_key(name, spec.sid) for name in ("results", "errors", "duplicates")))
+            if self.outlet is not None:
+                self.outlet.reopen()
+        self.stage.send(StreamAddedMsg(spec.sid, self.ctx.generation))
+
+    def on_end_stream(self, msg: EndStreamMsg) -> None:
+        if self.streams.valid(msg.stream):
+            self.streams.drop(msg.stream)
+
+    # ---- a turn ---------------------------------------------------------------------------------
+    def poll(self, timeout_ms: int) -> dict[Source, int]:
+        if self.outlet is not None and self.outlet.backlogged:     # the consumer is behind: let it catch up
+            time.sleep(0.005)
+            self.outlet.poll()
+            return {}
+        return super().poll(timeout_ms)
+
+    def wait_s(self) -> float:
+        return _wait_s(self.cfg.pipeline.heartbeat_s, self.streams, self.ack_due)
+
+    def on_results(self) -> None:
+        held: list[ResultMsg] = []           # results now here: their input slots may be reused
+        for parts in pending(self.results, multipart=True, copy=False):
+            msg = self._handle(parts)
+            if msg is not None:
+                held.append(msg)
+        if held:
+            self.inputs.send(ReleaseMsg([m.slot for m in held], [m.batch_id for m in held],
+                                        generation=self.ctx.generation).encode())
+
+    def after_poll(self) -> None:
+        streams, stage, outlet = self.streams, self.stage, self.outlet
+        wrote = self._write_ready()
+        if wrote:
+            self._flush(wrote)
+        ended = [sid for sid, r in enumerate(streams.reorder) if r.finished and not streams.finished[sid]]
+        if ended or time.monotonic() >= self.ack_due:
+            _send_acks(stage, streams, self.ctx.generation)
+            self.ack_due = time.monotonic() + self.ack_interval
+        for sid in ended:
+            streams.finished[sid] = True
+        _poll_sinks(self.sinks, stage)
+        if outlet is not None:
+            if all(streams.finished):
+                outlet.close(len(streams.names))   # the end marker (once), after the last record
+            outlet.poll()
+            stage.gauges["api_pending"] = outlet.pending
+        if all(streams.finished) and self.sinks and outlet is None:   # the run ends on the last "finished"
+            self._close_sinks()
+        for sid in ended:
+            stage.send(AckMsg([], [], sid, finished=True, generation=self.ctx.generation))
+        stage.gauges["reorder"] = sum(len(r.pending) for r in streams.reorder)
+
+    def _write_ready(self) -> dict[int, tuple[list[int], list[int]]]:
+        """Every record next in its stream's order, to every sink; stream → (result ids, error ids)."""
+        wrote: dict[int, tuple[list[int], list[int]]] = {}
+        for sid, reorder in enumerate(self.streams.reorder):
+            for record, ref in reorder.pop_ready(self.streams.live[sid]):
+                self._write(record, ref)
+                wrote.setdefault(sid, ([], []))[record.status == STATUS_ERROR].append(ref.frame_id)
+        return wrote
+
+    def _write(self, record: FrameResult, ref: FrameRef) -> None:
+        """One result to every sink (drawn on its raw frame where a sink draws); its raw slot is free then."""
+        raw_pool, sinks, outlet = self.raw_pool, self.sinks, self.outlet
+        frame = None
+        if raw_pool is not None and ref.raw_slot >= 0:
+            frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
+        c0 = time.thread_time_ns()
+        line = record.to_json()
+        with output_errors(self.cfg.output.dir):
+            for sink in sinks:
+                sink.write(drawable(record, ref) if frame is not None and sink.draws else record,
+                           frame, line)
+        if outlet is not None:
+            outlet.write(record, None, line)
+        self.stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
+        if raw_pool is not None and ref.raw_slot >= 0:
+            self.releases[self.layout.streams[ref.stream].decoder].send(
+                ReleaseMsg([ref.raw_slot], epoch=ref.epoch, generation=self.ctx.generation).encode())
+
+    def _flush(self, wrote: dict[int, tuple[list[int], list[int]]]) -> None:
+        """Flush every sink; what it wrote is counted and acked once flushed, not before."""
+        stage = self.stage
+        c0 = time.thread_time_ns()
+        with output_errors(self.cfg.output.dir):
+            for sink in self.sinks:
+                sink.flush()
+        stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
+        for sid, (ok, failed) in wrote.items():
+            self.streams.to_ack[sid] += ok
+            self.streams.to_ack_errors[sid] += failed
+            for name, ids in (("results", ok), ("errors", failed)):
+                stage.count(name, len(ids))
+                stage.count(stream_key(name, sid), len(ids))
+
+    def _close_sinks(self) -> None:
+        """Every stream has finished: close the sinks now, flushing what they hold (a library
+        pipeline may add a stream yet: its sinks close when it stops)."""
+        closing, self.sinks = self.sinks, []
+        with output_errors(self.cfg.output.dir):
+            for sink in closing:
+                sink.close()
+        _poll_sinks(closing, self.stage)
+        self.stage.send_stats()
+
+    def _handle(self, parts: list) -> ResultMsg | None:
+        """One message on the results socket: a result batch (returned when it used an input slot,
+        to be released), an error record or the end of a stream."""
+        stage, streams = self.stage, self.streams
+        buffers = [p.buffer for p in parts]
         try:
-            if msg.command == "stream_added":
-                spec = StreamSpec(**json.loads(msg.arg))
-                if spec.sid == len(streams.names):
-                    streams.add(spec)
-                    stage.declare(*(stream_key(name, spec.sid) for name in ("results", "errors", "duplicates")))
-                    if outlet is not None:
-                        outlet.reopen()
-                stage.send(ControlMsg("stream_added", str(spec.sid), ctx.generation))
-            elif msg.command == "end_stream" and streams.valid(int(msg.arg)):
-                streams.drop(int(msg.arg))
-        except (ValueError, KeyError, TypeError) as exc:
+            if len(buffers) > 1:
+                msg, tensors = decode_result(buffers)
+            else:
+                msg, tensors = stage.decode(buffers[0]), {}
+        except MessageError as exc:
             stage.bad_messages += 1
-            log.warning("bad %s command: %s", msg.command, exc)
+            log.warning("rejected message: %s", exc)
+            return None
+        if isinstance(msg, EndOfSource):
+            if streams.valid(msg.stream):
+                streams.reorder[msg.stream].total = msg.total
+            return None
+        if isinstance(msg, ErrorMsg):
+            if streams.valid(msg.frame.stream):
+                record = failed_record(msg.frame, streams.names[msg.frame.stream], msg.stage, msg.error)
+                _queue(record, msg.frame, stage, streams)
+            return None
+        if not isinstance(msg, ResultMsg):
+            return None
+        outputs = tensors if msg.error else self._read_outputs(msg, tensors)
+        if outputs is None:
+            return None
+        _queue_results(msg, outputs, stage, self.adapter, streams, self.ctx.input)
+        return msg if msg.slot >= 0 else None
 
-    stage.handler = on_control
-    stage.declare("results", "errors", "duplicates")
-    for sid in range(len(streams.names)):
-        stage.declare(*(stream_key(name, sid) for name in ("results", "errors", "duplicates")))
-    stage.ready()
-    poller = zmq.Poller()
-    poller.register(results, zmq.POLLIN)
-    poller.register(stage.control, zmq.POLLIN)      # a stop wakes the loop at once
-    ack_due = 0.0
-    ack_interval = ACK_INTERVAL_S if cfg.output.jsonl else 0.0   # without the file, a restart relies on acks alone
-    try:
-        while not stage.stopping:
-            stage.tick()
-            if outlet is not None and outlet.backlogged:     # the consumer is behind: let it catch up
-                time.sleep(0.005)
-                outlet.poll()
-            elif results in dict(poller.poll(stage.poll_ms(_wait_s(cfg.pipeline.heartbeat_s, streams, ack_due)))):
-                held: list[ResultMsg] = []           # results now here: their input slots may be reused
-                for parts in pending(results, multipart=True, copy=False):
-                    _handle(parts, stage, adapter, streams, ctx.input, output_pools, held)
-                if held:
-                    inputs.send(ReleaseMsg([m.slot for m in held], [m.batch_id for m in held],
-                                           generation=ctx.generation).encode())
-            wrote: dict[int, tuple[list[int], list[int]]] = {}   # stream → (result ids, error ids) this turn
-            for sid, reorder in enumerate(streams.reorder):
-                for record, ref in reorder.pop_ready(streams.live[sid]):
-                    frame = None
-                    if raw_pool is not None and ref.raw_slot >= 0:
-                        frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
-                    c0 = time.thread_time_ns()
-                    line = encode_record(record)
-                    with output_errors(cfg.output.dir):
-                        for sink in sinks:
-                            sink.write(drawable(record, ref) if frame is not None and sink.draws else record,
-                                       frame, line)
-                    if outlet is not None:
-                        outlet.write(record, None, line)
-                    stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
-                    if raw_pool is not None and ref.raw_slot >= 0:
-                        releases[layout.streams[sid].decoder].send(
-                            ReleaseMsg([ref.raw_slot], epoch=ref.epoch, generation=ctx.generation).encode())
-                    wrote.setdefault(sid, ([], []))[record["status"] == "error"].append(ref.frame_id)
-            if wrote:
-                c0 = time.thread_time_ns()
-                with output_errors(cfg.output.dir):
-                    for sink in sinks:
-                        sink.flush()
-                stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
-                for sid, (ok, failed) in wrote.items():         # counted and acked once flushed, not before
-                    streams.to_ack[sid] += ok
-                    streams.to_ack_errors[sid] += failed
-                    for name, ids in (("results", ok), ("errors", failed)):
-                        stage.count(name, len(ids))
-                        stage.count(stream_key(name, sid), len(ids))
-            ended = [sid for sid, r in enumerate(streams.reorder) if r.finished and not streams.finished[sid]]
-            if ended or time.monotonic() >= ack_due:
-                _send_acks(stage, streams, ctx.generation)
-                ack_due = time.monotonic() + ack_interval
-            for sid in ended:
-                streams.finished[sid] = True
-            _poll_sinks(sinks, stage)
-            if outlet is not None:
-                if all(streams.finished):
-                    outlet.close(len(streams.names))   # the end marker (once), after the last record
-                outlet.poll()
-                stage.gauges["api_pending"] = outlet.pending
-            if all(streams.finished) and sinks and outlet is None:   # the run ends on the last "finished": flush
-                # first (a library pipeline may add a stream yet: its sinks close when it stops)
-                closing, sinks = sinks, []
-                with output_errors(cfg.output.dir):
-                    for sink in closing:
-                        sink.close()
-                _poll_sinks(closing, stage)
-                stage.send_stats()
-            for sid in ended:
-                stage.send(AckMsg([], [], sid, finished=True, generation=ctx.generation))
-            stage.gauges["reorder"] = sum(len(r.pending) for r in streams.reorder)
-    finally:
-        _send_acks(stage, streams, ctx.generation)   # what was flushed and not yet acked: the report counts it
-        for sink in sinks:
+    def _read_outputs(self, msg: ResultMsg, tensors: dict) -> dict | None:
+        """The result's outputs (from its worker's output pool if it used one), split per frame;
+        a failure sets ``msg.error``. None when its worker is gone before they could be read: the
+        batch, not released, is sent again."""
+        try:
+            if msg.pool:
+                tensors = self.output_pools.tensors(msg)
+            tensors = {name: split_batch_axis(t, self.ctx.input["batch"]) for name, t in tensors.items()}
+        except OSError as exc:
+            if owner_gone(str(msg.pool.get("path", ""))):
+                log.warning("result of batch %d dropped: %s is gone before its outputs were read",
+                            msg.batch_id, msg.worker)
+                return None
+            msg.error = f"outputs of {msg.worker} unreadable: {exc}"          # every frame: an error record
+        except MessageError as exc:
+            self.stage.bad_messages += 1
+            msg.error = str(exc)
+        except (ValueError, IndexError) as exc:
+            msg.error = str(exc)
+        return tensors
+
+    def close(self) -> None:
+        _send_acks(self.stage, self.streams, self.ctx.generation)   # what was flushed and not yet acked: counted
+        for sink in self.sinks:
             try:
                 sink.close()
             except OSError:        # already on the way out with the error that caused it
                 pass
-        _poll_sinks(sinks, stage)            # the last figures (unsent records at close) go out
-        if outlet is not None:
-            outlet.shutdown()
-        for sock in (results, inputs, *releases):
-            sock.close(0)
-        if raw_pool is not None:
-            raw_pool.close()
-        output_pools.close()
+        _poll_sinks(self.sinks, self.stage)            # the last figures (unsent records at close) go out
+        if self.outlet is not None:
+            self.outlet.shutdown()
+        super().close()
+        if self.raw_pool is not None:
+            self.raw_pool.close()
+        self.output_pools.close()
+
+
+def run(ctx: StageContext, stage: Stage) -> None:
+    Postprocessor(ctx, stage).run()
 
 
 def _send_acks(stage: Stage, streams: StreamOutputs, generation: int) -> None:
@@ -322,9 +400,8 @@ def replay(path: Path, marks: dict[str, int], sinks: list[Sink]) -> int:
             except ValueError:
                 continue
             if result.frame_id >= marks.get(result.stream, 0):
-                record = result.to_dict()
                 for sink in sinks:
-                    sink.write(record, None, line)
+                    sink.write(result, None, line)
                 count += 1
     return count
 
@@ -346,50 +423,11 @@ def output_errors(directory: str) -> Iterator[None]:
         raise OutputError(f"cannot write to output folder {directory}: {exc.strerror or exc}") from None
 
 
-def _handle(parts: list, stage: Stage, adapter: Adapter, streams: StreamOutputs, model_input: dict,
-            output_pools: OutputPools, held: list[ResultMsg]) -> None:
-    """One message on the results socket: a result batch (appended to ``held`` when it used an
-    input slot), an error record or the end of a stream. ``model_input``: its width, height and
-    batch."""
-    buffers = [p.buffer for p in parts]
-    try:
-        if len(buffers) > 1:
-            msg, tensors = decode_result(buffers)
-        else:
-            msg, tensors = stage.decode(buffers[0]), {}
-    except MessageError as exc:
-        stage.bad_messages += 1
-        log.warning("rejected message: %s", exc)
-        return
-    if isinstance(msg, EndOfSource):
-        if streams.valid(msg.stream):
-            streams.reorder[msg.stream].total = msg.total
-        return
-    if isinstance(msg, ErrorMsg):
-        if streams.valid(msg.frame.stream):
-            record = failed_record(msg.frame, streams.names[msg.frame.stream], msg.stage, msg.error)
-            _queue(record, msg.frame, stage, streams)
-        return
-    if not isinstance(msg, ResultMsg):
-        return
-    if not msg.error:
-        try:
-            if msg.pool:
-                tensors = output_pools.tensors(msg)
-            tensors = {name: split_batch_axis(t, model_input["batch"]) for name, t in tensors.items()}
-        except OSError as exc:
-            if owner_gone(str(msg.pool.get("path", ""))):   # its batch, not released, is sent again
-                log.warning("result of batch %d dropped: %s is gone before its outputs were read",
-                            msg.batch_id, msg.worker)
-                return
-            msg.error = f"outputs of {msg.worker} unreadable: {exc}"          # every frame: an error record
-        except MessageError as exc:
-            stage.bad_messages += 1
-            msg.error = str(exc)
-        except (ValueError, IndexError) as exc:
-            msg.error = str(exc)
-    if msg.slot >= 0:
-        held.append(msg)
+def _queue_results(msg: ResultMsg, tensors: dict, stage: Stage, adapter: Adapter, streams: StreamOutputs,
+                   model_input: dict) -> None:
+    """Each frame of a result batch, decoded by the adapter into its record (an error record when
+    the batch failed, or its decoding), queued for in-order writing. ``model_input``: its width,
+    height and batch."""
     in_w, in_h = model_input["width"], model_input["height"]
     for row, ref in enumerate(msg.frames):
         if not streams.valid(ref.stream):
@@ -402,11 +440,7 @@ def _handle(parts: list, stage: Stage, adapter: Adapter, streams: StreamOutputs,
         t0, c0 = time.monotonic_ns(), time.thread_time_ns()
         try:
             outputs = {key: np.ascontiguousarray(t[row:row + 1]) for key, t in tensors.items()}
-            decoded = adapter.decode(outputs, frame_geometry(ref, in_w, in_h))
-            if adapter.kind == "classification":
-                found = {"classes": tuple(Classification.from_dict(c) for c in decoded)}
-            else:
-                found = {"detections": tuple(Detection.from_dict(d) for d in decoded)}
+            found = adapter.answer(adapter.decode(outputs, frame_geometry(ref, in_w, in_h)))
         except Exception as exc:  # a frame the adapter cannot decode becomes an error record
             found = {"error": f"{type(exc).__name__}: {exc}"}
         ref.stamps["post"] = time.monotonic_ns()
@@ -420,11 +454,11 @@ def _handle(parts: list, stage: Stage, adapter: Adapter, streams: StreamOutputs,
             record = failed_record(ref, name, "postprocess", found["error"])
         else:
             record = FrameResult(name, ref.frame_id, ref.source, ref.index, device=msg.device, worker=msg.worker,
-                                 latency_ms=latencies, **found).to_dict()
+                                 latency_ms=latencies, **found)
         _queue(record, ref, stage, streams)
 
 
-def _queue(record: dict, ref: FrameRef, stage: Stage, streams: StreamOutputs) -> None:
+def _queue(record: FrameResult, ref: FrameRef, stage: Stage, streams: StreamOutputs) -> None:
     """Hold a record for in-order writing. A duplicate's raw slot is not released again: the
     first copy of the frame owns (and releases) it, and it may already serve another frame."""
     if not streams.reorder[ref.stream].add(record, ref):

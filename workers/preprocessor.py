@@ -13,30 +13,32 @@ is never lost.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import zmq
 
-from engine.config import PreprocessConfig
 from engine.core.geometry import Geometry
 from engine.io.streams import Layout, StreamSpec
-from engine.protocol.channels import make_socket, pending
+from engine.protocol.channels import pending
 from engine.protocol.context import StageContext
 from engine.protocol.messages import (
+    AddStreamMsg,
     BatchMsg,
-    ControlMsg,
     CreditMsg,
+    DecoderDownMsg,
+    DecoderFencedMsg,
     EndOfSource,
     ErrorMsg,
     FrameMsg,
     FrameRef,
     ReleaseMsg,
+    StreamAddedMsg,
+    WorkerDownMsg,
 )
 from engine.protocol.shm import FreeList, SlotPool
-from workers.runtime import Stage
+from workers.runtime import Stage, StageLoop
 
 
 class FairQueue:
@@ -149,158 +151,182 @@ class Dispatcher:
         return worker, batch
 
 
-def run(ctx: StageContext, stage: Stage) -> None:
-    cfg = ctx.config
-    layout = Layout.from_dict(ctx.layout)
-    batch_size, in_h, in_w = ctx.input["batch"], ctx.input["height"], ctx.input["width"]
-    pre = cfg.model.preprocess
-    keep_raw = cfg.output.images or cfg.output.video       # the postprocessor draws on the raw frame
-    raw_pool, in_pool = SlotPool(ctx.pools["raw"]), SlotPool(ctx.pools["input"])
-    free = FreeList(in_pool.spec.slots)
-    frames_in = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints["frames"], hwm=10_000)
-    dispatch = make_socket(stage.zmq, zmq.ROUTER, bind=ctx.endpoints["dispatch"], hwm=10_000)
-    dispatch.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable batch raises instead of vanishing
-    inputs = make_socket(stage.zmq, zmq.PULL, bind=ctx.endpoints["inputs"], hwm=10_000)
-    releases = [make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints[layout.decoder_name(d)])
-                for d in range(layout.decoders)]
-    results = make_socket(stage.zmq, zmq.PUSH, connect=ctx.endpoints["results"])
-    dispatcher = Dispatcher()
-    waiting = FairQueue()
-    min_epoch = [0] * layout.decoders          # frames of older (dead) decoder instances are fenced off
-    kept_next = {s.sid: 0 for s in layout.streams}   # per stream: one past the highest id taken
-    filling: Batch | None = None
-    flush_on_empty = False
-    timeout_s = cfg.pipeline.batch_timeout_ms / 1000.0
+class Preprocessor(StageLoop):
+    """The preprocessor's loop: raw frames in, resized into batch slots, batches out by credit."""
 
-    freed_raw: dict[tuple[int, int], list[int]] = {}     # (decoder, its epoch) → raw slots done this turn
+    def __init__(self, ctx: StageContext, stage: Stage) -> None:
+        super().__init__(ctx, stage)
+        self.layout = Layout.from_dict(ctx.layout)
+        self.batch_size, self.in_h, self.in_w = ctx.input["batch"], ctx.input["height"], ctx.input["width"]
+        self.pre = self.cfg.model.preprocess
+        self.keep_raw = self.cfg.output.images or self.cfg.output.video    # the postprocessor draws on the raw frame
+        self.raw_pool, self.in_pool = SlotPool(ctx.pools["raw"]), SlotPool(ctx.pools["input"])
+        self.free = FreeList(self.in_pool.spec.slots)
+        self.frames_in = self.socket(zmq.PULL, bind=ctx.endpoints["frames"], hwm=10_000)
+        self.dispatch = self.socket(zmq.ROUTER, bind=ctx.endpoints["dispatch"], hwm=10_000)
+        self.dispatch.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable batch raises instead of vanishing
+        self.inputs = self.socket(zmq.PULL, bind=ctx.endpoints["inputs"], hwm=10_000)
+        self.releases = [self.socket(zmq.PUSH, connect=ctx.endpoints[self.layout.decoder_name(d)])
+                         for d in range(self.layout.decoders)]
+        self.results = self.socket(zmq.PUSH, connect=ctx.endpoints["results"])
+        self.dispatcher = Dispatcher()
+        self.waiting = FairQueue()
+        self.min_epoch = [0] * self.layout.decoders    # frames of older (dead) decoder instances are fenced off
+        self.kept_next = {s.sid: 0 for s in self.layout.streams}   # per stream: one past the highest id taken
+        self.filling: Batch | None = None
+        self.flush_on_empty = False
+        self.timeout_s = self.cfg.pipeline.batch_timeout_ms / 1000.0
+        self.freed_raw: dict[tuple[int, int], list[int]] = {}    # (decoder, its epoch) → raw slots done this turn
+        self.watch(self.dispatch, self.on_credits)
+        self.watch(self.inputs, self.on_releases)
+        self.watch(self.frames_in, self.on_frames)
+        self.on_command(WorkerDownMsg, self.on_worker_down)
+        self.on_command(DecoderDownMsg, self.on_decoder_down)
+        self.on_command(AddStreamMsg, self.on_add_stream)
+        stage.declare("frames", "batches", "errors", "requeued_batches", "fenced_frames")
 
-    def send_raw_releases() -> None:
-        """One ReleaseMsg per decoder instance for the raw slots resized this loop turn."""
-        for (decoder, epoch), slots in freed_raw.items():
-            releases[decoder].send(ReleaseMsg(slots, epoch=epoch, generation=ctx.generation).encode())
-        freed_raw.clear()
+    def fill_stats(self) -> None:
+        self.stage.gauges.update(
+            input_slots=self.free.size, input_free=self.free.free, ready_batches=len(self.dispatcher.ready),
+            credits=sum(self.dispatcher.credits.values()), workers=len(self.dispatcher.credits),
+            held_batches=len(self.dispatcher.held), waiting_frames=len(self.waiting))
 
-    def on_control(msg: ControlMsg) -> None:
-        if msg.command == "worker_down":
-            requeued = dispatcher.worker_down(msg.arg)
-            stage.count("requeued_batches", requeued)
-        elif msg.command == "decoder_down":
-            down = json.loads(msg.arg)
-            decoder, epoch = int(down["decoder"]), int(down["epoch"])
-            streams = {s.sid for s in layout.owned_by(decoder)}
-            min_epoch[decoder] = max(min_epoch[decoder], epoch)
-            stage.count("fenced_frames", waiting.drop(streams, epoch))
-            reply = {"decoder": decoder, "next": {str(sid): kept_next[sid] for sid in streams}}
-            stage.send(ControlMsg("decoder_fenced", json.dumps(reply), ctx.generation))
-        elif msg.command == "stream_added":          # a library pipeline's new stream: known before
-            spec = StreamSpec(**json.loads(msg.arg))   # its decoder sends its first frame
-            if spec.sid == len(layout.streams):
-                layout.streams.append(spec)
-                kept_next[spec.sid] = 0
-            stage.send(ControlMsg("stream_added", str(spec.sid), ctx.generation))
+    # ---- commands -------------------------------------------------------------------------------
+    def on_worker_down(self, msg: WorkerDownMsg) -> None:
+        self.stage.count("requeued_batches", self.dispatcher.worker_down(msg.worker))
 
-    stage.handler = on_control
-    stage.before_stats.append(lambda: stage.gauges.update(
-        input_slots=free.size, input_free=free.free, ready_batches=len(dispatcher.ready),
-        credits=sum(dispatcher.credits.values()), workers=len(dispatcher.credits),
-        held_batches=len(dispatcher.held), waiting_frames=len(waiting)))
-    stage.declare("frames", "batches", "errors", "requeued_batches", "fenced_frames")
-    stage.ready()
-    poller = zmq.Poller()
-    poller.register(dispatch, zmq.POLLIN)
-    poller.register(inputs, zmq.POLLIN)
-    poller.register(frames_in, zmq.POLLIN)
-    poller.register(stage.control, zmq.POLLIN)   # a stop wakes the loop at once
-    try:
-        while not stage.stopping:
-            stage.tick()
-            wait = cfg.pipeline.heartbeat_s
-            if filling is not None and filling.frames:
-                wait = max(0.0, min(wait, filling.deadline - time.monotonic()))
-            if waiting and (filling is not None or free.free > 0):
-                wait = 0.0
-            events = dict(poller.poll(stage.poll_ms(wait)))
-            if dispatch in events:
-                for _, data in pending(dispatch, multipart=True):
-                    msg = stage.decode(data)
-                    if isinstance(msg, CreditMsg):
-                        dispatcher.on_credit(msg)
-            if inputs in events:
-                for data in pending(inputs):
-                    msg = stage.decode(data)
-                    if isinstance(msg, ReleaseMsg):
-                        for batch_id in msg.batch_ids:
-                            slot = dispatcher.release(batch_id)
-                            if slot is not None:
-                                free.release(slot)
-            if frames_in in events:      # raw frames are bounded by the raw slots: take them all
-                for data in pending(frames_in):
-                    msg = stage.decode(data)
-                    if isinstance(msg, FrameMsg):
-                        ref = msg.frame
-                        if not 0 <= ref.stream < len(layout.streams):
-                            stage.bad_messages += 1
-                        elif ref.epoch < min_epoch[layout.streams[ref.stream].decoder]:
-                            stage.count("fenced_frames")       # its slot now belongs to the successor
-                        else:
-                            waiting.push(ref)
-                    elif isinstance(msg, EndOfSource):
-                        flush_on_empty = True                  # no more frames of that stream: no waiting
-            while waiting and (filling is not None or free.free > 0):
-                ref = waiting.pop()
-                if filling is None:
-                    filling = Batch(free.acquire(), deadline=time.monotonic() + timeout_s)
-                kept_next[ref.stream] = max(kept_next[ref.stream], ref.frame_id + 1)
-                _preprocess(ref, filling, raw_pool, in_pool, (in_h, in_w), pre,
-                            batch_size, stage, results, ctx.generation)
-                if not keep_raw:                # otherwise the postprocessor releases it
-                    freed_raw.setdefault((layout.streams[ref.stream].decoder, ref.epoch), []).append(ref.raw_slot)
-                if len(filling.frames) == batch_size:
-                    dispatcher.ready.append(filling)
-                    filling = None
-            send_raw_releases()
-            if flush_on_empty and not waiting:
-                flush_on_empty = False
-                if filling is not None:
-                    filling.deadline = 0.0          # flush the partial batch now
-            if filling is not None and time.monotonic() >= filling.deadline:
-                if filling.frames:
-                    dispatcher.ready.append(filling)
+    def on_decoder_down(self, msg: DecoderDownMsg) -> None:
+        """Fence off the dead decoder's frames (its slots go to its successor) and say where its
+        streams stand."""
+        streams = {s.sid for s in self.layout.owned_by(msg.decoder)}
+        self.min_epoch[msg.decoder] = max(self.min_epoch[msg.decoder], msg.epoch)
+        self.stage.count("fenced_frames", self.waiting.drop(streams, msg.epoch))
+        next_ids = {str(sid): self.kept_next[sid] for sid in streams}
+        self.stage.send(DecoderFencedMsg(msg.decoder, next_ids, self.ctx.generation))
+
+    def on_add_stream(self, msg: AddStreamMsg) -> None:
+        """A library pipeline's new stream: known here before its decoder sends its first frame."""
+        spec = StreamSpec(**msg.stream_fields())
+        if spec.sid == len(self.layout.streams):
+            self.layout.streams.append(spec)
+            self.kept_next[spec.sid] = 0
+        self.stage.send(StreamAddedMsg(spec.sid, self.ctx.generation))
+
+    # ---- inputs ---------------------------------------------------------------------------------
+    def on_credits(self) -> None:
+        for _, data in pending(self.dispatch, multipart=True):
+            msg = self.stage.decode(data)
+            if isinstance(msg, CreditMsg):
+                self.dispatcher.on_credit(msg)
+
+    def on_releases(self) -> None:
+        """The postprocessor holds these dispatches' results: their input slots are free."""
+        for data in pending(self.inputs):
+            msg = self.stage.decode(data)
+            if isinstance(msg, ReleaseMsg):
+                for batch_id in msg.batch_ids:
+                    slot = self.dispatcher.release(batch_id)
+                    if slot is not None:
+                        self.free.release(slot)
+
+    def on_frames(self) -> None:
+        """Raw frames are bounded by the raw slots: take them all."""
+        for data in pending(self.frames_in):
+            msg = self.stage.decode(data)
+            if isinstance(msg, FrameMsg):
+                ref = msg.frame
+                if not 0 <= ref.stream < len(self.layout.streams):
+                    self.stage.bad_messages += 1
+                elif ref.epoch < self.min_epoch[self.layout.streams[ref.stream].decoder]:
+                    self.stage.count("fenced_frames")       # its slot now belongs to the successor
                 else:
-                    free.release(filling.slot)          # every frame of it failed
-                filling = None
-            while (assignment := dispatcher.next_assignment()) is not None:
-                worker, batch = assignment
-                try:
-                    dispatch.send_multipart([worker.encode(), BatchMsg(batch.slot, batch.frames, batch.batch_id,
-                                                                       ctx.generation).encode()])
-                    stage.count("batches")
-                except zmq.ZMQError:              # that instance is gone: its batches go back
-                    stage.count("requeued_batches", dispatcher.worker_down(worker))
-    finally:
-        for sock in (frames_in, dispatch, inputs, results, *releases):
-            sock.close(0)
-        raw_pool.close()
-        in_pool.close()
+                    self.waiting.push(ref)
+            elif isinstance(msg, EndOfSource):
+                self.flush_on_empty = True                  # no more frames of that stream: no waiting
+
+    # ---- a turn ---------------------------------------------------------------------------------
+    def wait_s(self) -> float:
+        """A heartbeat, or until the filling batch's deadline; no wait while frames can be taken."""
+        wait = self.cfg.pipeline.heartbeat_s
+        if self.filling is not None and self.filling.frames:
+            wait = max(0.0, min(wait, self.filling.deadline - time.monotonic()))
+        if self.waiting and (self.filling is not None or self.free.free > 0):
+            wait = 0.0
+        return wait
+
+    def after_poll(self) -> None:
+        self._fill()
+        self._send_raw_releases()
+        filling = self.filling
+        if self.flush_on_empty and not self.waiting:
+            self.flush_on_empty = False
+            if filling is not None:
+                filling.deadline = 0.0          # flush the partial batch now
+        if filling is not None and time.monotonic() >= filling.deadline:
+            if filling.frames:
+                self.dispatcher.ready.append(filling)
+            else:
+                self.free.release(filling.slot)          # every frame of it failed
+            self.filling = None
+        self._dispatch()
+
+    def _fill(self) -> None:
+        """Resize waiting frames into batches while an input slot is there for them."""
+        while (self.filling is not None or self.free.free > 0) and (ref := self.waiting.pop()) is not None:
+            if self.filling is None:
+                self.filling = Batch(self.free.acquire(), deadline=time.monotonic() + self.timeout_s)
+            self.kept_next[ref.stream] = max(self.kept_next[ref.stream], ref.frame_id + 1)
+            self._preprocess(ref, self.filling)
+            if not self.keep_raw:                # otherwise the postprocessor releases it
+                decoder = self.layout.streams[ref.stream].decoder
+                self.freed_raw.setdefault((decoder, ref.epoch), []).append(ref.raw_slot)
+            if len(self.filling.frames) == self.batch_size:
+                self.dispatcher.ready.append(self.filling)
+                self.filling = None
+
+    def _preprocess(self, ref: FrameRef, batch: Batch) -> None:
+        """Resize one raw frame into the next row of ``batch``; a failure becomes an error record."""
+        stage, pre = self.stage, self.pre
+        t0, c0 = time.monotonic_ns(), time.thread_time_ns()
+        try:
+            frame = self.raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
+            geometry = Geometry.plan(ref.width, ref.height, self.in_w, self.in_h, pre.resize, pre.crop)
+            rows = self.in_pool.view(batch.slot, (self.batch_size, self.in_h, self.in_w, 3))
+            geometry.resize_into(frame, rows[len(batch.frames)], pre.interpolation)
+        except Exception as exc:  # a frame that cannot be resized must not stop the stream
+            stage.count("errors")
+            error = ErrorMsg(ref, "preprocess", f"{type(exc).__name__}: {exc}", self.ctx.generation)
+            self.results.send(error.encode())
+            return
+        ref.geometry = geometry.to_list()
+        ref.stamps["pre"] = time.monotonic_ns()
+        stage.latency.record("preprocess", (ref.stamps["pre"] - t0) / 1e6)
+        stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
+        batch.frames.append(ref)
+        stage.count("frames")
+
+    def _send_raw_releases(self) -> None:
+        """One ReleaseMsg per decoder instance for the raw slots resized this loop turn."""
+        for (decoder, epoch), slots in self.freed_raw.items():
+            self.releases[decoder].send(ReleaseMsg(slots, epoch=epoch, generation=self.ctx.generation).encode())
+        self.freed_raw.clear()
+
+    def _dispatch(self) -> None:
+        """Every ready batch that a worker has a credit for goes to it."""
+        while (assignment := self.dispatcher.next_assignment()) is not None:
+            worker, batch = assignment
+            msg = BatchMsg(batch.slot, batch.frames, batch.batch_id, self.ctx.generation)
+            try:
+                self.dispatch.send_multipart([worker.encode(), msg.encode()])
+                self.stage.count("batches")
+            except zmq.ZMQError:              # that instance is gone: its batches go back
+                self.stage.count("requeued_batches", self.dispatcher.worker_down(worker))
+
+    def close(self) -> None:
+        super().close()
+        self.raw_pool.close()
+        self.in_pool.close()
 
 
-def _preprocess(ref: FrameRef, batch: Batch, raw_pool: SlotPool, in_pool: SlotPool, size: tuple[int, int],
-                pre: PreprocessConfig, batch_size: int, stage: Stage, results: zmq.Socket, generation: int) -> None:
-    """Resize one raw frame into the next row of ``batch``; a failure becomes an error record."""
-    in_h, in_w = size
-    t0, c0 = time.monotonic_ns(), time.thread_time_ns()
-    try:
-        frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
-        geometry = Geometry.plan(ref.width, ref.height, in_w, in_h, pre.resize, pre.crop)
-        rows = in_pool.view(batch.slot, (batch_size, in_h, in_w, 3))
-        geometry.resize_into(frame, rows[len(batch.frames)], pre.interpolation)
-    except Exception as exc:  # a frame that cannot be resized must not stop the stream
-        stage.count("errors")
-        results.send(ErrorMsg(ref, "preprocess", f"{type(exc).__name__}: {exc}", generation).encode())
-        return
-    ref.geometry = geometry.to_list()
-    ref.stamps["pre"] = time.monotonic_ns()
-    stage.latency.record("preprocess", (ref.stamps["pre"] - t0) / 1e6)
-    stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
-    batch.frames.append(ref)
-    stage.count("frames")
+def run(ctx: StageContext, stage: Stage) -> None:
+    Preprocessor(ctx, stage).run()

@@ -5,7 +5,12 @@ A stage is forked from the supervisor (decoders, preprocessor, postprocessor) or
 on stdin (see :mod:`engine.control.launch`). The context (JSON across an exec, no pickle) holds the run
 config, endpoints, pool specs, the stage's log file and, after a crash, what to resume. The
 stage talks to the supervisor over one DEALER socket: READY once started, STATS every heartbeat,
-and it receives ControlMsg (start / stop / worker_down) on the same socket.
+and it receives commands on the same socket, one message type each (StartMsg, StopMsg, ...),
+which :class:`Stage` dispatches by type to the handlers registered for them.
+
+:class:`StageLoop` is the loop every stage runs, over one poller: a role subclasses it, opens its
+sockets with :meth:`StageLoop.socket`, registers a handler per socket (:meth:`StageLoop.watch`)
+and per command (:meth:`StageLoop.on_command`), and fills in what a turn does besides.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -27,7 +33,16 @@ from engine.observe.logs import configure_stage, flush_output
 from engine.observe.metrics import LatencyRecorder
 from engine.protocol.channels import make_socket, pending
 from engine.protocol.context import StageContext
-from engine.protocol.messages import ControlMsg, FatalMsg, Message, MessageError, ReadyMsg, StatsMsg, decode
+from engine.protocol.messages import (
+    FatalMsg,
+    Message,
+    MessageError,
+    ReadyMsg,
+    StartMsg,
+    StatsMsg,
+    StopMsg,
+    decode,
+)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -64,16 +79,22 @@ class Stage:
         self.gauges: dict[str, float] = {}
         self.stopping = False
         self.started = False
-        self.handler: Callable[[ControlMsg], None] | None = None   # a stage's own control commands
+        self.commands: dict[type[Message], Callable[[Any], None]] = {   # command type → its handler
+            StopMsg: self._on_stop, StartMsg: self._on_start}
         self.before_stats: list[Callable[[], None]] = []   # fill counters/gauges once per heartbeat, not per frame
         self.bad_messages = 0
         self._next_stats = 0.0
         self._heartbeat = ctx.config.pipeline.heartbeat_s
-        signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides; Ctrl-C reaches it
 
-    def _request_stop(self) -> None:
+    def request_stop(self) -> None:
+        """End the loop after this turn (SIGTERM)."""
         self.stopping = True
+
+    def _on_stop(self, _msg: StopMsg) -> None:
+        self.stopping = True
+
+    def _on_start(self, _msg: StartMsg) -> None:
+        self.started = True
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -110,7 +131,7 @@ class Stage:
                 self.stopping = True
         for data in pending(self.control):
             msg = self.decode(data)
-            if isinstance(msg, ControlMsg):
+            if msg is not None:
                 self.on_control(msg)
 
     def poll_ms(self, seconds: float) -> int:
@@ -119,13 +140,11 @@ class Stage:
         nothing (it cost every stage 0.25 s at the end of each run)."""
         return 0 if self.stopping else int(seconds * 1000)
 
-    def on_control(self, msg: ControlMsg) -> None:
-        if msg.command == "stop":
-            self.stopping = True
-        elif msg.command == "start":
-            self.started = True
-        elif self.handler is not None:
-            self.handler(msg)
+    def on_control(self, msg: Message) -> None:
+        """A command, to the handler registered for its type (one this stage does not take is ignored)."""
+        handler = self.commands.get(type(msg))
+        if handler is not None:
+            handler(msg)
 
     def decode(self, data: bytes) -> Message | None:
         """Decode a header; a malformed one is counted and dropped, never fatal."""
@@ -148,6 +167,84 @@ class Stage:
         except zmq.ZMQError:
             pass
         self.control.close(linger=1000)      # the last acks and stats reach the supervisor before the exit
+
+
+Source = zmq.Socket | int          # what a poller watches: a socket or a file descriptor
+
+
+class StageLoop:
+    """The loop a stage process runs, the same for every role: heartbeat and commands
+    (:meth:`Stage.tick`), one poll over every watched socket, each ready socket's handler, then
+    :meth:`after_poll`; stop and close.
+
+    A role subclasses it: its ``__init__`` opens its sockets with :meth:`socket` (closed by
+    :meth:`close`), names a handler for each input with :meth:`watch` and for each command type
+    with :meth:`on_command`; it overrides :meth:`start` (the handshake), :meth:`wait_s`,
+    :meth:`after_poll`, :meth:`fill_stats` and :meth:`close` where it has something to add.
+    Handlers are called in the order they were watched.
+    """
+
+    def __init__(self, ctx: StageContext, stage: Stage) -> None:
+        self.ctx = ctx
+        self.stage = stage
+        self.cfg = ctx.config
+        self._sockets: list[zmq.Socket] = []
+        self._handlers: dict[Source, Callable[[], None]] = {}
+        self._poller = zmq.Poller()
+        self._poller.register(stage.control, zmq.POLLIN)   # a command (a stop) wakes the loop at once
+
+    def socket(self, kind: int, **options: Any) -> zmq.Socket:
+        """A socket of this stage (:func:`engine.protocol.channels.make_socket`), closed by :meth:`close`."""
+        sock = make_socket(self.stage.zmq, kind, **options)
+        self._sockets.append(sock)
+        return sock
+
+    def watch(self, source: Source, handler: Callable[[], None]) -> None:
+        """Call ``handler`` in each loop turn that finds ``source`` readable."""
+        self._poller.register(source, zmq.POLLIN)
+        self._handlers[source] = handler
+
+    def on_command(self, kind: type[Message], handler: Callable[[Any], None]) -> None:
+        """Call ``handler(msg)`` for each command of type ``kind`` from the supervisor."""
+        self.stage.commands[kind] = handler
+
+    def start(self) -> None:
+        """Before the first turn: the handshake (and whatever must precede the loop)."""
+        self.stage.ready()
+
+    def wait_s(self) -> float:
+        """How long this turn's poll may wait for input (a stop makes it 0)."""
+        return self.cfg.pipeline.heartbeat_s
+
+    def poll(self, timeout_ms: int) -> dict[Source, int]:
+        """The watched sources that are readable, waiting up to ``timeout_ms``."""
+        return dict(self._poller.poll(timeout_ms))
+
+    def after_poll(self) -> None:
+        """A turn's work after its handlers, whatever the poll found."""
+
+    def fill_stats(self) -> None:
+        """Update the stage's counters and gauges, once per heartbeat (not per frame)."""
+
+    def run(self) -> None:
+        """:meth:`start`, the turns until a stop, then :meth:`close` (also after an error)."""
+        self.stage.before_stats.append(self.fill_stats)
+        try:
+            self.start()
+            while not self.stage.stopping:
+                self.stage.tick()
+                events = self.poll(self.stage.poll_ms(self.wait_s()))
+                for source, handler in self._handlers.items():
+                    if source in events:
+                        handler()
+                self.after_poll()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close this stage's sockets (LINGER 0); a role closes its own resources around this."""
+        for sock in self._sockets:
+            sock.close(0)
 
 
 def die_with_parent() -> None:
@@ -183,6 +280,8 @@ def serve(ctx: StageContext, run: Callable[[StageContext, Stage], None],
     if os.getppid() != ctx.supervisor_pid:       # the supervisor died before this stage was set to die with it
         return 1
     stage = Stage(ctx)
+    signal.signal(signal.SIGTERM, lambda *_: stage.request_stop())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides; Ctrl-C reaches it
     signal.pthread_sigmask(signal.SIG_SETMASK, set())   # the command held Ctrl-C / SIGTERM back at start
     code = 0
     try:

@@ -78,7 +78,8 @@ def build_config(config: str | Path | RunConfig | dict | None = None, **options:
     if isinstance(config, RunConfig):
         config = config.to_dict()
     if isinstance(config, dict):
-        cfg = resolve_model(resolve_streams(RunConfig.from_dict(merge_tables(config, overrides), origin="Pipeline config")))
+        merged = RunConfig.from_dict(merge_tables(config, overrides), origin="Pipeline config")
+        cfg = resolve_model(resolve_streams(merged))
     else:
         cfg = load_config(config, overrides)
     if values["loop"] is not None:
@@ -215,6 +216,8 @@ class Pipeline:
         """The next result of any stream; None when the run is over (or after ``timeout``
         seconds without one, when a timeout is given)."""
         self.start()
+        proc = self._proc
+        assert proc is not None                # start() has launched the supervisor (or raised)
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = zmq.Poller()
         poller.register(self._results, zmq.POLLIN)
@@ -232,11 +235,11 @@ class Pipeline:
             events = dict(poller.poll(wait))
             if self._control in events:
                 self._read_control(0)
-            if not events and self._proc.poll() is not None and self.outcome is None:
+            if not events and proc.poll() is not None and self.outcome is None:
                 self._read_control(0)
                 if self.outcome is None:
-                    self.outcome = {"exit_code": self._proc.returncode, "report": {},
-                                    "message": f"the supervisor exited with code {self._proc.returncode} "
+                    self.outcome = {"exit_code": proc.returncode, "report": {},
+                                    "message": f"the supervisor exited with code {proc.returncode} "
                                                f"(see {Path(self.config.output.dir) / 'logs' / 'supervisor.log'})"}
             if deadline is not None and time.monotonic() >= deadline:
                 return None
@@ -306,6 +309,8 @@ class Pipeline:
             self.start()
             if not self.running:
                 raise PipelineError("the pipeline is not running")
+        proc = self._proc
+        assert proc is not None                # running: the supervisor has been launched
         self._requests += 1
         self._command(kind, arg, self._requests)
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
@@ -315,10 +320,10 @@ class Pipeline:
                     if msg.kind == "refused":
                         raise ConfigError(str(msg.arg.get("error", f"{kind} refused")))
                     return msg
-            if self._proc.poll() is not None:
+            if proc.poll() is not None:
                 break
         raise PipelineError(f"{kind}: the pipeline " + ("has ended" if self.outcome is not None or
-                                                        self._proc.poll() is not None else "did not answer"))
+                                                        proc.poll() is not None else "did not answer"))
 
     @property
     def running(self) -> bool:
@@ -332,7 +337,7 @@ class Pipeline:
 
     def _read_control(self, timeout_ms: int) -> list[ApiMsg]:
         """Take the supervisor's messages: snapshots, answers, the outcome."""
-        out = []
+        out: list[ApiMsg] = []
         if not self._control.poll(timeout_ms):
             return out
         for msg in api_messages(self._control, "the pipeline's supervisor"):
@@ -345,15 +350,17 @@ class Pipeline:
 
     def _wait_for(self, kind: str) -> ApiMsg | None:
         """The supervisor's ``kind`` message, or None once it has sent its outcome (or died)."""
+        proc = self._proc
+        assert proc is not None                # called by start() once it has launched the supervisor
         while self.outcome is None:
             for msg in self._read_control(POLL_MS):
                 if msg.kind == kind:
                     return msg
-            if self._proc.poll() is not None:
+            if proc.poll() is not None:
                 self._read_control(0)
                 if self.outcome is None:
-                    self.outcome = {"exit_code": self._proc.returncode, "report": {},
-                                    "message": f"the supervisor exited with code {self._proc.returncode} "
+                    self.outcome = {"exit_code": proc.returncode, "report": {},
+                                    "message": f"the supervisor exited with code {proc.returncode} "
                                                f"before it started (see {Path(self.config.output.dir) / 'logs'})"}
         return None
 

@@ -33,9 +33,9 @@ from engine.cluster.placement import Node, assign, capacity
 from engine.cluster.segments import Segment, merge, read_segment
 from engine.cluster.view import ClusterDashboard, ClusterView, engine_row, render_cluster_summary, stream_row, totals_of
 from engine.config import RunConfig
+from engine.config.streams import is_live_uri
 from engine.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
 from engine.io.run_folder import OutputDir
-from engine.config.streams import is_live_uri
 from engine.io.sources import _existing
 from engine.io.streams import is_live
 from engine.observe.metrics import Snapshot, StreamRow, stage_row
@@ -437,8 +437,8 @@ class ClusterRun:
             d["segments"] = [{"engine": e, "start": s} for e, s in st.segments]
             rows[row.name] = d
         snap_rows = [StreamRow.from_dict(n, d) for n, d in rows.items()]
-        t = totals_of(snap_rows, elapsed)
-        report = Snapshot(state=state, elapsed_s=elapsed, timestamp=time.time(), totals=t).to_dict()
+        overall = totals_of(snap_rows, elapsed)
+        report = Snapshot(state=state, elapsed_s=elapsed, timestamp=time.time(), totals=overall).to_dict()
         report["streams"] = rows
         report["cluster"] = {
             "address": self.address,

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 STOP_WAIT_S = 10.0          # the supervisor stops in about a second; a compile in progress may take longer
@@ -91,7 +92,8 @@ class EngineHost:
         if self.proc is None or self.folder is None:
             return {"pid": 0, "returncode": None, "status": None}
         code = self.proc.poll()
-        out = {"pid": self.proc.pid, "returncode": code, "status": _read_json(self.folder / "status.json")}
+        out: dict[str, Any] = {"pid": self.proc.pid, "returncode": code,
+                               "status": _read_json(self.folder / "status.json")}
         if code is not None:
             out["report"] = _read_json(self.folder / "report.json")
             out["tail"] = _tail(self.folder / "engine.log")

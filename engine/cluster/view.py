@@ -15,7 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from engine.observe.dashboard import PREFIX, Dashboard, format_plain, progress_view, streams_table, summary_head
+from engine.observe.dashboard import PREFIX, LiveView, format_plain, progress_view, streams_table, summary_head
 from engine.observe.metrics import Snapshot, StreamRow, Totals
 
 
@@ -127,16 +127,16 @@ def format_cluster_plain(view: ClusterView) -> str:
     return "\n".join(lines)
 
 
-class ClusterDashboard(Dashboard):
-    """The dashboard, drawing a :class:`ClusterView` instead of one engine's snapshot."""
+class ClusterDashboard(LiveView[ClusterView]):
+    """The dashboard of a cluster run, drawing a :class:`ClusterView`."""
 
-    def _print_plain(self, snapshot) -> None:  # type: ignore[override]
+    def _print_plain(self, snapshot: ClusterView) -> None:
         self._printed = snapshot
         self.console.print(format_cluster_plain(snapshot), markup=False, highlight=False, soft_wrap=True)
 
     def _renderable(self) -> RenderableType:
         view = self._snapshot
-        return render_cluster(view) if view is not None else Text(f"{PREFIX} connecting…", style="dim")  # type: ignore[arg-type]
+        return render_cluster(view) if view is not None else Text(f"{PREFIX} connecting…", style="dim")
 
 
 def render_cluster_summary(report: dict, view: ClusterView) -> RenderableType:

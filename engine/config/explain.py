@@ -6,6 +6,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import annotated_types
@@ -17,7 +18,10 @@ from pydantic.fields import FieldInfo
 def explain(exc: ValidationError, root: type[BaseModel], data: Any, origin: str) -> str:
     """The first error of ``exc`` as one line: file, [section] key, what is allowed, what was given."""
     err = exc.errors()[0]
-    model, section, key, field = root, [], None, None
+    model: Any = root
+    section: list[str] = []
+    key: str | None = None
+    field: FieldInfo | None = None
     loc = err["loc"]
     depth = 0
     while depth < len(loc) and key is None:   # walk the sections down to the field the error is in
@@ -30,7 +34,7 @@ def explain(exc: ValidationError, root: type[BaseModel], data: Any, origin: str)
             section.append(part)
         elif _is_section(_item(info.annotation)) and depth + 1 < len(loc) and isinstance(loc[depth + 1], int):
             model = _item(info.annotation)                  # one table of a [[name]] list
-            section.append(f"[{part}] #{loc[depth + 1] + 1}")
+            section.append(f"[{part}] #{int(loc[depth + 1]) + 1}")
             depth += 1
         else:
             key, field = part, info
@@ -58,7 +62,7 @@ def explain(exc: ValidationError, root: type[BaseModel], data: Any, origin: str)
         if isinstance(given, dict):                            # a rule about a key inside a table
             return f"{origin}: [{'.'.join([*section, key])}] {_reason(err)}"
         return f"{origin}: {label} {key} {_reason(err)}, not {_show(given)}"
-    metadata = field.metadata if annotation is field.annotation else []
+    metadata = field.metadata if field is not None and annotation is field.annotation else []
     return f"{origin}: {label} {key} must be {describe(annotation, metadata)}, not {_show(given)}"
 
 
@@ -82,7 +86,7 @@ def _label(section: list[str]) -> str:
     return f"[{'.'.join(section)}]"
 
 
-def _reason(err: dict) -> str:
+def _reason(err: Mapping[str, Any]) -> str:
     error = (err.get("ctx") or {}).get("error")
     return str(error) if error is not None else err["msg"][:1].lower() + err["msg"][1:]
 
@@ -158,7 +162,7 @@ def _range(metadata: list | tuple) -> str:
     return "".join(f" {part}" for part in (low, "and" if low and high else "", high) if part)
 
 
-def _num(value: float) -> str:
+def _num(value: Any) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
+from typing import Any
 
 from engine.config.registry import resolve_model
 from engine.config.schema import RunConfig
@@ -43,7 +44,7 @@ def anchor_paths(data: dict, base: Path, writes_to_cwd: bool = False) -> dict:
         data["sources"] = [dict(entry) if isinstance(entry, dict) else entry for entry in data["sources"]]
 
     def table(*keys: str) -> dict | None:
-        node = data
+        node: Any = data
         for key in keys:
             node = node.get(key) if isinstance(node, dict) else None
         return node if isinstance(node, dict) else None

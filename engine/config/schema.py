@@ -25,12 +25,16 @@ from engine.config.options import HINTS
 from engine.core.errors import ConfigError
 from engine.core.geometry import INTERPOLATIONS, RESIZE_MODES
 
+# The output adapters' names, defined here once: config (below engine.model in the layers) validates
+# model.adapter against them; each adapter class in engine/model/adapters declares one of them as its
+# ``name`` (checked when the class is defined) and is found by it (see engine.model.adapters).
 ADAPTERS = ("anchor_ssd", "ssd_detection_output", "tf_od_api", "classification", "nanodet", "yolo")
 
 # Enumerations, defined once (those the command line offers in engine/config/options.py, light to import).
-Hint = Literal[HINTS]
-Resize = Literal[RESIZE_MODES]                                  # letterbox | stretch | crop
-Interpolation = Literal[("auto", *INTERPOLATIONS)]
+# The Literals are built from those tuples, which mypy cannot follow: the ignores say so, nothing more.
+Hint = Literal[HINTS]  # type: ignore[valid-type]
+Resize = Literal[RESIZE_MODES]  # type: ignore[valid-type]         # letterbox | stretch | crop
+Interpolation = Literal[("auto", *INTERPOLATIONS)]  # type: ignore[valid-type]
 Color = Literal["RGB", "BGR", "GRAY"]
 Live = Literal["auto", "yes", "no"]
 
@@ -215,6 +219,12 @@ class OutputConfig(Section):
     status: bool = False          # status.json: the report so far, rewritten every 0.5 s while running
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
+    @property
+    def annotated(self) -> bool:
+        """Whether frames are drawn on (annotated images or video): the stages then keep each frame's
+        pixels, at full resolution, for the postprocessor."""
+        return self.images or self.video
+
 
 class DashboardConfig(Section):
     """The live view."""
@@ -276,6 +286,12 @@ class RunConfig(Section):
                              f"{len(devices)} inference workers of [inference] devices without a slot; "
                              f"use 0 (automatic) or at least {len(devices)}")
         return self
+
+    @property
+    def streams(self) -> list[SourceConfig]:
+        """One source per stream: ``sources``, which :func:`engine.config.resolve_streams` fills (every
+        loaded config's is never empty), else the one ``[source]`` of a config not resolved yet."""
+        return self.sources or [self.source]
 
     @classmethod
     def from_dict(cls, data: Any, origin: str = "config") -> RunConfig:

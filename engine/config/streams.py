@@ -36,8 +36,8 @@ def stream_name(uri: str) -> str:
         parts = [p for p in path.split("/") if p]
         raw = Path(parts[-1]).stem if parts else host.split("@")[-1].split(":")[0]
     else:
-        path = Path(uri.rstrip("/"))
-        raw = path.stem if path.suffix else path.name
+        file = Path(uri.rstrip("/"))
+        raw = file.stem if file.suffix else file.name
     return _NAME_UNSAFE.sub("_", raw).strip("_.") or "stream"
 
 
@@ -55,7 +55,7 @@ def _expand(entry: SourceConfig) -> list[SourceConfig]:
 def resolve_streams(cfg: RunConfig) -> RunConfig:
     """Fill ``cfg.sources``: ``[[sources]]`` (globs expanded), else the one ``[source]``; every
     stream gets a unique name (``clip``, ``clip-2``, ...)."""
-    entries = [s for entry in (cfg.sources or [cfg.source]) for s in _expand(entry)]
+    entries = [s for entry in cfg.streams for s in _expand(entry)]
     seen: set[str] = set()
     for entry in entries:
         if entry.name and (_NAME_UNSAFE.search(entry.name) or entry.name in seen):

@@ -7,29 +7,40 @@ fewest open streams, and is announced to the preprocessor and the postprocessor 
 both have confirmed does its decoder open it, so no frame of it reaches a stage that does not know
 it. A removed stream's decoder stops its reader and sends its end, so the frames it had read come
 out and its figures become final; its range is spare again once the decoder has every slot of it
-back (``stream_closed``), and an add that finds no spare range meanwhile waits for that one. A
+back (``StreamClosedMsg``), and an add that finds no spare range meanwhile waits for that one. A
 removed stream whose decoder dies before its end ends there, with what was written.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
-from dataclasses import asdict
+from dataclasses import fields
+from typing import Any
 
 from engine.config import RunConfig, stream_name
-from engine.core.errors import ConfigError, OvstreamError
 from engine.config.streams import is_live_uri
+from engine.core.errors import ConfigError, OvstreamError
 from engine.io.sources import open_source
 from engine.io.streams import Layout, StreamSpec, is_live
 from engine.observe.metrics import MetricsAggregator
 from engine.protocol.apilink import ServiceLink
 from engine.protocol.ledger import FrameLedger
-from engine.protocol.messages import ApiMsg, ControlMsg
+from engine.protocol.messages import (
+    AddStreamMsg,
+    ApiMsg,
+    CloseStreamMsg,
+    EndStreamMsg,
+    Message,
+    OpenStreamMsg,
+    StreamAddedMsg,
+    StreamClosedMsg,
+    StreamFailedMsg,
+    StreamFields,
+)
 
 log = logging.getLogger("engine.control.supervisor")
 
-REPLIES = ("stream_added", "stream_closed", "stream_failed")   # what stages answer
+REPLIES = (StreamAddedMsg, StreamClosedMsg, StreamFailedMsg)   # what stages answer
 STREAM_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -48,8 +59,9 @@ class StreamChanges:
     finished: bool
     adding: dict[int, set[str]]       # added stream → stages yet to confirm they know it
     waiting_adds: list[ApiMsg]        # add_source requests waiting for a range to come free
+    generation: int
 
-    def _send(self, name: str, command: str, arg: str = "") -> None: ...
+    def _send(self, name: str, msg: Message) -> None: ...
 
     def _end_stream(self, sid: int) -> None: ...
 
@@ -106,7 +118,7 @@ class StreamChanges:
         self.metrics.add_stream(spec.name, spec.uri, spec.kind)
         self.adding[spec.sid] = {"preprocessor", "postprocessor"}
         for name in self.adding[spec.sid]:
-            self._send(name, "stream_added", json.dumps(asdict(spec)))
+            self._send(name, AddStreamMsg(**_stream_fields(spec), generation=self.generation))
         log.info("stream %s added (%s, %s)", spec.name, spec.uri, self.layout.decoder_name(spec.decoder))
         return spec.name
 
@@ -123,7 +135,7 @@ class StreamChanges:
             del self.adding[spec.sid]
             self._forget_removed([spec])
         else:                                # (an ended stream's decoder still gets its slots back)
-            self._send(self.layout.decoder_name(spec.decoder), "close_stream", str(spec.sid))
+            self._send(self.layout.decoder_name(spec.decoder), CloseStreamMsg(spec.sid, self.generation))
         log.info("stream %s removed", spec.name)
         return spec.name
 
@@ -132,24 +144,22 @@ class StreamChanges:
         for sid in [sid for sid, waiting in self.adding.items() if not waiting]:
             del self.adding[sid]
             spec = self.layout.streams[sid]
-            arg = {"stream": asdict(spec), "source": self.cfg.sources[sid].to_dict()}
-            self._send(self.layout.decoder_name(spec.decoder), "open_stream", json.dumps(arg))
+            msg = OpenStreamMsg(**_stream_fields(spec), source=self.cfg.sources[sid].to_dict(),
+                                generation=self.generation)
+            self._send(self.layout.decoder_name(spec.decoder), msg)
 
-    def _on_stream_reply(self, stage: str, msg: ControlMsg) -> None:
-        try:
-            sid = int(json.loads(msg.arg)["stream"]) if msg.command == "stream_failed" else int(msg.arg)
-        except (ValueError, KeyError, TypeError):
-            return
+    def _on_stream_reply(self, stage: str, msg: StreamAddedMsg | StreamClosedMsg | StreamFailedMsg) -> None:
+        sid = msg.stream
         if not 0 <= sid < len(self.layout.streams):
             return
-        if msg.command == "stream_added":
+        if isinstance(msg, StreamAddedMsg):
             self.adding.get(sid, set()).discard(stage)
             self._open_added()
-        elif msg.command == "stream_closed":            # every raw slot of it is back
+        elif isinstance(msg, StreamClosedMsg):          # every raw slot of it is back
             self.layout.release(sid)
             self._retry_adds()
-        elif msg.command == "stream_failed":            # its decoder could not open it: it ends here
-            log.error("stream %s: %s", self.layout.streams[sid].name, json.loads(msg.arg).get("error"))
+        else:                                           # its decoder could not open it: it ends here
+            log.error("stream %s: %s", self.layout.streams[sid].name, msg.error)
             self.layout.remove(sid)
             self._forget_removed([self.layout.streams[sid]])
 
@@ -160,7 +170,12 @@ class StreamChanges:
             if not spec.removed:
                 continue
             if spec.sid not in self.ended:
-                self._send("postprocessor", "end_stream", str(spec.sid))
+                self._send("postprocessor", EndStreamMsg(spec.sid, self.generation))
                 self._end_stream(spec.sid)
             self.layout.release(spec.sid)
         self._retry_adds()
+
+
+def _stream_fields(spec: StreamSpec) -> dict[str, Any]:
+    """What a command carries of a stream (:class:`~engine.protocol.messages.StreamFields`)."""
+    return {f.name: getattr(spec, f.name) for f in fields(StreamFields)}

@@ -27,7 +27,7 @@ from rich.console import Console
 from engine.config import RunConfig
 from engine.control.launch import Launcher, StageProcess, inference_name
 from engine.control.stream_changes import REPLIES, StreamChanges
-from engine.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, OvstreamError
+from engine.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, OvstreamError
 from engine.io.sinks import JsonlSink
 from engine.config.streams import is_live_uri
 from engine.io.sources import open_source
@@ -57,18 +57,23 @@ from engine.protocol.ledger import FrameLedger
 from engine.protocol.messages import (
     AckMsg,
     ApiMsg,
-    ControlMsg,
+    DecoderDownMsg,
+    DecoderFencedMsg,
     FatalMsg,
     Message,
     MessageError,
     ReadyMsg,
+    StartMsg,
     StatsMsg,
+    StopMsg,
+    WorkerDownMsg,
     decode,
 )
 from engine.protocol.shm import PoolSpec, SlotPool
 
 READY_TIMEOUT_S = 300.0       # compiling for a GPU can take minutes the first time
 STOP_GRACE_S = 1.0
+REPORT_WAIT_S = 2.0         # how long the FatalMsg of a stage that exited with code 2 may take to arrive
 HANG_TIMEOUT_S = 30.0       # a live source may block this long while it reconnects
 PUBLISH_S = 0.5             # how often /metrics gets a fresh snapshot
 
@@ -296,10 +301,10 @@ class Supervisor(StreamChanges):
         child.last_seen = time.monotonic()
 
     # ---- messages ---------------------------------------------------------------------------
-    def _send(self, name: str, command: str, arg: str = "") -> None:
+    def _send(self, name: str, msg: Message) -> None:
+        """A command to stage ``name``."""
         try:
-            self.control.send_multipart([name.encode(), ControlMsg(command, arg, self.generation).encode()],
-                                        zmq.NOBLOCK)
+            self.control.send_multipart([name.encode(), msg.encode()], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass   # a peer that is gone gets nothing; its death is handled on its own
 
@@ -330,7 +335,7 @@ class Supervisor(StreamChanges):
             self._open_added()
             self.metrics.note_ready(msg.process, msg.pid, msg.info)
             if self.started:
-                self._send(child.name, "start")
+                self._send(child.name, StartMsg(self.generation))
         elif isinstance(msg, AckMsg):                   # written is written, whatever the generation
             if not 0 <= msg.stream < len(self.ledgers):
                 return
@@ -342,9 +347,9 @@ class Supervisor(StreamChanges):
             self.metrics.set_stream_acks(msg.stream, *counts)
             if msg.finished and msg.generation == self.generation:
                 self._end_stream(msg.stream)
-        elif isinstance(msg, ControlMsg) and msg.command == "decoder_fenced" and child is not None:
-            self._on_fenced(msg.arg)
-        elif isinstance(msg, ControlMsg) and child is not None and msg.command in REPLIES:
+        elif isinstance(msg, DecoderFencedMsg) and child is not None:
+            self._on_fenced(msg)
+        elif isinstance(msg, REPLIES) and child is not None:
             self._on_stream_reply(child.name, msg)
         elif isinstance(msg, FatalMsg) and child is not None:
             first = msg.error.strip().splitlines()[0] if msg.error.strip() else "unknown error"
@@ -385,14 +390,14 @@ class Supervisor(StreamChanges):
         self.started = True
         self.metrics.start()
         for child in self.children.values():
-            self._send(child.name, "start")
+            self._send(child.name, StartMsg(self.generation))
         if self.link is not None:
             self.link.send("started", {"streams": [s.name for s in self.layout.streams]})
 
     def _on_start_death(self, child: Child) -> None:
         """A stage died before it was ready: a user mistake it reported stops the run (exit 2);
         anything else is retried like a crash, up to ``max_restarts`` (then exit 1)."""
-        self._receive(0)                                # its FatalMsg, if it sent one
+        self._await_reported(child)
         if self.failure:
             raise OvstreamError(self.failure)
         code = child.proc.returncode if child.proc else None
@@ -409,7 +414,7 @@ class Supervisor(StreamChanges):
         """Stop every stage: ``stop``, then SIGKILL whatever still runs after the grace period
         (plus ``drain_s`` for the sinks to drain, e.g. MQTT records the broker has not confirmed)."""
         for child in self.children.values():
-            self._send(child.name, "stop")
+            self._send(child.name, StopMsg(self.generation))
         deadline = time.monotonic() + STOP_GRACE_S + drain_s
         while time.monotonic() < deadline and any(c.proc and c.proc.poll() is None for c in self.children.values()):
             self._receive(20)
@@ -420,8 +425,21 @@ class Supervisor(StreamChanges):
         while self.control.poll(20):         # what the stages sent on their way out: last acks and stats
             self._receive(0)
 
+    def _await_reported(self, child: Child) -> None:
+        """Take the FatalMsg a dead stage sent just before it exited. Exit code 2 says it reported a
+        user mistake or a full disk, which a restart cannot fix: its message may still be on its way
+        (a poll that finds nothing yet is no answer), so it is waited for, briefly, and the run fails
+        with it (or with the exit code, if it never comes) instead of restarting the stage."""
+        self._receive(0)
+        code = child.proc.returncode if child.proc else None
+        deadline = time.monotonic() + REPORT_WAIT_S
+        while code == EXIT_USAGE and not self.failure and time.monotonic() < deadline:
+            self._receive(20)
+        if code == EXIT_USAGE and not self.failure:
+            self.failure = f"{child.name} stopped on an error (exit code {code}); see {self.log_dir / child.name}.log"
+
     def _on_death(self, child: Child) -> None:
-        self._receive(0)                                # a FatalMsg sent just before it exited
+        self._await_reported(child)
         if self.failure:
             return                                      # a restart cannot fix what it reported
         child.restarts += 1
@@ -432,30 +450,28 @@ class Supervisor(StreamChanges):
             return
         logger.warning("%s exited with code %s; restarting", child.name, code)
         if child.role == "inference":
-            self._send("preprocessor", "worker_down", f"{child.name}@{child.proc.pid}")
+            self._send("preprocessor", WorkerDownMsg(f"{child.name}@{child.proc.pid}", self.generation))
             self._spawn(child)
             return
         annotating = self.cfg.output.images or self.cfg.output.video
         if child.role == "decoder" and not annotating and self.started:
             child.proc, child.fenced = None, True        # respawned once the preprocessor has fenced it
-            down = {"decoder": int(child.name.rsplit("-", 1)[-1]), "epoch": child.restarts}
-            self._send("preprocessor", "decoder_down", json.dumps(down))
+            down = DecoderDownMsg(int(child.name.rsplit("-", 1)[-1]), child.restarts, self.generation)
+            self._send("preprocessor", down)
             return
         self._restart_pipeline()
 
-    def _on_fenced(self, arg: str) -> None:
+    def _on_fenced(self, msg: DecoderFencedMsg) -> None:
         """The preprocessor dropped a dead decoder's waiting frames and will ignore any later
         ones: its slots are free for a successor, which resumes its streams from the ledgers
         (a live stream goes on numbering after the last frame that passed the fence)."""
-        try:
-            fenced = json.loads(arg)
-            child = self.children[self.layout.decoder_name(int(fenced["decoder"]))]
-            self.resume.update({str(k): int(v) for k, v in fenced["next"].items()})
-        except (ValueError, KeyError, TypeError):
+        child = self.children.get(self.layout.decoder_name(msg.decoder))
+        if child is None:
             return
+        self.resume.update(msg.next_ids)
         if child.fenced and child.proc is None:
             child.fenced = False
-            self._forget_removed(self.layout.owned_by(int(fenced["decoder"])))
+            self._forget_removed(self.layout.owned_by(msg.decoder))
             self._spawn(child)
 
     def _restart_pipeline(self) -> None:

@@ -7,12 +7,17 @@ milliseconds each stage took. :meth:`FrameResult.to_json` is a ``results.jsonl``
 MQTT payload); :meth:`FrameResult.from_json` and :func:`read_results` read them back. The field
 order of :meth:`FrameResult.to_dict` is the line's key order, so a line read and written again
 is the same text.
+
+It is the one result type end to end: the adapters (:mod:`engine.model.adapters`) return
+:class:`Detection` / :class:`Classification`, the postprocessor builds a :class:`FrameResult` per
+frame from them and hands it to every sink (results.jsonl, annotated images and video, MQTT, a
+library pipeline's iterator), and the API and the eval tools read the same type back.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,12 @@ class Detection:
     box: tuple[float, float, float, float]
     keypoints: tuple[tuple[float, float], ...] | None = None     # None: the model has none
 
+    def scaled(self, kx: float, ky: float) -> Detection:
+        """This detection on a copy of its frame resized by ``kx`` across and ``ky`` down."""
+        x1, y1, x2, y2 = self.box
+        points = None if self.keypoints is None else tuple((x * kx, y * ky) for x, y in self.keypoints)
+        return Detection(self.label, self.class_id, self.score, (x1 * kx, y1 * ky, x2 * kx, y2 * ky), points)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"label": self.label, "class_id": self.class_id, "score": self.score,
                                "box": list(self.box)}
@@ -57,7 +68,7 @@ class Detection:
     def from_dict(cls, d: dict[str, Any]) -> Detection:
         points = d.get("keypoints")
         return cls(str(d["label"]), int(d["class_id"]), _plain_number(d["score"]),
-                   tuple(_plain_number(v) for v in d["box"]),  # type: ignore[arg-type]
+                   tuple(_plain_number(v) for v in d["box"]),
                    None if points is None else tuple((_plain_number(x), _plain_number(y)) for x, y in points))
 
 
@@ -115,6 +126,13 @@ class FrameResult:
     def failed(cls, stream: str, frame_id: int, source: str, frame_index: int, stage: str,
                error: str) -> FrameResult:
         return cls(stream, frame_id, source, frame_index, STATUS_ERROR, stage=stage, error=error)
+
+    def scaled(self, kx: float, ky: float) -> FrameResult:
+        """This result with its boxes and keypoints on a copy of the frame resized by ``kx`` across and
+        ``ky`` down (what is drawn on a stored frame smaller than the original)."""
+        if not self.detections:
+            return self
+        return replace(self, detections=tuple(d.scaled(kx, ky) for d in self.detections))
 
     def to_dict(self) -> dict[str, Any]:
         """The record, keys in results.jsonl's order."""

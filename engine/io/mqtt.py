@@ -1,4 +1,4 @@
-"""MQTT results sink: every record (the results.jsonl line) published with paho-mqtt.
+"""MQTT results sink: every result (its results.jsonl line) published with paho-mqtt.
 
 The stream never waits for the broker. :meth:`MqttSink.write` appends the record to a bounded
 FIFO and returns; records move from the FIFO to paho only while the client is connected and
@@ -37,7 +37,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from engine.config import MqttConfig
 from engine.core.errors import ConfigError
-from engine.io.sinks import Sink, encode_record
+from engine.core.results import FrameResult
+from engine.io.sinks import Sink
 from engine.observe.metrics import DEFAULT_STREAM, stream_key
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ Mark = tuple[str, int]              # (stream, frame id) of a record
 
 
 class MqttSink(Sink):
-    """Publishes each record on ``cfg.topic`` formatted with the record's stream name."""
+    """Publishes each result's line on ``cfg.topic`` formatted with the result's stream name."""
 
     name = "mqtt"
 
@@ -121,9 +122,9 @@ class MqttSink(Sink):
             topic = self._topics[stream] = self.cfg.topic.format(stream=stream)
         return topic
 
-    def write(self, record: dict, frame: np.ndarray | None = None, line: str | None = None) -> None:
-        payload = (line if line is not None else encode_record(record)).encode("utf-8")
-        stream, frame_id = str(record.get("stream") or self._streams[0]), int(record.get("frame_id", -1))
+    def write(self, result: FrameResult, frame: np.ndarray | None = None, line: str | None = None) -> None:
+        payload = (line if line is not None else result.to_json()).encode("utf-8")
+        stream, frame_id = result.stream or self._streams[0], result.frame_id
         self._queue.append(((stream, frame_id), self.topic(stream), payload))
         self._next_id[stream] = frame_id + 1
         while len(self._queue) > self.cfg.buffer:
@@ -173,10 +174,10 @@ class MqttSink(Sink):
     def counters(self) -> dict[str, int]:
         return {"mqtt_published": self._confirmed, "mqtt_dropped": self._dropped}
 
-    def gauges(self) -> dict[str, int]:
+    def gauges(self) -> dict[str, int | float]:
         """Buffer and connection; with QoS 1 also each stream's replay mark
         (``mqtt_replay_from@<stream id>``, see :meth:`replay_from`)."""
-        gauges = {"mqtt_buffered": self.buffered, "mqtt_connected": int(self._connected.is_set())}
+        gauges: dict[str, int | float] = {"mqtt_buffered": self.buffered, "mqtt_connected": int(self._connected.is_set())}
         if self.replays:
             marks = self.replay_from()
             gauges.update({stream_key("mqtt_replay_from", sid): marks[name]

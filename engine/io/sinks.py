@@ -1,10 +1,11 @@
 """Result sinks: JSON lines, annotated images, an annotated video, and the drawing they share.
 
-Records arrive in frame order (see the postprocessor); ``frame`` is the original BGR frame, or
-None when the record has no pixels (an error, or a frame not kept), in which case only the JSON
-lines sink writes. ``line`` is the record as :func:`encode_record` writes it, made once per record
-for every sink that sends text (results.jsonl, MQTT). :meth:`JsonlSink.recover` makes a restart
-after a crash resume cleanly.
+Every sink takes :class:`~engine.core.results.FrameResult` s, in frame order (see the
+postprocessor); ``frame`` is the original BGR frame, or None when the result has no pixels (an
+error, or a frame not kept), in which case only the JSON lines sink writes. ``line`` is the
+result's :meth:`~engine.core.results.FrameResult.to_json`, made once per result for every sink
+that sends text (results.jsonl, MQTT). :meth:`JsonlSink.recover` makes a restart after a crash
+resume cleanly.
 """
 from __future__ import annotations
 
@@ -14,14 +15,18 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from engine.config import OutputConfig
-from engine.core.results import FrameResult, encode_record
+from engine.core.results import STATUS_ERROR, Classification, Detection, FrameResult
 from engine.io.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from engine.protocol.messages import RecordMsg
+
+if TYPE_CHECKING:
+    import zmq
 
 RED = (0, 0, 255)
 WHITE = (255, 255, 255)
@@ -33,7 +38,7 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 class Sink(ABC):
-    """Where results go; ``write`` is called once per record, in frame order.
+    """Where results go; ``write`` is called once per result, in frame order.
 
     ``draws`` sinks want the frame (and boxes in the frame's stored size); ``flush`` is called
     after each group of writes, before the frames are acknowledged as written; ``poll`` every
@@ -45,12 +50,13 @@ class Sink(ABC):
     replays: bool = False   # wants the records it had not delivered when its process died
 
     @abstractmethod
-    def write(self, record: dict, frame: np.ndarray | None, line: str | None = None) -> None: ...
+    def write(self, result: FrameResult, frame: np.ndarray | None, line: str | None = None) -> None:
+        """Take one result; ``line``, when given, is its :meth:`FrameResult.to_json`."""
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 (optional: most sinks have nothing to flush)
         """Make what was written durable enough to survive this process dying."""
 
-    def poll(self) -> None:
+    def poll(self) -> None:  # noqa: B027 (optional: most sinks have no background work)
         """Background work that cannot wait for the next record."""
 
     def counters(self) -> dict[str, int]:
@@ -81,8 +87,8 @@ class JsonlSink(Sink):
         self._size = os.fstat(self._fd).st_size     # bytes of whole lines in the file
         self._lines: list[str] = []
 
-    def write(self, record: dict, frame: np.ndarray | None = None, line: str | None = None) -> None:
-        self._lines.append((encode_record(record) if line is None else line) + "\n")
+    def write(self, result: FrameResult, frame: np.ndarray | None = None, line: str | None = None) -> None:
+        self._lines.append((result.to_json() if line is None else line) + "\n")
 
     def flush(self) -> None:
         data = "".join(self._lines).encode("utf-8", errors="backslashreplace")
@@ -156,10 +162,10 @@ def _label(image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, 
     cv2.putText(image, text, (x + 1, y - base - 1), _FONT, scale, text_color, thickness, cv2.LINE_AA)
 
 
-def _name(item: dict, labels: Sequence[str]) -> str:
-    class_id = int(item.get("class_id", 0))
-    label = item.get("label") or (labels[class_id] if 0 <= class_id < len(labels) else str(class_id))
-    return _ascii(f"{label} {float(item.get('score', 0.0)):.2f}")
+def _name(item: Detection | Classification, labels: Sequence[str]) -> str:
+    class_id = int(item.class_id)
+    label = item.label or (labels[class_id] if 0 <= class_id < len(labels) else str(class_id))
+    return _ascii(f"{label} {float(item.score):.2f}")
 
 
 def _wrap(text: str, width_px: int, scale: float, thickness: int) -> list[str]:
@@ -168,30 +174,29 @@ def _wrap(text: str, width_px: int, scale: float, thickness: int) -> list[str]:
     return [text[i:i + per_line] for i in range(0, len(text), per_line)] or [""]
 
 
-def draw(frame: np.ndarray, record: dict, labels: Sequence[str] = ()) -> np.ndarray:
+def draw(frame: np.ndarray, result: FrameResult, labels: Sequence[str] = ()) -> np.ndarray:
     """An annotated copy of ``frame``: boxes, "label score" and keypoints for detections,
-    the top class for classification, the error in red for an error record."""
+    the top class for classification, the error in red for an error result."""
     image = frame.copy()
     h, w = image.shape[:2]
     scale = max(0.4, min(h, w) / 900)
     thickness = max(1, round(scale * 2))
     line_h = cv2.getTextSize("Mg", _FONT, scale, thickness)[0][1] * 2
-    if record.get("status") == "error":
-        text = _ascii(f"{record.get('stage', 'error')}: {record.get('error', '')}")
+    if result.status == STATUS_ERROR:
+        text = _ascii(f"{result.stage}: {result.error}")
         for row, line in enumerate(_wrap(text, w - 4, scale, thickness)):
             _label(image, line, 2, (row + 1) * line_h, RED, scale, thickness)
         return image
-    for det in record.get("detections", ()):
-        color = _color(int(det.get("class_id", 0)))
-        x1, y1, x2, y2 = (int(round(min(max(float(v), -1.0), 1e6))) for v in det["box"])
+    for det in result.detections or ():
+        color = _color(int(det.class_id))
+        x1, y1, x2, y2 = (int(round(min(max(float(v), -1.0), 1e6))) for v in det.box)
         cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
         _label(image, _name(det, labels), x1, y1, color, scale, thickness)
-        for x, y in det.get("keypoints", ()):
+        for x, y in det.keypoints or ():
             cv2.circle(image, (int(round(x)), int(round(y))), thickness + 2, color, cv2.FILLED)
-    classes = record.get("classes")
-    if classes:
-        _label(image, _name(classes[0], labels), 2, line_h, _color(int(classes[0].get("class_id", 0))),
-               scale, thickness)
+    if result.classes:
+        top = result.classes[0]
+        _label(image, _name(top, labels), 2, line_h, _color(int(top.class_id)), scale, thickness)
     return image
 
 
@@ -212,8 +217,8 @@ class ImageSink(Sink):
         self._labels = labels
         self._owner: dict[str, str] = {}   # file name → source that took it
 
-    def file_name(self, record: dict) -> str:
-        source = str(record.get("source", ""))
+    def file_name(self, result: FrameResult) -> str:
+        source = result.source
         stem = Path(source.split("?")[0].rstrip("/")).name
         suffix = Path(stem).suffix.lower()
         still = suffix in IMAGE_EXTENSIONS
@@ -221,18 +226,18 @@ class ImageSink(Sink):
             stem = stem[:-len(suffix)]
         stem = _UNSAFE.sub("_", stem) or "frame"
         if not still:
-            stem = f"{stem}_{int(record.get('frame_index', 0)):06d}"
+            stem = f"{stem}_{result.frame_index:06d}"
         if self._owner.setdefault(f"{stem}.jpg", source) != source:
-            stem = f"{stem}_{record['frame_id']}"
+            stem = f"{stem}_{result.frame_id}"
         return f"{stem}.jpg"
 
-    def write(self, record: dict, frame: np.ndarray | None, line: str | None = None) -> None:
+    def write(self, result: FrameResult, frame: np.ndarray | None, line: str | None = None) -> None:
         if frame is None:
             return
-        ok, data = cv2.imencode(".jpg", draw(frame, record, self._labels))
+        ok, data = cv2.imencode(".jpg", draw(frame, result, self._labels))
         if not ok:
-            raise OSError(f"cannot encode annotated frame {record.get('frame_id')} as JPEG")
-        data.tofile(self.directory / self.file_name(record))   # tofile: any Unicode name
+            raise OSError(f"cannot encode annotated frame {result.frame_id} as JPEG")
+        data.tofile(self.directory / self.file_name(result))   # tofile: any Unicode name
 
     def close(self) -> None:
         self._owner.clear()
@@ -255,19 +260,19 @@ class VideoSink(Sink):
     def _open(self, width: int, height: int) -> cv2.VideoWriter:
         self._size = (max(2, width - width % 2), max(2, height - height % 2))
         for path, fourcc in ((self.path, "mp4v"), (self.path.with_suffix(".avi"), "MJPG")):
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), self._fps, self._size)
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), self._fps, self._size)
             if writer.isOpened():
                 self.path = path
                 return writer
             writer.release()
         raise OSError(f"cannot write video {self.path}: neither mp4v nor MJPG encoder opened")
 
-    def write(self, record: dict, frame: np.ndarray | None, line: str | None = None) -> None:
+    def write(self, result: FrameResult, frame: np.ndarray | None, line: str | None = None) -> None:
         if frame is None:
             return
         if self._writer is None:
             self._writer = self._open(frame.shape[1], frame.shape[0])
-        image = draw(frame, record, self._labels)
+        image = draw(frame, result, self._labels)
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(image)
@@ -279,7 +284,7 @@ class VideoSink(Sink):
 
 
 class PerStream(Sink):
-    """One sink per stream, made on the stream's first record by ``make(stream name)``
+    """One sink per stream, made on the stream's first result by ``make(stream name)``
     (``images/<stream>/``, ``video/<stream>.mp4``)."""
 
     draws = True
@@ -288,12 +293,12 @@ class PerStream(Sink):
         self._make = make
         self._sinks: dict[str, Sink] = {}
 
-    def write(self, record: dict, frame: np.ndarray | None, line: str | None = None) -> None:
-        name = str(record.get("stream", "stream"))
+    def write(self, result: FrameResult, frame: np.ndarray | None, line: str | None = None) -> None:
+        name = result.stream
         sink = self._sinks.get(name)
         if sink is None:
             sink = self._sinks[name] = self._make(name)
-        sink.write(record, frame, line)
+        sink.write(result, frame, line)
 
     def flush(self) -> None:
         for sink in self._sinks.values():
@@ -308,9 +313,10 @@ class PerStream(Sink):
 # ---- a library pipeline's iterator ---------------------------------------------------------------
 
 class ApiSink(Sink):
-    """Every record to the :class:`engine.api.pipeline.Pipeline` that runs this pipeline, as a
-    :class:`~engine.protocol.messages.RecordMsg` on a ZeroMQ PUSH socket, in order, then an end marker
-    when the run has written its last record (:meth:`close`).
+    """Every result to the :class:`engine.api.pipeline.Pipeline` that runs this pipeline, as a
+    :class:`~engine.protocol.messages.RecordMsg` (its :meth:`~FrameResult.to_dict`, which the
+    pipeline reads back with :meth:`~FrameResult.from_dict`) on a ZeroMQ PUSH socket, in order, then
+    an end marker when the run has written its last result (:meth:`close`).
 
     It never blocks the postprocessor: records the consumer's queue cannot take yet wait in a
     FIFO, sent on the next :meth:`poll`; while more than ``limit`` wait, :attr:`backlogged` tells
@@ -323,7 +329,7 @@ class ApiSink(Sink):
 
         from engine.protocol.channels import make_socket
         self._zmq = zmq
-        self._socket = make_socket(zmq.Context.instance(), zmq.PUSH, connect=endpoint, hwm=limit)
+        self._socket: zmq.Socket | None = make_socket(zmq.Context.instance(), zmq.PUSH, connect=endpoint, hwm=limit)
         self._fifo: deque[bytes] = deque()
         self._limit = limit
         self._ended = False
@@ -337,8 +343,8 @@ class ApiSink(Sink):
         """Messages not yet handed to ZeroMQ."""
         return len(self._fifo)
 
-    def write(self, record: dict, frame: np.ndarray | None, line: str | None = None) -> None:
-        self._fifo.append(RecordMsg(record).encode())
+    def write(self, result: FrameResult, frame: np.ndarray | None, line: str | None = None) -> None:
+        self._fifo.append(RecordMsg(result.to_dict()).encode())
         self.poll()
 
     def poll(self) -> None:

@@ -15,8 +15,8 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,10 +72,10 @@ class Source(ABC):
         self._done = False
         self._failure: Exception | None = None
         self._thread: threading.Thread | None = None
-        self._items: Iterator[SourceItem] | None = None
+        self._items: Generator[SourceItem, None, None] | None = None
 
     @abstractmethod
-    def _read(self) -> Iterator[SourceItem]:
+    def _read(self) -> Generator[SourceItem, None, None]:
         """Items in order, read synchronously; stops early once ``self._closed`` is set."""
 
     def __iter__(self) -> Iterator[SourceItem]:
@@ -112,7 +112,7 @@ class Source(ABC):
 
     # ---- live mode: a reader thread and a one-frame buffer -------------------------------------
 
-    def _live_items(self) -> Iterator[SourceItem]:
+    def _live_items(self) -> Generator[SourceItem, None, None]:
         self._thread = threading.Thread(target=self._produce, name=f"source-{type(self).__name__}",
                                         daemon=True)
         self._thread.start()
@@ -345,13 +345,14 @@ class FolderSource(Source):
         cpu_ns = time.thread_time_ns() - c_ns if in_pool else 0
         return SourceItem(index, str(path), 0, frame, error, original, t_ns, cpu_ns)
 
-    def _read(self) -> Iterator[SourceItem]:
+    def _read(self) -> Generator[SourceItem, None, None]:
         if self._period or DECODE_THREADS < 2:
             yield from self._read_paced()
             return
         # unpaced: several images decode at once (OpenCV releases the GIL), yielded in order
         with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode") as pool:
-            images, ahead = self._images(), deque()
+            images = self._images()
+            ahead: deque[Future[SourceItem]] = deque()
             try:
                 while not self._closed.is_set():
                     while len(ahead) < 2 * DECODE_THREADS and (image := next(images, None)) is not None:
@@ -363,7 +364,7 @@ class FolderSource(Source):
                 for future in ahead:
                     future.cancel()
 
-    def _read_paced(self) -> Iterator[SourceItem]:
+    def _read_paced(self) -> Generator[SourceItem, None, None]:
         due = time.monotonic()
         for index, path in self._images():
             if self._period:
@@ -390,7 +391,7 @@ class VideoSource(Source):
         self._skip = skip
         self._realtime = realtime or live    # a live file plays in real time
 
-    def _read(self) -> Iterator[SourceItem]:
+    def _read(self) -> Generator[SourceItem, None, None]:
         n = 0
         for loop in range(self._loop):
             count = yield from self._pass(loop * n)
@@ -398,7 +399,7 @@ class VideoSource(Source):
             if self._closed.is_set():
                 return
 
-    def _pass(self, base: int) -> Iterator[SourceItem]:
+    def _pass(self, base: int) -> Generator[SourceItem, None, int]:
         """One play of the file with indices from ``base``; returns the number of indices used."""
         where = str(self.path)
         cap = cv2.VideoCapture(where, cv2.CAP_FFMPEG)
@@ -433,7 +434,7 @@ class VideoSource(Source):
                     if self._skip is None or not self._skip(base + k):
                         yield SourceItem(base + k, where, k, None, f"corrupt video frame {k}: {where}")
                 failed = 0
-                if not skipped:
+                if frame is not None:                # None: skipped, grabbed only
                     yield SourceItem(base + i, where, i, as_bgr8(frame), None, t_ns=t_ns)
                 i += 1
             i -= failed                              # trailing failures were the end of the file
@@ -478,7 +479,7 @@ class CaptureSource(Source):
         cap.release()
         return None
 
-    def _read(self) -> Iterator[SourceItem]:
+    def _read(self) -> Generator[SourceItem, None, None]:
         cap = self._open()
         if cap is None:
             why = ("camera (no such device, or busy)" if self.uri.isdigit() or self.uri.startswith("/dev/")

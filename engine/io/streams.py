@@ -16,8 +16,8 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 
 from engine.config import MAX_STREAMS, RunConfig, SourceConfig
-from engine.core.errors import ConfigError
 from engine.config.streams import is_live_uri
+from engine.core.errors import ConfigError
 
 MIN_SLOTS_PER_STREAM = 3         # one being filled, one being resized, one waiting
 MAX_AUTO_DECODERS = 8
@@ -120,7 +120,7 @@ def plan(cfg: RunConfig, slots_per_stream: int = 0, cores: int | None = None, sp
     before the files do; every stream gets ``slots_per_stream`` raw slots (default
     ``max(3, raw_slots // streams)``), and so does each of ``spare`` ranges for streams added later.
     """
-    sources = cfg.sources or [cfg.source]
+    sources = cfg.streams
     n = len(sources)
     if n > MAX_STREAMS:
         raise ConfigError(f"{n} streams: one run takes at most {MAX_STREAMS}; split them over several runs")

@@ -28,7 +28,7 @@ from engine.model.runtime import ov
 log = logging.getLogger(__name__)
 
 OFF = tuple(word for word in CACHE_WORDS if word != "auto")
-_CODE = ("prepare.py", "tflite_ops.py")                               # the engine's reading and preparation: part of every key
+_CODE = ("prepare.py", "tflite_ops.py")        # the engine's reading and preparation: part of every key
 FACT_FIELDS = {"name", "layout", "height", "width", "channels"}     # engine.model.prepare.InputInfo
 
 

@@ -289,7 +289,8 @@ def load_compiled(core: ov.Core, cfg: RunConfig, device: str, batch: int) -> ov.
             return compile_model(core, str(hit[0]), device, cfg.inference)
         except DeviceError as exc:    # a damaged entry: the original file still decides
             log.warning("the cached model %s did not compile (%s): reading %s", hit[0].parent, exc, cfg.model.path)
-            cache.discard(cfg.model, batch)
+            if cache is not None:
+                cache.discard(cfg.model, batch)
     original = read_model(core, cfg.model.path)
     facts = model_facts(original, cfg.model)
     model, _ = prepare_model(original, cfg.model, batch)

@@ -29,6 +29,8 @@ anchor are refused with a clear message rather than translated approximately.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import openvino.opset13 as ops
 from openvino.frontend import ConversionExtension, NodeContext
@@ -38,7 +40,7 @@ from engine.model.runtime import ov  # before any other openvino import: see its
 OP_TYPE = "TFLite_Detection_PostProcess"
 
 
-def _attribute(node: NodeContext, name: str, default: object) -> object:
+def _attribute(node: NodeContext, name: str, default: Any) -> Any:
     """A custom-option attribute; options the exporter left out take the kernel's defaults."""
     return node.get_attribute(name, default_value=default)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -30,8 +31,12 @@ PLAIN_STREAM_LINES = 8        # plain mode: one line per stream up to this many,
 _STATE_RANK = {"failed": 0, "reconnecting": 1, "starting": 2, "live": 3, "running": 3, "ended": 4}
 
 
-class Dashboard:
-    """Shows snapshots live on a terminal, as periodic plain lines elsewhere."""
+S = TypeVar("S")
+
+
+class LiveView(Generic[S]):
+    """Shows the latest view of type ``S`` live on a terminal, as periodic plain lines elsewhere;
+    a subclass says how one is drawn (:meth:`_renderable`) and printed (:meth:`_print_plain`)."""
 
     def __init__(self, refresh_hz: float = 4.0, console: Console | None = None,
                  plain_interval_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
@@ -41,12 +46,12 @@ class Dashboard:
         self.plain_interval_s = plain_interval_s
         self.live_mode = self.console.is_terminal and not plain
         self._clock = clock
-        self._snapshot: Snapshot | None = None
+        self._snapshot: S | None = None
         self._live: Live | None = None
         self._last_plain: float | None = None
-        self._printed: Snapshot | None = None
+        self._printed: S | None = None
 
-    def __enter__(self) -> Dashboard:
+    def __enter__(self) -> LiveView[S]:
         self.start()
         return self
 
@@ -66,7 +71,7 @@ class Dashboard:
         next line is due in plain mode (a snapshot costs the supervisor milliseconds)."""
         return self.live_mode or self._last_plain is None or self._clock() - self._last_plain >= self.plain_interval_s
 
-    def update(self, snapshot: Snapshot) -> None:
+    def update(self, snapshot: S) -> None:
         """Hand over the newest snapshot (live: swapped in; plain: printed when due)."""
         self._snapshot = snapshot
         if self.live_mode:
@@ -84,6 +89,16 @@ class Dashboard:
         elif not self.live_mode and self._snapshot is not None:
             if self._printed is not self._snapshot:
                 self._print_plain(self._snapshot)
+
+    def _print_plain(self, snapshot: S) -> None:
+        raise NotImplementedError
+
+    def _renderable(self) -> RenderableType:
+        raise NotImplementedError
+
+
+class Dashboard(LiveView[Snapshot]):
+    """One engine's live view: its :class:`~engine.observe.metrics.Snapshot`."""
 
     def _print_plain(self, snapshot: Snapshot) -> None:
         self._printed = snapshot
@@ -299,10 +314,8 @@ def _visible_stages(snap: Snapshot) -> list[StageRow]:
 def stages_table(snap: Snapshot, all_scopes: bool = False) -> Table:
     """Latency per stage (and per device / worker): count, p50, p95, max in ms."""
     table = Table(title="stages (ms)", box=box.SIMPLE_HEAD, title_justify="left")
-    for name, kw in (("stage", {}), ("scope", {}), ("count", {"justify": "right"}),
-                     ("p50", {"justify": "right"}), ("p95", {"justify": "right"}),
-                     ("max", {"justify": "right"})):
-        table.add_column(name, **kw)
+    for name in ("stage", "scope", "count", "p50", "p95", "max"):
+        table.add_column(name, justify="left" if name in ("stage", "scope") else "right")
     rows = snap.stages if all_scopes else _visible_stages(snap)
     for r in rows:
         table.add_row(r.stage, r.scope or "all", str(r.count), _ms(r.p50_ms), _ms(r.p95_ms),

@@ -126,7 +126,7 @@ class SnapshotCollector(Collector):
     @staticmethod
     def _devices(snap: Snapshot) -> Iterator[Metric]:
         labels = ["device", "worker"]
-        families = {
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "frames": CounterMetricFamily("ovstream_device_frames", "Frames inferred", labels=labels),
             "batches": CounterMetricFamily("ovstream_device_batches", "Batches inferred", labels=labels),
             "errors": CounterMetricFamily("ovstream_device_errors", "Frames that failed inference",

@@ -20,7 +20,7 @@ class CurrentStderr(logging.StreamHandler):
         logging.Handler.__init__(self)       # no stream of its own: see the property
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
 

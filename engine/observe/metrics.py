@@ -272,9 +272,9 @@ class StageRow:
 
 def stage_row(stage: str, scope: str, h: Histogram) -> StageRow:
     """The figures of a non-empty histogram (ms, rounded to µs) with its exact buckets."""
-    return StageRow(stage, scope, h.count, *(
-        round(v, 3) for v in (h.min, h.percentile(50), h.percentile(95), h.percentile(99), h.max, h.mean,
-                              h.total)), buckets=h.cumulative())
+    low, p50, p95, p99, high, mean, total = (round(v or 0.0, 3) for v in (
+        h.min, h.percentile(50), h.percentile(95), h.percentile(99), h.max, h.mean, h.total))
+    return StageRow(stage, scope, h.count, low, p50, p95, p99, high, mean, total, buckets=h.cumulative())
 
 
 @dataclass(frozen=True)
@@ -767,7 +767,8 @@ class MetricsAggregator:
             in_flight = frames_in - out - errors - drops
             state = st.state
         s = st.series
-        avg = (st.ok + st.err) / (st.t_last - st.t_first) if st.t_first is not None and st.t_last > st.t_first else 0.0
+        span = st.t_last - st.t_first if st.t_first is not None and st.t_last is not None else 0.0
+        avg = (st.ok + st.err) / span if span > 0 else 0.0
         if st.ended or self._state is not None:     # the stream or the run is over: its average
             fps = avg
         elif len(s) >= 2 and now - s[-1][0] <= self.window_s and s[-1][0] > s[0][0]:

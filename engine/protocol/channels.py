@@ -9,7 +9,7 @@ Edges (binder first):
   dispatch  preprocessor ROUTER ◀▶ inference DEALER       BatchMsg ▶, CreditMsg ◀
   inputs    preprocessor PULL  ◀ postprocessor PUSH       ReleaseMsg (input slots, by batch id)
   results   postprocessor PULL ◀ every stage PUSH         ResultMsg, ErrorMsg, EndOfSource
-  control   supervisor ROUTER  ◀▶ every stage DEALER      Ready/Stats/Ack/Fatal ◀, ControlMsg ▶
+  control   supervisor ROUTER  ◀▶ every stage DEALER      Ready/Stats/Ack/Fatal and replies ◀, commands ▶
 """
 from __future__ import annotations
 

@@ -134,7 +134,8 @@ def decode(data: bytes | memoryview) -> Message:
     return msg
 
 
-_SCALARS = {"int": int, "str": str, "bool": bool, "dict": dict, "float": (int, float)}
+_SCALARS: dict[str, type | tuple[type, ...]] = {
+    "int": int, "str": str, "bool": bool, "dict": dict, "float": (int, float)}
 
 
 def _check_types(msg: Message) -> None:
@@ -142,8 +143,11 @@ def _check_types(msg: Message) -> None:
     for f in fields(msg):  # type: ignore[arg-type]
         value, declared = getattr(msg, f.name), str(f.type)
         outer, _, inner = declared.partition("[")
-        if outer in _SCALARS:
-            ok = isinstance(value, _SCALARS[outer]) and not (outer == "int" and isinstance(value, bool))
+        if outer == "dict" and inner:           # dict[K, V]: every key and value as declared too
+            key, _, item = inner.rstrip("]").partition(", ")
+            ok = isinstance(value, dict) and all(_is(k, key) and _is(v, item) for k, v in value.items())
+        elif outer in _SCALARS:
+            ok = _is(value, outer)
         elif outer == "list":
             item = inner.rstrip("]")
             ok = isinstance(value, list) and (item not in _SCALARS or all(
@@ -152,6 +156,13 @@ def _check_types(msg: Message) -> None:
             ok = True                       # FrameRef fields were checked by from_wire
         if not ok:
             raise MessageError(f"{msg.TYPE} message: field '{f.name}' is not {declared}")
+
+
+def _is(value: Any, declared: str) -> bool:
+    """``value`` is of scalar type ``declared`` (a bool is no int; other types are not checked here)."""
+    if declared not in _SCALARS:
+        return True
+    return isinstance(value, _SCALARS[declared]) and not (declared == "int" and isinstance(value, bool))
 
 
 # ---- data plane -------------------------------------------------------------------------------
@@ -344,15 +355,141 @@ class AckMsg(Message):
     generation: int = 0
 
 
-@dataclass(slots=True)
-class ControlMsg(Message):
-    """supervisor ⇄ children: ``start``, ``stop``, ``worker_down`` (``arg`` = worker instance),
-    ``decoder_down`` (``arg`` = decoder name, to the preprocessor, which fences that decoder's
-    frames and answers ``decoder_fenced`` with ``arg`` = JSON ``{"decoder", "next": {stream: id}}``)."""
+# ---- control plane: commands (supervisor ⇄ stages) -----------------------------------------------
+# One message type per command; a stage's :class:`workers.runtime.Stage` dispatches them by type.
 
-    TYPE: ClassVar[str] = "control"
-    command: str
-    arg: str = ""
+@dataclass(slots=True)
+class StartMsg(Message):
+    """supervisor → every stage: all stages are up, go (a decoder starts reading)."""
+
+    TYPE: ClassVar[str] = "start"
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class StopMsg(Message):
+    """supervisor → every stage: finish this loop turn, close, exit."""
+
+    TYPE: ClassVar[str] = "stop"
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class WorkerDownMsg(Message):
+    """supervisor → preprocessor: inference instance ``worker`` (``name@pid``) died; the batches it
+    held go back to the queue."""
+
+    TYPE: ClassVar[str] = "worker_down"
+    worker: str
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class DecoderDownMsg(Message):
+    """supervisor → preprocessor: decoder ``decoder`` died; frames of its instances older than
+    ``epoch`` are fenced off. Answered by :class:`DecoderFencedMsg`."""
+
+    TYPE: ClassVar[str] = "decoder_down"
+    decoder: int
+    epoch: int
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class DecoderFencedMsg(Message):
+    """preprocessor → supervisor: decoder ``decoder``'s waiting frames are dropped and later ones
+    will be; ``next_ids`` maps each of its streams (``str(sid)``) to one past the highest frame id
+    that passed (where a live stream's successor goes on numbering)."""
+
+    TYPE: ClassVar[str] = "decoder_fenced"
+    decoder: int
+    next_ids: dict[str, int]
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class StreamFields:
+    """A stream's place, as a command carries it: the fields of :class:`engine.io.streams.StreamSpec`
+    (a stream being added or opened is never ``removed``)."""
+
+    sid: int
+    name: str
+    uri: str
+    live: bool
+    decoder: int
+    slot_lo: int
+    slot_hi: int
+
+    def stream_fields(self) -> dict[str, Any]:
+        """The stream's fields by name (``StreamSpec(**msg.stream_fields())``)."""
+        return {f.name: getattr(self, f.name) for f in fields(StreamFields)}
+
+
+@dataclass(slots=True)
+class AddStreamMsg(Message, StreamFields):
+    """supervisor → preprocessor and postprocessor: a library pipeline added this stream (known
+    before its first frame); each answers :class:`StreamAddedMsg`."""
+
+    TYPE: ClassVar[str] = "add_stream"
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class StreamAddedMsg(Message):
+    """preprocessor or postprocessor → supervisor: it knows stream ``stream`` now."""
+
+    TYPE: ClassVar[str] = "stream_added"
+    stream: int
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class OpenStreamMsg(Message, StreamFields):
+    """supervisor → the stream's decoder, once every stage downstream knows it: read it from
+    ``source`` (a ``[[sources]]`` entry, as :meth:`engine.config.SourceConfig.to_dict` gives it).
+    A source that cannot be opened is answered by :class:`StreamFailedMsg`."""
+
+    TYPE: ClassVar[str] = "open_stream"
+    source: dict
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class StreamFailedMsg(Message):
+    """decoder → supervisor: stream ``stream`` could not be opened (``error``): it ends there."""
+
+    TYPE: ClassVar[str] = "stream_failed"
+    stream: int
+    error: str
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class CloseStreamMsg(Message):
+    """supervisor → decoder: stream ``stream`` was removed; stop reading it and send its end.
+    Answered by :class:`StreamClosedMsg` once every raw slot of it is back."""
+
+    TYPE: ClassVar[str] = "close_stream"
+    stream: int
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class StreamClosedMsg(Message):
+    """decoder → supervisor: removed stream ``stream``'s raw-slot range is free again."""
+
+    TYPE: ClassVar[str] = "stream_closed"
+    stream: int
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class EndStreamMsg(Message):
+    """supervisor → postprocessor: removed stream ``stream`` lost its decoder before its end; it
+    ends with what was written."""
+
+    TYPE: ClassVar[str] = "end_stream"
+    stream: int
     generation: int = 0
 
 

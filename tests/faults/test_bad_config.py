@@ -64,7 +64,8 @@ def test_config_file_that_is_not_text(engine_env, tmp_path, content, expected):
 @pytest.mark.parametrize("table, expected", [
     ("[inference.properties.CPU]\nNUM_STRAEMS = 2\n",
      "[inference.properties.CPU] NUM_STRAEMS is not a property of CPU (did you mean 'NUM_STREAMS'?)"),
-    ("[inference.properties.CPU]\nFULL_DEVICE_NAME = 'x'\n", "[inference.properties.CPU] FULL_DEVICE_NAME is read-only"),
+    ("[inference.properties.CPU]\nFULL_DEVICE_NAME = 'x'\n",
+     "[inference.properties.CPU] FULL_DEVICE_NAME is read-only"),
     ("[inference.properties.CPU]\nNUM_STREAMS = 'abc'\n",
      "[inference.properties.CPU] NUM_STREAMS: CPU refused it: Could not read number of streams"),
     ("[inference.properties.CPU]\nINFERENCE_PRECISION_HINT = 'f13'\n", "Supported values: bf16, f16, f32"),
@@ -219,11 +220,13 @@ NANODET = shared("models/nanodet_m/nanodet_m_416.onnx")
     ([], f"[model]\nname = 'net'\npath = '{EFFICIENTNET}'\nadapter = 'classification'\n[model.preprocess]\n"
          f"color = 'GRAY'\nmean = [0.0]\nscale = [1.0]\n",
      ["color GRAY gives 1 channel(s)", "efficientnet_lite0_fp16.xml has 3: use RGB or BGR"]),
-    ([], f"[model]\nname = 'net'\npath = '{EFFICIENTNET}'\nadapter = 'classification'\n[model.params]\nlayout = 'NHWC'\n",
+    ([], f"[model]\nname = 'net'\npath = '{EFFICIENTNET}'\nadapter = 'classification'\n"
+         f"[model.params]\nlayout = 'NHWC'\n",
      ["read as NHWC is 3×224×224, not an image of 1 or 3 channels", "layout = 'NHWC' reads it so"]),
     (["--model", str(EFFICIENTNET), "--adapter", "tf_od_api"], "", ["tf_od_api expects", "logits [1, 1000]"]),
     (["--model", str(NANODET), "--adapter", "yolo"], "", ["yolo expects one output", "[1, 2704, 80]"]),
-    (["--model", str(MNIST), "--adapter", "nanodet"], "[model.preprocess]\ncolor = 'GRAY'\nmean = [0.0]\nscale = [1.0]\n",
+    (["--model", str(MNIST), "--adapter", "nanodet"],
+     "[model.preprocess]\ncolor = 'GRAY'\nmean = [0.0]\nscale = [1.0]\n",
      ["nanodet expects", "[1, 10]"]),
 ], ids=["mnist-rgb", "mnist-bgr", "rgb-model-gray", "wrong-layout", "classifier-as-detector", "nanodet-as-yolo",
         "classifier-as-nanodet"])

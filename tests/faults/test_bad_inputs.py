@@ -31,7 +31,8 @@ def test_folder_of_bad_and_unusual_files(engine_env, tmp_path):
     entries, ignored = build_bad_folder(folder)
     assert len(entries) >= 30 and len({e.name for e in entries}) == len(entries)
 
-    result = run_ovstream("--model", "face", "--source", str(folder), output=tmp_path / "out", env=engine_env, timeout=180)
+    result = run_ovstream("--model", "face", "--source", str(folder), output=tmp_path / "out", env=engine_env,
+                          timeout=180)
     assert result.code == 1, result.stderr                        # finished, with error records
     assert "Traceback" not in result.stderr
 
@@ -82,7 +83,8 @@ def test_video_with_corrupt_frames_in_the_middle(engine_env, tmp_path):
     video = tmp_path / "broken.avi"
     write_video(video, 40)
     corrupt_video_frames(video, [12, 25, 26])
-    result = run_ovstream("--model", "face", "--source", str(video), "--batch", "2", output=tmp_path / "out", env=engine_env,
+    result = run_ovstream("--model", "face", "--source", str(video), "--batch", "2", output=tmp_path / "out",
+                          env=engine_env,
                           timeout=120)
     assert result.code == 1, result.stderr
     records = result.records

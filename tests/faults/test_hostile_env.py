@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import COCO, REPO, RunResult, ovstream_command, run_ovstream
+from tests.conftest import COCO, FACE_ON_COCO, REPO, RunResult, ovstream_command, run_ovstream
 
 TIMEOUT = 60
 
@@ -32,7 +32,7 @@ def _one_line(result: RunResult, code: int) -> str:
 
 
 def _start(out: Path, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(ovstream_command("run", "--model", "face", "--source", str(COCO), *args, "--output", str(out), "--no-dashboard"),
+    return subprocess.Popen(ovstream_command("run", *FACE_ON_COCO, *args, "--output", str(out), "--no-dashboard"),
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -53,7 +53,7 @@ def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: flo
 def test_output_path_that_is_a_file(engine_env, tmp_path):
     out = tmp_path / "results"
     out.write_text("keep me")
-    line = _one_line(run_ovstream("--model", "face", "--source", str(COCO), output=out, env=engine_env, timeout=TIMEOUT), 2)
+    line = _one_line(run_ovstream(*FACE_ON_COCO, output=out, env=engine_env, timeout=TIMEOUT), 2)
     assert f"output folder {out} is a file" in line, line
     assert out.read_text() == "keep me"
 
@@ -61,7 +61,7 @@ def test_output_path_that_is_a_file(engine_env, tmp_path):
 def test_output_path_below_a_file(engine_env, tmp_path):
     (tmp_path / "notes").write_text("a file")
     out = tmp_path / "notes" / "run1"
-    line = _one_line(run_ovstream("--model", "face", "--source", str(COCO), output=out, env=engine_env, timeout=TIMEOUT), 2)
+    line = _one_line(run_ovstream(*FACE_ON_COCO, output=out, env=engine_env, timeout=TIMEOUT), 2)
     assert f"output folder {out} is below {tmp_path / 'notes'}, which is a file" in line, line
 
 
@@ -85,7 +85,7 @@ def test_output_folder_that_is_not_writable(engine_env, tmp_path, inside):
     locked.chmod(0o555)
     out = locked / "run1" if inside else locked
     try:
-        cmd = [*_without_dac_override(), *ovstream_command("run", "--model", "face", "--source", str(COCO), "--output", str(out),
+        cmd = [*_without_dac_override(), *ovstream_command("run", *FACE_ON_COCO, "--output", str(out),
                                                            "--no-dashboard")]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT, env=engine_env)
         line = _one_line(RunResult(proc.returncode, proc.stdout, proc.stderr, out), 2)
@@ -101,12 +101,12 @@ def test_two_runs_on_one_folder(engine_env, tmp_path):
     first = _start(out, engine_env, "--loop", "50")
     try:
         _wait_for_lines(out / "results.jsonl", 20, first)
-        line = _one_line(run_ovstream("--model", "face", "--source", str(COCO), output=out, env=engine_env, timeout=TIMEOUT), 2)
+        line = _one_line(run_ovstream(*FACE_ON_COCO, output=out, env=engine_env, timeout=TIMEOUT), 2)
         assert f"output folder {out} is in use by another ovstream run (pid {first.pid})" in line, line
     finally:
         first.kill()                       # SIGKILL: no chance to release anything
         first.communicate()
-    again = run_ovstream("--model", "face", "--source", str(COCO), output=out, env=engine_env, timeout=TIMEOUT)
+    again = run_ovstream(*FACE_ON_COCO, output=out, env=engine_env, timeout=TIMEOUT)
     assert again.code == 0, again.stderr
     assert [r["frame_id"] for r in again.records] == list(range(100))
     assert not (out / ".ovstream.lock").exists()
@@ -198,9 +198,10 @@ def test_disk_that_fills_during_the_run(engine_env, tmp_path):
 
 # ---- a stage that cannot start -------------------------------------------------------------------
 
-# A stage that exits with code 3 as it starts (once, with CRASH_ONCE_MARKER: the marker file
-# remembers it did). Forked stages run the ``run`` of the module the supervisor imported, so the
-# postprocessor's is wrapped there; an inference worker is its own interpreter and exits at once.
+# A stage that exits with code CRASH_CODE (default 3) as it starts, without a word to the supervisor
+# (once, with CRASH_ONCE_MARKER: the marker file remembers it did). Forked stages run the ``run`` of
+# the module the supervisor imported, so the postprocessor's is wrapped there; an inference worker
+# is its own interpreter and exits at once.
 _CRASH_AT_START = """
 import importlib.abc, importlib.machinery, os, sys
 
@@ -210,7 +211,7 @@ def _crash_now():
         return False
     if marker:
         open(marker, "w").close()
-    os._exit(3)
+    os._exit(int(os.environ.get("CRASH_CODE", "3")))
 
 if os.environ["CRASH_ROLE"] == "inference" and "workers.inference" in sys.orig_argv:
     _crash_now()
@@ -263,6 +264,23 @@ def test_stage_that_dies_during_start_up_is_retried(engine_env, tmp_path, once, 
         assert lines[:2] == [retry, retry] and len(lines) == 3, result.stderr
         assert lines[2].startswith(f"ovstream run: {name} could not start: exited 3 times during start-up "
                                    "(last exit code 3); see "), lines[2]
+
+
+@pytest.mark.parametrize("role", ["postprocessor", "inference"], ids=["forked", "execd"])
+def test_stage_that_exits_with_the_usage_code_is_never_restarted(engine_env, tmp_path, role):
+    """Exit code 2 is a stage's "I reported a mistake a restart cannot fix" (a full disk, a bad
+    input): even when its report is lost, the run stops with one line and exit 2, no restart."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_CRASH_AT_START)
+    env = dict(engine_env, PYTHONPATH=os.pathsep.join(filter(None, [str(hook), engine_env.get("PYTHONPATH")])),
+               CRASH_ROLE=role, CRASH_CODE="2")
+    config = tmp_path / "c.toml"
+    config.write_text(f"[source]\nuri = '{COCO}'\n[model]\nname = 'face'\n")
+    result = run_ovstream(str(config), output=tmp_path / "out", env=env, timeout=TIMEOUT)
+    name = "inference-0" if role == "inference" else role
+    line = _one_line(result, 2)
+    assert line.startswith(f"ovstream run: {name} stopped on an error (exit code 2); see "), line
 
 
 # ---- Ctrl-C at random early moments --------------------------------------------------------------

@@ -13,13 +13,14 @@ import psutil
 import pytest
 import zmq
 
-from tests.conftest import COCO, REPO, ovstream_command
+from tests.conftest import FACE_ON_COCO, REPO, ovstream_command
 
 FRAMES = 300          # 100 images x 3 loops
 
 
 def _start(out: Path, env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(ovstream_command("run", "--model", "face", "--source", str(COCO), "--loop", "3", "--output", str(out), "--no-dashboard", *extra),
+    return subprocess.Popen(ovstream_command("run", *FACE_ON_COCO, "--loop", "3", "--output", str(out),
+                                             "--no-dashboard", *extra),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

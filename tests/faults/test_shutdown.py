@@ -17,7 +17,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import COCO, REPO, _held_memfds, _run_dirs, _tagged_processes, ovstream_command, run_ovstream
+from tests.conftest import (
+    COCO,
+    FACE_ON_COCO,
+    REPO,
+    _held_memfds,
+    _run_dirs,
+    _tagged_processes,
+    ovstream_command,
+    run_ovstream,
+)
 
 STOP_LIMIT_S = 3.0            # the command returns within this long after the signal
 EXIT_SIGTERM = (130, 143, -signal.SIGTERM)
@@ -30,7 +39,8 @@ class _Run:
         self.out = tmp_path / "out"
         self.stdout_path, self.stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         with open(self.stdout_path, "wb") as so, open(self.stderr_path, "wb") as se:
-            self.proc = subprocess.Popen(ovstream_command("run", "--model", "face", "--source", str(COCO), *args, "--output", str(self.out), "--no-dashboard"),
+            self.proc = subprocess.Popen(ovstream_command("run", *FACE_ON_COCO, *args, "--output", str(self.out),
+                                                          "--no-dashboard"),
                                          cwd=REPO, stdout=so, stderr=se, env=env)
         self.started = time.monotonic()
 

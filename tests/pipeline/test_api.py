@@ -58,7 +58,7 @@ def test_results_are_the_cli_results_and_the_run_writes_them_too(tag, engine_env
 
 def test_break_out_of_the_loop_stops_everything(tag, tmp_path):
     with ovstream.Pipeline(source=COCO, loop=50, output=tmp_path / "out", **FACE) as pipe:
-        for n, result in enumerate(pipe):
+        for n, _ in enumerate(pipe):
             if n == 5:
                 break
         assert pipe.running            # a `with` holds it: iterating may go on
@@ -67,7 +67,7 @@ def test_break_out_of_the_loop_stops_everything(tag, tmp_path):
     assert not pipe.running and pipe.outcome is not None
     assert leftovers(tag) == []
     # a loop over a pipeline that no `with` holds owns it: leaving the loop stops it
-    for n, result in enumerate(ovstream.Pipeline(source=COCO, loop=50, output=tmp_path / "loop", **FACE)):
+    for n, _ in enumerate(ovstream.Pipeline(source=COCO, loop=50, output=tmp_path / "loop", **FACE)):
         if n == 3:
             break
     assert leftovers(tag) == []
@@ -97,8 +97,8 @@ def test_a_restarted_postprocessor_hands_the_iterator_every_result_once(tag, tmp
 def test_an_exception_in_the_block_stops_everything_and_goes_on_up(tag, tmp_path):
     with pytest.raises(ZeroDivisionError):
         with ovstream.Pipeline(source=COCO, loop=50, output=tmp_path / "out", **FACE) as pipe:
-            for result in pipe:
-                1 / 0
+            for _ in pipe:
+                _ = 1 / 0
     assert pipe.outcome is not None and leftovers(tag) == []
 
 
@@ -107,7 +107,7 @@ def test_ctrl_c_in_the_loop_stops_everything(tag, tmp_path):
     supervisor runs in its own session, so it is the `with` block that stops it, cleanly."""
     with pytest.raises(KeyboardInterrupt):
         with ovstream.Pipeline(source=COCO, loop=50, output=tmp_path / "out", **FACE) as pipe:
-            for result in pipe:
+            for _ in pipe:
                 signal.raise_signal(signal.SIGINT)
     assert pipe.outcome["exit_code"] == 0 and pipe.outcome["report"]["state"] == "stopped"
     assert leftovers(tag) == []
@@ -139,7 +139,7 @@ def test_two_pipelines_in_one_process(tag, tmp_path):
     with ovstream.Pipeline(source=COCO, output=tmp_path / "a", **FACE) as a, \
             ovstream.Pipeline(source=COCO, output=tmp_path / "b", **FACE) as b:
         ids: dict[str, list[int]] = defaultdict(list)
-        for ra, rb in zip(a, b):                    # interleaved: neither waits for the other's end
+        for ra, rb in zip(a, b, strict=True):                    # interleaved: neither waits for the other's end
             ids["a"].append(ra.frame_id)
             ids["b"].append(rb.frame_id)
     assert ids["a"] == ids["b"] == list(range(100))

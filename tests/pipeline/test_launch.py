@@ -7,7 +7,7 @@ import subprocess
 import psutil
 
 from engine.control.launch import stage_of
-from tests.conftest import COCO, REPO, _tagged_processes, ovstream_command, run_ovstream
+from tests.conftest import COCO, FACE_ON_COCO, REPO, _tagged_processes, ovstream_command, run_ovstream
 from tests.pipeline.test_run import _wait_for_lines
 
 STAGES = {"decoder-0", "preprocessor", "inference-0", "postprocessor"}
@@ -15,7 +15,7 @@ STAGES = {"decoder-0", "preprocessor", "inference-0", "postprocessor"}
 
 def test_stages_are_named_children_that_log_to_the_output_folder(engine_env, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(ovstream_command("run", "--model", "face", "--source", str(COCO), "--loop", "5", "--output", str(out),
+    proc = subprocess.Popen(ovstream_command("run", *FACE_ON_COCO, "--loop", "5", "--output", str(out),
                                              "--no-dashboard", "--log-level", "DEBUG"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=engine_env)
     _wait_for_lines(out / "results.jsonl", 20, proc)

@@ -18,11 +18,10 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import COCO, REPO, ovstream_command, run_ovstream
+from tests.conftest import COCO, FACE_ON_COCO, REPO, ovstream_command, run_ovstream
 from tests.servers import Mosquitto, Subscriber, free_port, tls_files
 
 MODEL = ("--model", "face")             # fast; named so a change of default model changes nothing here
-FACE_ON_COCO = (*MODEL, "--source", str(COCO))   # the codelab's 100 images, one stream
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -75,7 +74,8 @@ def test_metrics_scraped_during_the_run_match_the_report(engine_env, tmp_path):
     out = tmp_path / "out"
     config = tmp_path / "metrics.toml"
     config.write_text("[metrics]\nlinger_s = 120\n", encoding="utf-8")
-    proc = subprocess.Popen(ovstream_command("run", str(config), *FACE_ON_COCO, "--loop", "6", "--metrics-port", str(port),
+    proc = subprocess.Popen(ovstream_command("run", str(config), *FACE_ON_COCO, "--loop", "6", "--metrics-port",
+                                             str(port),
                                              "--output", str(out), "--no-dashboard"),
                             cwd=REPO, env=engine_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stderr = Stderr(proc)

@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.conftest import COCO, REPO, ovstream_command, run_ovstream
+from tests.conftest import COCO, FACE_ON_COCO, REPO, ovstream_command, run_ovstream
 
 FACE_IMAGE = "000000009378.jpg"          # one face near [355, 81, 426, 152] (checked by eye)
 
@@ -94,7 +94,8 @@ def test_video_file_results_in_frame_order(engine_env, tmp_path):
     for i in range(40):
         writer.write(np.roll(frame, i * 4, axis=1))
     writer.release()
-    result = run_ovstream("--model", "face", "--source", str(video), "--batch", "2", output=tmp_path / "out", env=engine_env)
+    result = run_ovstream("--model", "face", "--source", str(video), "--batch", "2", output=tmp_path / "out",
+                          env=engine_env)
     assert result.code == 0, result.stderr
     records = result.records
     assert [r["frame_index"] for r in records] == list(range(40))
@@ -160,7 +161,7 @@ def test_camera_that_drops_is_reconnected_and_reported(engine_env, tmp_path):
 
 
 def test_two_cpu_workers_share_the_work(engine_env, tmp_path):
-    result = run_ovstream("--model", "face", "--source", str(COCO), "--device", "CPU", "--device", "CPU", "--nireq", "2", output=tmp_path / "out",
+    result = run_ovstream(*FACE_ON_COCO, "--device", "CPU", "--device", "CPU", "--nireq", "2", output=tmp_path / "out",
                           env=engine_env)
     assert result.code == 0, result.stderr
     per_worker = Counter(r["worker"] for r in result.records)
@@ -223,7 +224,7 @@ def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: flo
 
 def test_killed_inference_worker_is_restarted_and_no_frame_is_lost(engine_env, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(ovstream_command("run", "--model", "face", "--source", str(COCO), "--loop", "4", "--device", "CPU", "--device", "CPU",
+    proc = subprocess.Popen(ovstream_command("run", *FACE_ON_COCO, "--loop", "4", "--device", "CPU", "--device", "CPU",
                                              "--output", str(out), "--no-dashboard"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=engine_env)
     _wait_for_lines(out / "results.jsonl", 60, proc)
@@ -240,7 +241,8 @@ def test_killed_inference_worker_is_restarted_and_no_frame_is_lost(engine_env, t
 
 def test_sigint_stops_everything_promptly(engine_env, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(ovstream_command("run", "--model", "face", "--source", str(COCO), "--loop", "50", "--output", str(out), "--no-dashboard"),
+    proc = subprocess.Popen(ovstream_command("run", *FACE_ON_COCO, "--loop", "50", "--output", str(out),
+                                             "--no-dashboard"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=engine_env)
     _wait_for_lines(out / "results.jsonl", 20, proc)
     children = psutil.Process(proc.pid).children(recursive=True)
@@ -260,7 +262,8 @@ def test_annotated_images_and_video_sinks(engine_env, tmp_path):
     for _ in range(12):
         writer.write(frame)
     writer.release()
-    result = run_ovstream("--model", "face", "--source", str(video), "--annotate", "--video", "--nireq", "4", output=tmp_path / "out",
+    result = run_ovstream("--model", "face", "--source", str(video), "--annotate", "--video", "--nireq", "4",
+                          output=tmp_path / "out",
                           env=engine_env)
     assert result.code == 0, result.stderr
     images = sorted((tmp_path / "out" / "images" / "clip").glob("*.jpg"))

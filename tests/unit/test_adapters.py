@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.config import ModelConfig, load_registry
+from engine.config import ADAPTERS, ModelConfig, load_registry
 from engine.core.errors import ModelError
 from engine.core.geometry import Geometry
-from engine.model.adapters import create_adapter
+from engine.model.adapters import adapter_classes, create_adapter
 from engine.model.adapters.anchor_ssd import AnchorSSDAdapter, generate_anchors
 from engine.model.adapters.classification import ClassificationAdapter
 from engine.model.adapters.detection_output import DetectionOutputAdapter
@@ -113,12 +113,12 @@ def test_decode_one_face_into_letterboxed_frame_pixels():
     adapter = AnchorSSDAdapter(registry_model("face"))
     values = [9.6, -4.8, 38.4, 48.0, 0.0, 0.0, 19.2, 9.6]   # box; keypoint 0 at the anchor; keypoint 1
     (face,) = adapter.decode(face_outputs({(20, 30): (5.0, values)}), LETTERBOX)
-    assert face["label"] == "face" and face["class_id"] == 0
-    assert face["score"] == pytest.approx(sigmoid(5.0), rel=1e-6)
-    assert face["box"] == pytest.approx([374.667, 97.333, 502.667, 257.333], abs=1e-2)
-    assert len(face["keypoints"]) == 6
-    assert face["keypoints"][0] == pytest.approx([122 / 0.3, (82 - 24) / 0.3], abs=1e-2)
-    assert face["keypoints"][1] == pytest.approx([(122 + 19.2) / 0.3, (82 + 9.6 - 24) / 0.3], abs=1e-2)
+    assert face.label == "face" and face.class_id == 0
+    assert face.score == pytest.approx(sigmoid(5.0), rel=1e-6)
+    assert face.box == pytest.approx([374.667, 97.333, 502.667, 257.333], abs=1e-2)
+    assert len(face.keypoints) == 6
+    assert face.keypoints[0] == pytest.approx([122 / 0.3, (82 - 24) / 0.3], abs=1e-2)
+    assert face.keypoints[1] == pytest.approx([(122 + 19.2) / 0.3, (82 + 9.6 - 24) / 0.3], abs=1e-2)
 
 
 def test_decode_threshold_and_score_clipping():
@@ -126,10 +126,10 @@ def test_decode_threshold_and_score_clipping():
                             (20, 20): (4.0, [0, 0, 20, 20]),       # 0.982
                             (40, 40): (1e4, [0, 0, 20, 20])})      # clipped to 100: score 1.0, no overflow
     with np.errstate(all="raise"):
-        scores = [d["score"] for d in AnchorSSDAdapter(registry_model("face")).decode(outputs, LETTERBOX)]
+        scores = [d.score for d in AnchorSSDAdapter(registry_model("face")).decode(outputs, LETTERBOX)]
     assert scores == pytest.approx([1.0, sigmoid(4.0)])
     strict = AnchorSSDAdapter(registry_model("face", score_threshold=0.99))
-    assert [d["score"] for d in strict.decode(outputs, LETTERBOX)] == pytest.approx([1.0])
+    assert [d.score for d in strict.decode(outputs, LETTERBOX)] == pytest.approx([1.0])
     lenient = AnchorSSDAdapter(registry_model("face", params={"min_score": 0.5}))
     assert len(lenient.decode(outputs, LETTERBOX)) == 3
 
@@ -142,15 +142,15 @@ def test_weighted_nms_merges_overlaps_and_keeps_separate_boxes():
     outputs = face_outputs({(20, 30): (3.0, size + [0, 0]), (20, 31): (1.0, size + [4.0, 0]),
                             (20, 36): (2.0, size), (5, 5): (1.5, size)})
     detections = AnchorSSDAdapter(registry_model("face")).decode(outputs, LETTERBOX)
-    assert [d["score"] for d in detections] == pytest.approx([sigmoid(3), sigmoid(2), sigmoid(1.5)])
+    assert [d.score for d in detections] == pytest.approx([sigmoid(3), sigmoid(2), sigmoid(1.5)])
     merged = detections[0]
     w1, w2 = sigmoid(3), sigmoid(1)
     cx = (122 * w1 + 126 * w2) / (w1 + w2)                          # model pixels
-    assert merged["box"] == pytest.approx([(cx - 19.2) / 0.3, (82 - 19.2 - 24) / 0.3,
+    assert merged.box == pytest.approx([(cx - 19.2) / 0.3, (82 - 19.2 - 24) / 0.3,
                                            (cx + 19.2) / 0.3, (82 + 19.2 - 24) / 0.3], abs=1e-2)
     kx = (122 * w1 + 130 * w2) / (w1 + w2)        # keypoint 0: the anchor centre, +4 px on the second
-    assert merged["keypoints"][0] == pytest.approx([kx / 0.3, (82 - 24) / 0.3], abs=1e-2)
-    assert detections[1]["box"][0] == pytest.approx((146 - 19.2) / 0.3, abs=1e-2)
+    assert merged.keypoints[0] == pytest.approx([kx / 0.3, (82 - 24) / 0.3], abs=1e-2)
+    assert detections[1].box[0] == pytest.approx((146 - 19.2) / 0.3, abs=1e-2)
 
 
 def test_decode_is_fast():
@@ -196,11 +196,11 @@ def detect_faces(face_model, image: str) -> list[dict]:
 def test_real_face_detector_finds_the_face(face_model, image, centre, side, eyes_y):
     """Boxes checked by eye on the drawn image; the eyes (keypoints 0 and 1) sit in the upper half."""
     faces = detect_faces(face_model, image)
-    assert len(faces) == 1 and faces[0]["score"] > 0.8
-    x1, y1, x2, y2 = faces[0]["box"]
+    assert len(faces) == 1 and faces[0].score > 0.8
+    x1, y1, x2, y2 = faces[0].box
     assert abs((x1 + x2) / 2 - centre[0]) < 12 and abs((y1 + y2) / 2 - centre[1]) < 12
     assert side[0] < x2 - x1 < side[1] and side[0] < y2 - y1 < side[1]
-    for x, y in faces[0]["keypoints"][:2]:
+    for x, y in faces[0].keypoints[:2]:
         assert x1 < x < x2 and eyes_y[0] < y < eyes_y[1]
 
 
@@ -220,14 +220,14 @@ def test_detection_output_terminator_threshold_and_labels():
     adapter = DetectionOutputAdapter(detection_output_model())
     adapter.check_outputs({name: list(a.shape) for name, a in outputs.items()})
     person, dog = adapter.decode(outputs, STRETCH)
-    assert (person["label"], person["class_id"], dog["label"], dog["class_id"]) == ("person", 1, "dog", 18)
-    assert person["score"] == pytest.approx(0.9)
-    assert person["box"] == pytest.approx([64, 96, 320, 288])
-    assert dog["box"] == pytest.approx([320, 240, 640, 480])
+    assert (person.label, person.class_id, dog.label, dog.class_id) == ("person", 1, "dog", 18)
+    assert person.score == pytest.approx(0.9)
+    assert person.box == pytest.approx([64, 96, 320, 288])
+    assert dog.box == pytest.approx([320, 240, 640, 480])
     lenient = DetectionOutputAdapter(detection_output_model(score_threshold=0.3))
-    assert [d["label"] for d in lenient.decode(outputs, STRETCH)] == ["person", "car", "dog"]
+    assert [d.label for d in lenient.decode(outputs, STRETCH)] == ["person", "car", "dog"]
     strict = DetectionOutputAdapter(detection_output_model(params={"min_score": 0.8}))
-    assert [d["label"] for d in strict.decode(outputs, STRETCH)] == ["person"]
+    assert [d.label for d in strict.decode(outputs, STRETCH)] == ["person"]
     with pytest.raises(ModelError, match=r"expects an output \[1,1,N,7\]"):
         adapter.check_outputs({"out": [1, 100, 6]})
 
@@ -239,7 +239,7 @@ def tf_outputs(names: list[str]) -> dict[str, np.ndarray]:
     boxes = np.array([[[0.25, 0.1, 0.75, 0.5], [0.0, 0.5, 0.5, 1.0], [0, 0, 1, 1], [0, 0, 0, 0]]], np.float32)
     classes = np.array([[1.0, 18.0, 3.0, 1.0]], np.float32)
     scores = np.array([[0.92, 0.61, 0.9, 0.0]], np.float32)
-    return dict(zip(names, [boxes, classes, scores, np.array([2.0], np.float32)]))
+    return dict(zip(names, [boxes, classes, scores, np.array([2.0], np.float32)], strict=True))
 
 
 @pytest.mark.parametrize("names, reverse", [
@@ -255,10 +255,10 @@ def test_tf_od_api_by_name_or_shape(names, reverse):
     adapter = TFObjectDetectionAdapter(ModelConfig(name="tf", adapter="tf_od_api", labels=COCO_LABELS))
     adapter.check_outputs({name: list(a.shape) for name, a in outputs.items()})
     person, dog = adapter.decode(outputs, STRETCH)
-    assert (person["label"], person["class_id"], dog["label"], dog["class_id"]) == ("person", 1, "dog", 18)
-    assert person["score"] == pytest.approx(0.92)
-    assert person["box"] == pytest.approx([64, 120, 320, 360])     # (ymin, xmin) → (x1, y1)
-    assert dog["box"] == pytest.approx([320, 0, 640, 240])
+    assert (person.label, person.class_id, dog.label, dog.class_id) == ("person", 1, "dog", 18)
+    assert person.score == pytest.approx(0.92)
+    assert person.box == pytest.approx([64, 120, 320, 360])     # (ymin, xmin) → (x1, y1)
+    assert dog.box == pytest.approx([320, 0, 640, 240])
 
 
 def test_tf_od_api_ignores_raw_outputs_and_rejects_unknown_layouts():
@@ -267,7 +267,7 @@ def test_tf_od_api_ignores_raw_outputs_and_rejects_unknown_layouts():
     outputs["raw_detection_scores"] = np.zeros((1, 1917, 91), np.float32)
     adapter = TFObjectDetectionAdapter(ModelConfig(name="tf", adapter="tf_od_api", labels=COCO_LABELS,
                                                    score_threshold=0.6))
-    assert [d["label"] for d in adapter.decode(outputs, STRETCH)] == ["person", "dog"]
+    assert [d.label for d in adapter.decode(outputs, STRETCH)] == ["person", "dog"]
     with pytest.raises(ModelError, match="tf_od_api expects detection_boxes"):
         adapter.check_outputs({"out": [1, 100, 7]})
 
@@ -282,15 +282,15 @@ def test_classification_softmax_and_top_k():
     logits = np.array([[2.0, -1.0, 0.5, 3.0]], np.float32)
     top = classifier(list("abcd"), top_k=2).decode({"logits": logits}, STRETCH)
     expected = np.exp(logits[0]) / np.exp(logits[0]).sum()
-    assert [(c["label"], c["class_id"]) for c in top] == [("d", 3), ("a", 0)]
-    assert [c["score"] for c in top] == pytest.approx([expected[3], expected[0]], rel=1e-6)
+    assert [(c.label, c.class_id) for c in top] == [("d", 3), ("a", 0)]
+    assert [c.score for c in top] == pytest.approx([expected[3], expected[0]], rel=1e-6)
 
 
 def test_classification_keeps_probabilities_and_takes_nchw_shapes():
     probs = np.array([0.1, 0.6, 0.3], np.float32).reshape(1, 3, 1, 1)
     adapter = classifier(["cat", "dog", "fox"], top_k=5)
     adapter.check_outputs({"prob": [1, 3, 1, 1]})
-    assert [(c["label"], round(c["score"], 6)) for c in adapter.decode({"prob": probs}, STRETCH)] == \
+    assert [(c.label, round(c.score, 6)) for c in adapter.decode({"prob": probs}, STRETCH)] == \
         [("dog", 0.6), ("fox", 0.3), ("cat", 0.1)]
     with pytest.raises(ModelError, match=r"classification expects one output \[1,C\]"):
         adapter.check_outputs({"feature_map": [1, 3, 224, 224]})
@@ -299,8 +299,8 @@ def test_classification_keeps_probabilities_and_takes_nchw_shapes():
 def test_classification_label_offset_skips_background():
     probs = np.array([[0.5, 0.1, 0.4]], np.float32)                 # index 0 is background
     top = classifier(["cat", "dog"], top_k=3, params={"label_offset": 1}).decode({"prob": probs}, STRETCH)
-    assert [(c["label"], c["class_id"]) for c in top] == [("dog", 1), ("cat", 0)]
-    assert [c["score"] for c in top] == pytest.approx([0.4, 0.1])
+    assert [(c.label, c.class_id) for c in top] == [("dog", 1), ("cat", 0)]
+    assert [c.score for c in top] == pytest.approx([0.4, 0.1])
 
 
 def test_create_adapter_by_name():
@@ -308,3 +308,17 @@ def test_create_adapter_by_name():
     assert isinstance(create_adapter(detection_output_model()), DetectionOutputAdapter)
     with pytest.raises(ModelError, match="unknown adapter 'yolo9000'"):
         create_adapter(ModelConfig(adapter="yolo9000"))
+
+
+def test_every_listed_adapter_name_has_one_class_and_no_class_has_another():
+    classes = adapter_classes()
+    assert sorted(classes) == sorted(ADAPTERS)
+    assert all(cls.name == name for name, cls in classes.items())
+    assert classes["classification"].kind == "classification"
+    assert {cls.kind for name, cls in classes.items() if name != "classification"} == {"detection"}
+    with pytest.raises(TypeError, match="'yolo9000' is not one of engine.config.ADAPTERS"):
+        type("Yolo9000Adapter", (AnchorSSDAdapter,), {"name": "yolo9000"})
+    with pytest.raises(TypeError, match="'yolo' is declared by both"):
+        type("AnotherYolo", (AnchorSSDAdapter,), {"name": "yolo"})
+    assert type("Tuned", (AnchorSSDAdapter,), {}).name == "anchor_ssd"   # no name of its own: not registered
+    assert adapter_classes()["anchor_ssd"] is AnchorSSDAdapter

@@ -41,10 +41,10 @@ def registered(name: str) -> ModelConfig:
 def test_nanodet_finds_coco_objects_on_the_real_model():
     cfg = registered("nanodet_m")
     stop = run_frame(cfg, cv2.imread(str(COCO / "000000000724.jpg")))
-    assert [d["label"] for d in stop] == ["stop sign"] and stop[0]["score"] > 0.8
-    x1, y1, x2, y2 = stop[0]["box"]                       # the sign near [123, 72, 257, 226]
+    assert [d.label for d in stop] == ["stop sign"] and stop[0].score > 0.8
+    x1, y1, x2, y2 = stop[0].box                       # the sign near [123, 72, 257, 226]
     assert abs((x1 + x2) / 2 - 190) < 15 and abs((y1 + y2) / 2 - 149) < 15
-    kitchen = {d["label"] for d in run_frame(cfg, cv2.imread(str(COCO / "000000000802.jpg")))}
+    kitchen = {d.label for d in run_frame(cfg, cv2.imread(str(COCO / "000000000802.jpg")))}
     assert {"refrigerator", "oven"} <= kitchen
 
 
@@ -77,8 +77,8 @@ def test_nanodet_gfl_decoding_and_nms():
     adapter.check_outputs({name: list(a.shape) for name, a in outputs.items()})
     geometry = Geometry.plan(128, 128, 64, 64, "stretch")     # frame pixels = 2 × input pixels
     detections = adapter.decode(outputs, geometry)
-    assert [(d["label"], round(d["score"], 2)) for d in detections] == [("c", 0.9)]
-    assert detections[0]["box"] == pytest.approx([2 * 7.5, 2 * 7.5, 2 * 39.5, 2 * 39.5], abs=1e-3)
+    assert [(d.label, round(d.score, 2)) for d in detections] == [("c", 0.9)]
+    assert detections[0].box == pytest.approx([2 * 7.5, 2 * 7.5, 2 * 39.5, 2 * 39.5], abs=1e-3)
 
 
 def test_nanodet_outputs_that_do_not_pair_up():
@@ -125,20 +125,20 @@ def test_yolo_layouts_on_a_letterboxed_frame(tmp_path: Path, layout: str):
                       labels=["a", "b", "c"], preprocess=PreprocessConfig(resize="letterbox", scale=[255.0] * 3))
     frame = np.zeros((64, 128, 3), np.uint8)                  # letterbox: scale 0.5, 16 px bars top and bottom
     detections = run_frame(cfg, frame)
-    assert [(d["label"], round(d["score"], 2)) for d in detections] == [("b", 0.9), ("c", 0.7)]
+    assert [(d.label, round(d.score, 2)) for d in detections] == [("b", 0.9), ("c", 0.7)]
     # input box (22, 27, 42, 37) → frame ((22 - 0) / 0.5, (27 - 16) / 0.5, ...)
-    assert detections[0]["box"] == pytest.approx([44, 22, 84, 42], abs=1e-3)
+    assert detections[0].box == pytest.approx([44, 22, 84, 42], abs=1e-3)
 
 
 def test_yolo_agnostic_nms_and_forced_version():
     rows = _candidates()
     geometry = Geometry.plan(64, 64, 64, 64, "letterbox")
     agnostic = create_adapter(ModelConfig(name="y", adapter="yolo", params={"agnostic_nms": True}))
-    assert [d["class_id"] for d in agnostic.decode({"out": rows.T[None]}, geometry)] == [1]
+    assert [d.class_id for d in agnostic.decode({"out": rows.T[None]}, geometry)] == [1]
     forced = create_adapter(ModelConfig(name="y", adapter="yolo", params={"version": "v8"}))
     square = np.zeros((1, 7, 7), np.float32)                  # 7 candidates of 4 + 3: auto would say v5
     square[0, :, 0] = (32, 32, 20, 10, 0.0, 0.95, 0.0)
-    assert [d["class_id"] for d in forced.decode({"out": square}, geometry)] == [1]
+    assert [d.class_id for d in forced.decode({"out": square}, geometry)] == [1]
     with pytest.raises(ModelError, match="version must be one of"):
         create_adapter(ModelConfig(name="y", adapter="yolo", params={"version": "v7"}))
     with pytest.raises(ModelError, match=r"yolo expects one output \[1,N,5\+C\]"):

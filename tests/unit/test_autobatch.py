@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from engine.config import load_config
+from engine.control import supervisor
 from engine.control.supervisor import files_only, preflight
 from engine.model.prepare import AUTO_BATCH
 
@@ -21,17 +22,27 @@ def test_files_take_the_auto_batch_live_or_paced_sources_take_one(tmp_path):
     assert not files_only(load_config(overrides={"sources": [{"uri": "rtsp://127.0.0.1:1/x"}]}))
 
 
-def test_a_graph_that_takes_a_batch_gets_it_and_the_cache_remembers(tmp_path):
+def _no_model_reads(monkeypatch) -> None:
+    """From here on, reading a model file fails the test: answers must come from the cache."""
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the model was read again instead of taken from the cache")
+    monkeypatch.setattr(supervisor, "read_model", refuse)
+
+
+def test_a_graph_that_takes_a_batch_gets_it_and_the_cache_remembers(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, "face")
     assert preflight(cfg)[1] == AUTO_BATCH
+    _no_model_reads(monkeypatch)
     assert preflight(cfg)[1] == AUTO_BATCH                          # from the cache's entry
+    monkeypatch.undo()
     assert preflight(_cfg(tmp_path, "face", realtime=True))[1] == 1
     assert preflight(cfg, streams_may_join=True)[1] == 1           # a library pipeline may add a camera
 
 
-def test_a_graph_that_fixes_its_batch_runs_one_frame_per_request(tmp_path):
+def test_a_graph_that_fixes_its_batch_runs_one_frame_per_request(tmp_path, monkeypatch):
     """The SSD's TFLite graph hard-codes batch 1 in a Reshape: auto falls back to 1 instead of
     failing as an explicit ``batch = 4`` does; the second start knows it from the cache."""
     cfg = _cfg(tmp_path, "ssd_mobilenet_v2_coco")
     assert preflight(cfg)[1] == 1
-    assert preflight(cfg)[1] == 1
+    _no_model_reads(monkeypatch)
+    assert preflight(cfg)[1] == 1                                   # the cache knows the graph fixes it

@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from engine.config import load_config
+from engine.core.results import Detection
 from engine.tools.bench.ceiling import parse_output
 from engine.tools.bench.engine_runs import DEFAULT_GRID, EngineRun, engine_command, sweep_grid, tuned_setting
 from engine.tools.bench.soak import ProcessTrace, soak_frames_to_loop, stream_window
@@ -70,15 +71,15 @@ def images():
     return found[:10]                  # two of them hold faces (7 detections); 10 is not a multiple of nireq 3
 
 
-def _same(a: list[list[dict]], b: list[list[dict]]) -> None:
+def _same(a: list[list[Detection]], b: list[list[Detection]]) -> None:
     assert len(a) == len(b)
-    for frame_a, frame_b in zip(a, b):
+    for frame_a, frame_b in zip(a, b, strict=True):
         assert len(frame_a) == len(frame_b)
-        for da, db in zip(frame_a, frame_b):
-            assert da["label"] == db["label"]
-            assert da["score"] == pytest.approx(db["score"], abs=1e-3)
-            np.testing.assert_allclose(da["box"], db["box"], atol=1.0)
-            np.testing.assert_allclose(da["keypoints"], db["keypoints"], atol=1.0)
+        for da, db in zip(frame_a, frame_b, strict=True):
+            assert da.label == db.label
+            assert da.score == pytest.approx(db.score, abs=1e-3)
+            np.testing.assert_allclose(da.box, db.box, atol=1.0)
+            np.testing.assert_allclose(da.keypoints, db.keypoints, atol=1.0)
 
 
 def test_sync_and_async_loops_process_every_image_and_agree(prepared, images):

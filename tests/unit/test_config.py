@@ -134,7 +134,8 @@ MALFORMED = [
     ("output.mqtt", "topic", "''", "a non-empty string"),
     ("output.mqtt", "topic", "'a/+/b'", "without + or # wildcards"),
     ("output.mqtt", "topic", "'a/{camera}'", "must be a topic with no placeholder but {stream}"),
-    ("output.mqtt", "topic", "'a/{stream.x}'", "must be a topic with no placeholder but {stream}"),   # an attribute of the name
+    # an attribute of the name
+    ("output.mqtt", "topic", "'a/{stream.x}'", "must be a topic with no placeholder but {stream}"),
     ("output.mqtt", "qos", "2", "one of 0, 1"),
     ("output.mqtt", "qos", "'1'", "one of 0, 1"),
     ("output.mqtt", "client_id", "7", "a string"),
@@ -283,7 +284,8 @@ def test_lists_of_tables_are_named_with_their_position():
     data = {"streams": [{"urii": "a"}]}
     with pytest.raises(ValidationError) as err:
         Streams.model_validate(data, strict=True)
-    assert explain(err.value, Streams, data, "c.toml") == "c.toml: [[streams]] #1 unknown key 'urii' (did you mean 'uri'?)"
+    assert explain(err.value, Streams, data, "c.toml") == \
+        "c.toml: [[streams]] #1 unknown key 'urii' (did you mean 'uri'?)"
 
 
 def test_every_key_of_every_section_has_malformed_values():
@@ -322,7 +324,8 @@ def test_config_file_that_is_not_utf8_toml(tmp_path, content, words):
 
 
 def test_a_bad_command_line_value_is_named_as_such():
-    with pytest.raises(ConfigError, match=r"^command line: \[inference\] batch must be an integer from 0 to 256, not 4096$"):
+    with pytest.raises(ConfigError,
+                       match=r"^command line: \[inference\] batch must be an integer from 0 to 256, not 4096$"):
         load_config(overrides={"inference": {"batch": 4096}})
 
 
@@ -396,3 +399,14 @@ realtime = true
                                                        ("cam1", 3), ("cam0", 3)]
     assert cfg.sources[-1].realtime and cfg.sources[0].uri.endswith("a.mp4")
     assert [s.name for s in load_config().sources] == ["samples", "clip"]      # the default: two streams
+
+
+def test_one_property_for_each_derived_fact():
+    cfg = RunConfig()
+    assert not cfg.output.annotated
+    for images, video in ((True, False), (False, True), (True, True)):
+        cfg.output.images, cfg.output.video = images, video
+        assert cfg.output.annotated
+    assert [s.uri for s in cfg.streams] == [cfg.source.uri]                 # not resolved: the one [source]
+    loaded = load_config()
+    assert loaded.streams == loaded.sources and loaded.sources              # resolved: never empty

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 
 from engine.config import RunConfig, resolve_model
+from engine.core.results import Detection, FrameResult
 from engine.tools.modeltools.conformance import OnnxReference, model_input, reference_records
 from engine.tools.modeltools.metrics import detection_conformance
 from tests.conftest import COCO
 
 
-def record(source: str, *detections: tuple[int, float, list[float]]) -> dict:
-    return {"source": source, "frame_index": 0, "status": "ok",
-            "detections": [{"class_id": c, "score": s, "box": b} for c, s, b in detections]}
+def record(source: str, *detections: tuple[int, float, list[float]]) -> FrameResult:
+    return FrameResult("", 0, source, 0, detections=tuple(Detection(str(c), c, s, tuple(b)) for c, s, b in detections))
 
 
 def test_a_reproduced_detection_needs_class_box_and_score():
@@ -31,7 +31,7 @@ def test_a_reproduced_detection_needs_class_box_and_score():
 def test_each_candidate_detection_reproduces_one_reference_detection():
     box = [0.0, 0.0, 50.0, 50.0]
     reference = [record("a.jpg", (1, 0.9, box), (1, 0.88, box)), record("b.jpg", (2, 0.9, box))]
-    candidate = [record("a.jpg", (1, 0.9, box)), {"source": "b.jpg", "frame_index": 0, "status": "error"}]
+    candidate = [record("a.jpg", (1, 0.9, box)), FrameResult.failed("", 0, "b.jpg", 0, "decode", "")]
     found = detection_conformance(reference, candidate)
     assert (found["reference_detections"], found["reproduced"], found["frames"]) == (3, 1, 2)
 
@@ -49,4 +49,4 @@ def test_onnx_reference_sees_the_engine_input_and_decodes_alike():
     assert tensor[0, :, 0, 0] == pytest.approx([(0 - 103.53) / 57.375, (0 - 116.28) / 57.12,
                                                 (255 - 123.675) / 58.395])
     (stop,) = reference_records(cfg, reference, [COCO / "000000000724.jpg"])
-    assert [d["label"] for d in stop["detections"]] == ["stop sign"]
+    assert [d.label for d in stop.detections] == ["stop sign"]

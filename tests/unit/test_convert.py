@@ -152,7 +152,8 @@ def test_embedded_preprocessing_equals_engine_ppp_and_numpy(face_ir: Path, tmp_p
     # ... and the raw IR fed by hand
     manual = compiled(face_ir)(((bgr[..., ::-1].astype(np.float32) - 127.5) / 127.5)[None])
     # and the engine loading the embedded IR with its registered (identity) conventions changes nothing
-    registered = ModelConfig(name="face", path=str(result.xml), preprocess=PreprocessConfig(**result.entry["preprocess"]))
+    registered = ModelConfig(name="face", path=str(result.xml),
+                             preprocess=PreprocessConfig(**result.entry["preprocess"]))
     reloaded = compiled(prepare_model(ov.Core().read_model(result.xml), registered, batch=1)[0])(bgr[None])
     for i in range(2):
         np.testing.assert_allclose(embedded[i], engine[i], rtol=1e-5, atol=1e-4)

@@ -71,7 +71,8 @@ def test_engine_config_is_a_valid_run_config_with_camera_like_streams(tmp_path):
 
 def test_threaded_loop_serves_every_stream(tmp_path):
     video = write_video(tmp_path / "clip", list_images(COCO)[:8], frames=30, fps=30)
-    proc = subprocess.run([sys.executable, "-m", "engine.tools.bench.density_loop", "--video", str(video), "--streams", "2",
+    proc = subprocess.run([sys.executable, "-m", "engine.tools.bench.density_loop", "--video", str(video),
+                           "--streams", "2",
                            "--seconds", "1", "--fps", "10", "--model", "face"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr

@@ -10,6 +10,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from engine.core.errors import ConfigError
+from engine.core.results import Classification, Detection, FrameResult
 from engine.tools.modeltools.evaluate import read_class_folders, read_labels_list
 from engine.tools.modeltools.metrics import COCO_STATS, agreement_map, classification_agreement, coco_map, topk_accuracy
 
@@ -52,21 +53,19 @@ def ground_truth(with_file_names: bool = True) -> dict:
     return {"images": images, "annotations": annotations, "categories": CATEGORIES}
 
 
-def detection(cat: int, box: list[float], score: float, class_id: int | None = None) -> dict:
+def detection(cat: int, box: list[float], score: float, class_id: int | None = None) -> Detection:
     x, y, w, h = box
-    return {"label": NAMES[cat], "class_id": cat if class_id is None else class_id, "score": score,
-            "box": [x, y, x + w, y + h]}
+    return Detection(NAMES[cat], cat if class_id is None else class_id, score, (x, y, x + w, y + h))
 
 
-def record(image_id: int, detections: list[dict], status: str = "ok") -> dict:
-    rec = {"frame_id": image_id, "source": f"/data/coco/{file_name(image_id)}", "frame_index": 0,
-           "status": status, "device": "CPU", "worker": 0, "detections": detections, "classes": []}
+def record(image_id: int, detections: list[Detection], status: str = "ok") -> FrameResult:
+    source = f"/data/coco/{file_name(image_id)}"
     if status != "ok":
-        rec["error"] = "decode failed"
-    return rec
+        return FrameResult.failed("coco", image_id, source, 0, "decode", "decode failed")
+    return FrameResult("coco", image_id, source, 0, device="CPU", worker="inference-0", detections=tuple(detections))
 
 
-def records(dets: dict = DETECTIONS) -> list[dict]:
+def records(dets: dict = DETECTIONS) -> list[FrameResult]:
     return [record(img, [detection(c, b, s) for c, b, s in found]) for img, found in dets.items()]
 
 
@@ -82,7 +81,7 @@ def direct_cocoeval(gt: dict, dets: dict, image_ids: list[int]) -> dict:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {name: (float(v) if v >= 0 else None) for name, v in zip(COCO_STATS, ev.stats)}
+    return {name: (float(v) if v >= 0 else None) for name, v in zip(COCO_STATS, ev.stats, strict=True)}
 
 
 # ---- coco_map -------------------------------------------------------------------------------------
@@ -146,8 +145,7 @@ def test_failed_frames_count_as_frames_without_detections():
 
 
 def test_unknown_image_is_an_error():
-    stray = records() + [{"source": "/data/elsewhere/cat.jpg", "frame_index": 0, "status": "ok",
-                          "detections": []}]
+    stray = records() + [FrameResult("coco", 0, "/data/elsewhere/cat.jpg", 0, detections=())]
     with pytest.raises(ValueError, match="cat.jpg"):
         coco_map(ground_truth(), stray)
 
@@ -186,9 +184,11 @@ def test_agreement_threshold_and_missing_frames():
 
 # ---- classification -------------------------------------------------------------------------------
 
-def classified(path: str, ranked: list[int], status: str = "ok") -> dict:
-    return {"source": path, "frame_index": 0, "status": status,
-            "classes": [{"label": str(c), "class_id": c, "score": 1.0 / (i + 1)} for i, c in enumerate(ranked)]}
+def classified(path: str, ranked: list[int], status: str = "ok") -> FrameResult:
+    if status != "ok":
+        return FrameResult.failed("flowers", 0, path, 0, "decode", "decode failed")
+    return FrameResult("flowers", 0, path, 0,
+                       classes=tuple(Classification(str(c), c, 1.0 / (i + 1)) for i, c in enumerate(ranked)))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 from engine.core.errors import ConfigError, OvstreamError
-from engine.core.results import FrameResult
+from engine.core.results import Classification, Detection, FrameResult
 from engine.tools.modeltools import evaluate
 
 
@@ -20,11 +20,9 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def face_record(source: Path, shift: float = 0.0) -> dict:
-    return {"frame_id": 0, "source": str(source), "frame_index": 0, "status": "ok", "device": "CPU",
-            "worker": 0, "classes": [],
-            "detections": [{"label": "face", "class_id": 0, "score": 0.9,
-                            "box": [10 + shift, 10, 60 + shift, 70]}]}
+def face_record(source: Path, shift: float = 0.0) -> FrameResult:
+    return FrameResult("images", 0, str(source), 0, device="CPU", worker="inference-0",
+                       detections=(Detection("face", 0, 0.9, (10 + shift, 10, 60 + shift, 70)),))
 
 
 @pytest.fixture
@@ -40,7 +38,7 @@ def fake_engine(monkeypatch, answers) -> list[dict]:
     """Replace the engine run; ``answers(config) -> records``. Returns the configs it was given."""
     configs = []
 
-    def run_engine(config_path: Path, out_dir: Path) -> list[dict]:
+    def run_engine(config_path: Path, out_dir: Path) -> list[FrameResult]:
         config = tomllib.loads(config_path.read_text())
         configs.append(config)
         return answers(config)
@@ -89,10 +87,12 @@ def test_classifier_file_with_labels_list(monkeypatch, tmp_path, capsys):
     model = tmp_path / "digits.onnx"
     model.write_bytes(b"")
 
-    def answers(cfg: dict) -> list[dict]:
-        def rec(name: str, ranked: list[int], status: str = "ok") -> dict:
-            return {"source": str(data / name), "frame_index": 0, "status": status, "error": "boom",
-                    "classes": [{"label": str(c), "class_id": c, "score": 0.5} for c in ranked]}
+    def answers(cfg: dict) -> list[FrameResult]:
+        def rec(name: str, ranked: list[int], status: str = "ok") -> FrameResult:
+            if status != "ok":
+                return FrameResult.failed("digits", 0, str(data / name), 0, "decode", "boom")
+            return FrameResult("digits", 0, str(data / name), 0,
+                               classes=tuple(Classification(str(c), c, 0.5) for c in ranked))
         return [rec("3-0.png", [3, 8]), rec("7-1.png", [1, 7]), rec("7-2.png", [], "error")]
     configs = fake_engine(monkeypatch, answers)
     monkeypatch.setenv("COLUMNS", "240")
@@ -143,7 +143,7 @@ def test_run_engine_exit_codes(monkeypatch, tmp_path):
         FrameResult.failed("s", 0, "a.jpg", 0, "decode", "unreadable").to_json() + "\n\n"
         + FrameResult("s", 1, "b.jpg", 0, detections=()).to_json() + "\n")
     outcome.update(rc=1)
-    assert [r["frame_id"] for r in evaluate.run_engine(config, tmp_path)] == [0, 1]
+    assert [r.frame_id for r in evaluate.run_engine(config, tmp_path)] == [0, 1]
     with open(tmp_path / "results.jsonl", "a", encoding="utf-8") as fh:
         fh.write('{"frame_id": 2}\n')                  # not a result: named, not skipped
     with pytest.raises(evaluate.RunFailed, match="results.jsonl:4: not a frame result"):

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from engine.config import MqttConfig
 from engine.core.errors import ConfigError
-from engine.core.results import FrameResult, encode_record
+from engine.core.results import FrameResult
 from engine.io.mqtt import MqttSink
 from engine.io.sinks import JsonlSink
 from engine.observe.dashboard import format_plain, render_summary
@@ -151,8 +151,8 @@ def test_mqtt_buffer_is_bounded_and_drops_the_oldest_while_the_broker_is_away():
     sink = MqttSink(MqttConfig(host="127.0.0.1", port=_closed_port(), buffer=10, flush_timeout_s=0.2))
     try:
         for i in range(30):
-            record = {"frame_id": i, "status": "ok"}
-            sink.write(record, None, encode_record(record))
+            result = FrameResult("", i, "clip.mp4", i, detections=())     # no stream name: the default stream
+            sink.write(result, None, result.to_json())
         assert sink.counters() == {"mqtt_published": 0, "mqtt_dropped": 20}
         # the oldest 20 are given up: a restarted postprocessor would publish again from id 20
         assert sink.gauges() == {"mqtt_buffered": 10, "mqtt_connected": 0, "mqtt_replay_from@0": 20}
@@ -208,7 +208,7 @@ def test_mqtt_replay_marks_are_per_stream():
     sink = MqttSink(MqttConfig(host="127.0.0.1", port=_closed_port(), buffer=3, flush_timeout_s=0))
     try:
         for stream, frame_id in (("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2)):
-            sink.write({"stream": stream, "frame_id": frame_id}, None)
+            sink.write(FrameResult(stream, frame_id, "clip.mp4", frame_id, detections=()), None)
         assert sink.replay_from() == {"a": 1, "b": 1}     # a0 and b0 were pushed out of the buffer
     finally:
         sink.close()

@@ -30,7 +30,8 @@ def restore_logging():
 
 def test_importing_the_library_configures_no_logging():
     code = ("import logging\n"
-            "import engine.cli, engine.config, engine.control.supervisor, engine.tools.run, engine.io.mqtt, engine.io.sources\n"
+            "import engine.cli, engine.config, engine.control.supervisor, engine.tools.run, engine.io.mqtt\n"
+            "import engine.io.sources\n"
             "import workers.runtime, workers.decoder, workers.inference, workers.postprocessor, workers.preprocessor\n"
             "loggers = [logging.getLogger(), logging.getLogger('engine'), logging.getLogger('workers')]\n"
             "assert not any(logger.handlers for logger in loggers), [l.handlers for l in loggers]\n"

@@ -1,20 +1,36 @@
 """Messages: one schema for both ends, bounded and strict decoding."""
 from __future__ import annotations
 
+from dataclasses import fields
+
 import msgpack
 import numpy as np
 import pytest
 
+from engine.io.streams import StreamSpec
 from engine.protocol.messages import (
     MAX_HEADER_BYTES,
     AckMsg,
+    AddStreamMsg,
     BatchMsg,
+    CloseStreamMsg,
     CreditMsg,
+    DecoderDownMsg,
+    DecoderFencedMsg,
+    EndStreamMsg,
     ErrorMsg,
     FrameMsg,
     FrameRef,
     MessageError,
+    OpenStreamMsg,
     ResultMsg,
+    StartMsg,
+    StopMsg,
+    StreamAddedMsg,
+    StreamClosedMsg,
+    StreamFailedMsg,
+    StreamFields,
+    WorkerDownMsg,
     decode,
     decode_result,
     encode_result,
@@ -31,6 +47,18 @@ def _ref(i: int = 7) -> FrameRef:
     CreditMsg("inference-0@7", 4),
     ErrorMsg(_ref(), "decode", "truncated JPEG: data/x.jpg"),
     AckMsg([1, 2, 3], [4], finished=True),
+    StartMsg(2),
+    StopMsg(),
+    WorkerDownMsg("inference-1@4242", 1),
+    DecoderDownMsg(1, 3),
+    DecoderFencedMsg(1, {"0": 17, "3": 0}),
+    AddStreamMsg(4, "cam", "rtsp://cam/1", True, 1, 12, 18),
+    StreamAddedMsg(4),
+    OpenStreamMsg(4, "cam", "rtsp://cam/1", True, 1, 12, 18, {"uri": "rtsp://cam/1", "loop": 1}),
+    StreamFailedMsg(4, "cannot open rtsp://cam/1"),
+    CloseStreamMsg(4),
+    StreamClosedMsg(4),
+    EndStreamMsg(4),
 ])
 def test_round_trip(msg):
     assert decode(msg.encode()) == msg
@@ -49,6 +77,18 @@ def test_round_trip(msg):
     (msgpack.packb({"t": "release", "slots": [1, "2"]}), "field 'slots' is not list"),
     (msgpack.packb({"t": "frame", "frame": [1, "a", 0, 0, 1, 1, 1, 1, [], {"x": "y"}, 0, 0]}), "wrong field types"),
     (msgpack.packb({"t": "frame", "frame": [1, "a", 0, 0, 1, 1, 1, 1, [], {}, "cam", 0]}), "wrong field types"),
+    (msgpack.packb({"t": "control", "command": "stop", "arg": ""}), "unknown type"),    # the old untyped command
+    (msgpack.packb({"t": "stop", "command": "stop"}), "unknown fields"),
+    (msgpack.packb({"t": "worker_down"}), "incomplete"),
+    (msgpack.packb({"t": "decoder_down", "decoder": "1", "epoch": 2}), "field 'decoder' is not int"),
+    (msgpack.packb({"t": "decoder_fenced", "decoder": 1, "next_ids": {"0": "9"}}), "'next_ids' is not dict"),
+    (msgpack.packb({"t": "decoder_fenced", "decoder": 1, "next_ids": {"0": True}}), "'next_ids' is not dict"),
+    (msgpack.packb({"t": "decoder_fenced", "decoder": 1, "next_ids": [9]}), "'next_ids' is not dict"),
+    (msgpack.packb({"t": "close_stream", "stream": True}), "field 'stream' is not int"),
+    (msgpack.packb({"t": "add_stream", "sid": 1, "name": "a", "uri": "x", "live": 0, "decoder": 0, "slot_lo": 0,
+                    "slot_hi": 3}), "field 'live' is not bool"),
+    (msgpack.packb({"t": "open_stream", "sid": 1, "name": "a", "uri": "x", "live": False, "decoder": 0,
+                    "slot_lo": 0, "slot_hi": 3, "source": "x"}), "field 'source' is not dict"),
 ])
 def test_bad_frames_are_rejected(data, reason):
     with pytest.raises(MessageError, match=reason):
@@ -75,3 +115,11 @@ def test_result_with_wrong_tensor_size_is_rejected():
     parts = encode_result(ResultMsg([_ref()], "w", "CPU"), [("reg", np.zeros((1, 4), np.float32))])
     with pytest.raises(MessageError, match="bytes, expected"):
         decode_result([parts[0], b"\x00" * 3])
+
+
+def test_a_stream_command_carries_every_field_of_a_stream_spec():
+    """What the supervisor sends of a new stream is what the stages rebuild its StreamSpec from."""
+    spec = StreamSpec(4, "cam", "rtsp://cam/1", True, 1, 12, 18)
+    assert {f.name for f in fields(StreamFields)} == {f.name for f in fields(StreamSpec)} - {"removed"}
+    msg = decode(AddStreamMsg(**{f.name: getattr(spec, f.name) for f in fields(StreamFields)}).encode())
+    assert StreamSpec(**msg.stream_fields()) == spec

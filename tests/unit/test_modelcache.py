@@ -94,7 +94,7 @@ def test_stored_model_gives_the_same_outputs_and_facts(tmp_path, monkeypatch):
     pixels = np.random.default_rng(0).integers(0, 255, (1, info.height, info.width, 3), dtype=np.uint8)
     want = core.compile_model(reference, "CPU")(pixels)
     got = cached(pixels)
-    for a, b in zip(want.values(), got.values()):
+    for a, b in zip(want.values(), got.values(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
 
 

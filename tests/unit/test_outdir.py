@@ -63,7 +63,8 @@ def test_a_path_that_cannot_be_a_folder(tmp_path, path, words):
 
 
 def test_too_little_free_space(tmp_path, monkeypatch):
-    monkeypatch.setattr("engine.io.run_folder.shutil.disk_usage", lambda _p: shutil._ntuple_diskusage(1 << 30, 0, 1 << 20))
+    monkeypatch.setattr("engine.io.run_folder.shutil.disk_usage",
+                        lambda _p: shutil._ntuple_diskusage(1 << 30, 0, 1 << 20))
     with pytest.raises(ConfigError, match="only 1 MiB free"):
         OutputDir(tmp_path)
     assert not (tmp_path / LOCK_NAME).exists()

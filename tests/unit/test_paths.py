@@ -76,7 +76,8 @@ def test_the_user_registry_is_read_over_the_bundled_one(home, tmp_path):
     their labels may name bundled files; nothing is written beside the bundled registry."""
     bundled_before = paths.bundled(paths.REGISTRY).read_bytes()
     (home / "models" / "face").mkdir(parents=True)
-    shutil.copy(REPO / "models" / "mediapipe" / "face_detection_short_range.tflite", home / "models" / "face" / "f.tflite")
+    shutil.copy(REPO / "models" / "mediapipe" / "face_detection_short_range.tflite",
+                home / "models" / "face" / "f.tflite")
     entry = {**load_registry(paths.bundled(paths.REGISTRY))["face_short"], "file": "face/f.tflite"}
     register_model("face", entry)                         # the user's 'face' is the short-range model
     register_model("coco_thing", {**entry, "labels": "data/coco91_labels.txt"})

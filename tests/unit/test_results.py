@@ -42,6 +42,18 @@ def test_fields_are_typed():
     assert not err.ok and (err.stage, err.error) == ("decode", "unreadable: ü") and err.detections is None
 
 
+def test_scaled_moves_boxes_and_keypoints_only():
+    """What the annotating sinks draw on a stored frame smaller than the original (the postprocessor's
+    ``drawable``): boxes and keypoints scaled, everything else as it was."""
+    det, cls, err = (FrameResult.from_json(line) for line in LINES[:3])
+    half = det.scaled(0.5, 0.25)
+    assert half.detections == (Detection("face", 0, 0.93, (0.75, 0.5, 15.125, 10.0), ((1.5, 1.0), (2.75, 1.5))),)
+    assert half.to_dict() == {**det.to_dict(), "detections": [d.to_dict() for d in half.detections]}
+    assert cls.scaled(0.5, 0.5) == cls and err.scaled(0.5, 0.5) == err
+    plain = FrameResult("s", 0, "a", 0, detections=(Detection("x", 1, 0.5, (2, 4, 6, 8)),))
+    assert plain.scaled(0.5, 0.5).detections[0].keypoints is None
+
+
 def test_numpy_values_become_plain_numbers():
     det = Detection.from_dict({"label": "x", "class_id": np.int64(2), "score": np.float32(0.5),
                                "box": np.array([1.0, 2.0, 3.0, 4.0])[...].tolist()})
@@ -69,7 +81,7 @@ def test_read_results_skips_a_torn_line_unless_strict(tmp_path):
 def test_the_jsonl_sink_writes_to_json_lines(tmp_path):
     sink = JsonlSink(tmp_path / "results.jsonl")
     for line in LINES:
-        sink.write(FrameResult.from_json(line).to_dict())
+        sink.write(FrameResult.from_json(line))
     sink.close()
     assert (tmp_path / "results.jsonl").read_text(encoding="utf-8").splitlines() == LINES
 
@@ -117,9 +129,9 @@ def test_the_api_sink_holds_records_while_the_consumer_is_behind_and_ends_with_a
     consumer.bind(endpoint)
     sink = ApiSink(endpoint, limit=8)
     try:
-        records = [FrameResult("s", i, "a", i, detections=()).to_dict() for i in range(60)]
-        for record in records:
-            sink.write(record, None)
+        results = [FrameResult("s", i, "a", i, detections=()) for i in range(60)]
+        for result in results:
+            sink.write(result, None)
         assert sink.backlogged and sink.pending > 8   # nothing is dropped: it waits in the FIFO
         sink.close(streams=1)
         got = []
@@ -127,7 +139,8 @@ def test_the_api_sink_holds_records_while_the_consumer_is_behind_and_ends_with_a
             if consumer.poll(1000):
                 got.append(decode(consumer.recv()))
             sink.poll()
-        assert [m.record for m in got[:60]] == records and all(isinstance(m, RecordMsg) for m in got)
+        assert [m.record for m in got[:60]] == [r.to_dict() for r in results]
+        assert all(isinstance(m, RecordMsg) for m in got)
         assert got[60].end and got[60].record == {"streams": 1}
         assert not sink.backlogged and sink.pending == 0
     finally:

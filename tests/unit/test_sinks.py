@@ -11,25 +11,28 @@ import numpy as np
 import pytest
 
 from engine.config import OutputConfig
+from engine.core.results import Classification, Detection, FrameResult
 from engine.io.sinks import ImageSink, JsonlSink, PerStream, VideoSink, draw, open_sinks
 
 
-def _record(frame_id: int, **extra) -> dict:
-    record = {"stream": "cam", "frame_id": frame_id, "source": "data/img.jpg", "frame_index": 0, "status": "ok",
+def _record(frame_id: int, **extra) -> FrameResult:
+    fields = {"stream": "cam", "frame_id": frame_id, "source": "data/img.jpg", "frame_index": 0, "status": "ok",
               "device": "CPU", "worker": "inference-0", "latency_ms": {"infer": 1.5}}
-    record.update(extra)
-    return record
+    fields.update(extra)
+    return FrameResult(**fields)
 
 
-def _detection(box: list[float], class_id: int = 1, **extra) -> dict:
-    return {"label": "person", "class_id": class_id, "score": 0.87, "box": box, **extra}
+def _detection(box: list[float], class_id: int = 1, label: str = "person",
+               keypoints: list[list[float]] | None = None) -> Detection:
+    return Detection(label, class_id, 0.87, tuple(box), None if keypoints is None else tuple(map(tuple, keypoints)))
 
 
 def test_jsonl_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "out" / "results.jsonl"
     sink = JsonlSink(path)
-    records = [_record(0, detections=[_detection([1.0, 2.0, 3.0, 4.0])]),
-               _record(1, source="données/日本.png", score=np.float32(0.5), ids=np.arange(3)),
+    records = [_record(0, detections=(_detection([1.0, 2.0, 3.0, 4.0]),)),
+               _record(1, source="données/日本.png",
+                       detections=(Detection("x", 2, np.float32(0.5), tuple(np.arange(4))),)),   # numpy values
                _record(2, status="error", error="truncated JPEG: data/x.jpg", stage="decode")]
     for record in records:
         sink.write(record, None)
@@ -39,8 +42,8 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     assert "日本" in lines[1]                                             # UTF-8, not \\u escapes
     back = [json.loads(line) for line in lines]
-    assert back[0] == records[0] and back[2] == records[2]
-    assert back[1]["score"] == 0.5 and back[1]["ids"] == [0, 1, 2]
+    assert back[0] == records[0].to_dict() and back[2] == records[2].to_dict()
+    assert back[1]["detections"][0]["score"] == 0.5 and back[1]["detections"][0]["box"] == [0, 1, 2, 3]
 
 
 def test_jsonl_writes_undecodable_names_as_escapes(tmp_path: Path) -> None:
@@ -65,7 +68,7 @@ def test_jsonl_recover_truncates_partial_line_and_resumes(tmp_path: Path) -> Non
     assert JsonlSink.recover(path) == {"cam": ({0, 1, 5}, set()), "door": ({0}, set())}
     assert path.read_bytes().endswith(b"\n") and len(path.read_text().splitlines()) == 4
     sink = JsonlSink(path, append=True)
-    sink.write({**_record(7), "status": "error"}, None)
+    sink.write(_record(7, status="error"), None)
     sink.close()
     assert JsonlSink.recover(path) == {"cam": ({0, 1, 5}, {7}), "door": ({0}, set())}
     assert [json.loads(line)["frame_id"] for line in path.read_text().splitlines()] == [0, 1, 5, 0, 7]
@@ -102,7 +105,7 @@ def test_jsonl_full_disk_leaves_only_whole_records(tmp_path: Path, monkeypatch) 
 
 def test_draw_marks_box_label_and_keypoints_on_a_copy() -> None:
     frame = np.zeros((200, 300, 3), np.uint8)
-    record = _record(0, detections=[_detection([50.0, 80.0, 150.0, 180.0], keypoints=[[100.0, 130.0]])])
+    record = _record(0, detections=(_detection([50.0, 80.0, 150.0, 180.0], keypoints=[[100.0, 130.0]]),))
     out = draw(frame, record)
     assert not frame.any()                                   # the original is untouched
     assert out.shape == frame.shape and out.dtype == np.uint8
@@ -114,7 +117,7 @@ def test_draw_marks_box_label_and_keypoints_on_a_copy() -> None:
 
 def test_draw_classification_and_error() -> None:
     frame = np.full((120, 160, 3), 128, np.uint8)
-    top = draw(frame, _record(0, classes=[{"label": "cat", "class_id": 3, "score": 0.9}]))
+    top = draw(frame, _record(0, classes=(Classification("cat", 3, 0.9),)))
     assert (top[:20, :60] != 128).any() and (top[60:] == 128).all()
     error = draw(frame, _record(0, status="error", stage="decode", error="truncated JPEG: data/ü.jpg"))
     red = (error[:, :, 2] > 200) & (error[:, :, 0] < 50) & (error[:, :, 1] < 50)
@@ -123,9 +126,9 @@ def test_draw_classification_and_error() -> None:
 
 def test_draw_uses_labels_when_record_has_none() -> None:
     frame = np.zeros((100, 100, 3), np.uint8)
-    det = {"class_id": 1, "score": 0.5, "box": [10, 30, 90, 90]}
-    a = draw(frame, _record(0, detections=[det]), labels=["background", "face"])
-    b = draw(frame, _record(0, detections=[dict(det, label="face")]))
+    det = Detection("", 1, 0.5, (10, 30, 90, 90))
+    a = draw(frame, _record(0, detections=(det,)), labels=["background", "face"])
+    b = draw(frame, _record(0, detections=(Detection("face", 1, 0.5, (10, 30, 90, 90)),)))
     assert np.array_equal(a, b)
 
 
@@ -152,7 +155,7 @@ def test_video_sink_writes_readable_video(tmp_path: Path) -> None:
     sink = VideoSink(tmp_path / "annotated.mp4", fps=10)
     for i in range(6):
         shape = (90, 121, 3) if i != 3 else (45, 60, 3)      # odd width, and one frame of another size
-        record = _record(i, detections=[_detection([5, 5, 40, 40])])
+        record = _record(i, detections=(_detection([5, 5, 40, 40]),))
         sink.write(record, np.full(shape, i * 30, np.uint8))
     sink.write(_record(6), None)
     sink.close()

@@ -46,7 +46,7 @@ def _pixels(name: str) -> np.ndarray:
 def _detections(boxes, classes, scores, count, min_score: float = 0.3) -> list[tuple[int, float, np.ndarray]]:
     n = int(count.reshape(-1)[0])
     return [(int(c), float(s), b) for b, c, s in zip(boxes.reshape(-1, 4)[:n], classes.reshape(-1)[:n],
-                                                     scores.reshape(-1)[:n]) if s >= min_score]
+                                                     scores.reshape(-1)[:n], strict=True) if s >= min_score]
 
 
 def _check_against_reference(compiled: ov.CompiledModel) -> None:

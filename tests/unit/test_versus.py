@@ -49,9 +49,9 @@ def test_threaded_script_finds_what_the_engine_adapter_finds(tmp_path):
     assert sum(len(d) for d in reference.detections) > 0                      # some of them hold faces
     for index, expected in enumerate(reference.detections):
         got = by_id[index]
-        assert [d["label"] for d in got] == [d["label"] for d in expected]
-        for a, b in zip(got, expected):
-            np.testing.assert_allclose(a["box"], b["box"], atol=1.0)
+        assert [d["label"] for d in got] == [d.label for d in expected]
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_allclose(a["box"], b.box, atol=1.0)
 
 
 def test_count_lines_reads_only_whole_appended_lines(tmp_path):
@@ -182,7 +182,8 @@ def test_render_versus_shows_the_comparison_profile_and_targets():
     out = io.StringIO()
     render_versus(result, Console(file=out, width=200))
     text = out.getvalue()
-    for expected in ("steady-state FPS", "0.833×", "1.250×", "inference-0", "engine overhead", "Targets", "exit code 1"):
+    for expected in ("steady-state FPS", "0.833×", "1.250×", "inference-0", "engine overhead", "Targets",
+                     "exit code 1"):
         assert expected in text, expected
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from engine.config import ModelConfig
 from engine.core.errors import ModelError
 from engine.core.geometry import Geometry
+from engine.core.results import Detection
 from engine.model.adapters import Adapter, read_params
 
 DEFAULTS = {
@@ -86,6 +87,8 @@ def generate_anchors(params: dict) -> np.ndarray:
 class AnchorSSDAdapter(Adapter):
     """Anchor decoding, sigmoid scores and weighted NMS for mediapipe SSD detectors."""
 
+    name = "anchor_ssd"
+
     def __init__(self, model: ModelConfig) -> None:
         super().__init__(model)
         self.params = read_params(model, DEFAULTS, REQUIRED)
@@ -111,7 +114,7 @@ class AnchorSSDAdapter(Adapter):
             raise ModelError(f"regressors hold {reg[2]} values per anchor, "
                              f"which does not fit 4 + 2 × num_keypoints ({keypoints})")
 
-    def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[dict]:
+    def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[Detection]:
         reg, cls = sorted(outputs.values(), key=lambda a: a.shape[-1], reverse=True)
         logits = np.clip(cls.reshape(-1), -SCORE_CLIP, SCORE_CLIP)
         scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
@@ -127,7 +130,7 @@ class AnchorSSDAdapter(Adapter):
         return self._merge(boxes, keypoints, scores[keep], geometry)
 
     def _merge(self, boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
-               geometry: Geometry) -> list[dict]:
+               geometry: Geometry) -> list[Detection]:
         """Weighted NMS: each cluster (IoU > nms_iou with its best box) becomes the score-weighted
         mean of its boxes and keypoints, with the best box's score."""
         order = np.argsort(-scores, kind="stable")
@@ -152,9 +155,8 @@ class AnchorSSDAdapter(Adapter):
             left = left[~member]
         frame_boxes = geometry.boxes_to_frame(np.asarray(merged_boxes)).tolist()
         frame_points = geometry.normalized_to_frame(np.asarray(merged_points)).tolist()
-        detections = [{"label": self.label(0), "class_id": 0, "score": float(score), "box": box}
-                      for score, box in zip(best, frame_boxes)]
-        if keypoints.shape[1]:
-            for detection, points in zip(detections, frame_points):
-                detection["keypoints"] = points
-        return detections
+        label = self.label(0)
+        if not keypoints.shape[1]:
+            return [Detection(label, 0, float(score), tuple(box)) for score, box in zip(best, frame_boxes)]
+        return [Detection(label, 0, float(score), tuple(box), tuple(map(tuple, points)))
+                for score, box, points in zip(best, frame_boxes, frame_points)]

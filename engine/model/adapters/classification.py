@@ -14,6 +14,7 @@ import numpy as np
 from engine.config import ModelConfig
 from engine.core.errors import ModelError
 from engine.core.geometry import Geometry
+from engine.core.results import Classification
 from engine.model.adapters import Adapter, read_params
 
 DEFAULTS = {"label_offset": 0}
@@ -31,8 +32,9 @@ def softmax(values: np.ndarray) -> np.ndarray:
 
 
 class ClassificationAdapter(Adapter):
-    """The ``model.top_k`` best classes, ``{label, class_id, score}``, best first."""
+    """The ``model.top_k`` best classes, best first."""
 
+    name = "classification"
     kind = "classification"
 
     def __init__(self, model: ModelConfig) -> None:
@@ -49,7 +51,7 @@ class ClassificationAdapter(Adapter):
     def _fits(self, shape: list[int]) -> bool:
         return _classes(shape) > self.offset
 
-    def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[dict]:
+    def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[Classification]:
         scores = next(a for a in outputs.values() if self._fits(list(a.shape)))
         values = scores.reshape(-1).astype(np.float64)
         probabilities = values.min() >= 0 and values.max() <= 1 \
@@ -58,5 +60,5 @@ class ClassificationAdapter(Adapter):
             values = softmax(values)
         values = values[self.offset:]
         best = np.argsort(-values, kind="stable")[:max(self.model.top_k, 0)]
-        return [{"label": self.label(int(i)), "class_id": int(i), "score": float(values[i])}
+        return [Classification(self.label(int(i)), int(i), float(values[i]))
                 for i in best if values[i] >= self.threshold]

@@ -18,6 +18,7 @@ import numpy as np
 from engine.config import ModelConfig
 from engine.core.errors import ModelError
 from engine.core.geometry import Geometry
+from engine.core.results import Detection
 from engine.model.adapters import Adapter, read_params
 from engine.model.adapters.nms import class_nms
 
@@ -27,6 +28,8 @@ DEFAULTS = {"strides": [8, 16, 32], "num_classes": 80, "reg_max": 7, "min_score"
 
 class NanoDetAdapter(Adapter):
     """Detections of a NanoDet GFL head, boxes in frame pixels."""
+
+    name = "nanodet"
 
     def __init__(self, model: ModelConfig) -> None:
         super().__init__(model)
@@ -69,7 +72,7 @@ class NanoDetAdapter(Adapter):
                 return stride, np.stack([xs, ys], axis=1).astype(np.float32) * stride + (stride - 1) / 2
         raise ModelError(f"nanodet: no stride in {self.strides} gives {cells} cells on a {width}x{height} input")
 
-    def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[dict]:
+    def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[Detection]:
         pairs = self._pairs({name: list(a.shape) for name, a in outputs.items()})
         if pairs is None:
             self.check_outputs({name: list(a.shape) for name, a in outputs.items()})
@@ -99,5 +102,5 @@ class NanoDetAdapter(Adapter):
         kept = class_nms(boxes, scores, classes, self.iou, self.max_detections)
         size = np.array([geometry.input_w, geometry.input_h] * 2, np.float32)
         frame_boxes = geometry.boxes_to_frame(boxes[kept] / size).tolist()
-        return [{"label": self.label(int(c)), "class_id": int(c), "score": float(s), "box": box}
+        return [Detection(self.label(int(c)), int(c), float(s), tuple(box))
                 for c, s, box in zip(classes[kept], scores[kept], frame_boxes)]

@@ -5,10 +5,10 @@ Outputs: ``detection_boxes [1, N, 4]`` (ymin, xmin, ymax, xmax, normalised), ``d
 [1, N]`` and ``num_detections [1]`` (optional). They are found by name first: a name containing
 the role (``detection_boxes``, ``detection_boxes:0`` …) but not ``raw`` (``raw_detection_boxes``
 holds the boxes before NMS), or the TFLite export's names (``TFLite_Detection_PostProcess`` and
-``:1``, ``:2``, ``:3`` for boxes, classes, scores, count). When names do not tell (``StatefulPartitionedCall:1`` …), by shape:
-the one ``[1, N, 4]`` output is the boxes, a one-element output the count, and of the two
-``[1, N]`` outputs the scores are told from the classes by their values in each frame (see
-:func:`_split_pair`).
+``:1``, ``:2``, ``:3`` for boxes, classes, scores, count). When names do not tell
+(``StatefulPartitionedCall:1`` …), by shape: the one ``[1, N, 4]`` output is the boxes, a
+one-element output the count, and of the two ``[1, N]`` outputs the scores are told from the
+classes by their values in each frame (see :func:`_split_pair`).
 
 ``params.class_offset`` is added to the class ids: TFLite exports count classes without the
 background (COCO id − 1), so their entry sets 1 to report COCO ids, which index the 91-line label map.
@@ -20,6 +20,7 @@ import numpy as np
 from engine.config import ModelConfig
 from engine.core.errors import ModelError
 from engine.core.geometry import Geometry
+from engine.core.results import Detection
 from engine.model.adapters import Adapter, read_params
 
 DEFAULTS = {"min_score": 0.5, "class_offset": 0}
@@ -67,6 +68,8 @@ def _split_pair(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.n
 class TFObjectDetectionAdapter(Adapter):
     """Detections from TF OD API outputs, boxes reordered to (x1, y1, x2, y2) in frame pixels."""
 
+    name = "tf_od_api"
+
     def __init__(self, model: ModelConfig) -> None:
         super().__init__(model)
         params = read_params(model, DEFAULTS)
@@ -86,7 +89,7 @@ class TFObjectDetectionAdapter(Adapter):
             raise ModelError("tf_od_api expects detection_boxes [1,N,4], detection_classes [1,N], "
                              f"detection_scores [1,N] and num_detections [1]; model outputs: {listing}")
 
-    def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[dict]:
+    def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[Detection]:
         if self.names is None and self.shapes is None:
             self._resolve({name: list(a.shape) for name, a in outputs.items()})
         if self.names:
@@ -102,5 +105,5 @@ class TFObjectDetectionAdapter(Adapter):
         keep = scores >= self.threshold
         frame_boxes = geometry.boxes_to_frame(boxes[keep][:, [1, 0, 3, 2]]).tolist()
         ids = (np.rint(classes[keep]).astype(np.int64) + self.class_offset).tolist()
-        return [{"label": self.label(class_id), "class_id": class_id, "score": float(score), "box": box}
+        return [Detection(self.label(class_id), class_id, float(score), tuple(box))
                 for class_id, score, box in zip(ids, scores[keep], frame_boxes)]

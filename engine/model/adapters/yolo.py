@@ -19,6 +19,7 @@ import numpy as np
 from engine.config import ModelConfig
 from engine.core.errors import ModelError
 from engine.core.geometry import Geometry
+from engine.core.results import Detection
 from engine.model.adapters import Adapter, read_params
 from engine.model.adapters.nms import class_nms
 
@@ -38,6 +39,8 @@ def layout_of(shape: list[int], version: str = "auto") -> str | None:
 class YoloAdapter(Adapter):
     """Detections of a YOLOv5 or YOLOv8/11 head, boxes in frame pixels."""
 
+    name = "yolo"
+
     def __init__(self, model: ModelConfig) -> None:
         super().__init__(model)
         params = read_params(model, DEFAULTS)
@@ -55,7 +58,7 @@ class YoloAdapter(Adapter):
             raise ModelError(f"yolo expects one output [1,N,5+C] (YOLOv5) or [1,4+C,N] (YOLOv8/11); "
                              f"model outputs: {listing}")
 
-    def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[dict]:
+    def decode(self, outputs: dict[str, np.ndarray], geometry: Geometry) -> list[Detection]:
         (raw,) = outputs.values()
         layout = layout_of(list(raw.shape), self.version)
         if layout is None:
@@ -76,5 +79,5 @@ class YoloAdapter(Adapter):
         kept = class_nms(boxes, scores, classes, self.iou, self.max_detections, self.agnostic)
         size = np.array([geometry.input_w, geometry.input_h] * 2, np.float32)
         frame_boxes = geometry.boxes_to_frame(boxes[kept] / size).tolist()
-        return [{"label": self.label(int(c)), "class_id": int(c), "score": float(s), "box": box}
+        return [Detection(self.label(int(c)), int(c), float(s), tuple(box))
                 for c, s, box in zip(classes[kept], scores[kept], frame_boxes)]

@@ -10,8 +10,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import openvino as ov
 
@@ -45,7 +47,10 @@ class BenchmarkAppResult:
                 "precision": self.precision}
 
 
-def _first(pattern: re.Pattern, text: str, kind: type) -> object | None:
+T = TypeVar("T")
+
+
+def _first(pattern: re.Pattern, text: str, kind: Callable[[str], T]) -> T | None:
     match = pattern.search(text)
     return kind(match.group(1)) if match else None
 
@@ -56,7 +61,7 @@ def parse_output(text: str) -> BenchmarkAppResult:
     if fps is None:
         tail = " | ".join(line.strip() for line in text.strip().splitlines()[-3:])
         raise ValueError(f"no 'Throughput: X FPS' line in benchmark_app output ({tail[:300]})")
-    latency = {}
+    latency: dict[str, float] = {}
     stats = text[text.find("Dumping statistics"):] if "Dumping statistics" in text else text
     for key, pattern in _LATENCY.items():
         value = _first(pattern, stats, float)

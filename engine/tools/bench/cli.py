@@ -13,8 +13,9 @@ median with its min–max:
 micro-benchmark, ``--soak N`` a memory soak of N frames. Results: OUT/bench.json, OUT/bench.png.
 ``--versus`` instead runs the engine against the threaded single-process script a user would write
 (:mod:`engine.tools.bench.versus`): whole job, time to first result, steady state and a CPU profile per
-process: OUT/versus.json. ``--density`` instead measures how many real-time streams the engine, separate engine processes and
-a threaded single-process loop sustain (:mod:`engine.tools.bench.density`): OUT/density.json, OUT/density.png.
+process: OUT/versus.json. ``--density`` instead measures how many real-time streams the engine, separate
+engine processes and a threaded single-process loop sustain (:mod:`engine.tools.bench.density`):
+OUT/density.json, OUT/density.png.
 """
 from __future__ import annotations
 
@@ -379,7 +380,8 @@ class Bench:
             raise ConfigError("--steady-loops must be >= 1, --probe-seconds and --fps > 0, --live-seconds >= 0")
         images = list_images(self.images_dir)
         model = self.model_arg
-        self.result["settings"] = {"model": model, "device": a.device, "images": str(self.images_dir), "frames": len(images),
+        self.result["settings"] = {"model": model, "device": a.device, "images": str(self.images_dir),
+                                   "frames": len(images),
                                    "repeats": a.repeats, "steady_loops": a.steady_loops,
                                    "config": a.config or "configs/default.toml"}
         self.progress(f"versus: model {model}, {len(images)} images, {a.repeats} repeats; steady runs "
@@ -608,7 +610,8 @@ def render_versus(result: dict, console: Console) -> None:
         tt.add_column(col)
     names = {"steady_fps": "steady FPS engine/threaded", "steady_fps_plain": "steady FPS engine/plain",
              "job_wall_s": "whole job wall engine/threaded", "job_wall_s_plain": "whole job wall engine/plain",
-             "first_result_s": "engine time to first result s", "overhead_ms_per_frame": "engine overhead core-ms/frame",
+             "first_result_s": "engine time to first result s",
+             "overhead_ms_per_frame": "engine overhead core-ms/frame",
              "live_latency_ratio": "live e2e p50 / sum of stage p50s"}
     for key, t in v.get("targets", {}).items():
         met = "—" if t["met"] is None else ("[green]yes[/green]" if t["met"] else "[red]no[/red]")

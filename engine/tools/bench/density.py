@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.tools.bench.stats import Spread
 
@@ -163,7 +164,8 @@ def run_separate(trial: Trial, video: Path, model: str, device: str, out: Path) 
 def run_threaded(trial: Trial, video: Path, model: str, device: str, out: Path) -> Trial:
     """The threaded single-process loop of :mod:`engine.tools.bench.density_loop`."""
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "engine.tools.bench.density_loop", "--video", str(video), "--streams", str(trial.streams),
+    cmd = [sys.executable, "-m", "engine.tools.bench.density_loop", "--video", str(video),
+           "--streams", str(trial.streams),
            "--seconds", f"{trial.seconds:g}", "--fps", f"{trial.target_fps:g}", "--model", model,
            "--device", device]
     cpu0, t0 = _children_cpu_s(), time.perf_counter()
@@ -223,7 +225,7 @@ def summarize(trials: list[Trial], variants: tuple[str, ...], fps: float, second
     out: dict = {"target_fps": fps, "seconds": seconds, "schedule": list(schedule), "repeats": repeats,
                  "sustain_fraction": SUSTAIN_FRACTION, "variants": {}, "trials": [t.to_dict() for t in trials]}
     for v in variants:
-        rows = {}
+        rows: dict[int, dict[str, Any]] = {}
         for n in sorted({t.streams for t in trials if t.variant == v}):
             ts = [t for t in trials if t.variant == v and t.streams == n]
             ok = [t.to_dict() for t in ts if not t.error]

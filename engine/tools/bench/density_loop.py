@@ -98,6 +98,12 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
         with start_lock:
             queue.start_async({0: pixels}, (stream, geometry))
 
+    def infer_and_release(stream: int, frame: np.ndarray) -> None:
+        try:
+            infer(stream, frame)
+        finally:
+            in_pool.release()
+
     stop, wake = threading.Event(), threading.Condition()
     cameras = [Camera(video, fps, stop, wake) for _ in range(streams)]
     for camera in cameras:
@@ -121,10 +127,12 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
                 wake.wait(0.05)
                 continue
             stream = (turn + ready[0]) % streams
-            frame, _ = cameras[stream].take()
+            taken = cameras[stream].take()
+        assert taken is not None                   # ready: it has a frame
+        frame = taken[0]
         turn = stream + 1
         in_pool.acquire()
-        pool.submit(lambda s=stream, f=frame: (infer(s, f), in_pool.release()))
+        pool.submit(infer_and_release, stream, frame)
     measuring.clear()
     with wake:
         reads = [c.read - b for c, b in zip(cameras, base_read)]
@@ -137,7 +145,8 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.tools.bench.density_loop", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m engine.tools.bench.density_loop",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--video", required=True)
     parser.add_argument("--streams", type=int, required=True)
     parser.add_argument("--seconds", type=float, default=10.0)

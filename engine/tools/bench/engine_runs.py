@@ -137,10 +137,11 @@ def sweep(source: str, model: str, output: Path, devices: list[str], grid: list[
     points = []
     best: dict[str, dict] = {}
     for device in devices:
-        for k, point in enumerate(grid):
+        for point in grid:
             if progress:
                 progress(f"sweep {device} nireq={point['nireq']} streams={point['streams']} batch={point['batch']}")
-            out = output / "sweep" / f"{device.replace(':', '_')}-n{point['nireq']}-s{point['streams']}-b{point['batch']}"
+            name = f"{device.replace(':', '_')}-n{point['nireq']}-s{point['streams']}-b{point['batch']}"
+            out = output / "sweep" / name
             run = run_engine(engine_command(source, model, out, config, [device] * workers, loop=loop, **point), out)
             row = {"device": device, "workers": workers, **point, "fps": run.fps, "p50_ms": run.latency("end_to_end"),
                    "p95_ms": run.latency("end_to_end", "p95"), "startup_s": run.startup_s}

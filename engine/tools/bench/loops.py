@@ -2,7 +2,7 @@
 
 Each frame: ``cv2.imread`` → :meth:`Geometry.resize_into` the model input (as the preprocessor
 does) → OpenVINO (the model prepared by :func:`engine.model.prepare.prepare_model`, so uint8 BGR NHWC goes
-in) → the model's adapter turns the outputs into detections in frame pixels.
+in) → the model's adapter turns the outputs into :class:`~engine.core.results.Detection` s in frame pixels.
 
 - :func:`sync_loop` is the codelab's synchronous sample: one infer request, ``infer()`` per frame.
 - :func:`async_loop` is its "wait completion" pattern: start request *i*, then wait on the oldest
@@ -11,6 +11,7 @@ in) → the model's adapter turns the outputs into detections in frame pixels.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import openvino as ov
 
 from engine.config import InferenceConfig, ModelConfig, PreprocessConfig
 from engine.core.geometry import Geometry
+from engine.core.results import Classification, Detection
 from engine.io.sources import IMAGE_EXTENSIONS
 from engine.model.adapters import Adapter, create_adapter
 from engine.model.prepare import InputInfo, compile_model, device_info, output_shapes, prepare_model, read_model
@@ -36,7 +38,7 @@ class LoopResult:
     latency_ms: list[float]
     nireq: int
     properties: dict = field(default_factory=dict)
-    detections: list[list[dict]] | None = None   # per frame, in image order (when kept)
+    detections: list[Sequence[Detection | Classification]] | None = None   # per frame, in image order (when kept)
     failures: int = 0                            # images cv2.imread could not read
     stage_ms: dict[str, float] = field(default_factory=dict)   # mean ms/frame of read, resize, infer, parse
 
@@ -123,7 +125,7 @@ def sync_loop(prepared: Prepared, images: list[Path], passes: int = 1, keep: boo
     request = compiled.create_infer_request()
     buffer = np.zeros((1, info.height, info.width, 3), np.uint8)
     request.set_input_tensor(ov.Tensor(buffer, shared_memory=True))
-    detections: list[list[dict]] = []
+    detections: list[Sequence[Detection | Classification]] = []
     latency: list[float] = []
     failures = 0
     clock = _Clock()
@@ -169,7 +171,7 @@ def async_loop(prepared: Prepared, images: list[Path], nireq: int = 0, passes: i
     for request, buffer in zip(requests, buffers):
         request.set_input_tensor(ov.Tensor(buffer, shared_memory=True))
     pending: list[tuple[int, Geometry, float] | None] = [None] * nireq   # (frame index, geometry, t0)
-    results: dict[int, list[dict]] = {}
+    results: dict[int, Sequence[Detection | Classification]] = {}
     latency: list[float] = []
     failures = 0
     clock = _Clock()

@@ -78,7 +78,8 @@ def _transport_panel(ax, rows: list[dict]) -> None:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
-        values, errs = [], [[], []]
+        values: list[float] = []
+        errs: list[list[float]] = [[], []]
         for size in sizes:
             row = next((r for r in rows if r["size"] == size and r["method"] == method), None)
             us = row["us_per_frame"] if row else {"median": 0, "min": 0, "max": 0}

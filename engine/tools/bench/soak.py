@@ -35,7 +35,7 @@ def write_video(path: Path, images: list[Path], frames: int = VIDEO_FRAMES, size
     if not stills:
         stills = [np.full((size[1], size[0], 3), 127, np.uint8)]
     for target, fourcc in ((path.with_suffix(".mp4"), "mp4v"), (path.with_suffix(".avi"), "MJPG")):
-        writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        writer = cv2.VideoWriter(str(target), cv2.VideoWriter.fourcc(*fourcc), fps, size)
         if not writer.isOpened():
             continue
         for i in range(frames):

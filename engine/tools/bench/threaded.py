@@ -48,7 +48,8 @@ def run(images: Path, output: Path, model: str | None = None, loop: int = 1, dev
     cfg = load_config(config, overrides)
     core = ov.Core()
     prepared, info = prepare_model(read_model(core, cfg.model.path), cfg.model, 1)
-    own = {"nireq": 0, "cache_dir": cache_dir} | ({"hint": "NONE", "streams": 0, "threads": 0} if settings == "default" else {})
+    defaults = {"hint": "NONE", "streams": 0, "threads": 0} if settings == "default" else {}
+    own = {"nireq": 0, "cache_dir": cache_dir} | defaults
     compiled = compile_model(core, prepared, device, cfg.inference.model_copy(update=own))
     adapter = create_adapter(cfg.model)
     names = list(output_shapes(compiled))
@@ -74,7 +75,7 @@ def run(images: Path, output: Path, model: str | None = None, loop: int = 1, dev
     def done(request: ov.InferRequest, userdata: tuple[int, str, Geometry]) -> None:
         index, source, geometry = userdata
         outputs = {name: request.get_output_tensor(i).data for i, name in enumerate(names)}
-        detections = adapter.decode(outputs, geometry)
+        detections = [d.to_dict() for d in adapter.decode(outputs, geometry)]   # a plain script's own line
         line = json.dumps({"frame_id": index, "source": source, "status": "ok", "detections": detections})
         with lock:
             out.write(line + "\n")
@@ -101,7 +102,8 @@ def run(images: Path, output: Path, model: str | None = None, loop: int = 1, dev
     out.close()
     summary = {**counts, "cpu_s_start": round(cpu_start, 4), "cpu_s_end": round(time.process_time(), 4),
                "nireq": nireq, "threads": threads, "model": cfg.model.name or cfg.model.path,
-               "hint": str(compiled.get_property("PERFORMANCE_HINT")), "ov_streams": int(compiled.get_property("NUM_STREAMS"))}
+               "hint": str(compiled.get_property("PERFORMANCE_HINT")),
+               "ov_streams": int(compiled.get_property("NUM_STREAMS"))}
     (output / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     return summary
 

@@ -24,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import Any
 
 import numpy as np
 import zmq
@@ -88,12 +89,13 @@ class TransportResult:
 
 # ---- consumer (child process) -------------------------------------------------------------------
 
-def _consume(method: str, endpoints: dict[str, str], spec: dict | None, queue: mp.Queue | None,
+def _consume(method: str, endpoints: dict[str, str], spec: dict | None, queue: Any,
              total: int, warmup: int, report: Connection) -> None:
     """Receive ``total`` frames, touch each, release it; report timings and the checksum sum."""
     ctx = zmq.Context()
-    pool = SlotPool(PoolSpec(**spec)) if spec else None
-    frames_in = releases = None
+    pool: Any = SlotPool(PoolSpec(**spec)) if spec else None      # per method: the pool, sockets or queue
+    frames_in: Any = None
+    releases: Any = None
     if method != "mp_queue":
         frames_in = make_socket(ctx, zmq.PULL, bind=endpoints["frames"], hwm=WINDOW)
         releases = make_socket(ctx, zmq.PUSH, connect=endpoints["release"], hwm=WINDOW * 4)
@@ -111,7 +113,7 @@ def _consume(method: str, endpoints: dict[str, str], spec: dict | None, queue: m
                     raise TimeoutError("no frame from the producer")
                 if method == "zmq":
                     parts = frames_in.recv_multipart(copy=False)
-                    msg = decode(parts[0].buffer)
+                    msg: Any = decode(parts[0].buffer)
                     ref = msg.frame
                     frame = np.frombuffer(parts[1].buffer, np.uint8).reshape(ref.height, ref.width, 3)
                     checksum += touch(frame)
@@ -190,7 +192,8 @@ def measure(method: str, size: str, frames: int, warmup: int | None = None) -> T
         _produce(method, frame, total, pool, out, back, queue, proc)
         result = _wait_report(report, proc, "its result")
         if not isinstance(result, dict) or "error" in result:
-            raise RuntimeError(f"transport consumer failed: {result.get('error') if isinstance(result, dict) else result}")
+            said = result.get("error") if isinstance(result, dict) else result
+            raise RuntimeError(f"transport consumer failed: {said}")
         proc.join(TIMEOUT_S)
         seconds = (result["t_end"] - result["t_warm"]) / 1e9
         return TransportResult(method, size, frames, seconds, result["latency_p50_ns"] / 1000,
@@ -213,8 +216,9 @@ def measure(method: str, size: str, frames: int, warmup: int | None = None) -> T
         run_dir.remove()
 
 
-def _produce(method: str, frame: np.ndarray, total: int, pool: SlotPool | None, out: zmq.Socket | None,
-             back: zmq.Socket | None, queue: mp.Queue | None, proc: mp.process.BaseProcess) -> None:
+def _produce(method: str, frame: np.ndarray, total: int, pool: Any, out: Any, back: Any, queue: Any,
+             proc: mp.process.BaseProcess) -> None:
+    """Send ``total`` frames by ``method`` (``pool``/``out``/``back`` or ``queue``, as the method uses)."""
     height, width = frame.shape[:2]
     if method == "mp_queue":
         for i in range(total):
@@ -289,10 +293,8 @@ def summarize(results: list[TransportResult]) -> list[dict]:
         groups.setdefault((r.size, r.method), []).append(r)
     rows = []
     for (size, method), items in groups.items():
-        fps = Spread.of(r.fps for r in items)
-        us = Spread.of(r.us_per_frame for r in items)
-        rows.append({"size": size, "method": method, "frames": items[0].frames, "fps": fps.to_dict(),
-                     "us_per_frame": us.to_dict(),
-                     "latency_p50_us": Spread.of(r.latency_p50_us for r in items).to_dict(),
+        spreads = {key: Spread.of(getattr(r, key) for r in items) for key in ("fps", "us_per_frame", "latency_p50_us")}
+        rows.append({"size": size, "method": method, "frames": items[0].frames,
+                     **{key: s.to_dict() if s else None for key, s in spreads.items()},
                      "checksum_ok": all(r.checksum_ok for r in items)})
     return rows

@@ -296,7 +296,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
             e, t = (row[s]["median"] if row[s] else None for s in ("engine", script))
             value = ratio(e, t)
             row[f"engine_over_{script}"] = None if value is None else round(value, 3)
-            pairs = Spread.of(ratio(a.get(key), b.get(key)) for a, b in zip(runs.get("engine", []), runs.get(script, [])))
+            pairs = Spread.of(ratio(a.get(key), b.get(key))
+                              for a, b in zip(runs.get("engine", []), runs.get(script, [])))
             row[f"paired_ratio{suffix}"] = pairs.to_dict() if pairs else None
         out[key] = row
     return out

@@ -7,7 +7,8 @@ engine's own reader (:func:`engine.io.sources.load_image`, full size, as the run
 ``reduced_decode = false``), placed in the input by :class:`engine.core.geometry.Geometry` (the
 preprocessor's resize), then given the model's input conventions (colour order, mean/scale, layout,
 element type) in NumPy, as the engine's PrePostProcessor does them inside OpenVINO. Its outputs are
-decoded by the same adapter into the same records, so any difference is the runtime's alone.
+decoded by the same adapter into the same :class:`~engine.core.results.FrameResult` s, so any difference
+is the runtime's alone.
 """
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ import numpy as np
 from engine.config import ModelConfig
 from engine.core.errors import ConfigError, ModelError
 from engine.core.geometry import Geometry
+from engine.core.results import FrameResult
 from engine.io.sources import load_image
 from engine.model.adapters import create_adapter
 from engine.model.prepare import quiet_stderr
-from engine.tools.modeltools.metrics import Record
 
 RUNTIMES = {".tflite": "LiteRT (ai-edge-litert)", ".onnx": "onnxruntime", "saved_model": "TensorFlow"}
 
@@ -154,16 +155,15 @@ def input_size(reference: Reference, cfg: ModelConfig) -> tuple[int, int]:
     return w, h
 
 
-def reference_records(cfg: ModelConfig, reference: Reference, images: list[Path]) -> list[Record]:
-    """One engine-style record per image, from ``reference`` and ``cfg``'s adapter."""
+def reference_records(cfg: ModelConfig, reference: Reference, images: list[Path]) -> list[FrameResult]:
+    """One result per image (``frame_id``: its position in ``images``), from ``reference`` and ``cfg``'s adapter."""
     adapter = create_adapter(cfg)
     width, height = input_size(reference, cfg)
-    key = "classes" if adapter.kind == "classification" else "detections"
-    records: list[Record] = []
-    for path in images:
+    records: list[FrameResult] = []
+    for frame_id, path in enumerate(images):
         frame, error, _ = load_image(path)
         if frame is None:
-            records.append({"source": str(path), "frame_index": 0, "status": "error", "error": error})
+            records.append(FrameResult.failed("", frame_id, str(path), 0, "decode", error or "unreadable"))
             continue
         pre = cfg.preprocess
         geometry = Geometry.plan(frame.shape[1], frame.shape[0], width, height, pre.resize, pre.crop)
@@ -172,6 +172,5 @@ def reference_records(cfg: ModelConfig, reference: Reference, images: list[Path]
         outputs = reference(model_input(pixels, cfg, reference))
         outputs = {name: value.astype(np.float32) if value.dtype.kind == "f" else value
                    for name, value in outputs.items()}
-        records.append({"source": str(path), "frame_index": 0, "status": "ok",
-                        key: adapter.decode(outputs, geometry)})
+        records.append(FrameResult("", frame_id, str(path), 0, **adapter.answer(adapter.decode(outputs, geometry))))
     return records

@@ -298,7 +298,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fold colour/mean/scale into the IR (input: uint8 NHWC BGR) instead of "
                              "leaving them to the engine")
     parser.add_argument("--description", default="", help="registry description")
-    parser.add_argument("--register", action="store_true", help="add or update the entry in OVSTREAM_HOME/models/models.toml")
+    parser.add_argument("--register", action="store_true",
+                        help="add or update the entry in OVSTREAM_HOME/models/models.toml")
 
 
 def main(args: argparse.Namespace) -> int:

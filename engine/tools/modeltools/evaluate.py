@@ -1,7 +1,8 @@
 """`ovstream eval`: a model's accuracy on a data set, or its agreement with a reference model.
 
 The model runs through the engine (``ovstream run`` in a subprocess, results in
-``OUTPUT/model/results.jsonl``); :mod:`engine.tools.modeltools.metrics` scores the records:
+``OUTPUT/model/results.jsonl``, read back as :class:`~engine.core.results.FrameResult` s);
+:mod:`engine.tools.modeltools.metrics` scores them:
 
 - classifier: top-1/top-5 against a labels list (``relative/path label`` per line, as flowers102's
   ``val_list.txt``) or a folder-per-class tree;
@@ -33,11 +34,10 @@ from rich.table import Table
 from engine.config import ADAPTERS, MODEL_SUFFIXES, ModelConfig, RunConfig, load_config, load_registry, resolve_model
 from engine.core import paths
 from engine.core.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, OvstreamError
-from engine.core.results import read_results
+from engine.core.results import FrameResult, read_results
 from engine.tools.modeltools.conformance import open_reference, reference_records
 from engine.tools.modeltools.metrics import (
     CATEGORY_MODES,
-    Record,
     agreement_map,
     classification_agreement,
     coco_map,
@@ -204,8 +204,8 @@ def write_run_config(out_dir: Path, model: dict[str, Any], data: Path, *, recurs
     return path
 
 
-def run_engine(config_path: Path, out_dir: Path) -> list[Record]:
-    """Run ``ovstream run CONFIG`` in a subprocess and return its ``results.jsonl`` records.
+def run_engine(config_path: Path, out_dir: Path) -> list[FrameResult]:
+    """Run ``ovstream run CONFIG`` in a subprocess and return its ``results.jsonl`` results.
 
     The run's output goes to ``out_dir/run.log``. Exit 1 (some frames failed) still returns the
     records; exit 2 is the run's own usage error, re-raised; anything else is :class:`RunFailed`.
@@ -225,18 +225,18 @@ def run_engine(config_path: Path, out_dir: Path) -> list[Record]:
     if not results.is_file():
         raise RunFailed(f"engine run wrote no {results} (see {log})")
     try:
-        return [result.to_dict() for result in read_results(results, strict=True)]
+        return list(read_results(results, strict=True))
     except ValueError as exc:
         raise RunFailed(f"engine run wrote an unreadable result: {exc}") from None
 
 
 # ---- the command ---------------------------------------------------------------------------------
 
-def _summary(name: str, records: list[Record]) -> dict[str, Any]:
-    failed = [r for r in records if r.get("status", "ok") != "ok"]
+def _summary(name: str, records: list[FrameResult]) -> dict[str, Any]:
+    failed = [r for r in records if not r.ok]
     summary: dict[str, Any] = {"model": name, "frames": len(records), "errors": len(failed)}
     if failed:
-        source, error = str(failed[0].get("source")), str(failed[0].get("error") or "failed")
+        source, error = failed[0].source, failed[0].error or "failed"
         summary["first_error"] = error if source in error else f"{source}: {error}"
     return summary
 
@@ -299,7 +299,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         report["agreement"] = (classification_agreement(ref_records, records) if kind == "classification"
                                else agreement_map(ref_records, records, min_score=args.min_score or 0.0))
     if conformance:
-        images = [Path(r["source"]) for r in records if r.get("frame_index", 0) == 0]
+        images = [Path(r.source) for r in records if r.frame_index == 0]
         ref_records = reference_records(resolve_section(candidate), reference_runtime, images)
         report["conformance"] = {"original": str(original), "runtime": reference_runtime.runtime,
                                  **(classification_agreement(ref_records, records) if kind == "classification"

@@ -1,4 +1,4 @@
-"""Accuracy metrics over engine result records (the objects of ``results.jsonl``).
+"""Accuracy metrics over engine results (:class:`~engine.core.results.FrameResult`, as ``results.jsonl`` holds them).
 
 Pure functions, shared by ``ovstream eval`` and the quantizer:
 
@@ -7,7 +7,7 @@ Pure functions, shared by ``ovstream eval`` and the quantizer:
 - :func:`topk_accuracy`, :func:`classification_agreement`: classifier top-k and top-1 agreement.
 - :func:`detection_conformance`: how many of a reference runtime's detections the engine reproduces.
 
-A record is one frame: ``{"source", "frame_index", "status", "detections": [...], "classes": [...]}``.
+A result is one frame: its ``source``, ``frame_index``, ``status`` and ``detections`` or ``classes``.
 A failed frame (``status`` other than ``ok``) counts as a frame without answer: no detections, no class.
 COCO statistics that are undefined (no ground truth in the area range) are ``None``.
 """
@@ -18,12 +18,14 @@ import copy
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from engine.core.results import Detection, FrameResult
 
 # COCOeval.stats, in its order.
 COCO_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
@@ -31,20 +33,15 @@ COCO_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
 # How a detection's class becomes a COCO category id (see coco_map).
 CATEGORY_MODES = ("id", "index", "label")
 
-Record = dict[str, Any]
 FrameKey = tuple[str, int]
 
 
-def frame_key(record: Record) -> FrameKey:
+def frame_key(result: FrameResult) -> FrameKey:
     """Identity of a frame across runs: its resolved source path and index in that source."""
-    return os.path.realpath(str(record.get("source", ""))), int(record.get("frame_index", 0))
+    return os.path.realpath(result.source), result.frame_index
 
 
-def _ok(record: Record) -> bool:
-    return record.get("status", "ok") == "ok"
-
-
-def _xywh(box: list[float]) -> list[float]:
+def _xywh(box: Sequence[float]) -> list[float]:
     x1, y1, x2, y2 = (float(v) for v in box)
     return [x1, y1, x2 - x1, y2 - y1]
 
@@ -102,29 +99,29 @@ def _image_id_of(gt: COCO) -> Callable[[str], int | None]:
     return image_id
 
 
-def _category_of(gt: COCO, categories: str | Mapping[int, int]) -> Callable[[dict], int | None]:
+def _category_of(gt: COCO, categories: str | Mapping[int, int]) -> Callable[[Detection], int | None]:
     if isinstance(categories, Mapping):
         table = {int(k): int(v) for k, v in categories.items()}
-        return lambda det: table.get(int(det["class_id"]))
+        return lambda det: table.get(det.class_id)
     if categories == "id":
         known = set(gt.getCatIds())
-        return lambda det: int(det["class_id"]) if int(det["class_id"]) in known else None
+        return lambda det: det.class_id if det.class_id in known else None
     if categories == "index":
         ordered = sorted(gt.getCatIds())
-        return lambda det: ordered[int(det["class_id"])] if 0 <= int(det["class_id"]) < len(ordered) else None
+        return lambda det: ordered[det.class_id] if 0 <= det.class_id < len(ordered) else None
     if categories == "label":
         by_name = {c["name"]: c["id"] for c in gt.dataset.get("categories", [])}
-        return lambda det: by_name.get(str(det.get("label", "")))
+        return lambda det: by_name.get(det.label)
     raise ValueError(f"categories must be one of {', '.join(CATEGORY_MODES)} or a mapping, not {categories!r}")
 
 
-def coco_map(annotations: str | Path | Mapping, records: list[Record], *,
+def coco_map(annotations: str | Path | Mapping, results: list[FrameResult], *,
              categories: str | Mapping[int, int] = "id") -> dict[str, Any]:
-    """COCO box mAP@[.5:.95] (``map``), mAP@.5 (``map50``) and the other COCOeval stats of ``records``.
+    """COCO box mAP@[.5:.95] (``map``), mAP@.5 (``map50``) and the other COCOeval stats of ``results``.
 
-    Images: a record's file name is looked up in the annotations' ``file_name`` entries, else its
+    Images: a result's file name is looked up in the annotations' ``file_name`` entries, else its
     stem is taken as the integer image id (COCO's ``000000000139.jpg`` → 139). Only the images of
-    ``records`` are evaluated; a failed frame counts as one without detections.
+    ``results`` are evaluated; a failed frame counts as one without detections.
 
     ``categories`` maps a detection's ``class_id`` to a COCO category id:
     ``"id"``: class_id is the category id (TF OD API / SSD models in COCO's 91-id label space,
@@ -132,58 +129,58 @@ def coco_map(annotations: str | Path | Mapping, records: list[Record], *,
     with 80 contiguous classes); ``"label"``: the detection's label equals the category name; or an
     explicit ``{class_id: category_id}`` mapping. Detections whose class maps to nothing are dropped.
 
-    Raises ``ValueError`` naming a record whose image is not in the annotations.
+    Raises ``ValueError`` naming a result whose image is not in the annotations.
     """
     gt = load_coco(annotations)
     image_id, category_of = _image_id_of(gt), _category_of(gt, categories)
-    image_ids, results = [], []
-    for record in records:
-        img = image_id(str(record.get("source", "")))
+    image_ids, found = [], []
+    for result in results:
+        img = image_id(result.source)
         if img is None:
-            raise ValueError(f"{record.get('source')}: image not in the annotations")
+            raise ValueError(f"{result.source}: image not in the annotations")
         image_ids.append(img)
-        detections = (record.get("detections") or []) if _ok(record) else []
-        for det in detections:
+        for det in (result.detections or ()) if result.ok else ():
             cat = category_of(det)
             if cat is not None:
-                results.append({"image_id": img, "category_id": cat, "bbox": _xywh(det["box"]),
-                                "score": float(det["score"])})
-    stats = evaluate_boxes(gt, results, image_ids)
-    return {**stats, "images": len(set(image_ids)), "detections": len(results)}
+                found.append({"image_id": img, "category_id": cat, "bbox": _xywh(det.box), "score": float(det.score)})
+    stats = evaluate_boxes(gt, found, image_ids)
+    return {**stats, "images": len(set(image_ids)), "detections": len(found)}
 
 
-def agreement_map(reference_records: list[Record], candidate_records: list[Record], *,
+def agreement_map(reference_records: list[FrameResult], candidate_records: list[FrameResult], *,
                   min_score: float = 0.0) -> dict[str, Any]:
     """mAP of the candidate's detections with the reference's (score >= ``min_score``) as ground truth.
 
     For detectors without ground truth, e.g. an INT8 model against its FP32 original. Frames match
     by :func:`frame_key`; frames the reference failed are skipped, frames the candidate failed or
-    lacks count as frames without detections. Identical records give 1.0.
+    lacks count as frames without detections. Identical results give 1.0.
     """
-    images, annotations, categories = [], [], {}
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    categories: dict[int, str] = {}
     image_of: dict[FrameKey, int] = {}
     for record in reference_records:
-        if not _ok(record) or frame_key(record) in image_of:
+        if not record.ok or frame_key(record) in image_of:
             continue
         img = image_of[frame_key(record)] = len(images) + 1
-        images.append({"id": img, "file_name": str(record.get("source", ""))})
-        for det in record.get("detections") or []:
-            if float(det["score"]) < min_score:
+        images.append({"id": img, "file_name": record.source})
+        for det in record.detections or ():
+            if float(det.score) < min_score:
                 continue
-            x, y, w, h = _xywh(det["box"])
-            categories.setdefault(int(det["class_id"]), str(det.get("label", det["class_id"])))
+            x, y, w, h = _xywh(det.box)
+            categories.setdefault(det.class_id, det.label)
             annotations.append({"id": len(annotations) + 1, "image_id": img,
-                                "category_id": int(det["class_id"]), "bbox": [x, y, w, h],
+                                "category_id": det.class_id, "bbox": [x, y, w, h],
                                 "area": w * h, "iscrowd": 0})
     results = []
     for record in candidate_records:
-        img = image_of.get(frame_key(record))
-        if img is None or not _ok(record):
+        found = image_of.get(frame_key(record))
+        if found is None or not record.ok:
             continue
-        for det in record.get("detections") or []:
-            categories.setdefault(int(det["class_id"]), str(det.get("label", det["class_id"])))
-            results.append({"image_id": img, "category_id": int(det["class_id"]),
-                            "bbox": _xywh(det["box"]), "score": float(det["score"])})
+        for det in record.detections or ():
+            categories.setdefault(det.class_id, det.label)
+            results.append({"image_id": found, "category_id": det.class_id,
+                            "bbox": _xywh(det.box), "score": float(det.score)})
     gt = load_coco({"images": images, "annotations": annotations,
                     "categories": [{"id": k, "name": v} for k, v in sorted(categories.items())]})
     stats = evaluate_boxes(gt, results, [img["id"] for img in images])
@@ -191,7 +188,7 @@ def agreement_map(reference_records: list[Record], candidate_records: list[Recor
             "candidate_boxes": len(results)}
 
 
-def box_iou(a: list[float], b: list[float]) -> float:
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two (x1, y1, x2, y2) boxes (0 when either is empty)."""
     w = min(a[2], b[2]) - max(a[0], b[0])
     h = min(a[3], b[3]) - max(a[1], b[1])
@@ -200,7 +197,7 @@ def box_iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def detection_conformance(reference_records: list[Record], candidate_records: list[Record], *,
+def detection_conformance(reference_records: list[FrameResult], candidate_records: list[FrameResult], *,
                           min_score: float = 0.3, min_iou: float = 0.9,
                           score_tolerance: float = 0.05) -> dict[str, Any]:
     """How many reference detections (score >= ``min_score``) the candidate reproduces: the same
@@ -208,21 +205,22 @@ def detection_conformance(reference_records: list[Record], candidate_records: li
     once (reference detections taken best first). ``same_count_frames``: frames where both report
     as many detections at or above ``min_score``. Frames the reference failed are skipped; a failed
     or missing candidate frame reproduces nothing."""
-    candidate = {frame_key(r): r for r in candidate_records if _ok(r)}
+    candidate = {frame_key(r): r for r in candidate_records if r.ok}
     total = reproduced = frames = same_count = 0
     for record in reference_records:
-        if not _ok(record):
+        if not record.ok:
             continue
         frames += 1
-        wanted = sorted((d for d in record.get("detections") or [] if float(d["score"]) >= min_score),
-                        key=lambda d: -float(d["score"]))
-        found = list((candidate.get(frame_key(record)) or {}).get("detections") or [])
-        same_count += len(wanted) == sum(float(d["score"]) >= min_score for d in found)
+        wanted = sorted((d for d in record.detections or () if float(d.score) >= min_score),
+                        key=lambda d: -float(d.score))
+        answer = candidate.get(frame_key(record))
+        found = list((answer.detections or ()) if answer is not None else ())
+        same_count += len(wanted) == sum(float(d.score) >= min_score for d in found)
         for det in wanted:
             total += 1
-            match = next((c for c in found if int(c["class_id"]) == int(det["class_id"])
-                          and abs(float(c["score"]) - float(det["score"])) <= score_tolerance
-                          and box_iou(c["box"], det["box"]) >= min_iou), None)
+            match = next((c for c in found if c.class_id == det.class_id
+                          and abs(float(c.score) - float(det.score)) <= score_tolerance
+                          and box_iou(c.box, det.box) >= min_iou), None)
             if match is not None:
                 found.remove(match)
                 reproduced += 1
@@ -233,7 +231,7 @@ def detection_conformance(reference_records: list[Record], candidate_records: li
 
 # ---- classification ------------------------------------------------------------------------------
 
-def topk_accuracy(records: list[Record], truth: Mapping[str, int],
+def topk_accuracy(records: list[FrameResult], truth: Mapping[str, int],
                   k: Iterable[int] = (1, 5)) -> dict[str, Any]:
     """Top-k accuracy of ``records`` against ``truth`` (image path → class index).
 
@@ -242,8 +240,7 @@ def topk_accuracy(records: list[Record], truth: Mapping[str, int],
     at the record's ``classes`` list (best first), so the run must keep at least K classes.
     """
     ks = tuple(k)
-    answers = {frame_key(r)[0]: [int(c["class_id"]) for c in r.get("classes") or []]
-               for r in records if _ok(r)}
+    answers = {frame_key(r)[0]: [c.class_id for c in r.classes or ()] for r in records if r.ok}
     hits = dict.fromkeys(ks, 0)
     unanswered = 0
     for path, label in truth.items():
@@ -258,15 +255,13 @@ def topk_accuracy(records: list[Record], truth: Mapping[str, int],
             "images": total, "unanswered": unanswered}
 
 
-def classification_agreement(reference_records: list[Record],
-                             candidate_records: list[Record]) -> dict[str, Any]:
+def classification_agreement(reference_records: list[FrameResult],
+                             candidate_records: list[FrameResult]) -> dict[str, Any]:
     """Rate of frames whose top-1 class is the same for both models (``top1_agreement``).
 
     Frames the reference failed are skipped; a failed or missing candidate frame disagrees.
     """
-    reference = {frame_key(r): r["classes"][0]["class_id"] for r in reference_records
-                 if _ok(r) and r.get("classes")}
-    candidate = {frame_key(r): r["classes"][0]["class_id"] for r in candidate_records
-                 if _ok(r) and r.get("classes")}
+    reference = {frame_key(r): r.classes[0].class_id for r in reference_records if r.ok and r.classes}
+    candidate = {frame_key(r): r.classes[0].class_id for r in candidate_records if r.ok and r.classes}
     same = sum(candidate.get(key) == cls for key, cls in reference.items())
     return {"top1_agreement": same / len(reference) if reference else None, "frames": len(reference)}

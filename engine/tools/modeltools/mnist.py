@@ -199,7 +199,8 @@ def main(args: argparse.Namespace) -> int:
     report = run_flow(args.epochs, args.output, saved_model=args.saved_model, seconds=args.seconds,
                       console=console)
     console.print(summary_table(report))
-    console.print(f"registered mnist ({report.fp32_xml}) and mnist_int8 ({report.int8_xml}) in {paths.user_registry()}; "
+    console.print(f"registered mnist ({report.fp32_xml}) and mnist_int8 ({report.int8_xml}) in "
+                  f"{paths.user_registry()}; "
                   f"{time.perf_counter() - started:.0f} s in all")
     missed = report.failures()
     for line in missed:

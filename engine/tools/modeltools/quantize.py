@@ -34,6 +34,7 @@ from rich.table import Table
 from engine.config import ADAPTERS, ModelConfig, load_registry
 from engine.core import paths
 from engine.core.errors import ConfigError, ModelError
+from engine.core.results import FrameResult
 from engine.model.adapters import create_adapter
 from engine.model.prepare import output_shapes, read_model
 from engine.tools.modeltools.convert import new_progress, save_ir, step
@@ -122,7 +123,7 @@ def infer_all(compiled: ov.CompiledModel, samples: Iterable[Sample]) -> list[dic
 
 class Scorer:
     """Scores a compiled model on samples: top-1 accuracy against their labels, or agreement with
-    the reference records (the FP32 model's answers)."""
+    the reference results (the FP32 model's answers)."""
 
     def __init__(self, cfg: ModelConfig, metric: str, labelled: bool) -> None:
         self.adapter = create_adapter(cfg)
@@ -130,22 +131,22 @@ class Scorer:
             raise ConfigError("--metric top1 needs labelled data and a classifier (--data mnist, or a folder "
                               "with --labels-list)")
         self.metric = metric if metric != "auto" else "top1" if labelled and self.classifier else "agreement"
-        self.reference: dict[str, dict] = {}
+        self.reference: dict[str, FrameResult] = {}
 
     @property
     def classifier(self) -> bool:
         return self.adapter.kind == "classification"
 
-    def run(self, compiled: ov.CompiledModel, samples: list[Sample]) -> tuple[list[dict], list[dict]]:
-        """(engine-style result records, see :mod:`engine.tools.modeltools.metrics`; raw outputs), per sample."""
-        key = "classes" if self.classifier else "detections"
+    def run(self, compiled: ov.CompiledModel, samples: list[Sample]) -> tuple[list[FrameResult], list[dict]]:
+        """(the engine's results, see :mod:`engine.tools.modeltools.metrics`; raw outputs), per sample
+        (``frame_id``: its position in ``samples``)."""
         outputs = infer_all(compiled, samples)
-        records = [{"source": s.source, "frame_index": 0, "status": "ok",
-                    key: self.adapter.decode(out, s.geometry)} for s, out in zip(samples, outputs)]
+        records = [FrameResult("", n, s.source, 0, **self.adapter.answer(self.adapter.decode(out, s.geometry)))
+                   for n, (s, out) in enumerate(zip(samples, outputs))]
         return records, outputs
 
     def set_reference(self, compiled: ov.CompiledModel, samples: list[Sample]) -> None:
-        self.reference = {r["source"]: r for r in self.run(compiled, samples)[0]}
+        self.reference = {r.source: r for r in self.run(compiled, samples)[0]}
 
     def score(self, compiled: ov.CompiledModel, samples: list[Sample]) -> tuple[float, list]:
         """(metric, per-sample values): 0/1 hits for classifiers; for detectors the outputs, which
@@ -174,7 +175,7 @@ class Scorer:
             return float(found["map"]), {"agreement mAP@.5": float(found["map50"] or 0.0)}
         return self._agreement(records, outputs, samples)[0], {}
 
-    def _agreement(self, records: list[dict], outputs: list[dict[str, np.ndarray]],
+    def _agreement(self, records: list[FrameResult], outputs: list[dict[str, np.ndarray]],
                    samples: list[Sample]) -> tuple[float, list]:
         from engine.tools.modeltools.metrics import agreement_map, classification_agreement
 
@@ -184,13 +185,12 @@ class Scorer:
             return float(value or 0.0), [float(_top1(r) == _top1(ref)) for r, ref in zip(records, reference)]
         value = agreement_map(reference, records)["map"]
         if value is None:   # no reference boxes on these frames: agreeing means finding none either
-            value = float(not any(r["detections"] for r in records))
+            value = float(not any(r.detections for r in records))
         return float(value), [list(out.values()) for out in outputs]
 
 
-def _top1(record: dict[str, Any]) -> int:
-    classes = record.get("classes") or []
-    return int(classes[0]["class_id"]) if classes else -1
+def _top1(record: FrameResult) -> int:
+    return record.classes[0].class_id if record.classes else -1
 
 
 def throughput(compiled: dict[str, ov.CompiledModel], samples: list[Sample], seconds: float,

@@ -69,7 +69,7 @@ def _ken_burns(photo: np.ndarray, frames: int, size: tuple[int, int], zoom_in: b
 def write_clip(photos: list[Path], target: Path, size: tuple[int, int] = CLIP_SIZE,
                fps: float = CLIP_FPS, frames_per_photo: int = FRAMES_PER_PHOTO) -> int:
     """Write the sample clip (mp4v) from ``photos``; returns its number of frames."""
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    writer = cv2.VideoWriter(str(target), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
     if not writer.isOpened():
         raise RuntimeError(f"{target}: cv2.VideoWriter cannot write mp4v here")
     count = 0
@@ -80,7 +80,8 @@ def write_clip(photos: list[Path], target: Path, size: tuple[int, int] = CLIP_SI
             raise RuntimeError(f"{path}: not a readable image")
         for n, view in enumerate(_ken_burns(photo, frames_per_photo, size, zoom_in=index % 2 == 0)):
             if previous is not None and n < FADE_FRAMES:
-                view = cv2.addWeighted(previous, 1.0 - (n + 1) / (FADE_FRAMES + 1), view, (n + 1) / (FADE_FRAMES + 1), 0)
+                weight = (n + 1) / (FADE_FRAMES + 1)
+                view = cv2.addWeighted(previous, 1.0 - weight, view, weight, 0)
             writer.write(view)
             count += 1
         previous = view
