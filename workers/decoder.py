@@ -103,7 +103,8 @@ class Feeder:
         self.cfg = src_cfg
         self.ctx = ctx
         self.pool = pool
-        self.sockets = sockets        # "frames" → the preprocessor, "results" → the postprocessor
+        # "frames" → the preprocessor, "results" → the postprocessor; None once closed
+        self.sockets: dict[str, zmq.Socket] | None = sockets
         self._sending = threading.Lock()      # a send and the main thread's close never overlap
         self.done = ctx.completed_ids(spec.sid)
         self.source: Source = open_source(src_cfg, skip=self.done.__contains__ if self.done else None,
@@ -239,8 +240,8 @@ class Decoder(StageLoop):
         self.layout = Layout.from_dict(ctx.layout)
         self.pool = SlotPool(ctx.pools["raw"])
         self.releases = self.socket(zmq.PULL, bind=ctx.endpoints[ctx.name])
-        annotating = cfg.output.images or cfg.output.video      # annotated frames keep full resolution
-        min_side = max(ctx.input["height"], ctx.input["width"]) if cfg.pipeline.reduced_decode and not annotating else 0
+        annotating = cfg.output.annotated      # annotated frames keep full resolution
+        min_side = max(ctx.input.height, ctx.input.width) if cfg.pipeline.reduced_decode and not annotating else 0
         if cfg.model.preprocess.resize == "crop":                # the input sees only the centre crop fraction
             min_side = math.ceil(min_side / cfg.model.preprocess.crop)
         self.min_side = min_side

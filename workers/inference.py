@@ -182,7 +182,7 @@ class InferenceWorker(StageLoop):
 
     def __init__(self, ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = None) -> None:
         super().__init__(ctx, stage)
-        batch_size, in_h, in_w = ctx.input["batch"], ctx.input["height"], ctx.input["width"]
+        batch_size, in_h, in_w = ctx.input.batch, ctx.input.height, ctx.input.width
         if isinstance(loaded, Exception):
             raise loaded
         self.compiled, self.nireq, self.compile_ms = loaded or load(ctx.config, ctx.device, batch_size)
@@ -267,7 +267,7 @@ def run(ctx: StageContext, stage: Stage, loaded: Loaded | Exception | None = Non
 def _output_slots(ctx: StageContext, compiled: ov.CompiledModel, slots: int) -> OutputSlots | None:
     """The output pool, or None when the outputs must go beside the result message instead."""
     layout = output_layout(compiled)
-    if not OutputSlots.fits(layout, slots):
+    if layout is None or not OutputSlots.fits(layout, slots):
         return None
     outputs = None
     try:

@@ -25,7 +25,7 @@ from engine.io.streams import Layout, StreamSpec
 from engine.model.adapters import Adapter, create_adapter
 from engine.observe.metrics import stream_key
 from engine.protocol.channels import pending
-from engine.protocol.context import StageContext
+from engine.protocol.context import ModelInput, StageContext
 from engine.protocol.ledger import FrameLedger
 from engine.protocol.messages import (
     AckMsg,
@@ -34,6 +34,7 @@ from engine.protocol.messages import (
     EndStreamMsg,
     ErrorMsg,
     FrameRef,
+    Message,
     MessageError,
     ReleaseMsg,
     ResultMsg,
@@ -103,7 +104,7 @@ class Reorder:
 
     def pop_ready(self, live: bool) -> list[tuple[FrameResult, FrameRef]]:
         """Records that can be written now, in frame order."""
-        out = []
+        out: list[tuple[FrameResult, FrameRef]] = []
         while True:
             self._skip_done()
             item = self.pending.pop(self.next_id, None)
@@ -162,7 +163,7 @@ class Postprocessor(StageLoop):
         super().__init__(ctx, stage)
         cfg = self.cfg
         self.layout = layout = Layout.from_dict(ctx.layout)
-        keep_raw = cfg.output.images or cfg.output.video
+        keep_raw = cfg.output.annotated
         self.adapter = create_adapter(cfg.model)
         self.raw_pool = SlotPool(ctx.pools["raw"]) if keep_raw else None
         self.results = self.socket(zmq.PULL, bind=ctx.endpoints["results"], hwm=10_000)
@@ -303,6 +304,7 @@ class Postprocessor(StageLoop):
         to be released), an error record or the end of a stream."""
         stage, streams = self.stage, self.streams
         buffers = [p.buffer for p in parts]
+        msg: Message | None
         try:
             if len(buffers) > 1:
                 msg, tensors = decode_result(buffers)
@@ -336,7 +338,7 @@ class Postprocessor(StageLoop):
         try:
             if msg.pool:
                 tensors = self.output_pools.tensors(msg)
-            tensors = {name: split_batch_axis(t, self.ctx.input["batch"]) for name, t in tensors.items()}
+            tensors = {name: split_batch_axis(t, self.ctx.input.batch) for name, t in tensors.items()}
         except OSError as exc:
             if owner_gone(str(msg.pool.get("path", ""))):
                 log.warning("result of batch %d dropped: %s is gone before its outputs were read",
@@ -424,11 +426,11 @@ def output_errors(directory: str) -> Iterator[None]:
 
 
 def _queue_results(msg: ResultMsg, tensors: dict, stage: Stage, adapter: Adapter, streams: StreamOutputs,
-                   model_input: dict) -> None:
+                   model_input: ModelInput) -> None:
     """Each frame of a result batch, decoded by the adapter into its record (an error record when
     the batch failed, or its decoding), queued for in-order writing. ``model_input``: its width,
     height and batch."""
-    in_w, in_h = model_input["width"], model_input["height"]
+    in_w, in_h = model_input.width, model_input.height
     for row, ref in enumerate(msg.frames):
         if not streams.valid(ref.stream):
             stage.bad_messages += 1

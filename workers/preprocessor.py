@@ -157,9 +157,9 @@ class Preprocessor(StageLoop):
     def __init__(self, ctx: StageContext, stage: Stage) -> None:
         super().__init__(ctx, stage)
         self.layout = Layout.from_dict(ctx.layout)
-        self.batch_size, self.in_h, self.in_w = ctx.input["batch"], ctx.input["height"], ctx.input["width"]
+        self.batch_size, self.in_h, self.in_w = ctx.input.batch, ctx.input.height, ctx.input.width
         self.pre = self.cfg.model.preprocess
-        self.keep_raw = self.cfg.output.images or self.cfg.output.video    # the postprocessor draws on the raw frame
+        self.keep_raw = self.cfg.output.annotated    # the postprocessor draws on the raw frame
         self.raw_pool, self.in_pool = SlotPool(ctx.pools["raw"]), SlotPool(ctx.pools["input"])
         self.free = FreeList(self.in_pool.spec.slots)
         self.frames_in = self.socket(zmq.PULL, bind=ctx.endpoints["frames"], hwm=10_000)
@@ -274,7 +274,9 @@ class Preprocessor(StageLoop):
         """Resize waiting frames into batches while an input slot is there for them."""
         while (self.filling is not None or self.free.free > 0) and (ref := self.waiting.pop()) is not None:
             if self.filling is None:
-                self.filling = Batch(self.free.acquire(), deadline=time.monotonic() + self.timeout_s)
+                slot = self.free.acquire()
+                assert slot is not None                  # the loop's condition: one is free
+                self.filling = Batch(slot, deadline=time.monotonic() + self.timeout_s)
             self.kept_next[ref.stream] = max(self.kept_next[ref.stream], ref.frame_id + 1)
             self._preprocess(ref, self.filling)
             if not self.keep_raw:                # otherwise the postprocessor releases it

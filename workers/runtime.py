@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -72,7 +72,7 @@ class Stage:
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
-        self.zmq = zmq.Context.instance()
+        self.zmq: zmq.Context = zmq.Context.instance()
         self.control = make_socket(self.zmq, zmq.DEALER, identity=ctx.name, connect=ctx.endpoints["control"])
         self.latency = LatencyRecorder()
         self.counters: dict[str, int] = {}
@@ -268,7 +268,7 @@ def redirect_output(log_file: str) -> None:
 
 
 def serve(ctx: StageContext, run: Callable[[StageContext, Stage], None],
-          held: list[logging.LogRecord] = ()) -> int:
+          held: Sequence[logging.LogRecord] = ()) -> int:
     """Run a stage in this process, however it was started; its exit code. A fatal error is told
     to the supervisor (a user mistake: code 2; a bug: 1, and the trace to the log). ``held``:
     records logged before the log file was known, written to it first."""

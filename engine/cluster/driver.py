@@ -469,7 +469,7 @@ def connect(ray: Any, address: str) -> None:
 
 def run_cluster(cfg: RunConfig, address: str, duration_s: float = 0.0) -> int:
     """``ovstream run --cluster``: the whole run on the driver's side; returns the exit code."""
-    from engine.control.supervisor import preflight
+    from engine.control.preflight import preflight
     ray = import_ray()
     preflight(cfg)                       # a mistake in the config, model or sources: one line, here
     console = Console()

@@ -30,7 +30,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING, Union
 
 if TYPE_CHECKING:                  # the runner imports this module before the heavy ones
     from engine.config import RunConfig
@@ -76,13 +76,14 @@ class ForkedProcess:
         if timeout is None:
             if self.returncode is None:
                 self._reap(0)
+            assert self.returncode is not None      # a blocking waitpid returns once it has exited
             return self.returncode
         deadline = time.monotonic() + timeout
-        while self.poll() is None:
+        while (code := self.poll()) is None:
             if time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
             time.sleep(0.005)
-        return self.returncode
+        return code
 
     def _reap(self, flags: int) -> None:
         try:
@@ -187,7 +188,7 @@ class Launcher:
             proc = self._exec(ctx.role, ctx.name, log=Path(ctx.log_file) if ctx.log_file else None)
         try:
             if ctx.name not in self._configured:
-                self._tell(proc, _config_line(ctx.config, ctx.device, ctx.input["batch"]))
+                self._tell(proc, _config_line(ctx.config, ctx.device, ctx.input.batch))
             self._configured.discard(ctx.name)
             ctx_path.write_text(ctx.to_json(), encoding="utf-8")
         except BaseException:              # e.g. a full disk: nobody holds it but us
@@ -200,11 +201,13 @@ class Launcher:
     @staticmethod
     def _tell(proc: subprocess.Popen, line: str, last: bool = False) -> None:
         """One line on a worker's stdin (``last``: then close it)."""
+        stdin = proc.stdin
+        assert stdin is not None            # started with a pipe (:meth:`_exec`)
         try:
-            proc.stdin.write(f"{line}\n".encode())
-            proc.stdin.flush()
+            stdin.write(f"{line}\n".encode())
+            stdin.flush()
             if last:
-                proc.stdin.close()
+                stdin.close()
         except OSError:
             pass                   # it died already: the caller sees it exit like any stage
 
@@ -212,12 +215,12 @@ class Launcher:
     def _exec(role: str, name: str, log: Path | None) -> subprocess.Popen:
         """``python -m workers.ROLE NAME`` in its own session; its output goes to ``log`` until it
         reads its context (which names the log), or nowhere for a worker started ahead."""
-        out = open(log, "ab") if log is not None else subprocess.DEVNULL
+        out: IO[bytes] | int = open(log, "ab") if log is not None else subprocess.DEVNULL
         try:
             return subprocess.Popen([sys.executable, "-m", f"workers.{role}", name], stdin=subprocess.PIPE,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
-            if log is not None:
+            if not isinstance(out, int):
                 out.close()
 
     def close(self) -> None:
@@ -229,7 +232,8 @@ class Launcher:
         for proc in waiting.values():
             proc.wait()
             with contextlib.suppress(OSError):
-                proc.stdin.close()
+                if proc.stdin is not None:
+                    proc.stdin.close()
 
     def __enter__(self) -> Launcher:
         return self

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
 from engine.config import RunConfig, stream_name
 from engine.config.streams import is_live_uri
+from engine.control.accounting import Accounting
+from engine.control.lifecycle import RunState
 from engine.core.errors import ConfigError, OvstreamError
 from engine.io.sources import open_source
 from engine.io.streams import Layout, StreamSpec, is_live
-from engine.observe.metrics import MetricsAggregator
 from engine.protocol.apilink import ServiceLink
-from engine.protocol.ledger import FrameLedger
 from engine.protocol.messages import (
     AddStreamMsg,
     ApiMsg,
@@ -38,61 +39,80 @@ from engine.protocol.messages import (
     StreamFields,
 )
 
-log = logging.getLogger("engine.control.supervisor")
+log = logging.getLogger("engine.control.supervisor")     # the supervisor's lines: "[supervisor] …"
 
 REPLIES = (StreamAddedMsg, StreamClosedMsg, StreamFailedMsg)   # what stages answer
 STREAM_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class StreamChanges:
-    """Mixin of :class:`engine.control.supervisor.Supervisor`: ``add_source`` / ``remove_source`` requests
-    of its :class:`~engine.protocol.apilink.ServiceLink`, and the stages' answers (:data:`REPLIES`)."""
+    """The ``add_source`` / ``remove_source`` requests of a library pipeline's
+    :class:`~engine.protocol.apilink.ServiceLink`, and the stages' answers (:data:`REPLIES`).
+    Commands go out through ``send``; ``state`` gives the generation they carry."""
 
-    # the supervisor's, used here
-    cfg: RunConfig
-    layout: Layout
-    link: ServiceLink
-    ledgers: list[FrameLedger]
-    acked: list[list[int]]
-    metrics: MetricsAggregator
-    ended: set[int]
-    finished: bool
-    adding: dict[int, set[str]]       # added stream → stages yet to confirm they know it
-    waiting_adds: list[ApiMsg]        # add_source requests waiting for a range to come free
-    generation: int
+    def __init__(self, cfg: RunConfig, layout: Layout, link: ServiceLink | None, accounting: Accounting,
+                 send: Callable[[str, Message], None], state: RunState) -> None:
+        self.cfg = cfg
+        self.layout = layout
+        self.link = link
+        self.accounting = accounting
+        self.send = send
+        self.state = state
+        self.adding: dict[int, set[str]] = {}    # added stream → stages yet to confirm they know it
+        self.waiting: list[ApiMsg] = []          # add_source requests waiting for a range to come free
 
-    def _send(self, name: str, msg: Message) -> None: ...
+    def request(self, msg: ApiMsg) -> None:
+        """An ``add_source`` or ``remove_source`` request: answered now, or (an add while a removed
+        stream's range is on its way back and none is spare) once that range is free."""
+        if msg.kind == "add_source" and self.draining() and not self.layout.spare:
+            self.waiting.append(msg)            # a removed stream's range comes free soon
+        else:
+            self._answer(msg)
 
-    def _end_stream(self, sid: int) -> None: ...
+    def on_ready(self, stage: str) -> None:
+        """A stage (re)started: a new instance knows every stream there is."""
+        for waiting in list(self.adding.values()):
+            waiting.discard(stage)
+        self._open_added()
+
+    def on_restart(self) -> None:
+        """Every stage restarts (from the ledgers): removed streams end now, and every new
+        instance knows every stream."""
+        self.forget_removed(self.layout.streams)
+        self.adding.clear()
 
     def _answer(self, msg: ApiMsg) -> None:
         try:
             name = self._add_source(msg.arg) if msg.kind == "add_source" else self._remove_source(msg.arg)
         except OvstreamError as exc:
-            self.link.send("refused", {"error": str(exc)}, msg.request)
+            self._reply("refused", {"error": str(exc)}, msg.request)
         else:
-            self.link.send("done", {"name": name}, msg.request)
+            self._reply("done", {"name": name}, msg.request)
 
-    def _draining(self) -> bool:
+    def _reply(self, kind: str, arg: dict, request: int) -> None:
+        if self.link is not None:              # requests come only from a link
+            self.link.send(kind, arg, request)
+
+    def draining(self) -> bool:
         """Some removed stream's slot range is not back yet."""
         return any(s.removed and s.slot_hi > s.slot_lo for s in self.layout.streams)
 
     def _retry_adds(self) -> None:
         """Adds that waited for a removed stream's range: answered once one is spare (or none
         will come)."""
-        while self.waiting_adds and (self.layout.spare or not self._draining()):
-            self._answer(self.waiting_adds.pop(0))
+        while self.waiting and (self.layout.spare or not self.draining()):
+            self._answer(self.waiting.pop(0))
 
-    def _refuse_waiting(self) -> None:
+    def refuse_waiting(self) -> None:
         """The run is over: adds still waiting for a range are answered now, not left to time out."""
-        while self.waiting_adds:
-            self.link.send("refused", {"error": "the pipeline has ended"}, self.waiting_adds.pop(0).request)
+        while self.waiting:
+            self._reply("refused", {"error": "the pipeline has ended"}, self.waiting.pop(0).request)
 
     def _add_source(self, entry: dict) -> str:
         """Validate a new stream, give it a slot range and a decoder, and tell the preprocessor and
         postprocessor; its decoder opens it once both know it (so no frame of it can arrive
         before they do). Returns its name."""
-        if self.finished:
+        if self.accounting.finished:
             raise ConfigError("the pipeline has ended: every stream is done")
         if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
             raise ConfigError("add_source needs a uri")
@@ -113,12 +133,10 @@ class StreamChanges:
             open_source(src).close()          # a missing file, an empty folder: one line now
         spec = self.layout.add(src.name, src.uri, is_live(src))
         self.cfg.sources.append(src)
-        self.ledgers.append(FrameLedger())
-        self.acked.append([0, 0])
-        self.metrics.add_stream(spec.name, spec.uri, spec.kind)
+        self.accounting.add_stream(spec)
         self.adding[spec.sid] = {"preprocessor", "postprocessor"}
         for name in self.adding[spec.sid]:
-            self._send(name, AddStreamMsg(**_stream_fields(spec), generation=self.generation))
+            self.send(name, AddStreamMsg(**_stream_fields(spec), generation=self.state.generation))
         log.info("stream %s added (%s, %s)", spec.name, spec.uri, self.layout.decoder_name(spec.decoder))
         return spec.name
 
@@ -133,9 +151,9 @@ class StreamChanges:
         spec = self.layout.remove(spec.sid)
         if spec.sid in self.adding:          # not opened yet: nothing was read
             del self.adding[spec.sid]
-            self._forget_removed([spec])
+            self.forget_removed([spec])
         else:                                # (an ended stream's decoder still gets its slots back)
-            self._send(self.layout.decoder_name(spec.decoder), CloseStreamMsg(spec.sid, self.generation))
+            self.send(self.layout.decoder_name(spec.decoder), CloseStreamMsg(spec.sid, self.state.generation))
         log.info("stream %s removed", spec.name)
         return spec.name
 
@@ -145,10 +163,12 @@ class StreamChanges:
             del self.adding[sid]
             spec = self.layout.streams[sid]
             msg = OpenStreamMsg(**_stream_fields(spec), source=self.cfg.sources[sid].to_dict(),
-                                generation=self.generation)
-            self._send(self.layout.decoder_name(spec.decoder), msg)
+                                generation=self.state.generation)
+            self.send(self.layout.decoder_name(spec.decoder), msg)
 
-    def _on_stream_reply(self, stage: str, msg: StreamAddedMsg | StreamClosedMsg | StreamFailedMsg) -> None:
+    def on_reply(self, stage: str, msg: StreamAddedMsg | StreamClosedMsg | StreamFailedMsg) -> None:
+        """A stage's answer about a stream: it knows an added one, a closed one's slots are all back,
+        or (its decoder) it could not open one."""
         sid = msg.stream
         if not 0 <= sid < len(self.layout.streams):
             return
@@ -161,17 +181,17 @@ class StreamChanges:
         else:                                           # its decoder could not open it: it ends here
             log.error("stream %s: %s", self.layout.streams[sid].name, msg.error)
             self.layout.remove(sid)
-            self._forget_removed([self.layout.streams[sid]])
+            self.forget_removed([self.layout.streams[sid]])
 
-    def _forget_removed(self, specs: list[StreamSpec]) -> None:
+    def forget_removed(self, specs: list[StreamSpec]) -> None:
         """Removed streams whose decoder is gone (or never read them): they end now, with what was
         written (their decoder's successor opens them no more), and their ranges are free."""
         for spec in specs:
             if not spec.removed:
                 continue
-            if spec.sid not in self.ended:
-                self._send("postprocessor", EndStreamMsg(spec.sid, self.generation))
-                self._end_stream(spec.sid)
+            if spec.sid not in self.accounting.ended:
+                self.send("postprocessor", EndStreamMsg(spec.sid, self.state.generation))
+                self.accounting.end_stream(spec.sid)
             self.layout.release(spec.sid)
         self._retry_adds()
 

@@ -177,7 +177,8 @@ class MqttSink(Sink):
     def gauges(self) -> dict[str, int | float]:
         """Buffer and connection; with QoS 1 also each stream's replay mark
         (``mqtt_replay_from@<stream id>``, see :meth:`replay_from`)."""
-        gauges: dict[str, int | float] = {"mqtt_buffered": self.buffered, "mqtt_connected": int(self._connected.is_set())}
+        gauges: dict[str, int | float] = {"mqtt_buffered": self.buffered,
+                                          "mqtt_connected": int(self._connected.is_set())}
         if self.replays:
             marks = self.replay_from()
             gauges.update({stream_key("mqtt_replay_from", sid): marks[name]

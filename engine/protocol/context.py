@@ -7,10 +7,27 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.config import RunConfig
 from engine.protocol.ledger import FrameLedger
 from engine.protocol.shm import PoolSpec
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What the model takes: frames of ``height × width``, ``batch`` of them per request."""
+
+    height: int = 0
+    width: int = 0
+    batch: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"height": self.height, "width": self.width, "batch": self.batch}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInput:
+        return cls(int(data.get("height", 0)), int(data.get("width", 0)), int(data.get("batch", 0)))
 
 
 @dataclass
@@ -23,7 +40,7 @@ class StageContext:
     endpoints: dict[str, str]
     pools: dict[str, PoolSpec]
     config: RunConfig
-    input: dict = field(default_factory=dict)        # model input: height, width, batch
+    input: ModelInput = field(default_factory=ModelInput)
     device: str = ""
     completed: dict[str, list[list[int]]] = field(default_factory=dict)  # stream → id ranges [a, b) done
     supervisor_pid: int = 0
@@ -40,7 +57,7 @@ class StageContext:
         return json.dumps({
             "role": self.role, "name": self.name, "generation": self.generation,
             "endpoints": self.endpoints, "pools": {k: v.to_dict() for k, v in self.pools.items()},
-            "config": self.config.to_dict(), "input": self.input, "device": self.device,
+            "config": self.config.to_dict(), "input": self.input.to_dict(), "device": self.device,
             "completed": self.completed, "supervisor_pid": self.supervisor_pid,
             "layout": self.layout, "epoch": self.epoch, "resume": self.resume,
             "replay_from": self.replay_from, "api_from": self.api_from, "log_level": self.log_level,
@@ -52,6 +69,7 @@ class StageContext:
         data = json.loads(text)
         data["pools"] = {k: PoolSpec(**v) for k, v in data["pools"].items()}
         data["config"] = RunConfig.from_dict(data["config"], origin="stage context")
+        data["input"] = ModelInput.from_dict(data.get("input", {}))
         return cls(**data)
 
     def completed_ids(self, stream: int) -> FrameLedger:

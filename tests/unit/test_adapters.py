@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import cv2
 import numpy as np
@@ -151,21 +150,6 @@ def test_weighted_nms_merges_overlaps_and_keeps_separate_boxes():
     kx = (122 * w1 + 130 * w2) / (w1 + w2)        # keypoint 0: the anchor centre, +4 px on the second
     assert merged.keypoints[0] == pytest.approx([kx / 0.3, (82 - 24) / 0.3], abs=1e-2)
     assert detections[1].box[0] == pytest.approx((146 - 19.2) / 0.3, abs=1e-2)
-
-
-def test_decode_is_fast():
-    adapter = AnchorSSDAdapter(registry_model("face"))
-    rng = np.random.default_rng(0)
-    cells = {(int(r), int(c)): (float(rng.uniform(0.5, 4)), [0, 0, 30, 30])
-             for r, c in rng.integers(0, 48, (20, 2))}
-    outputs = face_outputs(cells)
-    adapter.decode(outputs, LETTERBOX)
-    runs = []
-    for _ in range(50):
-        start = time.perf_counter()
-        adapter.decode(outputs, LETTERBOX)
-        runs.append(time.perf_counter() - start)
-    assert np.median(runs) < 2e-3          # about 0.1 ms on one core; loose for busy CI machines
 
 
 # ---- anchor_ssd: the real BlazeFace full-range model ------------------------------------------------

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from engine.config import load_config
-from engine.control import supervisor
-from engine.control.supervisor import files_only, preflight
+from engine.control import preflight as checks
+from engine.control.preflight import files_only, preflight
 from engine.model.prepare import AUTO_BATCH
 
 
@@ -26,7 +26,7 @@ def _no_model_reads(monkeypatch) -> None:
     """From here on, reading a model file fails the test: answers must come from the cache."""
     def refuse(*_args, **_kwargs):
         raise AssertionError("the model was read again instead of taken from the cache")
-    monkeypatch.setattr(supervisor, "read_model", refuse)
+    monkeypatch.setattr(checks, "read_model", refuse)
 
 
 def test_a_graph_that_takes_a_batch_gets_it_and_the_cache_remembers(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import openvino as ov
 import pytest
 
 from engine.config import load_config
-from engine.control.supervisor import preflight
+from engine.control.preflight import preflight
 from engine.model.cache import ModelCache, cache_root, entry_key, writable
 from engine.model.prepare import load_compiled, model_facts, prepare_model, read_model
 

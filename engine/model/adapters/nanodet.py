@@ -41,7 +41,7 @@ class NanoDetAdapter(Adapter):
                              f"cannot be told apart by shape")
         self.threshold = self.min_score(params["min_score"])
         self.iou, self.max_detections = params["nms_iou"], params["max_detections"]
-        self._grids: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+        self._grids: dict[tuple[int, int, int], tuple[int, np.ndarray]] = {}   # (cells, w, h) → _grid()
 
     def _cells(self, shape: list[int]) -> int:
         """Cells of a ``[1, cells, K]`` (or ``[cells, K]``) output."""
@@ -76,6 +76,7 @@ class NanoDetAdapter(Adapter):
         pairs = self._pairs({name: list(a.shape) for name, a in outputs.items()})
         if pairs is None:
             self.check_outputs({name: list(a.shape) for name, a in outputs.items()})
+        assert pairs is not None        # check_outputs raised otherwise
         all_boxes, all_scores, all_classes = [], [], []
         for cells, (score_name, box_name) in sorted(pairs.items(), reverse=True):
             key = (cells, geometry.input_w, geometry.input_h)

@@ -96,6 +96,7 @@ class TFObjectDetectionAdapter(Adapter):
             boxes, classes, scores = (outputs[self.names[role]] for role in ROLES[:3])
             count_name = self.names.get("num_detections")
         else:
+            assert self.shapes is not None      # _resolve set names or shapes, or raised
             boxes_name, pair, count_name = self.shapes
             scores, classes = _split_pair(*(outputs[name].reshape(-1) for name in pair))
             boxes = outputs[boxes_name]

@@ -25,15 +25,16 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from engine.config import load_config
 from engine.core import paths
 from engine.core.errors import ConfigError
 from engine.tools.bench.density import DEFAULT_SCHEDULE
-from engine.tools.bench.stats import Spread, fmt, ratio
+from engine.tools.bench.stats import Spread, fmt, median_of, ratio
 
 VARIANTS = {
     "a": ("sync loop", "single process, sync infer() per frame (codelab sync sample)"),
@@ -237,17 +238,17 @@ class Bench:
     def _aggregate(self, variant: str, runs: list[dict]) -> dict:
         ok = [r for r in runs if "error" not in r]
         short, label = VARIANTS[variant]
-        out = {"short": short, "label": label, "runs": runs,
-               "errors": [r["error"] for r in runs if "error" in r]}
+        out: dict[str, Any] = {"short": short, "label": label, "runs": runs,
+                               "errors": [r["error"] for r in runs if "error" in r]}
         for key in ("fps", "p50_ms", "p95_ms", "startup_s"):
             spread = Spread.of(r.get(key) for r in ok)
             out[key] = spread.to_dict() if spread else None
         if any("stage_ms" in r for r in ok):
             stages = {s for r in ok for s in r.get("stage_ms", {})}
-            out["stage_ms"] = {s: Spread.of(r.get("stage_ms", {}).get(s) for r in ok).median for s in stages}
+            out["stage_ms"] = {s: median_of(r.get("stage_ms", {}).get(s) for r in ok) for s in stages}
         if any("stage_ms_mean" in r for r in ok):
             stages = {s for r in ok for s in r.get("stage_ms_mean", {})}
-            out["loop_step_ms"] = {s: round(Spread.of(r["stage_ms_mean"].get(s) for r in ok).median, 3)
+            out["loop_step_ms"] = {s: round(median_of(r["stage_ms_mean"].get(s) for r in ok), 3)
                                    for s in stages}
         return out
 
@@ -387,7 +388,7 @@ class Bench:
         self.progress(f"versus: model {model}, {len(images)} images, {a.repeats} repeats; steady runs "
                       f"{a.steady_loops} passes; engine, threaded script (engine's OpenVINO settings) and plain "
                       f"script (OpenVINO's defaults) alternating")
-        from engine.control.supervisor import preflight
+        from engine.control.preflight import preflight
         _, batch = preflight(self.cfg)              # the frames per request the engine will use
         self.progress(f"versus: inference-only probe, batch {batch}, {a.probe_seconds:g} s")
         probe = inference_probe(self.cfg.model, self.cfg.inference, a.device, images, a.probe_seconds, batch)
@@ -457,8 +458,10 @@ def render(result: dict, console: Console) -> None:
                   f"{s.get('images')}; machine {fmt(m.get('cpu_busy_pct_before'), 0)}% busy before the start, "
                   f"load average {m.get('load_avg_at_start', ['?'])[0]} → {m.get('load_avg_at_end', ['?'])[0]}")
     table = Table(title="Throughput and end-to-end latency (median of repeats, min–max)")
-    for col, justify in (("variant", "left"), ("what", "left"), ("FPS", "right"), ("min–max", "right"),
-                         ("p50 ms", "right"), ("p95 ms", "right"), ("start-up s", "right"), ("notes", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("variant", "left"), ("what", "left"), ("FPS", "right"), ("min–max", "right"),
+        ("p50 ms", "right"), ("p95 ms", "right"), ("start-up s", "right"), ("notes", "left"))
+    for col, justify in columns:
         table.add_column(col, justify=justify)
     tuned = result.get("tuned", {})
     for key, v in result.get("variants", {}).items():

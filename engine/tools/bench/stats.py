@@ -28,6 +28,13 @@ class Spread:
         return {"median": round(self.median, 3), "min": round(self.min, 3), "max": round(self.max, 3), "n": self.n}
 
 
+def median_of(values: Iterable[float | None]) -> float:
+    """The median of the finite values of a figure the caller knows was measured at least once."""
+    spread = Spread.of(values)
+    assert spread is not None, "no finite value to take the median of"
+    return spread.median
+
+
 def percentile(values: Iterable[float], p: float) -> float | None:
     """The ``p``-th percentile (0..100) by linear interpolation, or None for no values."""
     vals = sorted(float(v) for v in values)

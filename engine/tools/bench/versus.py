@@ -35,11 +35,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from engine.control.launch import stage_of
-from engine.tools.bench.stats import Spread, ratio
+from engine.tools.bench.stats import Spread, median_of, ratio
 
 SAMPLE_S = 0.05            # line count + per-process CPU sample period
 WARM_FRACTION = 0.1        # the steady window starts once this share of the frames is written
@@ -254,7 +255,9 @@ def inference_probe(model_cfg, inference_cfg, device: str, images: list[Path], s
     model, info = prepare_model(read_model(core, model_cfg.path), model_cfg, batch)
     compiled = compile_model(core, model, device, inference_cfg)
     nireq = inference_cfg.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    frame, _, _ = load_image(images[0])
+    frame, error, _ = load_image(images[0])
+    if frame is None:
+        raise RuntimeError(f"cannot read {images[0]}: {error}")
     pixels = np.empty((batch, info.height, info.width, 3), np.uint8)
     pre = model_cfg.preprocess
     Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, pre.resize, pre.crop) \
@@ -288,7 +291,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
             "steady_cpu_ms_per_frame")
     out: dict = {}
     for key in keys:
-        row = {}
+        row: dict[str, Any] = {}
         for side in ("engine", *SCRIPTS):
             spread = Spread.of(r.get(key) for r in runs.get(side, []))
             row[side] = spread.to_dict() if spread else None
@@ -382,7 +385,7 @@ def profile_summary(reports: list[tuple[dict, dict]], inference_core_ms: float |
         keys = ("core_ms_per_frame", "work_ms", "overhead_ms") + \
             (("openvino_beyond_probe_ms",) if all("openvino_beyond_probe_ms" in i for i in items) else ())
         rows.append({"process": name, "work": items[0]["work"],
-                     **{k: round(Spread.of(i[k] for i in items).median, 3) for k in keys}})
+                     **{k: round(median_of(i[k] for i in items), 3) for k in keys}})
     order = ("supervisor", "decoder", "preprocessor", "inference", "postprocessor")
     rows.sort(key=lambda r: next((i for i, o in enumerate(order) if r["process"].startswith(o)), len(order)))
     if not rows:
@@ -415,7 +418,7 @@ def live_figures(report: dict) -> dict | None:
     e2e = (latency.get("end_to_end") or {}).get("median")
     if e2e is None or any(v is None for v in stages.values()):
         return None
-    total = sum(stages.values())
+    total = sum(v for v in stages.values() if v is not None)      # none is, as checked above
     return {"stage_p50_ms": stages, "sum_p50_ms": round(total, 3), "end_to_end_p50_ms": e2e,
             "queue_p50_ms": (latency.get("queue") or {}).get("median"),
             "end_to_end_p95_ms": (latency.get("end_to_end") or {}).get("p95"),

@@ -28,7 +28,7 @@ import cv2
 import nncf
 import numpy as np
 import openvino as ov
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from engine.config import ADAPTERS, ModelConfig, load_registry
@@ -271,8 +271,8 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
                                      for p, m in models.items() if p != "FP32"}}
         for precision, variant in models.items():
             with step(progress, f"{precision}: {scorer.metric} on {len(validation)} samples"):
-                metric, extra = scorer.figures(compiled[precision], validation)
-                report.variants[precision] = Variant(precision, variant, metric, extra=extra)
+                figure, extra = scorer.figures(compiled[precision], validation)
+                report.variants[precision] = Variant(precision, variant, figure, extra=extra)
         with step(progress, f"throughput on CPU: {seconds:g} s per precision"):
             for precision, fps in throughput(compiled, validation, seconds).items():
                 report.variants[precision].fps = fps
@@ -314,8 +314,10 @@ def report_table(name: str, report: QuantizeReport) -> Table:
     table = Table(title=f"{name}: FP32 / FP16 / INT8 on CPU",
                   caption=f"INT8/FP32 throughput ratio: {report.speedup:.2f}×")
     extra = list(report.variants["FP32"].extra)
-    for column, justify in [("precision", "left"), (label, "right"), *((name, "right") for name in extra),
-                            ("throughput (FPS)", "right"), ("vs FP32", "right")]:
+    columns: list[tuple[str, JustifyMethod]] = [("precision", "left"), (label, "right"),
+                                                *((name, "right") for name in extra),
+                                                ("throughput (FPS)", "right"), ("vs FP32", "right")]
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     base = report.variants["FP32"].fps
     for variant in report.variants.values():

@@ -1,0 +1,74 @@
+"""Pre-flight: everything that can be wrong with a run, found before a process starts.
+
+The devices and their properties, the model (read, prepared for the batch, kept in the model
+cache for the inference workers to compile by path), its preprocessing and the adapter's view of
+its outputs, and every file source: a mistake is one line now instead of a dead stage later.
+"""
+from __future__ import annotations
+
+from engine.config import RunConfig
+from engine.config.streams import is_live_uri
+from engine.io.sources import open_source
+from engine.io.streams import is_live
+from engine.model.adapters import create_adapter
+from engine.model.cache import ModelCache, cache_root, writable
+from engine.model.prepare import (
+    AUTO_BATCH,
+    InputInfo,
+    check_devices,
+    check_preprocess,
+    check_properties,
+    model_facts,
+    preflight_compile,
+    prepare_model,
+    raw_properties,
+    read_model,
+)
+from engine.model.runtime import ov
+
+
+def preflight(cfg: RunConfig, streams_may_join: bool = False) -> tuple[InputInfo, int]:
+    """Everything that can be wrong before a process starts: devices and their properties, model,
+    preprocessing, adapter, sources. Returns the model's input and the frames per request
+    (``batch = 0``: one when ``streams_may_join``, as a library pipeline's camera may)."""
+    core = ov.Core()
+    check_devices(core, cfg.inference.devices)
+    for device in cfg.inference.devices:
+        check_properties(core, cfg.inference, device)
+    root = writable(cache_root(cfg.inference.cache_dir))
+    cache = ModelCache(root) if root is not None else None
+    auto = cfg.inference.batch == 0
+    batch = cfg.inference.batch or (AUTO_BATCH if files_only(cfg) and not streams_may_join else 1)
+    hit = cache.lookup(cfg.model, batch) if cache is not None else None
+    if hit is None and auto and batch > 1 and cache is not None:
+        known = cache.lookup(cfg.model, 1)        # an earlier run found that the graph fixes its batch
+        if known is not None and not known[1].get("batchable", True):
+            hit, batch = known, 1
+    model = None
+    if hit is not None:       # checked and prepared by an earlier run: its facts, not a second read
+        facts = hit[1]
+    else:
+        model = read_model(core, cfg.model.path)
+        facts = model_facts(model, cfg.model)
+        if auto and not facts["batchable"]:
+            batch = 1
+    info = InputInfo(**facts["input"])
+    check_preprocess(info, cfg.model)
+    create_adapter(cfg.model).check_outputs(facts["outputs"])
+    if model is not None:
+        prepared, _ = prepare_model(model, cfg.model, batch)   # e.g. a batch the graph cannot take: one line now
+        if cache is not None:                                  # the inference workers compile it by path
+            cache.store(cfg.model, batch, prepared, facts)
+    for device in cfg.inference.devices:       # raw OpenVINO properties: tried in a real compile
+        if raw_properties(cfg.inference, device):
+            preflight_compile(core, cfg, device, batch)
+    for src in cfg.streams:
+        if not is_live_uri(src.uri):
+            open_source(src).close()     # a missing or empty folder, a bad file type: one line now
+    return info, batch
+
+
+def files_only(cfg: RunConfig) -> bool:
+    """Every source is a file read as fast as it goes (not live, not paced): nobody waits for a
+    batch to fill."""
+    return all(not is_live(src) and not src.realtime and not src.max_fps for src in cfg.streams)
