@@ -10,7 +10,7 @@
 A :class:`Pipeline` starts one supervisor process (``python -m engine.api.service``), which runs the
 same stages, pools, ledgers and sinks as ``ovstream run``; records come from the postprocessor on
 a ZeroMQ socket (msgpack, :class:`~engine.protocol.messages.RecordMsg`), commands and snapshots travel on
-a second one (:class:`~engine.protocol.messages.ApiMsg`), both in a private (0700) run directory. Leaving
+a second one (a message type each: :mod:`engine.protocol.apilink`), both in a private (0700) run directory. Leaving
 the ``with`` block, an exception or Ctrl-C in it, :meth:`Pipeline.close`, the end of a ``for``
 loop that itself started a pipeline no ``with`` holds (a ``break`` included), garbage collection and the
 interpreter's exit all stop every process of the run. A pipeline is used from one thread.
@@ -26,9 +26,9 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -39,11 +39,27 @@ from engine.core.errors import ConfigError, OvstreamError, PipelineError
 from engine.core.results import FrameResult
 from engine.observe.logs import stage_level
 from engine.observe.metrics import Snapshot
-from engine.protocol.apilink import api_messages
+from engine.protocol.apilink import API_REPLIES, api_messages
 from engine.protocol.channels import RunDir, make_socket
-from engine.protocol.messages import ApiMsg, MessageError, RecordMsg, decode
+from engine.protocol.messages import (
+    AddSourceMsg,
+    DrainedMsg,
+    Message,
+    MessageError,
+    OutcomeMsg,
+    RecordMsg,
+    RemoveSourceMsg,
+    RequestDoneMsg,
+    RequestRefusedMsg,
+    SeenMsg,
+    SnapshotMsg,
+    StartedMsg,
+    StopRunMsg,
+    decode,
+)
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
 
 STOP_TIMEOUT_S = 10.0       # a stopping supervisor stops its stages within ~1 s and reports
 POLL_MS = 100
@@ -123,6 +139,8 @@ class Pipeline:
         self._in_with = False
         self._closed = False
         self._finalizer: weakref.finalize | None = None
+        self._replies: dict[type[Message], Callable[[Any], None]] = {    # what the supervisor's reports update
+            SnapshotMsg: self._on_snapshot, OutcomeMsg: self._on_outcome}
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Pipeline:
@@ -163,7 +181,7 @@ class Pipeline:
         self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._zmq,
                                            (self._results, self._control), self._run_dir)
         try:
-            started = self._wait_for("started")
+            started = self._wait_for(StartedMsg)
         except BaseException:
             self.close()
             raise
@@ -174,7 +192,7 @@ class Pipeline:
             if not (isinstance(cls, type) and issubclass(cls, OvstreamError)):
                 cls = ConfigError if outcome.get("usage") else PipelineError
             raise cls(outcome.get("message") or "the pipeline could not start")
-        self.streams = list(started.arg.get("streams", self.streams))
+        self.streams = list(started.streams)
         return self
 
     def close(self) -> None:
@@ -186,7 +204,7 @@ class Pipeline:
         if self._proc is None:
             return
         if self._proc.poll() is None and self.outcome is None:
-            self._command("stop")
+            self._command(StopRunMsg())
             deadline = time.monotonic() + STOP_TIMEOUT_S
             while self.outcome is None and self._proc.poll() is None and time.monotonic() < deadline:
                 self._read_control(POLL_MS)
@@ -253,7 +271,7 @@ class Pipeline:
                 raise MessageError(f"expected a record, got {msg.TYPE}")
             if msg.end:
                 self._end_seen = True
-                self._command("drained", {"streams": int(msg.record.get("streams", 0))})
+                self._command(DrainedMsg(int(msg.record.get("streams", 0))))
                 return None
             result = FrameResult.from_dict(msg.record)
         except (MessageError, ValueError) as exc:
@@ -264,7 +282,7 @@ class Pipeline:
         self._last[result.stream] = result.frame_id
         if time.monotonic() >= self._seen_due:          # where a restarted postprocessor resends from
             self._seen_due = time.monotonic() + SEEN_INTERVAL_S
-            self._command("seen", {"marks": {name: last + 1 for name, last in self._last.items()}})
+            self._command(SeenMsg({name: last + 1 for name, last in self._last.items()}))
         return result
 
     def _raise_failure(self) -> None:
@@ -294,67 +312,77 @@ class Pipeline:
         come in the same iteration, in its frame order. Raises :class:`ConfigError` if the entry
         is wrong, the file is missing, or ``max_streams`` streams are open."""
         entry = {"uri": str(uri), **({"name": name} if name else {}), **keys}
-        reply = self._request("add_source", entry)
-        self.streams.append(reply.arg["name"])
-        return reply.arg["name"]
+        self._requests += 1
+        reply = self._request(AddSourceMsg(self._requests, entry))
+        self.streams.append(reply.name)
+        return reply.name
 
     def remove_source(self, name: str) -> None:
         """Stop reading stream ``name``: the frames it has read still come out (in order), then it
         ends; its figures in :meth:`stats` are final from then on. Raises :class:`ConfigError` if
         no open stream has that name."""
-        self._request("remove_source", {"name": name})
+        if not isinstance(name, str):          # no stream has a name that is not a string
+            raise ConfigError(f"no open stream named '{name}'")
+        self._requests += 1
+        self._request(RemoveSourceMsg(self._requests, name))
 
-    def _request(self, kind: str, arg: dict) -> ApiMsg:
+    def _request(self, request: AddSourceMsg | RemoveSourceMsg) -> RequestDoneMsg:
+        """Send ``request`` and wait for its answer: done, or refused (a ConfigError)."""
         if not self.running:
             self.start()
             if not self.running:
                 raise PipelineError("the pipeline is not running")
         proc = self._proc
         assert proc is not None                # running: the supervisor has been launched
-        self._requests += 1
-        self._command(kind, arg, self._requests)
+        self._command(request)
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
         while self.outcome is None and time.monotonic() < deadline:
             for msg in self._read_control(POLL_MS):
-                if msg.request == self._requests and msg.kind in ("done", "refused"):
-                    if msg.kind == "refused":
-                        raise ConfigError(str(msg.arg.get("error", f"{kind} refused")))
+                if isinstance(msg, RequestRefusedMsg) and msg.request == request.request:
+                    raise ConfigError(msg.error)
+                if isinstance(msg, RequestDoneMsg) and msg.request == request.request:
                     return msg
             if proc.poll() is not None:
                 break
-        raise PipelineError(f"{kind}: the pipeline " + ("has ended" if self.outcome is not None or
-                                                        proc.poll() is not None else "did not answer"))
+        raise PipelineError(f"{request.TYPE}: the pipeline " + ("has ended" if self.outcome is not None or
+                                                                proc.poll() is not None else "did not answer"))
 
     @property
     def running(self) -> bool:
         return self._proc is not None and not self._closed and self.outcome is None
 
-    def _command(self, kind: str, arg: dict | None = None, request: int = 0) -> None:
+    def _command(self, msg: Message) -> None:
         try:
-            self._control.send(ApiMsg(kind, arg or {}, request).encode(), zmq.NOBLOCK)
+            self._control.send(msg.encode(), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass                        # the supervisor is gone; its outcome (or exit) says why
 
-    def _read_control(self, timeout_ms: int) -> list[ApiMsg]:
-        """Take the supervisor's messages: snapshots, answers, the outcome."""
-        out: list[ApiMsg] = []
+    def _read_control(self, timeout_ms: int) -> list[Message]:
+        """Take the supervisor's messages (:data:`~engine.protocol.apilink.API_REPLIES`): snapshots
+        and the outcome update the pipeline here; every one is returned, answers included."""
+        out: list[Message] = []
         if not self._control.poll(timeout_ms):
             return out
-        for msg in api_messages(self._control, "the pipeline's supervisor"):
-            if msg.kind == "snapshot":
-                self._snapshot = Snapshot.from_dict(msg.arg)
-            elif msg.kind == "outcome":
-                self.outcome = msg.arg
+        for msg in api_messages(self._control, "the pipeline's supervisor", API_REPLIES):
+            handler = self._replies.get(type(msg))
+            if handler is not None:
+                handler(msg)
             out.append(msg)
         return out
 
-    def _wait_for(self, kind: str) -> ApiMsg | None:
+    def _on_snapshot(self, msg: SnapshotMsg) -> None:
+        self._snapshot = Snapshot.from_dict(msg.snapshot)
+
+    def _on_outcome(self, msg: OutcomeMsg) -> None:
+        self.outcome = msg.to_dict()
+
+    def _wait_for(self, kind: type[M]) -> M | None:
         """The supervisor's ``kind`` message, or None once it has sent its outcome (or died)."""
         proc = self._proc
         assert proc is not None                # called by start() once it has launched the supervisor
         while self.outcome is None:
             for msg in self._read_control(POLL_MS):
-                if msg.kind == kind:
+                if isinstance(msg, kind):
                     return msg
             if proc.poll() is not None:
                 self._read_control(0)

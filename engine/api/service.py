@@ -23,24 +23,23 @@ from engine.core.errors import EXIT_FAILED, EXIT_USAGE, OvstreamError
 from engine.io.run_folder import OutputDir
 from engine.observe.logs import configure_stage
 from engine.protocol.apilink import ServiceLink
+from engine.protocol.messages import OutcomeMsg
 
 log = logging.getLogger(__name__)
 
 
-def serve(spec: dict, link: ServiceLink) -> dict:
-    """Run the pipeline of ``spec``; the outcome to send (``exit_code``, ``message``, ``report``,
-    ``usage``: a mistake found before start)."""
+def serve(spec: dict, link: ServiceLink) -> OutcomeMsg:
+    """Run the pipeline of ``spec``; the outcome to send (``usage``: a mistake found before start)."""
     try:
         cfg = RunConfig.from_dict(spec["config"], origin="pipeline config")
         with Launcher() as launcher:
             launcher.prestart(len(cfg.inference.devices))    # they import OpenVINO while this process does
             return _serve(cfg, spec, link, launcher)
     except OvstreamError as exc:        # found before start: the API raises it as it is
-        return {"exit_code": exc.exit_code, "message": str(exc), "report": {}, "usage": exc.exit_code == EXIT_USAGE,
-                "error": type(exc).__name__}
+        return OutcomeMsg(exc.exit_code, str(exc), {}, usage=exc.exit_code == EXIT_USAGE, error=type(exc).__name__)
 
 
-def _serve(cfg: RunConfig, spec: dict, link: ServiceLink, launcher: Launcher) -> dict:
+def _serve(cfg: RunConfig, spec: dict, link: ServiceLink, launcher: Launcher) -> OutcomeMsg:
     from engine.control.supervisor import Supervisor  # imported after the inference workers were started
 
     supervisor = Supervisor(cfg, dashboard=False, link=link, max_streams=int(spec.get("max_streams", 0)),
@@ -58,7 +57,7 @@ def _serve(cfg: RunConfig, spec: dict, link: ServiceLink, launcher: Launcher) ->
     finally:
         if supervisor.exporter is not None:
             supervisor.exporter.close()
-    return {"exit_code": code, "message": message, "report": outcome.report, "usage": False}
+    return OutcomeMsg(code, message, outcome.report, usage=False)
 
 
 def main(argv: list[str]) -> int:
@@ -72,15 +71,14 @@ def main(argv: list[str]) -> int:
             outcome = serve(spec, link)
         except Exception as exc:  # a bug: the trace into the log, one line to the API
             log.error("%s", traceback.format_exc())
-            outcome = {"exit_code": EXIT_FAILED, "message": f"{type(exc).__name__}: {exc}", "report": {},
-                       "usage": False}
-        link.send("outcome", outcome)
+            outcome = OutcomeMsg(EXIT_FAILED, f"{type(exc).__name__}: {exc}", {}, usage=False)
+        link.send(outcome)
     finally:
         link.close()
         context.term()
         if link.orphaned:           # the Python process died without closing: its run directory too
             shutil.rmtree(Path(argv[0]).parent, ignore_errors=True)
-    return int(outcome["exit_code"])
+    return outcome.exit_code
 
 
 if __name__ == "__main__":

@@ -1,15 +1,9 @@
-"""RunConfig: one run's settings, loaded from TOML and validated in one place, with one-line errors.
+"""The sections of a run's config (:class:`RunConfig`) with their types, bounds and cross-field rules.
 
-Every section is a pydantic model whose fields carry their type, range and finiteness; cross-field
-rules are validators next to the fields they relate. A config file is validated strictly (no
-``"4"`` for 4, no ``1`` for true, no NaN or inf), and every mistake becomes one
-:class:`ConfigError` line naming the file, the section, the key, what is allowed and what was
-given (with a "did you mean" for a near-miss key). The bounds below are the engine's limits, not
-OpenVINO's: values beyond them are mistakes (and would allocate without end). The resolved config
-travels to every worker process as JSON (``to_dict`` / ``from_dict``).
-
-To add a key: add a field with its bounds (``Field(default, ge=.., le=..)``) to its section; the
-error message, the JSON round trip and the tests' malformed-value table follow from the field.
+The bounds below are the engine's limits, not OpenVINO's: values beyond them are mistakes (and
+would allocate without end). To add a key: add a field with its bounds (``Field(default, ge=..,
+le=..)``) to its section; the error message, the JSON round trip and the tests' malformed-value
+table follow from the field.
 """
 from __future__ import annotations
 

@@ -27,12 +27,15 @@ from engine.io.sources import open_source
 from engine.io.streams import Layout, StreamSpec, is_live
 from engine.protocol.apilink import ServiceLink
 from engine.protocol.messages import (
+    AddSourceMsg,
     AddStreamMsg,
-    ApiMsg,
     CloseStreamMsg,
     EndStreamMsg,
     Message,
     OpenStreamMsg,
+    RemoveSourceMsg,
+    RequestDoneMsg,
+    RequestRefusedMsg,
     StreamAddedMsg,
     StreamClosedMsg,
     StreamFailedMsg,
@@ -46,8 +49,8 @@ STREAM_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class StreamChanges:
-    """The ``add_source`` / ``remove_source`` requests of a library pipeline's
-    :class:`~engine.protocol.apilink.ServiceLink`, and the stages' answers (:data:`REPLIES`).
+    """The :class:`~engine.protocol.messages.AddSourceMsg` / ``RemoveSourceMsg`` requests of a library
+    pipeline's :class:`~engine.protocol.apilink.ServiceLink`, and the stages' answers (:data:`REPLIES`).
     Commands go out through ``send``; ``state`` gives the generation they carry."""
 
     def __init__(self, cfg: RunConfig, layout: Layout, link: ServiceLink | None, accounting: Accounting,
@@ -59,12 +62,12 @@ class StreamChanges:
         self.send = send
         self.state = state
         self.adding: dict[int, set[str]] = {}    # added stream → stages yet to confirm they know it
-        self.waiting: list[ApiMsg] = []          # add_source requests waiting for a range to come free
+        self.waiting: list[AddSourceMsg] = []    # add requests waiting for a range to come free
 
-    def request(self, msg: ApiMsg) -> None:
-        """An ``add_source`` or ``remove_source`` request: answered now, or (an add while a removed
-        stream's range is on its way back and none is spare) once that range is free."""
-        if msg.kind == "add_source" and self.draining() and not self.layout.spare:
+    def request(self, msg: AddSourceMsg | RemoveSourceMsg) -> None:
+        """An add or remove request: answered now, or (an add while a removed stream's range is on
+        its way back and none is spare) once that range is free."""
+        if isinstance(msg, AddSourceMsg) and self.draining() and not self.layout.spare:
             self.waiting.append(msg)            # a removed stream's range comes free soon
         else:
             self._answer(msg)
@@ -81,17 +84,17 @@ class StreamChanges:
         self.forget_removed(self.layout.streams)
         self.adding.clear()
 
-    def _answer(self, msg: ApiMsg) -> None:
+    def _answer(self, msg: AddSourceMsg | RemoveSourceMsg) -> None:
         try:
-            name = self._add_source(msg.arg) if msg.kind == "add_source" else self._remove_source(msg.arg)
+            name = self._add_source(msg.source) if isinstance(msg, AddSourceMsg) else self._remove_source(msg.name)
         except OvstreamError as exc:
-            self._reply("refused", {"error": str(exc)}, msg.request)
+            self._reply(RequestRefusedMsg(msg.request, str(exc)))
         else:
-            self._reply("done", {"name": name}, msg.request)
+            self._reply(RequestDoneMsg(msg.request, name))
 
-    def _reply(self, kind: str, arg: dict, request: int) -> None:
+    def _reply(self, msg: RequestDoneMsg | RequestRefusedMsg) -> None:
         if self.link is not None:              # requests come only from a link
-            self.link.send(kind, arg, request)
+            self.link.send(msg)
 
     def draining(self) -> bool:
         """Some removed stream's slot range is not back yet."""
@@ -106,7 +109,7 @@ class StreamChanges:
     def refuse_waiting(self) -> None:
         """The run is over: adds still waiting for a range are answered now, not left to time out."""
         while self.waiting:
-            self._reply("refused", {"error": "the pipeline has ended"}, self.waiting.pop(0).request)
+            self._reply(RequestRefusedMsg(self.waiting.pop(0).request, "the pipeline has ended"))
 
     def _add_source(self, entry: dict) -> str:
         """Validate a new stream, give it a slot range and a decoder, and tell the preprocessor and
@@ -114,7 +117,7 @@ class StreamChanges:
         before they do). Returns its name."""
         if self.accounting.finished:
             raise ConfigError("the pipeline has ended: every stream is done")
-        if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
+        if not isinstance(entry.get("uri"), str):
             raise ConfigError("add_source needs a uri")
         base = {k: v for k, v in self.cfg.source.to_dict().items() if k not in ("uri", "name")}
         src = RunConfig.from_dict({"sources": [{**base, **entry}]}, origin="add_source").sources[0]
@@ -140,10 +143,9 @@ class StreamChanges:
         log.info("stream %s added (%s, %s)", spec.name, spec.uri, self.layout.decoder_name(spec.decoder))
         return spec.name
 
-    def _remove_source(self, arg: dict) -> str:
+    def _remove_source(self, name: str) -> str:
         """Close a stream: its decoder stops reading and sends its end; what it had read still
         comes out. Its slot range is reused once the decoder has every slot back."""
-        name = arg.get("name") if isinstance(arg, dict) else None
         spec = next((s for s in self.layout.streams if s.name == name and not s.removed), None)
         if spec is None:
             raise ConfigError(f"no open stream named '{name}' (open: "

@@ -24,8 +24,10 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -53,12 +55,19 @@ from engine.protocol.apilink import ServiceLink
 from engine.protocol.context import ModelInput, StageContext
 from engine.protocol.messages import (
     AckMsg,
+    AddSourceMsg,
     DecoderFencedMsg,
+    DrainedMsg,
     FatalMsg,
     Message,
     ReadyMsg,
+    RemoveSourceMsg,
+    SeenMsg,
+    SnapshotMsg,
+    StartedMsg,
     StartMsg,
     StatsMsg,
+    StopRunMsg,
 )
 
 PUBLISH_S = 0.5             # how often /metrics gets a fresh snapshot
@@ -101,6 +110,9 @@ class Supervisor:
         self.accounting = Accounting(self.layout, cfg.streams, self.metrics)
         self.channel = ControlChannel(self._on_message)     # bound once the run's directory exists
         self.changes = StreamChanges(cfg, self.layout, link, self.accounting, self.channel.send, self.state)
+        self.link_commands: dict[type[Message], Callable[[Any], None]] = {   # the library link's, by type
+            StopRunMsg: self._on_stop_run, SeenMsg: self._on_seen, DrainedMsg: self._on_drained,
+            AddSourceMsg: self.changes.request, RemoveSourceMsg: self.changes.request}
         self.stages = Stages(stage_children(cfg, self.layout), self._launch, self.channel, self.state,
                              self.metrics, cfg.pipeline.max_restarts, self.log_dir, annotating=cfg.output.annotated)
         self.space: RunSpace | None = None      # the run's directory and pools, from _allocate
@@ -208,16 +220,21 @@ class Supervisor:
         if self.link is None:
             return
         for msg in self.link.receive():
-            if msg.kind == "stop":
-                self.state.stop_requested = True
-            elif msg.kind == "seen" and isinstance(msg.arg.get("marks"), dict):
-                self.accounting.note_seen(msg.arg["marks"])
-            elif msg.kind == "drained":
-                self.link.drained = max(self.link.drained, int(msg.arg.get("streams", 0)))
-            elif msg.kind in ("add_source", "remove_source"):
-                self.changes.request(msg)
+            handler = self.link_commands.get(type(msg))
+            if handler is not None:
+                handler(msg)
         if self.link.orphaned:             # the Python process that owned the pipeline is gone
             self.state.interrupted = self.state.interrupted or signal.SIGTERM
+
+    def _on_stop_run(self, _msg: StopRunMsg) -> None:
+        self.state.stop_requested = True
+
+    def _on_seen(self, msg: SeenMsg) -> None:
+        self.accounting.note_seen(msg.marks)
+
+    def _on_drained(self, msg: DrainedMsg) -> None:
+        if self.link is not None:
+            self.link.drained = max(self.link.drained, msg.streams)
 
     def _done(self) -> bool:
         """Every stream has ended and, for a library pipeline, its iterator holds every result
@@ -241,7 +258,7 @@ class Supervisor:
             self._allocate()
             self.stages.start_all(self._serve_link)
             if self.link is not None:
-                self.link.send("started", {"streams": [s.name for s in self.layout.streams]})
+                self.link.send(StartedMsg([s.name for s in self.layout.streams]))
             dashboard.start()
             self._loop(dashboard)
             self._stop(dashboard)
@@ -324,7 +341,7 @@ class Supervisor:
         if self.exporter is not None:
             self.exporter.publish(snapshot)
         if self.link is not None:
-            self.link.send("snapshot", snapshot.to_dict())
+            self.link.send(SnapshotMsg(snapshot.to_dict()))
         if self.cfg.output.status:
             path = self.output_dir / "status.json"
             try:

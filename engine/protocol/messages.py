@@ -505,24 +505,124 @@ class RecordMsg(Message):
     end: bool = False
 
 
+# API ⇄ the supervisor of a library pipeline (engine/protocol/apilink.py): one message type per
+# command, answer and report; each end dispatches them by type. The API numbers its requests
+# (``request``, counting from 1); the answer to one carries its number.
+
 @dataclass(slots=True)
-class ApiMsg(Message):
-    """API ⇄ the supervisor of a library pipeline.
+class StopRunMsg(Message):
+    """API → supervisor: stop the run (the pipeline is closed); the outcome follows."""
 
-    API → supervisor: ``stop``; ``drained`` (every result is in the API's hands); ``seen`` (``arg``:
-    ``{"marks": {stream: the first frame id the iterator has not received}}``, every 0.5 s while
-    results come: where a restarted postprocessor hands results.jsonl over again); ``add_source``
-    (``arg``: a ``[[sources]]`` entry); ``remove_source`` (``arg``: ``{"name"}``).
-    Supervisor → API: ``started`` (``arg``: ``{"streams": [names]}``); ``snapshot`` (``arg``:
-    ``Snapshot.to_dict()``, every 0.5 s); ``done`` / ``refused`` answering request ``request``
-    (``arg``: ``{"name"}`` / ``{"error"}``); ``outcome`` (``arg``: ``{"exit_code", "message",
-    "report", "usage"}``), the last message.
-    """
+    TYPE: ClassVar[str] = "stop_run"
 
-    TYPE: ClassVar[str] = "api"
-    kind: str
-    arg: dict = field(default_factory=dict)
-    request: int = 0
+
+@dataclass(slots=True)
+class SeenMsg(Message):
+    """API → supervisor, every 0.5 s while results come: ``marks`` maps a stream's name to the
+    first frame id the iterator has not received (where a restarted postprocessor hands
+    results.jsonl over again)."""
+
+    TYPE: ClassVar[str] = "seen"
+    marks: dict[str, int]
+
+
+@dataclass(slots=True)
+class DrainedMsg(Message):
+    """API → supervisor: the API holds every result of ``streams`` streams (it has their end
+    marker); the run may end once that is all of them."""
+
+    TYPE: ClassVar[str] = "drained"
+    streams: int
+
+
+@dataclass(slots=True)
+class AddSourceMsg(Message):
+    """API → supervisor: request ``request``: open another stream, ``source`` (a ``[[sources]]``
+    entry: ``uri`` and the keys the caller gave). Answered by :class:`RequestDoneMsg` (with the
+    stream's name) or :class:`RequestRefusedMsg`.
+
+    ``source`` stays a dict: its schema is :class:`engine.config.SourceConfig`, which validates it
+    on the supervisor's side (with the config's ``[source]`` defaults merged in, and an error that
+    names the key); a copy of that schema here would drift from it (as :class:`OpenStreamMsg`)."""
+
+    TYPE: ClassVar[str] = "add_source"
+    request: int
+    source: dict
+
+
+@dataclass(slots=True)
+class RemoveSourceMsg(Message):
+    """API → supervisor: request ``request``: close stream ``name``. Answered by
+    :class:`RequestDoneMsg` or :class:`RequestRefusedMsg`."""
+
+    TYPE: ClassVar[str] = "remove_source"
+    request: int
+    name: str
+
+
+@dataclass(slots=True)
+class StartedMsg(Message):
+    """supervisor → API: every stage is ready; ``streams`` are the names of the run's streams."""
+
+    TYPE: ClassVar[str] = "started"
+    streams: list[str]
+
+
+@dataclass(slots=True)
+class SnapshotMsg(Message):
+    """supervisor → API, every 0.5 s: the run's figures.
+
+    ``snapshot`` is :meth:`engine.observe.metrics.Snapshot.to_dict`, read back with
+    ``Snapshot.from_dict`` (the same dict as ``status.json`` and report.json); that class is the
+    schema (a layer above this one), so it is not written out a second time here."""
+
+    TYPE: ClassVar[str] = "snapshot"
+    snapshot: dict
+
+
+@dataclass(slots=True)
+class RequestDoneMsg(Message):
+    """supervisor → API: request ``request`` (an add or a remove) is done; ``name`` is the stream's."""
+
+    TYPE: ClassVar[str] = "request_done"
+    request: int
+    name: str
+
+
+@dataclass(slots=True)
+class RequestRefusedMsg(Message):
+    """supervisor → API: request ``request`` was refused, for ``error`` (one line: the API raises
+    it as a ConfigError)."""
+
+    TYPE: ClassVar[str] = "request_refused"
+    request: int
+    error: str
+
+
+@dataclass(slots=True)
+class OutcomeMsg(Message):
+    """supervisor → API, its last message: how the run ended.
+
+    ``usage``: a mistake found before start (the API raises a ConfigError); ``error``: the name of
+    the :class:`engine.core.errors.OvstreamError` class that a pre-flight check raised, if one did.
+    ``report`` is report.json's content (:meth:`engine.observe.metrics.Snapshot.to_dict`, with
+    ``restarts`` and ``failure``; empty if the run never got going): a dict for the reason given
+    at :class:`SnapshotMsg`."""
+
+    TYPE: ClassVar[str] = "outcome"
+    exit_code: int
+    message: str
+    report: dict = field(default_factory=dict)
+    usage: bool = False
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The outcome as :attr:`engine.api.pipeline.Pipeline.outcome` shows it (``error`` only when set)."""
+        out: dict[str, Any] = {"exit_code": self.exit_code, "message": self.message, "report": self.report,
+                               "usage": self.usage}
+        if self.error:
+            out["error"] = self.error
+        return out
 
 
 def encode_result(msg: ResultMsg, tensors: list) -> list:

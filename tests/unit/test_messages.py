@@ -8,24 +8,37 @@ import numpy as np
 import pytest
 
 from engine.io.streams import StreamSpec
+from engine.protocol import messages
+from engine.protocol.apilink import API_COMMANDS, API_REPLIES
 from engine.protocol.messages import (
     MAX_HEADER_BYTES,
     AckMsg,
+    AddSourceMsg,
     AddStreamMsg,
     BatchMsg,
     CloseStreamMsg,
     CreditMsg,
     DecoderDownMsg,
     DecoderFencedMsg,
+    DrainedMsg,
     EndStreamMsg,
     ErrorMsg,
     FrameMsg,
     FrameRef,
+    Message,
     MessageError,
     OpenStreamMsg,
+    OutcomeMsg,
+    RemoveSourceMsg,
+    RequestDoneMsg,
+    RequestRefusedMsg,
     ResultMsg,
+    SeenMsg,
+    SnapshotMsg,
+    StartedMsg,
     StartMsg,
     StopMsg,
+    StopRunMsg,
     StreamAddedMsg,
     StreamClosedMsg,
     StreamFailedMsg,
@@ -59,6 +72,17 @@ def _ref(i: int = 7) -> FrameRef:
     CloseStreamMsg(4),
     StreamClosedMsg(4),
     EndStreamMsg(4),
+    StopRunMsg(),
+    SeenMsg({"cam": 17, "coco": 0}),
+    DrainedMsg(3),
+    AddSourceMsg(1, {"uri": "rtsp://cam/1", "name": "cam", "loop": 2, "max_fps": 12.5}),
+    RemoveSourceMsg(2, "cam"),
+    StartedMsg(["coco", "cam"]),
+    SnapshotMsg({"state": "running", "totals": {"avg_fps": 41.5}, "streams": [{"name": "coco"}]}),
+    RequestDoneMsg(1, "cam"),
+    RequestRefusedMsg(2, "no open stream named 'cam' (open: none)"),
+    OutcomeMsg(0, "", {"state": "finished", "restarts": {}}),
+    OutcomeMsg(2, "model 'nope' not found", usage=True, error="ModelError"),
 ])
 def test_round_trip(msg):
     assert decode(msg.encode()) == msg
@@ -89,6 +113,29 @@ def test_round_trip(msg):
                     "slot_hi": 3}), "field 'live' is not bool"),
     (msgpack.packb({"t": "open_stream", "sid": 1, "name": "a", "uri": "x", "live": False, "decoder": 0,
                     "slot_lo": 0, "slot_hi": 3, "source": "x"}), "field 'source' is not dict"),
+    # the library link: the old untyped message, and each new type's fields checked like the rest
+    (msgpack.packb({"t": "api", "kind": "stop", "arg": {}, "request": 0}), "unknown type"),
+    (msgpack.packb({"t": "stop_run", "kind": "stop"}), "unknown fields"),
+    (msgpack.packb({"t": "seen", "marks": {"cam": "17"}}), "field 'marks' is not dict"),
+    (msgpack.packb({"t": "seen", "marks": {"cam": True}}), "field 'marks' is not dict"),
+    (msgpack.packb({"t": "seen", "marks": [17]}), "field 'marks' is not dict"),
+    (msgpack.packb({"t": "drained"}), "incomplete"),
+    (msgpack.packb({"t": "drained", "streams": 1.0}), "field 'streams' is not int"),
+    (msgpack.packb({"t": "add_source", "source": {"uri": "x"}}), "incomplete"),            # no request id
+    (msgpack.packb({"t": "add_source", "request": 1, "source": "x"}), "field 'source' is not dict"),
+    (msgpack.packb({"t": "add_source", "request": "1", "source": {}}), "field 'request' is not int"),
+    (msgpack.packb({"t": "remove_source", "request": 1, "name": 5}), "field 'name' is not str"),
+    (msgpack.packb({"t": "remove_source", "request": 1, "arg": {"name": "cam"}}), "unknown fields"),
+    (msgpack.packb({"t": "started", "streams": ["a", 2]}), "field 'streams' is not list"),
+    (msgpack.packb({"t": "started", "streams": "a"}), "field 'streams' is not list"),
+    (msgpack.packb({"t": "snapshot", "snapshot": []}), "field 'snapshot' is not dict"),
+    (msgpack.packb({"t": "request_done", "request": True, "name": "cam"}), "field 'request' is not int"),
+    (msgpack.packb({"t": "request_done", "request": 1}), "incomplete"),
+    (msgpack.packb({"t": "request_refused", "request": 1, "error": None}), "field 'error' is not str"),
+    (msgpack.packb({"t": "outcome", "exit_code": 0}), "incomplete"),
+    (msgpack.packb({"t": "outcome", "exit_code": "0", "message": ""}), "field 'exit_code' is not int"),
+    (msgpack.packb({"t": "outcome", "exit_code": 0, "message": "", "usage": 1}), "field 'usage' is not bool"),
+    (msgpack.packb({"t": "outcome", "exit_code": 0, "message": "", "report": None}), "field 'report' is not dict"),
 ])
 def test_bad_frames_are_rejected(data, reason):
     with pytest.raises(MessageError, match=reason):
@@ -123,3 +170,25 @@ def test_a_stream_command_carries_every_field_of_a_stream_spec():
     assert {f.name for f in fields(StreamFields)} == {f.name for f in fields(StreamSpec)} - {"removed"}
     msg = decode(AddStreamMsg(**{f.name: getattr(spec, f.name) for f in fields(StreamFields)}).encode())
     assert StreamSpec(**msg.stream_fields()) == spec
+
+
+def test_every_message_type_has_a_tag_of_its_own():
+    """A message class registered under another's tag would be decoded as that one."""
+    classes = [c for c in vars(messages).values()
+               if isinstance(c, type) and issubclass(c, Message) and c is not Message and c.TYPE]
+    assert len({c.TYPE for c in classes}) == len(classes)
+    assert all(Message._registry[c.TYPE] is c for c in classes)
+
+
+def test_the_library_link_takes_each_type_in_one_direction():
+    assert set(API_COMMANDS).isdisjoint(API_REPLIES)
+    assert {c.TYPE for c in API_COMMANDS} == {"stop_run", "seen", "drained", "add_source", "remove_source"}
+    assert {c.TYPE for c in API_REPLIES} == {"started", "snapshot", "request_done", "request_refused", "outcome"}
+
+
+def test_an_outcome_shows_as_the_dict_the_api_always_gave():
+    """Pipeline.outcome stays a dict with exit_code, message, report, usage (and error, when set)."""
+    assert OutcomeMsg(0, "", {"state": "finished"}).to_dict() == {
+        "exit_code": 0, "message": "", "report": {"state": "finished"}, "usage": False}
+    assert OutcomeMsg(2, "bad model", usage=True, error="ModelError").to_dict() == {
+        "exit_code": 2, "message": "bad model", "report": {}, "usage": True, "error": "ModelError"}
