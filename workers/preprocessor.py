@@ -294,7 +294,7 @@ class Preprocessor(StageLoop):
             frame = self.raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
             geometry = Geometry.plan(ref.width, ref.height, self.in_w, self.in_h, pre.resize, pre.crop)
             rows = self.in_pool.view(batch.slot, (self.batch_size, self.in_h, self.in_w, 3))
-            geometry.resize_into(frame, rows[len(batch.frames)], pre.interpolation)
+            geometry.resize_into(frame, rows[len(batch.frames)], pre.interpolation, pre.pad)
         except Exception as exc:  # a frame that cannot be resized must not stop the stream
             stage.count("errors")
             error = ErrorMsg(ref, "preprocess", f"{type(exc).__name__}: {exc}", self.ctx.generation)

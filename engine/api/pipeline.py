@@ -32,11 +32,12 @@ from typing import Any, TypeVar
 
 import zmq
 
-from engine.config import RunConfig, load_config, merge_tables, resolve_model, resolve_streams
+from engine.config import RunConfig, load_config, merge_tables, model_from_file, resolve_model, resolve_streams
 from engine.config.options import overrides_from
 from engine.core import errors
 from engine.core.errors import ConfigError, OvstreamError, PipelineError
 from engine.core.results import FrameResult
+from engine.model.detect import detect_model
 from engine.observe.logs import stage_level
 from engine.observe.metrics import Snapshot
 from engine.protocol.apilink import API_REPLIES, api_messages
@@ -95,9 +96,9 @@ def build_config(config: str | Path | RunConfig | dict | None = None, **options:
         config = config.to_dict()
     if isinstance(config, dict):
         merged = RunConfig.from_dict(merge_tables(config, overrides), origin="Pipeline config")
-        cfg = resolve_model(resolve_streams(merged))
+        cfg = resolve_model(resolve_streams(merged), detect_model, by_file=model_from_file(overrides))
     else:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides, detect=detect_model)
     if values["loop"] is not None:
         for src in cfg.sources:
             src.loop = values["loop"]

@@ -17,7 +17,14 @@ package's public face.
 from engine.config.explain import explain
 from engine.config.loading import CACHE_WORDS, anchor_paths, load_config
 from engine.config.options import MODEL_SUFFIXES
-from engine.config.registry import find_model, load_registry, resolve_model
+from engine.config.registry import (
+    ModelDetector,
+    find_model,
+    find_model_file,
+    load_registry,
+    model_from_file,
+    resolve_model,
+)
 from engine.config.schema import (
                                   ADAPTERS,
                                   MAX_BATCH,
@@ -45,7 +52,8 @@ from engine.config.tomlfile import merge_tables, read_toml, tomllib
 __all__ = [
     "ADAPTERS", "CACHE_WORDS", "MAX_BATCH", "MAX_FRAME_SIDE", "MAX_NIREQ", "MAX_SLOTS", "MAX_STREAMS",
     "MODEL_SUFFIXES", "ClusterConfig", "DashboardConfig", "InferenceConfig", "MetricsConfig", "ModelConfig",
-    "MqttConfig", "OutputConfig", "PipelineConfig", "PreprocessConfig", "RunConfig", "Section", "SourceConfig",
-    "anchor_paths", "channels_of", "explain", "find_model", "is_live_uri", "load_config", "load_registry",
-    "merge_tables", "read_toml", "resolve_model", "resolve_streams", "stream_name", "tomllib",
+    "ModelDetector", "MqttConfig", "OutputConfig", "PipelineConfig", "PreprocessConfig", "RunConfig", "Section",
+    "SourceConfig", "anchor_paths", "channels_of", "explain", "find_model", "find_model_file", "is_live_uri",
+    "load_config", "load_registry", "merge_tables", "model_from_file", "read_toml", "resolve_model",
+    "resolve_streams", "stream_name", "tomllib",
 ]

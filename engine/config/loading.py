@@ -7,18 +7,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.config.registry import resolve_model
+from engine.config.registry import ModelDetector, model_from_file, resolve_model
 from engine.config.schema import RunConfig
 from engine.config.streams import is_live_uri, resolve_streams
 from engine.config.tomlfile import merge_tables, read_toml
 from engine.core import paths
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: dict | None = None,
+                detect: ModelDetector | None = None) -> RunConfig:
     """Load a config file (default: the bundled configs/default.toml), apply overrides, resolve the
     model. Relative paths are relative to the config file's folder, those of ``overrides`` (the
     command line) to the working directory; either may name a bundled resource (``data/samples``,
-    also ``path`` itself: ``configs/mnist.toml``). A bundled config writes to the working directory."""
+    also ``path`` itself: ``configs/mnist.toml``). A bundled config writes to the working directory.
+
+    ``overrides`` that name the model by a file alone (``--model FILE``) start it from that file:
+    the config's model name is set aside, and ``detect`` (see :func:`resolve_model`) reads the
+    adapter from a file the registry does not know."""
     cfg_path = paths.resolve(path) if path else paths.bundled(paths.DEFAULT_CONFIG)
     bundled = cfg_path.resolve().is_relative_to(paths.bundled_root().resolve())
     data = anchor_paths(read_toml(cfg_path), cfg_path.absolute().parent, writes_to_cwd=bundled)
@@ -27,7 +32,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         data = merge_tables(data, anchor_paths(overrides, Path.cwd()))
     cfg = RunConfig.from_dict(data, origin=str(cfg_path))
     resolve_streams(cfg)
-    return resolve_model(cfg)
+    return resolve_model(cfg, detect, by_file=model_from_file(overrides))
 
 
 CACHE_WORDS = ("auto", "off", "none", "false", "")     # [inference] cache_dir values that are not folders

@@ -22,12 +22,12 @@ from engine.core.geometry import INTERPOLATIONS, RESIZE_MODES
 # The output adapters' names, defined here once: config (below engine.model in the layers) validates
 # model.adapter against them; each adapter class in engine/model/adapters declares one of them as its
 # ``name`` (checked when the class is defined) and is found by it (see engine.model.adapters).
-ADAPTERS = ("anchor_ssd", "ssd_detection_output", "tf_od_api", "classification", "nanodet", "yolo")
+ADAPTERS = ("anchor_ssd", "ssd_detection_output", "tf_od_api", "classification", "nanodet", "yolo", "yolox")
 
 # Enumerations, defined once (those the command line offers in engine/config/options.py, light to import).
 # The Literals are built from those tuples, which mypy cannot follow: the ignores say so, nothing more.
 Hint = Literal[HINTS]  # type: ignore[valid-type]
-Resize = Literal[RESIZE_MODES]  # type: ignore[valid-type]         # letterbox | stretch | crop
+Resize = Literal[RESIZE_MODES]  # type: ignore[valid-type]   # letterbox | letterbox_topleft | stretch | crop
 Interpolation = Literal[("auto", *INTERPOLATIONS)]  # type: ignore[valid-type]
 Color = Literal["RGB", "BGR", "GRAY"]
 Live = Literal["auto", "yes", "no"]
@@ -81,6 +81,7 @@ class PreprocessConfig(Section):
 
     resize: Resize = "letterbox"
     crop: float = Field(0.875, gt=0, le=1)   # crop: the centre fraction of the (scaled) shorter side kept
+    pad: int = Field(0, ge=0, le=255)        # letterbox: the padding's pixel value (YOLOX: 114)
     interpolation: Interpolation = "auto"    # auto: area shrinking, linear enlarging
     color: Color = "RGB"                     # what the model expects
     mean: list[Annotated[float, Field(ge=-1e6, le=1e6)]] = Field(default_factory=lambda: [0.0, 0.0, 0.0])

@@ -2,7 +2,9 @@
 
 A :class:`Geometry` says how a frame of ``frame_w × frame_h`` pixels was placed in the model
 input of ``input_w × input_h``: ``model_x = frame_x * sx + pad_x`` (same for y). ``letterbox``
-keeps the aspect ratio and centres the image with padding; ``stretch`` fills the input; ``crop``
+keeps the aspect ratio and centres the image with padding; ``letterbox_topleft`` keeps it too and
+puts the image in the top-left corner, the padding right and below (YOLOX's own preprocessing; the
+padding's pixel value is ``resize_into``'s ``fill``, 114 there); ``stretch`` fills the input; ``crop``
 (classifiers' evaluation preprocessing) keeps the aspect ratio and fills the input with the centre
 of the frame: the shorter side (relative to the input's aspect) is scaled to ``input / crop`` (e.g.
 224 / 0.875 = 256) and the centre ``input`` pixels are kept. The crop is taken in whole frame pixels
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RESIZE_MODES = ("letterbox", "stretch", "crop")
+RESIZE_MODES = ("letterbox", "letterbox_topleft", "stretch", "crop")
 # names of cv2 flags: cv2 is imported where pixels are resized, so the stages that only map boxes
 # (inference, postprocessor) and the config do not pay its import at start-up
 INTERPOLATIONS = {"nearest": "INTER_NEAREST", "linear": "INTER_LINEAR", "cubic": "INTER_CUBIC",
@@ -40,7 +42,8 @@ class Geometry:
     @classmethod
     def plan(cls, frame_w: int, frame_h: int, input_w: int, input_h: int, mode: str,
              crop: float = 0.875) -> Geometry:
-        """Plan a ``letterbox``, ``stretch`` or ``crop`` (centre fraction ``crop``) resize into the input."""
+        """Plan a ``letterbox``, ``letterbox_topleft``, ``stretch`` or ``crop`` (centre fraction ``crop``)
+        resize into the input."""
         if mode == "stretch":
             return cls(input_w / frame_w, input_h / frame_h, 0.0, 0.0, frame_w, frame_h, input_w, input_h)
         if mode == "crop":
@@ -53,8 +56,9 @@ class Geometry:
         scale = min(input_w / frame_w, input_h / frame_h)
         new_w, new_h = max(1, round(frame_w * scale)), max(1, round(frame_h * scale))
         # the scales and whole-pixel pads resize_into really applies, so the inverse matches it
-        return cls(new_w / frame_w, new_h / frame_h, float((input_w - new_w) // 2),
-                   float((input_h - new_h) // 2), frame_w, frame_h, input_w, input_h)
+        centred = mode != "letterbox_topleft"
+        return cls(new_w / frame_w, new_h / frame_h, float((input_w - new_w) // 2 if centred else 0),
+                   float((input_h - new_h) // 2 if centred else 0), frame_w, frame_h, input_w, input_h)
 
     @classmethod
     def from_list(cls, values: list[float], frame_w: int, frame_h: int, input_w: int, input_h: int) -> Geometry:
@@ -70,8 +74,9 @@ class Geometry:
         return Geometry(self.sx * kx, self.sy * ky, self.pad_x, self.pad_y, orig_w, orig_h,
                         self.input_w, self.input_h)
 
-    def resize_into(self, frame: np.ndarray, dst: np.ndarray, interpolation: str = "auto") -> None:
-        """Resize ``frame`` (H×W×C uint8) into ``dst`` (input_h×input_w×C) per this plan."""
+    def resize_into(self, frame: np.ndarray, dst: np.ndarray, interpolation: str = "auto", fill: int = 0) -> None:
+        """Resize ``frame`` (H×W×C uint8) into ``dst`` (input_h×input_w×C) per this plan; letterbox
+        padding is set to ``fill``."""
         import cv2
         if self.pad_x < 0 or self.pad_y < 0:          # crop: the frame region that fills the input
             x0, y0 = round(-self.pad_x / self.sx), round(-self.pad_y / self.sy)
@@ -84,7 +89,7 @@ class Geometry:
         new_h = max(1, round(self.frame_h * self.sy))
         x0, y0 = int(self.pad_x), int(self.pad_y)
         if x0 or y0 or new_w != self.input_w or new_h != self.input_h:
-            dst[...] = 0
+            dst[...] = fill
         shrinking = new_w < self.frame_w or new_h < self.frame_h
         target = dst[y0:y0 + new_h, x0:x0 + new_w]
         cv2.resize(frame, (new_w, new_h), dst=target, interpolation=_flag(interpolation, shrinking))

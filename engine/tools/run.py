@@ -60,8 +60,9 @@ def main(args: argparse.Namespace) -> int:
     with Launcher() as launcher:
         launcher.prestart(1)
         from engine.config import load_config  # pydantic, numpy: while the worker imports OpenVINO
+        from engine.model.detect import detect_model  # light: OpenVINO only when it reads a file
 
-        cfg = load_config(args.config, overrides_from(args))
+        cfg = load_config(args.config, overrides_from(args), detect=detect_model)
         if args.loop is not None:                  # every stream, also those a config lists (checked as
             for src in cfg.sources:                # [source] loop with the other overrides)
                 src.loop = args.loop

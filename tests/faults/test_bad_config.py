@@ -212,8 +212,9 @@ NANODET = shared("models/nanodet_m/nanodet_m_416.onnx")
 
 
 @pytest.mark.parametrize("args, toml, expected", [
-    # the 1-channel MNIST CNN as a file with the default colour (RGB): once a raw "Check … failed" in inference-0
-    (["--model", "models/mnist/mnist.xml", "--adapter", "classification"], "",
+    # the 1-channel MNIST CNN under a name of its own with the default colour (RGB): once a raw "Check …
+    # failed" in inference-0 (`--model models/mnist/mnist.xml` alone now takes the mnist registry entry)
+    ([], f"[model]\nname = 'digits'\npath = '{MNIST}'\nadapter = 'classification'\n",
      ["[model.preprocess] color RGB gives 3 channel(s)", "mnist.xml has 1: use GRAY"]),
     ([], f"[model]\nname = 'digits'\npath = '{MNIST}'\nadapter = 'classification'\n[model.preprocess]\ncolor = 'BGR'\n",
      ["color BGR gives 3 channel(s)", "use GRAY"]),

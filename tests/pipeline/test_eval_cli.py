@@ -15,7 +15,7 @@ import openvino.opset13 as ops
 import pytest
 
 from engine.config import load_registry
-from tests.conftest import COCO, REPO
+from tests.conftest import COCO, COCO_ANNOTATIONS, REPO
 
 FACE_IMAGES = ("000000005193.jpg", "000000006954.jpg", "000000008690.jpg")  # COCO val2017, with faces
 MNIST_SAMPLES = REPO / "data" / "mnist_samples"
@@ -105,3 +105,39 @@ def test_conformance_of_the_coco_ssd_with_the_tflite_interpreter(engine_env, tmp
     found = json.loads(proc.stdout)["conformance"]
     assert found["runtime"].startswith("LiteRT") and found["frames"] == 4
     assert found["reference_detections"] >= 10 and found["rate"] >= 0.9, found
+
+
+# The default detector's COCO figures on the codelab's 100 images (engine defaults, eval threshold
+# 0.01; docs/models.md). A regression in resize, colour order or box mapping moves AP50 by far more
+# than the tolerance, which leaves room for CPU precision (bf16 / f32) and JPEG decoding differences.
+DEFAULT_AP50 = 0.467
+AP50_TOLERANCE = 0.03
+
+
+@pytest.mark.skipif(not COCO_ANNOTATIONS.is_file(), reason="the shared COCO annotations are not here")
+def test_default_detector_coco_ap50_on_the_100_images(engine_env, tmp_path):
+    from pycocotools.coco import COCO as CocoIndex
+    from pycocotools.cocoeval import COCOeval
+
+    from engine.core.results import read_results
+
+    out = tmp_path / "out"
+    proc = ovstream_eval("ssd_mobilenet_v2_coco", "--data", str(COCO), "--annotations", str(COCO_ANNOTATIONS),
+                         "--output", str(out), "--json", env=engine_env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["coco"]["score_threshold"] == 0.01 and report["coco"]["categories"] == "id"
+    metrics = report["candidate"]["metrics"]
+    assert metrics["images"] == 100
+    assert metrics["map50"] == pytest.approx(DEFAULT_AP50, abs=AP50_TOLERANCE), metrics
+    # the same figure from results.jsonl with pycocotools alone: class_id is the COCO id, boxes in pixels
+    truth = CocoIndex(str(COCO_ANNOTATIONS))
+    found = [{"image_id": int(Path(r.source).stem), "category_id": d.class_id, "score": d.score,
+              "bbox": [d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1]]}
+             for r in read_results(out / "model" / "results.jsonl") for d in r.detections or ()]
+    check = COCOeval(truth, truth.loadRes(found), "bbox")
+    check.evaluate()
+    check.accumulate()
+    check.summarize()
+    assert check.stats[1] == pytest.approx(metrics["map50"], abs=1e-9)
+    assert check.stats[0] == pytest.approx(metrics["map"], abs=1e-9)

@@ -12,7 +12,14 @@ from pycocotools.cocoeval import COCOeval
 from engine.core.errors import ConfigError
 from engine.core.results import Classification, Detection, FrameResult
 from engine.tools.modeltools.evaluate import read_class_folders, read_labels_list
-from engine.tools.modeltools.metrics import COCO_STATS, agreement_map, classification_agreement, coco_map, topk_accuracy
+from engine.tools.modeltools.metrics import (
+    COCO_STATS,
+    agreement_map,
+    category_mode,
+    classification_agreement,
+    coco_map,
+    topk_accuracy,
+)
 
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]
 IMAGES = {139: (640, 426), 285: (586, 640), 632: (640, 483), 724: (375, 500), 776: (428, 640)}
@@ -123,6 +130,12 @@ def test_shifted_boxes_score_lower():
     got = coco_map(ground_truth(), records(shifted))
     assert 0.0 < got["map"] < got["map50"] <= 1.0
     assert got["map"] < 0.5
+
+
+def test_category_mode_maps_80_class_models_by_index_and_91_id_label_maps_by_id():
+    coco = {"categories": [{"id": i, "name": str(i)} for i in (1, 2, 3, 5)]}
+    assert category_mode(["person", "bicycle", "car", "airplane"], coco) == "index"
+    assert category_mode(["background", "person", "bicycle", "car", "motorcycle", "airplane"], coco) == "id"
 
 
 def test_category_modes_agree():

@@ -68,11 +68,14 @@ def test_detector_coco_map_json(monkeypatch, images, tmp_path, capsys):
         "categories": [{"id": 0, "name": "face"}],
         "annotations": [{"id": 1, "image_id": 139, "category_id": 0, "bbox": [10, 10, 50, 60], "area": 3000,
                          "iscrowd": 0}]}))
-    fake_engine(monkeypatch, lambda cfg: [face_record(s) for s in sorted(images.iterdir())])
+    configs = fake_engine(monkeypatch, lambda cfg: [face_record(s) for s in sorted(images.iterdir())])
     code = evaluate.main(parse("face", "--data", str(images), "--annotations", str(annotations),
                                "--output", str(tmp_path / "out"), "--json"))
     report = json.loads(capsys.readouterr().out)
     assert code == 0
+    # COCO AP is computed over low-score detections too: the run keeps them, and the report says so
+    assert configs[0]["model"]["score_threshold"] == evaluate.EVAL_SCORE_THRESHOLD == 0.01
+    assert report["coco"]["score_threshold"] == 0.01 and report["coco"]["categories"] == "index"
     assert report["candidate"]["metrics"]["map50"] == pytest.approx(1.0)   # one FP ranked below the hit
     assert report["candidate"]["metrics"]["images"] == 2
 

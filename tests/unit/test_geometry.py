@@ -53,6 +53,16 @@ def test_boxes_in_the_padding_are_clipped_to_the_frame():
     assert box == pytest.approx([0, 0, 320, 480])
 
 
+def test_top_left_letterbox_pads_right_and_below_with_the_fill_value():
+    """YOLOX's preprocessing: the image at the top-left corner, the padding grey (114)."""
+    g = Geometry.plan(640, 480, 416, 416, "letterbox_topleft")
+    assert (g.sx, g.sy, g.pad_x, g.pad_y) == pytest.approx((0.65, 0.65, 0.0, 0.0))
+    dst = np.zeros((416, 416, 3), np.uint8)
+    g.resize_into(np.full((480, 640, 3), 255, np.uint8), dst, fill=114)
+    assert np.all(dst[:312] == 255) and np.all(dst[312:] == 114)          # 480 × 0.65 = 312 rows of image
+    assert g.boxes_to_frame(np.array([[0.5, 0.5, 1.0, 1.0]]))[0] == pytest.approx([320, 320, 640, 480])
+
+
 def test_stretch_fills_the_input():
     g = Geometry.plan(640, 480, 300, 300, "stretch")
     assert (g.sx, g.sy, g.pad_x, g.pad_y) == pytest.approx((300 / 640, 300 / 480, 0, 0))

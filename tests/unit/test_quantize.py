@@ -15,12 +15,13 @@ from engine.cli import main as cli
 from engine.config import ModelConfig, PreprocessConfig
 from engine.core.geometry import Geometry
 from engine.tools.modeltools.datasets import InputPreparer, folder_samples, load_mnist
-from tests.conftest import COCO, REPO
+from tests.conftest import COCO, COCO_ANNOTATIONS, REPO
 
 pytest.importorskip("nncf", reason="nncf not installed (pip install -e '.[tools]')")
 
 from engine.config import tomllib  # the stdlib module, or tomli on Python 3.10
 from engine.tools.modeltools.quantize import (  # noqa: E402
+    GOOD_AP50_DROP,
     head_layers,
     infer_all,
     int8_entry,
@@ -207,3 +208,33 @@ def test_heads_and_ignored_types_stay_in_floating_point(tiny_cfg: ModelConfig, t
     fed = {port.get_node().get_type_name() for node in report.variants["INT8"].model.get_ordered_ops()
            if node.get_type_name() == "FakeQuantize" for port in node.output(0).get_target_inputs()}
     assert "Convolution" not in fed
+
+
+@pytest.mark.skipif(not COCO_ANNOTATIONS.is_file(), reason="the shared COCO annotations are not here")
+def test_detector_int8_scored_by_coco_ap50(tmp_path: Path) -> None:
+    """`ovstream quantize yolox_nano --annotations instances.json`, on 4 images: FP32 / INT8 AP50 and AP
+    against the ground truth, and the 1-point verdict in the table."""
+    try:
+        cfg = resolve("yolox_nano")
+    except Exception as exc:                 # the model file lives in the shared folder, not the repository
+        pytest.skip(f"yolox_nano is not in the model search path: {exc}")
+    data = tmp_path / "coco"
+    data.mkdir()
+    for name in ("000000000285.jpg", "000000000724.jpg", "000000000776.jpg", "000000000802.jpg"):
+        shutil.copy(COCO / name, data / name)
+    report = quantize(cfg, str(data), tmp_path / "int8.xml", subset=4, seconds=0.2,
+                      annotations=str(COCO_ANNOTATIONS))
+    assert report.metric == "ap50" and report.xml.is_file()
+    fp32, int8 = report.variants["FP32"], report.variants["INT8"]
+    assert fp32.metric >= 0.4 and set(fp32.extra) == {"COCO AP@[.5:.95]"}    # 0.52 here (f32 inference)
+    assert 0 < fp32.extra["COCO AP@[.5:.95]"] <= fp32.metric
+    assert int8.metric >= 0.3 and report.ap50_drop == pytest.approx(fp32.metric - int8.metric)
+    rendered = Console(record=True, width=160)
+    rendered.print(report_table("yolox_nano", report))
+    text = rendered.export_text()
+    assert "COCO AP50" in text and "INT8 AP50 drop" in text and f"≤ {GOOD_AP50_DROP * 100:g} point" in text
+
+
+def test_ap50_metric_needs_annotations(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli(["quantize", "face", "--metric", "ap50", "--seconds", "0.1", "--output", str(tmp_path)]) == 2
+    assert "--metric ap50 needs COCO ground truth" in capsys.readouterr().err

@@ -33,6 +33,7 @@ from rich.table import Table
 from engine.config import load_config
 from engine.core import paths
 from engine.core.errors import ConfigError
+from engine.model.detect import detect_model
 from engine.tools.bench.density import DEFAULT_SCHEDULE
 from engine.tools.bench.stats import Spread, fmt, median_of, ratio
 
@@ -127,7 +128,7 @@ class Bench:
         if args.model:
             key = "path" if Path(args.model).suffix else "name"
             overrides["model"] = {key: args.model}
-        self.cfg = load_config(args.config, overrides)
+        self.cfg = load_config(args.config, overrides, detect=detect_model)
         self.images_dir = paths.resolve(images)
         if not self.images_dir.is_dir():
             raise ConfigError(f"--images: no such folder {images}")

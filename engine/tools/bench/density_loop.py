@@ -25,6 +25,7 @@ import openvino as ov
 
 from engine.config import load_config
 from engine.core.geometry import Geometry
+from engine.model.detect import detect_model
 from engine.model.prepare import output_shapes
 from engine.tools.bench.loops import Prepared
 
@@ -71,7 +72,7 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
     No warm-up by default: the engine runs of the density bench count from their streams' start
     too (``--duration``), so both pay their first, slower inferences alike."""
     key = "path" if os.path.splitext(model)[1] else "name"
-    cfg = load_config(None, {"model": {key: model}})
+    cfg = load_config(None, {"model": {key: model}}, detect=detect_model)
     prepared = Prepared(cfg.model, device)
     compiled = prepared.compile("THROUGHPUT")
     adapter = prepared.adapter()
@@ -94,7 +95,7 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
     def infer(stream: int, frame: np.ndarray) -> None:
         geometry = Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, pre.resize, pre.crop)
         pixels = np.empty((1, info.height, info.width, 3), np.uint8)
-        geometry.resize_into(frame, pixels[0], pre.interpolation)
+        geometry.resize_into(frame, pixels[0], pre.interpolation, pre.pad)
         with start_lock:
             queue.start_async({0: pixels}, (stream, geometry))
 

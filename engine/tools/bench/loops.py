@@ -106,7 +106,7 @@ def _load(path: Path, info: InputInfo, pre: PreprocessConfig, dst: np.ndarray, c
     if frame is None:
         return None
     geometry = Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, pre.resize, pre.crop)
-    geometry.resize_into(frame, dst, pre.interpolation)
+    geometry.resize_into(frame, dst, pre.interpolation, pre.pad)
     clock.add("resize", time.perf_counter() - t1)
     return geometry
 

@@ -31,6 +31,7 @@ from engine.config import load_config
 from engine.core.geometry import Geometry
 from engine.io.sources import IMAGE_EXTENSIONS, load_image
 from engine.model.adapters import create_adapter
+from engine.model.detect import detect_model
 from engine.model.prepare import compile_model, output_shapes, prepare_model, read_model
 
 NIREQ = 2          # the script: AsyncInferQueue with 2 requests
@@ -45,7 +46,7 @@ def run(images: Path, output: Path, model: str | None = None, loop: int = 1, dev
     overrides: dict = {"sources": [{"uri": str(images)}]}
     if model:
         overrides["model"] = {"path" if Path(model).suffix else "name": model}
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides, detect=detect_model)
     core = ov.Core()
     prepared, info = prepare_model(read_model(core, cfg.model.path), cfg.model, 1)
     defaults = {"hint": "NONE", "streams": 0, "threads": 0} if settings == "default" else {}
@@ -67,7 +68,7 @@ def run(images: Path, output: Path, model: str | None = None, loop: int = 1, dev
             return None, None, error or "unreadable"
         geometry = Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, pre.resize, pre.crop)
         pixels = np.empty((1, info.height, info.width, 3), np.uint8)
-        geometry.resize_into(frame, pixels[0], pre.interpolation)
+        geometry.resize_into(frame, pixels[0], pre.interpolation, pre.pad)
         if original is not None:
             geometry = geometry.scaled_to(*original)
         return pixels, geometry, ""

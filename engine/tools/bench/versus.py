@@ -261,7 +261,7 @@ def inference_probe(model_cfg, inference_cfg, device: str, images: list[Path], s
     pixels = np.empty((batch, info.height, info.width, 3), np.uint8)
     pre = model_cfg.preprocess
     Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, pre.resize, pre.crop) \
-        .resize_into(frame, pixels[0], pre.interpolation)
+        .resize_into(frame, pixels[0], pre.interpolation, pre.pad)
     pixels[1:] = pixels[0]
     queue = ov.AsyncInferQueue(compiled, nireq)
     for _ in range(nireq * 4):                    # warm-up

@@ -168,7 +168,7 @@ def reference_records(cfg: ModelConfig, reference: Reference, images: list[Path]
         pre = cfg.preprocess
         geometry = Geometry.plan(frame.shape[1], frame.shape[0], width, height, pre.resize, pre.crop)
         pixels = np.zeros((height, width, 3), np.uint8)
-        geometry.resize_into(frame, pixels, pre.interpolation)
+        geometry.resize_into(frame, pixels, pre.interpolation, pre.pad)
         outputs = reference(model_input(pixels, cfg, reference))
         outputs = {name: value.astype(np.float32) if value.dtype.kind == "f" else value
                    for name, value in outputs.items()}

@@ -13,6 +13,13 @@ TF OD API exports ending in ``TFLite_Detection_PostProcess`` convert with their 
 TF2 Object Detection API exports (``saved_model/saved_model.pb`` beside ``pipeline.config``) are
 recognised: the input becomes uint8 [1, H, W, 3] with H×W from the pipeline's fixed_shape_resizer,
 and the adapter, resize mode and labels are set for them.
+
+TF1 Object Detection API frozen graphs (``frozen_inference_graph.pb``: ``image_tensor`` in,
+``detection_boxes`` … out, with the Preprocessor, the anchor decode and the Postprocessor's NMS loop
+inside) convert as they are; their input ``[?, ?, ?, 3]`` is fixed to ``[1, H, W, 3]`` with H×W the
+size the graph's own Preprocessor resizes to (read from the converted graph), so the engine resizes
+frames once, to that size (bilinear, as the graph would: ``interpolation = linear``), and the
+graph's resize does nothing more.
 """
 from __future__ import annotations
 
@@ -42,6 +49,7 @@ FRAMEWORKS = {".onnx": "onnx", ".tflite": "tflite", ".pdmodel": "paddle", ".pb":
 FRAMEWORK_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "paddle": "PaddlePaddle", "tf": "TensorFlow",
                    "ir": "OpenVINO IR"}
 COCO_LABELS = "data/coco91_labels.txt"       # bundled
+FROZEN_OD_API_NODES = (b"image_tensor", b"detection_boxes", b"detection_scores", b"detection_classes")
 
 
 @dataclass(frozen=True)
@@ -53,10 +61,12 @@ class Source:
     od_api_shape: list[int] | None = None   # TF2 OD API export: uint8 [1, H, W, 3] from pipeline.config
     od_api_classes: int = 0
     tflite_postprocess: bool = False        # a TFLite TF OD API export (ends in TFLite_Detection_PostProcess)
+    frozen_od_api: bool = False             # a TF1 OD API frozen graph (image_tensor → detection_boxes …)
 
     @property
     def od_api(self) -> bool:
-        return self.od_api_shape is not None or self.od_api_classes > 0 or self.tflite_postprocess
+        return self.od_api_shape is not None or self.od_api_classes > 0 or self.tflite_postprocess \
+            or self.frozen_od_api
 
 
 # ---- reading and converting ----------------------------------------------------------------------
@@ -77,16 +87,17 @@ def inspect_source(path: Path) -> Source:
     if framework is None:
         raise ModelError(f"{path}: unknown model format '{path.suffix}' "
                          f"(use a SavedModel folder, {', '.join(FRAMEWORKS)})")
-    postprocess = False
-    if framework == "tflite":
+    postprocess = frozen = False
+    if framework in ("tflite", "tf"):
         with open(path, "rb") as fh:
             data = fh.read()
-        if data[4:8] != b"TFL3":
+        if framework == "tflite" and data[4:8] != b"TFL3":
             raise ModelError(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier)")
-        postprocess = OP_TYPE.encode() in data      # custom op codes are stored by name
+        postprocess = framework == "tflite" and OP_TYPE.encode() in data   # custom op codes are stored by name
+        frozen = framework == "tf" and all(name in data for name in FROZEN_OD_API_NODES)   # GraphDef node names
     if framework != "ir" and not FrontEndManager().load_by_framework(framework).supported(str(path)):
         raise ModelError(f"{path}: not a readable {FRAMEWORK_NAMES[framework]} model (corrupt or truncated?)")
-    return Source(path, framework, tflite_postprocess=postprocess)
+    return Source(path, framework, tflite_postprocess=postprocess, frozen_od_api=frozen)
 
 
 def _od_api_source(saved: Path) -> Source | None:
@@ -113,11 +124,30 @@ def read_model(source: Source, input_shape: list[int] | None = None) -> ov.Model
             if source.framework == "tflite":      # custom ops the frontend cannot translate alone
                 options["extension"] = list(EXTENSIONS)
             model = convert_model(source.path, **options)
+            if source.frozen_od_api and not shape:
+                fixed = preprocessed_size(model)
+                if fixed is not None:
+                    model.reshape([1, *fixed, 3])
     except Exception as exc:  # the converters raise many types; all mean "this model does not convert"
         raise ModelError(f"{source.path}: cannot convert: {_one_line(exc)}") from None
     if not model.inputs or not model.outputs:
         raise ModelError(f"{source.path}: the converted model has no inputs or no outputs")
     return model
+
+
+def preprocessed_size(model: ov.Model) -> tuple[int, int] | None:
+    """``(H, W)`` that a TF1 OD API graph's Preprocessor resizes images to: the static spatial size
+    of the image batch its ``Preprocessor/map`` loop puts out (None when it has none, or it is dynamic)."""
+    for op in model.get_ordered_ops():
+        for port in op.outputs():
+            shape = port.get_partial_shape()
+            if not any(name.startswith("Preprocessor/") for name in port.get_names()) or shape.rank.is_dynamic:
+                continue
+            dims = list(shape)
+            if len(dims) == 4 and dims[3].is_static and dims[3].get_length() == 3 \
+                    and dims[1].is_static and dims[2].is_static:
+                return dims[1].get_length(), dims[2].get_length()
+    return None
 
 
 def embed_preprocess(model: ov.Model, cfg: ModelConfig) -> ov.Model:
@@ -245,6 +275,8 @@ def _conventions(source: Source, model: ov.Model, registered: dict, given: dict)
     """Input conventions: the user's flags over the registry's entry over the format's defaults."""
     base = PreprocessConfig(resize="stretch", color="RGB", mean=[0.0] * 3, scale=[1.0] * 3) \
         if source.od_api else PreprocessConfig()
+    if source.frozen_od_api:      # the graph's own Preprocessor resizes bilinearly: frames shrink the same way
+        base.interpolation = "linear"
     chosen = {**registered, **given}
     pre = base.model_copy(update=chosen)
     try:

@@ -93,7 +93,7 @@ class InputPreparer:
         geometry = Geometry.plan(frame.shape[1], frame.shape[0], self.width, self.height, self.pre.resize,
                                  self.pre.crop)
         pixels = np.zeros((self.height, self.width, 3), dtype=np.uint8)
-        geometry.resize_into(frame, pixels, self.pre.interpolation)
+        geometry.resize_into(frame, pixels, self.pre.interpolation, self.pre.pad)
         tensor = self._compiled(pixels[None])[0].astype(self._dtype)
         return Sample(tensor, geometry, source, label)
 

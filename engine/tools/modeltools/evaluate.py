@@ -6,7 +6,12 @@ The model runs through the engine (``ovstream run`` in a subprocess, results in
 
 - classifier: top-1/top-5 against a labels list (``relative/path label`` per line, as flowers102's
   ``val_list.txt``) or a folder-per-class tree;
-- detector: COCO mAP@[.5:.95] and mAP@.5 against COCO ``instances_*.json`` annotations;
+- detector: COCO AP@[.5:.95], AP50, AP75 and AP small/medium/large (pycocotools) against COCO
+  ``instances_*.json`` annotations. As COCO evaluation expects, low-score detections are kept: the
+  model runs with a score threshold of ``--score-threshold`` (default :data:`EVAL_SCORE_THRESHOLD`,
+  0.01, not the registry's display threshold), at most its adapter's ``max_detections`` (100) per
+  image, and the report states the threshold. Class ids map to COCO's 91-id categories by
+  ``--categories`` (``auto``: 80-class models by index, 91-id label maps by id);
 - ``--agreement REFERENCE``: both models run, and the candidate is scored with the reference's
   answers as ground truth (agreement mAP for detectors, top-1 agreement for classifiers).
 - ``--conformance [ORIGINAL]``: the original model (the registry's file when it is a ``.tflite``,
@@ -39,6 +44,7 @@ from engine.tools.modeltools.conformance import open_reference, reference_record
 from engine.tools.modeltools.metrics import (
     CATEGORY_MODES,
     agreement_map,
+    category_mode,
     classification_agreement,
     coco_map,
     detection_conformance,
@@ -48,6 +54,7 @@ from engine.tools.modeltools.metrics import (
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TOP_K = (1, 5)
 SCORE_TOLERANCE = 0.05     # conformance: a reproduced detection's score is within this of the reference's
+EVAL_SCORE_THRESHOLD = 0.01   # detectors scored against annotations keep detections down to this score
 
 
 class RunFailed(OvstreamError):
@@ -64,9 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "without it a folder-per-class --data is used (class = sorted folder order, "
                              "or the folder's position in the model's labels)")
     parser.add_argument("--annotations", metavar="JSON", help="detector truth: COCO instances annotations")
-    parser.add_argument("--categories", choices=CATEGORY_MODES, default="id",
+    parser.add_argument("--categories", choices=("auto", *CATEGORY_MODES), default="auto",
                         help="how a class_id maps to a COCO category: id (91-id COCO label space, as TF OD "
-                             "API/SSD models), index (into the sorted categories), label (by name); default id")
+                             "API/SSD models), index (into the sorted categories: 80-class models), label (by "
+                             "name); auto (default): index when the model has one label per category, else id")
+    parser.add_argument("--score-threshold", type=float, default=EVAL_SCORE_THRESHOLD, metavar="S",
+                        help=f"with --annotations: the detector's score threshold (default {EVAL_SCORE_THRESHOLD:g}: "
+                             f"COCO AP wants low-score detections kept, not the registry's display threshold)")
     parser.add_argument("--agreement", metavar="REFERENCE",
                         help="reference model (name or file): score MODEL against its answers")
     parser.add_argument("--conformance", nargs="?", const="", metavar="ORIGINAL",
@@ -263,6 +274,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     elif args.labels_list:
         raise ConfigError(f"--labels-list scores classifiers; {args.model} is a detector")
     annotations = read_annotations(Path(args.annotations).expanduser()) if args.annotations else None
+    if annotations is not None:
+        if not 0 <= args.score_threshold <= 1:
+            raise ConfigError(f"--score-threshold must be from 0 to 1, not {args.score_threshold}")
+        candidate["score_threshold"] = args.score_threshold
+        categories = (category_mode(list(model.labels), annotations) if args.categories == "auto"
+                      else args.categories)
     conformance = args.conformance is not None
     if not (truth or annotations or args.agreement or conformance):
         raise ConfigError("nothing to measure: give --labels-list or a folder-per-class --data (classifier), "
@@ -283,6 +300,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                               f"or both classifiers")
         if kind == "classification":
             reference["top_k"] = max(TOP_K)
+        elif annotations is not None:
+            reference["score_threshold"] = args.score_threshold
     recursive = bool(truth)  # class folders and listed paths can be nested
     config = write_run_config(out / "model", candidate, data, recursive=recursive, **engine_opts,
                               pipeline={"reduced_decode": False} if conformance else None)
@@ -291,6 +310,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     records = run_engine(config, out / "model")
     report: dict[str, Any] = {"kind": kind, "data": str(data), "candidate": _summary(args.model, records)}
+    if annotations is not None:
+        report["coco"] = {"annotations": str(args.annotations), "score_threshold": candidate["score_threshold"],
+                          "categories": categories}
     runs = [(report["candidate"], records)]
     if ref_config:
         ref_records = run_engine(ref_config, out / "reference")
@@ -310,7 +332,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             summary["metrics"] = topk_accuracy(recs, truth, TOP_K)
         elif annotations:
             try:
-                summary["metrics"] = coco_map(annotations, recs, categories=args.categories)
+                summary["metrics"] = coco_map(annotations, recs, categories=categories)
             except (ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(f"--annotations {args.annotations}: {exc}") from None
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -327,7 +349,8 @@ def _fmt(value: Any) -> str:
 ROWS = {
     "classification": [("top1", "top-1 accuracy"), ("top5", "top-5 accuracy"), ("images", "labelled images"),
                        ("unanswered", "labelled images without answer")],
-    "detection": [("map", "mAP@[.5:.95]"), ("map50", "mAP@.5"), ("map75", "mAP@.75"), ("mar100", "mAR@100"),
+    "detection": [("map", "AP@[.5:.95]"), ("map50", "AP50"), ("map75", "AP75"), ("map_small", "AP small"),
+                  ("map_medium", "AP medium"), ("map_large", "AP large"), ("mar100", "AR@100"),
                   ("images", "images"), ("detections", "detections scored")],
 }
 AGREEMENT_ROWS = {
@@ -348,7 +371,7 @@ CONFORMANCE_ROWS = {
 def render(report: dict[str, Any]) -> Table:
     """The report as a rich table: one column per model, agreement rows last."""
     runs = [report["candidate"]] + ([report["reference"]] if "reference" in report else [])
-    table = Table(title=f"ovstream eval: {report['kind']}", caption=f"data: {report['data']}")
+    table = Table(title=f"ovstream eval: {report['kind']}", caption=f"data: {escape(report['data'])}")
     table.add_column("metric")
     for role, run in zip(("model", "reference"), runs):
         table.add_column(f"{role} {escape(Path(run['model']).name)}", justify="right")
@@ -358,6 +381,10 @@ def render(report: dict[str, Any]) -> Table:
         table.add_section()
         for key, title in ROWS[report["kind"]]:
             table.add_row(title, *(_fmt(r["metrics"].get(key)) for r in runs))
+        if "coco" in report:      # what the COCO figures depend on, said with them
+            coco = report["coco"]
+            table.add_row("score threshold (eval)", f"{coco['score_threshold']:g}", *([""] * (len(runs) - 1)))
+            table.add_row("class → COCO category", str(coco["categories"]), *([""] * (len(runs) - 1)))
     if "agreement" in report:
         table.add_section()
         for key, title in AGREEMENT_ROWS[report["kind"]]:

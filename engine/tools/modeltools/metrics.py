@@ -115,6 +115,13 @@ def _category_of(gt: COCO, categories: str | Mapping[int, int]) -> Callable[[Det
     raise ValueError(f"categories must be one of {', '.join(CATEGORY_MODES)} or a mapping, not {categories!r}")
 
 
+def category_mode(labels: Sequence[str], annotations: Mapping) -> str:
+    """The ``categories`` mode for a model's labels: ``index`` when it has one label per annotated
+    category (80-class COCO models, class i = the i-th category by id), else ``id`` (the 91-id label
+    maps of TF OD API models, line i = category id i)."""
+    return "index" if len(labels) == len(annotations.get("categories") or ()) else "id"
+
+
 def coco_map(annotations: str | Path | Mapping, results: list[FrameResult], *,
              categories: str | Mapping[int, int] = "id") -> dict[str, Any]:
     """COCO box mAP@[.5:.95] (``map``), mAP@.5 (``map50``) and the other COCOeval stats of ``results``.

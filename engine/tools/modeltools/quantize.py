@@ -8,9 +8,13 @@ so the raw IR is quantized for the tensors it really receives; the INT8 IR stays
 registered with the source model's adapter, labels, params and preprocess conventions.
 
 The metric is top-1 accuracy on labelled data (the held-out MNIST digits, or an image folder with a
-``--labels-list``: ImageNet-format data, ``file label`` per line; top-5 is reported beside it), or
-agreement with the FP32 model's answers, both decoded by the engine's adapter: top-1 agreement for classifiers,
-agreement mAP (:func:`engine.tools.modeltools.metrics.agreement_map`) for detectors. Throughput is
+``--labels-list``: ImageNet-format data, ``file label`` per line; top-5 is reported beside it), COCO
+AP50 against ground truth for a detector given ``--annotations`` (COCO ``instances.json``; AP@[.5:.95]
+beside it, detections kept down to the eval threshold of ``ovstream eval``, 0.01; an INT8 model
+counts as good when AP50 drops by at most :data:`GOOD_AP50_DROP`, 1 point, and ``--max-drop 0.01``
+makes that NNCF's accuracy-control target), or agreement with the FP32 model's answers, all decoded by
+the engine's adapter: top-1 agreement for classifiers, agreement mAP
+(:func:`engine.tools.modeltools.metrics.agreement_map`) for detectors. Throughput is
 measured in the same run on CPU with an AsyncInferQueue (THROUGHPUT hint, f32 inference precision
 so that "FP32" means FP32 even on CPUs that default to bf16), on the same inputs for all three.
 """
@@ -41,9 +45,10 @@ from engine.tools.modeltools.convert import new_progress, save_ir, step
 from engine.tools.modeltools.datasets import InputPreparer, Sample, folder_samples, load_mnist, mnist_samples
 from engine.tools.modeltools.registry import file_value, register_model
 
-METRICS = ("auto", "top1", "agreement")
-METRIC_LABELS = {"top1": "top-1 accuracy", "agreement": "top-1 agreement with FP32",
+METRICS = ("auto", "top1", "ap50", "agreement")
+METRIC_LABELS = {"top1": "top-1 accuracy", "ap50": "COCO AP50", "agreement": "top-1 agreement with FP32",
                  "agreement_map": "agreement mAP vs FP32"}
+GOOD_AP50_DROP = 0.01      # an INT8 detector is good when its COCO AP50 is at most 1 point below FP32's
 BENCH_PROPERTIES = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}
 CALIBRATION_SEED = 0
 THROUGHPUT_ROUNDS = 3
@@ -73,15 +78,23 @@ class QuantizeReport:
         """INT8 throughput over FP32 throughput."""
         return self.variants["INT8"].fps / self.variants["FP32"].fps
 
+    @property
+    def ap50_drop(self) -> float | None:
+        """FP32 AP50 minus INT8 AP50 (a fraction: 0.01 is 1 point), when scored against ground truth."""
+        if self.metric != "ap50":
+            return None
+        return self.variants["FP32"].metric - self.variants["INT8"].metric
+
 
 # ---- data and scoring ----------------------------------------------------------------------------
 
 def load_data(data: str, prepare: InputPreparer, subset: int, labels_list: str | None = None,
-              labels: list[str] | None = None) -> tuple[list[Sample], list[Sample]]:
+              labels: list[str] | None = None, annotated: bool = False) -> tuple[list[Sample], list[Sample]]:
     """(calibration, validation) samples. ``mnist``: a seeded draw of ``subset`` training digits, and
     the 1000 held-out digits; a folder with ``labels_list``: every listed image, labelled, is scored,
-    and a seeded draw of ``subset`` of them calibrates; a folder alone: its first ``subset`` images,
-    both for calibration and scoring."""
+    and a seeded draw of ``subset`` of them calibrates; a folder with COCO annotations (``annotated``):
+    every image is scored and its first ``subset`` calibrate; a folder alone: its first ``subset``
+    images, both for calibration and scoring."""
     if labels_list:
         from engine.tools.modeltools.evaluate import read_labels_list
 
@@ -99,8 +112,8 @@ def load_data(data: str, prepare: InputPreparer, subset: int, labels_list: str |
         pick = np.random.default_rng(CALIBRATION_SEED).permutation(len(split.train_labels))[:subset]
         return (mnist_samples(split.train_images[pick], split.train_labels[pick], prepare),
                 mnist_samples(split.test_images, split.test_labels, prepare))
-    samples = folder_samples(paths.resolve(data), prepare, subset)
-    return samples, samples
+    samples = folder_samples(paths.resolve(data), prepare, 0 if annotated else subset)
+    return samples[:subset], samples
 
 
 def infer_all(compiled: ov.CompiledModel, samples: Iterable[Sample]) -> list[dict[str, np.ndarray]]:
@@ -122,15 +135,28 @@ def infer_all(compiled: ov.CompiledModel, samples: Iterable[Sample]) -> list[dic
 
 
 class Scorer:
-    """Scores a compiled model on samples: top-1 accuracy against their labels, or agreement with
-    the reference results (the FP32 model's answers)."""
+    """Scores a compiled model on samples: top-1 accuracy against their labels, COCO AP50 against
+    ``annotations`` (a detector's detections kept down to the eval threshold), or agreement with the
+    reference results (the FP32 model's answers)."""
 
-    def __init__(self, cfg: ModelConfig, metric: str, labelled: bool) -> None:
+    def __init__(self, cfg: ModelConfig, metric: str, labelled: bool, annotations: dict | None = None) -> None:
+        from engine.tools.modeltools.evaluate import EVAL_SCORE_THRESHOLD
+        from engine.tools.modeltools.metrics import category_mode
+
         self.adapter = create_adapter(cfg)
         if metric == "top1" and not (labelled and self.classifier):
             raise ConfigError("--metric top1 needs labelled data and a classifier (--data mnist, or a folder "
                               "with --labels-list)")
-        self.metric = metric if metric != "auto" else "top1" if labelled and self.classifier else "agreement"
+        if annotations is not None and self.classifier:
+            raise ConfigError(f"--annotations scores detectors; {cfg.name} is a classifier")
+        if metric == "ap50" and annotations is None:
+            raise ConfigError("--metric ap50 needs COCO ground truth (--annotations instances.json) and a detector")
+        self.metric = metric if metric != "auto" else "top1" if labelled and self.classifier \
+            else "ap50" if annotations is not None else "agreement"
+        self.annotations, self.categories = annotations, "id"
+        if self.metric == "ap50" and annotations is not None:    # COCO AP counts low-score detections too
+            self.adapter = create_adapter(cfg.model_copy(update={"score_threshold": EVAL_SCORE_THRESHOLD}))
+            self.categories = category_mode(list(cfg.labels), annotations)
         self.reference: dict[str, FrameResult] = {}
 
     @property
@@ -157,7 +183,19 @@ class Scorer:
         if self.metric == "top1":
             value = topk_accuracy(records, {s.source: s.label for s in samples}, k=(1,))["top1"]
             return float(value or 0.0), [float(_top1(r) == s.label) for r, s in zip(records, samples)]
+        if self.metric == "ap50":
+            return float(self._coco(records)["map50"] or 0.0), [list(out.values()) for out in outputs]
         return self._agreement(records, outputs, samples)
+
+    def _coco(self, records: list[FrameResult]) -> dict[str, Any]:
+        """COCO box AP of ``records`` against the annotations (their images looked up by file name)."""
+        from engine.tools.modeltools.metrics import coco_map
+
+        assert self.annotations is not None
+        try:
+            return coco_map(self.annotations, records, categories=self.categories)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--annotations: {exc}") from None
 
     def figures(self, compiled: ov.CompiledModel, samples: list[Sample]) -> tuple[float, dict[str, float]]:
         """The report's figures: the metric, and top-5 beside top-1, or agreement mAP@.5 beside the
@@ -168,6 +206,9 @@ class Scorer:
         if self.metric == "top1":
             found = topk_accuracy(records, {s.source: s.label for s in samples}, k=(1, 5))
             return float(found["top1"] or 0.0), {"top-5 accuracy": float(found["top5"] or 0.0)}
+        if self.metric == "ap50":
+            found = self._coco(records)
+            return float(found["map50"] or 0.0), {"COCO AP@[.5:.95]": float(found["map"] or 0.0)}
         if not self.classifier:
             found = agreement_map([self.reference[s.source] for s in samples], records)
             if found["map"] is None:
@@ -229,18 +270,20 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
              fast_bias_correction: bool = True, max_drop: float | None = None, metric: str = "auto",
              seconds: float = 3.0, labels_list: str | None = None, ignored_scope: list[str] | None = None,
              ignored_types: list[str] | None = None, ignore_heads: bool = False,
-             console: Console | None = None) -> QuantizeReport:
+             annotations: str | None = None, console: Console | None = None) -> QuantizeReport:
     """Quantize ``cfg``'s model to INT8 with calibration ``data``, save it to ``xml``, and score and
-    time the FP32, FP16 and INT8 versions on the same inputs."""
+    time the FP32, FP16 and INT8 versions on the same inputs (a detector against COCO ``annotations``
+    when given: every image of ``data`` is scored)."""
     console = console or Console()
     core = ov.Core()
     with new_progress(console) as progress:
         with step(progress, f"read {Path(cfg.path).name}"):
             model = read_model(core, cfg.path)
-            scorer = Scorer(cfg, metric, labelled=data == "mnist" or bool(labels_list))
+            truth = _read_annotations(annotations) if annotations else None
+            scorer = Scorer(cfg, metric, labelled=data == "mnist" or bool(labels_list), annotations=truth)
         with step(progress, f"data: {data} ({cfg.preprocess.resize}, {cfg.preprocess.color})"):
             calibration, validation = load_data(data, InputPreparer(model, cfg, core), subset, labels_list,
-                                                list(cfg.labels))
+                                                list(cfg.labels), annotated=truth is not None)
         with step(progress, f"FP32 reference answers on {len(validation)} samples"):
             fp32 = core.compile_model(model, "CPU", BENCH_PROPERTIES)
             scorer.set_reference(fp32, validation)
@@ -262,7 +305,8 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
             model, nncf.Dataset(calibration, _tensor), nncf.Dataset(validation, _tensor),
             validation_fn=scorer.score, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, **options)
     console.print(f"[green]✓[/] quantized in {time.perf_counter() - started:.1f} s")
-    report = QuantizeReport(scorer.metric if scorer.metric == "top1" or scorer.classifier else "agreement_map")
+    report = QuantizeReport(scorer.metric if scorer.metric in ("top1", "ap50") or scorer.classifier
+                            else "agreement_map")
     with new_progress(console) as progress, tempfile.TemporaryDirectory() as tmp:
         with step(progress, "FP16 copy (compress_to_fp16)"):
             fp16 = core.read_model(save_ir(model, Path(tmp) / "fp16.xml", "FP16"))
@@ -304,6 +348,12 @@ def head_layers(model: ov.Model) -> list[str]:
     return sorted(found)
 
 
+def _read_annotations(path: str) -> dict:
+    from engine.tools.modeltools.evaluate import read_annotations
+
+    return read_annotations(Path(path).expanduser())
+
+
 def _tensor(sample: Sample) -> np.ndarray:
     return sample.tensor
 
@@ -311,8 +361,13 @@ def _tensor(sample: Sample) -> np.ndarray:
 def report_table(name: str, report: QuantizeReport) -> Table:
     """FP32 / FP16 / INT8 side by side: metric, throughput, and throughput relative to FP32."""
     label = METRIC_LABELS[report.metric]
-    table = Table(title=f"{name}: FP32 / FP16 / INT8 on CPU",
-                  caption=f"INT8/FP32 throughput ratio: {report.speedup:.2f}×")
+    caption = f"INT8/FP32 throughput ratio: {report.speedup:.2f}×"
+    drop = report.ap50_drop
+    if drop is not None:
+        verdict = "good" if drop <= GOOD_AP50_DROP + 1e-9 else "not good"
+        caption += (f"\nINT8 AP50 drop: {drop * 100:.1f} points ({verdict}: ≤ {GOOD_AP50_DROP * 100:g} point asked); "
+                    f"eval score threshold 0.01")
+    table = Table(title=f"{name}: FP32 / FP16 / INT8 on CPU", caption=caption)
     extra = list(report.variants["FP32"].extra)
     columns: list[tuple[str, JustifyMethod]] = [("precision", "left"), (label, "right"),
                                                 *((name, "right") for name in extra),
@@ -346,6 +401,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels-list", metavar="FILE",
                         help="labelled folder (ImageNet-format data): lines 'relative/path label' under --data; "
                              "classifiers are then scored by top-1/top-5")
+    parser.add_argument("--annotations", metavar="JSON",
+                        help="detector truth: COCO instances annotations of the --data images; FP32 / FP16 / INT8 "
+                             "are then scored by COCO AP50 and AP (every image of --data scored)")
     parser.add_argument("--ignored-scope", action="append", metavar="REGEX",
                         help="keep layers whose names match in floating point (repeatable), e.g. a detector's heads")
     parser.add_argument("--ignored-type", action="append", metavar="OP",
@@ -362,7 +420,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-drop", type=float, help="accuracy control: keep the metric within this absolute "
                                                        "drop of FP32 (e.g. 0.01), reverting layers as needed")
     parser.add_argument("--metric", choices=METRICS, default="auto",
-                        help="top1 (labelled data: mnist) or agreement with FP32; auto picks top1 when it can")
+                        help="top1 (labelled data: mnist), ap50 (COCO AP50, with --annotations) or agreement "
+                             "with FP32; auto picks top1, then ap50, when it can")
     parser.add_argument("--output", type=Path, help="folder for the INT8 IR (default OVSTREAM_HOME/models/NAME)")
     parser.add_argument("--register", nargs="?", const="", metavar="NAME",
                         help="register the INT8 model (default name: MODEL_int8)")
@@ -389,7 +448,7 @@ def main(args: argparse.Namespace) -> int:
                       fast_bias_correction=args.fast_bias_correction, max_drop=args.max_drop,
                       metric=args.metric, seconds=args.seconds, labels_list=args.labels_list,
                       ignored_scope=args.ignored_scope, ignored_types=args.ignored_type,
-                      ignore_heads=args.ignore_heads, console=console)
+                      ignore_heads=args.ignore_heads, annotations=args.annotations, console=console)
     if entry is not None:
         register_model(name, entry)
         console.print(f"registered '{name}' in {paths.user_registry()}")
