@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from engine.config import RunConfig
@@ -54,15 +54,11 @@ class StageContext:
     run_id: str = ""                                  # names the pools a stage creates itself
 
     def to_json(self) -> str:
-        return json.dumps({
-            "role": self.role, "name": self.name, "generation": self.generation,
-            "endpoints": self.endpoints, "pools": {k: v.to_dict() for k, v in self.pools.items()},
-            "config": self.config.to_dict(), "input": self.input.to_dict(), "device": self.device,
-            "completed": self.completed, "supervisor_pid": self.supervisor_pid,
-            "layout": self.layout, "epoch": self.epoch, "resume": self.resume,
-            "replay_from": self.replay_from, "api_from": self.api_from, "log_level": self.log_level,
-            "log_file": self.log_file, "run_id": self.run_id,
-        })
+        """Every field by name (the typed ones as plain data): what :meth:`from_json` reads back."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update(pools={k: v.to_dict() for k, v in self.pools.items()}, config=self.config.to_dict(),
+                    input=self.input.to_dict())
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> StageContext:

@@ -141,7 +141,7 @@ def test_face_fp16_matches_fp32(face_ir: Path, tmp_path: Path, registry: Path) -
 def test_embedded_preprocessing_equals_engine_ppp_and_numpy(face_ir: Path, tmp_path: Path, registry: Path) -> None:
     result = convert(FACE, "face", tmp_path, embed=True, registry=registry)
     assert result.model.input().get_element_type() == ov.Type.u8
-    assert result.entry["preprocess"] == {"resize": "letterbox", "pad": 0, "color": "BGR", "mean": [0.0] * 3,
+    assert result.entry["preprocess"] == {"resize": "letterbox", "color": "BGR", "mean": [0.0] * 3,
                                           "scale": [1.0] * 3}
     bgr = cv2.resize(cv2.imread(str(COCO / "000000000139.jpg")), (192, 192))
     embedded = compiled(result.xml)(bgr[None])
@@ -263,7 +263,7 @@ def test_register_keeps_the_rest_of_the_registry(tiny_onnx: Path, registry: Path
     assert after.startswith(before.rstrip("\n"))           # comments and entries untouched
     data = tomllib.loads(after)
     assert data["tiny"]["file"] == "tiny/tiny.xml"          # relative to the registry's folder
-    assert data["tiny"]["preprocess"] == {"resize": "stretch", "pad": 0, "color": "RGB", "mean": [127.5] * 3,
+    assert data["tiny"]["preprocess"] == {"resize": "stretch", "color": "RGB", "mean": [127.5] * 3,
                                           "scale": [1.0] * 3}
     RunConfig.from_dict({"model": {k: v for k, v in data["tiny"].items() if k != "file"}})
     # updating replaces the entry in place, keeping keys the update does not name

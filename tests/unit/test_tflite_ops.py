@@ -87,7 +87,7 @@ def test_convert_writes_an_ir_that_matches_the_reference(tmp_path: Path):
     result = convert(DETECT, "ssd_test", tmp_path, registry=tmp_path / "models.toml")
     entry = result.entry                        # recognised as a TF OD API export
     assert entry["adapter"] == "tf_od_api" and entry["params"] == {"class_offset": 1}
-    assert entry["preprocess"] == {"resize": "stretch", "pad": 0, "color": "RGB", "mean": [0.0] * 3,
+    assert entry["preprocess"] == {"resize": "stretch", "color": "RGB", "mean": [0.0] * 3,
                                    "scale": [1.0] * 3}
     compiled = ov.Core().compile_model(str(result.xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     _check_against_reference(compiled)

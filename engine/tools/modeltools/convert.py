@@ -261,11 +261,13 @@ def convert(src: Path, name: str, output: Path | None = None, *, input_shape: li
 
 
 def preprocess_entry(pre: PreprocessConfig) -> dict:
-    """The registry's ``preprocess`` table: the crop keys only where they matter (``resize = crop``,
-    or an interpolation other than the default)."""
+    """The registry's ``preprocess`` table: the keys only where they matter (``crop`` for ``resize =
+    crop``, a padding value other than 0, an interpolation other than the default)."""
     entry = pre.to_dict()
     if pre.resize != "crop":
         entry.pop("crop")
+    if pre.pad == PreprocessConfig.model_fields["pad"].default:
+        entry.pop("pad")
     if pre.interpolation == PreprocessConfig.model_fields["interpolation"].default:
         entry.pop("interpolation")
     return entry
