@@ -120,6 +120,7 @@ def test_int8_agrees_with_fp32(tiny_cfg: ModelConfig, tmp_path: Path) -> None:
     assert np.abs(q - fp32).max() < 0.1
 
 
+@pytest.mark.slow
 def test_face_int8_from_coco(tmp_path: Path) -> None:
     """`ovstream quantize face --data data/coco100`, on a small subset: it runs, saves, and agrees."""
     report = quantize(resolve("face"), str(COCO), tmp_path / "face_int8.xml", subset=24, seconds=0.3)
@@ -172,6 +173,7 @@ IMAGENET_LABELLED = {"000000000285.jpg": 294, "000000000724.jpg": 919, "00000000
 #                                                                          apple, banana, airliner, umbrella
 
 
+@pytest.mark.slow
 def test_classifier_int8_on_a_labelled_folder(tmp_path: Path) -> None:
     """`ovstream quantize efficientnet_lite0 --data DIR --labels-list val_list.txt`, on 8 images."""
     data = tmp_path / "labelled"
@@ -211,6 +213,7 @@ def test_heads_and_ignored_types_stay_in_floating_point(tiny_cfg: ModelConfig, t
 
 
 @pytest.mark.skipif(not COCO_ANNOTATIONS.is_file(), reason="the shared COCO annotations are not here")
+@pytest.mark.slow
 def test_detector_int8_scored_by_coco_ap50(tmp_path: Path) -> None:
     """`ovstream quantize yolox_nano --annotations instances.json`, on 4 images: FP32 / INT8 AP50 and AP
     against the ground truth, and the 1-point verdict in the table."""

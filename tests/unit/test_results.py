@@ -121,6 +121,7 @@ def test_a_removed_stream_keeps_its_index_and_frees_its_range_only_when_released
 
 # ---- the API sink --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_api_sink_holds_records_while_the_consumer_is_behind_and_ends_with_a_marker(tmp_path):
     context = zmq.Context.instance()
     endpoint = f"ipc://{tmp_path / uuid.uuid4().hex[:8]}.sock"
