@@ -82,7 +82,7 @@ def test_the_wheel_holds_every_module_and_the_bundled_resources(installed):
             assert path.relative_to(REPO).as_posix() in names, f"{path} is not in the wheel (pyproject packages)"
     for resource in ("models/models.toml", "configs/default.toml", "data/samples/chelsea.png", "data/clip.mp4",
                      "models/ssd_mobilenet_v2_coco/mobilenet_ssd_v2_coco_quant_postprocess.tflite",
-                     "data/coco91_labels.txt"):
+                     "data/coco91_labels.tsv"):
         assert f"engine/bundled/{resource}" in names
     assert "ovstream.py" in names                               # the public module: `import ovstream`
     assert not any(name.startswith(("models/", "configs/", "data/", "bench/")) for name in names)

@@ -23,6 +23,7 @@ from engine.config.registry import (
     find_model_file,
     load_registry,
     model_from_file,
+    read_labels,
     resolve_model,
 )
 from engine.config.schema import (
@@ -54,6 +55,6 @@ __all__ = [
     "MODEL_SUFFIXES", "ClusterConfig", "DashboardConfig", "InferenceConfig", "MetricsConfig", "ModelConfig",
     "ModelDetector", "MqttConfig", "OutputConfig", "PipelineConfig", "PreprocessConfig", "RunConfig", "Section",
     "SourceConfig", "anchor_paths", "channels_of", "explain", "find_model", "find_model_file", "is_live_uri",
-    "load_config", "load_registry", "merge_tables", "model_from_file", "read_toml", "resolve_model",
+    "load_config", "load_registry", "merge_tables", "model_from_file", "read_labels", "read_toml", "resolve_model",
     "resolve_streams", "stream_name", "tomllib",
 ]

@@ -19,6 +19,13 @@ from engine.core import paths
 from engine.core.errors import ConfigError, ModelError
 
 
+def read_labels(path: Path) -> list[str]:
+    """A labels file: one label per line (line i = class i); in a ``.tsv`` table the label is each line's
+    last tab-separated field (the others say where it comes from: a COCO id, an ImageNet synset)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.rsplit("\t", 1)[-1] for line in lines] if path.suffix.lower() == ".tsv" else lines
+
+
 def load_registry(path: Path | None = None) -> dict[str, dict]:
     """A registry file as ``{name: entry}`` (none there: empty); without ``path``, the model
     registry: the bundled ``models/models.toml`` with the user's (``OVSTREAM_HOME``) over it."""
@@ -154,7 +161,7 @@ def resolve_model(cfg: RunConfig, detect: ModelDetector | None = None, *, by_fil
     if isinstance(model.labels, str):
         label_path = paths.resolve(model.labels)
         try:
-            model.labels = label_path.read_text(encoding="utf-8").splitlines()
+            model.labels = read_labels(label_path)
         except (OSError, UnicodeDecodeError) as exc:
             raise ModelError(f"labels file {label_path}: {getattr(exc, 'strerror', None) or exc}") from None
     return cfg

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.config import ADAPTERS, ModelConfig, load_registry
+from engine.config import ADAPTERS, ModelConfig, load_registry, read_labels
 from engine.core.errors import ModelError
 from engine.core.geometry import Geometry
 from engine.model.adapters import adapter_classes, create_adapter
@@ -18,7 +18,7 @@ from engine.model.adapters.tf_od_api import TFObjectDetectionAdapter
 from tests.conftest import COCO, REPO
 
 REGISTRY = load_registry()
-COCO_LABELS = (REPO / "data" / "coco91_labels.txt").read_text().splitlines()
+COCO_LABELS = read_labels(REPO / "data" / "coco91_labels.tsv")
 LETTERBOX = Geometry.plan(640, 480, 192, 192, "letterbox")   # scale 0.3, 24 rows of padding above and below
 STRETCH = Geometry.plan(640, 480, 300, 300, "stretch")
 

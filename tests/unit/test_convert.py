@@ -242,7 +242,7 @@ def test_tf2_od_api_layout(tmp_path: Path, registry: Path) -> None:
     result = convert(export, default_name(export), tmp_path / "ir", registry=registry)
     port = result.model.input()
     assert list(port.get_shape()) == [1, 320, 320, 3] and port.get_element_type() == ov.Type.u8
-    assert result.entry["adapter"] == "tf_od_api" and result.entry["labels"] == "data/coco91_labels.txt"
+    assert result.entry["adapter"] == "tf_od_api" and result.entry["labels"] == "data/coco91_labels.tsv"
     assert result.entry["preprocess"]["resize"] == "stretch" and result.entry["preprocess"]["color"] == "RGB"
     names = {name for out in result.model.outputs for name in out.get_names()}
     assert {"detection_boxes", "detection_scores", "detection_classes"} <= names

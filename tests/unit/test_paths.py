@@ -80,14 +80,14 @@ def test_the_user_registry_is_read_over_the_bundled_one(home, tmp_path):
                 home / "models" / "face" / "f.tflite")
     entry = {**load_registry(paths.bundled(paths.REGISTRY))["face_short"], "file": "face/f.tflite"}
     register_model("face", entry)                         # the user's 'face' is the short-range model
-    register_model("coco_thing", {**entry, "labels": "data/coco91_labels.txt"})
+    register_model("coco_thing", {**entry, "labels": "data/coco91_labels.tsv"})
     assert paths.user_registry().is_file() and paths.bundled(paths.REGISTRY).read_bytes() == bundled_before
     registry = load_registry()
     assert registry["face"]["file"] == "face/f.tflite" and "ssd_mobilenet_v1_coco" in registry
     face = load_config(overrides={"model": {"name": "face"}}).model
     assert face.path == str(home / "models" / "face" / "f.tflite") and face.params["num_layers"] == 4
     thing = load_config(overrides={"model": {"name": "coco_thing"}}).model
-    assert thing.labels[:2] == (REPO / "data" / "coco91_labels.txt").read_text().splitlines()[:2]
+    assert thing.labels[:2] == ["background", "person"]
     ssd = load_config().model                             # bundled entries keep their bundled files
     assert ssd.labels[1] == "person" and Path(ssd.path).is_relative_to(REPO / "models")
 
@@ -109,3 +109,11 @@ def test_models_that_are_not_bundled_are_found_in_the_model_search_path(home, tm
     with pytest.raises(ModelError, match=r"model file not found: .*nanodet_m_416.onnx \(nor in the model search "
                                          r"path: .*; model 'nanodet_m' is not bundled\)"):
         load_config(overrides={"model": {"name": "nanodet_m"}})
+
+
+def test_labels_tables_give_their_last_column():
+    """A ``.tsv`` labels table (COCO id or ImageNet synset, then the name) gives the names, line i = class i."""
+    imagenet = load_config(overrides={"model": {"name": "efficientnet_lite0"}}).model.labels
+    assert len(imagenet) == 1000 and imagenet[0] == "tench, Tinca tinca" and imagenet[999].startswith("toilet tissue")
+    coco = load_config().model.labels
+    assert len(coco) == 91 and coco[1] == "person" and coco[90] == "toothbrush"

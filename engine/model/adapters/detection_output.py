@@ -2,7 +2,7 @@
 
 Each row is ``[image_id, class_id, score, x_min, y_min, x_max, y_max]`` with the box normalised to
 the model input; a row with ``image_id < 0`` ends the list. ``class_id`` indexes ``labels``
-directly (the COCO list in data/coco91_labels.txt starts with ``background`` at 0).
+directly (the COCO list in data/coco91_labels.tsv starts with ``background`` at 0).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """TF2 Object Detection API models converted as they are (post-processing inside the graph).
 
 Outputs: ``detection_boxes [1, N, 4]`` (ymin, xmin, ymax, xmax, normalised), ``detection_classes
-[1, N]`` (float, 1-based COCO ids, which index data/coco91_labels.txt directly), ``detection_scores
+[1, N]`` (float, 1-based COCO ids, which index data/coco91_labels.tsv directly), ``detection_scores
 [1, N]`` and ``num_detections [1]`` (optional). They are found by name first: a name containing
 the role (``detection_boxes``, ``detection_boxes:0`` …) but not ``raw`` (``raw_detection_boxes``
 holds the boxes before NMS), or the TFLite export's names (``TFLite_Detection_PostProcess`` and

@@ -48,7 +48,7 @@ from engine.tools.modeltools.registry import file_value, labels_value, register_
 FRAMEWORKS = {".onnx": "onnx", ".tflite": "tflite", ".pdmodel": "paddle", ".pb": "tf", ".xml": "ir"}
 FRAMEWORK_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "paddle": "PaddlePaddle", "tf": "TensorFlow",
                    "ir": "OpenVINO IR"}
-COCO_LABELS = "data/coco91_labels.txt"       # bundled
+COCO_LABELS = "data/coco91_labels.tsv"       # bundled
 FROZEN_OD_API_NODES = (b"image_tensor", b"detection_boxes", b"detection_scores", b"detection_classes")
 
 

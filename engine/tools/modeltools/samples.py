@@ -5,8 +5,8 @@
   default run has a stream as well as files;
 * ``data/mnist_samples/D-K.png``: one held-out digit per class from ``data/mnist_5k.npz``
   (D = the digit, K = its index in the npz);
-* ``data/coco91_labels.txt`` (line i = COCO category id i, line 0 = background, as TF OD API
-  detectors number classes) and ``data/coco80_labels.txt`` (the 80 used categories in id order, as
+* ``data/coco91_labels.tsv`` (line i = COCO category id i, line 0 = background, as TF OD API
+  detectors number classes) and ``data/coco80_labels.tsv`` (the 80 used categories in id order, as
   80-class detectors such as NanoDet and YOLO number them), from :data:`COCO_CATEGORIES`.
 
 Run ``python -m engine.tools.modeltools.samples`` to write them again; the video is deterministic for
@@ -104,10 +104,11 @@ def write_mnist_digits(npz: Path, folder: Path) -> list[Path]:
 
 
 def coco_label_files() -> dict[str, str]:
-    """The two COCO label files' names and texts."""
-    coco91 = ["background", *COCO_CATEGORIES]
-    coco80 = [name for cid, name in enumerate(COCO_CATEGORIES, 1) if cid not in COCO_UNANNOTATED_IDS]
-    return {"coco91_labels.txt": "\n".join(coco91) + "\n", "coco80_labels.txt": "\n".join(coco80) + "\n"}
+    """The two COCO label tables' names and texts: ``COCO id<TAB>name`` per line, line i = class i."""
+    coco91 = list(enumerate(["background", *COCO_CATEGORIES]))
+    coco80 = [(cid, name) for cid, name in enumerate(COCO_CATEGORIES, 1) if cid not in COCO_UNANNOTATED_IDS]
+    return {name: "".join(f"{cid}\t{label}\n" for cid, label in rows)
+            for name, rows in (("coco91_labels.tsv", coco91), ("coco80_labels.tsv", coco80))}
 
 
 def main() -> None:
