@@ -20,6 +20,9 @@ The model runs through the engine (``ovstream run`` in a subprocess, results in
   of its detections (score >= ``--min-score``, default 0.3) the engine reproduces: same class,
   IoU >= 0.9, score within 0.05; top-1 agreement for classifiers. The engine runs without reduced
   JPEG decoding so that both see the same frames.
+- ``--diagnose``: on the first ``--subset`` images of the ground truth, the usual input mistakes are
+  tried one at a time (:mod:`engine.tools.modeltools.diagnose`) and the one that restores accuracy
+  is named.
 
 Frames that failed are counted and reported; the exit code is 1 when any failed.
 """
@@ -55,6 +58,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TOP_K = (1, 5)
 SCORE_TOLERANCE = 0.05     # conformance: a reproduced detection's score is within this of the reference's
 EVAL_SCORE_THRESHOLD = 0.01   # detectors scored against annotations keep detections down to this score
+DIAGNOSE_IMAGES = 100         # --diagnose: the first images of the ground truth tried
 
 
 class RunFailed(OvstreamError):
@@ -87,6 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-score", type=float,
                         help="agreement: reference detections below this score are not ground truth "
                              "(default 0); conformance: reference detections counted (default 0.3)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="accuracy far too low? try the usual input mistakes (colour order, value range, "
+                             "layout, resize, label offset, box units) on a subset and name the one that "
+                             "restores it (needs ground truth)")
+    parser.add_argument("--subset", type=int, default=DIAGNOSE_IMAGES, metavar="N",
+                        help=f"--diagnose: images tried (default {DIAGNOSE_IMAGES})")
     parser.add_argument("--like", metavar="NAME",
                         help="a model file (MODEL or REFERENCE) takes this registry entry's adapter, labels, "
                              "preprocessing and params (e.g. an INT8 copy of 'face')")
@@ -280,6 +290,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         candidate["score_threshold"] = args.score_threshold
         categories = (category_mode(list(model.labels), annotations) if args.categories == "auto"
                       else args.categories)
+    if args.diagnose:
+        return run_diagnosis(args, model, data, truth, annotations, categories if annotations else "id")
     conformance = args.conformance is not None
     if not (truth or annotations or args.agreement or conformance):
         raise ConfigError("nothing to measure: give --labels-list or a folder-per-class --data (classifier), "
@@ -338,6 +350,54 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     report["output"] = str(out)
     return report
+
+
+def run_diagnosis(args: argparse.Namespace, model: ModelConfig, data: Path, truth: dict[str, int],
+                  annotations: dict | None, categories: str) -> dict[str, Any]:
+    """``--diagnose``: the report of :func:`engine.tools.modeltools.diagnose.diagnose` on a subset."""
+    from engine.tools.modeltools.datasets import image_files
+    from engine.tools.modeltools.diagnose import Diagnoser, diagnose
+
+    if args.subset < 1:
+        raise ConfigError(f"--subset must be at least 1, not {args.subset}")
+    if not (truth or annotations):
+        raise ConfigError("--diagnose needs ground truth: --labels-list or a folder-per-class --data "
+                          "(classifier), --annotations (detector)")
+    images = ([Path(p) for p in sorted(truth)[:args.subset]] if truth else image_files(data, args.subset))
+    diagnoser = Diagnoser(model, images, truth=truth or None, annotations=annotations, categories=categories,
+                          score_threshold=args.score_threshold)
+    console = Console(stderr=True)
+    with console.status("diagnosing") as status:
+        found = diagnose(diagnoser, lambda label: status.update(f"diagnosing: {escape(label)}"))
+    return {"kind": "diagnosis", "model": args.model, "data": str(data), "metric": found.metric,
+            "images": found.images,
+            "trials": [{"changes": t.label, "metric": t.metric, **({"error": t.error} if t.error else {})}
+                       for t in found.trials],
+            "diagnosis": found.found.label if found.found else None,
+            "configured": found.baseline.metric, "restored": found.found.metric if found.found else None}
+
+
+def render_diagnosis(report: dict[str, Any]) -> tuple[Table, str]:
+    """The trials, best first, and the verdict line."""
+    table = Table(title=f"ovstream eval --diagnose: {escape(report['model'])}",
+                  caption=f"{report['images']} images of {escape(report['data'])}")
+    table.add_column("tried")
+    table.add_column(report["metric"], justify="right")
+    trials = report["trials"]
+    ranked = [trials[0]] + sorted(trials[1:], key=lambda t: -1.0 if t["metric"] is None else t["metric"],
+                                  reverse=True)
+    for trial in ranked:
+        error = trial.get("error", "")[:60]
+        shown = "n/a: " + error if trial["metric"] is None else f"{trial['metric']:.4f}"
+        style = "bold green" if trial["changes"] == report["diagnosis"] else None
+        table.add_row(escape(trial["changes"]), escape(shown), style=style)
+    if report["diagnosis"]:
+        verdict = (f"likely mistake found: with {report['diagnosis']}, {report['metric']} goes "
+                   f"{report['configured']:.4f} → {report['restored']:.4f}")
+    else:
+        verdict = (f"no usual input mistake explains it: the configured conventions score best "
+                   f"({report['metric']} {report['configured']:.4f})")
+    return table, verdict
 
 
 def _fmt(value: Any) -> str:
@@ -401,6 +461,14 @@ def render(report: dict[str, Any]) -> Table:
 
 def main(args: argparse.Namespace) -> int:
     report = evaluate(args)
+    if report["kind"] == "diagnosis":
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            table, verdict = render_diagnosis(report)
+            Console().print(table)
+            Console().print(escape(verdict))
+        return EXIT_OK
     runs = [report["candidate"]] + ([report["reference"]] if "reference" in report else [])
     if args.json:
         print(json.dumps(report, indent=2))
