@@ -215,23 +215,21 @@ def test_heads_and_ignored_types_stay_in_floating_point(tiny_cfg: ModelConfig, t
 @pytest.mark.skipif(not COCO_ANNOTATIONS.is_file(), reason="the shared COCO annotations are not here")
 @pytest.mark.slow
 def test_detector_int8_scored_by_coco_ap50(tmp_path: Path) -> None:
-    """`ovstream quantize yolox_nano --annotations instances.json`, on 4 images: FP32 / INT8 AP50 and AP
-    against the ground truth, and the 1-point verdict in the table."""
+    """`ovstream quantize yolox_nano --annotations instances.json` on the 100 COCO images: FP32 / INT8 AP50
+    and AP against the ground truth, and the 1-point verdict in the table. The graph is folded before
+    quantization (MOC transformations): quantized as read from the ONNX file (unfused batch norms, shape
+    subgraphs) INT8 lost 18.5 AP50 points; folded, 0.8 (docs/models.md). 1.5 bounds it with a margin."""
     try:
         cfg = resolve("yolox_nano")
     except Exception as exc:                 # the model file lives in the shared folder, not the repository
         pytest.skip(f"yolox_nano is not in the model search path: {exc}")
-    data = tmp_path / "coco"
-    data.mkdir()
-    for name in ("000000000285.jpg", "000000000724.jpg", "000000000776.jpg", "000000000802.jpg"):
-        shutil.copy(COCO / name, data / name)
-    report = quantize(cfg, str(data), tmp_path / "int8.xml", subset=4, seconds=0.2,
+    report = quantize(cfg, str(COCO), tmp_path / "int8.xml", subset=100, seconds=0.3,
                       annotations=str(COCO_ANNOTATIONS))
     assert report.metric == "ap50" and report.xml.is_file()
     fp32, int8 = report.variants["FP32"], report.variants["INT8"]
-    assert fp32.metric >= 0.4 and set(fp32.extra) == {"COCO AP@[.5:.95]"}    # 0.52 here (f32 inference)
+    assert fp32.metric == pytest.approx(0.52, abs=0.01) and set(fp32.extra) == {"COCO AP@[.5:.95]"}
     assert 0 < fp32.extra["COCO AP@[.5:.95]"] <= fp32.metric
-    assert int8.metric >= 0.3 and report.ap50_drop == pytest.approx(fp32.metric - int8.metric)
+    assert report.ap50_drop == pytest.approx(fp32.metric - int8.metric) and report.ap50_drop <= 0.015
     rendered = Console(record=True, width=160)
     rendered.print(report_table("yolox_nano", report))
     text = rendered.export_text()
