@@ -87,3 +87,24 @@ def test_density_rejects_bad_stream_counts(bad, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "engine.cli", "bench", "--density", "--density-streams", bad,
                            "--output", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "--density-streams" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_bound_is_measured_step_by_step_and_rendered(tmp_path):
+    """Each unavoidable step measured alone (cv2 reader, bilinear resize, benchmark_app, the adapter's
+    parse) and the bound = cores ÷ (FPS × their sum); the table line states it beside the engine."""
+    from engine.tools.bench.bound import measure_bound
+    from engine.tools.bench.cli import render_density
+    from engine.tools.modeltools.evaluate import resolve_section
+
+    video = write_video(tmp_path / "clip", list_images(COCO)[:8], frames=30, fps=30)
+    bound = measure_bound(video, resolve_section({"name": "face"}), "CPU", 30.0, tmp_path / "bound", seconds=1)
+    assert min(bound.decode_ms, bound.resize_ms, bound.infer_ms, bound.parse_ms) > 0 and bound.infer_fps > 0
+    assert bound.infer_ms == pytest.approx(bound.cores * 1000 / bound.infer_fps, rel=0.01)
+    assert bound.streams == pytest.approx(bound.cores * 1000 / (30 * bound.frame_ms))
+    assert (tmp_path / "bound" / "benchmark_app-b1.log").is_file()
+    out = summarize([trial("engine", 2, [300, 300])], ("engine",), 30.0, 10.0, (2,), 1)
+    out["bound"], out["engine_of_bound"] = bound.to_dict(), round(2 / bound.streams, 3)
+    console = Console(file=io.StringIO(), width=300)
+    render_density({"density": out, "machine": {}, "settings": {}}, console)
+    text = console.file.getvalue()
+    assert f"{bound.streams:.1f} streams" in text and "benchmark_app" in text

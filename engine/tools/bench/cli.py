@@ -337,6 +337,7 @@ class Bench:
         return result
 
     def _density(self) -> int:
+        from engine.tools.bench.bound import measure_bound
         from engine.tools.bench.density import density
         from engine.tools.bench.loops import list_images
         from engine.tools.bench.plot import plot_density
@@ -351,8 +352,13 @@ class Bench:
                       f"streams {schedule}, {a.repeats} repeats, model {self.model_arg}")
         self.result["settings"] = {"model": self.model_arg, "device": a.device, "video": str(video),
                                    "repeats": a.repeats}
+        self.progress("density: the machine's bound (decode, resize, benchmark_app, parse, each alone)")
+        bound = measure_bound(video, self.cfg.model, a.device, a.fps, self.out / "density" / "bound")
         self.result["density"] = density(video, self.model_arg, a.device, self.out, a.fps, a.density_seconds,
                                          schedule, a.repeats, progress=self.progress)
+        self.result["density"]["bound"] = bound.to_dict()
+        engine = self.result["density"]["variants"].get("engine", {}).get("sustained_streams")
+        self.result["density"]["engine_of_bound"] = round(engine / bound.streams, 3) if engine is not None else None
         self.result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         path = self.out / "density.json"
         path.write_text(json.dumps(self.result, indent=2, default=str), encoding="utf-8")
@@ -675,6 +681,13 @@ def render_density(result: dict, console: Console) -> None:
     sustained = ", ".join(f"{v} {x['sustained_streams']}" for v, x in d["variants"].items())
     ratios = ", ".join(f"{k} {fmt(r, 2, '×')}" for k, r in d["ratios"].items())
     console.print(f"[bold]streams sustained at {d['target_fps']:g} FPS[/bold]: {sustained}   ({ratios})")
+    bound = d.get("bound")
+    if bound:
+        console.print(f"[bold]the machine's bound[/bold]: {bound['streams']:.1f} streams = {bound['cores']} cores ÷ "
+                      f"({d['target_fps']:g} FPS × {bound['frame_ms']:.2f} core-ms per frame: decode "
+                      f"{bound['decode_ms']:.2f} + resize {bound['resize_ms']:.2f} + inference "
+                      f"{bound['infer_ms']:.2f} (benchmark_app, batch {bound['infer_batch']}) + parse "
+                      f"{bound['parse_ms']:.2f}); engine at {fmt(d.get('engine_of_bound'), 2, '×')} of it")
 
 
 def main(args: argparse.Namespace) -> int:
