@@ -57,7 +57,8 @@ class Bound:
         return self.cores * 1000.0 / (self.fps * self.frame_ms)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "frame_ms": round(self.frame_ms, 3), "streams": round(self.streams, 2)}
+        rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return {**rounded, "frame_ms": round(self.frame_ms, 3), "streams": round(self.streams, 2)}
 
 
 def _cpu_s() -> float:
@@ -143,5 +144,4 @@ def measure_bound(video: Path, cfg: ModelConfig, device: str, fps: float, log_di
     resize = resize_ms(frames, info.width, info.height)
     infer, batch, infer_fps = inference_ms(cfg, device, cores, seconds, log_dir)
     parse = parse_ms(cfg, frames)
-    return Bound(round(decode, 3), round(resize, 3), round(infer, 3), round(parse, 3), batch,
-                 round(infer_fps, 1), cores, fps)
+    return Bound(decode, resize, infer, parse, batch, infer_fps, cores, fps)
