@@ -221,6 +221,27 @@ class OutputConfig(Section):
         return self.images or self.video
 
 
+class TrackingConfig(Section):
+    """``[tracking]``: a ByteTrack tracker per stream gives each detection a ``track_id`` (engine.analytics)."""
+
+    enabled: bool = False
+    high_score: float = Field(0.5, ge=0, le=1, description="detections scoring this or more are matched first")
+    low_score: float = Field(0.1, ge=0, le=1,
+                             description="detections from this up to high_score only continue tracks (2nd pass)")
+    new_track_score: float = Field(0.6, ge=0, le=1, description="an unmatched detection starts a track from this")
+    match_iou: float = Field(0.2, gt=0, le=1, description="least IoU (times the score) of a first-pass match")
+    low_match_iou: float = Field(0.5, gt=0, le=1, description="least IoU of a second-pass (low score) match")
+    track_buffer: int = Field(30, ge=0, le=100_000, description="frames a lost track waits to be found again")
+    min_hits: int = Field(2, ge=1, le=1000, description="consecutive matched frames before a track gets its id")
+    per_class: bool = Field(True, description="a track matches only detections of its class")
+
+    @model_validator(mode="after")
+    def _scores(self) -> TrackingConfig:
+        if self.low_score > self.high_score:
+            raise ValueError(f"low_score = {self.low_score} is above high_score = {self.high_score}")
+        return self
+
+
 class DashboardConfig(Section):
     """The live view."""
 
@@ -264,6 +285,7 @@ class RunConfig(Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)

@@ -43,33 +43,39 @@ def encode_record(record: dict) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """One object: ``box`` is ``(x1, y1, x2, y2)`` in the original frame's pixels."""
+    """One object: ``box`` is ``(x1, y1, x2, y2)`` in the original frame's pixels. ``track_id``
+    is the object's id in its stream when ``[tracking]`` is on and the tracker has confirmed it
+    (None: not tracked, or not confirmed yet; see :mod:`engine.analytics.bytetrack`)."""
 
     label: str
     class_id: int
     score: float
     box: tuple[float, float, float, float]
     keypoints: tuple[tuple[float, float], ...] | None = None     # None: the model has none
+    track_id: int | None = None
 
     def scaled(self, kx: float, ky: float) -> Detection:
         """This detection on a copy of its frame resized by ``kx`` across and ``ky`` down."""
         x1, y1, x2, y2 = self.box
         points = None if self.keypoints is None else tuple((x * kx, y * ky) for x, y in self.keypoints)
-        return Detection(self.label, self.class_id, self.score, (x1 * kx, y1 * ky, x2 * kx, y2 * ky), points)
+        return replace(self, box=(x1 * kx, y1 * ky, x2 * kx, y2 * ky), keypoints=points)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"label": self.label, "class_id": self.class_id, "score": self.score,
                                "box": list(self.box)}
         if self.keypoints is not None:
             out["keypoints"] = [list(p) for p in self.keypoints]
+        if self.track_id is not None:
+            out["track_id"] = self.track_id
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Detection:
-        points = d.get("keypoints")
+        points, track = d.get("keypoints"), d.get("track_id")
         return cls(str(d["label"]), int(d["class_id"]), _plain_number(d["score"]),
                    tuple(_plain_number(v) for v in d["box"]),
-                   None if points is None else tuple((_plain_number(x), _plain_number(y)) for x, y in points))
+                   None if points is None else tuple((_plain_number(x), _plain_number(y)) for x, y in points),
+                   None if track is None else int(track))
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,6 +173,16 @@ MALFORMED = [
     ("dashboard", "refresh_hz", "-1", "from 0.5 to 60"),
     ("dashboard", "refresh_hz", "0", "from 0.5 to 60"),
     ("dashboard", "refresh_hz", "inf", "finite"),
+    # [tracking]
+    ("tracking", "enabled", "1", "true or false"),
+    ("tracking", "high_score", "1.5", "from 0 to 1"),
+    ("tracking", "low_score", "-0.1", "from 0 to 1"),
+    ("tracking", "new_track_score", "'high'", "finite number"),
+    ("tracking", "match_iou", "0", "> 0 and <= 1"),
+    ("tracking", "low_match_iou", "nan", "finite"),
+    ("tracking", "track_buffer", "-1", "from 0 to 100000"),
+    ("tracking", "min_hits", "0", "from 1 to 1000"),
+    ("tracking", "per_class", "'yes'", "true or false"),
 ]
 
 UNKNOWN = [   # (TOML text, where, message words)
@@ -212,6 +222,7 @@ ACROSS = [   # rules between keys or sections: (TOML text, message words)
      "[inference.properties.GPU] names no device of [inference] devices (CPU)"),
     ("[inference]\ndevices = ['CPU', 'CPU']\n[pipeline]\ninput_slots = 1\n",
      "[pipeline] input_slots = 1 leaves some of the 2 inference workers"),
+    ("[tracking]\nlow_score = 0.6\nhigh_score = 0.5\n", "[tracking] low_score = 0.6 is above high_score = 0.5"),
 ]
 
 
@@ -261,7 +272,7 @@ def test_sources_tables(tmp_path, text, words):
 
 
 @pytest.mark.parametrize("text, words", ACROSS, ids=["mqtt-session", "mqtt-ca", "properties-device",
-                                                    "input-slots-workers"])
+                                                    "input-slots-workers", "tracking-scores"])
 def test_rules_across_sections(tmp_path, text, words):
     assert words in _refused(tmp_path, text)
 
