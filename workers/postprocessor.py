@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from engine.analytics.streams import Tracking
 from engine.core.errors import OutputError
 from engine.core.geometry import Geometry
-from engine.core.results import STATUS_ERROR, FrameResult
+from engine.core.results import STATUS_ERROR, FrameResult, read_results
 from engine.io.sinks import ApiSink, Sink, open_sinks
 from engine.io.streams import Layout, StreamSpec
 from engine.model.adapters import Adapter, create_adapter
@@ -173,6 +174,9 @@ class Postprocessor(StageLoop):
         with output_errors(cfg.output.dir):
             self.sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams])
         self.outlet = ApiSink(ctx.endpoints["api"]) if "api" in ctx.endpoints else None   # a library pipeline
+        self.tracking = Tracking(cfg.tracking) if cfg.tracking.enabled else None
+        if self.tracking is not None and ctx.generation > 0:     # the tracks as the previous one left them
+            rebuild_tracks(self.tracking, Path(cfg.output.dir) / "results.jsonl")
         if ctx.generation > 0 and cfg.output.jsonl:     # what the previous postprocessor held undelivered
             replay(Path(cfg.output.dir) / "results.jsonl", ctx.replay_from, [s for s in self.sinks if s.replays])
             if self.outlet is not None:                 # the iterator drops what it already has
@@ -256,8 +260,11 @@ class Postprocessor(StageLoop):
         return wrote
 
     def _write(self, record: FrameResult, ref: FrameRef) -> None:
-        """One result to every sink (drawn on its raw frame where a sink draws); its raw slot is free then."""
+        """One result, with its track ids, to every sink (drawn on its raw frame where a sink draws); its
+        raw slot is free then."""
         raw_pool, sinks, outlet = self.raw_pool, self.sinks, self.outlet
+        if self.tracking is not None:
+            record = self.tracking.apply(record)
         frame = None
         if raw_pool is not None and ref.raw_slot >= 0:
             frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
@@ -406,6 +413,16 @@ def replay(path: Path, marks: dict[str, int], sinks: list[Sink]) -> int:
                     sink.write(result, None, line)
                 count += 1
     return count
+
+
+def rebuild_tracks(tracking: Tracking, path: Path) -> None:
+    """A restarted postprocessor's trackers, fed every record the previous ones wrote (results.jsonl,
+    which ``[tracking]`` requires), end where they were: the frames that follow get the ids they
+    would have had without the restart."""
+    if path.exists():
+        t0 = time.monotonic()
+        count = tracking.rebuild(read_results(path))
+        log.info("tracks rebuilt from %d records of %s in %.2f s", count, path, time.monotonic() - t0)
 
 
 def _poll_sinks(sinks: list[Sink], stage: Stage) -> None:

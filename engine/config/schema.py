@@ -302,6 +302,9 @@ class RunConfig(Section):
             raise ValueError(f"[pipeline] input_slots = {self.pipeline.input_slots} leaves some of the "
                              f"{len(devices)} inference workers of [inference] devices without a slot; "
                              f"use 0 (automatic) or at least {len(devices)}")
+        if self.tracking.enabled and not self.output.jsonl:
+            raise ValueError("[tracking] enabled = true needs [output] jsonl = true (a restarted postprocessor "
+                             "rebuilds its tracks from results.jsonl)")
         return self
 
     @property

@@ -165,7 +165,8 @@ def _label(image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, 
 def _name(item: Detection | Classification, labels: Sequence[str]) -> str:
     class_id = int(item.class_id)
     label = item.label or (labels[class_id] if 0 <= class_id < len(labels) else str(class_id))
-    return _ascii(f"{label} {float(item.score):.2f}")
+    track = f" #{item.track_id}" if isinstance(item, Detection) and item.track_id is not None else ""
+    return _ascii(f"{label}{track} {float(item.score):.2f}")
 
 
 def _wrap(text: str, width_px: int, scale: float, thickness: int) -> list[str]:
@@ -175,8 +176,9 @@ def _wrap(text: str, width_px: int, scale: float, thickness: int) -> list[str]:
 
 
 def draw(frame: np.ndarray, result: FrameResult, labels: Sequence[str] = ()) -> np.ndarray:
-    """An annotated copy of ``frame``: boxes, "label score" and keypoints for detections,
-    the top class for classification, the error in red for an error result."""
+    """An annotated copy of ``frame``: boxes, "label score" and keypoints for detections (a tracked
+    one: "label #id score", coloured by its id), the top class for classification, the error in red
+    for an error result."""
     image = frame.copy()
     h, w = image.shape[:2]
     scale = max(0.4, min(h, w) / 900)
@@ -188,7 +190,7 @@ def draw(frame: np.ndarray, result: FrameResult, labels: Sequence[str] = ()) -> 
             _label(image, line, 2, (row + 1) * line_h, RED, scale, thickness)
         return image
     for det in result.detections or ():
-        color = _color(int(det.class_id))
+        color = _color(int(det.class_id) if det.track_id is None else det.track_id)
         x1, y1, x2, y2 = (int(round(min(max(float(v), -1.0), 1e6))) for v in det.box)
         cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
         _label(image, _name(det, labels), x1, y1, color, scale, thickness)

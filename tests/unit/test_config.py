@@ -223,6 +223,7 @@ ACROSS = [   # rules between keys or sections: (TOML text, message words)
     ("[inference]\ndevices = ['CPU', 'CPU']\n[pipeline]\ninput_slots = 1\n",
      "[pipeline] input_slots = 1 leaves some of the 2 inference workers"),
     ("[tracking]\nlow_score = 0.6\nhigh_score = 0.5\n", "[tracking] low_score = 0.6 is above high_score = 0.5"),
+    ("[tracking]\nenabled = true\n[output]\njsonl = false\n", "[tracking] enabled = true needs [output] jsonl = true"),
 ]
 
 
@@ -272,7 +273,7 @@ def test_sources_tables(tmp_path, text, words):
 
 
 @pytest.mark.parametrize("text, words", ACROSS, ids=["mqtt-session", "mqtt-ca", "properties-device",
-                                                    "input-slots-workers", "tracking-scores"])
+                                                    "input-slots-workers", "tracking-scores", "tracking-jsonl"])
 def test_rules_across_sections(tmp_path, text, words):
     assert words in _refused(tmp_path, text)
 
