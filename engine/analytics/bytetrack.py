@@ -37,6 +37,7 @@ class Track:
     cov: np.ndarray
     class_id: int
     score: float
+    label: str = ""
     hits: int = 1                      # consecutive frames matched
     state: str = TENTATIVE
     track_id: int | None = None        # given at confirmation
@@ -87,6 +88,7 @@ class ByteTracker:
         self.tracks: list[Track] = []
         self.step = 0
         self.next_id = 1
+        self.ended: list[Track] = []       # confirmed tracks dropped by the last update (gone too long)
 
     def update(self, detections: Sequence[Detection]) -> list[int | None]:
         """One frame: the track id of each detection (None: matched to no confirmed track)."""
@@ -112,13 +114,14 @@ class ByteTracker:
                                                 fuse=True)
         matched.update(pairs)
         gone = {id(t) for t in dropped}
-        self.tracks = [t for t in self.tracks if id(t) not in gone
-                       and not (t.state == LOST and self.step - t.lost_at > cfg.track_buffer)]
+        self.ended = [t for t in self.tracks if t.state == LOST and self.step - t.lost_at > cfg.track_buffer]
+        gone |= {id(t) for t in self.ended}
+        self.tracks = [t for t in self.tracks if id(t) not in gone]
         for i in high_left:
             if scores[i] >= cfg.new_track_score:
                 det = detections[i]
                 mean, cov = kalman.initiate(kalman.xyah(det.box))
-                track = Track(mean, cov, int(det.class_id), float(det.score), box=kalman.box_of(mean))
+                track = Track(mean, cov, int(det.class_id), float(det.score), det.label, box=kalman.box_of(mean))
                 self.tracks.append(track)
                 matched[i] = track
         for track in matched.values():

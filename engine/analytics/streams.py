@@ -8,35 +8,42 @@ for what follows.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 from engine.analytics.bytetrack import ByteTracker
+from engine.analytics.zones import StreamAnalytics
 from engine.config import TrackingConfig
-from engine.core.results import FrameResult
+from engine.core.results import Event, FrameResult
 
 
 class Tracking:
-    """One :class:`~engine.analytics.bytetrack.ByteTracker` per stream, made on its first record."""
+    """Per stream, made on its first record: a :class:`~engine.analytics.bytetrack.ByteTracker` and the
+    :class:`~engine.analytics.zones.StreamAnalytics` of its lines and zones."""
 
     def __init__(self, cfg: TrackingConfig) -> None:
         self.cfg = cfg
         self.trackers: dict[str, ByteTracker] = {}
+        self.analytics: dict[str, StreamAnalytics] = {}
 
     def apply(self, record: FrameResult) -> FrameResult:
         """The record with each detection's ``track_id`` (None where no confirmed track has it)."""
+        return self.step(record)[0]
+
+    def step(self, record: FrameResult) -> tuple[FrameResult, list[Event]]:
+        """The record with its track ids, and the events of its frame."""
         if not record.ok or record.detections is None:
-            return record
+            return record, []
         tracker = self.trackers.get(record.stream)
         if tracker is None:
             tracker = self.trackers[record.stream] = ByteTracker(self.cfg)
+            self.analytics[record.stream] = StreamAnalytics(self.cfg, record.stream)
         ids = tracker.update(record.detections)
-        return replace(record, detections=tuple(replace(d, track_id=i) for d, i in zip(record.detections, ids)))
+        record = replace(record, detections=tuple(replace(d, track_id=i) for d, i in zip(record.detections, ids)))
+        ended = [(int(t.track_id or 0), t.label, t.class_id) for t in tracker.ended]
+        return record, self.analytics[record.stream].step(record, ended)
 
-    def rebuild(self, records: Iterable[FrameResult]) -> int:
-        """Feed records written before (each stream's in its order) to the trackers; how many."""
-        count = 0
+    def rebuild(self, records: Iterable[FrameResult]) -> Iterator[Event]:
+        """Feed records written before (each stream's in its order) to the trackers; their events."""
         for record in records:
-            self.apply(record)
-            count += 1
-        return count
+            yield from self.step(record)[1]

@@ -18,6 +18,7 @@ from engine.config.explain import explain
 from engine.config.options import HINTS
 from engine.core.errors import ConfigError
 from engine.core.geometry import INTERPOLATIONS, RESIZE_MODES
+from engine.core.shapes import area, self_intersecting
 
 # The output adapters' names, defined here once: config (below engine.model in the layers) validates
 # model.adapter against them; each adapter class in engine/model/adapters declares one of them as its
@@ -221,6 +222,55 @@ class OutputConfig(Section):
         return self.images or self.video
 
 
+Coordinate = Annotated[float, Field(ge=0, le=MAX_FRAME_SIDE)]
+XY = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
+
+
+class Shape(Section):
+    """What a line and a zone share: a name, the stream it belongs to, its points, the classes it counts."""
+
+    name: NonEmpty
+    stream: str = ""                  # the stream's name; "": every stream
+    relative: bool = False            # points as fractions of the frame's width and height (0 to 1)
+    classes: list[NonEmpty] = Field(default_factory=list)   # labels counted; empty: every class
+
+    def _relative_points(self, points: list[list[float]]) -> None:
+        if self.relative and any(v > 1 for p in points for v in p):
+            raise ValueError(f"{self.name}: relative points must be from 0 to 1 (fractions of the frame), "
+                             f"not {next(p for p in points if any(v > 1 for v in p))}")
+
+
+class LineConfig(Shape):
+    """``[[tracking.lines]]``: a tripwire; objects crossing it are counted, per direction."""
+
+    points: list[XY] = Field(min_length=2, max_length=2)   # [[x1, y1], [x2, y2]]; "in": crossing from its
+    # left to its right seen on the image, walking from the first point to the second
+
+    @model_validator(mode="after")
+    def _line(self) -> LineConfig:
+        self._relative_points(self.points)
+        if self.points[0] == self.points[1]:
+            raise ValueError(f"{self.name}: a line of zero length ({self.points[0]} twice)")
+        return self
+
+
+class ZoneConfig(Shape):
+    """``[[tracking.zones]]``: a polygon; objects entering, leaving and staying are counted."""
+
+    points: list[XY] = Field(min_length=3, max_length=256)   # the corners, in order
+    dwell_frames: int = Field(0, ge=0, le=10_000_000)   # a "dwelled" event after this many frames inside; 0: none
+
+    @model_validator(mode="after")
+    def _zone(self) -> ZoneConfig:
+        self._relative_points(self.points)
+        corners = [(p[0], p[1]) for p in self.points]
+        if self_intersecting(corners):
+            raise ValueError(f"{self.name}: the polygon crosses itself")
+        if area(corners) <= 0:
+            raise ValueError(f"{self.name}: the polygon has no area")
+        return self
+
+
 class TrackingConfig(Section):
     """``[tracking]``: a ByteTrack tracker per stream gives each detection a ``track_id`` (engine.analytics)."""
 
@@ -234,11 +284,19 @@ class TrackingConfig(Section):
     track_buffer: int = Field(30, ge=0, le=100_000, description="frames a lost track waits to be found again")
     min_hits: int = Field(2, ge=1, le=1000, description="consecutive matched frames before a track gets its id")
     per_class: bool = Field(True, description="a track matches only detections of its class")
+    anchor: Literal["bottom", "center"] = "bottom"   # the point of a box that crosses lines and is in zones
+    events: bool = True           # events.jsonl (and MQTT events_topic): appeared, left, crossed, entered...
+    lines: list[LineConfig] = Field(default_factory=list, max_length=1000)
+    zones: list[ZoneConfig] = Field(default_factory=list, max_length=1000)
 
     @model_validator(mode="after")
     def _scores(self) -> TrackingConfig:
         if self.low_score > self.high_score:
             raise ValueError(f"low_score = {self.low_score} is above high_score = {self.high_score}")
+        names = [shape.name for shape in [*self.lines, *self.zones]]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"line and zone names must differ: {twice[0]!r} is used twice")
         return self
 
 

@@ -123,6 +123,7 @@ class FrameResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     stage: str = ""                                      # error results: where, and what
     error: str = ""
+    size: tuple[int, int] | None = None                  # the frame's (width, height): tracking runs only
 
     @property
     def ok(self) -> bool:
@@ -144,6 +145,8 @@ class FrameResult:
         """The record, keys in results.jsonl's order."""
         out: dict[str, Any] = {"stream": self.stream, "frame_id": self.frame_id, "source": self.source,
                                "frame_index": self.frame_index, "status": self.status}
+        if self.size is not None:
+            out.update(width=self.size[0], height=self.size[1])
         if self.status != STATUS_OK:
             out.update(stage=self.stage, error=self.error)
             return out
@@ -165,14 +168,15 @@ class FrameResult:
         try:
             status = str(d.get("status", STATUS_OK))
             base = (str(d["stream"]), int(d["frame_id"]), str(d["source"]), int(d["frame_index"]))
+            size = (int(d["width"]), int(d["height"])) if "width" in d else None
             if status != STATUS_OK:
-                return cls(*base, status, stage=str(d.get("stage", "")), error=str(d.get("error", "")))
+                return cls(*base, status, stage=str(d.get("stage", "")), error=str(d.get("error", "")), size=size)
             detections = d.get("detections")
             classes = d.get("classes")
             return cls(*base, status, str(d.get("device", "")), str(d.get("worker", "")),
                        None if detections is None else tuple(Detection.from_dict(x) for x in detections),
                        None if classes is None else tuple(Classification.from_dict(x) for x in classes),
-                       {str(k): _plain_number(v) for k, v in dict(d.get("latency_ms", {})).items()})
+                       {str(k): _plain_number(v) for k, v in dict(d.get("latency_ms", {})).items()}, size=size)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a frame result: {type(exc).__name__}: {exc}") from None
 
@@ -183,6 +187,71 @@ class FrameResult:
         if not isinstance(record, dict):
             raise ValueError("not a frame result: not a JSON object")
         return cls.from_dict(record)
+
+
+EVENT_KINDS = ("appeared", "left", "crossed", "entered", "exited", "dwelled")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing a tracked object did (an ``events.jsonl`` line, an MQTT payload): ``kind`` is one of
+    :data:`EVENT_KINDS`; ``where`` names the line or zone (crossed, entered, exited, dwelled);
+    ``direction`` is ``in`` or ``out`` for a crossing; ``frames`` how long the object has been in the
+    zone (dwelled, exited) or tracked (left). ``event_id`` (``stream/frame_id/n``: the n-th event of
+    that frame) is the same however often the frame is processed: what deduplication keys on."""
+
+    stream: str
+    frame_id: int
+    n: int
+    kind: str
+    track_id: int
+    label: str
+    class_id: int
+    where: str = ""
+    direction: str = ""
+    frames: int = 0
+    time: float = 0.0                     # Unix time it was written at
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.stream}/{self.frame_id}/{self.n}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"event_id": self.event_id, "stream": self.stream, "frame_id": self.frame_id,
+                               "kind": self.kind, "track_id": self.track_id, "label": self.label,
+                               "class_id": self.class_id}
+        if self.where:
+            out["where"] = self.where
+        if self.direction:
+            out["direction"] = self.direction
+        if self.frames:
+            out["frames"] = self.frames
+        out["time"] = self.time
+        return out
+
+    def to_json(self) -> str:
+        return encode_record(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Event:
+        """A parsed events.jsonl line; ``ValueError`` if it is not one."""
+        try:
+            stream, frame_id, n = str(d["event_id"]).rsplit("/", 2)
+            return cls(stream, int(frame_id), int(n), str(d["kind"]), int(d["track_id"]), str(d["label"]),
+                       int(d["class_id"]), str(d.get("where", "")), str(d.get("direction", "")),
+                       int(d.get("frames", 0)), float(d.get("time", 0.0)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not an event: {type(exc).__name__}: {exc}") from None
+
+
+def read_events(path: str | Path) -> Iterator[Event]:
+    """The events of an events.jsonl file, in file order (a torn line is skipped)."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        for line in fh:
+            try:
+                yield Event.from_dict(json.loads(line))
+            except ValueError:
+                continue
 
 
 def read_results(path: str | Path, strict: bool = False) -> Iterator[FrameResult]:

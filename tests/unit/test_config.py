@@ -183,6 +183,10 @@ MALFORMED = [
     ("tracking", "track_buffer", "-1", "from 0 to 100000"),
     ("tracking", "min_hits", "0", "from 1 to 1000"),
     ("tracking", "per_class", "'yes'", "true or false"),
+    ("tracking", "anchor", "'top'", "one of 'bottom', 'center'"),
+    ("tracking", "events", "0", "true or false"),
+    ("tracking", "lines", "'x'", "a list of at most 1000 items, each a table"),
+    ("tracking", "zones", "5", "a list of at most 1000 items, each a table"),
 ]
 
 UNKNOWN = [   # (TOML text, where, message words)
