@@ -93,7 +93,7 @@ def test_shapes():
     ({"zones": [{"name": "z", "points": [[0, 0], [5, 5], [10, 10]]}]}, "z: the polygon has no area"),
     ({"lines": [{"name": "a", "points": [[-1, 0], [5, 5]]}]}, "points must be a list of 2 to 2 items"),
     ({"lines": [{"name": "a", "points": [[0, 0], [5, 5]]}],
-      "zones": [{"name": "a", "points": [[0, 0], [5, 0], [5, 5]]}]}, "line and zone names must differ: 'a' is used twice"),
+      "zones": [{"name": "a", "points": [[0, 0], [5, 0], [5, 5]]}]}, "names must differ: 'a' is used twice"),
 ])
 def test_bad_shapes_are_one_line(tracking, words):
     with pytest.raises(ConfigError) as err:
