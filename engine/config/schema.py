@@ -164,6 +164,7 @@ class MqttConfig(Section):
     host: str = ""
     port: int = Field(1883, ge=1, le=65535)
     topic: NonEmpty = "ovstream/{stream}/results"   # {stream}: the stream's name
+    events_topic: NonEmpty = "ovstream/{stream}/events"   # [tracking] events (events.jsonl lines)
     qos: Literal[0, 1] = 1        # 0 at most once, 1 at least once
     client_id: str = ""           # "": a random one
     clean_session: bool = True    # false: the broker keeps this client id's session across reconnects
@@ -180,7 +181,7 @@ class MqttConfig(Section):
     flush_timeout_s: float = Field(5.0, ge=0, le=20)  # at the end of a run: how long the buffer may drain
     # (bounded well below the supervisor's 30 s hang timeout: a sink that drains sends no heartbeat)
 
-    @field_validator("topic")
+    @field_validator("topic", "events_topic")
     @classmethod
     def _topic(cls, value: str) -> str:
         try:

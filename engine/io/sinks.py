@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from engine.config import OutputConfig
-from engine.core.results import STATUS_ERROR, Classification, Detection, FrameResult
+from engine.core.results import STATUS_ERROR, Classification, Detection, Event, FrameResult
 from engine.io.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from engine.protocol.messages import RecordMsg
 
@@ -52,6 +52,9 @@ class Sink(ABC):
     @abstractmethod
     def write(self, result: FrameResult, frame: np.ndarray | None, line: str | None = None) -> None:
         """Take one result; ``line``, when given, is its :meth:`FrameResult.to_json`."""
+
+    def write_event(self, event: Event) -> None:  # noqa: B027 (optional: most sinks take no events)
+        """Take one event of the frame last written (``[tracking]``): events.jsonl, MQTT."""
 
     def flush(self) -> None:  # noqa: B027 (optional: most sinks have nothing to flush)
         """Make what was written durable enough to survive this process dying."""
@@ -88,7 +91,11 @@ class JsonlSink(Sink):
         self._lines: list[str] = []
 
     def write(self, result: FrameResult, frame: np.ndarray | None = None, line: str | None = None) -> None:
-        self._lines.append((result.to_json() if line is None else line) + "\n")
+        self.write_line(result.to_json() if line is None else line)
+
+    def write_line(self, line: str) -> None:
+        """One JSON text, without its newline."""
+        self._lines.append(line + "\n")
 
     def flush(self) -> None:
         data = "".join(self._lines).encode("utf-8", errors="backslashreplace")
@@ -378,15 +385,19 @@ class ApiSink(Sink):
 
 
 def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = False,
-               streams: Sequence[str] = ()) -> list[Sink]:
-    """The sinks ``output`` asks for, in ``output.dir`` (created): one results.jsonl for the run,
-    annotated ``images/<stream>/`` and ``video/<stream>.mp4`` per stream, MQTT. ``resume``
-    appends to results.jsonl (after :meth:`JsonlSink.recover`)."""
+               streams: Sequence[str] = (), events: bool = False) -> list[Sink]:
+    """The sinks ``output`` asks for, in ``output.dir`` (created): one results.jsonl for the run
+    (and events.jsonl after it when ``events``), annotated ``images/<stream>/`` and
+    ``video/<stream>.mp4`` per stream, MQTT. ``resume`` appends to results.jsonl (after
+    :meth:`JsonlSink.recover`) and events.jsonl."""
     directory = Path(output.dir)
     directory.mkdir(parents=True, exist_ok=True)
     sinks: list[Sink] = []
     if output.jsonl:
         sinks.append(JsonlSink(directory / "results.jsonl", append=resume))
+    if events:
+        from engine.io.events import EventSink  # below this module: it builds on JsonlSink
+        sinks.append(EventSink(directory / "events.jsonl", append=resume))
     if output.images:
         sinks.append(PerStream(lambda name: ImageSink(directory / "images" / name, labels)))
     if output.video:

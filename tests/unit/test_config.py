@@ -135,6 +135,7 @@ MALFORMED = [
     ("output.mqtt", "port", "70000", "from 1 to 65535"),
     ("output.mqtt", "topic", "''", "a non-empty string"),
     ("output.mqtt", "topic", "'a/+/b'", "without + or # wildcards"),
+    ("output.mqtt", "events_topic", "'a/#'", "without + or # wildcards"),
     ("output.mqtt", "topic", "'a/{camera}'", "must be a topic with no placeholder but {stream}"),
     # an attribute of the name
     ("output.mqtt", "topic", "'a/{stream.x}'", "must be a topic with no placeholder but {stream}"),
