@@ -26,7 +26,7 @@ from engine.io.events import EventSink
 from engine.io.sinks import ApiSink, Sink, open_sinks
 from engine.io.streams import Layout, StreamSpec
 from engine.model.adapters import Adapter, create_adapter
-from engine.observe.metrics import stream_key
+from engine.observe.metrics import analytics_key, stream_key
 from engine.protocol.channels import pending
 from engine.protocol.context import ModelInput, StageContext
 from engine.protocol.ledger import FrameLedger
@@ -249,6 +249,11 @@ class Postprocessor(StageLoop):
         for sid in ended:
             streams.finished[sid] = True
         _poll_sinks(self.sinks, stage)
+        if self.tracking is not None and wrote:
+            index = {name: i for i, name in enumerate(streams.names)}
+            stage.gauges.update({analytics_key(kind, where, direction, label, index[name]): value
+                                 for name, rows in self.tracking.counts().items() if name in index
+                                 for kind, where, direction, label, value in rows})
         if outlet is not None:
             if all(streams.finished):
                 outlet.close(len(streams.names))   # the end marker (once), after the last record

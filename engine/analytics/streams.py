@@ -43,6 +43,10 @@ class Tracking:
         ended = [(int(t.track_id or 0), t.label, t.class_id) for t in tracker.ended]
         return record, self.analytics[record.stream].step(record, ended)
 
+    def counts(self) -> dict[str, list[tuple[str, str, str, str, int]]]:
+        """Per stream name, its lines' and zones' counts (:meth:`StreamAnalytics.counts`)."""
+        return {name: area.counts() for name, area in self.analytics.items()}
+
     def rebuild(self, records: Iterable[FrameResult]) -> Iterator[Event]:
         """Feed records written before (each stream's in its order) to the trackers; their events."""
         for record in records:

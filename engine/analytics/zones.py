@@ -66,6 +66,15 @@ class StreamAnalytics:
         """(zone, label) → how many tracks are in the zone now."""
         return Counter((zone, seen.label) for seen in self.tracks.values() for zone in seen.zones)
 
+    def counts(self) -> list[tuple[str, str, str, str, int]]:
+        """Every count as (kind, line or zone, direction, label, value); kinds as
+        :data:`engine.observe.metrics.ANALYTICS_KINDS`. A zone's occupancy stays listed at 0."""
+        rows = [("crossings", line, direction, label, n) for (line, direction, label), n in self.crossings.items()]
+        rows += [("zone_entries", zone, "", label, n) for (zone, label), n in self.entries.items()]
+        now = self.occupancy()
+        rows += [("zone_objects", zone, "", label, now.get((zone, label), 0)) for zone, label in self.entries]
+        return rows
+
     def step(self, record: FrameResult, ended: list[tuple[int, str, int]]) -> list[Event]:
         """The events of one tracked record; ``ended``: (track id, label, class id) of the tracks the
         tracker gave up at this frame."""
