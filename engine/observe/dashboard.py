@@ -413,6 +413,6 @@ def accounting_text(t: Totals) -> Text:
     return text
 
 
-__all__ = ["Dashboard", "accounting_text", "analytics_text", "devices_table", "edges_table", "file_progress", "format_plain",
-           "processes_table", "progress_view", "rank_streams", "render", "render_summary", "stages_table",
-           "streams_table", "summarise_streams"]
+__all__ = ["Dashboard", "accounting_text", "analytics_text", "devices_table", "edges_table", "file_progress",
+           "format_plain", "processes_table", "progress_view", "rank_streams", "render", "render_summary",
+           "stages_table", "streams_table", "summarise_streams"]
