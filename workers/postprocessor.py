@@ -178,7 +178,8 @@ class Postprocessor(StageLoop):
         with output_errors(cfg.output.dir):
             known = EventSink.recover(out_dir / "events.jsonl") if events and ctx.generation > 0 else set()
             self.sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams],
-                                    events=events)
+                                    events=events, shapes=[*cfg.tracking.lines, *cfg.tracking.zones]
+                                    if cfg.tracking.enabled else [])
         self.outlet = ApiSink(ctx.endpoints["api"]) if "api" in ctx.endpoints else None   # a library pipeline
         self.tracking = Tracking(cfg.tracking) if cfg.tracking.enabled else None
         if self.tracking is not None and ctx.generation > 0:     # the tracks as the previous one left them

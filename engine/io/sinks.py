@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from engine.config import OutputConfig
+from engine.config import LineConfig, OutputConfig, ZoneConfig
 from engine.core.results import STATUS_ERROR, Classification, Detection, Event, FrameResult
 from engine.io.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from engine.protocol.messages import RecordMsg
@@ -182,15 +182,33 @@ def _wrap(text: str, width_px: int, scale: float, thickness: int) -> list[str]:
     return [text[i:i + per_line] for i in range(0, len(text), per_line)] or [""]
 
 
-def draw(frame: np.ndarray, result: FrameResult, labels: Sequence[str] = ()) -> np.ndarray:
+Shape = LineConfig | ZoneConfig
+YELLOW = (0, 255, 255)
+
+
+def _shapes(image: np.ndarray, result: FrameResult, shapes: Sequence[Shape], scale: float, thickness: int) -> None:
+    """``[tracking]`` lines and zones with their names, in the frame's pixels (relative points by the
+    image's size; pixel ones by how much smaller the stored frame is than the record's)."""
+    h, w = image.shape[:2]
+    orig_w, orig_h = result.size or (w, h)
+    for shape in shapes:
+        kx, ky = (w, h) if shape.relative else (w / orig_w, h / orig_h)
+        points = np.array([[round(x * kx), round(y * ky)] for x, y in shape.points], np.int32)
+        cv2.polylines(image, [points], isinstance(shape, ZoneConfig), YELLOW, thickness, cv2.LINE_AA)
+        _label(image, _ascii(shape.name), int(points[0][0]), int(points[0][1]), YELLOW, scale, thickness)
+
+
+def draw(frame: np.ndarray, result: FrameResult, labels: Sequence[str] = (),
+         shapes: Sequence[Shape] = ()) -> np.ndarray:
     """An annotated copy of ``frame``: boxes, "label score" and keypoints for detections (a tracked
-    one: "label #id score", coloured by its id), the top class for classification, the error in red
-    for an error result."""
+    one: "label #id score", coloured by its id), the ``shapes`` (lines and zones), the top class for
+    classification, the error in red for an error result."""
     image = frame.copy()
     h, w = image.shape[:2]
     scale = max(0.4, min(h, w) / 900)
     thickness = max(1, round(scale * 2))
     line_h = cv2.getTextSize("Mg", _FONT, scale, thickness)[0][1] * 2
+    _shapes(image, result, shapes, scale, thickness)
     if result.status == STATUS_ERROR:
         text = _ascii(f"{result.stage}: {result.error}")
         for row, line in enumerate(_wrap(text, w - 4, scale, thickness)):
@@ -220,10 +238,11 @@ class ImageSink(Sink):
 
     draws = True
 
-    def __init__(self, directory: str | Path, labels: Sequence[str] = ()) -> None:
+    def __init__(self, directory: str | Path, labels: Sequence[str] = (), shapes: Sequence[Shape] = ()) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._labels = labels
+        self._shapes = shapes
         self._owner: dict[str, str] = {}   # file name → source that took it
 
     def file_name(self, result: FrameResult) -> str:
@@ -243,7 +262,7 @@ class ImageSink(Sink):
     def write(self, result: FrameResult, frame: np.ndarray | None, line: str | None = None) -> None:
         if frame is None:
             return
-        ok, data = cv2.imencode(".jpg", draw(frame, result, self._labels))
+        ok, data = cv2.imencode(".jpg", draw(frame, result, self._labels, self._shapes))
         if not ok:
             raise OSError(f"cannot encode annotated frame {result.frame_id} as JPEG")
         data.tofile(self.directory / self.file_name(result))   # tofile: any Unicode name
@@ -258,11 +277,12 @@ class VideoSink(Sink):
 
     draws = True
 
-    def __init__(self, path: str | Path, fps: float, labels: Sequence[str] = ()) -> None:
+    def __init__(self, path: str | Path, fps: float, labels: Sequence[str] = (), shapes: Sequence[Shape] = ()) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fps = fps if fps > 0 else 25.0
         self._labels = labels
+        self._shapes = shapes
         self._writer: cv2.VideoWriter | None = None
         self._size = (0, 0)
 
@@ -281,7 +301,7 @@ class VideoSink(Sink):
             return
         if self._writer is None:
             self._writer = self._open(frame.shape[1], frame.shape[0])
-        image = draw(frame, result, self._labels)
+        image = draw(frame, result, self._labels, self._shapes)
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(image)
@@ -385,11 +405,15 @@ class ApiSink(Sink):
 
 
 def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = False,
-               streams: Sequence[str] = (), events: bool = False) -> list[Sink]:
+               streams: Sequence[str] = (), events: bool = False, shapes: Sequence[Shape] = ()) -> list[Sink]:
     """The sinks ``output`` asks for, in ``output.dir`` (created): one results.jsonl for the run
     (and events.jsonl after it when ``events``), annotated ``images/<stream>/`` and
-    ``video/<stream>.mp4`` per stream, MQTT. ``resume`` appends to results.jsonl (after
-    :meth:`JsonlSink.recover`) and events.jsonl."""
+    ``video/<stream>.mp4`` per stream (with the ``shapes`` of the stream drawn), MQTT. ``resume``
+    appends to results.jsonl (after :meth:`JsonlSink.recover`) and events.jsonl."""
+
+    def of(name: str) -> list[Shape]:
+        return [shape for shape in shapes if shape.stream in ("", name)]
+
     directory = Path(output.dir)
     directory.mkdir(parents=True, exist_ok=True)
     sinks: list[Sink] = []
@@ -399,10 +423,10 @@ def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = 
         from engine.io.events import EventSink  # below this module: it builds on JsonlSink
         sinks.append(EventSink(directory / "events.jsonl", append=resume))
     if output.images:
-        sinks.append(PerStream(lambda name: ImageSink(directory / "images" / name, labels)))
+        sinks.append(PerStream(lambda name: ImageSink(directory / "images" / name, labels, of(name))))
     if output.video:
         sinks.append(PerStream(lambda name: VideoSink(directory / "video" / f"{name}.mp4", output.video_fps,
-                                                      labels)))
+                                                      labels, of(name))))
     if output.mqtt.host:
         from engine.io.mqtt import MqttSink  # paho only where a run publishes
         sinks.append(MqttSink(output.mqtt, streams))

@@ -2,6 +2,7 @@
 the same again when the records are replayed; the shape checks of the config."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from engine.analytics.streams import Tracking
@@ -99,3 +100,18 @@ def test_bad_shapes_are_one_line(tracking, words):
     with pytest.raises(ConfigError) as err:
         RunConfig.from_dict({"tracking": tracking}, "c.toml")
     assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_lines_and_zones_are_drawn_where_they_are():
+    from engine.io.sinks import draw
+
+    cfg = _cfg()
+    frame = np.zeros((240, 320, 3), np.uint8)           # stored at half the record's 640x480
+    image = draw(frame, _record(0, []), shapes=[cfg.lines[0], cfg.zones[0]])
+
+    def yellow(y: int, x: int) -> bool:                 # anti-aliased: mostly green and red, no blue
+        b, g, r = (int(v) for v in image[y, x])
+        return b == 0 and g > 100 and r > 100
+    assert yellow(150, 100)                             # the gate, x=200 of 640: column 100
+    assert yellow(120, 250)                             # the box's bottom edge, y=0.5 of the height
+    assert not image[200, 50].any() and not image[150, 90].any()
