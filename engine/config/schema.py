@@ -230,10 +230,10 @@ XY = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
 class Shape(Section):
     """What a line and a zone share: a name, the stream it belongs to, its points, the classes it counts."""
 
-    name: NonEmpty
-    stream: str = ""                  # the stream's name; "": every stream
-    relative: bool = False            # points as fractions of the frame's width and height (0 to 1)
-    classes: list[NonEmpty] = Field(default_factory=list)   # labels counted; empty: every class
+    name: NonEmpty = Field(description="names it in events, counts and metrics")
+    stream: str = Field("", description='the stream it belongs to; "": every stream')
+    relative: bool = Field(False, description="points as fractions of the frame's width and height (0 to 1)")
+    classes: list[NonEmpty] = Field(default_factory=list, description="labels counted; empty: every class")
 
     def _relative_points(self, points: list[list[float]]) -> None:
         if self.relative and any(v > 1 for p in points for v in p):
