@@ -41,6 +41,7 @@ from engine.protocol.messages import (
     MessageError,
     ReleaseMsg,
     ResultMsg,
+    SkipMsg,
     StreamAddedMsg,
     decode_result,
 )
@@ -352,6 +353,12 @@ class Postprocessor(StageLoop):
             if streams.valid(msg.frame.stream):
                 record = failed_record(msg.frame, streams.names[msg.frame.stream], msg.stage, msg.error)
                 _queue(record, msg.frame, stage, streams)
+            return None
+        if isinstance(msg, SkipMsg):        # not detected (detect_every): the tracker fills it in when written
+            ref = msg.frame
+            if streams.valid(ref.stream):
+                _queue(FrameResult(streams.names[ref.stream], ref.frame_id, ref.source, ref.index, detections=(),
+                                   predicted=True), ref, stage, streams)
             return None
         if not isinstance(msg, ResultMsg):
             return None

@@ -113,10 +113,7 @@ class ByteTracker:
         pairs, dropped, high_left = self._match(tentative, detections, high_left, 1.0 - UNCONFIRMED_MATCH_IOU,
                                                 fuse=True)
         matched.update(pairs)
-        gone = {id(t) for t in dropped}
-        self.ended = [t for t in self.tracks if t.state == LOST and self.step - t.lost_at > cfg.track_buffer]
-        gone |= {id(t) for t in self.ended}
-        self.tracks = [t for t in self.tracks if id(t) not in gone]
+        self._give_up(dropped)
         for i in high_left:
             if scores[i] >= cfg.new_track_score:
                 det = detections[i]
@@ -129,6 +126,23 @@ class ByteTracker:
                 track.state, track.track_id = TRACKED, self.next_id
                 self.next_id += 1
         return [matched[i].track_id if i in matched else None for i in range(len(detections))]
+
+    def predict(self) -> list[Detection]:
+        """One frame without detections (``detect_every``): every track moves on its own; the boxes of
+        the confirmed tracks that are not lost, with their ids."""
+        self.step += 1
+        for track in self.tracks:
+            track.predict()
+        self._give_up()
+        return [Detection(t.label, t.class_id, t.score, t.box, track_id=t.track_id)
+                for t in self.tracks if t.state == TRACKED and t.track_id is not None]
+
+    def _give_up(self, dropped: Sequence[Track] = ()) -> None:
+        """Drop ``dropped`` and the lost tracks unseen for more than ``track_buffer`` frames (these: ``ended``)."""
+        gone = {id(t) for t in dropped}
+        self.ended = [t for t in self.tracks if t.state == LOST and self.step - t.lost_at > self.cfg.track_buffer]
+        gone |= {id(t) for t in self.ended}
+        self.tracks = [t for t in self.tracks if id(t) not in gone]
 
     def _match(self, tracks: list[Track], detections: Sequence[Detection], candidates: list[int], limit: float,
                fuse: bool) -> tuple[dict[int, Track], list[Track], list[int]]:

@@ -31,15 +31,20 @@ class Tracking:
         return self.step(record)[0]
 
     def step(self, record: FrameResult) -> tuple[FrameResult, list[Event]]:
-        """The record with its track ids, and the events of its frame."""
-        if not record.ok or record.detections is None:
+        """The record with its track ids (a ``predicted`` one: with the tracker's boxes), and the events
+        of its frame."""
+        found = record.detections
+        if not record.ok or found is None:
             return record, []
         tracker = self.trackers.get(record.stream)
         if tracker is None:
             tracker = self.trackers[record.stream] = ByteTracker(self.cfg)
             self.analytics[record.stream] = StreamAnalytics(self.cfg, record.stream)
-        ids = tracker.update(record.detections)
-        record = replace(record, detections=tuple(replace(d, track_id=i) for d, i in zip(record.detections, ids)))
+        if record.predicted:
+            record = replace(record, detections=tuple(tracker.predict()))
+        else:
+            ids = tracker.update(found)
+            record = replace(record, detections=tuple(replace(d, track_id=i) for d, i in zip(found, ids)))
         ended = [(int(t.track_id or 0), t.label, t.class_id) for t in tracker.ended]
         return record, self.analytics[record.stream].step(record, ended)
 

@@ -73,6 +73,8 @@ class SourceConfig(Section):
     reconnect_attempts: int = Field(10, ge=0, le=10_000)  # live sources: retries (with backoff)
     max_fps: float = Field(0.0, ge=0, le=10_000)          # 0: as fast as the pipeline goes
     realtime: bool = False        # a file paced at its native rate (video FPS; images at max_fps or 30)
+    detect_every: int = Field(1, ge=1, le=10_000)   # the detector runs on frame ids 0, N, 2N...; with [tracking],
+    # the frames between get the tracker's predicted boxes (marked "predicted"): N = camera FPS / detections per s
     start: int = Field(0, ge=0, le=2**53)   # first frame id; those before it count as written elsewhere and
     # are not read (a folder starts at that file, a video at that frame): how cluster mode resumes a stream
 
@@ -361,6 +363,11 @@ class RunConfig(Section):
             raise ValueError(f"[pipeline] input_slots = {self.pipeline.input_slots} leaves some of the "
                              f"{len(devices)} inference workers of [inference] devices without a slot; "
                              f"use 0 (automatic) or at least {len(devices)}")
+        for number, src in enumerate(self.streams, 1):
+            if src.detect_every > 1 and not self.tracking.enabled:
+                where = f"[[sources]] #{number}" if self.sources else "[source]"
+                raise ValueError(f"{where} detect_every = {src.detect_every} needs [tracking] enabled = true "
+                                 "(the frames between detections get the tracker's predicted boxes)")
         if self.tracking.enabled and not self.output.jsonl:
             raise ValueError("[tracking] enabled = true needs [output] jsonl = true (a restarted postprocessor "
                              "rebuilds its tracks from results.jsonl)")

@@ -124,6 +124,7 @@ class FrameResult:
     stage: str = ""                                      # error results: where, and what
     error: str = ""
     size: tuple[int, int] | None = None                  # the frame's (width, height): tracking runs only
+    predicted: bool = False                              # not detected: the tracker's boxes (detect_every)
 
     @property
     def ok(self) -> bool:
@@ -151,6 +152,8 @@ class FrameResult:
             out.update(stage=self.stage, error=self.error)
             return out
         out.update(device=self.device, worker=self.worker)
+        if self.predicted:
+            out["predicted"] = True
         if self.classes is not None:
             out["classes"] = [c.to_dict() for c in self.classes]
         if self.detections is not None:
@@ -176,7 +179,8 @@ class FrameResult:
             return cls(*base, status, str(d.get("device", "")), str(d.get("worker", "")),
                        None if detections is None else tuple(Detection.from_dict(x) for x in detections),
                        None if classes is None else tuple(Classification.from_dict(x) for x in classes),
-                       {str(k): _plain_number(v) for k, v in dict(d.get("latency_ms", {})).items()}, size=size)
+                       {str(k): _plain_number(v) for k, v in dict(d.get("latency_ms", {})).items()}, size=size,
+                       predicted=d.get("predicted") is True)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a frame result: {type(exc).__name__}: {exc}") from None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import psutil
+import pytest
 
 from engine.analytics.streams import Tracking
 from engine.config import TrackingConfig
@@ -49,13 +50,16 @@ dwell_frames = 50
 """
 
 
-def test_track_ids_and_events_survive_a_postprocessor_sigkill(engine_env, tmp_path):
+@pytest.mark.parametrize("detect_every", [1, 3])
+def test_track_ids_and_events_survive_a_postprocessor_sigkill(engine_env, tmp_path, detect_every):
+    """With ``detect_every = 3`` two frames in three are the tracker's predictions, replayed as such."""
     total = _frames(tmp_path / "seq")
     out = tmp_path / "out"
     broker = Mosquitto(tmp_path / "broker").start()
     subscriber = Subscriber(broker.port, topic="ovstream/cam/events")
     config = tmp_path / "tracking.toml"
     config.write_text(f"[[sources]]\nuri = '{tmp_path / 'seq'}'\nname = 'cam'\nloop = {LOOPS}\n"
+                      f"detect_every = {detect_every}\n"
                       f"[model]\nname = 'face'\nscore_threshold = 0.3\n"
                       f"[output]\ndir = '{out}'\n[output.mqtt]\nhost = '127.0.0.1'\nport = {broker.port}\n"
                       + TRACKING, encoding="utf-8")
@@ -79,6 +83,7 @@ def test_track_ids_and_events_survive_a_postprocessor_sigkill(engine_env, tmp_pa
 
     records = list(read_results(out / "results.jsonl", strict=True))
     assert [r.frame_id for r in records] == list(range(total))            # exactly once, in order
+    assert [r.frame_id for r in records if not r.predicted] == list(range(0, total, detect_every))
     written = [[d.track_id for d in r.detections or ()] for r in records]
     again = Tracking(TrackingConfig(enabled=True))
     recomputed = [[d.track_id for d in again.apply(r).detections or ()] for r in records]

@@ -24,6 +24,7 @@ MALFORMED = [
     ("source", "recursive", "1", "true or false"),
     ("source", "recursive", "'yes'", "true or false"),
     ("source", "loop", "0", "from 1 to"),
+    ("source", "detect_every", "0", "from 1 to 10000"),
     ("source", "loop", "-3", "from 1 to"),
     ("source", "loop", "2.5", "an integer"),
     ("source", "live", "'maybe'", "one of 'auto', 'yes', 'no'"),
@@ -229,6 +230,8 @@ ACROSS = [   # rules between keys or sections: (TOML text, message words)
      "[pipeline] input_slots = 1 leaves some of the 2 inference workers"),
     ("[tracking]\nlow_score = 0.6\nhigh_score = 0.5\n", "[tracking] low_score = 0.6 is above high_score = 0.5"),
     ("[tracking]\nenabled = true\n[output]\njsonl = false\n", "[tracking] enabled = true needs [output] jsonl = true"),
+    ("[[sources]]\nuri = 'data/samples'\n[[sources]]\nuri = 'data/clip.mp4'\ndetect_every = 5\n",
+     "[[sources]] #2 detect_every = 5 needs [tracking] enabled = true"),
 ]
 
 
@@ -278,7 +281,8 @@ def test_sources_tables(tmp_path, text, words):
 
 
 @pytest.mark.parametrize("text, words", ACROSS, ids=["mqtt-session", "mqtt-ca", "properties-device",
-                                                    "input-slots-workers", "tracking-scores", "tracking-jsonl"])
+                                                    "input-slots-workers", "tracking-scores", "tracking-jsonl",
+                                                    "detect-every-tracking"])
 def test_rules_across_sections(tmp_path, text, words):
     assert words in _refused(tmp_path, text)
 

@@ -71,13 +71,27 @@ def test_the_same_detections_give_the_same_ids():
     assert [replayed.update(d) for d in frames[137:]] == first[137:]
 
 
-def _mot_summary(cfg: TrackingConfig) -> dict:
+def test_frames_between_detections_get_predicted_boxes():
+    tracker = ByteTracker(TrackingConfig(min_hits=1))
+    for f in range(5):
+        tracker.update([_det(10 + 4 * f, 10)])
+    predicted = [tracker.predict() for _ in range(3)]
+    assert [[d.track_id for d in p] for p in predicted] == [[1], [1], [1]]
+    xs = [p[0].box[0] for p in predicted]           # last seen at 26, moving 4 px a frame: the filter's guess
+    assert 26 < xs[0] < xs[1] < xs[2] < 40, xs
+    assert tracker.update([_det(42, 10)]) == [1]
+
+
+def _mot_summary(cfg: TrackingConfig, detect_every: int = 1) -> dict:
     seq = make_sequence(render=False)
     tracker = ByteTracker(cfg)
     acc = mm.MOTAccumulator(auto_id=True)
-    for truth, found in zip(seq.truth, simulated_detections(seq)):
-        ids = tracker.update(found)
-        hyp = [(i, d.box) for i, d in zip(ids, found) if i is not None]
+    for frame, (truth, found) in enumerate(zip(seq.truth, simulated_detections(seq))):
+        if frame % detect_every:
+            hyp = [(d.track_id, d.box) for d in tracker.predict()]
+        else:
+            ids = tracker.update(found)
+            hyp = [(i, d.box) for i, d in zip(ids, found) if i is not None]
         gt = list(truth)
         iou = iou_matrix(np.array([truth[g] for g in gt]).reshape(-1, 4), np.array([b for _, b in hyp]).reshape(-1, 4))
         acc.update(gt, [i for i, _ in hyp], np.where(iou >= 0.5, 1 - iou, np.nan))   # a match: IoU ≥ 0.5
@@ -93,3 +107,10 @@ def test_tracking_quality_on_the_generated_sequence():
     assert summary["mota"] >= 0.9, summary
     assert summary == pytest.approx({"idf1": 0.861, "mota": 0.925, "num_switches": 1, "num_false_positives": 0,
                                      "num_misses": 103, "num_objects": 1390}, abs=0.001), summary
+
+
+def test_tracking_quality_with_one_detection_in_five_frames():
+    """detect_every = 5: the tracker's predictions fill four frames in five (figures in docs/tracking.md)."""
+    summary = _mot_summary(TrackingConfig(), detect_every=5)
+    assert summary == pytest.approx({"idf1": 0.913, "mota": 0.838, "num_switches": 0, "num_false_positives": 15,
+                                     "num_misses": 210, "num_objects": 1390}, abs=0.001), summary
