@@ -83,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--density-streams", default=",".join(map(str, DEFAULT_SCHEDULE)),
                         help="density: stream counts to climb")
     parser.add_argument("--density-seconds", type=float, default=10.0, help="density: streaming seconds per run")
+    parser.add_argument("--density-variants", default="engine,separate,threaded,budget",
+                        help="density: which of engine, separate, threaded, budget (tracking with detect_every)")
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -337,7 +339,7 @@ class Bench:
         return result
 
     def _density(self) -> int:
-        from engine.tools.bench.density import density
+        from engine.tools.bench.density import VARIANTS, density
         from engine.tools.bench.loops import list_images
         from engine.tools.bench.plot import plot_density
         from engine.tools.bench.soak import write_video
@@ -346,13 +348,17 @@ class Bench:
         if a.fps <= 0 or a.density_seconds <= 0:
             raise ConfigError("--fps and --density-seconds must be > 0")
         schedule = _ints(a.density_streams, "--density-streams")
+        variants = tuple(v.strip() for v in a.density_variants.split(",") if v.strip())
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown or not variants:
+            raise ConfigError(f"--density-variants takes some of {', '.join(VARIANTS)}, not '{a.density_variants}'")
         video = write_video(self.out / "density" / "clip", list_images(self.images_dir), fps=a.fps)
         self.progress(f"density: {video.name} at {a.fps:g} FPS per stream, {a.density_seconds:g} s per run, "
                       f"streams {schedule}, {a.repeats} repeats, model {self.model_arg}")
         self.result["settings"] = {"model": self.model_arg, "device": a.device, "video": str(video),
                                    "repeats": a.repeats}
         self.result["density"] = density(video, self.model_arg, a.device, self.out, a.fps, a.density_seconds,
-                                         schedule, a.repeats, progress=self.progress)
+                                         schedule, a.repeats, variants, progress=self.progress)
         self.result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         path = self.out / "density.json"
         path.write_text(json.dumps(self.result, indent=2, default=str), encoding="utf-8")
@@ -672,9 +678,13 @@ def render_density(result: dict, console: Console) -> None:
             cells.append(fmt((row["cpu_ms_per_frame"] or {}).get("median"), 2))
         table.add_row(*cells)
     console.print(table)
-    sustained = ", ".join(f"{v} {x['sustained_streams']}" for v, x in d["variants"].items())
-    ratios = ", ".join(f"{k} {fmt(r, 2, '×')}" for k, r in d["ratios"].items())
+    sustained = ", ".join(f"{v} {x['sustained_streams']}" for v, x in d["variants"].items() if v != "budget")
+    ratios = ", ".join(f"{k} {fmt(r, 2, '×')}" for k, r in d["ratios"].items() if k != "budget/engine")
     console.print(f"[bold]streams sustained at {d['target_fps']:g} FPS[/bold]: {sustained}   ({ratios})")
+    if "budget" in d["variants"]:      # apart: its detector sees a fraction of the frames
+        console.print(f"[bold]with a detection budget of {d['detect_fps']:g} detections/s per stream[/bold] "
+                      f"(tracking fills the frames between): {d['variants']['budget']['sustained_streams']} "
+                      f"streams ({fmt(d['ratios']['budget/engine'], 2, '×')} the every-frame engine's)")
 
 
 def main(args: argparse.Namespace) -> int:
