@@ -7,6 +7,7 @@ table follow from the field.
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from pathlib import Path
@@ -272,6 +273,21 @@ class ZoneConfig(Shape):
         if area(corners) <= 0:
             raise ValueError(f"{self.name}: the polygon has no area")
         return self
+
+
+def check_classes(tracking: TrackingConfig, labels: list[str]) -> None:
+    """Every class a line or zone counts must be one of the model's ``labels`` (unchecked when the model
+    has none: its labels are then class numbers); ConfigError otherwise."""
+    if not tracking.enabled or not labels:
+        return
+    for kind, shapes in (("lines", tracking.lines), ("zones", tracking.zones)):
+        for number, shape in enumerate(shapes, 1):
+            for name in shape.classes:
+                if name not in labels:
+                    near = difflib.get_close_matches(name, labels, n=1)
+                    hint = f" (did you mean '{near[0]}'?)" if near else ""
+                    raise ConfigError(f"[[tracking.{kind}]] #{number} {shape.name}: classes names '{name}', "
+                                      f"which the model has not{hint}")
 
 
 class TrackingConfig(Section):
