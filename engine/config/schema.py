@@ -217,13 +217,14 @@ class OutputConfig(Section):
     video_fps: float = Field(25.0, gt=0, le=1000)
     report: bool = True
     status: bool = False          # status.json: the report so far, rewritten every 0.5 s while running
+    snapshots: bool = False       # [tracking] events: snapshots/<stream>/<event>.jpg, the track's best-scoring frame
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
     @property
     def annotated(self) -> bool:
-        """Whether frames are drawn on (annotated images or video): the stages then keep each frame's
-        pixels, at full resolution, for the postprocessor."""
-        return self.images or self.video
+        """Whether frames are drawn on (annotated images, video or event snapshots): the stages then keep
+        each frame's pixels, at full resolution, for the postprocessor."""
+        return self.images or self.video or self.snapshots
 
 
 Coordinate = Annotated[float, Field(ge=0, le=MAX_FRAME_SIDE)]
@@ -384,6 +385,9 @@ class RunConfig(Section):
                 where = f"[[sources]] #{number}" if self.sources else "[source]"
                 raise ValueError(f"{where} detect_every = {src.detect_every} needs [tracking] enabled = true "
                                  "(the frames between detections get the tracker's predicted boxes)")
+        if self.output.snapshots and not (self.tracking.enabled and self.tracking.events):
+            raise ValueError("[output] snapshots = true needs [tracking] enabled = true (and events = true): "
+                             "a snapshot is taken per event")
         if self.tracking.enabled and not self.output.jsonl:
             raise ValueError("[tracking] enabled = true needs [output] jsonl = true (a restarted postprocessor "
                              "rebuilds its tracks from results.jsonl)")

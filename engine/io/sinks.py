@@ -407,8 +407,9 @@ class ApiSink(Sink):
 def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = False,
                streams: Sequence[str] = (), events: bool = False, shapes: Sequence[Shape] = ()) -> list[Sink]:
     """The sinks ``output`` asks for, in ``output.dir`` (created): one results.jsonl for the run
-    (and events.jsonl after it when ``events``), annotated ``images/<stream>/`` and
-    ``video/<stream>.mp4`` per stream (with the ``shapes`` of the stream drawn), MQTT. ``resume``
+    (and events.jsonl after it when ``events``, with ``snapshots/<stream>/`` when ``output.snapshots``),
+    annotated ``images/<stream>/`` and ``video/<stream>.mp4`` per stream (with the ``shapes`` of the
+    stream drawn), MQTT. ``resume``
     appends to results.jsonl (after :meth:`JsonlSink.recover`) and events.jsonl."""
 
     def of(name: str) -> list[Shape]:
@@ -420,8 +421,11 @@ def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = 
     if output.jsonl:
         sinks.append(JsonlSink(directory / "results.jsonl", append=resume))
     if events:
-        from engine.io.events import EventSink  # below this module: it builds on JsonlSink
+        from engine.io.events import EventSink, SnapshotSink  # below this module: they build on its sinks
         sinks.append(EventSink(directory / "events.jsonl", append=resume))
+        if output.snapshots:
+            sinks.append(SnapshotSink(directory / "snapshots", labels,
+                                      {name: of(name) for name in streams}))
     if output.images:
         sinks.append(PerStream(lambda name: ImageSink(directory / "images" / name, labels, of(name))))
     if output.video:

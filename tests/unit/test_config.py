@@ -125,6 +125,7 @@ MALFORMED = [
     ("output", "jsonl", "'true'", "true or false"),
     ("output", "images", "0", "true or false"),
     ("output", "video", "'mp4'", "true or false"),
+    ("output", "snapshots", "1", "true or false"),
     ("output", "video_fps", "-25", "> 0 and <= 1000"),
     ("output", "video_fps", "0", "> 0"),
     ("output", "video_fps", "nan", "finite"),
@@ -232,6 +233,7 @@ ACROSS = [   # rules between keys or sections: (TOML text, message words)
     ("[tracking]\nenabled = true\n[output]\njsonl = false\n", "[tracking] enabled = true needs [output] jsonl = true"),
     ("[[sources]]\nuri = 'data/samples'\n[[sources]]\nuri = 'data/clip.mp4'\ndetect_every = 5\n",
      "[[sources]] #2 detect_every = 5 needs [tracking] enabled = true"),
+    ("[output]\nsnapshots = true\n", "[output] snapshots = true needs [tracking] enabled = true"),
 ]
 
 
@@ -282,7 +284,7 @@ def test_sources_tables(tmp_path, text, words):
 
 @pytest.mark.parametrize("text, words", ACROSS, ids=["mqtt-session", "mqtt-ca", "properties-device",
                                                     "input-slots-workers", "tracking-scores", "tracking-jsonl",
-                                                    "detect-every-tracking"])
+                                                    "detect-every-tracking", "snapshots-tracking"])
 def test_rules_across_sections(tmp_path, text, words):
     assert words in _refused(tmp_path, text)
 
