@@ -21,8 +21,9 @@ class Tracking:
     """Per stream, made on its first record: a :class:`~engine.analytics.bytetrack.ByteTracker` and the
     :class:`~engine.analytics.zones.StreamAnalytics` of its lines and zones."""
 
-    def __init__(self, cfg: TrackingConfig) -> None:
+    def __init__(self, cfg: TrackingConfig, untracked: Iterable[str] = ()) -> None:
         self.cfg = cfg
+        self.untracked = frozenset(untracked)      # streams with ``track = false``: records pass unchanged
         self.trackers: dict[str, ByteTracker] = {}
         self.analytics: dict[str, StreamAnalytics] = {}
 
@@ -34,7 +35,7 @@ class Tracking:
         """The record with its track ids (a ``predicted`` one: with the tracker's boxes), and the events
         of its frame."""
         found = record.detections
-        if not record.ok or found is None:
+        if not record.ok or found is None or record.stream in self.untracked:
             return record, []
         tracker = self.trackers.get(record.stream)
         if tracker is None:

@@ -74,6 +74,7 @@ class SourceConfig(Section):
     reconnect_attempts: int = Field(10, ge=0, le=10_000)  # live sources: retries (with backoff)
     max_fps: float = Field(0.0, ge=0, le=10_000)          # 0: as fast as the pipeline goes
     realtime: bool = False        # a file paced at its native rate (video FPS; images at max_fps or 30)
+    track: bool = True            # with [tracking] enabled: false leaves this stream untracked (no ids, no events)
     detect_every: int = Field(1, ge=1, le=10_000)   # the detector runs on frame ids 0, N, 2N...; with [tracking],
     # the frames between get the tracker's predicted boxes (marked "predicted"): N = camera FPS / detections per s
     start: int = Field(0, ge=0, le=2**53)   # first frame id; those before it count as written elsewhere and
@@ -381,10 +382,11 @@ class RunConfig(Section):
                              f"{len(devices)} inference workers of [inference] devices without a slot; "
                              f"use 0 (automatic) or at least {len(devices)}")
         for number, src in enumerate(self.streams, 1):
-            if src.detect_every > 1 and not self.tracking.enabled:
+            if src.detect_every > 1 and not (self.tracking.enabled and src.track):
                 where = f"[[sources]] #{number}" if self.sources else "[source]"
                 raise ValueError(f"{where} detect_every = {src.detect_every} needs [tracking] enabled = true "
-                                 "(the frames between detections get the tracker's predicted boxes)")
+                                 "and the stream tracked (the frames between detections get the tracker's "
+                                 "predicted boxes)")
         if self.output.snapshots and not (self.tracking.enabled and self.tracking.events):
             raise ValueError("[output] snapshots = true needs [tracking] enabled = true (and events = true): "
                              "a snapshot is taken per event")

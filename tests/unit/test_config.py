@@ -25,6 +25,7 @@ MALFORMED = [
     ("source", "recursive", "'yes'", "true or false"),
     ("source", "loop", "0", "from 1 to"),
     ("source", "detect_every", "0", "from 1 to 10000"),
+    ("source", "track", "'no'", "true or false"),
     ("source", "loop", "-3", "from 1 to"),
     ("source", "loop", "2.5", "an integer"),
     ("source", "live", "'maybe'", "one of 'auto', 'yes', 'no'"),

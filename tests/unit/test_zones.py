@@ -115,3 +115,9 @@ def test_lines_and_zones_are_drawn_where_they_are():
     assert yellow(150, 100)                             # the gate, x=200 of 640: column 100
     assert yellow(120, 250)                             # the box's bottom edge, y=0.5 of the height
     assert not image[200, 50].any() and not image[150, 90].any()
+
+
+def test_an_untracked_stream_passes_unchanged():
+    tracking = Tracking(_cfg(), untracked=["cam"])
+    record = _script()[0]
+    assert tracking.step(record) == (record, []) and not tracking.trackers
