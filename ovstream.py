@@ -18,11 +18,11 @@ from __future__ import annotations
 from engine.api.pipeline import Pipeline, build_config
 from engine.config import RunConfig, SourceConfig, load_config
 from engine.core.errors import ConfigError, DeviceError, ModelError, OutputError, OvstreamError, PipelineError
-from engine.core.results import Classification, Detection, FrameResult, read_results
+from engine.core.results import Classification, Detection, Event, FrameResult, read_events, read_results
 from engine.observe.metrics import Snapshot, StreamRow
 
 __all__ = [
-    "Pipeline", "build_config", "FrameResult", "Detection", "Classification", "read_results",
+    "Pipeline", "build_config", "FrameResult", "Detection", "Classification", "read_results", "Event", "read_events",
     "Snapshot", "StreamRow", "RunConfig", "SourceConfig", "load_config",
     "OvstreamError", "ConfigError", "ModelError", "DeviceError", "OutputError", "PipelineError",
 ]

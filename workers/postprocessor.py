@@ -12,18 +12,21 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import zmq
 
+from engine.analytics.streams import Tracking
 from engine.core.errors import OutputError
 from engine.core.geometry import Geometry
-from engine.core.results import STATUS_ERROR, FrameResult
+from engine.core.results import STATUS_ERROR, Event, FrameResult, read_events, read_results
+from engine.io.events import EventSink
 from engine.io.sinks import ApiSink, Sink, open_sinks
 from engine.io.streams import Layout, StreamSpec
 from engine.model.adapters import Adapter, create_adapter
-from engine.observe.metrics import stream_key
+from engine.observe.metrics import analytics_key, stream_key
 from engine.protocol.channels import pending
 from engine.protocol.context import ModelInput, StageContext
 from engine.protocol.ledger import FrameLedger
@@ -38,6 +41,7 @@ from engine.protocol.messages import (
     MessageError,
     ReleaseMsg,
     ResultMsg,
+    SkipMsg,
     StreamAddedMsg,
     decode_result,
 )
@@ -170,11 +174,24 @@ class Postprocessor(StageLoop):
         self.releases = [self.socket(zmq.PUSH, connect=ctx.endpoints[layout.decoder_name(d)])
                          for d in range(layout.decoders)] if keep_raw else []
         self.inputs = self.socket(zmq.PUSH, connect=ctx.endpoints["inputs"])
+        events = cfg.tracking.enabled and cfg.tracking.events
+        out_dir = Path(cfg.output.dir)
         with output_errors(cfg.output.dir):
-            self.sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams])
+            known = EventSink.recover(out_dir / "events.jsonl") if events and ctx.generation > 0 else set()
+            self.sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams],
+                                    events=events, shapes=[*cfg.tracking.lines, *cfg.tracking.zones]
+                                    if cfg.tracking.enabled else [])
         self.outlet = ApiSink(ctx.endpoints["api"]) if "api" in ctx.endpoints else None   # a library pipeline
+        untracked = [s.name for s in cfg.streams if not s.track]
+        self.tracking = Tracking(cfg.tracking, untracked) if cfg.tracking.enabled else None
+        if self.tracking is not None and ctx.generation > 0:     # the tracks as the previous one left them
+            with output_errors(cfg.output.dir):
+                rebuild_tracks(self.tracking, out_dir / "results.jsonl", known,
+                               [s for s in self.sinks if isinstance(s, EventSink)])
         if ctx.generation > 0 and cfg.output.jsonl:     # what the previous postprocessor held undelivered
-            replay(Path(cfg.output.dir) / "results.jsonl", ctx.replay_from, [s for s in self.sinks if s.replays])
+            replay(out_dir / "results.jsonl", ctx.replay_from, [s for s in self.sinks if s.replays])
+            if events:
+                replay_events(out_dir / "events.jsonl", ctx.replay_from, [s for s in self.sinks if s.replays])
             if self.outlet is not None:                 # the iterator drops what it already has
                 replay(Path(cfg.output.dir) / "results.jsonl", ctx.api_from, [self.outlet])
         self.streams = StreamOutputs(ctx, layout)
@@ -235,6 +252,11 @@ class Postprocessor(StageLoop):
         for sid in ended:
             streams.finished[sid] = True
         _poll_sinks(self.sinks, stage)
+        if self.tracking is not None and wrote:
+            index = {name: i for i, name in enumerate(streams.names)}
+            stage.gauges.update({analytics_key(kind, where, direction, label, index[name]): value
+                                 for name, rows in self.tracking.counts().items() if name in index
+                                 for kind, where, direction, label, value in rows})
         if outlet is not None:
             if all(streams.finished):
                 outlet.close(len(streams.names))   # the end marker (once), after the last record
@@ -256,8 +278,12 @@ class Postprocessor(StageLoop):
         return wrote
 
     def _write(self, record: FrameResult, ref: FrameRef) -> None:
-        """One result to every sink (drawn on its raw frame where a sink draws); its raw slot is free then."""
+        """One result, with its track ids, to every sink (drawn on its raw frame where a sink draws); its
+        raw slot is free then."""
         raw_pool, sinks, outlet = self.raw_pool, self.sinks, self.outlet
+        events: list[Event] = []
+        if self.tracking is not None and record.ok:
+            record, events = self.tracking.step(replace(record, size=frame_size(ref)))
         frame = None
         if raw_pool is not None and ref.raw_slot >= 0:
             frame = raw_pool.view(ref.raw_slot, (ref.height, ref.width, 3))
@@ -267,6 +293,12 @@ class Postprocessor(StageLoop):
             for sink in sinks:
                 sink.write(drawable(record, ref) if frame is not None and sink.draws else record,
                            frame, line)
+            for event in events:
+                event = replace(event, time=round(time.time(), 3))
+                for sink in sinks:
+                    sink.write_event(event)
+        if events:
+            self.stage.count("events", len(events))
         if outlet is not None:
             outlet.write(record, None, line)
         self.stage.count("work_cpu_us", (time.thread_time_ns() - c0) // 1000)
@@ -322,6 +354,12 @@ class Postprocessor(StageLoop):
             if streams.valid(msg.frame.stream):
                 record = failed_record(msg.frame, streams.names[msg.frame.stream], msg.stage, msg.error)
                 _queue(record, msg.frame, stage, streams)
+            return None
+        if isinstance(msg, SkipMsg):        # not detected (detect_every): the tracker fills it in when written
+            ref = msg.frame
+            if streams.valid(ref.stream):
+                _queue(FrameResult(streams.names[ref.stream], ref.frame_id, ref.source, ref.index, detections=(),
+                                   predicted=True), ref, stage, streams)
             return None
         if not isinstance(msg, ResultMsg):
             return None
@@ -406,6 +444,42 @@ def replay(path: Path, marks: dict[str, int], sinks: list[Sink]) -> int:
                     sink.write(result, None, line)
                 count += 1
     return count
+
+
+def frame_size(ref: FrameRef) -> tuple[int, int]:
+    """The original frame's (width, height): what boxes, and relative zones, are in."""
+    return (ref.orig_width, ref.orig_height) if ref.orig_width > 0 else (ref.width, ref.height)
+
+
+def rebuild_tracks(tracking: Tracking, path: Path, known: set[str], sinks: list[Sink]) -> None:
+    """A restarted postprocessor's trackers, fed every record the previous ones wrote (results.jsonl,
+    which ``[tracking]`` requires), end where they were: the frames that follow get the ids they
+    would have had without the restart. The events this makes again that are not ``known`` (in
+    events.jsonl: the previous one died between flushing the records and their events) go to
+    ``sinks`` now."""
+    if not path.exists():
+        return
+    t0 = time.monotonic()
+    missing = 0
+    for event in tracking.rebuild(read_results(path)):
+        if event.event_id not in known:
+            missing += 1
+            event = replace(event, time=round(time.time(), 3))
+            for sink in sinks:
+                sink.write_event(event)
+    for sink in sinks:
+        sink.flush()
+    log.info("tracks rebuilt from %s in %.2f s; %d events written again", path, time.monotonic() - t0, missing)
+
+
+def replay_events(path: Path, marks: dict[str, int], sinks: list[Sink]) -> None:
+    """The events of ``path`` from each stream's mark on, to ``sinks`` again (as :func:`replay` for
+    records: what MQTT had not confirmed)."""
+    if sinks and path.exists():
+        for event in read_events(path):
+            if event.frame_id >= marks.get(event.stream, 0):
+                for sink in sinks:
+                    sink.write_event(event)
 
 
 def _poll_sinks(sinks: list[Sink], stage: Stage) -> None:

@@ -34,6 +34,7 @@ from engine.protocol.messages import (
     FrameMsg,
     FrameRef,
     ReleaseMsg,
+    SkipMsg,
     StreamAddedMsg,
     WorkerDownMsg,
 )
@@ -173,6 +174,7 @@ class Preprocessor(StageLoop):
         self.waiting = FairQueue()
         self.min_epoch = [0] * self.layout.decoders    # frames of older (dead) decoder instances are fenced off
         self.kept_next = {s.sid: 0 for s in self.layout.streams}   # per stream: one past the highest id taken
+        self.detect_every = [src.detect_every for src in self.cfg.streams]   # added streams: every frame
         self.filling: Batch | None = None
         self.flush_on_empty = False
         self.timeout_s = self.cfg.pipeline.batch_timeout_ms / 1000.0
@@ -183,7 +185,7 @@ class Preprocessor(StageLoop):
         self.on_command(WorkerDownMsg, self.on_worker_down)
         self.on_command(DecoderDownMsg, self.on_decoder_down)
         self.on_command(AddStreamMsg, self.on_add_stream)
-        stage.declare("frames", "batches", "errors", "requeued_batches", "fenced_frames")
+        stage.declare("frames", "batches", "errors", "requeued_batches", "fenced_frames", "skipped")
 
     def fill_stats(self) -> None:
         self.stage.gauges.update(
@@ -271,20 +273,32 @@ class Preprocessor(StageLoop):
         self._dispatch()
 
     def _fill(self) -> None:
-        """Resize waiting frames into batches while an input slot is there for them."""
+        """Resize waiting frames into batches while an input slot is there for them (a frame its
+        stream's ``detect_every`` skips goes to the postprocessor as it is)."""
         while (self.filling is not None or self.free.free > 0) and (ref := self.waiting.pop()) is not None:
+            self.kept_next[ref.stream] = max(self.kept_next[ref.stream], ref.frame_id + 1)
+            if not self.keep_raw:                # otherwise the postprocessor releases it
+                decoder = self.layout.streams[ref.stream].decoder
+                self.freed_raw.setdefault((decoder, ref.epoch), []).append(ref.raw_slot)
+            if self._skip(ref):
+                continue
             if self.filling is None:
                 slot = self.free.acquire()
                 assert slot is not None                  # the loop's condition: one is free
                 self.filling = Batch(slot, deadline=time.monotonic() + self.timeout_s)
-            self.kept_next[ref.stream] = max(self.kept_next[ref.stream], ref.frame_id + 1)
             self._preprocess(ref, self.filling)
-            if not self.keep_raw:                # otherwise the postprocessor releases it
-                decoder = self.layout.streams[ref.stream].decoder
-                self.freed_raw.setdefault((decoder, ref.epoch), []).append(ref.raw_slot)
             if len(self.filling.frames) == self.batch_size:
                 self.dispatcher.ready.append(self.filling)
                 self.filling = None
+
+    def _skip(self, ref: FrameRef) -> bool:
+        """Whether the detector skips this frame (``detect_every``): then the postprocessor has it now."""
+        every = self.detect_every[ref.stream] if ref.stream < len(self.detect_every) else 1
+        if every == 1 or ref.frame_id % every == 0:
+            return False
+        self.results.send(SkipMsg(ref, self.ctx.generation).encode())
+        self.stage.count("skipped")
+        return True
 
     def _preprocess(self, ref: FrameRef, batch: Batch) -> None:
         """Resize one raw frame into the next row of ``batch``; a failure becomes an error record."""

@@ -34,7 +34,7 @@ def explain(exc: ValidationError, root: type[BaseModel], data: Any, origin: str)
             section.append(part)
         elif _is_section(_item(info.annotation)) and depth + 1 < len(loc) and isinstance(loc[depth + 1], int):
             model = _item(info.annotation)                  # one table of a [[name]] list
-            section.append(f"[{part}] #{int(loc[depth + 1]) + 1}")
+            section = [f"[{'.'.join([*section, part])}] #{int(loc[depth + 1]) + 1}"]   # [[tracking.lines]] #2
             depth += 1
         else:
             key, field = part, info

@@ -7,6 +7,7 @@ table follow from the field.
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from engine.config.explain import explain
 from engine.config.options import HINTS
 from engine.core.errors import ConfigError
 from engine.core.geometry import INTERPOLATIONS, RESIZE_MODES
+from engine.core.shapes import area, self_intersecting
 
 # The output adapters' names, defined here once: config (below engine.model in the layers) validates
 # model.adapter against them; each adapter class in engine/model/adapters declares one of them as its
@@ -72,6 +74,9 @@ class SourceConfig(Section):
     reconnect_attempts: int = Field(10, ge=0, le=10_000)  # live sources: retries (with backoff)
     max_fps: float = Field(0.0, ge=0, le=10_000)          # 0: as fast as the pipeline goes
     realtime: bool = False        # a file paced at its native rate (video FPS; images at max_fps or 30)
+    track: bool = True            # with [tracking] enabled: false leaves this stream untracked (no ids, no events)
+    detect_every: int = Field(1, ge=1, le=10_000)   # the detector runs on frame ids 0, N, 2N...; with [tracking],
+    # the frames between get the tracker's predicted boxes (marked "predicted"): N = camera FPS / detections per s
     start: int = Field(0, ge=0, le=2**53)   # first frame id; those before it count as written elsewhere and
     # are not read (a folder starts at that file, a video at that frame): how cluster mode resumes a stream
 
@@ -163,6 +168,7 @@ class MqttConfig(Section):
     host: str = ""
     port: int = Field(1883, ge=1, le=65535)
     topic: NonEmpty = "ovstream/{stream}/results"   # {stream}: the stream's name
+    events_topic: NonEmpty = "ovstream/{stream}/events"   # [tracking] events (events.jsonl lines)
     qos: Literal[0, 1] = 1        # 0 at most once, 1 at least once
     client_id: str = ""           # "": a random one
     clean_session: bool = True    # false: the broker keeps this client id's session across reconnects
@@ -179,7 +185,7 @@ class MqttConfig(Section):
     flush_timeout_s: float = Field(5.0, ge=0, le=20)  # at the end of a run: how long the buffer may drain
     # (bounded well below the supervisor's 30 s hang timeout: a sink that drains sends no heartbeat)
 
-    @field_validator("topic")
+    @field_validator("topic", "events_topic")
     @classmethod
     def _topic(cls, value: str) -> str:
         try:
@@ -212,13 +218,107 @@ class OutputConfig(Section):
     video_fps: float = Field(25.0, gt=0, le=1000)
     report: bool = True
     status: bool = False          # status.json: the report so far, rewritten every 0.5 s while running
+    snapshots: bool = False       # [tracking] events: snapshots/<stream>/<event>.jpg, the track's best-scoring frame
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
     @property
     def annotated(self) -> bool:
-        """Whether frames are drawn on (annotated images or video): the stages then keep each frame's
-        pixels, at full resolution, for the postprocessor."""
-        return self.images or self.video
+        """Whether frames are drawn on (annotated images, video or event snapshots): the stages then keep
+        each frame's pixels, at full resolution, for the postprocessor."""
+        return self.images or self.video or self.snapshots
+
+
+Coordinate = Annotated[float, Field(ge=0, le=MAX_FRAME_SIDE)]
+XY = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
+
+
+class Shape(Section):
+    """What a line and a zone share: a name, the stream it belongs to, its points, the classes it counts."""
+
+    name: NonEmpty = Field(description="names it in events, counts and metrics")
+    stream: str = Field("", description='the stream it belongs to; "": every stream')
+    relative: bool = Field(False, description="points as fractions of the frame's width and height (0 to 1)")
+    classes: list[NonEmpty] = Field(default_factory=list, description="labels counted; empty: every class")
+
+    def _relative_points(self, points: list[list[float]]) -> None:
+        if self.relative and any(v > 1 for p in points for v in p):
+            raise ValueError(f"{self.name}: relative points must be from 0 to 1 (fractions of the frame), "
+                             f"not {next(p for p in points if any(v > 1 for v in p))}")
+
+
+class LineConfig(Shape):
+    """``[[tracking.lines]]``: a tripwire; objects crossing it are counted, per direction."""
+
+    points: list[XY] = Field(min_length=2, max_length=2)   # [[x1, y1], [x2, y2]]; "in": crossing from its
+    # left to its right seen on the image, walking from the first point to the second
+
+    @model_validator(mode="after")
+    def _line(self) -> LineConfig:
+        self._relative_points(self.points)
+        if self.points[0] == self.points[1]:
+            raise ValueError(f"{self.name}: a line of zero length ({self.points[0]} twice)")
+        return self
+
+
+class ZoneConfig(Shape):
+    """``[[tracking.zones]]``: a polygon; objects entering, leaving and staying are counted."""
+
+    points: list[XY] = Field(min_length=3, max_length=256)   # the corners, in order
+    dwell_frames: int = Field(0, ge=0, le=10_000_000)   # a "dwelled" event after this many frames inside; 0: none
+
+    @model_validator(mode="after")
+    def _zone(self) -> ZoneConfig:
+        self._relative_points(self.points)
+        corners = [(p[0], p[1]) for p in self.points]
+        if self_intersecting(corners):
+            raise ValueError(f"{self.name}: the polygon crosses itself")
+        if area(corners) <= 0:
+            raise ValueError(f"{self.name}: the polygon has no area")
+        return self
+
+
+def check_classes(tracking: TrackingConfig, labels: list[str]) -> None:
+    """Every class a line or zone counts must be one of the model's ``labels`` (unchecked when the model
+    has none: its labels are then class numbers); ConfigError otherwise."""
+    if not tracking.enabled or not labels:
+        return
+    for kind, shapes in (("lines", tracking.lines), ("zones", tracking.zones)):
+        for number, shape in enumerate(shapes, 1):
+            for name in shape.classes:
+                if name not in labels:
+                    near = difflib.get_close_matches(name, labels, n=1)
+                    hint = f" (did you mean '{near[0]}'?)" if near else ""
+                    raise ConfigError(f"[[tracking.{kind}]] #{number} {shape.name}: classes names '{name}', "
+                                      f"which the model has not{hint}")
+
+
+class TrackingConfig(Section):
+    """``[tracking]``: a ByteTrack tracker per stream gives each detection a ``track_id`` (engine.analytics)."""
+
+    enabled: bool = False
+    high_score: float = Field(0.5, ge=0, le=1, description="detections scoring this or more are matched first")
+    low_score: float = Field(0.1, ge=0, le=1,
+                             description="detections from this up to high_score only continue tracks (2nd pass)")
+    new_track_score: float = Field(0.6, ge=0, le=1, description="an unmatched detection starts a track from this")
+    match_iou: float = Field(0.2, gt=0, le=1, description="least IoU (times the score) of a first-pass match")
+    low_match_iou: float = Field(0.5, gt=0, le=1, description="least IoU of a second-pass (low score) match")
+    track_buffer: int = Field(30, ge=0, le=100_000, description="frames a lost track waits to be found again")
+    min_hits: int = Field(2, ge=1, le=1000, description="consecutive matched frames before a track gets its id")
+    per_class: bool = Field(True, description="a track matches only detections of its class")
+    anchor: Literal["bottom", "center"] = "bottom"   # the point of a box that crosses lines and is in zones
+    events: bool = True           # events.jsonl (and MQTT events_topic): appeared, left, crossed, entered...
+    lines: list[LineConfig] = Field(default_factory=list, max_length=1000)
+    zones: list[ZoneConfig] = Field(default_factory=list, max_length=1000)
+
+    @model_validator(mode="after")
+    def _scores(self) -> TrackingConfig:
+        if self.low_score > self.high_score:
+            raise ValueError(f"low_score = {self.low_score} is above high_score = {self.high_score}")
+        names = [shape.name for shape in [*self.lines, *self.zones]]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"line and zone names must differ: {twice[0]!r} is used twice")
+        return self
 
 
 class DashboardConfig(Section):
@@ -264,6 +364,7 @@ class RunConfig(Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
@@ -280,6 +381,18 @@ class RunConfig(Section):
             raise ValueError(f"[pipeline] input_slots = {self.pipeline.input_slots} leaves some of the "
                              f"{len(devices)} inference workers of [inference] devices without a slot; "
                              f"use 0 (automatic) or at least {len(devices)}")
+        for number, src in enumerate(self.streams, 1):
+            if src.detect_every > 1 and not (self.tracking.enabled and src.track):
+                where = f"[[sources]] #{number}" if self.sources else "[source]"
+                raise ValueError(f"{where} detect_every = {src.detect_every} needs [tracking] enabled = true "
+                                 "and the stream tracked (the frames between detections get the tracker's "
+                                 "predicted boxes)")
+        if self.output.snapshots and not (self.tracking.enabled and self.tracking.events):
+            raise ValueError("[output] snapshots = true needs [tracking] enabled = true (and events = true): "
+                             "a snapshot is taken per event")
+        if self.tracking.enabled and not self.output.jsonl:
+            raise ValueError("[tracking] enabled = true needs [output] jsonl = true (a restarted postprocessor "
+                             "rebuilds its tracks from results.jsonl)")
         return self
 
     @property

@@ -6,7 +6,7 @@ its outputs, and every file source: a mistake is one line now instead of a dead 
 """
 from __future__ import annotations
 
-from engine.config import RunConfig
+from engine.config import RunConfig, check_classes
 from engine.config.streams import is_live_uri
 from engine.io.sources import open_source
 from engine.io.streams import is_live
@@ -32,6 +32,7 @@ def preflight(cfg: RunConfig, streams_may_join: bool = False) -> tuple[InputInfo
     preprocessing, adapter, sources. Returns the model's input and the frames per request
     (``batch = 0``: one when ``streams_may_join``, as a library pipeline's camera may)."""
     core = ov.Core()
+    check_classes(cfg.tracking, cfg.model.labels if isinstance(cfg.model.labels, list) else [])
     check_devices(core, cfg.inference.devices)
     for device in cfg.inference.devices:
         check_properties(core, cfg.inference, device)

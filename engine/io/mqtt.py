@@ -1,4 +1,5 @@
-"""MQTT results sink: every result (its results.jsonl line) published with paho-mqtt.
+"""MQTT results sink: every result (its results.jsonl line) published with paho-mqtt, and with
+``[tracking]`` every event (its events.jsonl line) on ``events_topic``.
 
 The stream never waits for the broker. :meth:`MqttSink.write` appends the record to a bounded
 FIFO and returns; records move from the FIFO to paho only while the client is connected and
@@ -37,7 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from engine.config import MqttConfig
 from engine.core.errors import ConfigError
-from engine.core.results import FrameResult
+from engine.core.results import Event, FrameResult
 from engine.io.sinks import Sink
 from engine.observe.metrics import DEFAULT_STREAM, stream_key
 
@@ -116,16 +117,26 @@ class MqttSink(Sink):
         self._confirmed += 1
 
     # ---- the postprocessor's thread ----------------------------------------------------------
-    def topic(self, stream: str) -> str:
-        topic = self._topics.get(stream)
+    def topic(self, stream: str, pattern: str = "") -> str:
+        """``pattern`` (default: the results topic) for ``stream``."""
+        pattern = pattern or self.cfg.topic
+        topic = self._topics.get(pattern + "\0" + stream)
         if topic is None:
-            topic = self._topics[stream] = self.cfg.topic.format(stream=stream)
+            topic = self._topics[pattern + "\0" + stream] = pattern.format(stream=stream)
         return topic
 
     def write(self, result: FrameResult, frame: np.ndarray | None = None, line: str | None = None) -> None:
         payload = (line if line is not None else result.to_json()).encode("utf-8")
-        stream, frame_id = result.stream or self._streams[0], result.frame_id
-        self._queue.append(((stream, frame_id), self.topic(stream), payload))
+        stream = result.stream or self._streams[0]
+        self._publish(stream, result.frame_id, self.topic(stream), payload)
+
+    def write_event(self, event: Event) -> None:
+        """An event on ``events_topic``, after its frame's record (same frame id: same replay mark)."""
+        stream = event.stream or self._streams[0]
+        self._publish(stream, event.frame_id, self.topic(stream, self.cfg.events_topic), event.to_json().encode())
+
+    def _publish(self, stream: str, frame_id: int, topic: str, payload: bytes) -> None:
+        self._queue.append(((stream, frame_id), topic, payload))
         self._next_id[stream] = frame_id + 1
         while len(self._queue) > self.cfg.buffer:
             self._queue.popleft()

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from engine.config import OutputConfig
-from engine.core.results import STATUS_ERROR, Classification, Detection, FrameResult
+from engine.config import LineConfig, OutputConfig, ZoneConfig
+from engine.core.results import STATUS_ERROR, Classification, Detection, Event, FrameResult
 from engine.io.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from engine.protocol.messages import RecordMsg
 
@@ -52,6 +52,9 @@ class Sink(ABC):
     @abstractmethod
     def write(self, result: FrameResult, frame: np.ndarray | None, line: str | None = None) -> None:
         """Take one result; ``line``, when given, is its :meth:`FrameResult.to_json`."""
+
+    def write_event(self, event: Event) -> None:  # noqa: B027 (optional: most sinks take no events)
+        """Take one event of the frame last written (``[tracking]``): events.jsonl, MQTT."""
 
     def flush(self) -> None:  # noqa: B027 (optional: most sinks have nothing to flush)
         """Make what was written durable enough to survive this process dying."""
@@ -88,7 +91,11 @@ class JsonlSink(Sink):
         self._lines: list[str] = []
 
     def write(self, result: FrameResult, frame: np.ndarray | None = None, line: str | None = None) -> None:
-        self._lines.append((result.to_json() if line is None else line) + "\n")
+        self.write_line(result.to_json() if line is None else line)
+
+    def write_line(self, line: str) -> None:
+        """One JSON text, without its newline."""
+        self._lines.append(line + "\n")
 
     def flush(self) -> None:
         data = "".join(self._lines).encode("utf-8", errors="backslashreplace")
@@ -165,7 +172,8 @@ def _label(image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, 
 def _name(item: Detection | Classification, labels: Sequence[str]) -> str:
     class_id = int(item.class_id)
     label = item.label or (labels[class_id] if 0 <= class_id < len(labels) else str(class_id))
-    return _ascii(f"{label} {float(item.score):.2f}")
+    track = f" #{item.track_id}" if isinstance(item, Detection) and item.track_id is not None else ""
+    return _ascii(f"{label}{track} {float(item.score):.2f}")
 
 
 def _wrap(text: str, width_px: int, scale: float, thickness: int) -> list[str]:
@@ -174,21 +182,40 @@ def _wrap(text: str, width_px: int, scale: float, thickness: int) -> list[str]:
     return [text[i:i + per_line] for i in range(0, len(text), per_line)] or [""]
 
 
-def draw(frame: np.ndarray, result: FrameResult, labels: Sequence[str] = ()) -> np.ndarray:
-    """An annotated copy of ``frame``: boxes, "label score" and keypoints for detections,
-    the top class for classification, the error in red for an error result."""
+Shape = LineConfig | ZoneConfig
+YELLOW = (0, 255, 255)
+
+
+def _shapes(image: np.ndarray, result: FrameResult, shapes: Sequence[Shape], scale: float, thickness: int) -> None:
+    """``[tracking]`` lines and zones with their names, in the frame's pixels (relative points by the
+    image's size; pixel ones by how much smaller the stored frame is than the record's)."""
+    h, w = image.shape[:2]
+    orig_w, orig_h = result.size or (w, h)
+    for shape in shapes:
+        kx, ky = (w, h) if shape.relative else (w / orig_w, h / orig_h)
+        points = np.array([[round(x * kx), round(y * ky)] for x, y in shape.points], np.int32)
+        cv2.polylines(image, [points], isinstance(shape, ZoneConfig), YELLOW, thickness, cv2.LINE_AA)
+        _label(image, _ascii(shape.name), int(points[0][0]), int(points[0][1]), YELLOW, scale, thickness)
+
+
+def draw(frame: np.ndarray, result: FrameResult, labels: Sequence[str] = (),
+         shapes: Sequence[Shape] = ()) -> np.ndarray:
+    """An annotated copy of ``frame``: boxes, "label score" and keypoints for detections (a tracked
+    one: "label #id score", coloured by its id), the ``shapes`` (lines and zones), the top class for
+    classification, the error in red for an error result."""
     image = frame.copy()
     h, w = image.shape[:2]
     scale = max(0.4, min(h, w) / 900)
     thickness = max(1, round(scale * 2))
     line_h = cv2.getTextSize("Mg", _FONT, scale, thickness)[0][1] * 2
+    _shapes(image, result, shapes, scale, thickness)
     if result.status == STATUS_ERROR:
         text = _ascii(f"{result.stage}: {result.error}")
         for row, line in enumerate(_wrap(text, w - 4, scale, thickness)):
             _label(image, line, 2, (row + 1) * line_h, RED, scale, thickness)
         return image
     for det in result.detections or ():
-        color = _color(int(det.class_id))
+        color = _color(int(det.class_id) if det.track_id is None else det.track_id)
         x1, y1, x2, y2 = (int(round(min(max(float(v), -1.0), 1e6))) for v in det.box)
         cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
         _label(image, _name(det, labels), x1, y1, color, scale, thickness)
@@ -211,10 +238,11 @@ class ImageSink(Sink):
 
     draws = True
 
-    def __init__(self, directory: str | Path, labels: Sequence[str] = ()) -> None:
+    def __init__(self, directory: str | Path, labels: Sequence[str] = (), shapes: Sequence[Shape] = ()) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._labels = labels
+        self._shapes = shapes
         self._owner: dict[str, str] = {}   # file name → source that took it
 
     def file_name(self, result: FrameResult) -> str:
@@ -234,7 +262,7 @@ class ImageSink(Sink):
     def write(self, result: FrameResult, frame: np.ndarray | None, line: str | None = None) -> None:
         if frame is None:
             return
-        ok, data = cv2.imencode(".jpg", draw(frame, result, self._labels))
+        ok, data = cv2.imencode(".jpg", draw(frame, result, self._labels, self._shapes))
         if not ok:
             raise OSError(f"cannot encode annotated frame {result.frame_id} as JPEG")
         data.tofile(self.directory / self.file_name(result))   # tofile: any Unicode name
@@ -249,11 +277,12 @@ class VideoSink(Sink):
 
     draws = True
 
-    def __init__(self, path: str | Path, fps: float, labels: Sequence[str] = ()) -> None:
+    def __init__(self, path: str | Path, fps: float, labels: Sequence[str] = (), shapes: Sequence[Shape] = ()) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fps = fps if fps > 0 else 25.0
         self._labels = labels
+        self._shapes = shapes
         self._writer: cv2.VideoWriter | None = None
         self._size = (0, 0)
 
@@ -272,7 +301,7 @@ class VideoSink(Sink):
             return
         if self._writer is None:
             self._writer = self._open(frame.shape[1], frame.shape[0])
-        image = draw(frame, result, self._labels)
+        image = draw(frame, result, self._labels, self._shapes)
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(image)
@@ -376,20 +405,32 @@ class ApiSink(Sink):
 
 
 def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = False,
-               streams: Sequence[str] = ()) -> list[Sink]:
-    """The sinks ``output`` asks for, in ``output.dir`` (created): one results.jsonl for the run,
-    annotated ``images/<stream>/`` and ``video/<stream>.mp4`` per stream, MQTT. ``resume``
-    appends to results.jsonl (after :meth:`JsonlSink.recover`)."""
+               streams: Sequence[str] = (), events: bool = False, shapes: Sequence[Shape] = ()) -> list[Sink]:
+    """The sinks ``output`` asks for, in ``output.dir`` (created): one results.jsonl for the run
+    (and events.jsonl after it when ``events``, with ``snapshots/<stream>/`` when ``output.snapshots``),
+    annotated ``images/<stream>/`` and ``video/<stream>.mp4`` per stream (with the ``shapes`` of the
+    stream drawn), MQTT. ``resume``
+    appends to results.jsonl (after :meth:`JsonlSink.recover`) and events.jsonl."""
+
+    def of(name: str) -> list[Shape]:
+        return [shape for shape in shapes if shape.stream in ("", name)]
+
     directory = Path(output.dir)
     directory.mkdir(parents=True, exist_ok=True)
     sinks: list[Sink] = []
     if output.jsonl:
         sinks.append(JsonlSink(directory / "results.jsonl", append=resume))
+    if events:
+        from engine.io.events import EventSink, SnapshotSink  # below this module: they build on its sinks
+        sinks.append(EventSink(directory / "events.jsonl", append=resume))
+        if output.snapshots:
+            sinks.append(SnapshotSink(directory / "snapshots", labels,
+                                      {name: of(name) for name in streams}))
     if output.images:
-        sinks.append(PerStream(lambda name: ImageSink(directory / "images" / name, labels)))
+        sinks.append(PerStream(lambda name: ImageSink(directory / "images" / name, labels, of(name))))
     if output.video:
         sinks.append(PerStream(lambda name: VideoSink(directory / "video" / f"{name}.mp4", output.video_fps,
-                                                      labels)))
+                                                      labels, of(name))))
     if output.mqtt.host:
         from engine.io.mqtt import MqttSink  # paho only where a run publishes
         sinks.append(MqttSink(output.mqtt, streams))

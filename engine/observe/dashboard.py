@@ -23,7 +23,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from engine.observe.metrics import ALL, SinkRow, Snapshot, StageRow, StreamRow, Totals
+from engine.observe.metrics import ALL, AnalyticsRow, SinkRow, Snapshot, StageRow, StreamRow, Totals
 
 PREFIX = "[ovstream]"
 STREAM_ROWS = 12              # per-stream rows shown before the rest are summarised
@@ -149,6 +149,23 @@ def _stream_line(r: StreamRow) -> str:
             + (f" e2e p50 {_ms(e2e.p50_ms)}ms p95 {_ms(e2e.p95_ms)}ms" if e2e else ""))
 
 
+def analytics_text(rows: tuple[AnalyticsRow, ...], stream: str) -> str:
+    """A stream's lines and zones, over their classes: ``gate in 3 out 1  lobby 2 now (5 in)``."""
+    sums: dict[tuple[str, str, str], int] = {}
+    for a in rows:
+        if a.stream == stream:
+            sums[(a.where, a.kind, a.direction)] = sums.get((a.where, a.kind, a.direction), 0) + a.value
+    parts = []
+    for where in dict.fromkeys(w for w, _, _ in sums):
+        if (where, "zone_entries", "") in sums:
+            parts.append(f"{where} {sums.get((where, 'zone_objects', ''), 0)} now "
+                         f"({sums[(where, 'zone_entries', '')]} in)")
+        else:
+            parts.append(f"{where} in {sums.get((where, 'crossings', 'in'), 0)} "
+                         f"out {sums.get((where, 'crossings', 'out'), 0)}")
+    return "  ".join(parts)
+
+
 def rank_streams(rows: tuple[StreamRow, ...] | list[StreamRow]) -> list[StreamRow]:
     """Worst first: failed, reconnecting, starting; then most drops + errors; then slowest."""
     return sorted(rows, key=lambda r: (_STATE_RANK.get(r.state, 2), -(r.drops + r.errors), r.fps, r.name))
@@ -197,7 +214,7 @@ def render(snap: Snapshot) -> RenderableType:
     progress = progress_view(snap)
     if progress is not None:
         parts.append(progress)
-    if len(snap.streams) > 1:
+    if len(snap.streams) > 1 or snap.analytics:
         parts.append(streams_table(snap))
     parts += [_SideBySide(stages_table(snap), devices_table(snap)),
               _SideBySide(processes_table(snap), edges_table(snap)), accounting_text(snap.totals),
@@ -217,13 +234,15 @@ def progress_view(snap: Snapshot) -> RenderableType | None:
 
 
 def streams_table(snap: Snapshot, limit: int = STREAM_ROWS) -> Table:
-    """Per stream: state, FPS, frames, drops, errors, in flight, end-to-end p50/p95; the worst
-    first, and beyond ``limit`` rows one summary row for the rest."""
+    """Per stream: state, FPS, frames, drops, errors, in flight, end-to-end p50/p95 (and its lines and
+    zones with ``[tracking]``); the worst first, and beyond ``limit`` rows one summary row for the rest."""
     table = Table(title=f"streams ({len(snap.streams)})", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("stream")
     table.add_column("state")
     for name in ("FPS", "in", "out", "drops", "errors", "in-flight", "e2e p50", "p95"):
         table.add_column(name, justify="right")
+    if snap.analytics:
+        table.add_column("lines and zones")
     ranked = rank_streams(snap.streams)
     shown = ranked if len(ranked) <= limit else ranked[:limit - 1]
     styles = {"failed": "red", "reconnecting": "yellow", "ended": "dim"}
@@ -232,6 +251,7 @@ def streams_table(snap: Snapshot, limit: int = STREAM_ROWS) -> Table:
         table.add_row(r.name, r.state, f"{r.fps:.1f}", str(r.frames_in), str(r.frames_out), str(r.drops),
                       str(r.errors), str(r.in_flight), _ms(e2e.p50_ms) if e2e else "-",
                       _ms(e2e.p95_ms) if e2e else "-",
+                      *([analytics_text(snap.analytics, r.name)] if snap.analytics else []),
                       style=styles.get(r.state, "yellow" if r.drops or r.errors else None))
     if len(shown) < len(ranked):
         table.add_row(Text(summarise_streams(ranked[len(shown):]), style="dim"))
@@ -264,7 +284,7 @@ def render_summary(snap: Snapshot | dict) -> RenderableType:
     for k in snap.sinks:
         head.add_row("publish", sink_text(k))
     parts: list[RenderableType] = [head]
-    if len(snap.streams) > 1:
+    if len(snap.streams) > 1 or snap.analytics:
         parts.append(streams_table(snap))
     return Group(*parts, stages_table(snap, all_scopes=True), devices_table(snap, summary=True),
                  processes_table(snap))
@@ -393,6 +413,6 @@ def accounting_text(t: Totals) -> Text:
     return text
 
 
-__all__ = ["Dashboard", "accounting_text", "devices_table", "edges_table", "file_progress", "format_plain",
-           "processes_table", "progress_view", "rank_streams", "render", "render_summary", "stages_table",
-           "streams_table", "summarise_streams"]
+__all__ = ["Dashboard", "accounting_text", "analytics_text", "devices_table", "edges_table", "file_progress",
+           "format_plain", "processes_table", "progress_view", "rank_streams", "render", "render_summary",
+           "stages_table", "streams_table", "summarise_streams"]

@@ -70,6 +70,7 @@ class SnapshotCollector(Collector):
         yield from self._devices(snap)
         yield from self._processes(snap)
         yield from self._queues_and_sinks(snap)
+        yield from self._analytics(snap)
 
     @staticmethod
     def _frames(snap: Snapshot) -> Iterator[Metric]:
@@ -187,6 +188,24 @@ class SnapshotCollector(Collector):
             buffered.add_metric([k.name, k.process], k.buffered)
             connected.add_metric([k.name, k.process], float(k.connected))
         yield from (depth, capacity, records, buffered, connected)
+
+    @staticmethod
+    def _analytics(snap: Snapshot) -> Iterator[Metric]:
+        """``[tracking]`` lines and zones: crossings and entries since the stream's start, objects in a zone now."""
+        crossings = CounterMetricFamily("ovstream_line_crossings", "Tracked objects that crossed a line",
+                                        labels=["stream", "line", "direction", "class"])
+        objects = GaugeMetricFamily("ovstream_zone_objects", "Tracked objects in a zone now",
+                                    labels=["stream", "zone", "class"])
+        entries = CounterMetricFamily("ovstream_zone_entries", "Tracked objects that entered a zone",
+                                      labels=["stream", "zone", "class"])
+        for a in snap.analytics:
+            if a.kind == "crossings":
+                crossings.add_metric([a.stream, a.where, a.direction, a.label], a.value)
+            elif a.kind == "zone_objects":
+                objects.add_metric([a.stream, a.where, a.label], a.value)
+            else:
+                entries.add_metric([a.stream, a.where, a.label], a.value)
+        yield from (crossings, objects, entries)
 
 
 class MetricsServer:

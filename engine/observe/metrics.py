@@ -71,6 +71,16 @@ def stream_key(name: str, stream: int) -> str:
     return f"{name}@{stream}"
 
 
+ANALYTICS_KINDS = ("crossings", "zone_objects", "zone_entries")
+
+
+def analytics_key(kind: str, where: str, direction: str, label: str, stream: int) -> str:
+    """The postprocessor's gauge key of one count of ``[tracking]`` lines and zones (a count since the
+    stream's start, rebuilt with the tracks after a restart: a gauge, so restarts never add it twice):
+    ``kind|where|direction|label@stream``, ``kind`` one of :data:`ANALYTICS_KINDS`."""
+    return stream_key("|".join((kind, where, direction, label)), stream)
+
+
 def split_stream_key(key: str) -> tuple[str, int] | None:
     """``("name", stream)`` for a per-stream key, None for a process-wide one."""
     name, at, stream = key.rpartition("@")
@@ -317,6 +327,19 @@ class ProcessRow:
 
 
 @dataclass(frozen=True)
+class AnalyticsRow:
+    """One count of a stream's lines and zones: ``crossings`` of line ``where`` in ``direction`` (in,
+    out), ``zone_objects`` (now in zone ``where``) or ``zone_entries``, per object class ``label``."""
+
+    stream: str
+    kind: str
+    where: str
+    direction: str
+    label: str
+    value: int
+
+
+@dataclass(frozen=True)
 class SinkRow:
     """A sink that delivers records elsewhere (MQTT), as its process counts it.
 
@@ -423,6 +446,7 @@ class Snapshot:
     edges: tuple[EdgeRow, ...] = ()
     streams: tuple[StreamRow, ...] = ()
     sinks: tuple[SinkRow, ...] = ()
+    analytics: tuple[AnalyticsRow, ...] = ()
 
     def stage(self, name: str, scope: str = ALL) -> StageRow | None:
         """The row of ``name`` in ``scope``, or None when it has no samples."""
@@ -455,7 +479,8 @@ class Snapshot:
                    processes=tuple(ProcessRow(**p) for p in report.get("processes", [])),
                    edges=tuple(EdgeRow(**e) for e in report.get("queues", [])),
                    streams=tuple(StreamRow.from_dict(name, d) for name, d in report.get("streams", {}).items()),
-                   sinks=tuple(SinkRow(**k) for k in report.get("sinks", [])))
+                   sinks=tuple(SinkRow(**k) for k in report.get("sinks", [])),
+                   analytics=tuple(AnalyticsRow(**a) for a in report.get("analytics", [])))
 
     def to_dict(self) -> dict[str, Any]:
         """The run report (``report.json``): JSON-able, named like benchmark_app's figures."""
@@ -486,6 +511,7 @@ class Snapshot:
             "queues": [asdict(e) for e in self.edges],
             "streams": {r.name: r.to_dict() for r in self.streams},
             "sinks": [asdict(k) for k in self.sinks],
+            "analytics": [asdict(a) for a in self.analytics],
         }
 
 
@@ -707,6 +733,7 @@ class MetricsAggregator:
             edges=tuple(e for p in procs for e in _edges(p)),
             streams=streams,
             sinks=tuple(k for p in post for k in _sinks(p)),
+            analytics=tuple(a for p in post for a in self._analytics(p)),
         )
 
     # -- internals --
@@ -755,6 +782,19 @@ class MetricsAggregator:
         if proc.role == "postprocessor":
             for i, st in enumerate(self._streams):
                 st.duplicates = proc.total(stream_key("duplicates", i))
+
+    def _analytics(self, proc: _Proc) -> list[AnalyticsRow]:
+        """The line and zone counts a postprocessor reports (:func:`analytics_key`)."""
+        rows = []
+        for key, value in proc.gauges.items():
+            parsed = split_stream_key(key)
+            parts = parsed[0].split("|") if parsed else []
+            if parsed is None or len(parts) != 4 or parts[0] not in ANALYTICS_KINDS:
+                continue
+            stream = self._streams[parsed[1]].name if 0 <= parsed[1] < len(self._streams) else DEFAULT_STREAM
+            kind, where, direction, label = parts
+            rows.append(AnalyticsRow(stream, kind, where, direction, label, int(value)))
+        return rows
 
     def _stream_row(self, st: _Stream, now: float) -> StreamRow:
         if st.ended:        # final: what the decoder produced against what was written
@@ -927,6 +967,7 @@ def _edges(p: _Proc) -> list[EdgeRow]:
     return []
 
 
-__all__ = ["ALL", "BUCKETS_MS", "DEFAULT_STREAM", "STREAM_STATES", "DeviceRow", "EdgeRow", "Histogram",
+__all__ = ["ALL", "ANALYTICS_KINDS", "AnalyticsRow", "BUCKETS_MS", "DEFAULT_STREAM", "STREAM_STATES", "DeviceRow",
+           "EdgeRow", "Histogram",
            "LatencyRecorder", "MetricsAggregator", "ProcessRow", "SinkRow", "Snapshot", "StageRow", "StreamRow",
-           "Totals", "split_stream_key", "stream_key", "stream_state_code", "worker_label"]
+           "Totals", "analytics_key", "split_stream_key", "stream_key", "stream_state_code", "worker_label"]

@@ -286,6 +286,16 @@ class ErrorMsg(Message):
 
 
 @dataclass(slots=True)
+class SkipMsg(Message):
+    """preprocessor → postprocessor: a frame its stream's ``detect_every`` leaves undetected; its record
+    gets the tracker's predicted boxes."""
+
+    TYPE: ClassVar[str] = "skip"
+    frame: FrameRef
+    generation: int = 0
+
+
+@dataclass(slots=True)
 class ReleaseMsg(Message):
     """Slots free again: raw slots (→ the decoder instance ``epoch`` that owns them), or input
     slots of dispatches ``batch_ids`` (postprocessor → preprocessor)."""

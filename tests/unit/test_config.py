@@ -24,6 +24,8 @@ MALFORMED = [
     ("source", "recursive", "1", "true or false"),
     ("source", "recursive", "'yes'", "true or false"),
     ("source", "loop", "0", "from 1 to"),
+    ("source", "detect_every", "0", "from 1 to 10000"),
+    ("source", "track", "'no'", "true or false"),
     ("source", "loop", "-3", "from 1 to"),
     ("source", "loop", "2.5", "an integer"),
     ("source", "live", "'maybe'", "one of 'auto', 'yes', 'no'"),
@@ -124,6 +126,7 @@ MALFORMED = [
     ("output", "jsonl", "'true'", "true or false"),
     ("output", "images", "0", "true or false"),
     ("output", "video", "'mp4'", "true or false"),
+    ("output", "snapshots", "1", "true or false"),
     ("output", "video_fps", "-25", "> 0 and <= 1000"),
     ("output", "video_fps", "0", "> 0"),
     ("output", "video_fps", "nan", "finite"),
@@ -135,6 +138,7 @@ MALFORMED = [
     ("output.mqtt", "port", "70000", "from 1 to 65535"),
     ("output.mqtt", "topic", "''", "a non-empty string"),
     ("output.mqtt", "topic", "'a/+/b'", "without + or # wildcards"),
+    ("output.mqtt", "events_topic", "'a/#'", "without + or # wildcards"),
     ("output.mqtt", "topic", "'a/{camera}'", "must be a topic with no placeholder but {stream}"),
     # an attribute of the name
     ("output.mqtt", "topic", "'a/{stream.x}'", "must be a topic with no placeholder but {stream}"),
@@ -173,6 +177,20 @@ MALFORMED = [
     ("dashboard", "refresh_hz", "-1", "from 0.5 to 60"),
     ("dashboard", "refresh_hz", "0", "from 0.5 to 60"),
     ("dashboard", "refresh_hz", "inf", "finite"),
+    # [tracking]
+    ("tracking", "enabled", "1", "true or false"),
+    ("tracking", "high_score", "1.5", "from 0 to 1"),
+    ("tracking", "low_score", "-0.1", "from 0 to 1"),
+    ("tracking", "new_track_score", "'high'", "finite number"),
+    ("tracking", "match_iou", "0", "> 0 and <= 1"),
+    ("tracking", "low_match_iou", "nan", "finite"),
+    ("tracking", "track_buffer", "-1", "from 0 to 100000"),
+    ("tracking", "min_hits", "0", "from 1 to 1000"),
+    ("tracking", "per_class", "'yes'", "true or false"),
+    ("tracking", "anchor", "'top'", "one of 'bottom', 'center'"),
+    ("tracking", "events", "0", "true or false"),
+    ("tracking", "lines", "'x'", "a list of at most 1000 items, each a table"),
+    ("tracking", "zones", "5", "a list of at most 1000 items, each a table"),
 ]
 
 UNKNOWN = [   # (TOML text, where, message words)
@@ -212,6 +230,11 @@ ACROSS = [   # rules between keys or sections: (TOML text, message words)
      "[inference.properties.GPU] names no device of [inference] devices (CPU)"),
     ("[inference]\ndevices = ['CPU', 'CPU']\n[pipeline]\ninput_slots = 1\n",
      "[pipeline] input_slots = 1 leaves some of the 2 inference workers"),
+    ("[tracking]\nlow_score = 0.6\nhigh_score = 0.5\n", "[tracking] low_score = 0.6 is above high_score = 0.5"),
+    ("[tracking]\nenabled = true\n[output]\njsonl = false\n", "[tracking] enabled = true needs [output] jsonl = true"),
+    ("[[sources]]\nuri = 'data/samples'\n[[sources]]\nuri = 'data/clip.mp4'\ndetect_every = 5\n",
+     "[[sources]] #2 detect_every = 5 needs [tracking] enabled = true"),
+    ("[output]\nsnapshots = true\n", "[output] snapshots = true needs [tracking] enabled = true"),
 ]
 
 
@@ -261,7 +284,8 @@ def test_sources_tables(tmp_path, text, words):
 
 
 @pytest.mark.parametrize("text, words", ACROSS, ids=["mqtt-session", "mqtt-ca", "properties-device",
-                                                    "input-slots-workers"])
+                                                    "input-slots-workers", "tracking-scores", "tracking-jsonl",
+                                                    "detect-every-tracking", "snapshots-tracking"])
 def test_rules_across_sections(tmp_path, text, words):
     assert words in _refused(tmp_path, text)
 

@@ -108,3 +108,28 @@ def test_the_bound_is_measured_step_by_step_and_rendered(tmp_path):
     render_density({"density": out, "machine": {}, "settings": {}}, console)
     text = console.file.getvalue()
     assert f"{bound.streams:.1f} streams" in text and "benchmark_app" in text
+
+
+def test_the_budget_variant_is_reported_apart_with_its_own_ratio(tmp_path):
+    from engine.tools.bench.cli import render_density
+    from engine.tools.bench.density import detect_every
+
+    out = summarize([trial("engine", 2, [300, 300]), trial("engine", 8, [200] * 8),
+                     trial("budget", 2, [300, 300]), trial("budget", 8, [300] * 8)], ("engine", "budget"),
+                    30.0, 10.0, (2, 8), 1)
+    assert out["ratios"] == {"budget/engine": 4.0} and out["detect_fps"] == 5.0
+    console = Console(file=io.StringIO(), width=200)
+    render_density(json.loads(json.dumps({"density": out, "machine": {}, "settings": {}})), console)
+    text = console.file.getvalue()
+    assert "streams sustained at 30 FPS: engine 2" in text
+    assert "5 detections/s per stream" in text and "8 streams (4.00× the every-frame engine's)" in text
+    assert detect_every(30.0) == 6 and detect_every(25.0) == 5 and detect_every(3.0) == 1
+    cfg = RunConfig.from_dict(read_toml_text(tmp_path, engine_config(tmp_path / "v.mp4", 2, "face", "CPU",
+                                                                     tmp_path, detect_every=6)))
+    assert cfg.tracking.enabled and [s.detect_every for s in cfg.sources] == [6, 6]
+
+
+def read_toml_text(tmp_path, text: str) -> dict:
+    path = tmp_path / "density.toml"
+    path.write_text(text, encoding="utf-8")
+    return read_toml(path)

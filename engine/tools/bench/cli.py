@@ -83,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--density-streams", default=",".join(map(str, DEFAULT_SCHEDULE)),
                         help="density: stream counts to climb")
     parser.add_argument("--density-seconds", type=float, default=10.0, help="density: streaming seconds per run")
+    parser.add_argument("--density-variants", default="engine,separate,threaded,budget",
+                        help="density: which of engine, separate, threaded, budget (tracking with detect_every)")
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -338,7 +340,7 @@ class Bench:
 
     def _density(self) -> int:
         from engine.tools.bench.bound import measure_bound
-        from engine.tools.bench.density import density
+        from engine.tools.bench.density import VARIANTS, density
         from engine.tools.bench.loops import list_images
         from engine.tools.bench.plot import plot_density
         from engine.tools.bench.soak import write_video
@@ -347,6 +349,10 @@ class Bench:
         if a.fps <= 0 or a.density_seconds <= 0:
             raise ConfigError("--fps and --density-seconds must be > 0")
         schedule = _ints(a.density_streams, "--density-streams")
+        variants = tuple(v.strip() for v in a.density_variants.split(",") if v.strip())
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown or not variants:
+            raise ConfigError(f"--density-variants takes some of {', '.join(VARIANTS)}, not '{a.density_variants}'")
         video = write_video(self.out / "density" / "clip", list_images(self.images_dir), fps=a.fps)
         self.progress(f"density: {video.name} at {a.fps:g} FPS per stream, {a.density_seconds:g} s per run, "
                       f"streams {schedule}, {a.repeats} repeats, model {self.model_arg}")
@@ -355,7 +361,7 @@ class Bench:
         self.progress("density: the machine's bound (decode, resize, benchmark_app, parse, each alone)")
         bound = measure_bound(video, self.cfg.model, a.device, a.fps, self.out / "density" / "bound")
         self.result["density"] = density(video, self.model_arg, a.device, self.out, a.fps, a.density_seconds,
-                                         schedule, a.repeats, progress=self.progress)
+                                         schedule, a.repeats, variants, progress=self.progress)
         self.result["density"]["bound"] = bound.to_dict()
         engine = self.result["density"]["variants"].get("engine", {}).get("sustained_streams")
         self.result["density"]["engine_of_bound"] = round(engine / bound.streams, 3) if engine is not None else None
@@ -678,8 +684,8 @@ def render_density(result: dict, console: Console) -> None:
             cells.append(fmt((row["cpu_ms_per_frame"] or {}).get("median"), 2))
         table.add_row(*cells)
     console.print(table)
-    sustained = ", ".join(f"{v} {x['sustained_streams']}" for v, x in d["variants"].items())
-    ratios = ", ".join(f"{k} {fmt(r, 2, '×')}" for k, r in d["ratios"].items())
+    sustained = ", ".join(f"{v} {x['sustained_streams']}" for v, x in d["variants"].items() if v != "budget")
+    ratios = ", ".join(f"{k} {fmt(r, 2, '×')}" for k, r in d["ratios"].items() if k != "budget/engine")
     console.print(f"[bold]streams sustained at {d['target_fps']:g} FPS[/bold]: {sustained}   ({ratios})")
     bound = d.get("bound")
     if bound:
@@ -688,6 +694,10 @@ def render_density(result: dict, console: Console) -> None:
                       f"{bound['decode_ms']:.2f} + resize {bound['resize_ms']:.2f} + inference "
                       f"{bound['infer_ms']:.2f} (benchmark_app, batch {bound['infer_batch']}) + parse "
                       f"{bound['parse_ms']:.2f}); engine at {fmt(d.get('engine_of_bound'), 2, '×')} of it")
+    if "budget" in d["variants"]:      # apart: its detector sees a fraction of the frames
+        console.print(f"[bold]with a detection budget of {d['detect_fps']:g} detections/s per stream[/bold] "
+                      f"(tracking fills the frames between): {d['variants']['budget']['sustained_streams']} "
+                      f"streams ({fmt(d['ratios']['budget/engine'], 2, '×')} the every-frame engine's)")
 
 
 def main(args: argparse.Namespace) -> int:

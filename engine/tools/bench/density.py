@@ -8,6 +8,9 @@ drops. For each N of a schedule, alternating and repeated:
   engine     one ``ovstream run`` with N ``[[sources]]`` (``live = "yes"``, ``realtime = true``)
   separate   N single-stream ``ovstream run`` processes at once
   threaded   :mod:`engine.tools.bench.density_loop`: one process, reader threads + a pool + AsyncInferQueue
+  budget     ``engine`` with a detection budget: ``[tracking]`` on and ``detect_every`` = FPS / ``detect_fps``
+             (the frames between get the tracker's predicted boxes); reported apart from the
+             every-frame variants, with its own ratio ``budget/engine``
 
 Delivered FPS per stream = results in the streaming window / its length (``--duration`` for the
 engine runs, a window after a warm-up for the threaded loop). CPU per frame = CPU seconds of the
@@ -31,7 +34,9 @@ VARIANTS = {
     "engine": "ovstream run, N [[sources]] in one engine",
     "separate": "N single-stream ovstream run processes",
     "threaded": "one process: reader threads + pool + AsyncInferQueue",
+    "budget": "ovstream run, N [[sources]], tracking, detect_every (a detection budget per stream)",
 }
+DETECT_FPS = 5.0         # the budget variant's detections per second per stream (Frigate's default)
 DEFAULT_SCHEDULE = (1, 2, 4, 6, 8, 10, 12, 16)
 GIVE_UP_AFTER = 2        # consecutive unsustained stream counts before a variant stops climbing
 
@@ -86,22 +91,31 @@ def _model_line(model: str) -> str:
     return f'path = {json.dumps(model)}' if Path(model).suffix else f'name = {json.dumps(model)}'
 
 
-def engine_config(video: Path, streams: int, model: str, device: str, output: Path) -> str:
-    """The TOML of one engine run: ``streams`` camera-like copies of ``video``."""
+def engine_config(video: Path, streams: int, model: str, device: str, output: Path, detect_every: int = 1) -> str:
+    """The TOML of one engine run: ``streams`` camera-like copies of ``video``; with ``detect_every`` > 1
+    tracking is on and the detector sees one frame in ``detect_every`` of each."""
     lines = ["[model]", _model_line(model), "", "[inference]", f"devices = [{json.dumps(device)}]", "",
              "[output]", f"dir = {json.dumps(str(output))}", "", "[dashboard]", "enabled = false", ""]
+    if detect_every > 1:
+        lines += ["[tracking]", "enabled = true", ""]
     for i in range(streams):
         lines += ["[[sources]]", f"uri = {json.dumps(str(video))}", f'name = "cam{i:02d}"', "loop = 1000000",
-                  'live = "yes"', "realtime = true", ""]
+                  'live = "yes"', "realtime = true", *([f"detect_every = {detect_every}"] if detect_every > 1 else []),
+                  ""]
     return "\n".join(lines)
 
 
+def detect_every(fps: float, detect_fps: float = DETECT_FPS) -> int:
+    """Frames per detection for a ``fps`` stream detected ``detect_fps`` times a second (at least 1)."""
+    return max(1, round(fps / detect_fps))
+
+
 def _engine_process(video: Path, streams: int, model: str, device: str, output: Path,
-                    seconds: float) -> subprocess.Popen:
+                    seconds: float, every: int = 1) -> subprocess.Popen:
     output.mkdir(parents=True, exist_ok=True)
     (output / "report.json").unlink(missing_ok=True)
     config = output / "density.toml"
-    config.write_text(engine_config(video, streams, model, device, output), encoding="utf-8")
+    config.write_text(engine_config(video, streams, model, device, output, every), encoding="utf-8")
     log = open(output / "bench-run.log", "wb")
     cmd = [sys.executable, "-m", "engine.cli", "run", str(config), "--duration", f"{seconds:g}", "--no-dashboard"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -136,9 +150,11 @@ def _wait(procs: list[subprocess.Popen], timeout_s: float) -> str:
 
 
 def run_engine(trial: Trial, video: Path, model: str, device: str, out: Path) -> Trial:
-    """One engine serving all ``trial.streams`` streams."""
+    """One engine serving all ``trial.streams`` streams (the budget variant: detecting
+    :data:`DETECT_FPS` frames a second of each)."""
     cpu0, t0 = _children_cpu_s(), time.perf_counter()
-    proc = _engine_process(video, trial.streams, model, device, out, trial.seconds)
+    every = detect_every(trial.target_fps) if trial.variant == "budget" else 1
+    proc = _engine_process(video, trial.streams, model, device, out, trial.seconds, every)
     trial.error = _wait([proc], trial.seconds + 180)
     trial.wall_s, trial.cpu_s = time.perf_counter() - t0, _children_cpu_s() - cpu0
     delivered, drops, error = _stream_counts(out)
@@ -185,7 +201,7 @@ def run_threaded(trial: Trial, video: Path, model: str, device: str, out: Path) 
     return trial
 
 
-RUNNERS = {"engine": run_engine, "separate": run_separate, "threaded": run_threaded}
+RUNNERS = {"engine": run_engine, "separate": run_separate, "threaded": run_threaded, "budget": run_engine}
 
 
 def density(video: Path, model: str, device: str, output: Path, fps: float, seconds: float,
@@ -238,5 +254,9 @@ def summarize(trials: list[Trial], variants: tuple[str, ...], fps: float, second
     engine = out["variants"].get("engine", {}).get("sustained_streams")
     out["ratios"] = {f"engine/{v}": (round(engine / out["variants"][v]["sustained_streams"], 2)
                                      if engine is not None and out["variants"][v]["sustained_streams"] else None)
-                     for v in variants if v != "engine"}
+                     for v in variants if v not in ("engine", "budget")}
+    if "budget" in variants:                  # apart: it detects a fifth of the frames it delivers
+        budget = out["variants"]["budget"]["sustained_streams"]
+        out["detect_fps"] = DETECT_FPS
+        out["ratios"]["budget/engine"] = round(budget / engine, 2) if engine else None
     return out
