@@ -183,7 +183,8 @@ class Postprocessor(StageLoop):
                                     if cfg.tracking.enabled else [])
         self.outlet = ApiSink(ctx.endpoints["api"]) if "api" in ctx.endpoints else None   # a library pipeline
         untracked = [s.name for s in cfg.streams if not s.track]
-        self.tracking = Tracking(cfg.tracking, untracked) if cfg.tracking.enabled else None
+        own = {s.name: cfg.tracking_of(s) for s in cfg.streams if s.tracker}
+        self.tracking = Tracking(cfg.tracking, untracked, own) if cfg.tracking.enabled else None
         if self.tracking is not None and ctx.generation > 0:     # the tracks as the previous one left them
             with output_errors(cfg.output.dir):
                 rebuild_tracks(self.tracking, out_dir / "results.jsonl", known,

@@ -8,7 +8,7 @@ for what follows.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 
 from engine.analytics.bytetrack import ByteTracker
@@ -21,9 +21,11 @@ class Tracking:
     """Per stream, made on its first record: a :class:`~engine.analytics.bytetrack.ByteTracker` and the
     :class:`~engine.analytics.zones.StreamAnalytics` of its lines and zones."""
 
-    def __init__(self, cfg: TrackingConfig, untracked: Iterable[str] = ()) -> None:
+    def __init__(self, cfg: TrackingConfig, untracked: Iterable[str] = (),
+                 per_stream: Mapping[str, TrackingConfig] | None = None) -> None:
         self.cfg = cfg
         self.untracked = frozenset(untracked)      # streams with ``track = false``: records pass unchanged
+        self.per_stream = dict(per_stream or {})   # streams with their own tracker parameters
         self.trackers: dict[str, ByteTracker] = {}
         self.analytics: dict[str, StreamAnalytics] = {}
 
@@ -39,8 +41,9 @@ class Tracking:
             return record, []
         tracker = self.trackers.get(record.stream)
         if tracker is None:
-            tracker = self.trackers[record.stream] = ByteTracker(self.cfg)
-            self.analytics[record.stream] = StreamAnalytics(self.cfg, record.stream)
+            cfg = self.per_stream.get(record.stream, self.cfg)
+            tracker = self.trackers[record.stream] = ByteTracker(cfg)
+            self.analytics[record.stream] = StreamAnalytics(cfg, record.stream)
         if record.predicted:
             record = replace(record, detections=tuple(tracker.predict()))
         else:

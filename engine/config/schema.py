@@ -75,6 +75,9 @@ class SourceConfig(Section):
     max_fps: float = Field(0.0, ge=0, le=10_000)          # 0: as fast as the pipeline goes
     realtime: bool = False        # a file paced at its native rate (video FPS; images at max_fps or 30)
     track: bool = True            # with [tracking] enabled: false leaves this stream untracked (no ids, no events)
+    tracker: dict[str, float | bool | str] = Field(
+        default_factory=dict, description="this stream's own [tracking] parameters, e.g. "
+        "{ track_buffer = 90, min_hits = 3 } for a camera with long occlusions; the others come from [tracking]")
     detect_every: int = Field(1, ge=1, le=10_000)   # the detector runs on frame ids 0, N, 2N...; with [tracking],
     # the frames between get the tracker's predicted boxes (marked "predicted"): N = camera FPS / detections per s
     start: int = Field(0, ge=0, le=2**53)   # first frame id; those before it count as written elsewhere and
@@ -321,6 +324,9 @@ class TrackingConfig(Section):
         return self
 
 
+TRACKER_PARAMETERS = frozenset(TrackingConfig.model_fields) - {"enabled", "events", "lines", "zones"}
+
+
 class DashboardConfig(Section):
     """The live view."""
 
@@ -382,8 +388,10 @@ class RunConfig(Section):
                              f"{len(devices)} inference workers of [inference] devices without a slot; "
                              f"use 0 (automatic) or at least {len(devices)}")
         for number, src in enumerate(self.streams, 1):
+            where = f"[[sources]] #{number}" if self.sources else "[source]"
+            if src.tracker:
+                self.tracking_of(src)       # one line naming the stream for an unknown or bad parameter
             if src.detect_every > 1 and not (self.tracking.enabled and src.track):
-                where = f"[[sources]] #{number}" if self.sources else "[source]"
                 raise ValueError(f"{where} detect_every = {src.detect_every} needs [tracking] enabled = true "
                                  "and the stream tracked (the frames between detections get the tracker's "
                                  "predicted boxes)")
@@ -394,6 +402,23 @@ class RunConfig(Section):
             raise ValueError("[tracking] enabled = true needs [output] jsonl = true (a restarted postprocessor "
                              "rebuilds its tracks from results.jsonl)")
         return self
+
+    def tracking_of(self, src: SourceConfig) -> TrackingConfig:
+        """``[tracking]`` with ``src``'s own tracker parameters over it."""
+        if not src.tracker:
+            return self.tracking
+        unknown = sorted(set(src.tracker) - TRACKER_PARAMETERS)
+        name = src.name or src.uri
+        if unknown:
+            raise ValueError(f"stream {name!r}: tracker has no parameter {unknown[0]!r} (it takes "
+                             f"{', '.join(sorted(TRACKER_PARAMETERS))})")
+        try:
+            return TrackingConfig.model_validate({**self.tracking.model_dump(), **src.tracker})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            reason = str(first["msg"]).removeprefix("Value error, ")
+            raise ValueError(f"stream {name!r}: tracker {field + ': ' if field else ''}{reason}") from None
 
     @property
     def streams(self) -> list[SourceConfig]:

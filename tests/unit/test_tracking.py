@@ -114,3 +114,34 @@ def test_tracking_quality_with_one_detection_in_five_frames():
     summary = _mot_summary(TrackingConfig(), detect_every=5)
     assert summary == pytest.approx({"idf1": 0.913, "mota": 0.838, "num_switches": 0, "num_false_positives": 15,
                                      "num_misses": 210, "num_objects": 1390}, abs=0.001), summary
+
+
+def test_a_stream_takes_its_own_tracker_parameters() -> None:
+    """[[sources]] tracker = { min_hits = 3 } for one camera: its ids wait three frames, the other's one."""
+    from engine.analytics.streams import Tracking
+    from engine.config import RunConfig
+    from engine.core.results import FrameResult
+
+    cfg = RunConfig.from_dict({"tracking": {"enabled": True, "min_hits": 1},
+                               "sources": [{"uri": "a.mp4", "name": "a"},
+                                           {"uri": "b.mp4", "name": "b", "tracker": {"min_hits": 3}}]})
+    assert cfg.tracking_of(cfg.sources[1]).min_hits == 3 and cfg.tracking_of(cfg.sources[0]) is cfg.tracking
+    tracking = Tracking(cfg.tracking, per_stream={s.name: cfg.tracking_of(s) for s in cfg.sources if s.tracker})
+    ids = {name: [tracking.apply(FrameResult(name, f, "x", f, detections=(_det(10 + f, 10),))).detections[0].track_id
+                  for f in range(3)] for name in ("a", "b")}
+    assert ids == {"a": [1, 1, 1], "b": [None, None, 1]}
+
+
+@pytest.mark.parametrize("tracker, message", [
+    ({"min_hit": 3}, "stream 'cam': tracker has no parameter 'min_hit' (it takes anchor, high_score"),
+    ({"min_hits": 0}, "stream 'cam': tracker min_hits:"),
+    ({"low_score": 0.9}, "stream 'cam': tracker"),
+])
+def test_a_bad_stream_tracker_parameter_is_one_line(tracker: dict, message: str) -> None:
+    from engine.config import RunConfig
+    from engine.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        RunConfig.from_dict({"tracking": {"enabled": True}, "sources": [{"uri": "a.mp4", "name": "cam",
+                                                                         "tracker": tracker}]})
+    assert message in str(caught.value) and "\n" not in str(caught.value), caught.value
