@@ -26,6 +26,7 @@ MALFORMED = [
     ("source", "loop", "0", "from 1 to"),
     ("source", "detect_every", "0", "from 1 to 10000"),
     ("source", "track", "'no'", "true or false"),
+    ("source", "tracker", "3", "must be a table"),
     ("source", "loop", "-3", "from 1 to"),
     ("source", "loop", "2.5", "an integer"),
     ("source", "live", "'maybe'", "one of 'auto', 'yes', 'no'"),
