@@ -21,6 +21,7 @@ from engine.core.errors import OutputError
 from engine.core.geometry import Geometry
 from engine.core.results import STATUS_ERROR, FrameResult
 from engine.io.sinks import ApiSink, Sink, open_sinks
+from engine.io.view import ViewSink
 from engine.io.streams import Layout, StreamSpec
 from engine.model.adapters import Adapter, create_adapter
 from engine.observe.metrics import stream_key
@@ -173,6 +174,8 @@ class Postprocessor(StageLoop):
         with output_errors(cfg.output.dir):
             self.sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams])
         self.outlet = ApiSink(ctx.endpoints["api"]) if "api" in ctx.endpoints else None   # a library pipeline
+        if "view" in ctx.endpoints and cfg.output.view_fps:            # ovstream serve's live view
+            self.sinks.append(ViewSink(ctx.endpoints["view"], cfg.output.view_fps))
         if ctx.generation > 0 and cfg.output.jsonl:     # what the previous postprocessor held undelivered
             replay(Path(cfg.output.dir) / "results.jsonl", ctx.replay_from, [s for s in self.sinks if s.replays])
             if self.outlet is not None:                 # the iterator drops what it already has

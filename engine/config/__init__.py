@@ -43,6 +43,7 @@ from engine.config.schema import (
                                   PipelineConfig,
                                   PreprocessConfig,
                                   RunConfig,
+                                  ServeConfig,
                                   Section,
                                   SourceConfig,
                                   channels_of,
@@ -54,7 +55,7 @@ __all__ = [
     "ADAPTERS", "CACHE_WORDS", "MAX_BATCH", "MAX_FRAME_SIDE", "MAX_NIREQ", "MAX_SLOTS", "MAX_STREAMS",
     "MODEL_SUFFIXES", "ClusterConfig", "DashboardConfig", "InferenceConfig", "MetricsConfig", "ModelConfig",
     "ModelDetector", "MqttConfig", "OutputConfig", "PipelineConfig", "PreprocessConfig", "RunConfig", "Section",
-    "SourceConfig", "anchor_paths", "channels_of", "explain", "find_model", "find_model_file", "is_live_uri",
+    "ServeConfig", "SourceConfig", "anchor_paths", "channels_of", "explain", "find_model", "find_model_file", "is_live_uri",
     "load_config", "load_registry", "merge_tables", "model_from_file", "read_labels", "read_toml", "resolve_model",
     "resolve_streams", "stream_name", "tomllib",
 ]

@@ -212,13 +212,15 @@ class OutputConfig(Section):
     video_fps: float = Field(25.0, gt=0, le=1000)
     report: bool = True
     status: bool = False          # status.json: the report so far, rewritten every 0.5 s while running
+    view_fps: float = Field(0.0, ge=0, le=60)   # set by ovstream serve from [serve] view_fps: annotated JPEGs
+    # per second per watched stream, drawn only while someone watches (0: no live view)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
     @property
     def annotated(self) -> bool:
-        """Whether frames are drawn on (annotated images or video): the stages then keep each frame's
+        """Whether frames are drawn on (annotated images, video or the live view): the stages then keep each frame's
         pixels, at full resolution, for the postprocessor."""
-        return self.images or self.video
+        return self.images or self.video or self.view_fps > 0
 
 
 class DashboardConfig(Section):
@@ -234,6 +236,22 @@ class MetricsConfig(Section):
     port: int = Field(0, ge=0, le=65535)
     host: NonEmpty = "127.0.0.1"
     linger_s: float = Field(0.0, ge=0, le=3600)   # keep serving this long after the run, for a last scrape
+
+
+class ServeConfig(Section):
+    """``[serve]``: ``ovstream serve``'s HTTP API (docs/serve.md)."""
+
+    host: NonEmpty = "127.0.0.1"      # loopback only unless set; any other address needs a token
+    port: int = Field(8080, ge=0, le=65535)   # 0: any free port (printed at start)
+    token_file: str = ""    # a file holding the bearer token every request must carry (env OVSTREAM_TOKEN wins)
+    roots: list[NonEmpty] = Field(default_factory=list)   # folders the file uris of POST /streams must be under
+    schemes: list[Literal["rtsp", "rtsps", "http", "https", "device"]] = Field(
+        default_factory=lambda: ["rtsp", "rtsps", "http", "https"])   # uris POST /streams takes; device: cameras
+    max_streams: int = Field(8, ge=1, le=MAX_STREAMS)     # streams open at once; one more is a 409
+    max_body_bytes: int = Field(16384, ge=256, le=1 << 20)   # a larger request body is a 413
+    view_fps: float = Field(5.0, ge=0, le=60)   # GET /streams/{name}/video.mjpg: frames per second per watched
+    # stream (0: no live view, and the stages keep no frame's pixels for it)
+    state: bool = True                # keep the stream list in <output dir>/streams.json and resume it at start
 
 
 _CLUSTER_ADDRESS = re.compile(r"^(|auto|(ray://)?[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})$")
@@ -267,6 +285,7 @@ class RunConfig(Section):
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")
     def _across_sections(self) -> RunConfig:

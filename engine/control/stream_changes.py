@@ -54,8 +54,9 @@ class StreamChanges:
     Commands go out through ``send``; ``state`` gives the generation they carry."""
 
     def __init__(self, cfg: RunConfig, layout: Layout, link: ServiceLink | None, accounting: Accounting,
-                 send: Callable[[str, Message], None], state: RunState) -> None:
+                 send: Callable[[str, Message], None], state: RunState, persistent: bool = False) -> None:
         self.cfg = cfg
+        self.persistent = persistent             # a service: streams may be added after every one ended
         self.layout = layout
         self.link = link
         self.accounting = accounting
@@ -115,7 +116,7 @@ class StreamChanges:
         """Validate a new stream, give it a slot range and a decoder, and tell the preprocessor and
         postprocessor; its decoder opens it once both know it (so no frame of it can arrive
         before they do). Returns its name."""
-        if self.accounting.finished:
+        if self.accounting.finished and not self.persistent:
             raise ConfigError("the pipeline has ended: every stream is done")
         if not isinstance(entry.get("uri"), str):
             raise ConfigError("add_source needs a uri")

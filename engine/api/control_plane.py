@@ -1,0 +1,165 @@
+"""What ``ovstream serve`` serves: a persistent :class:`~engine.api.pipeline.Pipeline` in its own thread, the list
+of its open streams (kept in ``streams.json``), the live view and the snapshot for ``/metrics``; the HTTP
+layer (:mod:`engine.api.http_app`) only maps requests onto it.
+
+At start the streams are those saved by the last service in ``<output dir>/streams.json`` (an entry
+the uri policy now refuses is left out, with a warning), else the config's. The engine must start
+with at least one stream (its pools are sized by them), so a saved list that is empty starts the
+config's streams again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from engine.api.engine_thread import EngineThread
+from engine.api.live import LiveView, ViewFigures
+from engine.api.pipeline import Pipeline
+from engine.api.streams_state import FILE, StreamsState
+from engine.api.uri_policy import UriRefused, check_uri
+from engine.config import RunConfig
+from engine.core.errors import ConfigError
+from engine.observe.exporter import SnapshotCollector
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "OVSTREAM_TOKEN"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class ApiError(Exception):
+    """A request the service refuses: an HTTP status and one line."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def read_token(cfg: RunConfig) -> str:
+    """The bearer token: ``$OVSTREAM_TOKEN``, else the first line of ``[serve] token_file``, else none.
+    Serving beyond loopback without one is a mistake (one line)."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token and cfg.serve.token_file:
+        try:
+            token = Path(cfg.serve.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"[serve] token_file {cfg.serve.token_file}: {exc.strerror or exc}") from None
+        if not token:
+            raise ConfigError(f"[serve] token_file {cfg.serve.token_file} is empty")
+    if not token and cfg.serve.host not in LOOPBACK:
+        raise ConfigError(f"[serve] host = {cfg.serve.host} is reachable from other machines: set a token "
+                          f"([serve] token_file or ${TOKEN_ENV})")
+    return token
+
+
+class ControlPlane:
+    """The service's pipeline and streams; :meth:`start` and :meth:`stop` it around the HTTP server."""
+
+    def __init__(self, cfg: RunConfig, token: str = "") -> None:
+        self.cfg = cfg
+        self.token = token
+        cfg.output.view_fps = cfg.serve.view_fps
+        self.streams = StreamsState(Path(cfg.output.dir) / FILE if cfg.serve.state else None)
+        self._resume(self.streams.load())
+        self.collector = SnapshotCollector()
+        self.pipeline = Pipeline(cfg, max_streams=cfg.serve.max_streams, persistent=True,
+                                 view=cfg.serve.view_fps > 0)
+        self.engine = EngineThread(self.pipeline, self.collector.publish)
+        self.live: LiveView | None = None
+
+    def _resume(self, saved: list[dict] | None) -> None:
+        """The config's streams replaced by the saved ones (those the uri policy still allows)."""
+        if saved:
+            kept = []
+            for entry in saved:
+                try:
+                    check_uri(str(entry.get("uri", "")), self.cfg.serve)
+                except UriRefused as exc:
+                    log.warning("saved stream %s left out: %s", entry.get("name"), exc)
+                    continue
+                kept.append(entry)
+            if kept:
+                data = self.cfg.to_dict()
+                data["sources"] = kept
+                self.cfg.sources = RunConfig.from_dict(data, origin=str(self.streams.path)).sources
+        if len(self.cfg.sources) > self.cfg.serve.max_streams:
+            raise ConfigError(f"{len(self.cfg.sources)} streams, more than [serve] max_streams = "
+                              f"{self.cfg.serve.max_streams}")
+
+    def start(self) -> None:
+        self.engine.start()
+        for src in self.cfg.sources:
+            self.streams.entries[src.name] = {k: v for k, v in src.to_dict().items() if k != "start"}
+        self.streams.put_all()
+        if self.pipeline.view_endpoint:
+            self.live = LiveView(self.pipeline.view_endpoint)
+
+    def stop(self) -> None:
+        """Every stream drains and every process ends."""
+        if self.live is not None:
+            self.live.close()
+        self.engine.stop()
+
+    # ---- requests -------------------------------------------------------------------------------
+    def check_entry(self, body: Any) -> dict:
+        """A ``POST /streams`` body as ``Pipeline.add_source`` takes it, or an :class:`ApiError`."""
+        if not isinstance(body, dict):
+            raise ApiError(422, "the body must be a JSON object: the keys of a [[sources]] entry")
+        try:
+            src = RunConfig.from_dict({"source": self.cfg.source.to_dict(), "sources": [body]},
+                                      origin="POST /streams").sources[0]
+            uri = check_uri(src.uri, self.cfg.serve)
+        except UriRefused as exc:
+            raise ApiError(403, str(exc)) from None
+        except ConfigError as exc:
+            raise ApiError(422, str(exc)) from None
+        if src.name in self.streams.entries:
+            raise ApiError(409, f"stream name '{src.name}' is taken")
+        if len(self.streams.entries) >= self.cfg.serve.max_streams:
+            raise ApiError(409, f"{len(self.streams.entries)} streams are open, the most [serve] max_streams "
+                                "allows: remove one first")
+        return {**body, "uri": uri}
+
+    def require(self, name: str) -> None:
+        if name not in self.streams.entries:
+            raise ApiError(404, f"no open stream named '{name}'")
+
+    def describe(self, name: str) -> dict:
+        """A stream's entry, its row of the latest snapshot, its latest result's size and view figures."""
+        snapshot = self.engine.snapshot
+        row = next((r.to_dict() for r in (snapshot.streams if snapshot else ()) if r.name == name), {})
+        out: dict[str, Any] = {"name": name, "entry": self.streams.entries.get(name, {}), **row}
+        if name in self.engine.latest:
+            out["last_frame"] = self._last_frame(name)
+        if self.live is not None:
+            out["view"] = vars(self.live.figures.get(name, ViewFigures()))
+        return out
+
+    def status(self) -> dict:
+        """The latest snapshot as report.json has it, and the service's own figures."""
+        snapshot = self.engine.snapshot
+        out: dict[str, Any] = snapshot.to_dict() if snapshot is not None else {"state": "starting"}
+        out["service"] = {"open_streams": list(self.streams.entries), "max_streams": self.cfg.serve.max_streams,
+                          "error": self.engine.error, "ready": not self.not_ready(),
+                          "last_frame": {n: self._last_frame(n) for n in self.streams.entries if n in self.engine.latest},
+                          "view": {k: vars(v) for k, v in (self.live.figures if self.live else {}).items()}}
+        return out
+
+    def _last_frame(self, name: str) -> dict:
+        latest = self.engine.latest[name]
+        return {"frame_id": latest.frame_id, "detections": len(latest.detections or ()), "status": latest.status}
+
+    def not_ready(self) -> str:
+        """Why the service is not ready ("": it is): the pipeline is down, a stage is, or an open stream failed."""
+        if not self.engine.running:
+            return self.engine.error or "the pipeline is not running"
+        snapshot = self.engine.snapshot
+        if snapshot is None:
+            return "no snapshot yet"
+        down = [p.name for p in snapshot.processes if not p.alive]
+        if down:
+            return f"stage(s) down: {', '.join(down)}"
+        failed = [r.name for r in snapshot.streams if r.state == "failed" and r.name in self.streams.entries]
+        return f"stream(s) failed: {', '.join(failed)}" if failed else ""
