@@ -196,6 +196,8 @@ class Postprocessor(StageLoop):
         spec = StreamSpec(**msg.stream_fields())
         if spec.sid == len(self.streams.names):
             self.streams.add(spec)
+            if spec.sid == len(self.layout.streams):      # its decoder: where its raw slots go back
+                self.layout.streams.append(spec)
             self.stage.declare(*(stream_key(name, spec.sid) for name in ("results", "errors", "duplicates")))
             if self.outlet is not None:
                 self.outlet.reopen()

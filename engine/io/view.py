@@ -47,7 +47,7 @@ class ViewSink(Sink):
 
     def poll(self) -> None:
         """Take the server's subscriptions (first viewer of a stream in, last one out)."""
-        while True:
+        while not self._socket.closed:
             try:
                 event = self._socket.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -60,7 +60,7 @@ class ViewSink(Sink):
     def write(self, result: FrameResult, frame: np.ndarray | None, line: str | None = None) -> None:
         key = topic(result.stream)
         now = time.monotonic()
-        if frame is None or key not in self._watched or now < self._due.get(key, 0.0):
+        if frame is None or self._socket.closed or key not in self._watched or now < self._due.get(key, 0.0):
             return
         self._due[key] = now + self._interval
         ok, jpeg = cv2.imencode(".jpg", draw(frame, result, self._labels),
