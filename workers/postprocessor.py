@@ -21,8 +21,8 @@ from engine.core.errors import OutputError
 from engine.core.geometry import Geometry
 from engine.core.results import STATUS_ERROR, FrameResult
 from engine.io.sinks import ApiSink, Sink, open_sinks
-from engine.io.view import ViewSink
 from engine.io.streams import Layout, StreamSpec
+from engine.io.view import ViewSink
 from engine.model.adapters import Adapter, create_adapter
 from engine.observe.metrics import stream_key
 from engine.protocol.channels import pending

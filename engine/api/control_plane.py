@@ -143,7 +143,8 @@ class ControlPlane:
         out: dict[str, Any] = snapshot.to_dict() if snapshot is not None else {"state": "starting"}
         out["service"] = {"open_streams": list(self.streams.entries), "max_streams": self.cfg.serve.max_streams,
                           "error": self.engine.error, "ready": not self.not_ready(),
-                          "last_frame": {n: self._last_frame(n) for n in self.streams.entries if n in self.engine.latest},
+                          "last_frame": {n: self._last_frame(n) for n in self.streams.entries
+                                         if n in self.engine.latest},
                           "view": {k: vars(v) for k, v in (self.live.figures if self.live else {}).items()}}
         return out
 

@@ -37,7 +37,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
 
 CACHE_WORDS = ("auto", "off", "none", "false", "")     # [inference] cache_dir values that are not folders
 _INPUT_PATHS = (("model", "path"), ("model", "labels"), ("inference", "cache_dir"),
-                ("output", "mqtt", "ca"), ("output", "mqtt", "cert"), ("output", "mqtt", "key"), ("serve", "token_file"))
+                ("output", "mqtt", "ca"), ("output", "mqtt", "cert"), ("output", "mqtt", "key"),
+                ("serve", "token_file"))
 
 
 def anchor_paths(data: dict, base: Path, writes_to_cwd: bool = False) -> dict:

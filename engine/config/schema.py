@@ -31,6 +31,8 @@ Resize = Literal[RESIZE_MODES]  # type: ignore[valid-type]   # letterbox | lette
 Interpolation = Literal[("auto", *INTERPOLATIONS)]  # type: ignore[valid-type]
 Color = Literal["RGB", "BGR", "GRAY"]
 Live = Literal["auto", "yes", "no"]
+Scheme = Literal["rtsp", "rtsps", "http", "https", "device"]
+STREAM_SCHEMES: tuple[Scheme, ...] = ("rtsp", "rtsps", "http", "https")
 
 # Engine limits.
 MAX_BATCH = 256
@@ -245,8 +247,8 @@ class ServeConfig(Section):
     port: int = Field(8080, ge=0, le=65535)   # 0: any free port (printed at start)
     token_file: str = ""    # a file holding the bearer token every request must carry (env OVSTREAM_TOKEN wins)
     roots: list[NonEmpty] = Field(default_factory=list)   # folders the file uris of POST /streams must be under
-    schemes: list[Literal["rtsp", "rtsps", "http", "https", "device"]] = Field(
-        default_factory=lambda: ["rtsp", "rtsps", "http", "https"])   # uris POST /streams takes; device: cameras
+    schemes: list[Scheme] = Field(default_factory=lambda: list(STREAM_SCHEMES))  # what POST /streams opens:
+    # stream URLs of these schemes, and with "device", this machine's cameras
     max_streams: int = Field(8, ge=1, le=MAX_STREAMS)     # streams open at once; one more is a 409
     max_body_bytes: int = Field(16384, ge=256, le=1 << 20)   # a larger request body is a 413
     view_fps: float = Field(5.0, ge=0, le=60)   # GET /streams/{name}/video.mjpg: frames per second per watched

@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 
-from engine.config import load_config
+from engine.config import RunConfig, load_config
 from engine.config.options import overrides_from
 from engine.core.errors import ConfigError
 from engine.model.detect import detect_model
@@ -30,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", action="append", help="inference device (repeat for several)")
 
 
-def _config(args: argparse.Namespace):
-    values = {key: None for key in ("source", "adapter", "nireq", "batch", "streams", "hint", "loop",
-                                    "decoders", "metrics_port")}
+def _config(args: argparse.Namespace) -> RunConfig:
+    values: dict[str, object] = {key: None for key in ("source", "adapter", "nireq", "batch", "streams", "hint",
+                                                       "loop", "decoders", "metrics_port")}
     values.update(model=args.model, device=args.device, output=args.output, annotate=False, video=False,
                   no_dashboard=True, cluster=None)
     overrides = overrides_from(argparse.Namespace(**values))

@@ -199,8 +199,8 @@ def test_the_web_page_shows_live_annotated_frames_and_the_status_figures(engine_
         row = wait_for(ended, timeout=120)
         page.wait_for_function("document.querySelector('#stream-short [data-figure=state]')?.dataset.value"
                                " === 'ended'", timeout=30_000)
-        shown = page.eval_on_selector_all("#stream-short [data-figure]",
-                                          "els => Object.fromEntries(els.map(e => [e.dataset.figure, e.dataset.value]))")
+        figures = "els => Object.fromEntries(els.map(e => [e.dataset.figure, e.dataset.value]))"
+        shown = page.eval_on_selector_all("#stream-short [data-figure]", figures)
         assert shown["out"] == str(row["out"]) == "100"
         assert shown["drops"] == str(row["drops"]) and shown["errors"] == str(row["errors"])
         assert float(shown["latency"]) == row["latency_ms"]["end_to_end"]["p50"]
