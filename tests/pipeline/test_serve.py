@@ -155,6 +155,20 @@ def test_streams_over_http_checked_guarded_and_resumed(engine_env, tmp_path):
     with serving(config, env) as (url, proc), httpx.Client(base_url=url, headers=auth, timeout=60) as http:
         assert [s["name"] for s in http.get("/streams").json()] == ["coco", "kept"]
         assert http.get("/streams/kept").json()["entry"]["max_fps"] == 5
+        # a stage that dies is restarted as in a run; the service stays up and is ready again
+        wait_for(lambda: http.get("/readyz").status_code == 200)
+        post = next(p for p in http.get("/status").json()["processes"] if p["role"] == "postprocessor")
+        os.kill(post["pid"], signal.SIGKILL)
+
+        def restarted() -> bool:
+            """the postprocessor is back and the service ready"""
+            rows = http.get("/status").json()["processes"]
+            back = any(p["role"] == "postprocessor" and p["restarts"] >= 1 and p["alive"] for p in rows)
+            return back and http.get("/readyz").status_code == 200
+        wait_for(restarted, timeout=120)
+        assert http.get("/healthz").status_code == 200
+        out = http.get("/streams/kept").json()["out"]
+        wait_for(lambda: http.get("/streams/kept").json()["out"] > out)       # its frames go on
         assert stop(proc) == 0
     assert leftovers(engine_env["OVSTREAM_TAG"]) == []
 
