@@ -6,6 +6,10 @@ At start the streams are those saved by the last service in ``<output dir>/strea
 the uri policy now refuses is left out, with a warning), else the config's. The engine must start
 with at least one stream (its pools are sized by them), so a saved list that is empty starts the
 config's streams again.
+
+A pipeline takes at most ``MAX_STREAMS`` streams over its life (stream ids are not reused): an add
+beyond that first restarts the pipeline with the open streams (:meth:`ControlPlane.recycle`; a few
+seconds without frames, file streams start again), which also frees the names of removed streams.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from engine.api.live import LiveView, ViewFigures
 from engine.api.pipeline import Pipeline
 from engine.api.streams_state import FILE, StreamsState
 from engine.api.uri_policy import UriRefused, check_uri
-from engine.config import RunConfig
+from engine.config import MAX_STREAMS, RunConfig
 from engine.core.errors import ConfigError
 from engine.observe.exporter import SnapshotCollector
 
@@ -64,10 +68,14 @@ class ControlPlane:
         self.streams = StreamsState(Path(cfg.output.dir) / FILE if cfg.serve.state else None)
         self._resume(self.streams.load())
         self.collector = SnapshotCollector()
-        self.pipeline = Pipeline(cfg, max_streams=cfg.serve.max_streams, persistent=True,
-                                 view=cfg.serve.view_fps > 0)
-        self.engine = EngineThread(self.pipeline, self.collector.publish)
+        self.recycles = 0
+        self._make_engine()
         self.live: LiveView | None = None
+
+    def _make_engine(self) -> None:
+        self.pipeline = Pipeline(self.cfg, max_streams=self.cfg.serve.max_streams, persistent=True,
+                                 view=self.cfg.serve.view_fps > 0)
+        self.engine = EngineThread(self.pipeline, self.collector.publish)
 
     def _resume(self, saved: list[dict] | None) -> None:
         """The config's streams replaced by the saved ones (those the uri policy still allows)."""
@@ -100,7 +108,39 @@ class ControlPlane:
         """Every stream drains and every process ends."""
         if self.live is not None:
             self.live.close()
+            self.live = None
         self.engine.stop()
+
+    @property
+    def life_left(self) -> int:
+        """Streams the pipeline can still take over its life."""
+        return MAX_STREAMS - len(self.pipeline.streams)
+
+    def recycle(self, entry: dict) -> str:
+        """A new pipeline with the open streams and ``entry`` (see the module docstring); the new
+        stream's name. If it cannot start with ``entry``, it starts without it and raises why."""
+        log.warning("the pipeline has taken %d streams over its life, the most it can: restarting it with the "
+                    "%d open ones", len(self.pipeline.streams), len(self.streams.entries))
+        self.stop()
+        self.recycles += 1
+        kept = list(self.streams.entries.values())
+        try:
+            self._restart([*kept, entry])
+        except ConfigError:
+            if not kept:
+                raise
+            self._restart(kept)
+            raise
+        names = {e["name"] for e in kept}
+        return next(name for name in self.pipeline.streams if name not in names)
+
+    def _restart(self, entries: list[dict]) -> None:
+        data = self.cfg.to_dict()
+        data["sources"] = entries
+        self.cfg.sources = RunConfig.from_dict(data, origin="the open streams").sources
+        self._make_engine()
+        self.streams.entries.clear()
+        self.start()
 
     # ---- requests -------------------------------------------------------------------------------
     def check_entry(self, body: Any) -> dict:
@@ -142,6 +182,7 @@ class ControlPlane:
         snapshot = self.engine.snapshot
         out: dict[str, Any] = snapshot.to_dict() if snapshot is not None else {"state": "starting"}
         out["service"] = {"open_streams": list(self.streams.entries), "max_streams": self.cfg.serve.max_streams,
+                          "recycles": self.recycles,
                           "error": self.engine.error, "ready": not self.not_ready(),
                           "last_frame": {n: self._last_frame(n) for n in self.streams.entries
                                          if n in self.engine.latest},

@@ -103,6 +103,7 @@ def create_app(service: ControlPlane) -> FastAPI:
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     registry = CollectorRegistry()
     registry.register(service.collector)
+    changing = asyncio.Lock()          # one add or remove at a time: the checks hold until it is done
 
     async def in_engine(fn: Any) -> Any:
         try:
@@ -124,12 +125,16 @@ def create_app(service: ControlPlane) -> FastAPI:
             body = json.loads(await request.body())
         except ValueError as exc:
             raise HTTPException(422, f"the body is not JSON: {exc}") from None
-        entry = service.check_entry(body)            # 422 / 403 / 409, one line
-        try:
-            name = await in_engine(lambda pipe: pipe.add_source(**entry))
-        except ConfigError as exc:
-            raise HTTPException(409 if "no room" in str(exc) or "taken" in str(exc) else 422, str(exc)) from None
-        service.streams.put({**entry, "name": name})
+        async with changing:
+            entry = service.check_entry(body)            # 422 / 403 / 409, one line
+            try:
+                if service.life_left <= 0:
+                    name = await asyncio.to_thread(service.recycle, entry)
+                else:
+                    name = await in_engine(lambda pipe: pipe.add_source(**entry))
+            except ConfigError as exc:
+                raise HTTPException(409 if "no room" in str(exc) or "taken" in str(exc) else 422, str(exc)) from None
+            service.streams.put({**entry, "name": name})
         return service.describe(name)
 
     @app.get("/streams/{name}", summary="One open stream: its entry and figures")
@@ -139,12 +144,13 @@ def create_app(service: ControlPlane) -> FastAPI:
 
     @app.delete("/streams/{name}", summary="Close a stream: what it has read still comes out, then it ends")
     async def remove_stream(name: str) -> dict:
-        service.require(name)
-        try:
-            await in_engine(lambda pipe: pipe.remove_source(name))
-        except ConfigError as exc:
-            raise HTTPException(404, str(exc)) from None
-        service.streams.drop(name)
+        async with changing:
+            service.require(name)
+            try:
+                await in_engine(lambda pipe: pipe.remove_source(name))
+            except ConfigError as exc:
+                raise HTTPException(404, str(exc)) from None
+            service.streams.drop(name)
         return {"name": name, "removed": True}
 
     @app.get("/status", summary="The run's snapshot (what report.json holds), and the live view's figures")
