@@ -108,7 +108,8 @@ roots = [{json.dumps(str(images))}]
             proc.wait()
     return {"cycles": cycles, "warmup_cycles": WARMUP, "seconds": round(seconds, 1), "failures": failures[:10],
             "failed": len(failures), "before": before, "after": after,
-            "rss_change_mib": round(after["rss_mib"] - before["rss_mib"], 1), "fds_change": after["fds"] - before["fds"],
+            "rss_change_mib": round(after["rss_mib"] - before["rss_mib"], 1),
+            "fds_change": after["fds"] - before["fds"],
             "recycles": status.get("service", {}).get("recycles"), "base_stream": status.get("streams", {}).get("base"),
             "exit_code": exit_code}
 
