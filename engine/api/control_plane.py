@@ -23,7 +23,7 @@ from engine.api.live import LiveView, ViewFigures
 from engine.api.pipeline import Pipeline
 from engine.api.streams_state import FILE, StreamsState
 from engine.api.uri_policy import UriRefused, check_uri
-from engine.config import MAX_STREAMS, RunConfig
+from engine.config import MAX_STREAMS, RunConfig, redact_uri
 from engine.core.errors import ConfigError
 from engine.observe.exporter import SnapshotCollector
 
@@ -170,7 +170,11 @@ class ControlPlane:
         """A stream's entry, its row of the latest snapshot, its latest result's size and view figures."""
         snapshot = self.engine.snapshot
         row = next((r.to_dict() for r in (snapshot.streams if snapshot else ()) if r.name == name), {})
-        out: dict[str, Any] = {"name": name, "entry": self.streams.entries.get(name, {}), **row}
+        entry = dict(self.streams.entries.get(name, {}))
+        for d in (entry, row):
+            if "uri" in d:
+                d["uri"] = redact_uri(d["uri"])
+        out: dict[str, Any] = {"name": name, "entry": entry, **row}
         if name in self.engine.latest:
             out["last_frame"] = self._last_frame(name)
         if self.live is not None:
@@ -181,6 +185,8 @@ class ControlPlane:
         """The latest snapshot as report.json has it, and the service's own figures."""
         snapshot = self.engine.snapshot
         out: dict[str, Any] = snapshot.to_dict() if snapshot is not None else {"state": "starting"}
+        for row in out.get("streams", {}).values():
+            row["uri"] = redact_uri(row["uri"])
         out["service"] = {"open_streams": list(self.streams.entries), "max_streams": self.cfg.serve.max_streams,
                           "recycles": self.recycles,
                           "error": self.engine.error, "ready": not self.not_ready(),

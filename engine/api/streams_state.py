@@ -1,6 +1,7 @@
 """The service's stream list, kept in ``<output dir>/streams.json`` so that a restarted service resumes its
 cameras: the ``[[sources]]`` entries as they were added (each with its name), rewritten whole on every
-change (written to a temporary file, then renamed over the last one)."""
+change (written to a temporary file, then renamed over the last one). It holds the uris as given, passwords
+included, so it is readable by its owner only."""
 from __future__ import annotations
 
 import json
@@ -49,5 +50,7 @@ class StreamsState:
         if self.path is None:
             return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"streams": list(self.entries.values())}, indent=1), encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"streams": list(self.entries.values())}, fh, indent=1)
         os.replace(tmp, self.path)

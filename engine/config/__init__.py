@@ -48,7 +48,7 @@ from engine.config.schema import (
     SourceConfig,
     channels_of,
 )
-from engine.config.streams import is_live_uri, resolve_streams, stream_name
+from engine.config.streams import is_live_uri, redact_uri, resolve_streams, stream_name
 from engine.config.tomlfile import merge_tables, read_toml, tomllib
 
 __all__ = [
@@ -57,5 +57,5 @@ __all__ = [
     "ModelDetector", "MqttConfig", "OutputConfig", "PipelineConfig", "PreprocessConfig", "RunConfig", "Section",
     "ServeConfig", "SourceConfig", "anchor_paths", "channels_of", "explain", "find_model", "find_model_file",
     "is_live_uri", "load_config", "load_registry", "merge_tables", "model_from_file", "read_labels", "read_toml",
-    "resolve_model", "resolve_streams", "stream_name", "tomllib",
+    "redact_uri", "resolve_model", "resolve_streams", "stream_name", "tomllib",
 ]

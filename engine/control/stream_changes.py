@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-from engine.config import RunConfig, stream_name
+from engine.config import RunConfig, redact_uri, stream_name
 from engine.config.streams import is_live_uri
 from engine.control.accounting import Accounting
 from engine.control.lifecycle import RunState
@@ -141,7 +141,7 @@ class StreamChanges:
         self.adding[spec.sid] = {"preprocessor", "postprocessor"}
         for name in self.adding[spec.sid]:
             self.send(name, AddStreamMsg(**_stream_fields(spec), generation=self.state.generation))
-        log.info("stream %s added (%s, %s)", spec.name, spec.uri, self.layout.decoder_name(spec.decoder))
+        log.info("stream %s added (%s, %s)", spec.name, redact_uri(spec.uri), self.layout.decoder_name(spec.decoder))
         return spec.name
 
     def _remove_source(self, name: str) -> str:

@@ -14,7 +14,7 @@ from engine.api.control_plane import read_token
 from engine.api.http_app import BearerToken, BodyLimit
 from engine.api.streams_state import StreamsState
 from engine.api.uri_policy import UriRefused, check_uri
-from engine.config import RunConfig, ServeConfig
+from engine.config import RunConfig, ServeConfig, redact_uri
 from engine.core.errors import ConfigError
 
 
@@ -117,3 +117,10 @@ def test_the_saved_stream_list_round_trips_and_a_broken_one_is_one_line(tmp_path
     path.write_text('{"streams": [1]}')
     with pytest.raises(ConfigError, match="not a stream list"):
         state.load()
+
+
+def test_a_uri_is_shown_without_its_password():
+    assert redact_uri("rtsp://admin:hunter2@10.0.0.5:554/s1") == "rtsp://admin:***@10.0.0.5:554/s1"
+    assert redact_uri("rtsp://10.0.0.5/s1") == "rtsp://10.0.0.5/s1"
+    assert redact_uri("https://token@host/x") == "https://token@host/x"      # a user alone is not a password
+    assert redact_uri("/srv/media/a:b@c.mp4") == "/srv/media/a:b@c.mp4"
