@@ -98,7 +98,7 @@ class ControlPlane:
 
     def start(self) -> None:
         self.engine.start()
-        for src in self.cfg.sources:
+        for src in self.pipeline.config.sources:          # resolved: each with its name
             self.streams.entries[src.name] = {k: v for k, v in src.to_dict().items() if k != "start"}
         self.streams.put_all()
         if self.pipeline.view_endpoint:
@@ -155,7 +155,7 @@ class ControlPlane:
             raise ApiError(403, str(exc)) from None
         except ConfigError as exc:
             raise ApiError(422, str(exc)) from None
-        if src.name in self.streams.entries:
+        if src.name and src.name in self.streams.entries:
             raise ApiError(409, f"stream name '{src.name}' is taken")
         if len(self.streams.entries) >= self.cfg.serve.max_streams:
             raise ApiError(409, f"{len(self.streams.entries)} streams are open, the most [serve] max_streams "

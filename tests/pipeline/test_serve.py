@@ -227,3 +227,31 @@ def test_the_web_page_shows_live_annotated_frames_and_the_status_figures(engine_
         browser.close()
         assert stop(proc) == 0
     assert leftovers(engine_env["OVSTREAM_TAG"]) == []
+
+
+def test_past_its_life_of_streams_the_pipeline_restarts_with_the_open_ones(engine_env, tmp_path, monkeypatch):
+    from engine.api import control_plane
+    from engine.config import load_config
+
+    monkeypatch.setenv("OVSTREAM_TAG", engine_env["OVSTREAM_TAG"])
+    monkeypatch.setattr(control_plane, "MAX_STREAMS", 3)          # the engine's is 256: reached the same way
+    cfg = load_config(write_config(tmp_path / "serve.toml", tmp_path / "out", roots=[COCO.parent], max_streams=3))
+    plane = control_plane.ControlPlane(cfg)
+    plane.start()
+    try:
+        for name in ("a", "b"):
+            plane.engine.call(lambda pipe, n=name: pipe.add_source(COCO, name=n, loop=1000)).result(60)
+            plane.streams.put({"uri": str(COCO), "name": name, "loop": 1000})
+        plane.engine.call(lambda pipe: pipe.remove_source("a")).result(60)
+        plane.streams.drop("a")
+        assert plane.life_left == 0
+        assert plane.recycle({"uri": str(COCO), "name": "a", "loop": 1}) == "a"   # a removed name is free again
+        assert plane.recycles == 1 and plane.life_left == 0
+        assert list(plane.streams.entries) == ["coco", "b", "a"]
+        assert plane.pipeline.streams == ["coco", "b", "a"] and plane.engine.running
+        with pytest.raises(ConfigError, match="no such file"):            # it cannot start with the new one:
+            plane.recycle({"uri": str(tmp_path / "missing"), "name": "x"})  # it starts without it
+        assert plane.engine.running and list(plane.streams.entries) == ["coco", "b", "a"]
+    finally:
+        plane.stop()
+    assert leftovers(engine_env["OVSTREAM_TAG"]) == []

@@ -57,6 +57,7 @@ def sample(root: psutil.Process) -> dict:
 def churn(cycles: int, images: Path, model: str, out: Path, progress: Callable[[str], None]) -> dict:
     """Run the soak (see the module docstring); its figures."""
     out.mkdir(parents=True, exist_ok=True)
+    (out / "run" / "streams.json").unlink(missing_ok=True)      # a fresh service, not the last one resumed
     config = out / "serve.toml"
     config.write_text(f"""
 [model]
