@@ -494,7 +494,8 @@ class CaptureSource(Source):
                     self.reconnecting = True
                     if failures == self._attempts:
                         self.reconnecting = False
-                        self.failed = f"stream lost: {redact_uri(self.uri)} (gave up after {failures} reconnect attempts)"
+                        self.failed = (f"stream lost: {redact_uri(self.uri)} (gave up after {failures} "
+                                       "reconnect attempts)")
                         yield SourceItem(i, self.uri, i, None, self.failed)
                         return
                     delay = min(BACKOFF_START_S * 2 ** failures, BACKOFF_MAX_S)
