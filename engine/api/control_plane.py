@@ -25,6 +25,7 @@ from engine.api.streams_state import FILE, StreamsState
 from engine.api.uri_policy import UriRefused, check_uri
 from engine.config import MAX_STREAMS, RunConfig, redact_uri
 from engine.core.errors import ConfigError
+from engine.io.run_folder import OutputDir
 from engine.observe.exporter import SnapshotCollector
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,20 @@ def read_token(cfg: RunConfig) -> str:
         raise ConfigError(f"[serve] host = {cfg.serve.host} is reachable from other machines: set a token "
                           f"([serve] token_file or ${TOKEN_ENV})")
     return token
+
+
+def keep_previous(folder: Path) -> None:
+    """A run truncates ``results.jsonl`` and rewrites ``report.json``; a service that starts again
+    (restarted, or its pipeline recycled) keeps the last ones as ``results.N.jsonl`` / ``report.N.json``."""
+    names = (("results", ".jsonl"), ("report", ".json"))
+    with OutputDir(folder, reserve_report=False):      # never while another run owns the folder (one line)
+        n = 1
+        while any((folder / f"{stem}.{n}{suffix}").exists() for stem, suffix in names):
+            n += 1
+        for stem, suffix in names:
+            path = folder / f"{stem}{suffix}"
+            if path.is_file() and path.stat().st_size:
+                path.rename(folder / f"{stem}.{n}{suffix}")
 
 
 class ControlPlane:
@@ -97,6 +112,7 @@ class ControlPlane:
                               f"{self.cfg.serve.max_streams}")
 
     def start(self) -> None:
+        keep_previous(Path(self.cfg.output.dir))
         self.engine.start()
         for src in self.pipeline.config.sources:          # resolved: each with its name
             self.streams.entries[src.name] = {k: v for k, v in src.to_dict().items() if k != "start"}

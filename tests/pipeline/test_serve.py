@@ -155,6 +155,12 @@ def test_streams_over_http_checked_guarded_and_resumed(engine_env, tmp_path):
     with serving(config, env) as (url, proc), httpx.Client(base_url=url, headers=auth, timeout=60) as http:
         assert [s["name"] for s in http.get("/streams").json()] == ["coco", "kept"]
         assert http.get("/streams/kept").json()["entry"]["max_fps"] == 5
+        assert (tmp_path / "out" / "results.1.jsonl").stat().st_size > 0      # the first run's results, kept
+        second = subprocess.run(ovstream_command("serve", str(config)), cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=120)           # the same output folder: refused, nothing moved
+        assert second.returncode == 2 and "in use by another ovstream run" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert (tmp_path / "out" / "results.jsonl").exists() and not (tmp_path / "out" / "results.2.jsonl").exists()
         # a stage that dies is restarted as in a run; the service stays up and is ready again
         wait_for(lambda: http.get("/readyz").status_code == 200)
         post = next(p for p in http.get("/status").json()["processes"] if p["role"] == "postprocessor")
