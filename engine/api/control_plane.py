@@ -127,6 +127,11 @@ class ControlPlane:
             self.live = None
         self.engine.stop()
 
+    def stopping(self) -> None:
+        """The server has been told to stop: live views end, so it need not cut them off."""
+        if self.live is not None:
+            self.live.end_viewers()
+
     @property
     def life_left(self) -> int:
         """Streams the pipeline can still take over its life."""

@@ -51,6 +51,7 @@ class LiveView:
         self.figures: dict[str, ViewFigures] = {}
         self._changes: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()   # (subscribe?, stream)
         self._closed = threading.Event()
+        self._ending = threading.Event()       # the server is stopping: viewers' streams end
         self._thread = threading.Thread(target=self._run, name="ovstream-view", daemon=True)
         self._thread.start()
 
@@ -64,7 +65,7 @@ class LiveView:
             if figures.viewers == 1:
                 self._changes.put((True, stream))
         try:
-            while not self._closed.is_set():
+            while not self._ending.is_set():
                 try:
                     yield await asyncio.wait_for(viewer.frames.get(), 1.0)
                 except asyncio.TimeoutError:
@@ -76,7 +77,12 @@ class LiveView:
                 if figures.viewers == 0:
                     self._changes.put((False, stream))
 
+    def end_viewers(self) -> None:
+        """End every viewer's stream (within a second): the server is stopping."""
+        self._ending.set()
+
     def close(self) -> None:
+        self._ending.set()
         self._closed.set()
         self._thread.join(timeout=2)
         self._socket.close(0)

@@ -10,6 +10,10 @@ import argparse
 import signal
 import socket
 import sys
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
 
 from engine.config import RunConfig, load_config
 from engine.config.options import overrides_from
@@ -45,6 +49,18 @@ def _config(args: argparse.Namespace) -> RunConfig:
     return load_config(args.config, overrides, detect=detect_model)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also tells ``on_stop`` when a signal stops it."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_stop = on_stop
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_stop()
+        super().handle_exit(sig, frame)
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -60,7 +76,6 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def main(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from engine.api.control_plane import ControlPlane, read_token
     from engine.api.http_app import create_app
@@ -80,8 +95,8 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         for sig in (signal.SIGINT, signal.SIGTERM):    # uvicorn's own handlers stop it; once it has
             signal.signal(sig, lambda *_: None)        # stopped, the signal it passes on is done with
-        server = uvicorn.Server(uvicorn.Config(create_app(plane), log_level="warning", access_log=False,
-                                               timeout_graceful_shutdown=GRACE_S, lifespan="off"))
+        server = _Server(uvicorn.Config(create_app(plane), log_level="warning", access_log=False,
+                                        timeout_graceful_shutdown=GRACE_S, lifespan="off"), plane.stopping)
         server.run(sockets=[sock])
     finally:
         plane.stop()
