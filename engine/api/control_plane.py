@@ -183,6 +183,13 @@ class ControlPlane:
                                 "allows: remove one first")
         return {**body, "uri": uri}
 
+    def forget(self, name: str) -> None:
+        """A removed stream leaves the list (and streams.json); what is kept of it goes."""
+        self.streams.drop(name)
+        self.engine.latest.pop(name, None)
+        if self.live is not None:
+            self.live.figures.pop(name, None)
+
     def require(self, name: str) -> None:
         if name not in self.streams.entries:
             raise ApiError(404, f"no open stream named '{name}'")

@@ -150,7 +150,7 @@ def create_app(service: ControlPlane) -> FastAPI:
                 await in_engine(lambda pipe: pipe.remove_source(name))
             except ConfigError as exc:
                 raise HTTPException(404, str(exc)) from None
-            service.streams.drop(name)
+            service.forget(name)
         return {"name": name, "removed": True}
 
     @app.get("/status", summary="The run's snapshot (what report.json holds), and the live view's figures")

@@ -107,7 +107,7 @@ class LiveView:
 
     def _hand(self, viewer: _Viewer, jpeg: bytes) -> None:
         """In the viewer's event loop: the newest frame replaces one not taken yet (counted)."""
-        figures = self.figures[viewer.stream]
+        figures = self.figures.setdefault(viewer.stream, ViewFigures())
         if viewer.frames.full():
             viewer.frames.get_nowait()
             figures.dropped += 1
