@@ -15,11 +15,13 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.api.control_plane import ApiError, ControlPlane
@@ -27,6 +29,7 @@ from engine.api.live import BOUNDARY, mjpeg_part
 from engine.config import SourceConfig
 from engine.core.errors import ConfigError, PipelineError
 
+COOKIE = "ovstream_token"     # the web page's copy of the token, for reads only (see BearerToken)
 CALL_TIMEOUT_S = 40.0       # above the pipeline's own request timeout (30 s)
 PAGE = Path(__file__).with_name("index.html")
 
@@ -72,16 +75,26 @@ def _too_large(limit: int) -> JSONResponse:
 
 
 class BearerToken:
-    """ASGI middleware: with a token set, every request must carry ``Authorization: Bearer TOKEN``."""
+    """ASGI middleware: with a token set, every request must carry ``Authorization: Bearer TOKEN``.
+
+    A browser's ``<img>`` cannot send that header, so reads (GET, HEAD) also take the token as the
+    cookie :data:`COOKIE` (the web page sets it, ``SameSite=Strict``); a change (POST, DELETE) needs
+    the header, so no other site can make a browser change anything. The page itself (``GET /``,
+    static, no figures) is served to anyone, so it can ask for the token."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+        if scope["type"] == "http" and not (scope["method"] == "GET" and scope["path"] == "/"):
+            headers = dict(scope["headers"])
+            given = headers.get(b"authorization", b"")
+            ok = hmac.compare_digest(given, b"Bearer " + self.token)
+            if not ok and scope["method"] in ("GET", "HEAD"):
+                cookie = unquote(cookie_parser(headers.get(b"cookie", b"").decode("latin-1")).get(COOKIE, ""))
+                ok = hmac.compare_digest(cookie.encode(), self.token)
+            if not ok:
                 await JSONResponse({"detail": "a bearer token is required (Authorization: Bearer TOKEN)"},
                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
                 return

@@ -192,11 +192,15 @@ def test_the_web_page_shows_live_annotated_frames_and_the_status_figures(engine_
 
     browser_path = chromium()
     config = write_config(tmp_path / "serve.toml", tmp_path / "out", roots=[COCO.parent], max_streams=3)
-    with serving(config, engine_env) as (url, proc), httpx.Client(base_url=url, timeout=60) as http, \
+    env = dict(engine_env, OVSTREAM_TOKEN=TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with serving(config, env) as (url, proc), httpx.Client(base_url=url, headers=auth, timeout=60) as http, \
             sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(url + "/")
+        page.fill("#token", TOKEN)            # the page asks for the token once; reads then carry it
+        page.click("#login button")
         image = page.locator("#stream-coco img")
         page.wait_for_function("document.querySelector('#stream-coco img')?.naturalWidth > 0", timeout=60_000)
         first = image.screenshot()

@@ -61,23 +61,23 @@ class _Client:
     def __init__(self, app: Starlette) -> None:
         self.app = app
 
-    def request(self, method: str, **kwargs: object) -> httpx.Response:
+    def request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         async def go() -> httpx.Response:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://t") as c:
-                return await c.request(method, "/", **kwargs)  # type: ignore[arg-type]
+                return await c.request(method, path, **kwargs)  # type: ignore[arg-type]
         return asyncio.run(go())
 
-    def get(self, _path: str, **kwargs: object) -> httpx.Response:
-        return self.request("GET", **kwargs)
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
 
-    def post(self, _path: str, **kwargs: object) -> httpx.Response:
-        return self.request("POST", **kwargs)
+    def post(self, path: str, **kwargs: object) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
 
 
 def _client(**guards: object) -> _Client:
     async def echo(request: Request) -> PlainTextResponse:
         return PlainTextResponse(str(len(await request.body())))
-    app = Starlette(routes=[Route("/", echo, methods=["GET", "POST"])])
+    app = Starlette(routes=[Route(path, echo, methods=["GET", "POST"]) for path in ("/", "/x")])
     app.add_middleware(BodyLimit, limit=100)
     if guards.get("token"):
         app.add_middleware(BearerToken, token=guards["token"])
@@ -86,21 +86,28 @@ def _client(**guards: object) -> _Client:
 
 def test_a_body_over_the_limit_is_413_with_or_without_its_length():
     client = _client()
-    assert client.post("/", content=b"x" * 100).text == "100"
-    assert client.post("/", content=b"x" * 101).status_code == 413
+    assert client.post("/x", content=b"x" * 100).text == "100"
+    assert client.post("/x", content=b"x" * 101).status_code == 413
     async def chunks():                                     # no Content-Length: counted as it arrives
         for _ in range(3):
             yield b"x" * 60
-    too_long = client.post("/", content=chunks())
+    too_long = client.post("/x", content=chunks())
     assert too_long.status_code == 413 and "max_body_bytes" in too_long.json()["detail"]
 
 
-def test_with_a_token_every_request_needs_it():
-    client = _client(token="t0k")
-    assert client.get("/").status_code == 401
-    assert client.get("/", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert client.get("/", headers={"Authorization": "t0k"}).status_code == 401
-    assert client.get("/", headers={"Authorization": "Bearer t0k"}).status_code == 200
+def test_with_a_token_every_request_needs_it_and_the_page_cookie_only_reads():
+    client = _client(token="t0k/+")
+    assert client.get("/x").status_code == 401
+    assert client.get("/x", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/x", headers={"Authorization": "t0k/+"}).status_code == 401
+    assert client.get("/x", headers={"Authorization": "Bearer t0k/+"}).status_code == 200
+    assert client.post("/x", headers={"Authorization": "Bearer t0k/+"}).status_code == 200
+    cookie = {"Cookie": "ovstream_token=t0k%2F%2B"}                   # as the page sets it (URI-encoded)
+    assert client.get("/x", headers=cookie).status_code == 200
+    assert client.post("/x", headers=cookie).status_code == 401      # a change needs the header
+    assert client.get("/x", headers={"Cookie": "ovstream_token=t0k"}).status_code == 401
+    assert client.get("/").status_code == 200                         # the page (no figures) asks for it
+    assert client.post("/").status_code == 401
 
 
 def test_the_saved_stream_list_round_trips_and_a_broken_one_is_one_line(tmp_path):
