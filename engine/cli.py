@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("engine.tools.modeltools.evaluate", "accuracy: top-1/top-5, COCO mAP, or agreement of two models"),
     "train-mnist": ("engine.tools.modeltools.mnist", "train the codelab's MNIST CNN in TF2 and run it on OpenVINO"),
     "bench": ("engine.tools.bench.cli", "benchmarks: codelab loops, benchmark_app, engine, transport"),
+    "serve": ("engine.tools.serve", "run as a service: an HTTP API to add and remove streams, health, live view"),
 }
 
 

@@ -25,6 +25,7 @@ from engine.core.results import STATUS_ERROR, Event, FrameResult, read_events, r
 from engine.io.events import EventSink
 from engine.io.sinks import ApiSink, Sink, open_sinks
 from engine.io.streams import Layout, StreamSpec
+from engine.io.view import ViewSink
 from engine.model.adapters import Adapter, create_adapter
 from engine.observe.metrics import analytics_key, stream_key
 from engine.protocol.channels import pending
@@ -189,6 +190,8 @@ class Postprocessor(StageLoop):
             with output_errors(cfg.output.dir):
                 rebuild_tracks(self.tracking, out_dir / "results.jsonl", known,
                                [s for s in self.sinks if isinstance(s, EventSink)])
+        if "view" in ctx.endpoints and cfg.output.view_fps:            # ovstream serve's live view
+            self.sinks.append(ViewSink(ctx.endpoints["view"], cfg.output.view_fps))
         if ctx.generation > 0 and cfg.output.jsonl:     # what the previous postprocessor held undelivered
             replay(out_dir / "results.jsonl", ctx.replay_from, [s for s in self.sinks if s.replays])
             if events:
@@ -211,6 +214,8 @@ class Postprocessor(StageLoop):
         spec = StreamSpec(**msg.stream_fields())
         if spec.sid == len(self.streams.names):
             self.streams.add(spec)
+            if spec.sid == len(self.layout.streams):      # its decoder: where its raw slots go back
+                self.layout.streams.append(spec)
             self.stage.declare(*(stream_key(name, spec.sid) for name in ("results", "errors", "duplicates")))
             if self.outlet is not None:
                 self.outlet.reopen()

@@ -123,8 +123,11 @@ class Pipeline:
     """
 
     def __init__(self, config: str | Path | RunConfig | dict | None = None, *, max_streams: int = 0,
-                 **options: Any) -> None:
+                 persistent: bool = False, view: bool = False, **options: Any) -> None:
         self.config = build_config(config, **options)
+        self.persistent = persistent    # a service's: it runs on after every stream ended, until closed
+        self.view = view                # the postprocessor publishes [output] view_fps JPEGs on view_endpoint
+        self.view_endpoint = ""
         self.streams: list[str] = [s.name for s in self.config.sources]
         # streams open at once, counting those added later (raw slots are set aside for them)
         self.max_streams = max_streams or len(self.streams) + SPARE_STREAMS
@@ -162,10 +165,13 @@ class Pipeline:
         control = self._run_dir.endpoint("api-control")
         self._results = make_socket(self._zmq, zmq.PULL, bind=results, hwm=1000)
         self._control = make_socket(self._zmq, zmq.DEALER, bind=control, hwm=10_000)
+        if self.view:
+            self.view_endpoint = self._run_dir.endpoint("api-view")
         spec_path = self._run_dir.path / "pipeline.json"
         spec_path.write_text(json.dumps({"config": self.config.to_dict(), "results": results, "control": control,
                                          "owner_pid": os.getpid(), "max_streams": self.max_streams,
-                                         "log_level": stage_level()}),
+                                         "log_level": stage_level(), "persistent": self.persistent,
+                                         "view": self.view_endpoint}),
                              encoding="utf-8")
         try:
             with open(logs / "supervisor.log", "ab") as log_file:

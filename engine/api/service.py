@@ -43,7 +43,7 @@ def _serve(cfg: RunConfig, spec: dict, link: ServiceLink, launcher: Launcher) ->
     from engine.control.supervisor import Supervisor  # imported after the inference workers were started
 
     supervisor = Supervisor(cfg, dashboard=False, link=link, max_streams=int(spec.get("max_streams", 0)),
-                            launcher=launcher)
+                            launcher=launcher, persistent=bool(spec.get("persistent")))
     try:
         with OutputDir(cfg.output.dir, reserve_report=cfg.output.report) as output:
             outcome = supervisor.run()
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
         spec = json.load(fh)
     configure_stage("supervisor", int(spec.get("log_level", logging.INFO)))   # into logs/supervisor.log
     context = zmq.Context()
-    link = ServiceLink(context, spec["control"], spec["results"], int(spec["owner_pid"]))
+    link = ServiceLink(context, spec["control"], spec["results"], int(spec["owner_pid"]), spec.get("view", ""))
     try:
         try:
             outcome = serve(spec, link)

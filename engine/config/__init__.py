@@ -45,20 +45,22 @@ from engine.config.schema import (
                                   PreprocessConfig,
                                   RunConfig,
                                   Section,
+                                  ServeConfig,
                                   SourceConfig,
                                   TrackingConfig,
                                   ZoneConfig,
                                   channels_of,
                                   check_classes,
 )
-from engine.config.streams import is_live_uri, resolve_streams, stream_name
+from engine.config.streams import is_live_uri, redact_uri, resolve_streams, stream_name
 from engine.config.tomlfile import merge_tables, read_toml, tomllib
 
 __all__ = [
     "ADAPTERS", "CACHE_WORDS", "MAX_BATCH", "MAX_FRAME_SIDE", "MAX_NIREQ", "MAX_SLOTS", "MAX_STREAMS",
     "MODEL_SUFFIXES", "ClusterConfig", "DashboardConfig", "InferenceConfig", "LineConfig", "MetricsConfig",
     "ModelConfig", "ModelDetector", "MqttConfig", "OutputConfig", "PipelineConfig", "PreprocessConfig", "RunConfig",
-    "Section", "SourceConfig", "TrackingConfig", "ZoneConfig", "anchor_paths", "channels_of", "check_classes",
-    "explain", "find_model", "find_model_file", "is_live_uri", "load_config", "load_registry", "merge_tables",
-    "model_from_file", "read_labels", "read_toml", "resolve_model", "resolve_streams", "stream_name", "tomllib",
+    "Section", "ServeConfig", "SourceConfig", "TrackingConfig", "ZoneConfig", "anchor_paths", "channels_of",
+    "check_classes", "explain", "find_model", "find_model_file", "is_live_uri", "load_config", "load_registry",
+    "merge_tables", "model_from_file", "read_labels", "read_toml", "redact_uri", "resolve_model", "resolve_streams",
+    "stream_name", "tomllib",
 ]

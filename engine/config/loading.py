@@ -37,7 +37,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
 
 CACHE_WORDS = ("auto", "off", "none", "false", "")     # [inference] cache_dir values that are not folders
 _INPUT_PATHS = (("model", "path"), ("model", "labels"), ("inference", "cache_dir"),
-                ("output", "mqtt", "ca"), ("output", "mqtt", "cert"), ("output", "mqtt", "key"))
+                ("output", "mqtt", "ca"), ("output", "mqtt", "cert"), ("output", "mqtt", "key"),
+                ("serve", "token_file"))
 
 
 def anchor_paths(data: dict, base: Path, writes_to_cwd: bool = False) -> dict:
@@ -60,6 +61,9 @@ def anchor_paths(data: dict, base: Path, writes_to_cwd: bool = False) -> dict:
             continue                                # auto / off: not a folder
         if node is not None and isinstance(node.get(key), str) and node[key]:
             node[key] = str(paths.resolve(node[key], base))
+    serve = table("serve")
+    if serve is not None and isinstance(serve.get("roots"), list):      # folders: from base, as they are named
+        serve["roots"] = [str(base / Path(r).expanduser()) if isinstance(r, str) and r else r for r in serve["roots"]]
     output = table("output")
     if output is not None and isinstance(output.get("dir"), str) and output["dir"]:
         output["dir"] = str((Path.cwd() if writes_to_cwd else base) / Path(output["dir"]).expanduser())

@@ -33,6 +33,8 @@ Resize = Literal[RESIZE_MODES]  # type: ignore[valid-type]   # letterbox | lette
 Interpolation = Literal[("auto", *INTERPOLATIONS)]  # type: ignore[valid-type]
 Color = Literal["RGB", "BGR", "GRAY"]
 Live = Literal["auto", "yes", "no"]
+Scheme = Literal["rtsp", "rtsps", "http", "https", "device"]
+STREAM_SCHEMES: tuple[Scheme, ...] = ("rtsp", "rtsps", "http", "https")
 
 # Engine limits.
 MAX_BATCH = 256
@@ -222,13 +224,15 @@ class OutputConfig(Section):
     report: bool = True
     status: bool = False          # status.json: the report so far, rewritten every 0.5 s while running
     snapshots: bool = False       # [tracking] events: snapshots/<stream>/<event>.jpg, the track's best-scoring frame
+    view_fps: float = Field(0.0, ge=0, le=60)   # set by ovstream serve from [serve] view_fps: annotated JPEGs
+    # per second per watched stream, drawn only while someone watches (0: no live view)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
     @property
     def annotated(self) -> bool:
-        """Whether frames are drawn on (annotated images, video or event snapshots): the stages then keep
-        each frame's pixels, at full resolution, for the postprocessor."""
-        return self.images or self.video or self.snapshots
+        """Whether frames are drawn on (annotated images, video, event snapshots or the live view): the
+        stages then keep each frame's pixels, at full resolution, for the postprocessor."""
+        return self.images or self.video or self.snapshots or self.view_fps > 0
 
 
 Coordinate = Annotated[float, Field(ge=0, le=MAX_FRAME_SIDE)]
@@ -342,6 +346,22 @@ class MetricsConfig(Section):
     linger_s: float = Field(0.0, ge=0, le=3600)   # keep serving this long after the run, for a last scrape
 
 
+class ServeConfig(Section):
+    """``[serve]``: ``ovstream serve``'s HTTP API (docs/serve.md)."""
+
+    host: NonEmpty = "127.0.0.1"      # loopback only unless set; any other address needs a token
+    port: int = Field(8080, ge=0, le=65535)   # 0: any free port (printed at start)
+    token_file: str = ""    # a file holding the bearer token every request must carry (env OVSTREAM_TOKEN wins)
+    roots: list[NonEmpty] = Field(default_factory=list)   # folders the file uris of POST /streams must be under
+    schemes: list[Scheme] = Field(default_factory=lambda: list(STREAM_SCHEMES))  # what POST /streams opens:
+    # stream URLs of these schemes, and with "device", this machine's cameras
+    max_streams: int = Field(8, ge=1, le=MAX_STREAMS)     # streams open at once; one more is a 409
+    max_body_bytes: int = Field(16384, ge=256, le=1 << 20)   # a larger request body is a 413
+    view_fps: float = Field(5.0, ge=0, le=60)   # GET /streams/{name}/video.mjpg: frames per second per watched
+    # stream (0: no live view, and the stages keep no frame's pixels for it)
+    state: bool = True                # keep the stream list in <output dir>/streams.json and resume it at start
+
+
 _CLUSTER_ADDRESS = re.compile(r"^(|auto|(ray://)?[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})$")
 
 
@@ -374,6 +394,7 @@ class RunConfig(Section):
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")
     def _across_sections(self) -> RunConfig:

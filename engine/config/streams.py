@@ -21,6 +21,15 @@ def is_live_uri(uri: str) -> bool:
         or uri.lower().startswith(STREAM_SCHEMES)
 
 
+_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/@]*@")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with the password of its user info hidden (``rtsp://user:***@host/...``): how a uri is
+    logged and shown."""
+    return _PASSWORD.sub(r"\1:***@", uri)
+
+
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -42,6 +42,7 @@ class Accounting:
         self.ledgers.append(FrameLedger.from_ranges([[0, first]] if first else []))
         self.acked.append([0, 0])
         self.metrics.add_stream(spec.name, spec.uri, spec.kind, first=first)
+        self.finished = False                   # (a service's pipeline takes streams after every one ended)
 
     def completed(self, streams: list[int]) -> dict[str, list[list[int]]]:
         """The id ranges written of ``streams``, as a stage context carries them."""

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-from engine.config import RunConfig, stream_name
+from engine.config import RunConfig, redact_uri, stream_name
 from engine.config.streams import is_live_uri
 from engine.control.accounting import Accounting
 from engine.control.lifecycle import RunState
@@ -54,8 +54,9 @@ class StreamChanges:
     Commands go out through ``send``; ``state`` gives the generation they carry."""
 
     def __init__(self, cfg: RunConfig, layout: Layout, link: ServiceLink | None, accounting: Accounting,
-                 send: Callable[[str, Message], None], state: RunState) -> None:
+                 send: Callable[[str, Message], None], state: RunState, persistent: bool = False) -> None:
         self.cfg = cfg
+        self.persistent = persistent             # a service: streams may be added after every one ended
         self.layout = layout
         self.link = link
         self.accounting = accounting
@@ -115,7 +116,7 @@ class StreamChanges:
         """Validate a new stream, give it a slot range and a decoder, and tell the preprocessor and
         postprocessor; its decoder opens it once both know it (so no frame of it can arrive
         before they do). Returns its name."""
-        if self.accounting.finished:
+        if self.accounting.finished and not self.persistent:
             raise ConfigError("the pipeline has ended: every stream is done")
         if not isinstance(entry.get("uri"), str):
             raise ConfigError("add_source needs a uri")
@@ -140,7 +141,7 @@ class StreamChanges:
         self.adding[spec.sid] = {"preprocessor", "postprocessor"}
         for name in self.adding[spec.sid]:
             self.send(name, AddStreamMsg(**_stream_fields(spec), generation=self.state.generation))
-        log.info("stream %s added (%s, %s)", spec.name, spec.uri, self.layout.decoder_name(spec.decoder))
+        log.info("stream %s added (%s, %s)", spec.name, redact_uri(spec.uri), self.layout.decoder_name(spec.decoder))
         return spec.name
 
     def _remove_source(self, name: str) -> str:

@@ -88,9 +88,11 @@ class Supervisor:
     """Runs one pipeline to completion (or interruption)."""
 
     def __init__(self, cfg: RunConfig, dashboard: bool = True, duration_s: float = 0.0,
-                 link: ServiceLink | None = None, max_streams: int = 0, launcher: Launcher | None = None) -> None:
+                 link: ServiceLink | None = None, max_streams: int = 0, launcher: Launcher | None = None,
+                 persistent: bool = False) -> None:
         self.cfg = cfg
         self.link = link            # a library pipeline (engine/api/pipeline.py) that owns this run
+        self.persistent = persistent and link is not None   # a service's: runs on after every stream ended
         self.launcher = launcher or Launcher()     # the caller's may hold inference workers started ahead
         sources = len(cfg.streams)
         info, batch = preflight(cfg, streams_may_join=max_streams > sources)   # batch: chosen when 0
@@ -109,7 +111,8 @@ class Supervisor:
         self.state = RunState()
         self.accounting = Accounting(self.layout, cfg.streams, self.metrics)
         self.channel = ControlChannel(self._on_message)     # bound once the run's directory exists
-        self.changes = StreamChanges(cfg, self.layout, link, self.accounting, self.channel.send, self.state)
+        self.changes = StreamChanges(cfg, self.layout, link, self.accounting, self.channel.send, self.state,
+                                    persistent=self.persistent)
         self.link_commands: dict[type[Message], Callable[[Any], None]] = {   # the library link's, by type
             StopRunMsg: self._on_stop_run, SeenMsg: self._on_seen, DrainedMsg: self._on_drained,
             AddSourceMsg: self.changes.request, RemoveSourceMsg: self.changes.request}
@@ -152,6 +155,8 @@ class Supervisor:
         post = child.role == "postprocessor"
         if self.link is not None and post:
             endpoints["api"] = self.link.results_endpoint
+            if self.link.view_endpoint:
+                endpoints["view"] = self.link.view_endpoint
         return StageContext(
             role=child.role, name=child.name, generation=self.state.generation,
             endpoints=endpoints, pools=space.pools, config=self.cfg, input=self.model_input,
@@ -238,7 +243,10 @@ class Supervisor:
 
     def _done(self) -> bool:
         """Every stream has ended and, for a library pipeline, its iterator holds every result
-        (the postprocessor keeps handing them over until then)."""
+        (the postprocessor keeps handing them over until then). A persistent (service) pipeline
+        is never done: it runs until it is stopped."""
+        if self.persistent:
+            return False
         return self.accounting.finished and (self.link is None or self.link.drained >= len(self.layout.streams))
 
     # ---- the run ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from engine.config import SourceConfig
-from engine.config.streams import is_live_uri
+from engine.config.streams import is_live_uri, redact_uri
 from engine.core import paths
 from engine.core.errors import ConfigError
 
@@ -484,7 +484,7 @@ class CaptureSource(Source):
         if cap is None:
             why = ("camera (no such device, or busy)" if self.uri.isdigit() or self.uri.startswith("/dev/")
                    else f"stream (refused, no answer within {OPEN_TIMEOUT_S:g} s, or not a video)")
-            self.failed = f"cannot open {why}: {self.uri}"
+            self.failed = f"cannot open {why}: {redact_uri(self.uri)}"
             yield SourceItem(0, self.uri, 0, None, self.failed)
             return
         i = failures = 0
@@ -494,12 +494,13 @@ class CaptureSource(Source):
                     self.reconnecting = True
                     if failures == self._attempts:
                         self.reconnecting = False
-                        self.failed = f"stream lost: {self.uri} (gave up after {failures} reconnect attempts)"
+                        self.failed = (f"stream lost: {redact_uri(self.uri)} (gave up after {failures} "
+                                       "reconnect attempts)")
                         yield SourceItem(i, self.uri, i, None, self.failed)
                         return
                     delay = min(BACKOFF_START_S * 2 ** failures, BACKOFF_MAX_S)
                     failures += 1
-                    self._note(f"{self.uri}: stream lost, reconnect attempt {failures}/{self._attempts} "
+                    self._note(f"{redact_uri(self.uri)}: stream lost, reconnect attempt {failures}/{self._attempts} "
                                f"in {delay:g} s")
                     if self._closed.wait(delay):
                         return

@@ -45,9 +45,10 @@ API_REPLIES: tuple[type[Message], ...] = (StartedMsg, SnapshotMsg, RequestDoneMs
 class ServiceLink:
     """Commands in, snapshots / answers / outcome out; ``orphaned`` once the API's process is gone."""
 
-    def __init__(self, context: zmq.Context, control: str, results: str, owner_pid: int) -> None:
+    def __init__(self, context: zmq.Context, control: str, results: str, owner_pid: int, view: str = "") -> None:
         self.socket = make_socket(context, zmq.DEALER, connect=control, hwm=10_000)
         self.results_endpoint = results
+        self.view_endpoint = view     # where the postprocessor sends a service's live view ("": none)
         self.owner_pid = owner_pid
         self.drained = -1     # the API has every record of this many streams (their end marker)
 

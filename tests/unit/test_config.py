@@ -173,6 +173,17 @@ MALFORMED = [
     ("cluster", "per_stream", "0", "> 0"),
     ("cluster", "per_stream", "nan", "finite"),
     ("cluster", "max_moves", "-1", "from 0 to 1000"),
+    # [serve]
+    ("serve", "host", "''", "a non-empty string"),
+    ("serve", "port", "70000", "from 0 to 65535"),
+    ("serve", "token_file", "1", "a string"),
+    ("serve", "roots", "'/srv'", "a list"),
+    ("serve", "schemes", "['ftp']", "each one of 'rtsp', 'rtsps', 'http', 'https', 'device'"),
+    ("serve", "max_streams", "0", "from 1 to 256"),
+    ("serve", "max_body_bytes", "10", "from 256 to 1048576"),
+    ("serve", "view_fps", "61", "from 0 to 60"),
+    ("serve", "state", "'yes'", "true or false"),
+    ("output", "view_fps", "-1", "from 0 to 60"),
     # [dashboard]
     ("dashboard", "enabled", "'off'", "true or false"),
     ("dashboard", "refresh_hz", "-1", "from 0.5 to 60"),

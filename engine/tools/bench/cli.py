@@ -15,7 +15,8 @@ micro-benchmark, ``--soak N`` a memory soak of N frames. Results: OUT/bench.json
 (:mod:`engine.tools.bench.versus`): whole job, time to first result, steady state and a CPU profile per
 process: OUT/versus.json. ``--density`` instead measures how many real-time streams the engine, separate
 engine processes and a threaded single-process loop sustain (:mod:`engine.tools.bench.density`):
-OUT/density.json, OUT/density.png.
+OUT/density.json, OUT/density.png. ``--churn N`` instead runs ``ovstream serve`` through N stream add/remove
+cycles over HTTP (:mod:`engine.tools.bench.churn`): RSS and open files before and after, OUT/churn.json.
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", action="store_true", help="one-hop transport micro-benchmark")
     parser.add_argument("--transport-scale", type=float, default=1.0, help="scale the transport frame counts")
     parser.add_argument("--soak", type=int, metavar="N", default=0, help="memory soak over N frames of video")
+    parser.add_argument("--churn", type=int, metavar="N", default=0,
+                        help="ovstream serve through N stream add/remove cycles: RSS and open files before/after")
     parser.add_argument("--density", action="store_true",
                         help="streams sustained in real time: engine vs separate processes vs threaded loop")
     parser.add_argument("--versus", action="store_true",
@@ -150,6 +153,8 @@ class Bench:
     def run(self) -> int:
         args = self.args
         self.result["machine"] = machine_info()
+        if args.churn:
+            return self._churn()
         if args.density:
             return self._density()
         if args.versus:
@@ -337,6 +342,23 @@ class Bench:
         result["frames"] = VIDEO_FRAMES * loop
         result["video"] = str(video)
         return result
+
+    def _churn(self) -> int:
+        from engine.tools.bench.churn import churn
+
+        result = churn(self.args.churn, self.images_dir, self.model_arg, self.out / "churn", self.progress)
+        result["machine"] = self.result.get("machine")
+        (self.out / "churn.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        b, a = result["before"], result["after"]
+        self.console.print(f"[bold]churn[/bold]: {result['cycles']} add/remove cycles in {result['seconds']} s, "
+                           f"{result['failed']} failed, {result['recycles']} pipeline restarts; RSS "
+                           f"{b['rss_mib']} → {a['rss_mib']} MiB, open files {b['fds']} → {a['fds']}; "
+                           f"exit code {result['exit_code']}", highlight=False)
+        for name, row in a["processes"].items():
+            was = b["processes"].get(name, {})
+            self.console.print(f"  {name:<14} RSS MiB {was.get('rss_mib', '—')} → {row['rss_mib']}  "
+                               f"fds {was.get('fds', '—')} → {row['fds']}", highlight=False)
+        return 1 if result["failed"] or result["exit_code"] else 0
 
     def _density(self) -> int:
         from engine.tools.bench.bound import measure_bound
