@@ -23,7 +23,7 @@ from engine.core.errors import OutputError
 from engine.core.geometry import Geometry
 from engine.core.results import STATUS_ERROR, Event, FrameResult, read_events, read_results
 from engine.io.events import EventSink
-from engine.io.sinks import ApiSink, Sink, open_sinks
+from engine.io.sinks import ApiSink, Shape, Sink, open_sinks
 from engine.io.streams import Layout, StreamSpec
 from engine.io.view import ViewSink
 from engine.model.adapters import Adapter, create_adapter
@@ -176,12 +176,12 @@ class Postprocessor(StageLoop):
                          for d in range(layout.decoders)] if keep_raw else []
         self.inputs = self.socket(zmq.PUSH, connect=ctx.endpoints["inputs"])
         events = cfg.tracking.enabled and cfg.tracking.events
+        shapes: list[Shape] = [*cfg.tracking.lines, *cfg.tracking.zones] if cfg.tracking.enabled else []
         out_dir = Path(cfg.output.dir)
         with output_errors(cfg.output.dir):
             known = EventSink.recover(out_dir / "events.jsonl") if events and ctx.generation > 0 else set()
             self.sinks = open_sinks(cfg.output, resume=ctx.generation > 0, streams=[s.name for s in layout.streams],
-                                    events=events, shapes=[*cfg.tracking.lines, *cfg.tracking.zones]
-                                    if cfg.tracking.enabled else [])
+                                    events=events, shapes=shapes)
         self.outlet = ApiSink(ctx.endpoints["api"]) if "api" in ctx.endpoints else None   # a library pipeline
         untracked = [s.name for s in cfg.streams if not s.track]
         own = {s.name: cfg.tracking_of(s) for s in cfg.streams if s.tracker}
@@ -191,7 +191,7 @@ class Postprocessor(StageLoop):
                 rebuild_tracks(self.tracking, out_dir / "results.jsonl", known,
                                [s for s in self.sinks if isinstance(s, EventSink)])
         if "view" in ctx.endpoints and cfg.output.view_fps:            # ovstream serve's live view
-            self.sinks.append(ViewSink(ctx.endpoints["view"], cfg.output.view_fps))
+            self.sinks.append(ViewSink(ctx.endpoints["view"], cfg.output.view_fps, shapes=shapes))
         if ctx.generation > 0 and cfg.output.jsonl:     # what the previous postprocessor held undelivered
             replay(out_dir / "results.jsonl", ctx.replay_from, [s for s in self.sinks if s.replays])
             if events:

@@ -19,7 +19,7 @@ import numpy as np
 import zmq
 
 from engine.core.results import FrameResult
-from engine.io.sinks import Sink, draw
+from engine.io.sinks import Shape, Sink, draw
 from engine.protocol.channels import make_socket
 
 JPEG_QUALITY = 80
@@ -36,11 +36,12 @@ class ViewSink(Sink):
 
     draws = True
 
-    def __init__(self, endpoint: str, fps: float, labels: Sequence[str] = ()) -> None:
+    def __init__(self, endpoint: str, fps: float, labels: Sequence[str] = (), shapes: Sequence[Shape] = ()) -> None:
         self._socket = make_socket(zmq.Context.instance(), zmq.XPUB, connect=endpoint, hwm=QUEUE)
         self._socket.setsockopt(zmq.XPUB_NODROP, 1)      # a full queue raises Again: the drop is counted
         self._interval = 1.0 / fps
         self._labels = labels
+        self._shapes = shapes            # [tracking] lines and zones, drawn as on annotated output
         self._watched: set[bytes] = set()
         self._due: dict[bytes, float] = {}
         self._published = self._dropped = 0
@@ -63,7 +64,7 @@ class ViewSink(Sink):
         if frame is None or self._socket.closed or key not in self._watched or now < self._due.get(key, 0.0):
             return
         self._due[key] = now + self._interval
-        ok, jpeg = cv2.imencode(".jpg", draw(frame, result, self._labels),
+        ok, jpeg = cv2.imencode(".jpg", draw(frame, result, self._labels, self._shapes),
                                 (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
         if not ok:
             return
