@@ -225,7 +225,9 @@ class ControlPlane:
 
     def _last_frame(self, name: str) -> dict:
         latest = self.engine.latest[name]
-        return {"frame_id": latest.frame_id, "detections": len(latest.detections or ()), "status": latest.status}
+        found = latest.detections or ()
+        return {"frame_id": latest.frame_id, "detections": len(found), "status": latest.status,
+                "tracks": sum(d.track_id is not None for d in found)}
 
     def not_ready(self) -> str:
         """Why the service is not ready ("": it is): the pipeline is down, a stage is, or an open stream failed."""

@@ -28,7 +28,8 @@ START_TIMEOUT_S = 180
 CHROMIUM = "/usr/bin/chromium"
 
 
-def write_config(path: Path, output: Path, roots: list[Path], max_streams: int = 2, **serve: object) -> Path:
+def write_config(path: Path, output: Path, roots: list[Path], max_streams: int = 2, tracking: str = "",
+                 **serve: object) -> Path:
     extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in serve.items())
     path.write_text(f"""
 [model]
@@ -40,6 +41,7 @@ loop = 1000
 max_fps = 10
 [output]
 dir = "{output}"
+{tracking}
 [serve]
 port = 0
 max_streams = {max_streams}
@@ -187,11 +189,25 @@ def chromium() -> str:
     pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
 
 
+CLIP = REPO / "data" / "clip.mp4"        # the bundled clip: pans and zooms over the sample photos (a face in one)
+TRACKING_WITH_A_ZONE = """[tracking]
+enabled = true
+[[tracking.zones]]
+name = "all"
+relative = true
+points = [[0, 0], [1, 0], [1, 1], [0, 1]]
+"""
+
+
 def test_the_web_page_shows_live_annotated_frames_and_the_status_figures(engine_env, tmp_path):
     from playwright.sync_api import sync_playwright
 
+    from engine.observe.dashboard import analytics_text
+    from engine.observe.metrics import AnalyticsRow
+
     browser_path = chromium()
-    config = write_config(tmp_path / "serve.toml", tmp_path / "out", roots=[COCO.parent], max_streams=3)
+    config = write_config(tmp_path / "serve.toml", tmp_path / "out", roots=[COCO.parent, CLIP.parent], max_streams=3,
+                          tracking=TRACKING_WITH_A_ZONE)
     env = dict(engine_env, OVSTREAM_TOKEN=TOKEN)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with serving(config, env) as (url, proc), httpx.Client(base_url=url, headers=auth, timeout=60) as http, \
@@ -214,7 +230,7 @@ def test_the_web_page_shows_live_annotated_frames_and_the_status_figures(engine_
         assert view["viewers"] >= 1 and view["frames"] >= 2
 
         # a second stream that ends: its figures are final, so the page and /status must agree exactly
-        assert http.post("/streams", json={"uri": str(COCO), "name": "short", "loop": 1}).status_code == 201
+        assert http.post("/streams", json={"uri": str(CLIP), "name": "short", "loop": 1}).status_code == 201
 
         def ended() -> dict:
             """short has ended with every frame counted"""
@@ -225,9 +241,13 @@ def test_the_web_page_shows_live_annotated_frames_and_the_status_figures(engine_
                                f" === '{row['out']}'", timeout=30_000)
         figures = "els => Object.fromEntries(els.map(e => [e.dataset.figure, e.dataset.value]))"
         shown = page.eval_on_selector_all("#stream-short [data-figure]", figures)
-        assert shown["out"] == str(row["out"]) == "100"
+        assert shown["out"] == str(row["out"]) == str(row["expected"]) == "360"
         assert shown["drops"] == str(row["drops"]) and shown["errors"] == str(row["errors"])
         assert float(shown["latency"]) == row["latency_ms"]["end_to_end"]["p50"]
+        status = http.get("/status").json()           # tracking on: the zone's counts, worded as the dashboard's
+        counts = analytics_text(tuple(AnalyticsRow(**a) for a in status["analytics"]), "short")
+        assert "all " in counts and shown["analytics"] == counts
+        assert shown["tracks"] == str(status["service"]["last_frame"]["short"]["tracks"])
         coco = page.eval_on_selector("#stream-coco [data-figure=out]", "e => Number(e.dataset.value)")
         assert 0 < coco <= http.get("/status").json()["streams"]["coco"]["out"]   # it goes on counting
         shot = tmp_path / "serve.png"
