@@ -6,8 +6,14 @@ its outputs, and every file source: a mistake is one line now instead of a dead 
 """
 from __future__ import annotations
 
-from engine.config import RunConfig, check_classes
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+
+from engine.config import LineConfig, RunConfig, ZoneConfig, check_classes
 from engine.config.streams import is_live_uri
+from engine.core.errors import ConfigError
 from engine.io.sources import open_source
 from engine.io.streams import is_live
 from engine.model.adapters import create_adapter
@@ -33,6 +39,7 @@ def preflight(cfg: RunConfig, streams_may_join: bool = False) -> tuple[InputInfo
     (``batch = 0``: one when ``streams_may_join``, as a library pipeline's camera may)."""
     core = ov.Core()
     check_classes(cfg.tracking, cfg.model.labels if isinstance(cfg.model.labels, list) else [])
+    check_shapes_fit(cfg)
     check_devices(core, cfg.inference.devices)
     for device in cfg.inference.devices:
         check_properties(core, cfg.inference, device)
@@ -67,6 +74,29 @@ def preflight(cfg: RunConfig, streams_may_join: bool = False) -> tuple[InputInfo
         if not is_live_uri(src.uri):
             open_source(src).close()     # a missing or empty folder, a bad file type: one line now
     return info, batch
+
+
+def check_shapes_fit(cfg: RunConfig) -> None:
+    """A line or zone in pixel coordinates must lie within the frames of the video files it applies to
+    (their size is known before the run; a camera's and a folder's images are not checked)."""
+    if not cfg.tracking.enabled:
+        return
+    groups: tuple[tuple[str, Sequence[LineConfig | ZoneConfig]], ...] = (("lines", cfg.tracking.lines),
+                                                                        ("zones", cfg.tracking.zones))
+    shapes = [(kind, number, shape) for kind, group in groups for number, shape in enumerate(group, 1)
+              if not shape.relative]
+    for src in cfg.streams if shapes else ():
+        if is_live_uri(src.uri) or not Path(src.uri).is_file():
+            continue
+        capture = cv2.VideoCapture(src.uri)
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        capture.release()
+        for kind, number, shape in shapes:
+            outside = next((p for p in shape.points if p[0] > width or p[1] > height), None)
+            if width > 0 and shape.stream in ("", src.name) and outside is not None:
+                raise ConfigError(f"[[tracking.{kind}]] #{number} {shape.name}: point {outside} is outside "
+                                  f"stream {src.name!r}'s {width}x{height} frames (pixels; relative = true "
+                                  f"takes fractions of the frame)")
 
 
 def files_only(cfg: RunConfig) -> bool:

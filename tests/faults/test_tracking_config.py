@@ -20,7 +20,10 @@ ZONE = "[[tracking.zones]]\nname = 'z'\npoints = [{}]\n"
      + ZONE.format("[0, 0], [9, 0], [9, 9]") + "classes = ['persn']\n",
      "[[tracking.zones]] #1 z: classes names 'persn', which the model has not (did you mean 'person'?)"),
     ("[[sources]]\nuri = 'data/samples'\ndetect_every = 5\n", "detect_every = 5 needs [tracking] enabled = true"),
-], ids=["self-crossing", "zero-line", "relative-beyond-1", "unknown-class", "budget-without-tracking"])
+    ("[source]\nuri = 'data/clip.mp4'\nname = 'cam'\n[tracking]\nenabled = true\n"
+     + ZONE.format("[0, 0], [700, 0], [700, 100]"),
+     "[[tracking.zones]] #1 z: point [700.0, 0.0] is outside stream 'cam''s 640x480 frames"),
+], ids=["self-crossing", "zero-line", "relative-beyond-1", "unknown-class", "budget-without-tracking", "outside"])
 def test_bad_tracking_config(engine_env, tmp_path, toml, expected):
     line = _one_line(run_ovstream(_config(tmp_path, toml), output=tmp_path / "out", env=engine_env, timeout=TIMEOUT))
     assert expected in line, line
