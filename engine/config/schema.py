@@ -246,6 +246,7 @@ class ClusterConfig(Section):
     resource: NonEmpty = "ovstream_streams"   # the node resource that says how many streams a node sustains
     per_stream: float = Field(1.0, gt=0, le=1e6)   # how much of ``resource`` one stream takes
     max_moves: int = Field(3, ge=0, le=1000)  # a stream whose engine died more often than this fails
+    wait_s: float = Field(300.0, gt=0, le=86400)  # a stream that finds no node with room this long fails
 
     @field_validator("address")
     @classmethod
