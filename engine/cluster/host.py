@@ -101,8 +101,10 @@ def read_lines(path: Path, offset: int, limit: int = BATCH_BYTES) -> tuple[bytes
             end = chunk.rfind(b"\n") + 1
         data = chunk[:end]
         fh.seek(offset + len(data))
-        rest = fh.read(limit)
-    return data, b"\n" in rest
+        while block := fh.read(1 << 16):          # more: a whole line follows
+            if b"\n" in block:
+                return data, True
+    return data, False
 
 
 class EngineHost:
