@@ -265,7 +265,7 @@ class ClusterRun:
             options["num_gpus"] = amount
         else:
             options["resources"] = {cl.resource: amount}
-        actor = self.remote_host.options(**options).remote(self.name, eid)
+        actor = self.remote_host.options(**options).remote(self.name, eid, cl.engine_dir)
         remaining = max(0.01, self.duration_s - (time.monotonic() - self.t0)) if self.duration_s > 0 else 0.0
         env = {k: v for k, v in os.environ.items() if k == "OVSTREAM_TAG"}   # names a test's run files
         now = time.monotonic()
@@ -579,6 +579,10 @@ def run_cluster(cfg: RunConfig, address: str, duration_s: float = 0.0) -> int:
     """``ovstream run --cluster``: the whole run on the driver's side; returns the exit code."""
     from engine.control.preflight import preflight
     ray = import_ray()
+    if cfg.output.annotated and not cfg.cluster.engine_dir:
+        raise ConfigError("[output] images / video in cluster mode: the annotated frames are written on each "
+                          "engine's node; set [cluster] engine_dir to a folder (the same path on every node) "
+                          "where the engines keep them")
     preflight(cfg, local_sources_only=True)    # a mistake in the config, model or sources: one line, here
     console = Console()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -2,7 +2,8 @@
 
 The actor is a thin keeper: :meth:`EngineHost.start` writes the share's config (JSON, the
 resolved form every stage also gets) into the engine's folder *on this node* (under
-``$XDG_RUNTIME_DIR`` or the temp dir, never the driver's output folder) and starts the normal
+``$XDG_RUNTIME_DIR`` or the temp dir, or ``[cluster] engine_dir``; never the driver's output
+folder) and starts the normal
 engine (``python -m engine.cli run``: the supervisor and its stage processes, shared memory and
 ipc sockets inside this node, exactly as a local run). The engine writes its ``results.jsonl``
 there; :meth:`EngineHost.poll` hands the driver its ``status.json`` and the next whole lines of
@@ -10,7 +11,8 @@ that file, at most :data:`BATCH_BYTES` at a time. The driver asks again only onc
 a batch, one call per engine at a time: the records wait on the node's disk, never in memory,
 and the driver is never sent more than it takes (backpressure). Once the engine has exited and
 everything it wrote has been sent, ``poll`` adds its exit code, report and last log lines;
-:meth:`EngineHost.stop` ends it as Ctrl-C would, :meth:`EngineHost.close` removes its folder.
+:meth:`EngineHost.stop` ends it as Ctrl-C would, :meth:`EngineHost.close` removes its folder
+(one in ``[cluster] engine_dir`` stays: its logs, annotated output and own report).
 Every method returns at once, so the actor serves them on its main thread.
 
 The engine dies with the actor: it is started with ``PR_SET_PDEATHSIG`` = SIGTERM (bound to
@@ -69,11 +71,13 @@ def _tail(path: Path, lines: int = 3) -> str:
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
-def node_folder(run: str, engine: str) -> Path:
-    """The engine's folder on this node: ``<runtime or temp dir>/<run>/<engine>``."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    if not os.access(base, os.W_OK):
-        base = tempfile.gettempdir()
+def node_folder(run: str, engine: str, base: str = "") -> Path:
+    """The engine's folder on this node: ``<base>/<run>/<engine>``, ``base`` by default the
+    runtime or temp dir."""
+    if not base:
+        base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        if not os.access(base, os.W_OK):
+            base = tempfile.gettempdir()
     return Path(base) / run / engine
 
 
@@ -110,8 +114,9 @@ def read_lines(path: Path, offset: int, limit: int = BATCH_BYTES) -> tuple[bytes
 class EngineHost:
     """Runs one engine process on this node (used as a Ray actor by the driver)."""
 
-    def __init__(self, run: str, engine: str) -> None:
-        self.folder = node_folder(run, engine)
+    def __init__(self, run: str, engine: str, base: str = "") -> None:
+        self.folder = node_folder(run, engine, base)
+        self.keep = bool(base)      # a folder the user named ([cluster] engine_dir) stays after the run
         self.proc: subprocess.Popen | None = None
         self.offset = 0             # bytes of results.jsonl sent to the driver
 
@@ -164,8 +169,11 @@ class EngineHost:
         return self.proc.returncode
 
     def close(self) -> None:
-        """Stop the engine if it runs and remove its folder (and the run's, once empty)."""
+        """Stop the engine if it runs and remove its folder (and the run's, once empty), unless
+        it is in ``[cluster] engine_dir``."""
         self.stop()
+        if self.keep:
+            return
         shutil.rmtree(self.folder, ignore_errors=True)
         try:
             self.folder.parent.rmdir()

@@ -4,8 +4,9 @@ Both nodes are ``ray start`` processes in their own mount namespace with a priva
 driver's folder (:mod:`tests.pipeline.ray_nodes`): the engines cannot write where the driver
 writes, so every record in the driver's ``results.jsonl`` came through Ray. In order: every frame
 exactly once, and a file only the driver can read fails with one line; Ctrl-C on the driver
-leaves nothing on any node; the worker node's raylet SIGKILLed mid-run, its streams resume on the
-head node after the last record the driver holds (last: the cluster has one node after it).
+leaves nothing on any node (with ``[cluster] engine_dir``: the engines' folders where asked); the
+worker node's raylet SIGKILLed mid-run, its streams resume on the head node after the last record
+the driver holds (last: the cluster has one node after it).
 """
 from __future__ import annotations
 
@@ -62,10 +63,11 @@ def cluster(hidden):
         c.shutdown()
 
 
-def start_driver(cluster, env: dict, out: Path, sources: list[Path], loop: int = 1) -> subprocess.Popen:
+def start_driver(cluster, env: dict, out: Path, sources: list[Path], loop: int = 1,
+                 config: Path | None = None) -> subprocess.Popen:
     args = [a for source in sources for a in ("--source", str(source))]
-    cmd = ovstream_command("run", "--model", "face", "--loop", str(loop), *args, "--cluster", cluster.address,
-                           "--output", str(out), "--no-dashboard")
+    cmd = ovstream_command("run", *([str(config)] if config else []), "--model", "face", "--loop", str(loop), *args,
+                           "--cluster", cluster.address, "--output", str(out), "--no-dashboard")
     out.mkdir(parents=True)
     with open(out.parent / f"{out.name}.stdout", "wb") as so, open(out.parent / f"{out.name}.stderr", "wb") as se:
         return subprocess.Popen(cmd, cwd=REPO, stdout=so, stderr=se, env={**env, **LOOPBACK})
@@ -141,14 +143,18 @@ def test_every_frame_once_through_ray_and_a_file_no_node_reads_fails_in_one_line
 
 
 def test_ctrl_c_stops_every_engine_and_leaves_nothing_on_any_node(cluster, images, hidden, engine_env):
+    """Ctrl-C on the driver: every engine stops as on Ctrl-C, nothing of the run is left on any
+    node; with ``[cluster] engine_dir`` (a folder the nodes share) the engines' own folders stay there."""
     out = hidden / "ctrl-c"
     tag = engine_env["OVSTREAM_TAG"]
-    proc = start_driver(cluster, engine_env, out, [images] * STREAMS, loop=50)
+    kept = images.parent / "engines"
+    config = images.parent / "engine-dir.toml"
+    config.write_text(f'[cluster]\nengine_dir = "{kept}"\n', encoding="utf-8")
+    proc = start_driver(cluster, engine_env, out, [images] * STREAMS, loop=50, config=config)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(Path(tempfile.gettempdir()).glob(
-            f"ovstream-{tag}-cluster-*/*/status.json"))) < 2:
+    while time.monotonic() < deadline and len(list(kept.glob(f"ovstream-{tag}-cluster-*/*/status.json"))) < 2:
         time.sleep(0.2)                      # an engine runs on each node, its stages up
-    assert len(node_folders(tag)) == 2, stderr_of(out)
+    assert len(list(kept.glob(f"ovstream-{tag}-cluster-*/*"))) == 2, stderr_of(out)
     while time.monotonic() < deadline and not (out / "results.jsonl").stat().st_size:
         time.sleep(0.2)                      # and records reach the driver
     proc.send_signal(signal.SIGINT)
@@ -162,7 +168,9 @@ def test_ctrl_c_stops_every_engine_and_leaves_nothing_on_any_node(cluster, image
     assert seen and all(ids == list(range(len(ids))) for ids in seen.values())
     assert sum(map(len, seen.values())) == report["accounting"]["out"]
     assert gone(engine_hosts), "no engine actor is left"
-    assert not node_folders(tag), "no engine folder is left on a node"
+    for engine in kept.glob(f"ovstream-{tag}-cluster-*/*"):     # each wrote its report, as a local run does
+        assert json.loads((engine / "report.json").read_text(encoding="utf-8"))["state"] == "interrupted"
+    shutil.rmtree(kept)
     # engine_env's check: no engine or stage process, pool memfd or run directory is left on any node
 
 

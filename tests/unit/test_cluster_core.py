@@ -81,7 +81,8 @@ def test_cluster_section_is_validated_like_every_other():
     cfg = RunConfig.from_dict({"cluster": {"address": "ray://10.0.0.5:10001", "per_stream": 0.5}})
     assert cfg.cluster.address == "ray://10.0.0.5:10001"
     for bad, words in (({"address": "not an address"}, "[cluster] address"), ({"per_stream": 0}, "per_stream"),
-                       ({"adress": "auto"}, "did you mean 'address'")):
+                       ({"adress": "auto"}, "did you mean 'address'"),
+                       ({"engine_dir": "runs/engines"}, "[cluster] engine_dir must be an absolute path")):
         with pytest.raises(ConfigError, match=None) as info:
             RunConfig.from_dict({"cluster": bad})
         assert words in str(info.value)
@@ -100,6 +101,19 @@ def test_missing_ray_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == \
         ["ovstream run: error: cluster mode needs Ray: pip install 'ovstream[cluster]' (or 'ray>=2.30')"]
+
+
+def test_annotated_output_without_engine_dir_is_one_line_and_exit_2(tmp_path):
+    pytest.importorskip("ray")
+    config = tmp_path / "run.toml"
+    config.write_text('[model]\nname = "face"\n[output]\nimages = true\n[cluster]\naddress = "127.0.0.1:1"\n')
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(config), "--output", str(tmp_path / "out"),
+                           "--no-dashboard"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == \
+        ["ovstream run: error: [output] images / video in cluster mode: the annotated frames are written on each "
+         "engine's node; set [cluster] engine_dir to a folder (the same path on every node) where the engines "
+         "keep them"]
 
 
 class _FakeRay:
