@@ -246,7 +246,8 @@ class ClusterRun:
             if st.path and asked_all and not any(name in self.reads[n.node_id] for n in nodes):
                 self.fail(st, f"no node of the Ray cluster can read {st.path} ({len(nodes)} node(s) asked)")
             elif now - st.waiting_since > self.cfg.cluster.wait_s:
-                self.fail(st, f"no node of the Ray cluster had room for it for {self.cfg.cluster.wait_s:.0f} s")
+                self.fail(st, f"no node of the Ray cluster had room for it for {self.cfg.cluster.wait_s:g} s "
+                              "([cluster] wait_s)")
 
     def fail(self, st: Stream, why: str) -> None:
         st.state, st.why = "failed", why

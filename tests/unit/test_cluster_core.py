@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -178,3 +179,20 @@ def test_streams_that_wait_for_room_go_to_a_node_that_joins(tmp_path):
     run.place()
     assert fake.started[-1] == ("b" * 56, ["s2"])
     assert [s.state for s in run.streams.values()] == ["running"] * 3
+
+
+def test_a_stream_that_finds_no_room_fails_after_wait_s_in_one_line(tmp_path):
+    pytest.importorskip("ray")
+    from engine.cluster.driver import ClusterRun
+    cfg = RunConfig.from_dict({"sources": [{"uri": str(tmp_path), "name": f"s{i}"} for i in range(2)],
+                               "cluster": {"address": "auto", "wait_s": 0.05}})
+    fake = _FakeRay([_node("a" * 56, 1)])
+    (tmp_path / "out").mkdir()
+    run = ClusterRun(fake, cfg, "auto", tmp_path / "out")
+    run.place()
+    assert run.streams["s1"].state == "waiting"
+    time.sleep(0.1)
+    run._next_nodes = 0.0
+    run.place()
+    assert (run.streams["s0"].state, run.streams["s1"].state) == ("running", "failed")
+    assert run.streams["s1"].why == "no node of the Ray cluster had room for it for 0.05 s ([cluster] wait_s)"
