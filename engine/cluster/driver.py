@@ -381,7 +381,7 @@ class ClusterRun:
         its unfinished streams wait to resume after the last record the driver holds."""
         if engine.state in ("lost", "finished", "failed", "stopped"):
             return
-        engine.state = "lost"
+        engine.state, engine.ref = "lost", None      # an answer still on its way no longer counts
         self.quarantine[engine.node_id] = time.monotonic() + QUARANTINE_S
         self.reads.pop(engine.node_id, None)     # asked again when it is back
         try:

@@ -247,9 +247,8 @@ class ClusterConfig(Section):
     per_stream: float = Field(1.0, gt=0, le=1e6)   # how much of ``resource`` one stream takes
     max_moves: int = Field(3, ge=0, le=1000)  # a stream whose engine died more often than this fails
     wait_s: float = Field(300.0, gt=0, le=86400)  # a stream that finds no node with room this long fails
-    # "": each engine's folder is on its node's temp dir and removed after the run; an absolute path
-    # (the same on every node, e.g. a shared filesystem): engines keep their folders there (logs, annotated output)
-    engine_dir: str = ""
+    engine_dir: str = ""                      # "": each engine works in its node's temp dir, removed after the run;
+    # an absolute path (the same on every node, e.g. a shared filesystem): engines keep their folders there
 
     @field_validator("address")
     @classmethod
