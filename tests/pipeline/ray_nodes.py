@@ -84,8 +84,9 @@ class RayNode:
 class LocalCluster:
     """A head node and worker nodes on 127.0.0.1, none of them seeing ``hidden``."""
 
-    def __init__(self, hidden: Path) -> None:
+    def __init__(self, hidden: Path, system_config: dict | None = None) -> None:
         self.hidden = hidden
+        self.system_config = HEALTH if system_config is None else system_config
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[RayNode] = []
@@ -101,7 +102,7 @@ class LocalCluster:
                 "--runtime-env-agent-port", str(free_port())]
         if head:
             args += ["--head", "--port", str(self.port), "--include-dashboard", "false",
-                     "--system-config", json.dumps(HEALTH)]
+                     "--system-config", json.dumps(self.system_config)]
         else:
             args += ["--address", self.address]
         mount = f"mount -t tmpfs -o size=16m ovstream-hidden {self.hidden}"
