@@ -1,9 +1,10 @@
 """A real Ray cluster on 127.0.0.1 for the cluster tests: ``ray start`` nodes that share no folder
 with the driver.
 
-Each node is ``ray start --block`` started inside its own mount namespace (``unshare -m``, the
-tests run as root) with a private, empty tmpfs mounted over ``hidden``: the driver's output
-folder is not the node's, so whatever reaches the driver's ``results.jsonl`` came through Ray.
+Each node is ``ray start --block`` started inside its own mount namespace (``unshare -m``; not as
+root, inside a user namespace too, ``unshare -m -r``) with a private, empty tmpfs mounted over
+``hidden``: the driver's output folder is not the node's, so whatever reaches the driver's
+``results.jsonl`` came through Ray.
 Every node runs in its own process group and temp dir; :meth:`LocalCluster.shutdown` kills each
 node's process tree by pid (never ``ray stop``, which would end every Ray process on the machine)
 and removes the temp dirs.
@@ -106,7 +107,10 @@ class LocalCluster:
         else:
             args += ["--address", self.address]
         mount = f"mount -t tmpfs -o size=16m ovstream-hidden {self.hidden}"
-        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", f'{mount} && exec "$@"', "node", *args]
+        # as root a mount namespace alone; otherwise inside a user namespace of one's own (-r), which may mount
+        userns = [] if os.geteuid() == 0 else ["-r"]
+        cmd = ["unshare", "-m", *userns, "--propagation", "private", "sh", "-c", f'{mount} && exec "$@"', "node",
+               *args]
         log = self.base / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
