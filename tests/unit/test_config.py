@@ -168,6 +168,8 @@ MALFORMED = [
     ("cluster", "per_stream", "0", "> 0"),
     ("cluster", "per_stream", "nan", "finite"),
     ("cluster", "max_moves", "-1", "from 0 to 1000"),
+    ("cluster", "wait_s", "0", "> 0 and <= 86400"),
+    ("cluster", "engine_dir", "'runs/engines'", "an absolute path"),
     # [dashboard]
     ("dashboard", "enabled", "'off'", "true or false"),
     ("dashboard", "refresh_hz", "-1", "from 0.5 to 60"),
