@@ -58,6 +58,11 @@ class RayNode:
         self.pids.update(p.pid for p in procs)
         return procs
 
+    def run_inside(self, *cmd: str) -> None:
+        """Run ``cmd`` in the node's mount namespace: it sees (and writes) what the node sees."""
+        userns = [] if os.geteuid() == 0 else ["-U", "--preserve-credentials"]
+        subprocess.run(["nsenter", "-t", str(self.raylet().pid), "-m", *userns, *cmd], check=True, timeout=60)
+
     def raylet(self) -> psutil.Process:
         return next(p for p in self.tree() if p.name() == "raylet")
 

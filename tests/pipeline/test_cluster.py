@@ -3,7 +3,8 @@
 Both nodes are ``ray start`` processes in their own mount namespace with a private tmpfs over the
 driver's folder (:mod:`tests.pipeline.ray_nodes`): the engines cannot write where the driver
 writes, so every record in the driver's ``results.jsonl`` came through Ray. In order: every frame
-exactly once, and a file only the driver can read fails with one line; Ctrl-C on the driver
+exactly once, a file only the driver can read fails with one line, a folder only the worker node
+has runs there; Ctrl-C on the driver
 leaves nothing on any node (with ``[cluster] engine_dir``: the engines' folders where asked); the
 worker node's raylet SIGKILLed mid-run, its streams resume on the head node after the last record
 the driver holds (last: the cluster has one node after it).
@@ -118,25 +119,28 @@ def gone(what, timeout: float = 15.0) -> bool:
     return not what()
 
 
-def test_every_frame_once_through_ray_and_a_file_no_node_reads_fails_in_one_line(
+def test_every_frame_once_through_ray_and_file_streams_only_where_they_can_be_read(
         cluster, images, hidden, engine_env):
-    """Four streams over two nodes, all records through Ray; a fifth stream's file is in the
-    driver's folder, which no node sees: it fails with one line and the others run to the end."""
+    """Four streams over two nodes, all records through Ray. A fifth stream's file is in the
+    driver's folder, which no node sees: it fails with one line, the others run to the end. A
+    sixth stream's folder is only on the worker node (not even on the driver): it runs there."""
     only_here = hidden / "only-here.jpg"
     shutil.copy(next(images.iterdir()), only_here)
+    worker_only = hidden / "worker-only"
+    cluster.nodes[1].run_inside("cp", "-r", str(images), str(worker_only))
     out = hidden / "once"
-    proc = start_driver(cluster, engine_env, out, [images] * STREAMS + [only_here])
+    proc = start_driver(cluster, engine_env, out, [images] * STREAMS + [only_here, worker_only])
     assert wait(proc, out, 240) == 1, stderr_of(out)
     assert f"stream only-here: no node of the Ray cluster can read {only_here} (2 node(s) asked)" in stderr_of(out)
     seen = frames_by_stream(out)
-    assert sorted(seen) == ["cams", "cams-2", "cams-3", "cams-4"]
+    assert sorted(seen) == ["cams", "cams-2", "cams-3", "cams-4", "worker-only"]
     for name, ids in seen.items():
         assert ids == list(range(FRAMES)), f"{name}: not every frame exactly once, in order"
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     engines = report["cluster"]["engines"]
-    assert len({e["node"] for e in engines}) == 2 and sorted(len(e["streams"]) for e in engines) == [2, 2]
+    assert len({e["node"] for e in engines}) == 2 and sorted(len(e["streams"]) for e in engines) == [2, 3]
     assert all(e["state"] == "finished" for e in engines)
-    assert report["accounting"]["out"] == STREAMS * FRAMES and report["accounting"]["balanced"]
+    assert report["accounting"]["out"] == (STREAMS + 1) * FRAMES and report["accounting"]["balanced"]
     assert report["streams"]["only-here"]["state"] == "failed"
     assert not node_folders(engine_env["OVSTREAM_TAG"]), "each engine's folder on its node is removed"
     assert gone(engine_hosts), "the engine actors end with the run"
