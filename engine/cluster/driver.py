@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -60,6 +61,7 @@ START_S = 120.0             # an engine actor not started by then (its node gone
 SILENT_S = 30.0             # a running engine that has not answered for this long is lost
 PROBE_S = 30.0              # a node that has not said which files it reads by then reads none (asked again later)
 CLOSE_S = 15.0              # a finished engine's folder removal
+CONNECT_S = 10.0            # the cluster's address must answer within this
 
 
 @dataclass
@@ -568,8 +570,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def connect(ray: Any, address: str) -> None:
-    """Join the cluster as a driver; a cluster that is not there is one line (exit 2)."""
+    """Join the cluster as a driver; a cluster that is not there is one line (exit 2). A
+    HOST:PORT where nothing answers is found out first: Ray itself would retry for minutes."""
     logging.getLogger("ray").setLevel(logging.ERROR)
+    if address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+        except OSError as exc:
+            raise ConfigError(f"cannot join the Ray cluster at {address}: nothing answers at {host}:{port} "
+                              f"({exc.strerror or exc})") from None
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except Exception as exc:  # noqa: BLE001 - Ray raises many kinds (ConnectionError, RuntimeError, gRPC)

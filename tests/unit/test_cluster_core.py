@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -115,6 +116,20 @@ def test_annotated_output_without_engine_dir_is_one_line_and_exit_2(tmp_path):
         ["ovstream run: error: [output] images / video in cluster mode: the annotated frames are written on each "
          "engine's node; set [cluster] engine_dir to a folder (the same path on every node) where the engines "
          "keep them"]
+
+
+def test_an_address_where_nothing_answers_is_one_line_not_a_wait(tmp_path):
+    pytest.importorskip("ray")
+    with socket.socket() as s:          # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--model", "face", "--cluster",
+                           f"127.0.0.1:{port}", "--output", str(tmp_path / "out"), "--no-dashboard"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"ovstream run: error: cannot join the Ray cluster at 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port} "
+        "(Connection refused)"]
 
 
 class _FakeRay:
