@@ -556,12 +556,18 @@ class ClusterRun:
             "started": self.t0_unix,          # unix time; events' "t" are seconds from here
             "nodes": {n.label: {"node_id": n.node_id, "capacity": n.capacity} for n in self.nodes.values()},
             "engines": [{"engine": e.eid, "node": e.node, "streams": e.streams, "state": e.state,
-                         "exit_code": e.returncode,
+                         "exit_code": e.returncode, "folder": self.kept_folder(e),
                          "throughput_fps": (e.report or e.status or {}).get("throughput_fps", 0.0)}
                         for e in self.engines.values()],
             "events": self.events,
         }
         return report
+
+
+    def kept_folder(self, engine: Engine) -> str | None:
+        """Where the engine's folder stays on its node (``[cluster] engine_dir``), else None."""
+        base = self.cfg.cluster.engine_dir
+        return str(Path(base) / self.name / engine.eid) if base else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -172,6 +172,7 @@ def test_ctrl_c_stops_every_engine_and_leaves_nothing_on_any_node(cluster, image
     assert seen and all(ids == list(range(len(ids))) for ids in seen.values())
     assert sum(map(len, seen.values())) == report["accounting"]["out"]
     assert gone(engine_hosts), "no engine actor is left"
+    assert sorted(e["folder"] for e in engines) == sorted(map(str, kept.glob(f"ovstream-{tag}-cluster-*/*")))
     for engine in kept.glob(f"ovstream-{tag}-cluster-*/*"):     # each wrote its report, as a local run does
         assert json.loads((engine / "report.json").read_text(encoding="utf-8"))["state"] == "interrupted"
     shutil.rmtree(kept)
