@@ -15,7 +15,8 @@ only once the batch is written: backpressure) and writes them, each frame once
 reports come the same way and are joined into one ``report.json``.
 
 An engine whose actor or node died (Ray raises ``RayActorError``), whose engine process was
-killed, or that has not answered for ``SILENT_S``, is *lost*: each unfinished stream waits to
+killed, or that has not answered for ``SILENT_S`` (or, running file streams only, read no frame
+for ``STALL_S``), is *lost*: each unfinished stream waits to
 resume at the frame after the last record the driver holds of it, on whichever node has room and
 can read it (a new engine; a node that joined the cluster meanwhile counts). A stream that finds
 no such node within ``[cluster] wait_s`` fails with one line: the driver never waits forever.
@@ -59,6 +60,7 @@ DRAIN_S = 30.0              # Ctrl-C: how long the driver takes the stopped engi
 QUARANTINE_S = 30.0         # a node that lost an engine takes no streams for this long
 START_S = 120.0             # an engine actor not started by then (its node gone meanwhile) is lost
 SILENT_S = 30.0             # a running engine that has not answered for this long is lost
+STALL_S = 300.0             # an engine of file streams only that has read no frame for this long is lost
 PROBE_S = 30.0              # a node that has not said which files it reads by then reads none (asked again later)
 CLOSE_S = 15.0              # a finished engine's folder removal
 CONNECT_S = 10.0            # the cluster's address must answer within this
@@ -99,6 +101,8 @@ class Engine:
     ref: Any = None                 # the outstanding start / poll call
     asked_at: float = 0.0           # when to ask next (0: as soon as the last answer is in)
     answered: float = 0.0           # when it last answered (monotonic)
+    frames: int = -1                # frames its streams have read, by its latest status
+    progressed: float = 0.0         # when that last grew (monotonic)
     returncode: int | None = None
     report: dict | None = None
     tail: str = ""
@@ -272,7 +276,7 @@ class ClusterRun:
         remaining = max(0.01, self.duration_s - (time.monotonic() - self.t0)) if self.duration_s > 0 else 0.0
         env = {k: v for k, v in os.environ.items() if k == "OVSTREAM_TAG"}   # names a test's run files
         now = time.monotonic()
-        engine = Engine(eid, node.node_id, node.label, names, actor, now, answered=now)
+        engine = Engine(eid, node.node_id, node.label, names, actor, now, answered=now, progressed=now)
         engine.ref = actor.start.remote(self.engine_config(names), remaining, env)
         self.engines[eid] = engine
         for name in names:
@@ -298,13 +302,9 @@ class ClusterRun:
     def poll(self, timeout_s: float) -> None:
         """Collect the engines' answers (waiting up to ``timeout_s``) and ask again."""
         now = time.monotonic()
-        for e in list(self.engines.values()):
-            if e.state not in ("starting", "running"):
-                continue
-            silent = now - e.answered
-            if silent > (START_S if e.state == "starting" else SILENT_S):
-                self.lose(e, f"no answer for {silent:.0f} s")
-            elif e.ref is None and e.asked_at <= now:
+        self.watch(now)
+        for e in self.engines.values():
+            if e.state in ("starting", "running") and e.ref is None and e.asked_at <= now:
                 e.ref = e.actor.poll.remote()
         pending = {e.ref: e for e in self.engines.values() if e.ref is not None}
         if not pending:
@@ -332,6 +332,18 @@ class ClusterRun:
             else:
                 self.on_answer(engine, answer)
 
+    def watch(self, now: float) -> None:
+        """Lose the engines that never started, went silent, or (file streams only: a camera may
+        be quiet) read no frame for ``STALL_S``."""
+        for e in list(self.engines.values()):
+            silent, idle = now - e.answered, now - e.progressed
+            if e.state not in ("starting", "running"):
+                continue
+            if silent > (START_S if e.state == "starting" else SILENT_S):
+                self.lose(e, f"no answer for {silent:.0f} s")
+            elif idle > STALL_S and not any(self.streams[n].live for n in e.streams):
+                self.lose(e, f"no frame read for {idle:.0f} s")
+
     def on_answer(self, engine: Engine, answer: dict) -> None:
         """An engine's status and records: the records written, the next call scheduled (at once
         while it has more), its end handled."""
@@ -342,6 +354,9 @@ class ClusterRun:
         engine.asked_at = 0.0 if answer.get("more") else time.monotonic() + POLL_S
         engine.status = answer.get("status") or engine.status
         rows = (engine.status or {}).get("streams", {})
+        frames = sum(int(rows.get(name, {}).get("in", 0)) for name in engine.streams)
+        if frames > engine.frames:
+            engine.frames, engine.progressed = frames, time.monotonic()
         for name in engine.streams:
             st = self.streams[name]
             if rows.get(name, {}).get("state") in ("ended", "failed") and st.engine == engine.eid \

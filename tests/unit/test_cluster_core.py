@@ -150,7 +150,13 @@ class _FakeRay:
         return list(refs), []
 
     def get(self, ref):
-        return ref
+        return ref.value
+
+    class Ref:
+        """An object ref: each call's own, however equal the values."""
+
+        def __init__(self, value) -> None:
+            self.value = value
 
     def remote(self, target):
         fake = self
@@ -169,7 +175,7 @@ class _FakeRay:
                 class Factory:
                     @staticmethod
                     def remote(*args):
-                        return Actor() if isinstance(target, type) else tuple(target(*args))
+                        return Actor() if isinstance(target, type) else fake.Ref(target(*args))
                 return Factory()
         return Handle()
 
@@ -211,3 +217,24 @@ def test_a_stream_that_finds_no_room_fails_after_wait_s_in_one_line(tmp_path):
     run.place()
     assert (run.streams["s0"].state, run.streams["s1"].state) == ("running", "failed")
     assert run.streams["s1"].why == "no node of the Ray cluster had room for it for 0.05 s ([cluster] wait_s)"
+
+
+def test_an_engine_silent_or_reading_nothing_is_lost_and_its_streams_wait_again(tmp_path):
+    pytest.importorskip("ray")
+    from engine.cluster.driver import SILENT_S, STALL_S, ClusterRun
+    cfg = RunConfig.from_dict({"sources": [{"uri": str(tmp_path), "name": f"s{i}"} for i in range(2)],
+                               "cluster": {"address": "auto"}})
+    fake = _FakeRay([_node("a" * 56, 1), _node("b" * 56, 1)])
+    (tmp_path / "out").mkdir()
+    run = ClusterRun(fake, cfg, "auto", tmp_path / "out")
+    run.place()
+    first, second = run.engines.values()
+    now = time.monotonic()
+    first.state = second.state = "running"
+    first.answered, first.progressed = now, now - STALL_S - 1         # answers, but reads no frame
+    second.answered, second.progressed = now - SILENT_S - 1, now      # answers no more
+    run.watch(now)
+    assert (first.state, second.state) == ("lost", "lost")
+    assert [e["why"] for e in run.events] == [f"no frame read for {STALL_S + 1:.0f} s",
+                                              f"no answer for {SILENT_S + 1:.0f} s"]
+    assert [(s.state, s.moves) for s in run.streams.values()] == [("waiting", 1)] * 2
