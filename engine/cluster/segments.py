@@ -1,20 +1,19 @@
-"""What the engines wrote, read back: resume points after a node failure and the final results.
+"""The records the driver holds: each frame once, whichever engines sent it.
 
-Every engine writes its share of the streams to its own folder (``engines/<id>/results.jsonl``,
-an ordinary run's file). A stream's records are therefore split into *segments*, one per engine
-that ran it: ``[start_0, start_1)`` by the first engine, ``[start_1, start_2)`` by the one it was
-moved to, and so on. When an engine dies, :func:`read_segment` finds the last complete record of
-each of its streams (a torn last line, cut by the crash, does not count) and the stream resumes
-at the next frame id. An engine killed a moment after it was read may still add records beyond
-that point, so :func:`merge` takes from each segment only its own range: every frame comes out
-exactly once, in its stream's order, whatever the timing.
+Engines send their records to the driver through Ray (:meth:`~engine.cluster.host.EngineHost.poll`),
+in batches of whole ``results.jsonl`` lines. A stream's records come in *segments*, one per
+engine that ran it: ``[start_0, start_1)`` from the first engine, ``[start_1, …)`` from the one it
+was moved to after the first was lost. :class:`Results` takes a record only from the stream's
+current engine and only past the last frame id it holds for that stream, so a lost engine's
+late batch, or a record sent twice, is never written; and when an engine is lost, the stream
+resumes at ``last + 1`` of what the driver holds (what the dead node wrote but never sent is
+made again by the next engine). Every frame reaches ``results.jsonl`` exactly once, in its
+stream's order.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,17 +21,8 @@ from engine.observe.metrics import Histogram
 
 
 @dataclass
-class Written:
-    """One stream's complete records in one file: the highest frame id, and how many."""
-
-    last: int = -1
-    ok: int = 0
-    errors: int = 0
-
-
-@dataclass
 class StreamTotals:
-    """One stream's records in the merged results: counts and end-to-end latencies."""
+    """One stream's records held by the driver: counts, the last frame id, end-to-end latencies."""
 
     ok: int = 0
     errors: int = 0
@@ -40,87 +30,43 @@ class StreamTotals:
     latency: Histogram = field(default_factory=Histogram)
 
 
-@dataclass(frozen=True)
-class Segment:
-    """One engine's results file and the range ``[start, stop)`` (stop None: open) it owns of
-    each of its streams."""
+class Results:
+    """The driver's ``results.jsonl`` (``dest``; None: only counted) and what it holds per stream."""
 
-    path: Path
-    ranges: dict[str, tuple[int, int | None]]
+    def __init__(self, streams: list[str], dest: Path | None) -> None:
+        self.totals = {name: StreamTotals() for name in streams}
+        self.file = open(dest, "wb") if dest is not None else None
 
-
-def complete_records(path: Path) -> Iterator[tuple[dict, bytes]]:
-    """The records of a results file whose line is whole (ends with a newline and parses);
-    a missing file has none."""
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        return
-    with fh:
-        for line in fh:
-            if not line.endswith(b"\n"):
-                return                      # the torn last line of a killed writer
+    def add(self, lines: bytes, takes: Callable[[str], bool]) -> set[str]:
+        """Write the records of ``lines`` (whole JSON lines) of the streams ``takes`` accepts that
+        come after the stream's last held frame; returns the streams that got a record."""
+        got = set()
+        for line in lines.splitlines(keepends=True):
             try:
                 record = json.loads(line)
-                if isinstance(record, dict) and isinstance(record.get("frame_id"), int):
-                    yield record, line
             except ValueError:
                 continue
+            if not isinstance(record, dict) or not isinstance(record.get("frame_id"), int):
+                continue
+            name = str(record.get("stream", ""))
+            t = self.totals.get(name)
+            if t is None or record["frame_id"] <= t.last or not takes(name):
+                continue
+            if self.file is not None:
+                self.file.write(line)
+            t.last = record["frame_id"]
+            if record.get("status") == "error":
+                t.errors += 1
+            else:
+                t.ok += 1
+            e2e = (record.get("latency_ms") or {}).get("end_to_end")
+            if isinstance(e2e, (int, float)):
+                t.latency.add(float(e2e))
+            got.add(name)
+        if got and self.file is not None:
+            self.file.flush()
+        return got
 
-
-def read_segment(path: Path) -> dict[str, Written]:
-    """Per stream name: the last frame id with a complete record in ``path`` and the counts."""
-    out: dict[str, Written] = {}
-    for record, _line in complete_records(path):
-        w = out.setdefault(str(record.get("stream", "")), Written())
-        w.last = max(w.last, record["frame_id"])
-        if record.get("status") == "error":
-            w.errors += 1
-        else:
-            w.ok += 1
-    return out
-
-
-def merge(segments: list[Segment], streams: list[str], dest: Path) -> dict[str, StreamTotals]:
-    """Write ``dest``: every stream's records (``streams`` order, one stream after the other),
-    each from the segments in order and only within each segment's range, so each frame id once
-    and ascending. Returns per-stream totals. ``dest`` appears whole (written aside, renamed)."""
-    work = dest.parent / ".merge"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    totals = {name: StreamTotals() for name in streams}
-    files = {name: open(work / f"{i}.jsonl", "wb") for i, name in enumerate(streams)}
-    try:
-        for seg in segments:
-            for record, line in complete_records(seg.path):
-                name = str(record.get("stream", ""))
-                if name not in seg.ranges or name not in totals:
-                    continue
-                start, stop = seg.ranges[name]
-                fid, t = record["frame_id"], totals[name]
-                if fid < start or (stop is not None and fid >= stop) or fid <= t.last:
-                    continue
-                files[name].write(line)
-                t.last = fid
-                if record.get("status") == "error":
-                    t.errors += 1
-                else:
-                    t.ok += 1
-                e2e = (record.get("latency_ms") or {}).get("end_to_end")
-                if isinstance(e2e, (int, float)):
-                    t.latency.add(float(e2e))
-        for fh in files.values():
-            fh.close()
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        with open(tmp, "wb") as out:
-            for i in range(len(streams)):
-                with open(work / f"{i}.jsonl", "rb") as part:
-                    shutil.copyfileobj(part, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    finally:
-        for fh in files.values():
-            fh.close()
-        shutil.rmtree(work, ignore_errors=True)
-    return totals
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()

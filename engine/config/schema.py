@@ -372,6 +372,9 @@ class ClusterConfig(Section):
     resource: NonEmpty = "ovstream_streams"   # the node resource that says how many streams a node sustains
     per_stream: float = Field(1.0, gt=0, le=1e6)   # how much of ``resource`` one stream takes
     max_moves: int = Field(3, ge=0, le=1000)  # a stream whose engine died more often than this fails
+    wait_s: float = Field(300.0, gt=0, le=86400)  # a stream that finds no node with room this long fails
+    engine_dir: str = ""                      # "": each engine works in its node's temp dir, removed after the run;
+    # an absolute path (the same on every node, e.g. a shared filesystem): engines keep their folders there
 
     @field_validator("address")
     @classmethod
@@ -379,6 +382,13 @@ class ClusterConfig(Section):
         if not _CLUSTER_ADDRESS.match(value.strip()):
             raise ValueError('must be "auto", HOST:PORT or ray://HOST:PORT')
         return value.strip()
+
+    @field_validator("engine_dir")
+    @classmethod
+    def _engine_dir(cls, value: str) -> str:
+        if value and not value.startswith("/"):
+            raise ValueError("must be an absolute path (the same on every node), or \"\" for each node's temp dir")
+        return value
 
 
 class RunConfig(Section):

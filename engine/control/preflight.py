@@ -14,7 +14,7 @@ import cv2
 from engine.config import LineConfig, RunConfig, ZoneConfig, check_classes
 from engine.config.streams import is_live_uri
 from engine.core.errors import ConfigError
-from engine.io.sources import open_source
+from engine.io.sources import _existing, open_source
 from engine.io.streams import is_live
 from engine.model.adapters import create_adapter
 from engine.model.cache import ModelCache, cache_root, writable
@@ -33,10 +33,13 @@ from engine.model.prepare import (
 from engine.model.runtime import ov
 
 
-def preflight(cfg: RunConfig, streams_may_join: bool = False) -> tuple[InputInfo, int]:
+def preflight(cfg: RunConfig, streams_may_join: bool = False,
+              local_sources_only: bool = False) -> tuple[InputInfo, int]:
     """Everything that can be wrong before a process starts: devices and their properties, model,
     preprocessing, adapter, sources. Returns the model's input and the frames per request
-    (``batch = 0``: one when ``streams_may_join``, as a library pipeline's camera may)."""
+    (``batch = 0``: one when ``streams_may_join``, as a library pipeline's camera may).
+    ``local_sources_only`` (a cluster driver): a file source not on this machine is left to the
+    nodes to find."""
     core = ov.Core()
     check_classes(cfg.tracking, cfg.model.labels if isinstance(cfg.model.labels, list) else [])
     check_shapes_fit(cfg)
@@ -71,7 +74,7 @@ def preflight(cfg: RunConfig, streams_may_join: bool = False) -> tuple[InputInfo
         if raw_properties(cfg.inference, device):
             preflight_compile(core, cfg, device, batch)
     for src in cfg.streams:
-        if not is_live_uri(src.uri):
+        if not is_live_uri(src.uri) and not (local_sources_only and _existing(src.uri.strip()) is None):
             open_source(src).close()     # a missing or empty folder, a bad file type: one line now
     return info, batch
 

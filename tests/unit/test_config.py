@@ -173,6 +173,8 @@ MALFORMED = [
     ("cluster", "per_stream", "0", "> 0"),
     ("cluster", "per_stream", "nan", "finite"),
     ("cluster", "max_moves", "-1", "from 0 to 1000"),
+    ("cluster", "wait_s", "0", "> 0 and <= 86400"),
+    ("cluster", "engine_dir", "'runs/engines'", "an absolute path"),
     # [serve]
     ("serve", "host", "''", "a non-empty string"),
     ("serve", "port", "70000", "from 0 to 65535"),
