@@ -48,7 +48,8 @@ def read_token(cfg: RunConfig) -> str:
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token and cfg.serve.token_file:
         try:
-            token = Path(cfg.serve.token_file).read_text(encoding="utf-8").strip()
+            lines = Path(cfg.serve.token_file).read_text(encoding="utf-8").strip().splitlines()
+            token = lines[0].strip() if lines else ""
         except OSError as exc:
             raise ConfigError(f"[serve] token_file {cfg.serve.token_file}: {exc.strerror or exc}") from None
         if not token:
@@ -176,6 +177,10 @@ class ControlPlane:
             raise ApiError(403, str(exc)) from None
         except ConfigError as exc:
             raise ApiError(422, str(exc)) from None
+        fixed = sorted(key for key in ("track", "tracker", "detect_every") if key in body)
+        if fixed:      # the running stages take a stream's tracking settings from the config they started with
+            raise ApiError(422, f"POST /streams: {fixed[0]} cannot be set for a stream added to a running "
+                                f"service; set it in the config's [[sources]] (or [source]) instead")
         if src.name and src.name in self.streams.entries:
             raise ApiError(409, f"stream name '{src.name}' is taken")
         if len(self.streams.entries) >= self.cfg.serve.max_streams:

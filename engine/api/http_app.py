@@ -21,10 +21,11 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.api.control_plane import ApiError, ControlPlane
+from engine.api.control_plane import LOOPBACK, ApiError, ControlPlane
 from engine.api.live import BOUNDARY, mjpeg_part
 from engine.config import SourceConfig
 from engine.core.errors import ConfigError, PipelineError
@@ -111,6 +112,8 @@ def create_app(service: ControlPlane) -> FastAPI:
                   version="1")
     serve = service.cfg.serve
     app.add_middleware(BodyLimit, limit=serve.max_body_bytes)
+    if serve.host in LOOPBACK:         # a page elsewhere reaching 127.0.0.1 by a rebound name is refused
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["localhost", "127.0.0.1", "::1", "[::1]"])
     if service.token:
         app.add_middleware(BearerToken, token=service.token)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
@@ -128,15 +131,18 @@ def create_app(service: ControlPlane) -> FastAPI:
 
     @app.get("/streams", summary="The open streams: their entries and figures")
     async def list_streams() -> list[dict]:
-        return [service.describe(name) for name in service.streams.entries]
+        return [service.describe(name) for name in list(service.streams.entries)]
 
     @app.post("/streams", status_code=201, summary="Open a stream: the keys of a [[sources]] entry",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": SourceConfig.model_json_schema()}}}})
     async def add_stream(request: Request) -> dict:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":    # a cross-site form or text/plain POST gets no say (CORS preflight)
+            raise HTTPException(415, f"the body must be application/json, not {kind or 'untyped'}")
         try:
             body = json.loads(await request.body())
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise HTTPException(422, f"the body is not JSON: {exc}") from None
         async with changing:
             entry = service.check_entry(body)            # 422 / 403 / 409, one line

@@ -615,6 +615,10 @@ def run_cluster(cfg: RunConfig, address: str, duration_s: float = 0.0) -> int:
         raise ConfigError("[output] images / video in cluster mode: the annotated frames are written on each "
                           "engine's node; set [cluster] engine_dir to a folder (the same path on every node) "
                           "where the engines keep them")
+    if cfg.tracking.enabled:
+        raise ConfigError("[tracking] is not supported in cluster mode yet: a stream moved to another node would "
+                          "start its track ids again and its events.jsonl stays on the node it left; run it "
+                          "without --cluster")
     preflight(cfg, local_sources_only=True)    # a mistake in the config, model or sources: one line, here
     console = Console()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -17,17 +17,25 @@ def is_live_uri(uri: str) -> bool:
     """A camera index, /dev/video* device or stream URL (as opposed to a file, folder or glob): the one
     rule for "is this uri live"."""
     uri = uri.strip()
-    return bool(re.fullmatch(r"[0-9]+", uri)) or uri.startswith("/dev/video") \
+    return bool(re.fullmatch(r"[0-9]+", uri)) or bool(re.fullmatch(r"/dev/video[0-9]+", uri)) \
         or uri.lower().startswith(STREAM_SCHEMES)
 
 
-_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/@]*@")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def redact_uri(uri: str) -> str:
     """``uri`` with the password of its user info hidden (``rtsp://user:***@host/...``): how a uri is
-    logged and shown."""
-    return _PASSWORD.sub(r"\1:***@", uri)
+    logged and shown. The user info ends at the last ``@`` (a password may hold ``/`` or ``@``, as
+    cameras' pasted passwords do and FFmpeg accepts)."""
+    scheme = _SCHEME.match(uri)
+    body = uri[scheme.end():] if scheme else ""
+    query = min((i for i in (body.find("?"), body.find("#")) if i >= 0), default=len(body))
+    if scheme is None or "@" not in body[:query]:
+        return uri
+    userinfo, _, host = body[:query].rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme.group(0)}{user}:***@{host}{body[query:]}" if colon else uri
 
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from engine.core.results import Event, FrameResult, read_events
-from engine.io.sinks import JsonlSink, Shape, Sink, draw
+from engine.io.sinks import JsonlSink, Shape, Sink, draw, shapes_of
 
 
 class EventSink(Sink):
@@ -66,10 +66,10 @@ class SnapshotSink(Sink):
     draws = True
 
     def __init__(self, directory: str | Path, labels: Sequence[str] = (),
-                 shapes: dict[str, list[Shape]] | None = None) -> None:
+                 shapes: Sequence[Shape] = ()) -> None:
         self.directory = Path(directory)
         self._labels = labels
-        self._shapes = shapes or {}
+        self._shapes = shapes
         self._best: dict[tuple[str, int], tuple[float, bytes]] = {}     # (stream, track) → (score, JPEG)
 
     def write(self, result: FrameResult, frame: np.ndarray | None, line: str | None = None) -> None:
@@ -79,7 +79,7 @@ class SnapshotSink(Sink):
             key = (result.stream, det.track_id or 0)
             if det.track_id is not None and det.score > self._best.get(key, (-1.0, b""))[0]:
                 image = draw(frame, replace(result, detections=(det,)), self._labels,
-                             self._shapes.get(result.stream, []))
+                             shapes_of(self._shapes, result.stream))
                 ok, data = cv2.imencode(".jpg", image)
                 if not ok:
                     raise OSError(f"cannot encode the snapshot of track {det.track_id} as JPEG")

@@ -404,6 +404,11 @@ class ApiSink(Sink):
             self._socket = None
 
 
+def shapes_of(shapes: Sequence[Shape], stream: str) -> list[Shape]:
+    """The lines and zones drawn on ``stream``'s frames: its own and those of every stream."""
+    return [shape for shape in shapes if shape.stream in ("", stream)]
+
+
 def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = False,
                streams: Sequence[str] = (), events: bool = False, shapes: Sequence[Shape] = ()) -> list[Sink]:
     """The sinks ``output`` asks for, in ``output.dir`` (created): one results.jsonl for the run
@@ -413,7 +418,7 @@ def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = 
     appends to results.jsonl (after :meth:`JsonlSink.recover`) and events.jsonl."""
 
     def of(name: str) -> list[Shape]:
-        return [shape for shape in shapes if shape.stream in ("", name)]
+        return shapes_of(shapes, name)
 
     directory = Path(output.dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -424,8 +429,7 @@ def open_sinks(output: OutputConfig, labels: Sequence[str] = (), resume: bool = 
         from engine.io.events import EventSink, SnapshotSink  # below this module: they build on its sinks
         sinks.append(EventSink(directory / "events.jsonl", append=resume))
         if output.snapshots:
-            sinks.append(SnapshotSink(directory / "snapshots", labels,
-                                      {name: of(name) for name in streams}))
+            sinks.append(SnapshotSink(directory / "snapshots", labels, shapes))
     if output.images:
         sinks.append(PerStream(lambda name: ImageSink(directory / "images" / name, labels, of(name))))
     if output.video:

@@ -19,7 +19,7 @@ import numpy as np
 import zmq
 
 from engine.core.results import FrameResult
-from engine.io.sinks import Shape, Sink, draw
+from engine.io.sinks import Shape, Sink, draw, shapes_of
 from engine.protocol.channels import make_socket
 
 JPEG_QUALITY = 80
@@ -64,7 +64,7 @@ class ViewSink(Sink):
         if frame is None or self._socket.closed or key not in self._watched or now < self._due.get(key, 0.0):
             return
         self._due[key] = now + self._interval
-        ok, jpeg = cv2.imencode(".jpg", draw(frame, result, self._labels, self._shapes),
+        ok, jpeg = cv2.imencode(".jpg", draw(frame, result, self._labels, shapes_of(self._shapes, result.stream)),
                                 (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
         if not ok:
             return

@@ -113,7 +113,12 @@ def test_streams_over_http_checked_guarded_and_resumed(engine_env, tmp_path):
         assert bad.status_code == 422 and bad.json()["detail"] == str(expected.value)
         assert "\n" not in bad.json()["detail"]
         assert http.post("/streams", json={"uri": str(COCO), "colour": 1}).status_code == 422
-        assert http.post("/streams", content=b"{not json").status_code == 422
+        as_json, as_text = {"Content-Type": "application/json"}, {"Content-Type": "text/plain"}
+        assert http.post("/streams", content=b"{not json", headers=as_json).status_code == 422
+        assert http.post("/streams", content=b"[" * 5000, headers=as_json).status_code == 422      # deep: one line
+        assert http.post("/streams", content=b'{"uri": "x"}', headers=as_text).status_code == 415   # no preflight
+        assert http.post("/streams", json={"uri": str(COCO), "detect_every": 5}).status_code == 422
+        assert http.get("/healthz", headers={"Host": "attacker.example"}).status_code == 400   # DNS rebinding
         assert http.post("/streams", json=[str(COCO)]).status_code == 422
         # the uri policy: only the roots' files, only the allowed schemes
         for uri in ("/etc/passwd", str(media / "escape" / "passwd"), "file:///etc/passwd", "0", "/dev/video0"):

@@ -131,3 +131,6 @@ def test_a_uri_is_shown_without_its_password():
     assert redact_uri("rtsp://10.0.0.5/s1") == "rtsp://10.0.0.5/s1"
     assert redact_uri("https://token@host/x") == "https://token@host/x"      # a user alone is not a password
     assert redact_uri("/srv/media/a:b@c.mp4") == "/srv/media/a:b@c.mp4"
+    assert redact_uri("rtsp://admin:ab/cd@cam/s1") == "rtsp://admin:***@cam/s1"          # a '/' in the password
+    assert redact_uri("rtsp://u:p@ss@cam:554/s1") == "rtsp://u:***@cam:554/s1"           # an '@' in it
+    assert redact_uri("rtsp://u:pw@cam/s1?x=@y") == "rtsp://u:***@cam/s1?x=@y"           # not the query's '@'
