@@ -25,6 +25,7 @@ from engine.api.streams_state import FILE, StreamsState
 from engine.api.uri_policy import UriRefused, check_uri
 from engine.config import MAX_STREAMS, RunConfig, redact_uri
 from engine.core.errors import ConfigError
+from engine.core.results import FrameResult
 from engine.io.run_folder import OutputDir
 from engine.observe.exporter import SnapshotCollector
 
@@ -115,8 +116,9 @@ class ControlPlane:
     def start(self) -> None:
         keep_previous(Path(self.cfg.output.dir))
         self.engine.start()
-        for src in self.pipeline.config.sources:          # resolved: each with its name
-            self.streams.entries[src.name] = {k: v for k, v in src.to_dict().items() if k != "start"}
+        # resolved (each with its name); a new dict swapped in whole, as requests read it from other threads
+        self.streams.entries = {src.name: {k: v for k, v in src.to_dict().items() if k != "start"}
+                                for src in self.pipeline.config.sources}
         self.streams.put_all()
         if self.pipeline.view_endpoint:
             self.live = LiveView(self.pipeline.view_endpoint)
@@ -161,7 +163,6 @@ class ControlPlane:
         data["sources"] = entries
         self.cfg.sources = RunConfig.from_dict(data, origin="the open streams").sources
         self._make_engine()
-        self.streams.entries.clear()
         self.start()
 
     # ---- requests -------------------------------------------------------------------------------
@@ -208,8 +209,9 @@ class ControlPlane:
             if "uri" in d:
                 d["uri"] = redact_uri(d["uri"])
         out: dict[str, Any] = {"name": name, "entry": entry, **row}
-        if name in self.engine.latest:
-            out["last_frame"] = self._last_frame(name)
+        latest = self.engine.latest.get(name)
+        if latest is not None:
+            out["last_frame"] = self._last_frame(latest)
         if self.live is not None:
             out["view"] = vars(self.live.figures.get(name, ViewFigures()))
         return out
@@ -220,16 +222,16 @@ class ControlPlane:
         out: dict[str, Any] = snapshot.to_dict() if snapshot is not None else {"state": "starting"}
         for row in out.get("streams", {}).values():
             row["uri"] = redact_uri(row["uri"])
-        out["service"] = {"open_streams": list(self.streams.entries), "max_streams": self.cfg.serve.max_streams,
+        names, latest = list(self.streams.entries), self.engine.latest.copy()    # (copies: other threads write)
+        out["service"] = {"open_streams": names, "max_streams": self.cfg.serve.max_streams,
                           "recycles": self.recycles,
                           "error": self.engine.error, "ready": not self.not_ready(),
-                          "last_frame": {n: self._last_frame(n) for n in self.streams.entries
-                                         if n in self.engine.latest},
-                          "view": {k: vars(v) for k, v in (self.live.figures if self.live else {}).items()}}
+                          "last_frame": {n: self._last_frame(latest[n]) for n in names if n in latest},
+                          "view": {k: vars(v) for k, v in (self.live.figures.copy() if self.live else {}).items()}}
         return out
 
-    def _last_frame(self, name: str) -> dict:
-        latest = self.engine.latest[name]
+    @staticmethod
+    def _last_frame(latest: FrameResult) -> dict:
         found = latest.detections or ()
         return {"frame_id": latest.frame_id, "detections": len(found), "status": latest.status,
                 "tracks": sum(d.track_id is not None for d in found)}

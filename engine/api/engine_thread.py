@@ -83,6 +83,10 @@ class EngineThread:
         except OvstreamError as exc:
             self.error = str(exc)
             log.error("the pipeline stopped: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - a bug: one line for the service, the trace in the debug log
+            self.error = f"internal error: {type(exc).__name__}: {exc}"
+            log.error("the pipeline stopped: %s", self.error)
+            log.debug("the pipeline stopped", exc_info=True)
         finally:
             self.error = self.error or "the service is stopping"
             self._refuse_calls()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -121,13 +121,20 @@ def create_app(service: ControlPlane) -> FastAPI:
     registry.register(service.collector)
     changing = asyncio.Lock()          # one add or remove at a time: the checks hold until it is done
 
-    async def in_engine(fn: Any) -> Any:
+    async def in_engine(fn: Any, late: Callable[[Any], None]) -> Any:
+        """``fn(pipeline)`` in the engine's thread; a call that times out once begun still ends,
+        and ``late`` then records what it did."""
+        future = service.engine.call(fn)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(service.engine.call(fn)), CALL_TIMEOUT_S)
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), CALL_TIMEOUT_S)
         except PipelineError as exc:
             raise HTTPException(503, str(exc)) from None
         except asyncio.TimeoutError:
-            raise HTTPException(503, "the pipeline did not answer") from None
+            if future.cancel():           # not begun: it never will be
+                raise HTTPException(503, "the pipeline did not answer; nothing was changed") from None
+            future.add_done_callback(lambda done: late(done.result()) if done.exception() is None else None)
+            raise HTTPException(503, "the pipeline did not answer in time; the change goes on (see GET /streams)") \
+                from None
 
     @app.get("/streams", summary="The open streams: their entries and figures")
     async def list_streams() -> list[dict]:
@@ -150,7 +157,8 @@ def create_app(service: ControlPlane) -> FastAPI:
                 if service.life_left <= 0:
                     name = await asyncio.to_thread(service.recycle, entry)
                 else:
-                    name = await in_engine(lambda pipe: pipe.add_source(**entry))
+                    name = await in_engine(lambda pipe: pipe.add_source(**entry),
+                                           late=lambda added: service.streams.put({**entry, "name": added}))
             except ConfigError as exc:
                 raise HTTPException(409 if "no room" in str(exc) or "taken" in str(exc) else 422, str(exc)) from None
             service.streams.put({**entry, "name": name})
@@ -166,7 +174,7 @@ def create_app(service: ControlPlane) -> FastAPI:
         async with changing:
             service.require(name)
             try:
-                await in_engine(lambda pipe: pipe.remove_source(name))
+                await in_engine(lambda pipe: pipe.remove_source(name), late=lambda _: service.forget(name))
             except ConfigError as exc:
                 raise HTTPException(404, str(exc)) from None
             service.forget(name)

@@ -29,9 +29,18 @@ def check_uri(uri: str, serve: ServeConfig) -> str:
         return text
     if not serve.roots:
         raise UriRefused("file paths are not allowed: no folder is configured in [serve] roots")
+    roots = [Path(os.path.realpath(Path(root).expanduser())) for root in serve.roots]
     path = Path(os.path.realpath(Path(text).expanduser()))
-    for root in serve.roots:
-        real_root = Path(os.path.realpath(Path(root).expanduser()))
-        if path == real_root or real_root in path.parents:
-            return str(path)
-    raise UriRefused(f"uri {text}: file paths must be under [serve] roots")
+    if not _under(path, roots):
+        raise UriRefused(f"uri {text}: file paths must be under [serve] roots")
+    if path.is_dir():           # a folder's images are opened as they are named: no link may lead out
+        for folder, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                entry = Path(folder) / name
+                if entry.is_symlink() and not _under(Path(os.path.realpath(entry)), roots):
+                    raise UriRefused(f"uri {text}: {entry} links outside [serve] roots")
+    return str(path)
+
+
+def _under(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)

@@ -355,8 +355,8 @@ class ClusterRun:
         engine.status = answer.get("status") or engine.status
         rows = (engine.status or {}).get("streams", {})
         frames = sum(int(rows.get(name, {}).get("in", 0)) for name in engine.streams)
-        if frames > engine.frames:
-            engine.frames, engine.progressed = frames, time.monotonic()
+        if frames > engine.frames or got:         # reading, or still handing over its records
+            engine.frames, engine.progressed = max(frames, engine.frames), time.monotonic()
         for name in engine.streams:
             st = self.streams[name]
             if rows.get(name, {}).get("state") in ("ended", "failed") and st.engine == engine.eid \
@@ -427,6 +427,7 @@ class ClusterRun:
             held = self.results.totals[name]
             out, errors = held.ok - st.past.get("out", 0), held.errors - st.past.get("errors", 0)
             st.start = max(st.start, held.last + 1)
+            complete = bool(st.final_state) and self.holds_all(st, row, seg_start, out + errors)
             for key, value in (("out", out), ("errors", errors), ("drops", int(row.get("drops", 0))),
                                ("reconnects", int(row.get("reconnects", 0))),
                                ("duplicates", int(row.get("duplicates", 0)))):
@@ -439,7 +440,8 @@ class ClusterRun:
                 st.state = "failed"
             elif stopped:
                 st.state = "stopped"
-            elif not lost or st.final_state:     # ran to its end (or its engine said so before dying)
+            elif not lost or complete:
+                # ran to its end (or its engine said so before dying, and every record reached us)
                 st.state = "failed" if (st.final_state or row.get("state")) == "failed" else "done"
             else:
                 st.moves += 1
@@ -447,10 +449,23 @@ class ClusterRun:
                     self.fail(st, f"its engine was lost {st.moves} times ([cluster] max_moves = "
                                   f"{self.cfg.cluster.max_moves})")
                 else:
-                    st.state, st.moved_at = "waiting", time.monotonic()
+                    st.state, st.moved_at, st.final_state = "waiting", time.monotonic(), ""
                     st.waiting_since = st.moved_at
                     moved.append(name)
         return moved
+
+    def holds_all(self, st: Stream, row: dict, seg_start: int, held_here: int) -> bool:
+        """Whether the driver holds every record a lost engine wrote for ``st`` in the segment
+        that started at ``seg_start`` (``held_here`` of them reached us): its last word said the
+        stream ended, but records still on their way may have died with it (then the stream
+        resumes after the last one held)."""
+        if st.final_state == "failed":
+            return True
+        written = int(row.get("out", 0)) + int(row.get("errors", 0))
+        if held_here < written:
+            return False
+        expected = int(row.get("expected") or 0)
+        return not expected or self.results.totals[st.name].last + 1 >= seg_start + expected
 
     def note_resumed(self, st: Stream) -> None:
         """A moved stream's first record from its new engine reached the driver: the recovery time."""

@@ -238,3 +238,25 @@ def test_an_engine_silent_or_reading_nothing_is_lost_and_its_streams_wait_again(
     assert [e["why"] for e in run.events] == [f"no frame read for {STALL_S + 1:.0f} s",
                                               f"no answer for {SILENT_S + 1:.0f} s"]
     assert [(s.state, s.moves) for s in run.streams.values()] == [("waiting", 1)] * 2
+
+
+def test_an_engine_lost_after_saying_ended_moves_the_records_it_never_sent(tmp_path):
+    pytest.importorskip("ray")
+    from engine.cluster.driver import ClusterRun
+    cfg = RunConfig.from_dict({"sources": [{"uri": str(tmp_path), "name": f"s{i}"} for i in range(2)],
+                               "cluster": {"address": "auto"}})
+    fake = _FakeRay([_node("a" * 56, 2)])
+    (tmp_path / "out").mkdir()
+    run = ClusterRun(fake, cfg, "auto", tmp_path / "out")
+    run.place()
+    (engine,) = run.engines.values()
+    engine.state = "running"
+    ended = {"state": "ended", "in": 10, "out": 10, "expected": 10}
+    # its last answer: both streams ended; s0's ten records all came, s1's last four were still on their way
+    run.on_answer(engine, {"records": b"".join([_record("s0", i) for i in range(10)] +
+                                               [_record("s1", i) for i in range(6)]),
+                           "status": {"streams": {"s0": ended, "s1": ended}}})
+    run.lose(engine, "its node died")
+    assert (run.streams["s0"].state, run.streams["s1"].state) == ("done", "waiting")
+    assert run.streams["s1"].start == 6 and run.streams["s1"].final_state == ""
+    assert run.events[-1]["streams"] == {"s1": 6}

@@ -75,3 +75,23 @@ def test_a_stretched_detector_fed_letterboxed_is_told_to_stretch(tmp_path: Path,
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["diagnosis"] == 'resize = "stretch"', report
     assert report["restored"] > report["configured"] + 0.02 and report["images"] == 100
+
+
+def test_a_second_round_range_follows_the_first_round_colour_flip() -> None:
+    """A classifier wants RGB with ImageNet mean/std but is fed BGR with 0–255: the colour flip helps
+    alone, and the range tried on top of it is in RGB order (not the BGR order of the config as it was)."""
+    from engine.tools.modeltools.diagnose import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, Change, Trial
+
+    class Scored(Diagnoser):
+        def __init__(self, cfg: ModelConfig) -> None:          # no model: a score from the settings alone
+            self.cfg, self.layout, self.annotations, self.frames = cfg, "NCHW", None, [("x.jpg", None)]
+            self.truth = {}
+
+        def trial(self, changes: tuple[Change, ...]) -> Trial:
+            pre = self.configured(changes).preprocess
+            right_range = pre.mean == list(IMAGENET_MEAN_RGB) and pre.scale == list(IMAGENET_STD_RGB)
+            return Trial(changes, 0.2 + 0.3 * (pre.color == "RGB") + 0.4 * (right_range and pre.color == "RGB"))
+
+    found = diagnose(Scored(_effnet(color="BGR", mean=[0.0], scale=[1.0])))
+    assert found.found is not None and [c.topic for c in found.found.changes] == ["colour", "range"]
+    assert found.found.metric == pytest.approx(0.9)

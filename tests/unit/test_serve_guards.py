@@ -26,8 +26,12 @@ def test_uris_are_stream_urls_of_allowed_schemes_or_files_under_the_roots(tmp_pa
     serve = ServeConfig(roots=[str(root)])
     assert check_uri("rtsp://cam.local/stream", serve) == "rtsp://cam.local/stream"
     assert check_uri(str(root / "clips" / "a.mp4"), serve) == str(root / "clips" / "a.mp4")
-    assert check_uri(str(root), serve) == str(root)
-    refused = {"/etc/passwd": "must be under", str(root / "out" / "passwd"): "must be under",
+    assert check_uri(str(root / "clips"), serve) == str(root / "clips")
+    (root / "clips" / "b.mp4").symlink_to(root / "clips" / "a.mp4")           # a link that stays inside: fine
+    assert check_uri(str(root / "clips"), serve) == str(root / "clips")
+    (root / "clips" / "c.jpg").symlink_to("/etc/hostname")                      # one that leads out: refused
+    refused = {str(root): "out links outside", str(root / "clips"): "c.jpg links outside",
+               "/etc/passwd": "must be under", str(root / "out" / "passwd"): "must be under",
                str(root / ".." / "secret"): "must be under", str(tmp_path / "media-2" / "x"): "must be under",
                "file:///etc/passwd": "scheme 'file'", "ftp://host/x": "scheme 'ftp'",
                "0": "cameras", "/dev/video0": "cameras"}

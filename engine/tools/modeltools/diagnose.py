@@ -191,12 +191,20 @@ class Diagnoser:
     def metric_name(self) -> str:
         return "COCO AP50" if self.detector else "top-1 accuracy"
 
-    def trial(self, changes: tuple[Change, ...]) -> Trial:
+    def configured(self, changes: tuple[Change, ...]) -> ModelConfig:
+        """The model's config with ``changes``' settings applied in order."""
         cfg = self.cfg
         for change in changes:
             if change.reruns:
                 cfg = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update=change.preprocess),
                                              "params": {**cfg.params, **change.params}})
+        return cfg
+
+    def layout_with(self, changes: tuple[Change, ...]) -> str:
+        return next((str(c.params["layout"]) for c in reversed(changes) if "layout" in c.params), self.layout)
+
+    def trial(self, changes: tuple[Change, ...]) -> Trial:
+        cfg = self.configured(changes)
         key = tuple(c.name for c in changes if c.reruns)
         try:
             if key not in self._cache:       # label and box changes re-read the same answers
@@ -238,8 +246,8 @@ def better(trial: Trial, than: Trial) -> bool:
 
 
 def diagnose(diagnoser: Diagnoser, progress: Callable[[str], None] = lambda _: None) -> Diagnosis:
-    """Try every single change, then (up to :data:`ROUNDS`) the others on top of the best one."""
-    singles = changes_for(diagnoser.cfg, diagnoser.layout, diagnoser.detector)
+    """Try every single change, then (up to :data:`ROUNDS`) the others on top of the best one
+    (worked out again on the config it makes: a range's channel order follows a colour flip)."""
     progress("as configured")
     trials = [diagnoser.trial(())]
     found: Trial | None = None
@@ -248,7 +256,7 @@ def diagnose(diagnoser: Diagnoser, progress: Callable[[str], None] = lambda _: N
         applied = found.changes if found else ()
         topics = {c.topic for c in applied}
         round_trials = []
-        for change in singles:
+        for change in changes_for(diagnoser.configured(applied), diagnoser.layout_with(applied), diagnoser.detector):
             if change.topic in topics:
                 continue
             progress(" + ".join(c.name for c in (*applied, change)))
