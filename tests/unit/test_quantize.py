@@ -218,7 +218,9 @@ def test_detector_int8_scored_by_coco_ap50(tmp_path: Path) -> None:
     """`ovstream quantize yolox_nano --annotations instances.json` on the 100 COCO images: FP32 / INT8 AP50
     and AP against the ground truth, and the 1-point verdict in the table. The graph is folded before
     quantization (MOC transformations): quantized as read from the ONNX file (unfused batch norms, shape
-    subgraphs) INT8 lost 18.5 AP50 points; folded, 0.8 (docs/models.md). 1.5 bounds it with a margin."""
+    subgraphs) INT8 lost 18.5 AP50 points; folded, 0.8 (docs/models.md). On a CPU without VNNI it needs the
+    overflow fix on every layer too (30.5 points lost without it there; ``--overflow-fix auto`` applies it).
+    1.5 bounds it with a margin."""
     try:
         cfg = resolve("yolox_nano")
     except Exception as exc:                 # the model file lives in the shared folder, not the repository
@@ -239,3 +241,18 @@ def test_detector_int8_scored_by_coco_ap50(tmp_path: Path) -> None:
 def test_ap50_metric_needs_annotations(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli(["quantize", "face", "--metric", "ap50", "--seconds", "0.1", "--output", str(tmp_path)]) == 2
     assert "--metric ap50 needs COCO ground truth" in capsys.readouterr().err
+
+
+def test_the_overflow_fix_covers_every_layer_only_on_a_cpu_without_vnni(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    from engine.tools.modeltools import quantize as q
+    avx2, vnni = tmp_path / "avx2", tmp_path / "vnni"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    vnni.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512_vnni\n")
+    assert (q.cpu_has_vnni(avx2), q.cpu_has_vnni(vnni), q.cpu_has_vnni(tmp_path / "none")) == (False, True, True)
+    for has, fix in ((False, OverflowFix.ENABLE), (True, OverflowFix.FIRST_LAYER)):
+        monkeypatch.setattr(q, "cpu_has_vnni", lambda has=has: has)
+        assert q.overflow_fix_for("auto") == fix
+    assert q.overflow_fix_for("disable") == OverflowFix.DISABLE
