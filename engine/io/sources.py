@@ -419,8 +419,8 @@ class VideoSource(Source):
                 if skipped:
                     ok, frame = cap.grab(), None
                 else:
-                    if period:
-                        self._closed.wait(max(0.0, due - time.monotonic()))
+                    if period and not failed:       # a failed read is retried at once: the end of the file
+                        self._closed.wait(max(0.0, due - time.monotonic()))   # is MAX_DECODE_FAILURES of them
                         due = max(due + period, time.monotonic())
                     t_ns = time.monotonic_ns()
                     ok, frame = cap.read()

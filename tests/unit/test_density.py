@@ -133,3 +133,22 @@ def read_toml_text(tmp_path, text: str) -> dict:
     path = tmp_path / "density.toml"
     path.write_text(text, encoding="utf-8")
     return read_toml(path)
+
+
+def test_an_engine_is_counted_in_its_window_and_stopped(tmp_path):
+    """One camera-like stream through a real engine: the window opens after the warm-up, its results
+    are those results.jsonl gained in it (a looped 30 FPS clip delivers about 30 a second, across its
+    loop point), start-up is reported apart, and the engine is stopped (its report written, no process left)."""
+    import psutil
+
+    from engine.tools.bench.density import run_engine
+
+    video = write_video(tmp_path / "clip", list_images(COCO)[:8], frames=15, fps=30)   # loops every 0.5 s
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    t = run_engine(Trial("engine", 1, 0, seconds=2.0, target_fps=30.0), video, "face", "CPU", tmp_path / "out")
+    assert not t.error, t.error
+    assert t.startup_s is not None and t.startup_s > 0 and t.window_s and t.window_s[0] >= 2.0
+    assert 0.9 * 30 <= t.per_stream_fps[0] <= 1.1 * 30 and t.drops == [0]
+    assert t.p95_ms is not None and t.cpu_s > 0
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["state"] in ("interrupted", "finished")
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before

@@ -682,21 +682,23 @@ def render_density(result: dict, console: Console) -> None:
                   f"cores, OpenVINO {m.get('openvino')}; model {s.get('model')} on {s.get('device')}; each stream "
                   f"{d['target_fps']:g} FPS (a looped video at its native rate), {d['seconds']:g} s per run, "
                   f"{d['repeats']} repeats; sustained = every stream ≥ {d['sustain_fraction']:.0%} of "
-                  f"{d['target_fps']:g} FPS with no drops; load average {m.get('load_avg_at_start', ['?'])[0]} → "
-                  f"{m.get('load_avg_at_end', ['?'])[0]}")
+                  f"{d['target_fps']:g} FPS with no drops, counted from {d.get('warmup_s', 0):g} s after every "
+                  f"stream's first result; p95: end-to-end latency; load average "
+                  f"{m.get('load_avg_at_start', ['?'])[0]} → {m.get('load_avg_at_end', ['?'])[0]}")
     table = Table(title="Delivered FPS per stream (slowest stream, median of repeats, min–max) by stream count")
     table.add_column("streams", justify="right")
     for v in d["variants"]:
         table.add_column(f"{v}: FPS", justify="right")
         table.add_column("drops", justify="right")
         table.add_column("CPU ms/frame", justify="right")
+        table.add_column("p95 ms", justify="right")
     counts = sorted({n for v in d["variants"].values() for n in v["by_streams"]}, key=int)
     for n in counts:
         cells = [str(n)]
         for v in d["variants"].values():
             row = v["by_streams"].get(n)
             if row is None:
-                cells += ["—", "", ""]
+                cells += ["—", "", "", ""]
                 continue
             fps = row["min_fps"] or {}
             mark = "[green]" if row["sustained_runs"] * 2 > row["runs"] else "[red]"
@@ -704,8 +706,13 @@ def render_density(result: dict, console: Console) -> None:
                          if fps else f"[red]{(row['errors'] or ['failed'])[0][:30]}[/red]")
             cells.append(str(row["drops"]))
             cells.append(fmt((row["cpu_ms_per_frame"] or {}).get("median"), 2))
+            cells.append(fmt((row.get("p95_ms") or {}).get("median"), 0))
         table.add_row(*cells)
     console.print(table)
+    startup = {v: [r["startup_s"]["median"] for r in x["by_streams"].values() if r.get("startup_s")]
+               for v, x in d["variants"].items()}
+    console.print("start-up, seconds to every stream's first result (median over the stream counts; not in the "
+                  "window): " + ", ".join(f"{v} {fmt(sorted(s)[len(s) // 2], 1)}" for v, s in startup.items() if s))
     sustained = ", ".join(f"{v} {x['sustained_streams']}" for v, x in d["variants"].items() if v != "budget")
     ratios = ", ".join(f"{k} {fmt(r, 2, '×')}" for k, r in d["ratios"].items() if k != "budget/engine")
     console.print(f"[bold]streams sustained at {d['target_fps']:g} FPS[/bold]: {sustained}   ({ratios})")

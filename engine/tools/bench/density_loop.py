@@ -6,8 +6,10 @@ camera's would be. A thread pool resizes (the model's resize mode) the newest fr
 (round robin over the streams) and starts it on an OpenVINO ``AsyncInferQueue``, whose callback parses the outputs with
 the model's adapter. The same work per frame as the engine, in the usual threaded shape.
 
-Run as ``python -m engine.tools.bench.density_loop --video V --streams N --seconds T``; prints one JSON object
-(per-stream delivered frames and drops in the measured window) on stdout.
+Run as ``python -m engine.tools.bench.density_loop --video V --streams N --seconds T [--warmup W]``; prints one
+JSON object on stdout: per-stream delivered frames and drops in the measured window (it opens ``W`` s after every
+stream's first result), the window's length, the process's CPU seconds in it, the p95 of capture-to-parsed
+latency in it, and the seconds from the process's start to every stream's first result.
 """
 from __future__ import annotations
 
@@ -22,12 +24,15 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import openvino as ov
+import psutil
 
 from engine.config import load_config
 from engine.core.geometry import Geometry
 from engine.model.detect import detect_model
 from engine.model.prepare import output_shapes
 from engine.tools.bench.loops import Prepared
+
+START_TIMEOUT_S = 120.0      # every stream's first result by then, or the run fails
 
 
 class Camera(threading.Thread):
@@ -67,10 +72,8 @@ class Camera(threading.Thread):
 
 def serve(video: str, streams: int, seconds: float, fps: float, model: str, device: str,
           warmup_s: float = 0.0) -> dict:
-    """Serve ``streams`` cameras for ``warmup_s + seconds``; counts from the measured window only.
-
-    No warm-up by default: the engine runs of the density bench count from their streams' start
-    too (``--duration``), so both pay their first, slower inferences alike."""
+    """Serve ``streams`` cameras until ``seconds`` have been measured, in a window that opens
+    ``warmup_s`` after every stream's first result (as the density bench counts the engine)."""
     key = "path" if os.path.splitext(model)[1] else "name"
     cfg = load_config(None, {"model": {key: model}}, detect=detect_model)
     prepared = Prepared(cfg.model, device)
@@ -80,28 +83,31 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
     info, pre = prepared.info, prepared.pre
     nireq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     queue = ov.AsyncInferQueue(compiled, nireq)
-    done = [0] * streams
+    done, first = [0] * streams, [False] * streams
+    latencies: list[float] = []
     measuring = threading.Event()
 
-    def on_done(request: ov.InferRequest, userdata: tuple[int, Geometry]) -> None:
-        stream, geometry = userdata
+    def on_done(request: ov.InferRequest, userdata: tuple[int, Geometry, float]) -> None:
+        stream, geometry, captured = userdata
         adapter.decode({n: request.get_output_tensor(i).data for i, n in enumerate(names)}, geometry)
+        first[stream] = True
         if measuring.is_set():
             done[stream] += 1
+            latencies.append(time.perf_counter() - captured)
 
     queue.set_callback(on_done)
     start_lock = threading.Lock()       # AsyncInferQueue.start_async is not safe from two threads at once
 
-    def infer(stream: int, frame: np.ndarray) -> None:
+    def infer(stream: int, frame: np.ndarray, captured: float) -> None:
         geometry = Geometry.plan(frame.shape[1], frame.shape[0], info.width, info.height, pre.resize, pre.crop)
         pixels = np.empty((1, info.height, info.width, 3), np.uint8)
         geometry.resize_into(frame, pixels[0], pre.interpolation, pre.pad)
         with start_lock:
-            queue.start_async({0: pixels}, (stream, geometry))
+            queue.start_async({0: pixels}, (stream, geometry, captured))
 
-    def infer_and_release(stream: int, frame: np.ndarray) -> None:
+    def infer_and_release(stream: int, frame: np.ndarray, captured: float) -> None:
         try:
-            infer(stream, frame)
+            infer(stream, frame, captured)
         finally:
             in_pool.release()
 
@@ -111,17 +117,26 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
         camera.start()
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
     in_pool = threading.Semaphore(nireq * 2)          # bounded: at most this many frames queued
-    start = time.perf_counter()
-    window_start = start + warmup_s
-    end = window_start + seconds
+    window_start = end = float("inf")
+    startup_s = 0.0
     base_read, base_drops = [0] * streams, [0] * streams
+    cpu0 = 0.0
     turn = 0
+    began = time.perf_counter()
     while (now := time.perf_counter()) < end:
+        if window_start == float("inf") and now - began > START_TIMEOUT_S:
+            stop.set()
+            raise SystemExit(f"not every stream delivered within {START_TIMEOUT_S:.0f} s")
+        if window_start == float("inf") and all(first):
+            startup_s = time.time() - psutil.Process().create_time()
+            window_start = now + warmup_s
         if not measuring.is_set() and now >= window_start:
             with wake:
                 base_read = [c.read for c in cameras]
                 base_drops = [c.drops for c in cameras]
             measuring.set()
+            cpu0, window_start = time.process_time(), now
+            end = now + seconds
         with wake:
             ready = [i for i in range(streams) if cameras[(turn + i) % streams].latest is not None]
             if not ready:
@@ -130,19 +145,22 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
             stream = (turn + ready[0]) % streams
             taken = cameras[stream].take()
         assert taken is not None                   # ready: it has a frame
-        frame = taken[0]
+        frame, captured = taken
         turn = stream + 1
         in_pool.acquire()
-        pool.submit(infer_and_release, stream, frame)
+        pool.submit(infer_and_release, stream, frame, captured)
     measuring.clear()
+    window_s, cpu_s = time.perf_counter() - window_start, time.process_time() - cpu0
     with wake:
         reads = [c.read - b for c, b in zip(cameras, base_read)]
         drops = [c.drops - b for c, b in zip(cameras, base_drops)]
     stop.set()
     pool.shutdown(wait=True)
     queue.wait_all()
+    p95 = float(np.percentile(latencies, 95)) * 1000 if latencies else None
     return {"streams": streams, "seconds": seconds, "nireq": nireq, "delivered": done, "read": reads,
-            "drops": drops}
+            "drops": drops, "window_s": round(window_s, 3), "cpu_s": round(cpu_s, 3),
+            "p95_ms": round(p95, 1) if p95 is not None else None, "startup_s": round(startup_s, 2)}
 
 
 def main() -> int:
@@ -154,8 +172,10 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--model", required=True, help="registry name or model file")
     parser.add_argument("--device", default="CPU")
+    parser.add_argument("--warmup", type=float, default=0.0, help="seconds after every stream's first result "
+                                                                  "before the window opens")
     args = parser.parse_args()
-    result = serve(args.video, args.streams, args.seconds, args.fps, args.model, args.device)
+    result = serve(args.video, args.streams, args.seconds, args.fps, args.model, args.device, args.warmup)
     json.dump(result, sys.stdout)
     return 0
 
