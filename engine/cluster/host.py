@@ -36,6 +36,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from engine.io.run_folder import read_json_file
+
 _PR_SET_PDEATHSIG = 1
 STOP_WAIT_S = 10.0          # the supervisor stops in about a second; a compile in progress may take longer
 BATCH_BYTES = 1 << 20       # records per poll: at most this many bytes of whole lines (one longer line alone)
@@ -51,14 +53,6 @@ def _die_with(parent: int):
         if os.getppid() != parent:          # the parent died before the line above
             os._exit(1)
     return arm
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _tail(path: Path, lines: int = 3) -> str:
@@ -148,9 +142,9 @@ class EngineHost:
         records, more = read_lines(self.folder / "results.jsonl", self.offset)
         self.offset += len(records)
         out: dict[str, Any] = {"pid": self.proc.pid, "returncode": None if more else code, "records": records,
-                               "more": more, "status": _read_json(self.folder / "status.json")}
+                               "more": more, "status": read_json_file(self.folder / "status.json")}
         if code is not None and not more:
-            out["report"] = _read_json(self.folder / "report.json")
+            out["report"] = read_json_file(self.folder / "report.json")
             out["tail"] = _tail(self.folder / "engine.log")
         return out
 

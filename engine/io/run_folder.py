@@ -142,3 +142,13 @@ def reserve(path: Path, size: int) -> None:
             fh.write(placeholder.ljust(size, b" "))
     except OSError as exc:
         raise ConfigError(f"output folder {path.parent}: cannot write {path.name} ({exc.strerror})") from None
+
+
+def read_json_file(path: Path) -> dict | None:
+    """A run folder's JSON object file (``status.json``, ``report.json``) as it is now; None when
+    it is missing, unreadable or not a JSON object (it is rewritten whole, by rename)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

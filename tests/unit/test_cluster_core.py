@@ -184,15 +184,21 @@ def _node(node_id: str, streams: float) -> dict:
     return {"NodeID": node_id, "Alive": True, "NodeManagerHostname": "h", "Resources": {"ovstream_streams": streams}}
 
 
-def test_streams_that_wait_for_room_go_to_a_node_that_joins(tmp_path):
-    pytest.importorskip("ray")
+def _placed(tmp_path, streams: int, nodes: list[dict], **cluster):
+    """A driver for ``streams`` folder streams on a fake cluster of ``nodes``, its first placement done."""
     from engine.cluster.driver import ClusterRun
-    cfg = RunConfig.from_dict({"sources": [{"uri": str(tmp_path), "name": f"s{i}"} for i in range(3)],
-                               "cluster": {"address": "auto"}})
-    fake = _FakeRay([_node("a" * 56, 2)])
+    cfg = RunConfig.from_dict({"sources": [{"uri": str(tmp_path), "name": f"s{i}"} for i in range(streams)],
+                               "cluster": {"address": "auto", **cluster}})
+    fake = _FakeRay(nodes)
     (tmp_path / "out").mkdir()
     run = ClusterRun(fake, cfg, "auto", tmp_path / "out")
     run.place()
+    return run, fake
+
+
+def test_streams_that_wait_for_room_go_to_a_node_that_joins(tmp_path):
+    pytest.importorskip("ray")
+    run, fake = _placed(tmp_path, 3, [_node("a" * 56, 2)])
     assert fake.started == [("a" * 56, ["s0", "s1"])]              # room for two: the third waits
     assert run.streams["s2"].state == "waiting"
     fake.node_list.append(_node("b" * 56, 4))                       # a node joins the cluster
@@ -204,13 +210,7 @@ def test_streams_that_wait_for_room_go_to_a_node_that_joins(tmp_path):
 
 def test_a_stream_that_finds_no_room_fails_after_wait_s_in_one_line(tmp_path):
     pytest.importorskip("ray")
-    from engine.cluster.driver import ClusterRun
-    cfg = RunConfig.from_dict({"sources": [{"uri": str(tmp_path), "name": f"s{i}"} for i in range(2)],
-                               "cluster": {"address": "auto", "wait_s": 0.05}})
-    fake = _FakeRay([_node("a" * 56, 1)])
-    (tmp_path / "out").mkdir()
-    run = ClusterRun(fake, cfg, "auto", tmp_path / "out")
-    run.place()
+    run, fake = _placed(tmp_path, 2, [_node("a" * 56, 1)], wait_s=0.05)
     assert run.streams["s1"].state == "waiting"
     time.sleep(0.1)
     run._next_nodes = 0.0
@@ -221,13 +221,8 @@ def test_a_stream_that_finds_no_room_fails_after_wait_s_in_one_line(tmp_path):
 
 def test_an_engine_silent_or_reading_nothing_is_lost_and_its_streams_wait_again(tmp_path):
     pytest.importorskip("ray")
-    from engine.cluster.driver import SILENT_S, STALL_S, ClusterRun
-    cfg = RunConfig.from_dict({"sources": [{"uri": str(tmp_path), "name": f"s{i}"} for i in range(2)],
-                               "cluster": {"address": "auto"}})
-    fake = _FakeRay([_node("a" * 56, 1), _node("b" * 56, 1)])
-    (tmp_path / "out").mkdir()
-    run = ClusterRun(fake, cfg, "auto", tmp_path / "out")
-    run.place()
+    from engine.cluster.driver import SILENT_S, STALL_S
+    run, fake = _placed(tmp_path, 2, [_node("a" * 56, 1), _node("b" * 56, 1)])
     first, second = run.engines.values()
     now = time.monotonic()
     first.state = second.state = "running"
@@ -242,13 +237,7 @@ def test_an_engine_silent_or_reading_nothing_is_lost_and_its_streams_wait_again(
 
 def test_an_engine_lost_after_saying_ended_moves_the_records_it_never_sent(tmp_path):
     pytest.importorskip("ray")
-    from engine.cluster.driver import ClusterRun
-    cfg = RunConfig.from_dict({"sources": [{"uri": str(tmp_path), "name": f"s{i}"} for i in range(2)],
-                               "cluster": {"address": "auto"}})
-    fake = _FakeRay([_node("a" * 56, 2)])
-    (tmp_path / "out").mkdir()
-    run = ClusterRun(fake, cfg, "auto", tmp_path / "out")
-    run.place()
+    run, fake = _placed(tmp_path, 2, [_node("a" * 56, 2)])
     (engine,) = run.engines.values()
     engine.state = "running"
     ended = {"state": "ended", "in": 10, "out": 10, "expected": 10}

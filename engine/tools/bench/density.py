@@ -36,6 +36,7 @@ from typing import Any
 
 import psutil
 
+from engine.io.run_folder import read_json_file
 from engine.tools.bench.stats import Spread
 
 SUSTAIN_FRACTION = 0.95
@@ -66,14 +67,14 @@ class Trial:
     cpu_s: float = 0.0                                    # the process tree's CPU in the window
     wall_s: float = 0.0
     error: str = ""
-    window_s: list[float] = field(default_factory=list)  # each stream's window (default: ``seconds``)
+    window_s: float = 0.0                                 # the window's measured length (0: ``seconds``)
     p95_ms: float | None = None                          # end-to-end latency
     startup_s: float | None = None                       # to every stream's first result
 
     @property
     def per_stream_fps(self) -> list[float]:
-        windows = self.window_s or [self.seconds] * len(self.delivered)
-        return [d / w for d, w in zip(self.delivered, windows) if w > 0]
+        window = self.window_s or self.seconds
+        return [d / window for d in self.delivered] if window > 0 else []
 
     @property
     def sustained(self) -> bool:
@@ -155,14 +156,6 @@ def _engine_process(video: Path, streams: int, model: str, device: str, output: 
     return proc
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _all_delivering(status: dict | None, streams: int) -> bool:
     rows = (status or {}).get("streams") or {}
     return len(rows) == streams and all(int(r.get("out", 0)) > 0 for r in rows.values())
@@ -193,14 +186,14 @@ def _results_between(path: Path, start: int, end: int) -> dict[str, int]:
 
 def measure_engines(trial: Trial, procs: list[subprocess.Popen], outs: list[Path], per_out: int,
                     warmup_s: float = WARMUP_S) -> Trial:
-    """Count ``trial`` over its window from the engines' ``status.json`` (see the module docstring),
-    then stop them as Ctrl-C does."""
+    """Count ``trial`` over its window from the engines' ``results.jsonl`` and ``status.json`` (see
+    the module docstring), then stop them as Ctrl-C does."""
     t0 = time.perf_counter()
     pids = [p.pid for p in procs]
     try:
         started = None
         while started is None or time.perf_counter() < started + warmup_s:
-            if started is None and all(_all_delivering(_read_json(o / "status.json"), per_out) for o in outs):
+            if started is None and all(_all_delivering(read_json_file(o / "status.json"), per_out) for o in outs):
                 started = time.perf_counter()
                 trial.startup_s = started - t0
             if any(p.poll() is not None for p in procs):
@@ -208,32 +201,31 @@ def measure_engines(trial: Trial, procs: list[subprocess.Popen], outs: list[Path
             if time.perf_counter() - t0 > START_TIMEOUT_S:
                 raise RuntimeError(f"not every stream delivered within {START_TIMEOUT_S:.0f} s")
             time.sleep(0.05)
-        first = [(_size(o / "results.jsonl"), _read_json(o / "status.json") or {}) for o in outs]
+        first = [(_size(o / "results.jsonl"), read_json_file(o / "status.json") or {}) for o in outs]
         cpu0, w0 = _tree_cpu_s(pids), time.perf_counter()
         time.sleep(trial.seconds)
-        last = [(_size(o / "results.jsonl"), _read_json(o / "status.json") or {}) for o in outs]
-        window = time.perf_counter() - w0
-        trial.cpu_s = (_tree_cpu_s(pids) - cpu0) * trial.seconds / window
+        last = [(_size(o / "results.jsonl"), read_json_file(o / "status.json") or {}) for o in outs]
+        trial.cpu_s, trial.window_s = _tree_cpu_s(pids) - cpu0, time.perf_counter() - w0
         for o, (size0, status0), (size1, status1) in zip(outs, first, last):
             results, drops0, drops1 = _results_between(o / "results.jsonl", size0, size1), \
                 _drops(status0), _drops(status1)
             for name in sorted(drops1):
                 trial.delivered.append(results.get(name, 0))
                 trial.drops.append(drops1[name] - drops0.get(name, 0))
-                trial.window_s.append(window)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         trial.error = str(exc)
     finally:
         trial.error = _stop(procs) or trial.error
         trial.wall_s = time.perf_counter() - t0
-    p95 = [((_read_json(o / "report.json") or {}).get("latency_ms") or {}).get("end_to_end", {}).get("p95")
+    p95 = [((read_json_file(o / "report.json") or {}).get("latency_ms") or {}).get("end_to_end", {}).get("p95")
            for o in outs]
     trial.p95_ms = max((float(v) for v in p95 if v is not None), default=None)
     return trial
 
 
 def _stop(procs: list[subprocess.Popen], wait_s: float = 60.0) -> str:
-    """Stop the engines as Ctrl-C does; an error if one does not end by itself."""
+    """Stop the engines as Ctrl-C does; an error if one does not end by itself, or ends as a
+    stopped run does not (0: it had ended, 130: stopped)."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -245,6 +237,8 @@ def _stop(procs: list[subprocess.Popen], wait_s: float = 60.0) -> str:
             proc.kill()
             proc.wait()
             error = f"did not stop within {wait_s:.0f} s of SIGINT"
+        if proc.returncode not in (0, 130) and not error:
+            error = f"exit code {proc.returncode} (see bench-run.log)"
     return error
 
 
@@ -281,8 +275,7 @@ def run_threaded(trial: Trial, video: Path, model: str, device: str, out: Path) 
     try:
         result = json.loads(proc.stdout)
         trial.delivered, trial.drops = result["delivered"], result["drops"]
-        trial.window_s = [result["window_s"]] * len(trial.delivered)
-        trial.cpu_s = result["cpu_s"] * trial.seconds / result["window_s"]
+        trial.window_s, trial.cpu_s = result["window_s"], result["cpu_s"]
         trial.p95_ms, trial.startup_s = result["p95_ms"], result["startup_s"]
     except (ValueError, KeyError, TypeError):
         tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]

@@ -299,7 +299,8 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
             scorer.set_reference(fp32, validation)
     options = {"preset": nncf.QuantizationPreset(preset), "subset_size": min(subset, len(calibration)),
                "fast_bias_correction": fast_bias_correction, "target_device": nncf.TargetDevice.CPU}
-    advanced = AdvancedQuantizationParameters(overflow_fix=overflow_fix_for(overflow_fix))
+    fix = overflow_fix_for(overflow_fix)
+    advanced = AdvancedQuantizationParameters(overflow_fix=fix)
     heads = head_layers(model) if ignore_heads else []
     if ignored_scope or ignored_types or heads:
         options["ignored_scope"] = nncf.IgnoredScope(names=heads, patterns=ignored_scope or [],
@@ -308,7 +309,7 @@ def quantize(cfg: ModelConfig, data: str, xml: Path, *, subset: int = 300, prese
             console.print(f"heads kept in floating point: {', '.join(heads)}")
     console.print(f"NNCF {'accuracy-controlled ' if max_drop is not None else ''}quantization: "
                   f"{len(calibration)} calibration samples, preset {preset}, overflow fix "
-                  f"{overflow_fix_for(overflow_fix).value}")
+                  f"{fix.value}")
     started = time.perf_counter()
     if max_drop is None:
         int8 = nncf.quantize(model, nncf.Dataset(calibration, _tensor), advanced_parameters=advanced, **options)
