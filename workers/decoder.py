@@ -26,7 +26,7 @@ import zmq
 
 from engine.config import SourceConfig
 from engine.core.errors import OvstreamError
-from engine.io.sources import Source, open_source
+from engine.io.sources import Source, ffmpeg_threads, open_source
 from engine.io.streams import Layout, StreamSpec
 from engine.observe.metrics import stream_key, stream_state_code
 from engine.protocol.channels import make_socket, pending
@@ -98,7 +98,7 @@ class Feeder:
     """One stream's reader thread: slot, item, pixels into the slot, message onto its socket."""
 
     def __init__(self, spec: StreamSpec, src_cfg: SourceConfig, ctx: StageContext, pool: SlotPool,
-                 sockets: dict[str, zmq.Socket], min_side: int) -> None:
+                 sockets: dict[str, zmq.Socket], min_side: int, threads: int = 0) -> None:
         self.spec = spec
         self.cfg = src_cfg
         self.ctx = ctx
@@ -108,7 +108,7 @@ class Feeder:
         self._sending = threading.Lock()      # a send and the main thread's close never overlap
         self.done = ctx.completed_ids(spec.sid)
         self.source: Source = open_source(src_cfg, skip=self.done.__contains__ if self.done else None,
-                                          min_side=min_side)
+                                          min_side=min_side, threads=threads)
         self.budget = SlotBudget(spec.slot_lo, spec.slot_hi)
         self.stop = threading.Event()
         self.closing = False        # removed from a running pipeline: ends with an EndOfSource
@@ -245,6 +245,7 @@ class Decoder(StageLoop):
         if cfg.model.preprocess.resize == "crop":                # the input sees only the centre crop fraction
             min_side = math.ceil(min_side / cfg.model.preprocess.crop)
         self.min_side = min_side
+        self.index = int(ctx.name.rsplit("-", 1)[-1])      # decoder-<index>
         self.feeders: list[Feeder] = []
         self.retired: dict[str, int] = {}         # the counts of removed streams' feeders
         self.watch(self.releases, self.on_releases)
@@ -255,7 +256,10 @@ class Decoder(StageLoop):
         sockets = {edge: make_socket(self.stage.zmq, zmq.PUSH, connect=self.ctx.endpoints[edge], hwm=10_000)
                    for edge in ("frames", "results")}
         try:
-            feeder = Feeder(spec, src, self.ctx, self.pool, sockets, self.min_side)
+            reading = max(len(self.layout.open_streams(self.index)),        # the streams it starts with,
+                          1 + sum(not f.closing for f in self.feeders))     # or those it reads now and this one
+            threads = ffmpeg_threads(self.cfg.pipeline.decode_threads, reading)
+            feeder = Feeder(spec, src, self.ctx, self.pool, sockets, self.min_side, threads)
         except BaseException:
             for sock in sockets.values():
                 sock.close(0)
@@ -265,7 +269,7 @@ class Decoder(StageLoop):
 
     def start(self) -> None:
         """Open this decoder's streams, say ready, and start reading once every stage is up."""
-        for spec in self.layout.open_streams(int(self.ctx.name.rsplit("-", 1)[-1])):
+        for spec in self.layout.open_streams(self.index):
             self.open_feeder(spec, self.cfg.sources[spec.sid])
         self.stage.declare("frames_read", "frames_emitted", "decode_errors", "drops", "reconnects", "stale_releases")
         self.stage.ready(live=any(f.source.live for f in self.feeders), streams=[f.spec.name for f in self.feeders])

@@ -377,6 +377,22 @@ class FolderSource(Source):
 
 # ---- video files -------------------------------------------------------------------------------
 
+def ffmpeg_threads(configured: int, streams: int, cores: int | None = None) -> int:
+    """FFmpeg's decoding threads per video stream (0: FFmpeg chooses, about one per core):
+    ``configured`` when set; else 1 once one process decodes at least as many streams as the
+    machine has cores. The streams keep the cores busy by themselves then, and frame threading
+    only adds its hand-offs: a 640×480 MPEG-4 frame costs 0.62 core-ms on one thread against
+    0.8–1.1 with FFmpeg's default on 2 cores (docs/benchmarks.md, "Stream density")."""
+    if configured:
+        return configured
+    return 1 if streams >= (cores or os.cpu_count() or 1) else 0
+
+
+def ffmpeg_params(threads: int) -> list[int]:
+    """``cv2.VideoCapture`` open parameters for ``threads`` FFmpeg threads (none for 0: its default)."""
+    return [cv2.CAP_PROP_N_THREADS, threads] if threads > 0 else []
+
+
 class VideoSource(Source):
     """A video file through OpenCV's FFMPEG backend; a frame that fails mid-file is an error item.
 
@@ -384,12 +400,14 @@ class VideoSource(Source):
     in a row end the file. Indices count reads, failed ones included, so they stay deterministic.
     """
 
-    def __init__(self, path: Path, loop: int, skip: Skip | None, live: bool, realtime: bool = False) -> None:
+    def __init__(self, path: Path, loop: int, skip: Skip | None, live: bool, realtime: bool = False,
+                 threads: int = 0) -> None:
         super().__init__(live)
         self.path = path
         self._loop = loop
         self._skip = skip
         self._realtime = realtime or live    # a live file plays in real time
+        self._threads = threads              # FFmpeg's decoding threads (0: its default)
 
     def _read(self) -> Generator[SourceItem, None, None]:
         n = 0
@@ -402,7 +420,7 @@ class VideoSource(Source):
     def _pass(self, base: int) -> Generator[SourceItem, None, int]:
         """One play of the file with indices from ``base``; returns the number of indices used."""
         where = str(self.path)
-        cap = cv2.VideoCapture(where, cv2.CAP_FFMPEG)
+        cap = cv2.VideoCapture(where, cv2.CAP_FFMPEG, ffmpeg_params(self._threads))
         try:
             if not cap.isOpened():
                 self.failed = f"cannot open video (missing codec or not a video): {where}"
@@ -460,10 +478,11 @@ class CaptureSource(Source):
     are a running count of frames read.
     """
 
-    def __init__(self, uri: str, attempts: int, live: bool) -> None:
+    def __init__(self, uri: str, attempts: int, live: bool, threads: int = 0) -> None:
         super().__init__(live)
         self.uri = uri
         self._attempts = attempts
+        self._threads = threads              # FFmpeg's decoding threads of a network stream (0: its default)
 
     def _open(self) -> cv2.VideoCapture | None:
         if self.uri.isdigit():
@@ -473,7 +492,8 @@ class CaptureSource(Source):
         else:
             cap = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG,
                                    [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(OPEN_TIMEOUT_S * 1000),
-                                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(READ_TIMEOUT_S * 1000)])
+                                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(READ_TIMEOUT_S * 1000),
+                                    *ffmpeg_params(self._threads)])
         if cap.isOpened():
             return cap
         cap.release()
@@ -528,11 +548,12 @@ def _existing(uri: str) -> Path | None:
     return candidate if os.path.lexists(candidate) else None
 
 
-def open_source(cfg: SourceConfig, skip: Skip | None = None, min_side: int = 0) -> Source:
+def open_source(cfg: SourceConfig, skip: Skip | None = None, min_side: int = 0, threads: int = 0) -> Source:
     """The source ``cfg.uri`` names: folder, image, video, camera or stream; else a ConfigError.
 
     ``skip(index)`` true means that frame is already done: it is not read (file sources only).
     ``min_side`` > 0 lets large JPEGs decode at a reduced size whose shorter side stays >= it.
+    ``threads``: FFmpeg's decoding threads for a video file or network stream (0: its default).
     """
     uri = cfg.uri.strip()
     forced = {"yes": True, "no": False}.get(cfg.live)
@@ -548,13 +569,13 @@ def open_source(cfg: SourceConfig, skip: Skip | None = None, min_side: int = 0) 
     if path is not None and path.is_file():
         suffix = path.suffix.lower()
         if suffix in VIDEO_EXTENSIONS:
-            return VideoSource(path, cfg.loop, skip, bool(forced), cfg.realtime)
+            return VideoSource(path, cfg.loop, skip, bool(forced), cfg.realtime, threads)
         if suffix in IMAGE_EXTENSIONS:
             return FolderSource([path], cfg.loop, skip, bool(forced), min_side, image_fps)
         raise ConfigError(f"source {uri}: '{suffix or 'no extension'}' is neither an image "
                           f"({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                           f"nor a video ({', '.join(sorted(VIDEO_EXTENSIONS))})")
     if is_live_uri(uri):
-        return CaptureSource(uri, cfg.reconnect_attempts, forced is not False)
+        return CaptureSource(uri, cfg.reconnect_attempts, forced is not False, threads)
     raise ConfigError(f"source '{uri}': no such file or folder, and not a camera index, /dev/video* device "
                       f"or rtsp:// http:// https:// URL")

@@ -119,6 +119,8 @@ MALFORMED = [
     ("pipeline", "heartbeat_s", "3600", "from 0.01 to 5"),
     ("pipeline", "decoders", "-1", "from 0 to 64"),
     ("pipeline", "decoders", "1000", "from 0 to 64"),
+    ("pipeline", "decode_threads", "-1", "from 0 to 64"),
+    ("pipeline", "decode_threads", "100", "from 0 to 64"),
     ("pipeline", "max_restarts", "-1", "from 0 to"),
     ("pipeline", "max_restarts", "2.0", "an integer"),
     # [output]

@@ -68,7 +68,7 @@ def test_mnist_split_is_fixed_and_stratified() -> None:
 
 
 def test_prepared_face_input_is_what_the_engine_feeds() -> None:
-    """Letterbox into 192x192, BGR→RGB, (x - 127.5) / 127.5: computed by hand and compared."""
+    """Letterbox into 192x192 (bilinear), BGR→RGB, (x - 127.5) / 127.5: computed by hand and compared."""
     face = resolve("face")
     model = ov.Core().read_model(face.path)
     frame = cv2.imread(str(IMAGE))
@@ -76,7 +76,7 @@ def test_prepared_face_input_is_what_the_engine_feeds() -> None:
     geometry = Geometry.plan(frame.shape[1], frame.shape[0], 192, 192, "letterbox")
     assert sample.geometry == geometry and geometry.pad_y > 0
     pixels = np.zeros((192, 192, 3), np.uint8)
-    geometry.resize_into(frame, pixels)
+    geometry.resize_into(frame, pixels, "linear")    # the registry says so: trained on bilinear resizes
     expected = (pixels[..., ::-1].astype(np.float32) - 127.5) / 127.5
     assert sample.tensor.shape == (1, 192, 192, 3)
     np.testing.assert_allclose(sample.tensor[0], expected, atol=1e-6)

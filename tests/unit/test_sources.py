@@ -472,3 +472,38 @@ def test_a_looped_realtime_video_keeps_its_rate_across_the_loop(tmp_path: Path) 
     items = [item for item in src if item.frame is not None]
     took = time.monotonic() - t0
     assert len(items) == 40 and took < 2.2, took                     # 1.56 s of periods, with a margin
+
+
+def _ffmpeg_thread_count() -> int:
+    """Threads of this process that FFmpeg's decoders started (named ``av:<codec>:…``)."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
+        except OSError:
+            continue
+    return sum(name.startswith("av:") for name in names)
+
+
+@pytest.mark.parametrize("threads, decoding_threads", [(1, False), (2, True)])
+def test_video_decodes_on_the_ffmpeg_threads_it_is_given(tmp_path: Path, threads: int,
+                                                         decoding_threads: bool) -> None:
+    path = tmp_path / "clip.mp4"
+    _write_video(path, 12, size=(160, 120), fourcc="mp4v")
+    source = open_source(_cfg(path), threads=threads)
+    try:
+        items = iter(source)
+        first = next(items)
+        assert _frame_number(_check_frame(first)) == 0
+        assert (_ffmpeg_thread_count() > 0) == decoding_threads
+        assert [i.frame_index for i in items] == list(range(1, 12))
+    finally:
+        source.close()
+
+
+def test_ffmpeg_threads_one_per_stream_once_streams_fill_the_cores() -> None:
+    assert sources.ffmpeg_threads(0, streams=1, cores=4) == 0       # FFmpeg's own choice
+    assert sources.ffmpeg_threads(0, streams=3, cores=4) == 0
+    assert sources.ffmpeg_threads(0, streams=4, cores=4) == 1
+    assert sources.ffmpeg_threads(0, streams=16, cores=2) == 1
+    assert sources.ffmpeg_threads(3, streams=16, cores=2) == 3      # [pipeline] decode_threads wins

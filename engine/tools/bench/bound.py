@@ -3,7 +3,8 @@
 Every frame of a stream must be decoded, resized to the model's input, inferred and parsed; nothing
 else is unavoidable. Each cost is measured here on its own, independently of the engine:
 
-- decode: a plain ``cv2.VideoCapture`` reading the clip, CPU time of this process per frame;
+- decode: a plain ``cv2.VideoCapture`` reading the clip on one FFmpeg thread (the least CPU per
+  frame: frame threading adds hand-offs), CPU time of this process per frame;
 - resize: ``cv2.resize`` (bilinear) of those frames to the model's input size, CPU time per frame;
 - inference: OpenVINO's ``benchmark_app`` (THROUGHPUT hint, its own requests and streams) at batch 1
   and at the engine's auto batch when the graph takes it, the better one: the device's cores × 1000
@@ -26,6 +27,7 @@ import openvino as ov
 
 from engine.config import ModelConfig
 from engine.core.geometry import Geometry
+from engine.io.sources import ffmpeg_params
 from engine.model.adapters import create_adapter
 from engine.model.prepare import AUTO_BATCH, input_info, output_shapes, read_model, takes_batch
 from engine.tools.bench.ceiling import run_benchmark_app, shape_args
@@ -72,7 +74,7 @@ def decode_frames(video: Path, count: int = FRAMES) -> tuple[list[np.ndarray], f
     read = 0
     started = _cpu_s()
     while read < count:
-        capture = cv2.VideoCapture(str(video))
+        capture = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG, ffmpeg_params(1))   # the cheapest per frame
         if not capture.isOpened():
             raise RuntimeError(f"{video}: cv2 cannot open it")
         before = read

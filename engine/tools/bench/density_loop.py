@@ -28,6 +28,7 @@ import psutil
 
 from engine.config import load_config
 from engine.core.geometry import Geometry
+from engine.io.sources import ffmpeg_params, ffmpeg_threads
 from engine.model.detect import detect_model
 from engine.model.prepare import output_shapes
 from engine.tools.bench.loops import Prepared
@@ -38,15 +39,17 @@ START_TIMEOUT_S = 120.0      # every stream's first result by then, or the run f
 class Camera(threading.Thread):
     """Reads a video in a loop at ``fps`` into a one-frame buffer, counting overwritten frames."""
 
-    def __init__(self, video: str, fps: float, stop: threading.Event, wake: threading.Condition) -> None:
+    def __init__(self, video: str, fps: float, stop: threading.Event, wake: threading.Condition,
+                 threads: int = 0) -> None:
         super().__init__(daemon=True)
         self.video, self.period, self.stop, self.wake = video, 1.0 / fps, stop, wake
+        self.threads = threads          # FFmpeg's decoding threads, as the engine chooses them
         self.latest: tuple[np.ndarray, float] | None = None
         self.read = 0
         self.drops = 0
 
     def run(self) -> None:
-        capture = cv2.VideoCapture(self.video)
+        capture = cv2.VideoCapture(self.video, cv2.CAP_FFMPEG, ffmpeg_params(self.threads))
         next_frame = time.perf_counter()
         while not self.stop.is_set():
             ok, frame = capture.read()
@@ -112,7 +115,8 @@ def serve(video: str, streams: int, seconds: float, fps: float, model: str, devi
             in_pool.release()
 
     stop, wake = threading.Event(), threading.Condition()
-    cameras = [Camera(video, fps, stop, wake) for _ in range(streams)]
+    threads = ffmpeg_threads(0, streams)
+    cameras = [Camera(video, fps, stop, wake, threads) for _ in range(streams)]
     for camera in cameras:
         camera.start()
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
