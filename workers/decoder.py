@@ -253,12 +253,12 @@ class Decoder(StageLoop):
         self.on_command(CloseStreamMsg, self.on_close_stream)
 
     def open_feeder(self, spec: StreamSpec, src: SourceConfig) -> Feeder:
+        # the pipeline's streams at start (every decoder's share of the cores), or those read here now and this one
+        decoding = max(self.layout.open_count, 1 + sum(not f.closing for f in self.feeders))
+        threads = ffmpeg_threads(self.cfg.pipeline.decode_threads, decoding)
         sockets = {edge: make_socket(self.stage.zmq, zmq.PUSH, connect=self.ctx.endpoints[edge], hwm=10_000)
                    for edge in ("frames", "results")}
         try:
-            reading = max(len(self.layout.open_streams(self.index)),        # the streams it starts with,
-                          1 + sum(not f.closing for f in self.feeders))     # or those it reads now and this one
-            threads = ffmpeg_threads(self.cfg.pipeline.decode_threads, reading)
             feeder = Feeder(spec, src, self.ctx, self.pool, sockets, self.min_side, threads)
         except BaseException:
             for sock in sockets.values():

@@ -158,8 +158,8 @@ class PipelineConfig(Section):
 
     raw_slots: int = Field(8, ge=2, le=MAX_SLOTS)      # at least; every stream gets max(3, raw_slots // streams)
     decoders: int = Field(0, ge=0, le=64)   # decoder processes; 0 = min(streams, CPU cores // 4, 8), at least 1
-    decode_threads: int = Field(0, ge=0, le=64)   # FFmpeg threads per video stream; 0: 1 once a decoder reads
-                                                  # as many streams as there are cores, else FFmpeg's own
+    decode_threads: int = Field(0, ge=0, le=64)   # FFmpeg threads per video stream; 0: 1 once the pipeline
+                                                  # decodes as many streams as there are cores, else FFmpeg's own
     max_frame_width: int = Field(1920, ge=16, le=MAX_FRAME_SIDE)   # larger frames are downscaled
     max_frame_height: int = Field(1080, ge=16, le=MAX_FRAME_SIDE)
     input_slots: int = Field(0, ge=0, le=MAX_SLOTS)     # 0: nireq (0: 2 per core, at least 4) + 2, per worker

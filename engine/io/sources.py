@@ -379,8 +379,8 @@ class FolderSource(Source):
 
 def ffmpeg_threads(configured: int, streams: int, cores: int | None = None) -> int:
     """FFmpeg's decoding threads per video stream (0: FFmpeg chooses, about one per core):
-    ``configured`` when set; else 1 once one process decodes at least as many streams as the
-    machine has cores. The streams keep the cores busy by themselves then, and frame threading
+    ``configured`` when set; else 1 once ``streams`` (all the pipeline decodes) are at least as
+    many as the machine's cores. The streams keep the cores busy by themselves then, and frame threading
     only adds its hand-offs: a 640×480 MPEG-4 frame costs 0.62 core-ms on one thread against
     0.8–1.1 with FFmpeg's default on 2 cores (docs/benchmarks.md, "Stream density")."""
     if configured:

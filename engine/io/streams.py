@@ -64,11 +64,15 @@ class Layout:
         """The streams ``decoder`` reads (its streams that were not removed)."""
         return [s for s in self.owned_by(decoder) if not s.removed]
 
+    @property
+    def open_count(self) -> int:
+        """Streams of every decoder that were not removed."""
+        return sum(not s.removed for s in self.streams)
+
     def add(self, name: str, uri: str, live: bool) -> StreamSpec:
         """A new stream in a spare range, owned by the decoder with the fewest open streams."""
         if not self.spare:
-            open_now = sum(not s.removed for s in self.streams)
-            raise ConfigError(f"no room for another stream: {open_now} open, the most this pipeline was started "
+            raise ConfigError(f"no room for another stream: {self.open_count} open, the most this pipeline was started "
                               f"for (Pipeline(max_streams=...))")
         if len(self.streams) >= MAX_STREAMS:
             raise ConfigError(f"a pipeline takes at most {MAX_STREAMS} streams over its life")
