@@ -20,6 +20,7 @@ from engine.model.adapters import create_adapter
 from engine.model.cache import ModelCache, cache_root, writable
 from engine.model.prepare import (
     AUTO_BATCH,
+    LIVE_BATCH_STREAMS,
     InputInfo,
     check_devices,
     check_preprocess,
@@ -49,7 +50,7 @@ def preflight(cfg: RunConfig, streams_may_join: bool = False,
     root = writable(cache_root(cfg.inference.cache_dir))
     cache = ModelCache(root) if root is not None else None
     auto = cfg.inference.batch == 0
-    batch = cfg.inference.batch or (AUTO_BATCH if files_only(cfg) and not streams_may_join else 1)
+    batch = cfg.inference.batch or auto_batch(cfg, streams_may_join)
     hit = cache.lookup(cfg.model, batch) if cache is not None else None
     if hit is None and auto and batch > 1 and cache is not None:
         known = cache.lookup(cfg.model, 1)        # an earlier run found that the graph fixes its batch
@@ -100,6 +101,16 @@ def check_shapes_fit(cfg: RunConfig) -> None:
                 raise ConfigError(f"[[tracking.{kind}]] #{number} {shape.name}: point {outside} is outside "
                                   f"stream {src.name!r}'s {width}x{height} frames (pixels; relative = true "
                                   f"takes fractions of the frame)")
+
+
+def auto_batch(cfg: RunConfig, streams_may_join: bool = False) -> int:
+    """Frames per request for ``batch = 0`` (before the graph is asked whether it takes them):
+    :data:`AUTO_BATCH` when batches fill without anyone waiting long, i.e. every source is a file
+    read as fast as it goes, or at least :data:`LIVE_BATCH_STREAMS` streams deliver frames; else
+    1. A library pipeline (``streams_may_join``) starts with what it has and takes 1."""
+    if streams_may_join:
+        return 1
+    return AUTO_BATCH if files_only(cfg) or len(cfg.streams) >= LIVE_BATCH_STREAMS else 1
 
 
 def files_only(cfg: RunConfig) -> bool:

@@ -25,7 +25,12 @@ from engine.model.tflite_ops import EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-AUTO_BATCH = 4   # [inference] batch = 0: frames per request when every source is a file and the graph takes it
+AUTO_BATCH = 4   # [inference] batch = 0: frames per request when batches fill and the graph takes them
+# batch = 0 with live or paced sources: AUTO_BATCH from this many streams on. At 30 FPS each, 8 streams
+# bring a batch's 4 frames within [pipeline] batch_timeout_ms (25) nearly always (97 % with random phases),
+# so no request runs half empty; the face detector then costs 6.0 core-ms per frame against 6.7-6.8 at
+# batch 1 (fewer messages per frame on every hop after the decoder), docs/benchmarks.md "Stream density".
+LIVE_BATCH_STREAMS = 8
 
 
 @dataclass(frozen=True)
