@@ -8,8 +8,9 @@ item from the source, writes the frame into the slot and sends the message on it
 (created by the main thread, used only by the feeder until it ends, then closed by the main
 thread). The main thread takes the slots' releases and the supervisor's commands. OpenCV decodes
 with the GIL released, so the streams of one process decode in parallel and a camera never waits
-behind a file's decode. Frames larger than a slot are shrunk to fit; the original size travels with the
-frame so boxes map back to it.
+behind a file's decode. Frames larger than a slot are shrunk to fit, and unless they are drawn on,
+frames larger than the model input are stored at its scale (the preprocessor's resize, done here);
+the original size travels with the frame so boxes map back to it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -26,6 +28,7 @@ import zmq
 
 from engine.config import SourceConfig
 from engine.core.errors import OvstreamError
+from engine.core.geometry import Geometry
 from engine.io.sources import Source, ffmpeg_threads, open_source
 from engine.io.streams import Layout, StreamSpec
 from engine.observe.metrics import stream_key, stream_state_code
@@ -48,12 +51,36 @@ from workers.runtime import Stage, StageLoop
 log = logging.getLogger(__name__)
 
 
-def fit_into_slot(frame: np.ndarray, max_w: int, max_h: int, dst_pool: SlotPool, slot: int) -> tuple[int, int]:
-    """Copy (or shrink) ``frame`` into ``slot``; returns the stored (height, width)."""
+class InputScale(NamedTuple):
+    """The model input whose scale frames are stored at (see :func:`fit_into_slot`)."""
+
+    width: int
+    height: int
+    mode: str              # [model.preprocess] resize: letterbox, letterbox_topleft or stretch
+    interpolation: str
+
+
+STORED_AT_INPUT_SCALE = ("letterbox", "letterbox_topleft", "stretch")   # a crop resizes a region instead
+
+
+def fit_into_slot(frame: np.ndarray, max_w: int, max_h: int, dst_pool: SlotPool, slot: int,
+                  scale: InputScale | None = None) -> tuple[int, int]:
+    """Copy (or shrink) ``frame`` into ``slot``; returns the stored (height, width).
+
+    With ``scale``, a frame larger than the model input is stored as the preprocessor would resize
+    it (same plan, same interpolation), which then only copies it into the batch: the same pixels,
+    resized in this reader thread once instead of copied whole into shared memory and read whole
+    there. The frame's original size travels with it, so boxes map back to it as before."""
     h, w = frame.shape[:2]
-    scale = min(1.0, max_w / w, max_h / h)
-    if scale < 1.0:
-        nw, nh = max(1, int(w * scale)), max(1, int(h * scale))
+    if scale is not None:
+        plan = Geometry.plan(w, h, scale.width, scale.height, scale.mode)
+        nw, nh = plan.placed_size()
+        if nw <= min(w, max_w) and nh <= min(h, max_h) and (nw, nh) != (w, h):
+            plan.shrink(frame, dst_pool.view(slot, (nh, nw, 3)), scale.interpolation)
+            return nh, nw
+    scale_down = min(1.0, max_w / w, max_h / h)
+    if scale_down < 1.0:
+        nw, nh = max(1, int(w * scale_down)), max(1, int(h * scale_down))
         cv2.resize(frame, (nw, nh), dst=dst_pool.view(slot, (nh, nw, 3)), interpolation=cv2.INTER_AREA)
         return nh, nw
     np.copyto(dst_pool.view(slot, (h, w, 3)), frame)
@@ -98,7 +125,8 @@ class Feeder:
     """One stream's reader thread: slot, item, pixels into the slot, message onto its socket."""
 
     def __init__(self, spec: StreamSpec, src_cfg: SourceConfig, ctx: StageContext, pool: SlotPool,
-                 sockets: dict[str, zmq.Socket], min_side: int, threads: int = 0) -> None:
+                 sockets: dict[str, zmq.Socket], min_side: int, threads: int = 0,
+                 scale: InputScale | None = None) -> None:
         self.spec = spec
         self.cfg = src_cfg
         self.ctx = ctx
@@ -110,6 +138,7 @@ class Feeder:
         self.source: Source = open_source(src_cfg, skip=self.done.__contains__ if self.done else None,
                                           min_side=min_side, threads=threads)
         self.budget = SlotBudget(spec.slot_lo, spec.slot_hi)
+        self.scale = scale          # frames are stored at the model input's scale (None: as decoded)
         self.stop = threading.Event()
         self.closing = False        # removed from a running pipeline: ends with an EndOfSource
         resume = self.done.end()
@@ -195,7 +224,7 @@ class Feeder:
             ref.orig_width, ref.orig_height = item.original_size
         pipeline = self.ctx.config.pipeline
         ref.height, ref.width = fit_into_slot(item.frame, pipeline.max_frame_width, pipeline.max_frame_height,
-                                              self.pool, slot)
+                                              self.pool, slot, self.scale)
         ref.raw_slot = slot
         ref.stamps["dec"] = time.monotonic_ns()
         self.decode_ms.append((ref.stamps["dec"] - t0) / 1e6)
@@ -245,6 +274,9 @@ class Decoder(StageLoop):
         if cfg.model.preprocess.resize == "crop":                # the input sees only the centre crop fraction
             min_side = math.ceil(min_side / cfg.model.preprocess.crop)
         self.min_side = min_side
+        pre = cfg.model.preprocess
+        reduce = cfg.pipeline.reduced_decode and not annotating and pre.resize in STORED_AT_INPUT_SCALE
+        self.scale = InputScale(ctx.input.width, ctx.input.height, pre.resize, pre.interpolation) if reduce else None
         self.index = int(ctx.name.rsplit("-", 1)[-1])      # decoder-<index>
         self.feeders: list[Feeder] = []
         self.retired: dict[str, int] = {}         # the counts of removed streams' feeders
@@ -259,7 +291,7 @@ class Decoder(StageLoop):
         sockets = {edge: make_socket(self.stage.zmq, zmq.PUSH, connect=self.ctx.endpoints[edge], hwm=10_000)
                    for edge in ("frames", "results")}
         try:
-            feeder = Feeder(spec, src, self.ctx, self.pool, sockets, self.min_side, threads)
+            feeder = Feeder(spec, src, self.ctx, self.pool, sockets, self.min_side, threads, self.scale)
         except BaseException:
             for sock in sockets.values():
                 sock.close(0)

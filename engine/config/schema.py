@@ -163,7 +163,8 @@ class PipelineConfig(Section):
     max_frame_width: int = Field(1920, ge=16, le=MAX_FRAME_SIDE)   # larger frames are downscaled
     max_frame_height: int = Field(1080, ge=16, le=MAX_FRAME_SIDE)
     input_slots: int = Field(0, ge=0, le=MAX_SLOTS)     # 0: nireq (0: 2 per core, at least 4) + 2, per worker
-    reduced_decode: bool = True   # JPEGs far larger than the model input decode at 1/2..1/8 size
+    reduced_decode: bool = True   # JPEGs far larger than the model input decode at 1/2..1/8 size, and frames
+                                  # larger than it are stored at its scale (not when annotating, not crop)
     batch_timeout_ms: float = Field(25.0, ge=0, le=60_000)   # a partial batch waits this long for frames
     heartbeat_s: float = Field(0.25, ge=0.01, le=5)    # a stage silent for 30 s counts as hung
     max_restarts: int = Field(5, ge=0, le=1000)        # per process, before the run gives up

@@ -74,6 +74,17 @@ class Geometry:
         return Geometry(self.sx * kx, self.sy * ky, self.pad_x, self.pad_y, orig_w, orig_h,
                         self.input_w, self.input_h)
 
+    def placed_size(self) -> tuple[int, int]:
+        """(width, height) the whole frame takes in the input (not a crop: its region's size differs)."""
+        return max(1, round(self.frame_w * self.sx)), max(1, round(self.frame_h * self.sy))
+
+    def shrink(self, frame: np.ndarray, dst: np.ndarray, interpolation: str = "auto") -> None:
+        """Resize ``frame`` into ``dst`` (:meth:`placed_size`) as :meth:`resize_into` resizes it into the
+        input, padding left out: the same pixels, kept to be placed later. A plan of that size onto
+        the input then copies them (the decoder stores frames at the model's scale)."""
+        import cv2
+        cv2.resize(frame, self.placed_size(), dst=dst, interpolation=_flag(interpolation, True))
+
     def resize_into(self, frame: np.ndarray, dst: np.ndarray, interpolation: str = "auto", fill: int = 0) -> None:
         """Resize ``frame`` (H×W×C uint8) into ``dst`` (input_h×input_w×C) per this plan; letterbox
         padding is set to ``fill``."""
@@ -85,8 +96,7 @@ class Geometry:
             shrinking = region_w > self.input_w or region_h > self.input_h
             cv2.resize(source, (self.input_w, self.input_h), dst=dst, interpolation=_flag(interpolation, shrinking))
             return
-        new_w = max(1, round(self.frame_w * self.sx))
-        new_h = max(1, round(self.frame_h * self.sy))
+        new_w, new_h = self.placed_size()
         x0, y0 = int(self.pad_x), int(self.pad_y)
         if x0 or y0 or new_w != self.input_w or new_h != self.input_h:
             dst[...] = fill

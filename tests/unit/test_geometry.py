@@ -118,3 +118,35 @@ def test_crop_inverse_round_trip_and_clipping():
     outside = g.boxes_to_frame(np.array([[-0.5, -0.5, 1.5, 1.5]]))  # beyond the crop: clipped to the frame
     assert outside.ravel().tolist() == pytest.approx([0, 0, 640, 480])
     assert Geometry.from_list(g.to_list(), 640, 480, 224, 224) == g
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "letterbox_topleft", "stretch"])
+@pytest.mark.parametrize("interpolation", ["auto", "linear"])
+@pytest.mark.parametrize("size", [(640, 480), (1000, 333), (301, 917)])
+def test_a_frame_stored_at_the_input_scale_gives_the_same_input_and_boxes(mode, interpolation, size):
+    """The decoder stores a frame as the preprocessor would resize it: the batch row it then
+    fills, and the mapping of boxes back to the original frame, are what the whole frame gives."""
+    from engine.protocol.shm import SlotPool
+    from workers.decoder import InputScale, fit_into_slot
+
+    w, h = size
+    frame = np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    whole = Geometry.plan(w, h, 192, 192, mode)
+    direct = np.zeros((192, 192, 3), np.uint8)
+    whole.resize_into(frame, direct, interpolation, 114)
+
+    spec = SlotPool.create(f"t{w}{mode[:3]}{interpolation[:2]}", "raw", 1920 * 1080 * 3, 1)
+    pool = SlotPool(spec)
+    try:
+        stored_h, stored_w = fit_into_slot(frame, 1920, 1080, pool, 0, InputScale(192, 192, mode, interpolation))
+        assert stored_w * stored_h < w * h                                     # smaller than the frame
+        plan = Geometry.plan(stored_w, stored_h, 192, 192, mode)
+        row = np.zeros((192, 192, 3), np.uint8)
+        plan.resize_into(pool.view(0, (stored_h, stored_w, 3)), row, interpolation, 114)
+    finally:
+        pool.close()
+        SlotPool.unlink(spec)
+    assert np.array_equal(row, direct)
+    back = plan.scaled_to(w, h)
+    boxes = np.array([[0.1, 0.2, 0.7, 0.9], [0.0, 0.0, 1.0, 1.0]])
+    assert back.boxes_to_frame(boxes) == pytest.approx(whole.boxes_to_frame(boxes), abs=1e-3)
