@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", help="output adapter when --model is a file")
     parser.add_argument("--device", action="append", help="OpenVINO device; repeat for several workers")
     parser.add_argument("--nireq", type=int, help="async infer requests per worker (0: device optimum)")
-    parser.add_argument("--batch", type=int, help="frames per inference request (0: 4 when every source is a file "
-                                                   "and the graph takes it, else 1)")
+    parser.add_argument("--batch", type=int, help="frames per inference request (0: 4 when the graph takes it and "
+                                                   "every source is a file or there are 8 streams or more, else 1)")
     parser.add_argument("--streams", type=int, help="OpenVINO streams per device (0: from the hint)")
     parser.add_argument("--hint", choices=HINTS)
     parser.add_argument("--loop", type=int, help="play every file stream this many times")
