@@ -28,7 +28,7 @@ import zmq
 
 from engine.config import SourceConfig
 from engine.core.errors import OvstreamError
-from engine.core.geometry import Geometry
+from engine.core.geometry import WHOLE_FRAME_MODES, Geometry
 from engine.io.sources import Source, ffmpeg_threads, open_source
 from engine.io.streams import Layout, StreamSpec
 from engine.observe.metrics import stream_key, stream_state_code
@@ -58,9 +58,6 @@ class InputScale(NamedTuple):
     height: int
     mode: str              # [model.preprocess] resize: letterbox, letterbox_topleft or stretch
     interpolation: str
-
-
-STORED_AT_INPUT_SCALE = ("letterbox", "letterbox_topleft", "stretch")   # a crop resizes a region instead
 
 
 def fit_into_slot(frame: np.ndarray, max_w: int, max_h: int, dst_pool: SlotPool, slot: int,
@@ -269,14 +266,14 @@ class Decoder(StageLoop):
         self.layout = Layout.from_dict(ctx.layout)
         self.pool = SlotPool(ctx.pools["raw"])
         self.releases = self.socket(zmq.PULL, bind=ctx.endpoints[ctx.name])
-        annotating = cfg.output.annotated      # annotated frames keep full resolution
-        min_side = max(ctx.input.height, ctx.input.width) if cfg.pipeline.reduced_decode and not annotating else 0
+        reducing = cfg.pipeline.reduced_decode and not cfg.output.annotated   # annotated frames keep full resolution
+        min_side = max(ctx.input.height, ctx.input.width) if reducing else 0
         if cfg.model.preprocess.resize == "crop":                # the input sees only the centre crop fraction
             min_side = math.ceil(min_side / cfg.model.preprocess.crop)
         self.min_side = min_side
         pre = cfg.model.preprocess
-        reduce = cfg.pipeline.reduced_decode and not annotating and pre.resize in STORED_AT_INPUT_SCALE
-        self.scale = InputScale(ctx.input.width, ctx.input.height, pre.resize, pre.interpolation) if reduce else None
+        self.scale = (InputScale(ctx.input.width, ctx.input.height, pre.resize, pre.interpolation)
+                      if reducing and pre.resize in WHOLE_FRAME_MODES else None)
         self.index = int(ctx.name.rsplit("-", 1)[-1])      # decoder-<index>
         self.feeders: list[Feeder] = []
         self.retired: dict[str, int] = {}         # the counts of removed streams' feeders

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 RESIZE_MODES = ("letterbox", "letterbox_topleft", "stretch", "crop")
+WHOLE_FRAME_MODES = ("letterbox", "letterbox_topleft", "stretch")   # the frame is placed whole (a crop: a region)
 # names of cv2 flags: cv2 is imported where pixels are resized, so the stages that only map boxes
 # (inference, postprocessor) and the config do not pay its import at start-up
 INTERPOLATIONS = {"nearest": "INTER_NEAREST", "linear": "INTER_LINEAR", "cubic": "INTER_CUBIC",
@@ -75,7 +76,7 @@ class Geometry:
                         self.input_w, self.input_h)
 
     def placed_size(self) -> tuple[int, int]:
-        """(width, height) the whole frame takes in the input (not a crop: its region's size differs)."""
+        """(width, height) the whole frame takes in the input (:data:`WHOLE_FRAME_MODES`; a crop's region differs)."""
         return max(1, round(self.frame_w * self.sx)), max(1, round(self.frame_h * self.sy))
 
     def shrink(self, frame: np.ndarray, dst: np.ndarray, interpolation: str = "auto") -> None:
