@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from engine.config import RunConfig, read_toml
+from engine.tools.bench.bound import Bound, judge
 from engine.tools.bench.density import SUSTAIN_FRACTION, Trial, engine_config, summarize
 from engine.tools.bench.loops import list_images
 from engine.tools.bench.soak import write_video
@@ -103,11 +104,47 @@ def test_the_bound_is_measured_step_by_step_and_rendered(tmp_path):
     assert bound.streams == pytest.approx(bound.cores * 1000 / (30 * bound.frame_ms))
     assert (tmp_path / "bound" / "benchmark_app-b1.log").is_file()
     out = summarize([trial("engine", 2, [300, 300])], ("engine",), 30.0, 10.0, (2,), 1)
-    out["bound"], out["engine_of_bound"] = bound.to_dict(), round(2 / bound.streams, 3)
+    out.update(judge(out, bound))
+    assert out["engine_of_bound"] == round(2 / bound.streams, 3)
     console = Console(file=io.StringIO(), width=300)
     render_density({"density": out, "machine": {}, "settings": {}}, console)
     text = console.file.getvalue()
     assert f"{out['bound']['streams']:.1f} streams" in text and "benchmark_app" in text   # as the report rounds it
+    assert f"90% of the bound is {bound.target_streams()} streams" in text
+
+
+def _bound(frame_ms: float) -> Bound:
+    """Two cores, 30 FPS streams, all of ``frame_ms`` in inference."""
+    return Bound(0.0, 0.0, frame_ms, 0.0, infer_batch=1, infer_fps=2000 / frame_ms, cores=2, fps=30.0)
+
+
+def test_the_target_is_whole_streams_and_says_what_it_leaves_a_pipeline():
+    """90 % of a bound of 2.6 streams is 3 streams, past the bound: no pipeline can (a negative
+    allowance); 90 % of 13.7 is 13, which leaves 0.02 core-ms per frame beyond the work."""
+    past = _bound(2000 / (30 * 2.6))
+    assert past.streams == pytest.approx(2.6) and past.target_streams() == 3 and past.allowance_ms(3) < 0
+    near = _bound(2000 / (30 * 13.7))
+    assert near.target_streams() == 13
+    assert near.allowance_ms(13) == pytest.approx(2000 / 390 - 2000 / 411)
+    assert _bound(2000 / (30 * 10.0)).target_streams() == 9          # exactly 9.0: not 10
+    assert _bound(2000 / (30 * 10.0)).allowance_ms(10) == pytest.approx(0.0)
+
+
+def test_the_judgement_gives_each_variant_its_cpu_beyond_the_work_where_it_sustained():
+    from engine.tools.bench.cli import render_density
+
+    out = summarize([trial("engine", 2, [300, 300]), trial("threaded", 2, [250, 250])],
+                    ("engine", "threaded"), 30.0, 10.0, (2,), 1)
+    bound = _bound(2000 / (30 * 2.6))
+    out.update(judge(out, bound))
+    cpu = out["variants"]["engine"]["by_streams"][2]["cpu_ms_per_frame"]["median"]     # 5 s over 600 frames
+    assert out["beyond_work_ms"] == {"engine": round(cpu - bound.frame_ms, 2), "threaded": None}
+    assert out["engine_of_bound"] == round(2 / 2.6, 3)
+    console = Console(file=io.StringIO(), width=300)
+    render_density(json.loads(json.dumps({"density": out, "machine": {}, "settings": {}})), console)
+    text = console.file.getvalue()
+    assert "90% of the bound is 3 streams, which is past the bound: no pipeline can sustain it" in text
+    assert f"engine {cpu - bound.frame_ms:.2f}" in text and "threaded" not in text.split("beyond that work at")[1]
 
 
 def test_the_budget_variant_is_reported_apart_with_its_own_ratio(tmp_path):

@@ -11,10 +11,14 @@ else is unavoidable. Each cost is measured here on its own, independently of the
   ÷ its FPS is the core-milliseconds one inferred frame costs on a CPU it saturates;
 - parse: the model's adapter decoding real outputs of the clip's frames, CPU time per frame.
 
-The bound is ``cores ÷ (FPS per stream × the sum in core-seconds)`` streams.
+The bound is ``cores ÷ (FPS per stream × the sum in core-seconds)`` streams. Beside it, what it
+leaves any pipeline: at the target (:data:`TARGET_OF_BOUND` of it, rounded up to whole streams) the
+core-ms per frame a pipeline may spend beyond that work on fully busy cores, and what each variant
+of a density run did spend beyond it at the count it sustained.
 """
 from __future__ import annotations
 
+import math
 import os
 import resource
 import time
@@ -33,6 +37,7 @@ from engine.model.prepare import AUTO_BATCH, input_info, output_shapes, read_mod
 from engine.tools.bench.ceiling import run_benchmark_app, shape_args
 from engine.tools.modeltools.datasets import InputPreparer
 
+TARGET_OF_BOUND = 0.9   # streams sustained wanted, as a fraction of the bound
 FRAMES = 300          # frames decoded (the clip is re-opened when shorter)
 PARSE_FRAMES = 50     # frames whose outputs the adapter parses
 
@@ -58,9 +63,35 @@ class Bound:
     def streams(self) -> float:
         return self.cores * 1000.0 / (self.fps * self.frame_ms)
 
+    def allowance_ms(self, streams: int) -> float:
+        """Core-ms per frame a pipeline may spend beyond the unavoidable work to sustain ``streams``
+        on fully busy cores; negative past the bound, where no pipeline can."""
+        return self.cores * 1000.0 / (self.fps * streams) - self.frame_ms
+
+    def target_streams(self) -> int:
+        """The fewest whole streams that are at least :data:`TARGET_OF_BOUND` of the bound."""
+        return max(1, math.ceil(round(TARGET_OF_BOUND * self.streams, 6)))
+
     def to_dict(self) -> dict:
         rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
-        return {**rounded, "frame_ms": round(self.frame_ms, 3), "streams": round(self.streams, 2)}
+        target = self.target_streams()
+        return {**rounded, "frame_ms": round(self.frame_ms, 3), "streams": round(self.streams, 2),
+                "target_fraction": TARGET_OF_BOUND, "target_streams": target,
+                "target_allowance_ms": round(self.allowance_ms(target), 3)}
+
+
+def judge(density: dict, bound: Bound) -> dict:
+    """A density summary against the bound: the engine's sustained streams as a fraction of it, and
+    per variant the CPU per frame it spent beyond the unavoidable work at the count it sustained
+    (median of its repeats; None where it sustained none)."""
+    beyond: dict[str, float | None] = {}
+    for name, variant in density["variants"].items():
+        row = variant["by_streams"].get(variant["sustained_streams"]) or {}
+        cpu = (row.get("cpu_ms_per_frame") or {}).get("median")
+        beyond[name] = round(cpu - bound.frame_ms, 2) if cpu is not None else None
+    engine = density["variants"].get("engine", {}).get("sustained_streams")
+    return {"bound": bound.to_dict(), "beyond_work_ms": beyond,
+            "engine_of_bound": round(engine / bound.streams, 3) if engine is not None else None}
 
 
 def _cpu_s() -> float:

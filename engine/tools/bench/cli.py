@@ -361,7 +361,7 @@ class Bench:
         return 1 if result["failed"] or result["exit_code"] else 0
 
     def _density(self) -> int:
-        from engine.tools.bench.bound import measure_bound
+        from engine.tools.bench.bound import judge, measure_bound
         from engine.tools.bench.density import VARIANTS, density
         from engine.tools.bench.loops import list_images
         from engine.tools.bench.plot import plot_density
@@ -384,9 +384,7 @@ class Bench:
         bound = measure_bound(video, self.cfg.model, a.device, a.fps, self.out / "density" / "bound")
         self.result["density"] = density(video, self.model_arg, a.device, self.out, a.fps, a.density_seconds,
                                          schedule, a.repeats, variants, progress=self.progress)
-        self.result["density"]["bound"] = bound.to_dict()
-        engine = self.result["density"]["variants"].get("engine", {}).get("sustained_streams")
-        self.result["density"]["engine_of_bound"] = round(engine / bound.streams, 3) if engine is not None else None
+        self.result["density"].update(judge(self.result["density"], bound))
         self.result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         path = self.out / "density.json"
         path.write_text(json.dumps(self.result, indent=2, default=str), encoding="utf-8")
@@ -723,6 +721,15 @@ def render_density(result: dict, console: Console) -> None:
                       f"{bound['decode_ms']:.2f} + resize {bound['resize_ms']:.2f} + inference "
                       f"{bound['infer_ms']:.2f} (benchmark_app, batch {bound['infer_batch']}) + parse "
                       f"{bound['parse_ms']:.2f}); engine at {fmt(d.get('engine_of_bound'), 2, '×')} of it")
+        if "target_streams" in bound:
+            target, allowance = bound["target_streams"], bound["target_allowance_ms"]
+            verdict = (f"leaves any pipeline {allowance:.2f} core-ms per frame beyond that work, on fully busy cores"
+                       if allowance >= 0 else "is past the bound: no pipeline can sustain it")
+            console.print(f"{bound['target_fraction']:.0%} of the bound is {target} streams, which {verdict}")
+        beyond = ", ".join(f"{v} {fmt(ms, 2)}" for v, ms in (d.get("beyond_work_ms") or {}).items()
+                           if ms is not None)
+        if beyond:
+            console.print(f"CPU per frame beyond that work at the count each sustained (core-ms): {beyond}")
     if "budget" in d["variants"]:      # apart: its detector sees a fraction of the frames
         console.print(f"[bold]with a detection budget of {d['detect_fps']:g} detections/s per stream[/bold] "
                       f"(tracking fills the frames between): {d['variants']['budget']['sustained_streams']} "
