@@ -8,6 +8,8 @@ Decoding is bounded: oversized or malformed input raises :class:`MessageError`, 
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -63,13 +65,15 @@ class FrameRef:
         ref = cls(*item)
         ints = (ref.frame_id, ref.index, ref.raw_slot, ref.height, ref.width, ref.orig_height, ref.orig_width,
                 ref.stream, ref.epoch)
-        if (not all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
-                or not isinstance(ref.source, str) or not isinstance(ref.stamps, dict)
-                or not isinstance(ref.geometry, list)
-                or not all(isinstance(v, (int, float)) for v in ref.geometry)
-                or not all(isinstance(k, str) and isinstance(v, int) for k, v in ref.stamps.items())):
+        if (not _INT.issuperset(map(type, ints)) or type(ref.source) is not str
+                or type(ref.geometry) is not list or not _NUMBER.issuperset(map(type, ref.geometry))
+                or type(ref.stamps) is not dict or not _STR.issuperset(map(type, ref.stamps))
+                or not _INT.issuperset(map(type, ref.stamps.values()))):
             raise MessageError("frame reference has wrong field types")
         return ref
+
+
+_INT, _NUMBER, _STR = frozenset({int}), frozenset({int, float}), frozenset({str})   # exact types: a bool is no int
 
 
 class Message:
@@ -85,13 +89,13 @@ class Message:
 
     def _fields(self) -> dict[str, Any]:
         out = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
+        for name in _schema(type(self)).names:
+            value = getattr(self, name)
             if isinstance(value, FrameRef):
                 value = value.to_wire()
             elif isinstance(value, list) and value and isinstance(value[0], FrameRef):
                 value = [v.to_wire() for v in value]
-            out[f.name] = value
+            out[name] = value
         return out
 
     def encode(self) -> bytes:
@@ -117,9 +121,9 @@ def decode(data: bytes | memoryview) -> Message:
     cls = Message._registry.get(body.pop("t", None))
     if cls is None:
         raise MessageError("message has an unknown type tag")
-    names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    if set(body) - set(names):
-        raise MessageError(f"{cls.TYPE} message has unknown fields {sorted(set(body) - set(names))}")
+    schema = _schema(cls)
+    if not schema.known.issuperset(body):
+        raise MessageError(f"{cls.TYPE} message has unknown fields {sorted(set(body) - schema.known)}")
     try:
         if "frame" in body:
             body["frame"] = FrameRef.from_wire(body["frame"])
@@ -140,22 +144,49 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
 
 def _check_types(msg: Message) -> None:
     """Every field has the type its class declares (so a peer cannot smuggle in a crash)."""
-    for f in fields(msg):  # type: ignore[arg-type]
-        value, declared = getattr(msg, f.name), str(f.type)
-        outer, _, inner = declared.partition("[")
-        if outer == "dict" and inner:           # dict[K, V]: every key and value as declared too
-            key, _, item = inner.rstrip("]").partition(", ")
-            ok = isinstance(value, dict) and all(_is(k, key) and _is(v, item) for k, v in value.items())
-        elif outer in _SCALARS:
-            ok = _is(value, outer)
-        elif outer == "list":
-            item = inner.rstrip("]")
-            ok = isinstance(value, list) and (item not in _SCALARS or all(
-                isinstance(v, _SCALARS[item]) and not isinstance(v, bool) for v in value))
-        else:
-            ok = True                       # FrameRef fields were checked by from_wire
-        if not ok:
-            raise MessageError(f"{msg.TYPE} message: field '{f.name}' is not {declared}")
+    for name, declared, ok in _schema(type(msg)).checks:
+        if not ok(getattr(msg, name)):
+            raise MessageError(f"{msg.TYPE} message: field '{name}' is not {declared}")
+
+
+class _Schema:
+    """A message class's field names and, per field whose type can be checked, its check."""
+
+    def __init__(self, cls: type[Message]) -> None:
+        declared = [(f.name, str(f.type)) for f in fields(cls)]  # type: ignore[arg-type]
+        self.names = tuple(name for name, _ in declared)
+        self.known = frozenset(self.names)
+        self.checks = tuple((name, kind, check) for name, kind in declared
+                            if (check := _checker(kind)) is not None)
+
+
+_SCHEMAS: dict[type[Message], _Schema] = {}
+
+
+def _schema(cls: type[Message]) -> _Schema:
+    """``cls``'s schema, made on its first message."""
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        schema = _SCHEMAS[cls] = _Schema(cls)
+    return schema
+
+
+def _checker(declared: str) -> Callable[[Any], bool] | None:
+    """The check of a value declared ``declared``, or None when there is none to make here
+    (FrameRef fields are checked by :meth:`FrameRef.from_wire`)."""
+    outer, _, inner = declared.partition("[")
+    if outer == "dict" and inner:           # dict[K, V]: every key and value as declared too
+        key, _, item = inner.rstrip("]").partition(", ")
+        return lambda value: isinstance(value, dict) and all(_is(k, key) and _is(v, item) for k, v in value.items())
+    if outer in _SCALARS:
+        return lambda value: _is(value, outer)
+    if outer == "list":
+        element = _SCALARS.get(inner.rstrip("]"))
+        if element is None:
+            return lambda value: isinstance(value, list)
+        return lambda value: isinstance(value, list) and all(
+            isinstance(v, element) and not isinstance(v, bool) for v in value)
+    return None
 
 
 def _is(value: Any, declared: str) -> bool:
@@ -655,7 +686,7 @@ def decode_result(parts: list) -> tuple[ResultMsg, dict]:
     tensors = {}
     for spec, buf in zip(specs, parts[1:]):
         dtype = spec.numpy_dtype()
-        expected = dtype.itemsize * int(np.prod(spec.shape, dtype=np.int64))
+        expected = dtype.itemsize * math.prod(spec.shape)
         size = len(buf)
         if size != expected or size > MAX_TENSOR_BYTES:
             raise MessageError(f"tensor {spec.name!r}: {size} bytes, expected {expected}")

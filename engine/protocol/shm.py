@@ -10,6 +10,7 @@ slots; pixels are written once into a slot and never copied through a socket.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from collections import deque
@@ -32,7 +33,7 @@ def tensor_offsets(layout: TensorLayout) -> tuple[list[int], int]:
     offsets, end = [], 0
     for dtype, shape in layout:
         offsets.append(end)
-        nbytes = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+        nbytes = np.dtype(dtype).itemsize * math.prod(shape)
         end = (end + nbytes + TENSOR_ALIGN - 1) // TENSOR_ALIGN * TENSOR_ALIGN
     return offsets, end
 
@@ -100,7 +101,7 @@ class SlotPool:
     def view(self, slot: int, shape: tuple[int, ...], dtype: np.dtype | type = np.uint8) -> np.ndarray:
         """A writable numpy view of ``slot`` with ``shape`` (must fit in the slot)."""
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes > self.spec.slot_bytes:
             raise ValueError(f"{shape} {dtype} needs {nbytes} bytes, slot holds {self.spec.slot_bytes}")
         start = self._start(slot)
@@ -118,7 +119,7 @@ class SlotPool:
         if total > self.spec.slot_bytes:
             raise ValueError(f"tensors of {total} bytes do not fit a slot of {self.spec.slot_bytes}")
         base = self._start(slot)
-        return [self._buffer[base + offset:base + offset + np.dtype(dtype).itemsize * int(np.prod(shape))]
+        return [self._buffer[base + offset:base + offset + np.dtype(dtype).itemsize * math.prod(shape)]
                 .view(dtype).reshape(shape) for offset, (dtype, shape) in zip(offsets, layout)]
 
     def close(self) -> None:
