@@ -82,10 +82,13 @@ class Bound:
 
 def judge(density: dict, bound: Bound) -> dict:
     """A density summary against the bound: the engine's sustained streams as a fraction of it, and
-    per variant the CPU per frame it spent beyond the unavoidable work at the count it sustained
-    (median of its repeats; None where it sustained none)."""
+    per every-frame variant the CPU per frame it spent beyond the unavoidable work at the count it
+    sustained (median of its repeats; None where it sustained none). The budget variant infers a
+    fraction of its frames, so the work per frame is not its floor: it has no such figure."""
     beyond: dict[str, float | None] = {}
     for name, variant in density["variants"].items():
+        if name == "budget":
+            continue
         row = variant["by_streams"].get(variant["sustained_streams"]) or {}
         cpu = (row.get("cpu_ms_per_frame") or {}).get("median")
         beyond[name] = round(cpu - bound.frame_ms, 2) if cpu is not None else None
