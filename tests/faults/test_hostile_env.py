@@ -288,8 +288,9 @@ def test_stage_that_exits_with_the_usage_code_is_never_restarted(engine_env, tmp
 def test_ctrl_c_at_random_early_moments(engine_env, tmp_path, record_property):
     """From the first millisecond on: exit 130 with one line, nothing left. A signal that lands
     while the Python interpreter itself starts (before ovstream's first line, ~10–60 ms) is
-    Python's to handle: the process dies by SIGINT (the shell's 130) or Python reports it; the
-    case is told apart by no ovstream file in its output, and counted."""
+    Python's to handle: the process dies by SIGINT (the shell's 130), Python reports it, or site's
+    .pth processing swallows it; the case is told apart by no ovstream file in its output, and
+    counted."""
     seed = random.randrange(1 << 30)
     record_property("seed", seed)
     rng = random.Random(seed)
@@ -307,8 +308,12 @@ def test_ctrl_c_at_random_early_moments(engine_env, tmp_path, record_property):
             raise AssertionError(f"still running 30 s after SIGINT at {delay:.3f} s (seed {seed})") from None
         ours = re.search(r'File "[^"]*/(engine|workers)/', stderr) or re.search(r"^ovstream", stderr, re.M)
         if proc.returncode != 130 and not ours:
-            assert proc.returncode in (-signal.SIGINT, 1), (delay, proc.returncode, stderr, seed)
-            continue                       # before ovstream's first line: the interpreter's start-up
+            # before ovstream's first line: the interpreter's start-up. Python dies by the signal,
+            # reports it (1), or, where it lands in site's .pth processing, site prints "Error
+            # processing line" and goes on without the signal: the run then ends normally (0).
+            swallowed_by_site = proc.returncode == 0 and "Error processing line" in stderr
+            assert proc.returncode in (-signal.SIGINT, 1) or swallowed_by_site, (delay, proc.returncode, stderr, seed)
+            continue
         handled += 1
         assert proc.returncode == 130, (delay, proc.returncode, stderr, seed)
         assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, (delay, stderr, seed)
