@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -25,6 +26,7 @@ from engine.tools.modeltools.quantize import (  # noqa: E402
     head_layers,
     infer_all,
     int8_entry,
+    preset_for,
     quantize,
     report_table,
     resolve,
@@ -34,14 +36,14 @@ from engine.tools.modeltools.quantize import (  # noqa: E402
 IMAGE = COCO / "000000000139.jpg"          # 640x426: letterbox pads top and bottom
 
 
-def tiny_cnn(channels: int = 3) -> ov.Model:
-    """A seeded NCHW classifier: two 3x3 conv + ReLU, global average pool, dense, softmax."""
+def tiny_cnn(channels: int = 3, activation: Callable[[ov.Node], ov.Node] = ops.relu) -> ov.Model:
+    """A seeded NCHW classifier: two 3x3 conv + ReLU (or ``activation``), global average pool, dense, softmax."""
     rng = np.random.default_rng(0)
     x = ops.parameter([1, channels, 32, 32], np.float32, name="x")
     w1 = ops.constant(rng.standard_normal((16, channels, 3, 3)).astype(np.float32) * 0.3)
     w2 = ops.constant(rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.2)
-    h = ops.relu(ops.convolution(x, w1, [1, 1], [1, 1], [1, 1], [1, 1]))
-    h = ops.relu(ops.convolution(h, w2, [2, 2], [1, 1], [1, 1], [1, 1]))
+    h = activation(ops.convolution(x, w1, [1, 1], [1, 1], [1, 1], [1, 1]))
+    h = activation(ops.convolution(h, w2, [2, 2], [1, 1], [1, 1], [1, 1]))
     pooled = ops.reduce_mean(h, ops.constant(np.array([2, 3])), keep_dims=False)
     dense = ops.matmul(pooled, ops.constant(rng.standard_normal((16, 10)).astype(np.float32) * 2.0), False, False)
     return ov.Model([ops.softmax(dense, 1)], [x], "tiny_cnn")
@@ -100,6 +102,17 @@ def test_prepared_nchw_and_gray_inputs(tiny_cfg: ModelConfig, tmp_path: Path) ->
 
 
 # ---- quantization -------------------------------------------------------------------------------------
+
+def test_preset_auto_is_mixed_where_activations_go_negative() -> None:
+    """SiLU (Swish) or PReLU outputs are signed: ``auto`` picks asymmetric activations (mixed) there,
+    the symmetric performance preset after ReLU; a preset named by hand is kept."""
+    assert preset_for(tiny_cnn(), "auto") == "performance"
+    assert preset_for(tiny_cnn(activation=ops.swish), "auto") == "mixed"
+    slope = ops.constant(np.full(16, 0.1, np.float32))
+    assert preset_for(tiny_cnn(activation=lambda h: ops.prelu(h, slope)), "auto") == "mixed"
+    assert preset_for(tiny_cnn(activation=ops.swish), "performance") == "performance"
+    assert preset_for(tiny_cnn(), "mixed") == "mixed"
+
 
 def test_int8_agrees_with_fp32(tiny_cfg: ModelConfig, tmp_path: Path) -> None:
     report = quantize(tiny_cfg, str(COCO), tmp_path / "int8" / "tiny_int8.xml", subset=32, seconds=0.3)
@@ -218,9 +231,10 @@ def test_detector_int8_scored_by_coco_ap50(tmp_path: Path) -> None:
     """`ovstream quantize yolox_nano --annotations instances.json` on the 100 COCO images: FP32 / INT8 AP50
     and AP against the ground truth, and the 1-point verdict in the table. The graph is folded before
     quantization (MOC transformations): quantized as read from the ONNX file (unfused batch norms, shape
-    subgraphs) INT8 lost 18.5 AP50 points; folded, 0.8 (docs/models.md). On a CPU without VNNI it needs the
-    overflow fix on every layer too (30.5 points lost without it there; ``--overflow-fix auto`` applies it).
-    1.5 bounds it with a margin."""
+    subgraphs) INT8 lost 18.5 AP50 points; folded, 0.8 to 2.9 by CPU (docs/models.md), and with the mixed
+    preset that ``--preset auto`` picks for its SiLU activations, -0.8 to 0.0. On a CPU without VNNI it needs
+    the overflow fix on every layer too (30.6 points lost without it there; ``--overflow-fix auto`` applies
+    it). The product's own verdict, a drop of at most 1 point, bounds it."""
     try:
         cfg = resolve("yolox_nano")
     except Exception as exc:                 # the model file lives in the shared folder, not the repository
@@ -231,7 +245,7 @@ def test_detector_int8_scored_by_coco_ap50(tmp_path: Path) -> None:
     fp32, int8 = report.variants["FP32"], report.variants["INT8"]
     assert fp32.metric == pytest.approx(0.52, abs=0.01) and set(fp32.extra) == {"COCO AP@[.5:.95]"}
     assert 0 < fp32.extra["COCO AP@[.5:.95]"] <= fp32.metric
-    assert report.ap50_drop == pytest.approx(fp32.metric - int8.metric) and report.ap50_drop <= 0.015
+    assert report.ap50_drop == pytest.approx(fp32.metric - int8.metric) and report.ap50_drop <= GOOD_AP50_DROP
     rendered = Console(record=True, width=160)
     rendered.print(report_table("yolox_nano", report))
     text = rendered.export_text()
