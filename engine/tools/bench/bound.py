@@ -35,6 +35,7 @@ from engine.io.sources import ffmpeg_params
 from engine.model.adapters import create_adapter
 from engine.model.prepare import AUTO_BATCH, input_info, output_shapes, read_model, takes_batch
 from engine.tools.bench.ceiling import run_benchmark_app, shape_args
+from engine.tools.bench.density import SAMPLED_VARIANTS
 from engine.tools.modeltools.datasets import InputPreparer
 
 TARGET_OF_BOUND = 0.9   # streams sustained wanted, as a fraction of the bound
@@ -87,7 +88,7 @@ def judge(density: dict, bound: Bound) -> dict:
     fraction of its frames, so the work per frame is not its floor: it has no such figure."""
     beyond: dict[str, float | None] = {}
     for name, variant in density["variants"].items():
-        if name == "budget":
+        if name in SAMPLED_VARIANTS:
             continue
         row = variant["by_streams"].get(variant["sustained_streams"]) or {}
         cpu = (row.get("cpu_ms_per_frame") or {}).get("median")

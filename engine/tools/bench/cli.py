@@ -35,7 +35,7 @@ from engine.config import load_config
 from engine.core import paths
 from engine.core.errors import ConfigError
 from engine.model.detect import detect_model
-from engine.tools.bench.density import DEFAULT_SCHEDULE
+from engine.tools.bench.density import DEFAULT_SCHEDULE, SAMPLED_VARIANTS
 from engine.tools.bench.stats import Spread, fmt, median_of, ratio
 
 VARIANTS = {
@@ -711,7 +711,8 @@ def render_density(result: dict, console: Console) -> None:
                for v, x in d["variants"].items()}
     console.print("start-up, seconds to every stream's first result (median over the stream counts; not in the "
                   "window): " + ", ".join(f"{v} {fmt(sorted(s)[len(s) // 2], 1)}" for v, s in startup.items() if s))
-    sustained = ", ".join(f"{v} {x['sustained_streams']}" for v, x in d["variants"].items() if v != "budget")
+    sustained = ", ".join(f"{v} {x['sustained_streams']}" for v, x in d["variants"].items()
+                          if v not in SAMPLED_VARIANTS)
     ratios = ", ".join(f"{k} {fmt(r, 2, '×')}" for k, r in d["ratios"].items() if k != "budget/engine")
     console.print(f"[bold]streams sustained at {d['target_fps']:g} FPS[/bold]: {sustained}   ({ratios})")
     bound = d.get("bound")
